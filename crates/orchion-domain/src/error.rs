@@ -1,0 +1,45 @@
+//! Validation errors that name the offending field, so every edge can report them precisely.
+
+use std::fmt;
+
+/// One problem with one field of an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field's path in the input, as a JSON pointer (`/name`, `/steps/2/needs`).
+    pub pointer: String,
+    /// What is wrong, in a sentence that names the field.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem with the top-level field `field`.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            pointer: format!("/{field}"),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in one input: validation reports them all at once, never only the first.
+#[derive(Debug, Clone, PartialEq, Eq, Default, thiserror::Error)]
+pub struct ValidationErrors(pub Vec<FieldError>);
+
+impl ValidationErrors {
+    /// Adds a problem.
+    pub fn push(&mut self, error: FieldError) {
+        self.0.push(error);
+    }
+
+    /// `Ok(value)` when no problem was recorded, otherwise the problems.
+    pub fn into_result<T>(self, value: T) -> Result<T, Self> {
+        if self.0.is_empty() { Ok(value) } else { Err(self) }
+    }
+}
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let messages: Vec<&str> = self.0.iter().map(|e| e.message.as_str()).collect();
+        f.write_str(&messages.join("; "))
+    }
+}

@@ -1,0 +1,15 @@
+//! Orchion's domain model: identifiers, resources and the rules that make a value valid.
+//!
+//! Invariant: nothing here performs IO or knows a wire format. The API edge converts its JSON
+//! DTOs into these types by hand, and the store converts its rows; both rely on the constructors
+//! here to reject invalid values, so a value of a domain type is always valid.
+
+pub mod error;
+pub mod id;
+pub mod page;
+pub mod project;
+
+pub use error::{FieldError, ValidationErrors};
+pub use id::{IdParseError, ProjectId};
+pub use page::{Cursor, Page, PageRequest};
+pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};

@@ -1,0 +1,176 @@
+//! Orchion's durable store: one object-safe [`Store`] trait and its two backends, SQLite
+//! (embedded, one replica) and PostgreSQL (any number of replicas).
+//!
+//! Invariants every backend keeps, checked by the conformance suite in `tests/conformance.rs`:
+//! - A call that returns `Ok` has committed: what it wrote is on disk.
+//! - A change and the event that records it commit in one transaction, so the event log is a
+//!   complete history. Event sequence numbers increase in commit order and are never reused.
+//! - An idempotency key maps to exactly one resource; a second request with the same key and the
+//!   same body gets that resource back, one with a different body is refused.
+//!
+//! Timestamps are kept at microsecond precision (what PostgreSQL keeps); use [`now`].
+
+mod postgres;
+mod queries;
+mod rows;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use orchion_domain::{Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate};
+use time::OffsetDateTime;
+
+pub use crate::{postgres::PostgresStore, sqlite::SqliteStore};
+
+/// What a store call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource does not exist.
+    #[error("{kind} `{id}` does not exist")]
+    NotFound { kind: &'static str, id: String },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key `{key}` was already used with a different request body")]
+    IdempotencyConflict { key: String },
+    /// The database cannot be reached or refused the connection.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else the database reported.
+    #[error("store error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored row does not hold a valid value (written by a newer version, or edited by hand).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The schema could not be brought up to date.
+    #[error("migrating the store failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL cannot be used.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            error => StoreError::Database(error),
+        }
+    }
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// An idempotency key with a digest of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key the client chose.
+    pub key: String,
+    /// A digest of the request body, so a reuse with a different body is detected.
+    pub request_hash: Vec<u8>,
+}
+
+/// The result of a create call: the resource, and whether this call created it (`false` when an
+/// idempotency key returned an earlier one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Created<T> {
+    pub value: T,
+    pub created: bool,
+}
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Position in the log; strictly increasing in commit order, never reused.
+    pub seq: i64,
+    pub at: OffsetDateTime,
+    /// What happened, such as `project.created`.
+    pub kind: String,
+    /// The id of the resource it happened to.
+    pub subject: String,
+    /// The project it belongs to, if any.
+    pub project_id: Option<ProjectId>,
+    /// Details of the change.
+    pub data: serde_json::Value,
+}
+
+/// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Succeeds when the store answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores a new project, or returns the one an earlier call with the same key created.
+    async fn create_project(
+        &self,
+        project: Project,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<Project>, StoreError>;
+
+    /// The project with this id.
+    async fn get_project(&self, id: ProjectId) -> Result<Project, StoreError>;
+
+    /// Projects matching the filter, in id (creation) order.
+    async fn list_projects(
+        &self,
+        filter: ProjectFilter,
+        page: PageRequest,
+    ) -> Result<Page<Project>, StoreError>;
+
+    /// Applies an update and returns the project as it now is.
+    async fn update_project(
+        &self,
+        id: ProjectId,
+        update: ProjectUpdate,
+    ) -> Result<Project, StoreError>;
+
+    /// Removes a project.
+    async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError>;
+
+    /// Events with a sequence number above `after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// Closes the store's connections; later calls fail with [`StoreError::Unavailable`].
+    async fn close(&self);
+}
+
+/// Opens the store a URL names (`sqlite:PATH` or `postgres://…`), creating and migrating it.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::open(url, max_connections).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url, max_connections).await?))
+    } else {
+        Err(StoreError::InvalidUrl(
+            "expected a URL starting with `sqlite:` or `postgres://`".into(),
+        ))
+    }
+}
+
+/// The current time at the precision every backend keeps (microseconds).
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    let micros = now.microsecond();
+    now.replace_microsecond(micros).unwrap_or(now)
+}
+
+/// The event kinds the store writes.
+pub(crate) mod kind {
+    pub const PROJECT_CREATED: &str = "project.created";
+    pub const PROJECT_UPDATED: &str = "project.updated";
+    pub const PROJECT_DELETED: &str = "project.deleted";
+}
+
+/// The scope idempotency keys of project creation live in.
+pub(crate) const PROJECT_CREATE_SCOPE: &str = "project.create";

@@ -1,0 +1,275 @@
+//! The PostgreSQL backend: a connection pool shared by any number of server replicas.
+//!
+//! Replicas race, so every read-modify-write locks what it reads (`FOR UPDATE`), and a create
+//! that loses an idempotency-key race to another replica returns the winner's resource.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use orchion_domain::{Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate};
+use sqlx::{
+    PgConnection,
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+    types::Json,
+};
+use uuid::Uuid;
+
+use crate::{
+    Backend, Created, Event, IdempotencyKey, PROJECT_CREATE_SCOPE, Store, StoreError, kind,
+    queries::*,
+    rows::{EventRow, ProjectRow, page_of, project_event_data},
+};
+
+/// A store in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+/// PostgreSQL's code for a unique-constraint violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
+impl PostgresStore {
+    /// Connects to `url` with up to `max_connections` connections and migrates the schema.
+    /// Migrations take an advisory lock, so replicas starting together migrate once.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options =
+            PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn try_create_project(
+        &self,
+        project: &Project,
+        idempotency: Option<&IdempotencyKey>,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = idempotency {
+            if let Some(existing) = find_idempotent(&mut tx, PROJECT_CREATE_SCOPE, key).await? {
+                return Ok(Some(existing));
+            }
+        }
+        sqlx::query(INSERT_PROJECT)
+            .bind(project.id.as_uuid())
+            .bind(&project.name)
+            .bind(&project.description)
+            .bind(&project.kind)
+            .bind(project.status.as_str())
+            .bind(project.created_at)
+            .bind(project.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(key) = idempotency {
+            sqlx::query(INSERT_IDEMPOTENCY_KEY)
+                .bind(PROJECT_CREATE_SCOPE)
+                .bind(&key.key)
+                .bind(&key.request_hash)
+                .bind(project.id.as_uuid())
+                .bind(project.created_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        append_event(
+            &mut tx,
+            kind::PROJECT_CREATED,
+            project.id.to_string(),
+            Some(project.id),
+            project_event_data(project),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+}
+
+async fn append_event(
+    conn: &mut PgConnection,
+    kind: &str,
+    subject: String,
+    project: Option<ProjectId>,
+    data: serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "WITH s AS (UPDATE event_sequence SET last = last + 1 RETURNING last) \
+         INSERT INTO events (seq, at, kind, subject, project_id, data) \
+         SELECT last, $1, $2, $3, $4, $5 FROM s",
+    )
+    .bind(crate::now())
+    .bind(kind)
+    .bind(subject)
+    .bind(project.map(|p| p.as_uuid()))
+    .bind(Json(data))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The resource an idempotency key already names, or `None` when the key is new.
+async fn find_idempotent(
+    conn: &mut PgConnection,
+    scope: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<Uuid>, StoreError> {
+    let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(FIND_IDEMPOTENCY_KEY)
+        .bind(scope)
+        .bind(&key.key)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some((hash, id)) if hash == key.request_hash => Ok(Some(id)),
+        Some(_) => Err(StoreError::IdempotencyConflict {
+            key: key.key.clone(),
+        }),
+        None => Ok(None),
+    }
+}
+
+fn is_unique_violation(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNIQUE_VIOLATION))
+}
+
+fn project_not_found(id: ProjectId) -> StoreError {
+    StoreError::NotFound {
+        kind: "project",
+        id: id.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_project(
+        &self,
+        project: Project,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<Project>, StoreError> {
+        let existing = match self.try_create_project(&project, idempotency.as_ref()).await {
+            // Another replica committed the same key between our lookup and our insert: the
+            // second attempt finds its resource.
+            Err(error) if idempotency.is_some() && is_unique_violation(&error) => {
+                self.try_create_project(&project, idempotency.as_ref())
+                    .await?
+            }
+            other => other?,
+        };
+        match existing {
+            Some(id) => Ok(Created {
+                value: self.get_project(ProjectId::from_uuid(id)).await?,
+                created: false,
+            }),
+            None => Ok(Created {
+                value: project,
+                created: true,
+            }),
+        }
+    }
+
+    async fn get_project(&self, id: ProjectId) -> Result<Project, StoreError> {
+        sqlx::query_as::<_, ProjectRow>(SELECT_PROJECT)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| project_not_found(id))?
+            .try_into()
+    }
+
+    async fn list_projects(
+        &self,
+        filter: ProjectFilter,
+        page: PageRequest,
+    ) -> Result<Page<Project>, StoreError> {
+        let rows = sqlx::query_as::<_, ProjectRow>(LIST_PROJECTS)
+            .bind(filter.status.map(|s| s.as_str()))
+            .bind(page.after.map(|c| c.0))
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        page_of(rows, page, |p: &Project| p.id.as_uuid())
+    }
+
+    async fn update_project(
+        &self,
+        id: ProjectId,
+        update: ProjectUpdate,
+    ) -> Result<Project, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let current: Project = sqlx::query_as::<_, ProjectRow>(
+            "SELECT id, name, description, type, status, created_at, updated_at \
+             FROM projects WHERE id = $1 FOR UPDATE",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| project_not_found(id))?
+        .try_into()?;
+        let project = current.updated(update, crate::now());
+        sqlx::query(UPDATE_PROJECT)
+            .bind(id.as_uuid())
+            .bind(&project.name)
+            .bind(&project.description)
+            .bind(&project.kind)
+            .bind(project.status.as_str())
+            .bind(project.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        append_event(
+            &mut tx,
+            kind::PROJECT_UPDATED,
+            id.to_string(),
+            Some(id),
+            project_event_data(&project),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(project)
+    }
+
+    async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query(DELETE_PROJECT)
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(project_not_found(id));
+        }
+        append_event(
+            &mut tx,
+            kind::PROJECT_DELETED,
+            id.to_string(),
+            Some(id),
+            serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(EVENTS_AFTER)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,265 @@
+//! The SQLite backend: one file in WAL mode, one writer connection whose transactions start with
+//! `BEGIN IMMEDIATE` (so a writer never fails midway on a lock), and a pool of read-only
+//! connections that read concurrently with it.
+//!
+//! `synchronous=NORMAL`: a commit is in the WAL before the call returns, so a killed process
+//! loses nothing; an OS crash or power cut may lose the last commits.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use orchion_domain::{Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate};
+use sqlx::{
+    SqliteConnection,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+        SqliteSynchronous,
+    },
+    types::Json,
+};
+use uuid::Uuid;
+
+use crate::{
+    Backend, Created, Event, IdempotencyKey, PROJECT_CREATE_SCOPE, Store, StoreError, kind,
+    queries::*,
+    rows::{EventRow, ProjectRow, page_of, project_event_data},
+};
+
+/// A store in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `url` (`sqlite:PATH`), with up to
+    /// `readers` concurrent read connections.
+    pub async fn open(url: &str, readers: u32) -> Result<Self, StoreError> {
+        if url.contains(":memory:") || url.contains("mode=memory") {
+            return Err(StoreError::InvalidUrl(
+                "an in-memory SQLite database is not durable; name a file, e.g. sqlite:orchion.db".into(),
+            ));
+        }
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::InvalidUrl(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, readers })
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+async fn append_event(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    subject: String,
+    project: Option<ProjectId>,
+    data: serde_json::Value,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO events (at, kind, subject, project_id, data) VALUES ($1, $2, $3, $4, $5)")
+        .bind(crate::now())
+        .bind(kind)
+        .bind(subject)
+        .bind(project.map(|p| p.as_uuid()))
+        .bind(Json(data))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The resource an idempotency key already names, or `None` when the key is new.
+async fn find_idempotent(
+    conn: &mut SqliteConnection,
+    scope: &str,
+    key: &IdempotencyKey,
+) -> Result<Option<Uuid>, StoreError> {
+    let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(FIND_IDEMPOTENCY_KEY)
+        .bind(scope)
+        .bind(&key.key)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some((hash, id)) if hash == key.request_hash => Ok(Some(id)),
+        Some(_) => Err(StoreError::IdempotencyConflict {
+            key: key.key.clone(),
+        }),
+        None => Ok(None),
+    }
+}
+
+fn project_not_found(id: ProjectId) -> StoreError {
+    StoreError::NotFound {
+        kind: "project",
+        id: id.to_string(),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.readers).await?;
+        Ok(())
+    }
+
+    async fn create_project(
+        &self,
+        project: Project,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<Project>, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(key) = &idempotency {
+            if let Some(existing) = find_idempotent(&mut tx, PROJECT_CREATE_SCOPE, key).await? {
+                tx.rollback().await?;
+                let value = self.get_project(ProjectId::from_uuid(existing)).await?;
+                return Ok(Created { value, created: false });
+            }
+        }
+        sqlx::query(INSERT_PROJECT)
+            .bind(project.id.as_uuid())
+            .bind(&project.name)
+            .bind(&project.description)
+            .bind(&project.kind)
+            .bind(project.status.as_str())
+            .bind(project.created_at)
+            .bind(project.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(key) = &idempotency {
+            sqlx::query(INSERT_IDEMPOTENCY_KEY)
+                .bind(PROJECT_CREATE_SCOPE)
+                .bind(&key.key)
+                .bind(&key.request_hash)
+                .bind(project.id.as_uuid())
+                .bind(project.created_at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        append_event(
+            &mut tx,
+            kind::PROJECT_CREATED,
+            project.id.to_string(),
+            Some(project.id),
+            project_event_data(&project),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Created {
+            value: project,
+            created: true,
+        })
+    }
+
+    async fn get_project(&self, id: ProjectId) -> Result<Project, StoreError> {
+        sqlx::query_as::<_, ProjectRow>(SELECT_PROJECT)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.readers)
+            .await?
+            .ok_or_else(|| project_not_found(id))?
+            .try_into()
+    }
+
+    async fn list_projects(
+        &self,
+        filter: ProjectFilter,
+        page: PageRequest,
+    ) -> Result<Page<Project>, StoreError> {
+        let rows = sqlx::query_as::<_, ProjectRow>(LIST_PROJECTS)
+            .bind(filter.status.map(|s| s.as_str()))
+            .bind(page.after.map(|c| c.0))
+            .bind(i64::from(page.limit) + 1)
+            .fetch_all(&self.readers)
+            .await?;
+        page_of(rows, page, |p: &Project| p.id.as_uuid())
+    }
+
+    async fn update_project(
+        &self,
+        id: ProjectId,
+        update: ProjectUpdate,
+    ) -> Result<Project, StoreError> {
+        let mut tx = self.begin().await?;
+        let current: Project = sqlx::query_as::<_, ProjectRow>(SELECT_PROJECT)
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| project_not_found(id))?
+            .try_into()?;
+        let project = current.updated(update, crate::now());
+        sqlx::query(UPDATE_PROJECT)
+            .bind(id.as_uuid())
+            .bind(&project.name)
+            .bind(&project.description)
+            .bind(&project.kind)
+            .bind(project.status.as_str())
+            .bind(project.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        append_event(
+            &mut tx,
+            kind::PROJECT_UPDATED,
+            id.to_string(),
+            Some(id),
+            project_event_data(&project),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(project)
+    }
+
+    async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query(DELETE_PROJECT)
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(project_not_found(id));
+        }
+        append_event(
+            &mut tx,
+            kind::PROJECT_DELETED,
+            id.to_string(),
+            Some(id),
+            serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(EVENTS_AFTER)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await?;
+        Ok(rows.into_iter().map(Event::from).collect())
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.readers.close().await;
+    }
+}
