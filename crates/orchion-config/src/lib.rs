@@ -1,1 +1,366 @@
-//! placeholder
+//! Orchion's typed configuration.
+//!
+//! Layers, each overriding the one before: built-in defaults → a TOML or YAML file
+//! (`--config`) → the seeds' environment variables ([`SEED_ENV`]) → `ORCHION_SECTION__KEY`
+//! environment variables → command-line flags. The result is validated once, at start, and
+//! passed down explicitly; nothing reads the environment later.
+//!
+//! Invariant: an unknown key in any layer is an error that names it, and so is a value of the
+//! wrong type. Secrets (passwords in database URLs) never appear in `Debug` output or in
+//! [`Config::to_redacted_toml`].
+
+mod secret;
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment, Metadata, Profile, Provider,
+    providers::{Format, Serialized, Toml, Yaml},
+    value::{Dict, Map, Value},
+};
+use serde::{Deserialize, Serialize};
+
+pub use crate::secret::DatabaseUrl;
+
+/// The whole configuration of a server.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
+    /// Orchion needs no Redis. A warning says so at start.
+    #[serde(skip_serializing)]
+    pub redis: Option<serde_json::Value>,
+    /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
+    /// Orchion is its own workflow engine. A warning says so at start.
+    #[serde(skip_serializing)]
+    pub temporal: Option<serde_json::Value>,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The address the HTTP API listens on.
+    pub host: String,
+    /// The HTTP API's port (`--http-port`; `port` in the workflow service's config.yaml).
+    pub http_port: u16,
+    /// Where the server keeps its files: the SQLite database when no URL is given.
+    pub data_dir: PathBuf,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// After SIGTERM/SIGINT, how long to keep accepting requests with `/readyz` answering 503,
+    /// so load balancers stop routing here before the listener closes.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// The largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            http_port: 8080,
+            data_dir: PathBuf::from(".orchion"),
+            shutdown_grace: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
+            body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite:PATH` or `postgres://…`; SQLite in `server.data_dir` when absent.
+    pub url: Option<DatabaseUrl>,
+    /// The most connections the server opens (`max_open_conns` in the workflow service's
+    /// config.yaml).
+    pub max_connections: u32,
+    /// Accepted for compatibility with the workflow service's config.yaml; sqlx pools keep
+    /// idle connections themselves.
+    #[serde(skip_serializing)]
+    pub max_idle_conns: Option<u32>,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 10,
+            max_idle_conns: None,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The URL to connect to: the configured one, or SQLite in `data_dir`.
+    pub fn effective_url(&self, data_dir: &Path) -> String {
+        match &self.url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite:{}", data_dir.join("orchion.db").display()),
+        }
+    }
+}
+
+/// Logging. `ORCHION_LOG` or `RUST_LOG`, when set, override `level`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `orchion=debug,sqlx=warn`.
+    pub level: String,
+    /// `auto` (JSON lines unless stdout is a terminal), `json` or `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// The seeds' environment variables and the key each sets, in increasing precedence. They
+/// override the file; `ORCHION_SECTION__KEY` variables override them.
+pub const SEED_ENV: &[(&str, &str)] = &[
+    ("PORT", "server.http_port"),
+    ("SERVER_HOST", "server.host"),
+    ("SERVER_PORT", "server.http_port"),
+    ("ORCHESTRATOR_SERVER_HOST", "server.host"),
+    ("ORCHESTRATOR_SERVER_PORT", "server.http_port"),
+    ("ORCHESTRATOR_DATABASE_URL", "database.url"),
+];
+
+/// The prefix of Orchion's own configuration variables; `__` separates section and key.
+pub const ENV_PREFIX: &str = "ORCHION_";
+
+/// A configuration error, as one line that names what is wrong and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// Where the configuration comes from, besides the defaults.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// A TOML (`.toml`) or YAML (`.yaml`, `.yml`) file.
+    pub file: Option<PathBuf>,
+    /// The process environment (only the variables named above are read).
+    pub env: Vec<(String, String)>,
+    /// Values set by command-line flags, as `(dotted key, value)`.
+    pub flags: Vec<(&'static str, Value)>,
+}
+
+impl Config {
+    /// Layers the sources over the defaults, then validates the result.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &sources.file {
+            figment = figment.merge(Layer::file(path)?);
+        }
+        for (var, key) in SEED_ENV {
+            if let Some((_, value)) = sources.env.iter().find(|(name, _)| name == var) {
+                figment = figment.merge(Layer::env(var, key, value));
+            }
+        }
+        for (var, value) in &sources.env {
+            if let Some(key) = orchion_env_key(var) {
+                figment = figment.merge(Layer::env(var, &key, value));
+            }
+        }
+        for (key, value) in &sources.flags {
+            figment = figment.merge(Layer {
+                name: format!("command-line flag for `{key}`"),
+                dict: nest(key, value.clone()),
+            });
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError(one_line(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot, reporting every problem at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.server.host.trim().is_empty() {
+            problems.push("server.host must not be empty".to_owned());
+        }
+        if self.server.shutdown_grace > Duration::from_secs(3600) {
+            problems.push("server.shutdown_grace must be at most 1h".to_owned());
+        }
+        if self.server.drain_delay > Duration::from_secs(600) {
+            problems.push("server.drain_delay must be at most 10m".to_owned());
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.server.body_limit_bytes) {
+            problems.push("server.body_limit_bytes must be between 1024 and 1073741824".to_owned());
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            problems.push("database.max_connections must be between 1 and 1000".to_owned());
+        }
+        if let Some(url) = &self.database.url {
+            if let Err(problem) = url.validate() {
+                problems.push(format!("database.url {problem}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(format!("invalid configuration: {}", problems.join("; "))))
+        }
+    }
+
+    /// The HTTP listen address.
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        (self.server.host.as_str(), self.server.http_port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "server.host `{}` does not resolve to an address",
+                    self.server.host
+                ))
+            })
+    }
+
+    /// Sections present only for compatibility, which the server ignores; it warns about each.
+    pub fn ignored_sections(&self) -> Vec<&'static str> {
+        let mut ignored = Vec::new();
+        if self.redis.is_some() {
+            ignored.push("redis (Orchion needs no Redis)");
+        }
+        if self.temporal.is_some() {
+            ignored.push("temporal (Orchion is its own workflow engine)");
+        }
+        if self.database.max_idle_conns.is_some() {
+            ignored.push("database.max_idle_conns (the pool manages idle connections)");
+        }
+        ignored
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+/// The key an `ORCHION_SECTION__KEY` variable sets, e.g. `server.http_port`.
+fn orchion_env_key(var: &str) -> Option<String> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    if !rest.contains("__") {
+        // ORCHION_LOG and friends are not configuration keys.
+        return None;
+    }
+    Some(rest.to_ascii_lowercase().split("__").collect::<Vec<_>>().join("."))
+}
+
+/// One layer: a dictionary with a name that error messages cite.
+struct Layer {
+    name: String,
+    dict: Dict,
+}
+
+/// Keys of the workflow service's config.yaml that Orchion spells differently: `(theirs, ours)`
+/// within a section. Renamed as a file is read, so either spelling works and both never clash.
+const FILE_ALIASES: &[(&str, &str, &str)] = &[
+    ("server", "port", "http_port"),
+    ("database", "max_open_conns", "max_connections"),
+];
+
+impl Layer {
+    fn file(path: &Path) -> Result<Self, ConfigError> {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(ConfigError(format!(
+                "cannot read config file {}: {e}",
+                path.display()
+            )));
+        }
+        let data = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Toml::file_exact(path).data(),
+            Some("yaml" | "yml") => Yaml::file_exact(path).data(),
+            _ => {
+                return Err(ConfigError(format!(
+                    "config file {} must end in .toml, .yaml or .yml",
+                    path.display()
+                )));
+            }
+        };
+        let mut dict = data
+            .map_err(|e| {
+                ConfigError(format!(
+                    "invalid configuration: {}: {}",
+                    path.display(),
+                    e.to_string().replace('\n', " ")
+                ))
+            })?
+            .remove(&Profile::Default)
+            .unwrap_or_default();
+        for (section, theirs, ours) in FILE_ALIASES {
+            if let Some(Value::Dict(_, section)) = dict.get_mut(*section) {
+                if let Some(value) = section.remove(*theirs) {
+                    section.entry((*ours).to_owned()).or_insert(value);
+                }
+            }
+        }
+        Ok(Layer {
+            name: format!("config file {}", path.display()),
+            dict,
+        })
+    }
+
+    fn env(var: &str, key: &str, value: &str) -> Self {
+        let value = value.parse::<Value>().unwrap_or_else(|e| match e {});
+        Layer {
+            name: format!("environment variable {var}"),
+            dict: nest(key, value),
+        }
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+fn nest(key: &str, value: Value) -> Dict {
+    match figment::util::nest(key, value) {
+        Value::Dict(_, dict) => dict,
+        _ => Dict::new(),
+    }
+}
+
+/// A figment error as one line, without figment's `default.` profile prefix.
+fn one_line(error: figment::Error) -> String {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|e| e.to_string().replace("\"default.", "\"").replace('\n', " "))
+        .collect();
+    format!("invalid configuration: {}", messages.join("; "))
+}
+
+#[cfg(test)]
+mod tests;

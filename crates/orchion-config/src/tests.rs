@@ -1,0 +1,238 @@
+//! Tests of layering, validation and redaction.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+
+use super::*;
+
+fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn file(ext: &str, text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+#[test]
+fn defaults_hold_without_sources() {
+    let config = Config::load(&Sources::default()).unwrap();
+    assert_eq!(config, Config::default());
+    assert_eq!(config.server.http_port, 8080);
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(30));
+}
+
+#[test]
+fn each_layer_overrides_the_one_before() {
+    let f = file(".toml", "[server]\nhttp_port = 1000\nhost = \"0.0.0.0\"\nshutdown_grace = \"5s\"\n");
+    let from_file = Config::load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(from_file.server.http_port, 1000);
+    assert_eq!(from_file.server.shutdown_grace, Duration::from_secs(5));
+
+    let seed = Sources {
+        file: Some(f.path().into()),
+        env: env(&[("PORT", "2000")]),
+        ..Default::default()
+    };
+    assert_eq!(Config::load(&seed).unwrap().server.http_port, 2000);
+
+    let ours = Sources {
+        env: env(&[("PORT", "2000"), ("ORCHION_SERVER__HTTP_PORT", "3000")]),
+        ..seed
+    };
+    assert_eq!(Config::load(&ours).unwrap().server.http_port, 3000);
+
+    let flags = Sources {
+        flags: vec![("server.http_port", Value::from(4000u16))],
+        ..ours
+    };
+    let config = Config::load(&flags).unwrap();
+    assert_eq!(config.server.http_port, 4000);
+    assert_eq!(config.server.host, "0.0.0.0", "untouched keys keep the file's value");
+}
+
+#[test]
+fn seed_variables_apply_in_documented_order() {
+    let config = Config::load(&Sources {
+        env: env(&[
+            ("SERVER_PORT", "7001"),
+            ("PORT", "7000"),
+            ("SERVER_HOST", "0.0.0.0"),
+            ("ORCHESTRATOR_DATABASE_URL", "postgres://u:pw@db:5432/orch"),
+        ]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(config.server.http_port, 7001);
+    assert_eq!(config.server.host, "0.0.0.0");
+    assert_eq!(
+        config.database.url.unwrap().expose(),
+        "postgres://u:pw@db:5432/orch"
+    );
+    let config = Config::load(&Sources {
+        env: env(&[("SERVER_PORT", "7001"), ("ORCHESTRATOR_SERVER_PORT", "7002")]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(config.server.http_port, 7002);
+}
+
+#[test]
+fn the_workflow_service_config_yaml_loads() {
+    let f = file(
+        ".yaml",
+        "server:\n  port: 8181\n  host: 0.0.0.0\ndatabase:\n  url: postgres://user:pass@localhost:5432/orchestrator?sslmode=disable\n  max_open_conns: 25\n  max_idle_conns: 5\nredis:\n  addr: localhost:6379\n  db: 0\ntemporal:\n  host_port: localhost:7233\n",
+    );
+    let config = Config::load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(config.server.http_port, 8181);
+    assert_eq!(config.database.max_connections, 25);
+    assert_eq!(config.ignored_sections().len(), 3);
+}
+
+#[test]
+fn unknown_keys_are_named_wherever_they_come_from() {
+    let f = file(".toml", "[server]\nhttp_prot = 1\n");
+    let err = Config::load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("http_prot"), "{err}");
+    assert!(err.contains(&f.path().display().to_string()), "{err}");
+
+    let f = file(".yaml", "nonsense:\n  a: 1\n");
+    let err = Config::load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nonsense"), "{err}");
+
+    let err = Config::load(&Sources {
+        env: env(&[("ORCHION_SERVER__NOPE", "1")]),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nope") && err.contains("ORCHION_SERVER__NOPE"), "{err}");
+}
+
+#[test]
+fn variables_that_are_not_configuration_are_left_alone() {
+    let config = Config::load(&Sources {
+        env: env(&[
+            ("ORCHION_LOG", "debug"),
+            ("ORCHION_TEST_DATABASE_URL", "postgres://x"),
+            ("HOME", "/root"),
+        ]),
+        ..Default::default()
+    });
+    assert!(config.is_ok());
+}
+
+#[test]
+fn wrong_types_name_the_key_and_the_source() {
+    let err = Config::load(&Sources {
+        env: env(&[("PORT", "eighty")]),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("server.http_port") && err.contains("PORT"), "{err}");
+
+    let f = file(".toml", "[server]\nshutdown_grace = \"soon\"\n");
+    let err = Config::load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("shutdown_grace"), "{err}");
+}
+
+#[test]
+fn bad_files_are_reported() {
+    let err = Config::load(&Sources {
+        file: Some("/nonexistent/orchion.toml".into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot read config file /nonexistent/orchion.toml"), "{err}");
+
+    let f = file(".ini", "x=1");
+    let err = Config::load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("must end in .toml, .yaml or .yml"), "{err}");
+
+    let f = file(".toml", "[server\nhttp_port = ");
+    let err = Config::load(&Sources {
+        file: Some(f.path().into()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.starts_with("invalid configuration"), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+}
+
+#[test]
+fn validation_reports_every_problem() {
+    let err = Config::load(&Sources {
+        flags: vec![
+            ("database.max_connections", Value::from(0u32)),
+            ("database.url", Value::from("mysql://x")),
+            ("server.host", Value::from(" ")),
+        ],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    for part in ["server.host", "database.max_connections", "database.url"] {
+        assert!(err.contains(part), "{part} missing from {err}");
+    }
+}
+
+#[test]
+fn secrets_are_redacted_in_every_rendering() {
+    let config = Config::load(&Sources {
+        env: env(&[("ORCHION_DATABASE__URL", "postgres://admin:hunter2@db/orchion")]),
+        ..Default::default()
+    })
+    .unwrap();
+    let shown = config.to_redacted_toml().unwrap();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("postgres://admin:REDACTED@db/orchion"), "{shown}");
+    assert!(!format!("{config:?}").contains("hunter2"));
+    assert_eq!(
+        config.database.url.unwrap().expose(),
+        "postgres://admin:hunter2@db/orchion"
+    );
+    let printed: toml::Value = toml::from_str(&shown).unwrap();
+    assert_eq!(printed["server"]["http_port"].as_integer(), Some(8080));
+}
+
+#[test]
+fn the_default_store_is_sqlite_in_the_data_dir() {
+    let config = Config::default();
+    assert_eq!(
+        config.database.effective_url(&config.server.data_dir),
+        "sqlite:.orchion/orchion.db"
+    );
+}
