@@ -1,1 +1,158 @@
-//! placeholder
+//! Orchion's HTTP edge: the REST API under `/api/v1`, the seeds' compatibility endpoints, health
+//! checks, the OpenAPI document and Swagger UI.
+//!
+//! Boundary: JSON DTOs live here and are converted by hand to and from domain types; handlers
+//! validate through the domain's constructors and talk to the store through `Arc<dyn Store>`.
+//! Every error leaves through [`problem::ApiError`], the one mapping to problem+json.
+
+pub mod extract;
+pub mod health;
+pub mod problem;
+pub mod projects;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Extension, Router,
+    extract::{DefaultBodyLimit, Request},
+    http::HeaderName,
+    response::IntoResponse,
+};
+use orchion_store::Store;
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{extract::BodyLimit, problem::ApiError};
+
+/// The header carrying each request's id, set when the client sends none and echoed back.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+/// The server's lifecycle as the API sees it: when it started, and whether it is draining.
+#[derive(Debug)]
+pub struct Lifecycle {
+    started: Instant,
+    draining: AtomicBool,
+}
+
+impl Lifecycle {
+    /// A lifecycle starting now.
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the server as shutting down: readiness checks fail from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// How long the server has been up.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The API's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Orchion", description = "The Orchion orchestrator's REST API."),
+    tags(
+        (name = "projects", description = "Projects: namespaces that own workflows, runs and deployments"),
+        (name = "health", description = "Liveness and readiness")
+    )
+)]
+struct ApiDoc;
+
+/// The router and the OpenAPI document generated from its handlers.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(projects::create_project, projects::list_projects))
+        .routes(routes!(
+            projects::get_project,
+            projects::update_project,
+            projects::delete_project
+        ))
+        .routes(routes!(health::livez))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let (api, openapi) = api();
+    let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(Extension(BodyLimit(limits.body_limit_bytes)))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let id = request
+                    .headers()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn not_found(request: Request) -> impl IntoResponse {
+    ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request) -> impl IntoResponse {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    ))
+}

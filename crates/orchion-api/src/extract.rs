@@ -1,0 +1,152 @@
+//! Extractors that turn every malformed input into a problem naming what is wrong, instead of
+//! axum's plain-text rejections.
+
+use axum::{
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{HeaderMap, StatusCode, header, request::Parts},
+};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::problem::ApiError;
+
+/// The body size limit in force, carried in request extensions so rejections can state it.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
+/// A JSON request body, deserialized strictly, with a digest of its content for idempotency.
+#[derive(Debug)]
+pub struct JsonBody<T> {
+    pub value: T,
+    /// SHA-256 of the body's canonical JSON (keys sorted, no white space), so two requests
+    /// that differ only in formatting count as the same request.
+    pub digest: Vec<u8>,
+}
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        check_json_content_type(req.headers())?;
+        let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::MalformedJson(rejection.body_text())
+            }
+        })?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
+        let value = serde_path_to_error::deserialize(json).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." {
+                ApiError::InvalidBody {
+                    pointer: String::new(),
+                    detail: format!("request body: {inner}"),
+                }
+            } else {
+                ApiError::InvalidBody {
+                    pointer: format!("/{}", path.replace('.', "/")),
+                    detail: format!("field `{path}`: {inner}"),
+                }
+            }
+        })?;
+        Ok(JsonBody { value, digest })
+    }
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+        Ok(())
+    } else if content_type.is_empty() {
+        Err(ApiError::UnsupportedMediaType(
+            "the request has no Content-Type: send `Content-Type: application/json`".into(),
+        ))
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type `{content_type}` is not supported: send `application/json`"
+        )))
+    }
+}
+
+/// Query parameters, deserialized strictly: an unknown parameter or a value of the wrong type
+/// is a problem naming the parameter.
+#[derive(Debug)]
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        serde_path_to_error::deserialize(deserializer)
+            .map(QueryParams)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                let name = if path == "." { inner_field(&inner) } else { path };
+                ApiError::InvalidParameter {
+                    detail: format!("query parameter `{name}`: {inner}"),
+                    name,
+                }
+            })
+    }
+}
+
+fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}
+
+/// The field an "unknown field `x`" message names, for errors serde reports at the top level.
+fn inner_field(message: &str) -> String {
+    message
+        .split('`')
+        .nth(1)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "query".to_owned())
+}
+
+/// Parses a path segment as an id, naming the parameter when it is not one.
+pub fn parse_id<T>(name: &str, raw: &str) -> Result<T, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.parse::<T>().map_err(|e| ApiError::InvalidParameter {
+        name: name.to_owned(),
+        detail: format!("path parameter `{name}`: {e}"),
+    })
+}
+
+/// The `Idempotency-Key` header, if given, checked for a sane shape.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::InvalidParameter {
+        name: "Idempotency-Key".into(),
+        detail: "header `Idempotency-Key` must be 1 to 255 visible ASCII characters".into(),
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}

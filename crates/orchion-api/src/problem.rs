@@ -1,0 +1,158 @@
+//! The one mapping from errors to RFC 9457 `application/problem+json` responses.
+//!
+//! Invariant: every error a client can cause has a stable `type` (`urn:orchion:problem:<code>`)
+//! and a `detail` that names what is wrong. Internal errors are logged here and answered with a
+//! generic detail: their text never reaches a client.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use orchion_domain::ValidationErrors;
+use orchion_store::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The media type of problem responses.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A stable URI naming the kind of problem, `urn:orchion:problem:<code>`.
+    #[serde(rename = "type")]
+    #[schema(example = "urn:orchion:problem:invalid-body")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: &'static str,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What is wrong with this request, naming the offending field.
+    pub detail: String,
+    /// The stable code, the last part of `type`.
+    pub code: &'static str,
+    /// One entry per problem found, for inputs validated as a whole.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+/// One problem with one field.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldProblem {
+    /// Where in the input, as a JSON pointer (`/name`).
+    pub pointer: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// Every error a handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("{detail}")]
+    InvalidBody { pointer: String, detail: String },
+    #[error("{0}")]
+    Validation(ValidationErrors),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{detail}")]
+    InvalidParameter { name: String, detail: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    IdempotencyConflict(String),
+    #[error("the store is unavailable; try again shortly")]
+    Unavailable,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed-json", "Malformed JSON"),
+            ApiError::InvalidBody { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-body", "Invalid request body"),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Validation failed"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            ApiError::InvalidParameter { .. } => (StatusCode::BAD_REQUEST, "invalid-parameter", "Invalid parameter"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            ApiError::IdempotencyConflict(_) => (StatusCode::CONFLICT, "idempotency-key-reused", "Idempotency key reused"),
+            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "Store unavailable"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "Shutting down"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        }
+    }
+
+    /// The problem document this error answers with.
+    pub fn problem(&self) -> Problem {
+        let (status, code, title) = self.parts();
+        let errors = match self {
+            ApiError::Validation(errors) => errors
+                .0
+                .iter()
+                .map(|e| FieldProblem {
+                    pointer: e.pointer.clone(),
+                    detail: e.message.clone(),
+                })
+                .collect(),
+            ApiError::InvalidBody { pointer, detail } => vec![FieldProblem {
+                pointer: pointer.clone(),
+                detail: detail.clone(),
+            }],
+            _ => Vec::new(),
+        };
+        Problem {
+            kind: format!("urn:orchion:problem:{code}"),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+            errors,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let problem = self.problem();
+        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(problem)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+impl From<ValidationErrors> for ApiError {
+    fn from(errors: ValidationErrors) -> Self {
+        ApiError::Validation(errors)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound { .. } => ApiError::NotFound(error.to_string()),
+            StoreError::IdempotencyConflict { .. } => ApiError::IdempotencyConflict(error.to_string()),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %error, "store unavailable");
+                ApiError::Unavailable
+            }
+            error => {
+                tracing::error!(error = %error, "store error");
+                ApiError::Internal
+            }
+        }
+    }
+}
