@@ -20,9 +20,13 @@ use std::{
 use figment::{
     Figment, Metadata, Profile, Provider,
     providers::{Format, Serialized, Toml, Yaml},
-    value::{Dict, Map, Value},
+    value::{Dict, Map},
 };
 use serde::{Deserialize, Serialize};
+
+
+
+pub use figment::value::Value;
 
 pub use crate::secret::DatabaseUrl;
 

@@ -1,1 +1,31 @@
-fn main() {}
+//! The `orchion` binary: parses the command line and hands off. Exit status: 0 success,
+//! 1 failure, 2 usage or configuration error.
+
+mod cli;
+mod client;
+mod server;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Dev(args) => server::dev(args).await,
+            Command::Server(args) => server::serve(args).await,
+            Command::Project(args) => client::project::run(args).await,
+        }
+    })
+}
