@@ -41,7 +41,8 @@ where
                 ApiError::MalformedJson(rejection.body_text())
             }
         })?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
         let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
         let value = serde_path_to_error::deserialize(json).map_err(|e| {
             let path = e.path().to_string();
@@ -67,8 +68,15 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json")) {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
         Ok(())
     } else if content_type.is_empty() {
         Err(ApiError::UnsupportedMediaType(
@@ -101,7 +109,11 @@ where
             .map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner().to_string();
-                let name = if path == "." { inner_field(&inner) } else { path };
+                let name = if path == "." {
+                    inner_field(&inner)
+                } else {
+                    path
+                };
                 ApiError::InvalidParameter {
                     detail: format!("query parameter `{name}`: {inner}"),
                     name,

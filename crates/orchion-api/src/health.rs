@@ -80,7 +80,13 @@ async fn readiness(state: &AppState, ok: &'static str) -> (StatusCode, Json<Read
         }
     };
     match reason {
-        None => (StatusCode::OK, Json(ReadyResponse { status: ok, reason: None })),
+        None => (
+            StatusCode::OK,
+            Json(ReadyResponse {
+                status: ok,
+                reason: None,
+            }),
+        ),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(ReadyResponse {
@@ -97,7 +103,9 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
     Json(HealthResponse {
         status: "healthy",
         service: SERVICE,
-        timestamp: OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default(),
+        timestamp: OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default(),
         uptime: go_duration(state.lifecycle.uptime()),
     })
 }
@@ -122,7 +130,10 @@ mod tests {
         assert_eq!(go_duration(Duration::ZERO), "0s");
         assert_eq!(go_duration(Duration::from_millis(45_900)), "45s");
         assert_eq!(go_duration(Duration::from_secs(61)), "1m1s");
-        assert_eq!(go_duration(Duration::from_secs(2 * 3600 + 15 * 60 + 30)), "2h15m30s");
+        assert_eq!(
+            go_duration(Duration::from_secs(2 * 3600 + 15 * 60 + 30)),
+            "2h15m30s"
+        );
         assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
     }
 }

@@ -147,7 +147,11 @@ pub fn router(state: AppState, limits: Limits) -> Router {
 }
 
 async fn not_found(request: Request) -> impl IntoResponse {
-    ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()))
+    ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn method_not_allowed(request: Request) -> impl IntoResponse {

@@ -118,7 +118,11 @@ pub async fn create_project(
     body: JsonBody<CreateProject>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let CreateProject { name, description, kind } = body.value;
+    let CreateProject {
+        name,
+        description,
+        kind,
+    } = body.value;
     let new = NewProject::new(name, description, kind)?;
     let project = Project::create(new, orchion_store::now());
     let idempotency = key.map(|key| IdempotencyKey {
@@ -127,7 +131,8 @@ pub async fn create_project(
     });
     let created = state.store.create_project(project, idempotency).await?;
     let location = format!("/api/v1/projects/{}", created.value.id);
-    let mut response = (StatusCode::CREATED, Json(ProjectBody::from(created.value))).into_response();
+    let mut response =
+        (StatusCode::CREATED, Json(ProjectBody::from(created.value))).into_response();
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, location);
@@ -194,7 +199,12 @@ pub async fn update_project(
     body: JsonBody<UpdateProject>,
 ) -> Result<Json<ProjectBody>, ApiError> {
     let id: ProjectId = parse_id("id", &id)?;
-    let UpdateProject { name, description, kind, status } = body.value;
+    let UpdateProject {
+        name,
+        description,
+        kind,
+        status,
+    } = body.value;
     let update = ProjectUpdate::new(name, description, kind, status)?;
     Ok(Json(state.store.update_project(id, update).await?.into()))
 }

@@ -56,13 +56,19 @@ impl App {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     async fn get(&self, uri: &str) -> Reply {
-        self.send(Request::get(uri).body(Body::empty()).unwrap()).await
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
     }
 
     async fn json(&self, method: &str, uri: &str, body: impl Into<String>) -> Reply {
@@ -79,7 +85,11 @@ impl App {
 
     async fn create(&self, name: &str) -> Value {
         let reply = self
-            .json("POST", "/api/v1/projects", json!({"name": name}).to_string())
+            .json(
+                "POST",
+                "/api/v1/projects",
+                json!({"name": name}).to_string(),
+            )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
         reply.body
@@ -113,7 +123,10 @@ async fn projects_go_through_their_whole_lifecycle() {
         .await;
     assert_eq!(reply.status, StatusCode::CREATED);
     let id = reply.body["id"].as_str().unwrap().to_owned();
-    assert_eq!(reply.headers[header::LOCATION], format!("/api/v1/projects/{id}"));
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        format!("/api/v1/projects/{id}")
+    );
     assert_eq!(reply.body["name"], "My Project");
     assert_eq!(reply.body["type"], "standard");
     assert_eq!(reply.body["status"], "active");
@@ -123,7 +136,11 @@ async fn projects_go_through_their_whole_lifecycle() {
     assert_eq!(got.body, reply.body);
 
     let updated = app
-        .json("PUT", &format!("/api/v1/projects/{id}"), r#"{"description":"new","status":"archived"}"#)
+        .json(
+            "PUT",
+            &format!("/api/v1/projects/{id}"),
+            r#"{"description":"new","status":"archived"}"#,
+        )
         .await;
     assert_eq!(updated.status, StatusCode::OK);
     assert_eq!(updated.body["name"], "My Project");
@@ -136,10 +153,18 @@ async fn projects_go_through_their_whole_lifecycle() {
     assert_eq!(archived.body["items"][0]["id"], id.as_str());
 
     let deleted = app
-        .send(Request::delete(format!("/api/v1/projects/{id}")).body(Body::empty()).unwrap())
+        .send(
+            Request::delete(format!("/api/v1/projects/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    problem(&app.get(&format!("/api/v1/projects/{id}")).await, StatusCode::NOT_FOUND, "not-found");
+    problem(
+        &app.get(&format!("/api/v1/projects/{id}")).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
 }
 
 #[tokio::test]
@@ -152,13 +177,23 @@ async fn listing_pages_with_cursors() {
     let first = app.get("/api/v1/projects?limit=2").await;
     assert_eq!(first.body["items"].as_array().unwrap().len(), 2);
     let cursor = first.body["next_cursor"].as_str().unwrap();
-    let second = app.get(&format!("/api/v1/projects?limit=2&cursor={cursor}")).await;
+    let second = app
+        .get(&format!("/api/v1/projects?limit=2&cursor={cursor}"))
+        .await;
     let cursor = second.body["next_cursor"].as_str().unwrap();
-    let third = app.get(&format!("/api/v1/projects?limit=2&cursor={cursor}")).await;
+    let third = app
+        .get(&format!("/api/v1/projects?limit=2&cursor={cursor}"))
+        .await;
     assert!(third.body.get("next_cursor").is_none());
     let seen: Vec<Value> = [first, second, third]
         .iter()
-        .flat_map(|r| r.body["items"].as_array().unwrap().iter().map(|p| p["id"].clone()))
+        .flat_map(|r| {
+            r.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].clone())
+        })
         .collect();
     assert_eq!(seen, ids);
 }
@@ -177,7 +212,9 @@ async fn an_idempotency_key_returns_the_same_project() {
     assert_eq!(first.status, StatusCode::CREATED);
     assert!(first.headers.get("idempotent-replayed").is_none());
     // Same content, different formatting and key order: the same request.
-    let again = app.send(post(r#"{ "type": "standard", "name": "once" }"#)).await;
+    let again = app
+        .send(post(r#"{ "type": "standard", "name": "once" }"#))
+        .await;
     assert_eq!(again.status, StatusCode::CREATED);
     assert_eq!(again.headers["idempotent-replayed"], "true");
     assert_eq!(again.body, first.body);
@@ -200,7 +237,9 @@ async fn an_idempotency_key_returns_the_same_project() {
                 .unwrap(),
         )
         .await;
-    assert!(problem(&bad_key, StatusCode::BAD_REQUEST, "invalid-parameter").contains("Idempotency-Key"));
+    assert!(
+        problem(&bad_key, StatusCode::BAD_REQUEST, "invalid-parameter").contains("Idempotency-Key")
+    );
 }
 
 #[tokio::test]
@@ -231,7 +270,11 @@ async fn wrong_types_name_the_field() {
 async fn unknown_fields_are_named() {
     let app = app().await;
     let reply = app
-        .json("POST", "/api/v1/projects", r#"{"name": "x", "colour": "red"}"#)
+        .json(
+            "POST",
+            "/api/v1/projects",
+            r#"{"name": "x", "colour": "red"}"#,
+        )
         .await;
     let detail = problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(detail.contains("colour"), "{detail}");
@@ -241,9 +284,17 @@ async fn unknown_fields_are_named() {
 async fn invalid_values_list_every_problem() {
     let app = app().await;
     let reply = app
-        .json("POST", "/api/v1/projects", r#"{"name": "  ", "type": "Not Valid"}"#)
+        .json(
+            "POST",
+            "/api/v1/projects",
+            r#"{"name": "  ", "type": "Not Valid"}"#,
+        )
         .await;
-    problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed");
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
     let pointers: Vec<&str> = reply.body["errors"]
         .as_array()
         .unwrap()
@@ -251,7 +302,11 @@ async fn invalid_values_list_every_problem() {
         .map(|e| e["pointer"].as_str().unwrap())
         .collect();
     assert_eq!(pointers, ["/name", "/type"]);
-    assert_eq!(app.get("/api/v1/projects").await.body["items"], json!([]), "nothing written");
+    assert_eq!(
+        app.get("/api/v1/projects").await.body["items"],
+        json!([]),
+        "nothing written"
+    );
 }
 
 #[tokio::test]
@@ -268,9 +323,20 @@ async fn an_oversized_body_is_a_413_problem_and_writes_nothing() {
 async fn a_body_that_is_not_json_is_a_415_problem() {
     let app = app().await;
     let reply = app
-        .send(Request::post("/api/v1/projects").body(Body::from(r#"{"name":"x"}"#)).unwrap())
+        .send(
+            Request::post("/api/v1/projects")
+                .body(Body::from(r#"{"name":"x"}"#))
+                .unwrap(),
+        )
         .await;
-    assert!(problem(&reply, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").contains("Content-Type"));
+    assert!(
+        problem(
+            &reply,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type"
+        )
+        .contains("Content-Type")
+    );
     let reply = app
         .send(
             Request::post("/api/v1/projects")
@@ -279,7 +345,14 @@ async fn a_body_that_is_not_json_is_a_415_problem() {
                 .unwrap(),
         )
         .await;
-    assert!(problem(&reply, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").contains("text/plain"));
+    assert!(
+        problem(
+            &reply,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type"
+        )
+        .contains("text/plain")
+    );
 }
 
 #[tokio::test]
@@ -288,7 +361,12 @@ async fn a_malformed_id_names_the_parameter() {
     for reply in [
         app.get("/api/v1/projects/not-a-uuid").await,
         app.json("PUT", "/api/v1/projects/123", "{}").await,
-        app.send(Request::delete("/api/v1/projects/zz").body(Body::empty()).unwrap()).await,
+        app.send(
+            Request::delete("/api/v1/projects/zz")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await,
     ] {
         let detail = problem(&reply, StatusCode::BAD_REQUEST, "invalid-parameter");
         assert!(detail.contains("`id`"), "{detail}");
@@ -306,7 +384,8 @@ async fn a_missing_project_is_a_404_problem() {
     );
     assert!(detail.contains(&id.to_string()), "{detail}");
     problem(
-        &app.json("PUT", &format!("/api/v1/projects/{id}"), r#"{"name":"n"}"#).await,
+        &app.json("PUT", &format!("/api/v1/projects/{id}"), r#"{"name":"n"}"#)
+            .await,
         StatusCode::NOT_FOUND,
         "not-found",
     );
@@ -332,9 +411,17 @@ async fn bad_query_parameters_are_named() {
 #[tokio::test]
 async fn unknown_routes_and_methods_are_problems() {
     let app = app().await;
-    problem(&app.get("/api/v1/nope").await, StatusCode::NOT_FOUND, "not-found");
+    problem(
+        &app.get("/api/v1/nope").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
     let reply = app
-        .send(Request::patch("/api/v1/projects").body(Body::empty()).unwrap())
+        .send(
+            Request::patch("/api/v1/projects")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     problem(&reply, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
 }
@@ -371,7 +458,11 @@ async fn readiness_fails_while_the_store_is_unreachable() {
     assert_eq!(readyz.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(readyz.body["reason"], "the store is unreachable");
     // A request that needs the store is a 503 problem, not a 500.
-    problem(&app.get("/api/v1/projects").await, StatusCode::SERVICE_UNAVAILABLE, "store-unavailable");
+    problem(
+        &app.get("/api/v1/projects").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+    );
 }
 
 #[tokio::test]
@@ -379,13 +470,25 @@ async fn the_openapi_document_and_swagger_ui_are_served() {
     let app = app().await;
     let doc = app.get("/openapi.json").await;
     assert_eq!(doc.status, StatusCode::OK);
-    for path in ["/api/v1/projects", "/api/v1/projects/{id}", "/readyz", "/health"] {
-        assert!(doc.body["paths"].get(path).is_some(), "{path} missing from the document");
+    for path in [
+        "/api/v1/projects",
+        "/api/v1/projects/{id}",
+        "/readyz",
+        "/health",
+    ] {
+        assert!(
+            doc.body["paths"].get(path).is_some(),
+            "{path} missing from the document"
+        );
     }
     assert!(doc.body["components"]["schemas"].get("Problem").is_some());
     let ui = app.get("/docs/").await;
     assert_eq!(ui.status, StatusCode::OK);
-    assert!(ui.body.as_str().unwrap().contains("swagger"), "{:?}", ui.body);
+    assert!(
+        ui.body.as_str().unwrap().contains("swagger"),
+        "{:?}",
+        ui.body
+    );
 }
 
 #[tokio::test]
@@ -394,7 +497,12 @@ async fn every_response_carries_a_request_id() {
     let reply = app.get("/livez").await;
     assert!(!reply.headers["x-request-id"].is_empty());
     let reply = app
-        .send(Request::get("/livez").header("x-request-id", "abc-123").body(Body::empty()).unwrap())
+        .send(
+            Request::get("/livez")
+                .header("x-request-id", "abc-123")
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(reply.headers["x-request-id"], "abc-123");
 }

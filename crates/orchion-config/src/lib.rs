@@ -24,8 +24,6 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-
-
 pub use figment::value::Value;
 
 pub use crate::secret::DatabaseUrl;
@@ -228,7 +226,10 @@ impl Config {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(ConfigError(format!("invalid configuration: {}", problems.join("; "))))
+            Err(ConfigError(format!(
+                "invalid configuration: {}",
+                problems.join("; ")
+            )))
         }
     }
 
@@ -274,7 +275,12 @@ fn orchion_env_key(var: &str) -> Option<String> {
         // ORCHION_LOG and friends are not configuration keys.
         return None;
     }
-    Some(rest.to_ascii_lowercase().split("__").collect::<Vec<_>>().join("."))
+    Some(
+        rest.to_ascii_lowercase()
+            .split("__")
+            .collect::<Vec<_>>()
+            .join("."),
+    )
 }
 
 /// One layer: a dictionary with a name that error messages cite.

@@ -7,7 +7,9 @@ use std::io::Write;
 use super::*;
 
 fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
-    vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    vars.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn file(ext: &str, text: &str) -> tempfile::NamedTempFile {
@@ -26,7 +28,10 @@ fn defaults_hold_without_sources() {
 
 #[test]
 fn each_layer_overrides_the_one_before() {
-    let f = file(".toml", "[server]\nhttp_port = 1000\nhost = \"0.0.0.0\"\nshutdown_grace = \"5s\"\n");
+    let f = file(
+        ".toml",
+        "[server]\nhttp_port = 1000\nhost = \"0.0.0.0\"\nshutdown_grace = \"5s\"\n",
+    );
     let from_file = Config::load(&Sources {
         file: Some(f.path().into()),
         ..Default::default()
@@ -54,7 +59,10 @@ fn each_layer_overrides_the_one_before() {
     };
     let config = Config::load(&flags).unwrap();
     assert_eq!(config.server.http_port, 4000);
-    assert_eq!(config.server.host, "0.0.0.0", "untouched keys keep the file's value");
+    assert_eq!(
+        config.server.host, "0.0.0.0",
+        "untouched keys keep the file's value"
+    );
 }
 
 #[test]
@@ -76,7 +84,10 @@ fn seed_variables_apply_in_documented_order() {
         "postgres://u:pw@db:5432/orch"
     );
     let config = Config::load(&Sources {
-        env: env(&[("SERVER_PORT", "7001"), ("ORCHESTRATOR_SERVER_PORT", "7002")]),
+        env: env(&[
+            ("SERVER_PORT", "7001"),
+            ("ORCHESTRATOR_SERVER_PORT", "7002"),
+        ]),
         ..Default::default()
     })
     .unwrap();
@@ -126,7 +137,10 @@ fn unknown_keys_are_named_wherever_they_come_from() {
     })
     .unwrap_err()
     .to_string();
-    assert!(err.contains("nope") && err.contains("ORCHION_SERVER__NOPE"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("ORCHION_SERVER__NOPE"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,7 +164,10 @@ fn wrong_types_name_the_key_and_the_source() {
     })
     .unwrap_err()
     .to_string();
-    assert!(err.contains("server.http_port") && err.contains("PORT"), "{err}");
+    assert!(
+        err.contains("server.http_port") && err.contains("PORT"),
+        "{err}"
+    );
 
     let f = file(".toml", "[server]\nshutdown_grace = \"soon\"\n");
     let err = Config::load(&Sources {
@@ -170,7 +187,10 @@ fn bad_files_are_reported() {
     })
     .unwrap_err()
     .to_string();
-    assert!(err.contains("cannot read config file /nonexistent/orchion.toml"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/orchion.toml"),
+        "{err}"
+    );
 
     let f = file(".ini", "x=1");
     let err = Config::load(&Sources {
@@ -212,13 +232,19 @@ fn validation_reports_every_problem() {
 #[test]
 fn secrets_are_redacted_in_every_rendering() {
     let config = Config::load(&Sources {
-        env: env(&[("ORCHION_DATABASE__URL", "postgres://admin:hunter2@db/orchion")]),
+        env: env(&[(
+            "ORCHION_DATABASE__URL",
+            "postgres://admin:hunter2@db/orchion",
+        )]),
         ..Default::default()
     })
     .unwrap();
     let shown = config.to_redacted_toml().unwrap();
     assert!(!shown.contains("hunter2"), "{shown}");
-    assert!(shown.contains("postgres://admin:REDACTED@db/orchion"), "{shown}");
+    assert!(
+        shown.contains("postgres://admin:REDACTED@db/orchion"),
+        "{shown}"
+    );
     assert!(!format!("{config:?}").contains("hunter2"));
     assert_eq!(
         config.database.url.unwrap().expose(),

@@ -33,7 +33,11 @@ impl ValidationErrors {
 
     /// `Ok(value)` when no problem was recorded, otherwise the problems.
     pub fn into_result<T>(self, value: T) -> Result<T, Self> {
-        if self.0.is_empty() { Ok(value) } else { Err(self) }
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 }
 

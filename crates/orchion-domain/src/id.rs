@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 /// The reason a string is not a valid id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{input}` is not a valid {kind} id: expected a UUID such as 0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e")]
+#[error(
+    "`{input}` is not a valid {kind} id: expected a UUID such as 0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e"
+)]
 pub struct IdParseError {
     /// What kind of id was expected.
     pub kind: &'static str,
@@ -83,7 +85,10 @@ mod tests {
     fn malformed_ids_name_the_kind_and_input() {
         let err = "not-a-uuid".parse::<ProjectId>().unwrap_err();
         assert_eq!(err.kind, "project");
-        assert!(err.to_string().contains("`not-a-uuid` is not a valid project id"));
+        assert!(
+            err.to_string()
+                .contains("`not-a-uuid` is not a valid project id")
+        );
     }
 
     #[test]

@@ -47,7 +47,10 @@ impl PageRequest {
         if limit == 0 || limit > Self::MAX_LIMIT {
             return Err(FieldError::new(
                 "limit",
-                format!("limit must be between 1 and {}, got {limit}", Self::MAX_LIMIT),
+                format!(
+                    "limit must be between 1 and {}, got {limit}",
+                    Self::MAX_LIMIT
+                ),
             ));
         }
         Ok(Self { limit, after })

@@ -94,7 +94,9 @@ impl FromStr for ProjectStatus {
         Self::ALL
             .into_iter()
             .find(|status| status.as_str() == s)
-            .ok_or_else(|| format!("`{s}` is not a project status: expected `active` or `archived`"))
+            .ok_or_else(|| {
+                format!("`{s}` is not a project status: expected `active` or `archived`")
+            })
     }
 }
 

@@ -150,7 +150,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>, 
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url, max_connections).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(url, max_connections).await?))
+        Ok(Arc::new(
+            PostgresStore::connect(url, max_connections).await?,
+        ))
     } else {
         Err(StoreError::InvalidUrl(
             "expected a URL starting with `sqlite:` or `postgres://`".into(),

@@ -157,7 +157,10 @@ impl Store for PostgresStore {
         project: Project,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Created<Project>, StoreError> {
-        let existing = match self.try_create_project(&project, idempotency.as_ref()).await {
+        let existing = match self
+            .try_create_project(&project, idempotency.as_ref())
+            .await
+        {
             // Another replica committed the same key between our lookup and our insert: the
             // second attempt finds its resource.
             Err(error) if idempotency.is_some() && is_unique_violation(&error) => {

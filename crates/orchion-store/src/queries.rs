@@ -1,7 +1,6 @@
 //! SQL both backends run as written: SQLite accepts PostgreSQL's `$N` placeholders, and these
 //! statements use only what the two dialects share. Statements that differ live in the backend.
 
-
 pub(crate) const INSERT_PROJECT: &str = "INSERT INTO projects (id, name, description, type, status, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 

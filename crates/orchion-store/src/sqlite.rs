@@ -12,8 +12,7 @@ use orchion_domain::{Page, PageRequest, Project, ProjectFilter, ProjectId, Proje
 use sqlx::{
     SqliteConnection,
     sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-        SqliteSynchronous,
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
     },
     types::Json,
 };
@@ -38,7 +37,8 @@ impl SqliteStore {
     pub async fn open(url: &str, readers: u32) -> Result<Self, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::InvalidUrl(
-                "an in-memory SQLite database is not durable; name a file, e.g. sqlite:orchion.db".into(),
+                "an in-memory SQLite database is not durable; name a file, e.g. sqlite:orchion.db"
+                    .into(),
             ));
         }
         let options = SqliteConnectOptions::from_str(url)
@@ -73,14 +73,16 @@ async fn append_event(
     project: Option<ProjectId>,
     data: serde_json::Value,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO events (at, kind, subject, project_id, data) VALUES ($1, $2, $3, $4, $5)")
-        .bind(crate::now())
-        .bind(kind)
-        .bind(subject)
-        .bind(project.map(|p| p.as_uuid()))
-        .bind(Json(data))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO events (at, kind, subject, project_id, data) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(crate::now())
+    .bind(kind)
+    .bind(subject)
+    .bind(project.map(|p| p.as_uuid()))
+    .bind(Json(data))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -132,7 +134,10 @@ impl Store for SqliteStore {
             if let Some(existing) = find_idempotent(&mut tx, PROJECT_CREATE_SCOPE, key).await? {
                 tx.rollback().await?;
                 let value = self.get_project(ProjectId::from_uuid(existing)).await?;
-                return Ok(Created { value, created: false });
+                return Ok(Created {
+                    value,
+                    created: false,
+                });
             }
         }
         sqlx::query(INSERT_PROJECT)

@@ -129,7 +129,10 @@ async fn listing_pages_in_creation_order_and_filters_by_status(db: Db) {
     let mut seen = Vec::new();
     let mut page = PageRequest::new(Some(3), None).unwrap();
     loop {
-        let got = store.list_projects(ProjectFilter::default(), page).await.unwrap();
+        let got = store
+            .list_projects(ProjectFilter::default(), page)
+            .await
+            .unwrap();
         assert!(got.items.len() <= 3);
         seen.extend(got.items.iter().map(|p| p.id));
         match got.next {
@@ -149,7 +152,10 @@ async fn listing_pages_in_creation_order_and_filters_by_status(db: Db) {
         .await
         .unwrap();
     let expected: Vec<ProjectId> = [0, 2, 3, 5, 6].iter().map(|&i| ids[i]).collect();
-    assert_eq!(active.items.iter().map(|p| p.id).collect::<Vec<_>>(), expected);
+    assert_eq!(
+        active.items.iter().map(|p| p.id).collect::<Vec<_>>(),
+        expected
+    );
     assert_eq!(active.next, None);
 }
 
@@ -157,7 +163,8 @@ async fn an_update_changes_only_what_it_names(db: Db) {
     let store = db.open().await;
     let project = new_project("before");
     store.create_project(project.clone(), None).await.unwrap();
-    let update = ProjectUpdate::new(Some("after".into()), None, Some("batch".into()), None).unwrap();
+    let update =
+        ProjectUpdate::new(Some("after".into()), None, Some("batch".into()), None).unwrap();
     let updated = store.update_project(project.id, update).await.unwrap();
     assert_eq!(updated.name, "after");
     assert_eq!(updated.kind, "batch");
@@ -258,7 +265,8 @@ async fn concurrent_writes_all_commit(db: Db) {
             tokio::spawn(async move {
                 let project = new_project(&format!("w{i}"));
                 store.create_project(project.clone(), None).await.unwrap();
-                let update = ProjectUpdate::new(None, Some(format!("updated {i}")), None, None).unwrap();
+                let update =
+                    ProjectUpdate::new(None, Some(format!("updated {i}")), None, None).unwrap();
                 store.update_project(project.id, update).await.unwrap();
             })
         })
@@ -271,7 +279,11 @@ async fn concurrent_writes_all_commit(db: Db) {
         .await
         .unwrap();
     assert_eq!(all.items.len(), 40);
-    assert!(all.items.iter().all(|p| p.description.starts_with("updated")));
+    assert!(
+        all.items
+            .iter()
+            .all(|p| p.description.starts_with("updated"))
+    );
 }
 
 async fn every_change_appends_one_event_in_order(db: Db) {
@@ -288,7 +300,10 @@ async fn every_change_appends_one_event_in_order(db: Db) {
     store.delete_project(project.id).await.unwrap();
     let events = store.events_after(0, 100).await.unwrap();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
-    assert_eq!(kinds, ["project.created", "project.updated", "project.deleted"]);
+    assert_eq!(
+        kinds,
+        ["project.created", "project.updated", "project.deleted"]
+    );
     assert!(events.windows(2).all(|w| w[0].seq < w[1].seq));
     assert!(events.iter().all(|e| e.subject == project.id.to_string()));
     assert!(events.iter().all(|e| e.project_id == Some(project.id)));
@@ -296,7 +311,10 @@ async fn every_change_appends_one_event_in_order(db: Db) {
 
     let after_first = store.events_after(events[0].seq, 100).await.unwrap();
     assert_eq!(after_first, events[1..].to_vec());
-    assert_eq!(store.events_after(events[0].seq, 1).await.unwrap(), events[1..2].to_vec());
+    assert_eq!(
+        store.events_after(events[0].seq, 1).await.unwrap(),
+        events[1..2].to_vec()
+    );
 }
 
 async fn data_survives_reopening_the_store(db: Db) {
@@ -304,7 +322,10 @@ async fn data_survives_reopening_the_store(db: Db) {
     let project = new_project("durable");
     store.create_project(project.clone(), None).await.unwrap();
     store.close().await;
-    assert!(store.get_project(project.id).await.is_err(), "a closed store answers nothing");
+    assert!(
+        store.get_project(project.id).await.is_err(),
+        "a closed store answers nothing"
+    );
 
     let reopened = db.open().await;
     assert_eq!(reopened.get_project(project.id).await.unwrap(), project);

@@ -86,9 +86,9 @@ fn skip(reason: &str) -> Option<Server> {
 /// Finds the directory holding `initdb` and `pg_ctl`: on `PATH`, else the newest
 /// `/usr/lib/postgresql/*/bin`.
 fn postgres_bin_dir() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH").into_iter().flat_map(|p| {
-        std::env::split_paths(&p).collect::<Vec<_>>()
-    });
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
     let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -169,13 +169,25 @@ fn start_cluster() -> Option<Server> {
             .arg(&dir)
             .status()
             .expect("cannot run chown");
-        assert!(status.success(), "chown of {} to {user} failed", dir.display());
+        assert!(
+            status.success(),
+            "chown of {} to {user} failed",
+            dir.display()
+        );
     }
     let data = dir.join("data");
     let out = command(user.as_deref(), &bin.join("initdb"))
         .arg("-D")
         .arg(&data)
-        .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--no-locale"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ])
         .output()
         .expect("cannot run initdb");
     assert!(
@@ -221,13 +233,19 @@ fn spawn_reaper(user: Option<&str>, bin: &Path, dir: &Path) {
             pg_ctl.display(),
             dir.display()
         ),
-        None => format!("{} -D {}/data -m immediate stop", pg_ctl.display(), dir.display()),
+        None => format!(
+            "{} -D {}/data -m immediate stop",
+            pg_ctl.display(),
+            dir.display()
+        ),
     };
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
         pid = std::process::id(),
         dir = dir.display()
     );
+    // Deliberately never waited on: the reaper must outlive this process to do its job.
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())

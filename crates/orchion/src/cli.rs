@@ -61,7 +61,12 @@ pub struct ServerArgs {
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// The Orchion server to talk to.
-    #[arg(long, global = true, env = "ORCHION_ADDR", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORCHION_ADDR",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub addr: String,
     /// How to print results.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]

@@ -45,9 +45,11 @@ impl Server {
                 format!("cannot open the store at {shown}")
             })?;
         let addr = config.http_addr()?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} (is another server running? choose another --http-port)"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| {
+            format!(
+                "cannot listen on {addr} (is another server running? choose another --http-port)"
+            )
+        })?;
         Ok(Server {
             config,
             store,
@@ -61,7 +63,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains as the module documentation describes.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Server {
             config,
             store,

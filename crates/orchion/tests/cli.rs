@@ -27,7 +27,19 @@ fn projects_are_managed_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let server = Orchion::start(dir.path(), &["dev"], &[]);
 
-    let out = orchion(&server, &["project", "create", "--name", "CLI Project", "--type", "batch", "-o", "json"]);
+    let out = orchion(
+        &server,
+        &[
+            "project",
+            "create",
+            "--name",
+            "CLI Project",
+            "--type",
+            "batch",
+            "-o",
+            "json",
+        ],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let created: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let id = created["id"].as_str().unwrap().to_owned();
@@ -35,18 +47,28 @@ fn projects_are_managed_from_the_command_line() {
 
     let out = orchion(&server, &["project", "get", &id, "-o", "yaml"]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains(&format!("id: {id}")), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&format!("id: {id}")),
+        "{}",
+        stdout(&out)
+    );
 
     let out = orchion(&server, &["project", "ls"]);
     assert!(out.status.success());
     let table = stdout(&out);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("ID") && lines[0].contains("NAME") && lines[0].contains("STATUS"));
-    assert!(lines[1].contains(&id) && lines[1].contains("CLI Project") && lines[1].contains("active"));
+    assert!(
+        lines[1].contains(&id) && lines[1].contains("CLI Project") && lines[1].contains("active")
+    );
 
     let out = orchion(&server, &["project", "rm", &id]);
     assert!(out.status.success());
-    assert!(stdout(&out).is_empty(), "data on stdout only: {}", stdout(&out));
+    assert!(
+        stdout(&out).is_empty(),
+        "data on stdout only: {}",
+        stdout(&out)
+    );
 
     let out = orchion(&server, &["project", "get", &id]);
     assert_eq!(out.status.code(), Some(1));
@@ -59,14 +81,21 @@ fn ls_follows_every_page_with_all() {
     let dir = tempfile::tempdir().unwrap();
     let server = Orchion::start(dir.path(), &["dev"], &[]);
     for i in 0..5 {
-        assert!(orchion(&server, &["project", "create", "--name", &format!("p{i}")]).status.success());
+        assert!(
+            orchion(&server, &["project", "create", "--name", &format!("p{i}")])
+                .status
+                .success()
+        );
     }
     let out = orchion(&server, &["project", "ls", "--limit", "2", "-o", "json"]);
     let page: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     assert!(page["next_cursor"].is_string());
 
-    let out = orchion(&server, &["project", "ls", "--limit", "2", "--all", "-o", "json"]);
+    let out = orchion(
+        &server,
+        &["project", "ls", "--limit", "2", "--all", "-o", "json"],
+    );
     let all: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(all["items"].as_array().unwrap().len(), 5);
 }
@@ -75,7 +104,10 @@ fn ls_follows_every_page_with_all() {
 fn server_side_validation_errors_are_shown_field_by_field() {
     let dir = tempfile::tempdir().unwrap();
     let server = Orchion::start(dir.path(), &["dev"], &[]);
-    let out = orchion(&server, &["project", "create", "--name", " ", "--type", "Bad Type"]);
+    let out = orchion(
+        &server,
+        &["project", "create", "--name", " ", "--type", "Bad Type"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("/name: name must not be empty"), "{err}");
@@ -85,18 +117,30 @@ fn server_side_validation_errors_are_shown_field_by_field() {
 #[test]
 fn usage_errors_exit_2_and_unreachable_servers_exit_1() {
     let out = command(&["project", "create"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "a missing --name is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing --name is a usage error"
+    );
     let out = command(&["project", "ls", "-o", "xml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let out = command(&["project", "ls", "--addr", &addr]).output().unwrap();
+    let out = command(&["project", "ls", "--addr", &addr])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot reach Orchion"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach Orchion"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = command(&["project", "ls", "--addr", "not a url"]).output().unwrap();
+    let out = command(&["project", "ls", "--addr", "not a url"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--addr"), "{}", stderr(&out));
 }

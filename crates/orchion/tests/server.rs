@@ -27,10 +27,16 @@ async fn a_project_created_before_a_restart_is_there_after_it() {
     let project = create_project(&first, "survivor").await;
     first.signal("TERM");
     assert!(first.wait(Duration::from_secs(30)).success());
-    assert!(dir.path().join(".orchion/orchion.db").exists(), "dev keeps its data under ./.orchion");
+    assert!(
+        dir.path().join(".orchion/orchion.db").exists(),
+        "dev keeps its data under ./.orchion"
+    );
 
     let second = Orchion::start(dir.path(), &["dev"], &[]);
-    let url = second.url(&format!("/api/v1/projects/{}", project["id"].as_str().unwrap()));
+    let url = second.url(&format!(
+        "/api/v1/projects/{}",
+        project["id"].as_str().unwrap()
+    ));
     let got: Value = http().get(url).send().await.unwrap().json().await.unwrap();
     assert_eq!(got, project);
 }
@@ -55,7 +61,12 @@ async fn sigkill_loses_nothing_that_was_acknowledged() {
         .json()
         .await
         .unwrap();
-    let listed: Vec<Value> = page["items"].as_array().unwrap().iter().map(|p| p["id"].clone()).collect();
+    let listed: Vec<Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].clone())
+        .collect();
     assert_eq!(listed, ids);
 }
 
@@ -71,7 +82,15 @@ async fn sigterm_drains_then_exits_zero_within_the_grace() {
         ],
     );
     let client = http();
-    assert_eq!(client.get(server.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let sent = Instant::now();
     server.signal("TERM");
     // During the drain delay the server still answers, and says it is not ready.
@@ -86,9 +105,21 @@ async fn sigterm_drains_then_exits_zero_within_the_grace() {
         }
     }
     assert!(saw_draining, "/readyz never turned 503 after SIGTERM");
-    assert_eq!(client.get(server.url("/livez")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client
+            .get(server.url("/livez"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let status = server.wait(Duration::from_secs(8));
-    assert!(status.success(), "exit status {status:?}\n{}", server.output());
+    assert!(
+        status.success(),
+        "exit status {status:?}\n{}",
+        server.output()
+    );
 }
 
 #[tokio::test]
@@ -116,13 +147,21 @@ async fn the_seed_port_variables_choose_the_port() {
 
 #[tokio::test]
 async fn print_config_redacts_secrets() {
-    let out = command(&["server", "--print-config", "--database-url", "postgres://admin:s3cret@db:5432/orchion"])
-        .output()
-        .unwrap();
+    let out = command(&[
+        "server",
+        "--print-config",
+        "--database-url",
+        "postgres://admin:s3cret@db:5432/orchion",
+    ])
+    .output()
+    .unwrap();
     assert!(out.status.success());
     let printed = String::from_utf8(out.stdout).unwrap();
     assert!(!printed.contains("s3cret"), "{printed}");
-    assert!(printed.contains("postgres://admin:REDACTED@db:5432/orchion"), "{printed}");
+    assert!(
+        printed.contains("postgres://admin:REDACTED@db:5432/orchion"),
+        "{printed}"
+    );
 }
 
 #[tokio::test]
@@ -130,13 +169,21 @@ async fn a_bad_config_file_exits_2_with_one_line_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("orchion.toml");
     std::fs::write(&file, "[server]\nhttp_prot = 8080\n").unwrap();
-    let out = command(&["server", "--config", file.to_str().unwrap()]).output().unwrap();
+    let out = command(&["server", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: ") && stderr.contains("http_prot"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("http_prot"),
+        "{stderr}"
+    );
 
-    let out = command(&["server"]).env("ORCHION_LOG", "info,=bad=").output().unwrap();
+    let out = command(&["server"])
+        .env("ORCHION_LOG", "info,=bad=")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ORCHION_LOG"));
 }
@@ -152,7 +199,10 @@ async fn a_port_in_use_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -165,11 +215,21 @@ async fn the_server_runs_on_postgres_and_keeps_data_across_restarts() {
     let project = create_project(&first, "on postgres").await;
     first.signal("TERM");
     assert!(first.wait(Duration::from_secs(30)).success());
-    assert!(!dir.path().join(".orchion").exists(), "no SQLite file when PostgreSQL is configured");
+    assert!(
+        !dir.path().join(".orchion").exists(),
+        "no SQLite file when PostgreSQL is configured"
+    );
 
-    let second = Orchion::start(dir.path(), &["server"], &[("ORCHESTRATOR_DATABASE_URL", &url)]);
+    let second = Orchion::start(
+        dir.path(),
+        &["server"],
+        &[("ORCHESTRATOR_DATABASE_URL", &url)],
+    );
     let got: Value = http()
-        .get(second.url(&format!("/api/v1/projects/{}", project["id"].as_str().unwrap())))
+        .get(second.url(&format!(
+            "/api/v1/projects/{}",
+            project["id"].as_str().unwrap()
+        )))
         .send()
         .await
         .unwrap()

@@ -89,7 +89,9 @@ impl Client {
                 &bytes[..]
             };
             return serde_json::from_slice(bytes).map_err(|e| {
-                ClientError(format!("the server's answer is not what this client expects: {e}"))
+                ClientError(format!(
+                    "the server's answer is not what this client expects: {e}"
+                ))
             });
         }
         Err(ClientError(problem_text(status, &bytes)))
@@ -125,7 +127,9 @@ pub fn print<T: Serialize>(
     table: impl FnOnce(&T) -> Table,
 ) -> Result<(), ClientError> {
     let text = match output {
-        Output::Json => serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(|e| e.to_string()),
+        Output::Json => serde_json::to_string_pretty(value)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string()),
         Output::Yaml => serde_yaml_ng::to_string(value).map_err(|e| e.to_string()),
         Output::Table => Ok(table(value).render()),
     }

@@ -59,95 +59,119 @@ fn url_segment(s: &str) -> String {
 /// Runs a `project` verb.
 pub async fn run(args: ProjectArgs) -> ExitCode {
     let command = args.command;
-    finish(&args.client, async move |client: &Client, output| match command {
-        ProjectCommand::Create {
-            name,
-            description,
-            kind,
-            idempotency_key,
-        } => {
-            let mut body = Map::new();
-            body.insert("name".into(), json!(name));
-            if let Some(d) = description {
-                body.insert("description".into(), json!(d));
-            }
-            if let Some(k) = kind {
-                body.insert("type".into(), json!(k));
-            }
-            let headers: Vec<(&str, String)> = idempotency_key
-                .map(|k| ("Idempotency-Key", k))
-                .into_iter()
-                .collect();
-            let project: Project = client
-                .call(Method::POST, "/api/v1/projects", &[], &headers, Some(&Value::Object(body)))
-                .await?;
-            one(output, &project)
-        }
-        ProjectCommand::Get { id } => {
-            let project: Project = client.call(Method::GET, &project_path(&id), &[], &[], None).await?;
-            one(output, &project)
-        }
-        ProjectCommand::Ls {
-            status,
-            limit,
-            cursor,
-            all,
-        } => {
-            let mut items = Vec::new();
-            let mut cursor = cursor;
-            loop {
-                let mut query = Vec::new();
-                if let Some(s) = &status {
-                    query.push(("status", s.clone()));
+    finish(
+        &args.client,
+        async move |client: &Client, output| match command {
+            ProjectCommand::Create {
+                name,
+                description,
+                kind,
+                idempotency_key,
+            } => {
+                let mut body = Map::new();
+                body.insert("name".into(), json!(name));
+                if let Some(d) = description {
+                    body.insert("description".into(), json!(d));
                 }
-                if let Some(l) = limit {
-                    query.push(("limit", l.to_string()));
+                if let Some(k) = kind {
+                    body.insert("type".into(), json!(k));
                 }
-                if let Some(c) = &cursor {
-                    query.push(("cursor", c.clone()));
-                }
-                let page: ProjectList = client.call(Method::GET, "/api/v1/projects", &query, &[], None).await?;
-                items.extend(page.items);
-                cursor = page.next_cursor;
-                if !all || cursor.is_none() {
-                    break;
-                }
+                let headers: Vec<(&str, String)> = idempotency_key
+                    .map(|k| ("Idempotency-Key", k))
+                    .into_iter()
+                    .collect();
+                let project: Project = client
+                    .call(
+                        Method::POST,
+                        "/api/v1/projects",
+                        &[],
+                        &headers,
+                        Some(&Value::Object(body)),
+                    )
+                    .await?;
+                one(output, &project)
             }
-            let list = ProjectList {
-                items,
-                next_cursor: cursor,
-            };
-            print(output, &list, |l| table(&l.items))?;
-            if let (Output::Table, Some(next)) = (output, &list.next_cursor) {
-                eprintln!("more: --cursor {next} (or --all)");
+            ProjectCommand::Get { id } => {
+                let project: Project = client
+                    .call(Method::GET, &project_path(&id), &[], &[], None)
+                    .await?;
+                one(output, &project)
             }
-            Ok(())
-        }
-        ProjectCommand::Update {
-            id,
-            name,
-            description,
-            kind,
-            status,
-        } => {
-            let mut body = Map::new();
-            for (key, value) in [("name", name), ("description", description), ("type", kind), ("status", status)] {
-                if let Some(value) = value {
-                    body.insert(key.into(), json!(value));
+            ProjectCommand::Ls {
+                status,
+                limit,
+                cursor,
+                all,
+            } => {
+                let mut items = Vec::new();
+                let mut cursor = cursor;
+                loop {
+                    let mut query = Vec::new();
+                    if let Some(s) = &status {
+                        query.push(("status", s.clone()));
+                    }
+                    if let Some(l) = limit {
+                        query.push(("limit", l.to_string()));
+                    }
+                    if let Some(c) = &cursor {
+                        query.push(("cursor", c.clone()));
+                    }
+                    let page: ProjectList = client
+                        .call(Method::GET, "/api/v1/projects", &query, &[], None)
+                        .await?;
+                    items.extend(page.items);
+                    cursor = page.next_cursor;
+                    if !all || cursor.is_none() {
+                        break;
+                    }
                 }
+                let list = ProjectList {
+                    items,
+                    next_cursor: cursor,
+                };
+                print(output, &list, |l| table(&l.items))?;
+                if let (Output::Table, Some(next)) = (output, &list.next_cursor) {
+                    eprintln!("more: --cursor {next} (or --all)");
+                }
+                Ok(())
             }
-            let project: Project = client
-                .call(Method::PUT, &project_path(&id), &[], &[], Some(&Value::Object(body)))
-                .await?;
-            one(output, &project)
-        }
-        ProjectCommand::Rm { id } => {
-            client
-                .call::<Value>(Method::DELETE, &project_path(&id), &[], &[], None)
-                .await?;
-            eprintln!("deleted project {id}");
-            Ok(())
-        }
-    })
+            ProjectCommand::Update {
+                id,
+                name,
+                description,
+                kind,
+                status,
+            } => {
+                let mut body = Map::new();
+                for (key, value) in [
+                    ("name", name),
+                    ("description", description),
+                    ("type", kind),
+                    ("status", status),
+                ] {
+                    if let Some(value) = value {
+                        body.insert(key.into(), json!(value));
+                    }
+                }
+                let project: Project = client
+                    .call(
+                        Method::PUT,
+                        &project_path(&id),
+                        &[],
+                        &[],
+                        Some(&Value::Object(body)),
+                    )
+                    .await?;
+                one(output, &project)
+            }
+            ProjectCommand::Rm { id } => {
+                client
+                    .call::<Value>(Method::DELETE, &project_path(&id), &[], &[], None)
+                    .await?;
+                eprintln!("deleted project {id}");
+                Ok(())
+            }
+        },
+    )
     .await
 }

@@ -77,7 +77,11 @@ impl Orchion {
                 );
             }
         };
-        Orchion { child, addr, output }
+        Orchion {
+            child,
+            addr,
+            output,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
