@@ -48,8 +48,10 @@ where
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             if path == "." {
+                // serde reports missing and unknown fields at the level that holds them.
+                let field = quoted_name(&inner);
                 ApiError::InvalidBody {
-                    pointer: String::new(),
+                    pointer: field.map(|f| format!("/{f}")).unwrap_or_default(),
                     detail: format!("request body: {inner}"),
                 }
             } else {
@@ -103,14 +105,15 @@ where
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
-        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer)
             .map(QueryParams)
             .map_err(|e| {
                 let path = e.path().to_string();
                 let inner = e.into_inner().to_string();
                 let name = if path == "." {
-                    inner_field(&inner)
+                    quoted_name(&inner).unwrap_or("query").to_owned()
                 } else {
                     path
                 };
@@ -122,17 +125,9 @@ where
     }
 }
 
-fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
-    form_urlencoded::parse(query.as_bytes())
-}
-
-/// The field an "unknown field `x`" message names, for errors serde reports at the top level.
-fn inner_field(message: &str) -> String {
-    message
-        .split('`')
-        .nth(1)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "query".to_owned())
+/// The name a serde message quotes, as in "unknown field `x`" or "missing field `x`".
+fn quoted_name(message: &str) -> Option<&str> {
+    message.split('`').nth(1)
 }
 
 /// Parses a path segment as an id, naming the parameter when it is not one.

@@ -263,7 +263,8 @@ async fn wrong_types_name_the_field() {
 
     let reply = app.json("POST", "/api/v1/projects", r#"{}"#).await;
     let detail = problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
-    assert!(detail.contains("name"), "{detail}");
+    assert!(detail.contains("missing field `name`"), "{detail}");
+    assert_eq!(reply.body["errors"][0]["pointer"], "/name");
 }
 
 #[tokio::test]
@@ -278,6 +279,7 @@ async fn unknown_fields_are_named() {
         .await;
     let detail = problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
     assert!(detail.contains("colour"), "{detail}");
+    assert_eq!(reply.body["errors"][0]["pointer"], "/colour");
 }
 
 #[tokio::test]

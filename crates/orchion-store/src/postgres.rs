@@ -55,25 +55,16 @@ impl PostgresStore {
                 return Ok(Some(existing));
             }
         }
-        sqlx::query(INSERT_PROJECT)
-            .bind(project.id.as_uuid())
-            .bind(&project.name)
-            .bind(&project.description)
-            .bind(&project.kind)
-            .bind(project.status.as_str())
-            .bind(project.created_at)
-            .bind(project.updated_at)
+        bound::insert_project(project).execute(&mut *tx).await?;
+        if let Some(key) = idempotency {
+            bound::insert_idempotency_key(
+                PROJECT_CREATE_SCOPE,
+                key,
+                project.id.as_uuid(),
+                project.created_at,
+            )
             .execute(&mut *tx)
             .await?;
-        if let Some(key) = idempotency {
-            sqlx::query(INSERT_IDEMPOTENCY_KEY)
-                .bind(PROJECT_CREATE_SCOPE)
-                .bind(&key.key)
-                .bind(&key.request_hash)
-                .bind(project.id.as_uuid())
-                .bind(project.created_at)
-                .execute(&mut *tx)
-                .await?;
         }
         append_event(
             &mut tx,
@@ -121,13 +112,7 @@ async fn find_idempotent(
         .bind(&key.key)
         .fetch_optional(conn)
         .await?;
-    match row {
-        Some((hash, id)) if hash == key.request_hash => Ok(Some(id)),
-        Some(_) => Err(StoreError::IdempotencyConflict {
-            key: key.key.clone(),
-        }),
-        None => Ok(None),
-    }
+    bound::resolve_idempotency(row, key)
 }
 
 fn is_unique_violation(error: &StoreError) -> bool {
@@ -220,15 +205,7 @@ impl Store for PostgresStore {
         .ok_or_else(|| project_not_found(id))?
         .try_into()?;
         let project = current.updated(update, crate::now());
-        sqlx::query(UPDATE_PROJECT)
-            .bind(id.as_uuid())
-            .bind(&project.name)
-            .bind(&project.description)
-            .bind(&project.kind)
-            .bind(project.status.as_str())
-            .bind(project.updated_at)
-            .execute(&mut *tx)
-            .await?;
+        bound::update_project(&project).execute(&mut *tx).await?;
         append_event(
             &mut tx,
             kind::PROJECT_UPDATED,
