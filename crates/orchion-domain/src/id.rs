@@ -71,6 +71,12 @@ uuid_id!(
     "project"
 );
 
+uuid_id!(
+    /// Identifies a node; stable across agent restarts (the agent keeps it in its state dir).
+    NodeId,
+    "node"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

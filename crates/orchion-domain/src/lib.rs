@@ -6,10 +6,15 @@
 
 pub mod error;
 pub mod id;
+pub mod node;
 pub mod page;
 pub mod project;
 
 pub use error::{FieldError, ValidationErrors};
-pub use id::{IdParseError, ProjectId};
+pub use id::{IdParseError, NodeId, ProjectId};
+pub use node::{
+    Capacity, Labels, Liveness, LivenessEvent, LivenessPolicy, Node, NodeFilter, NodeRegistration,
+    NodeStatus,
+};
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};

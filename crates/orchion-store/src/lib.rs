@@ -18,7 +18,10 @@ mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use orchion_domain::{Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate};
+use orchion_domain::{
+    Liveness, Node, NodeId, NodeStatus, Page, PageRequest, Project, ProjectFilter, ProjectId,
+    ProjectUpdate,
+};
 use time::OffsetDateTime;
 
 pub use crate::{postgres::PostgresStore, sqlite::SqliteStore};
@@ -102,6 +105,24 @@ pub struct Event {
     pub data: serde_json::Value,
 }
 
+/// A node as stored, with the hash of its credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredNode {
+    pub node: Node,
+    pub credential_hash: Vec<u8>,
+}
+
+/// A change of a node's liveness or drain flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStateChange {
+    pub id: NodeId,
+    /// The status before the change, for the event.
+    pub from: NodeStatus,
+    pub liveness: Liveness,
+    pub draining: bool,
+    pub last_heartbeat_at: OffsetDateTime,
+}
+
 /// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -138,6 +159,29 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a project.
     async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError>;
 
+    /// Records a node's registration: inserts it, or updates a node registering again under
+    /// its id (keeping `registered_at` and the drain flag). The node is alive afterwards.
+    /// Returns the node as stored.
+    async fn register_node(&self, node: &Node, credential_hash: &[u8]) -> Result<Node, StoreError>;
+
+    /// Every node with its credential hash, in id order.
+    async fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError>;
+
+    /// Applies liveness and drain changes in one transaction, with a `node.status_changed`
+    /// event for each change of status. Changes to nodes that no longer exist are skipped.
+    async fn update_node_states(&self, changes: &[NodeStateChange]) -> Result<(), StoreError>;
+
+    /// Records when nodes were last heard from. No events: this is the coarse, periodic write
+    /// that keeps heartbeats cheap.
+    async fn record_heartbeats(&self, beats: &[(NodeId, OffsetDateTime)])
+    -> Result<(), StoreError>;
+
+    /// Removes a node.
+    async fn delete_node(&self, id: NodeId) -> Result<(), StoreError>;
+
+    /// How many write transactions this store has committed since it was opened.
+    fn commits(&self) -> u64;
+
     /// Events with a sequence number above `after`, oldest first, at most `limit`.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError>;
 
@@ -172,6 +216,9 @@ pub(crate) mod kind {
     pub const PROJECT_CREATED: &str = "project.created";
     pub const PROJECT_UPDATED: &str = "project.updated";
     pub const PROJECT_DELETED: &str = "project.deleted";
+    pub const NODE_REGISTERED: &str = "node.registered";
+    pub const NODE_STATUS_CHANGED: &str = "node.status_changed";
+    pub const NODE_DELETED: &str = "node.deleted";
 }
 
 /// The scope idempotency keys of project creation live in.

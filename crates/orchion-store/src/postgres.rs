@@ -3,27 +3,39 @@
 //! Replicas race, so every read-modify-write locks what it reads (`FOR UPDATE`), and a create
 //! that loses an idempotency-key race to another replica returns the winner's resource.
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use async_trait::async_trait;
-use orchion_domain::{Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate};
+use orchion_domain::{
+    Node, NodeId, NodeStatus, Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate,
+};
 use sqlx::{
     PgConnection,
     postgres::{PgConnectOptions, PgPool, PgPoolOptions},
     types::Json,
 };
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    Backend, Created, Event, IdempotencyKey, PROJECT_CREATE_SCOPE, Store, StoreError, kind,
+    Backend, Created, Event, IdempotencyKey, NodeStateChange, PROJECT_CREATE_SCOPE, Store,
+    StoreError, StoredNode, kind,
     queries::*,
-    rows::{EventRow, ProjectRow, page_of, project_event_data},
+    rows::{
+        EventRow, NodeRow, ProjectRow, node_registered_event_data, node_status_event_data, page_of,
+        project_event_data,
+    },
 };
 
 /// A store in a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    commits: std::sync::Arc<AtomicU64>,
 }
 
 /// PostgreSQL's code for a unique-constraint violation.
@@ -41,7 +53,23 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            commits: Default::default(),
+        })
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn commit(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> Result<(), StoreError> {
+        tx.commit().await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn try_create_project(
@@ -49,7 +77,7 @@ impl PostgresStore {
         project: &Project,
         idempotency: Option<&IdempotencyKey>,
     ) -> Result<Option<Uuid>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(key) = idempotency {
             if let Some(existing) = find_idempotent(&mut tx, PROJECT_CREATE_SCOPE, key).await? {
                 return Ok(Some(existing));
@@ -74,7 +102,7 @@ impl PostgresStore {
             project_event_data(project),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(None)
     }
 }
@@ -194,7 +222,7 @@ impl Store for PostgresStore {
         id: ProjectId,
         update: ProjectUpdate,
     ) -> Result<Project, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let current: Project = sqlx::query_as::<_, ProjectRow>(
             "SELECT id, name, description, type, status, created_at, updated_at \
              FROM projects WHERE id = $1 FOR UPDATE",
@@ -214,12 +242,12 @@ impl Store for PostgresStore {
             project_event_data(&project),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(project)
     }
 
     async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let deleted = sqlx::query(DELETE_PROJECT)
             .bind(id.as_uuid())
             .execute(&mut *tx)
@@ -236,8 +264,111 @@ impl Store for PostgresStore {
             serde_json::json!({}),
         )
         .await?;
-        tx.commit().await?;
+        self.commit(tx).await?;
         Ok(())
+    }
+
+    async fn register_node(&self, node: &Node, credential_hash: &[u8]) -> Result<Node, StoreError> {
+        let mut tx = self.begin().await?;
+        bound::upsert_node(node, credential_hash)
+            .execute(&mut *tx)
+            .await?;
+        let stored: StoredNode =
+            sqlx::query_as::<_, NodeRow>(&format!("{NODE_COLUMNS_SELECT} WHERE id = $1"))
+                .bind(node.id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_into()?;
+        append_event(
+            &mut tx,
+            kind::NODE_REGISTERED,
+            node.id.to_string(),
+            None,
+            node_registered_event_data(&stored.node),
+        )
+        .await?;
+        self.commit(tx).await?;
+        Ok(stored.node)
+    }
+
+    async fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError> {
+        sqlx::query_as::<_, NodeRow>(&format!("{NODE_COLUMNS_SELECT} ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(StoredNode::try_from)
+            .collect()
+    }
+
+    async fn update_node_states(&self, changes: &[NodeStateChange]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for change in changes {
+            let updated = bound::update_node_state(change)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let to = NodeStatus::of(change.liveness, change.draining);
+            if updated > 0 && to != change.from {
+                append_event(
+                    &mut tx,
+                    kind::NODE_STATUS_CHANGED,
+                    change.id.to_string(),
+                    None,
+                    node_status_event_data(change.id, change.from, to),
+                )
+                .await?;
+            }
+        }
+        self.commit(tx).await
+    }
+
+    async fn record_heartbeats(
+        &self,
+        beats: &[(NodeId, OffsetDateTime)],
+    ) -> Result<(), StoreError> {
+        if beats.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (id, at) in beats {
+            sqlx::query(UPDATE_NODE_HEARTBEAT)
+                .bind(id.as_uuid())
+                .bind(*at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        self.commit(tx).await
+    }
+
+    async fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query(DELETE_NODE)
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(StoreError::NotFound {
+                kind: "node",
+                id: id.to_string(),
+            });
+        }
+        append_event(
+            &mut tx,
+            kind::NODE_DELETED,
+            id.to_string(),
+            None,
+            serde_json::json!({ "node_id": id.to_string() }),
+        )
+        .await?;
+        self.commit(tx).await
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {

@@ -25,10 +25,33 @@ pub(crate) const INSERT_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (s
 pub(crate) const EVENTS_AFTER: &str = "SELECT seq, at, kind, subject, project_id, data FROM events \
      WHERE seq > $1 ORDER BY seq LIMIT $2";
 
+pub(crate) const NODE_COLUMNS_SELECT: &str = "SELECT id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at FROM nodes";
+
+/// Registers a node, or re-registers it under its id: `registered_at` and the drain flag are
+/// kept, and the status follows from being alive and (maybe) drained.
+pub(crate) const UPSERT_NODE: &str = "INSERT INTO nodes (id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', false, $10, $11, $11) \
+     ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, labels = excluded.labels, \
+     cpu_millis = excluded.cpu_millis, memory_bytes = excluded.memory_bytes, gpus = excluded.gpus, \
+     executors = excluded.executors, version = excluded.version, credential_hash = excluded.credential_hash, \
+     last_heartbeat_at = excluded.last_heartbeat_at, \
+     status = CASE WHEN nodes.draining THEN 'draining' ELSE 'ready' END \
+     RETURNING id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at";
+
+pub(crate) const UPDATE_NODE_STATE: &str =
+    "UPDATE nodes SET status = $2, draining = $3, last_heartbeat_at = $4 WHERE id = $1";
+
+pub(crate) const UPDATE_NODE_HEARTBEAT: &str =
+    "UPDATE nodes SET last_heartbeat_at = $2 WHERE id = $1";
+
+pub(crate) const DELETE_NODE: &str = "DELETE FROM nodes WHERE id = $1";
+
 /// Statements with their arguments bound, for either backend: the column order lives here once.
 pub(crate) mod bound {
-    use orchion_domain::Project;
-    use sqlx::{Database, Encode, Type, query::Query};
+    use std::collections::BTreeMap;
+
+    use orchion_domain::{Node, NodeStatus, Project};
+    use sqlx::{Database, Encode, Type, query::Query, types::Json};
     use time::OffsetDateTime;
     use uuid::Uuid;
 
@@ -88,6 +111,48 @@ pub(crate) mod bound {
             .bind(key.request_hash.as_slice())
             .bind(resource)
             .bind(at)
+    }
+
+    pub(crate) fn upsert_node<'q, DB>(node: &'q Node, credential_hash: &'q [u8]) -> Q<'q, DB>
+    where
+        DB: Database,
+        Uuid: Encode<'q, DB> + Type<DB>,
+        &'q str: Encode<'q, DB> + Type<DB>,
+        &'q [u8]: Encode<'q, DB> + Type<DB>,
+        i64: Encode<'q, DB> + Type<DB>,
+        i32: Encode<'q, DB> + Type<DB>,
+        Json<&'q BTreeMap<String, String>>: Encode<'q, DB> + Type<DB>,
+        Json<&'q Vec<String>>: Encode<'q, DB> + Type<DB>,
+        OffsetDateTime: Encode<'q, DB> + Type<DB>,
+    {
+        // Capacity is validated to fit (64 TiB, 4096 cores, 256 GPUs), so these casts are exact.
+        sqlx::query(super::UPSERT_NODE)
+            .bind(node.id.as_uuid())
+            .bind(node.name.as_str())
+            .bind(node.address.as_str())
+            .bind(Json(node.labels.as_map()))
+            .bind(node.capacity.cpu_millis as i64)
+            .bind(node.capacity.memory_bytes as i64)
+            .bind(node.capacity.gpus as i32)
+            .bind(Json(&node.executors))
+            .bind(node.version.as_str())
+            .bind(credential_hash)
+            .bind(node.last_heartbeat_at)
+    }
+
+    pub(crate) fn update_node_state<'q, DB>(change: &'q crate::NodeStateChange) -> Q<'q, DB>
+    where
+        DB: Database,
+        Uuid: Encode<'q, DB> + Type<DB>,
+        &'q str: Encode<'q, DB> + Type<DB>,
+        bool: Encode<'q, DB> + Type<DB>,
+        OffsetDateTime: Encode<'q, DB> + Type<DB>,
+    {
+        sqlx::query(super::UPDATE_NODE_STATE)
+            .bind(change.id.as_uuid())
+            .bind(NodeStatus::of(change.liveness, change.draining).as_str())
+            .bind(change.draining)
+            .bind(change.last_heartbeat_at)
     }
 
     /// What a stored idempotency key row means for a new request with `key`: the resource it

@@ -1,11 +1,16 @@
 //! Rows as both backends return them, and their conversion into domain values. Decoding is
 //! shared: sqlx decodes these column types the same way from SQLite and PostgreSQL.
 
-use orchion_domain::{Page, PageRequest, Project, ProjectId, ProjectStatus};
+use std::collections::BTreeMap;
+
+use orchion_domain::{
+    Capacity, Labels, Node, NodeId, NodeStatus, Page, PageRequest, Project, ProjectId,
+    ProjectStatus,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{Event, StoreError};
+use crate::{Event, StoreError, StoredNode};
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct ProjectRow {
@@ -91,5 +96,74 @@ pub(crate) fn project_event_data(project: &Project) -> serde_json::Value {
         "name": project.name,
         "type": project.kind,
         "status": project.status.as_str(),
+    })
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct NodeRow {
+    id: Uuid,
+    name: String,
+    address: String,
+    labels: sqlx::types::Json<BTreeMap<String, String>>,
+    cpu_millis: i64,
+    memory_bytes: i64,
+    gpus: i32,
+    executors: sqlx::types::Json<Vec<String>>,
+    version: String,
+    status: String,
+    draining: bool,
+    credential_hash: Option<Vec<u8>>,
+    registered_at: OffsetDateTime,
+    last_heartbeat_at: OffsetDateTime,
+}
+
+impl TryFrom<NodeRow> for StoredNode {
+    type Error = StoreError;
+
+    fn try_from(row: NodeRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("node {}: {what}", row.id));
+        let status: NodeStatus = row.status.parse().map_err(StoreError::Corrupt)?;
+        let labels = Labels::new(row.labels.0.clone()).map_err(|e| corrupt(&e.to_string()))?;
+        let capacity = Capacity::new(
+            u64::try_from(row.cpu_millis).map_err(|_| corrupt("negative cpu"))?,
+            u64::try_from(row.memory_bytes).map_err(|_| corrupt("negative memory"))?,
+            u32::try_from(row.gpus).map_err(|_| corrupt("negative gpus"))?,
+        )
+        .map_err(|e| corrupt(&e.to_string()))?;
+        Ok(StoredNode {
+            node: Node {
+                id: NodeId::from_uuid(row.id),
+                name: row.name,
+                address: row.address,
+                labels,
+                capacity,
+                executors: row.executors.0,
+                version: row.version,
+                liveness: status.liveness(),
+                draining: row.draining,
+                registered_at: row.registered_at,
+                last_heartbeat_at: row.last_heartbeat_at,
+            },
+            credential_hash: row.credential_hash.unwrap_or_default(),
+        })
+    }
+}
+
+/// The data a `node.status_changed` event carries.
+pub(crate) fn node_status_event_data(
+    id: NodeId,
+    from: NodeStatus,
+    to: NodeStatus,
+) -> serde_json::Value {
+    serde_json::json!({ "node_id": id.to_string(), "from": from.as_str(), "to": to.as_str() })
+}
+
+/// The data a `node.registered` event carries.
+pub(crate) fn node_registered_event_data(node: &Node) -> serde_json::Value {
+    serde_json::json!({
+        "node_id": node.id.to_string(),
+        "name": node.name,
+        "address": node.address,
+        "status": node.status().as_str(),
     })
 }

@@ -6,9 +6,10 @@
 use std::{collections::HashSet, sync::Arc};
 
 use orchion_domain::{
-    NewProject, PageRequest, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
+    Capacity, Labels, Liveness, NewProject, Node, NodeId, NodeStatus, PageRequest, Project,
+    ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
 };
-use orchion_store::{IdempotencyKey, Store, StoreError, connect};
+use orchion_store::{IdempotencyKey, NodeStateChange, Store, StoreError, connect};
 
 /// Where a test's database lives; keeps a SQLite file's folder alive for the test.
 struct Db {
@@ -69,6 +70,12 @@ conformance!(
     concurrent_writes_all_commit,
     every_change_appends_one_event_in_order,
     data_survives_reopening_the_store,
+    a_registered_node_loads_back_with_its_credential,
+    re_registering_keeps_registration_time_and_drain,
+    node_state_changes_record_status_events,
+    heartbeats_are_recorded_without_events,
+    a_deleted_node_is_gone,
+    commits_are_counted,
 );
 
 fn new_project(name: &str) -> Project {
@@ -330,4 +337,159 @@ async fn data_survives_reopening_the_store(db: Db) {
     let reopened = db.open().await;
     assert_eq!(reopened.get_project(project.id).await.unwrap(), project);
     assert_eq!(reopened.events_after(0, 10).await.unwrap().len(), 1);
+}
+
+fn node(name: &str) -> Node {
+    let now = orchion_store::now();
+    Node {
+        id: NodeId::new(),
+        name: name.into(),
+        address: "10.0.0.7".into(),
+        labels: Labels::new([("zone".to_owned(), "a".to_owned())].into()).unwrap(),
+        capacity: Capacity::new(4000, 8 << 30, 1).unwrap(),
+        executors: vec!["shell".into(), "http".into()],
+        version: "0.1.0".into(),
+        liveness: Liveness::Alive,
+        draining: false,
+        registered_at: now,
+        last_heartbeat_at: now,
+    }
+}
+
+async fn a_registered_node_loads_back_with_its_credential(db: Db) {
+    let store = db.open().await;
+    let n = node("n1");
+    let stored = store.register_node(&n, b"hash-1").await.unwrap();
+    assert_eq!(stored, n);
+    let loaded = store.load_nodes().await.unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].node, n);
+    assert_eq!(loaded[0].credential_hash, b"hash-1");
+    let events = store.events_after(0, 10).await.unwrap();
+    assert_eq!(events[0].kind, "node.registered");
+    assert_eq!(events[0].subject, n.id.to_string());
+    assert_eq!(events[0].data["status"], "ready");
+}
+
+async fn re_registering_keeps_registration_time_and_drain(db: Db) {
+    let store = db.open().await;
+    let first = node("n1");
+    store.register_node(&first, b"h1").await.unwrap();
+    store
+        .update_node_states(&[NodeStateChange {
+            id: first.id,
+            from: NodeStatus::Ready,
+            liveness: Liveness::Down,
+            draining: true,
+            last_heartbeat_at: first.last_heartbeat_at,
+        }])
+        .await
+        .unwrap();
+    let later = first.registered_at + time::Duration::minutes(5);
+    let again = Node {
+        name: "renamed".into(),
+        registered_at: later,
+        last_heartbeat_at: later,
+        ..first.clone()
+    };
+    let stored = store.register_node(&again, b"h2").await.unwrap();
+    assert_eq!(
+        stored.registered_at, first.registered_at,
+        "registration time kept"
+    );
+    assert_eq!(stored.last_heartbeat_at, later);
+    assert_eq!(stored.name, "renamed");
+    assert!(
+        stored.draining,
+        "a drained node stays drained when it registers again"
+    );
+    assert_eq!(stored.status(), NodeStatus::Draining);
+    let loaded = store.load_nodes().await.unwrap();
+    assert_eq!(
+        loaded[0].credential_hash, b"h2",
+        "the new credential replaces the old"
+    );
+}
+
+async fn node_state_changes_record_status_events(db: Db) {
+    let store = db.open().await;
+    let a = node("a");
+    let b = node("b");
+    store.register_node(&a, b"x").await.unwrap();
+    store.register_node(&b, b"y").await.unwrap();
+    let before = store.events_after(0, 100).await.unwrap().len();
+    let change = |id, from, liveness| NodeStateChange {
+        id,
+        from,
+        liveness,
+        draining: false,
+        last_heartbeat_at: a.last_heartbeat_at,
+    };
+    store
+        .update_node_states(&[
+            change(a.id, NodeStatus::Ready, Liveness::Unreachable),
+            change(b.id, NodeStatus::Ready, Liveness::Alive), // no change of status: no event
+            change(NodeId::new(), NodeStatus::Ready, Liveness::Down), // unknown: skipped
+        ])
+        .await
+        .unwrap();
+    let events = store.events_after(0, 100).await.unwrap();
+    assert_eq!(events.len(), before + 1);
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, "node.status_changed");
+    assert_eq!(last.subject, a.id.to_string());
+    assert_eq!(last.data["from"], "ready");
+    assert_eq!(last.data["to"], "unreachable");
+    let loaded = store.load_nodes().await.unwrap();
+    let a_loaded = loaded.iter().find(|n| n.node.id == a.id).unwrap();
+    assert_eq!(a_loaded.node.status(), NodeStatus::Unreachable);
+}
+
+async fn heartbeats_are_recorded_without_events(db: Db) {
+    let store = db.open().await;
+    let n = node("n");
+    store.register_node(&n, b"x").await.unwrap();
+    let events = store.events_after(0, 100).await.unwrap().len();
+    let later = n.last_heartbeat_at + time::Duration::seconds(42);
+    store
+        .record_heartbeats(&[(n.id, later), (NodeId::new(), later)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_nodes().await.unwrap()[0].node.last_heartbeat_at,
+        later
+    );
+    assert_eq!(store.events_after(0, 100).await.unwrap().len(), events);
+}
+
+async fn a_deleted_node_is_gone(db: Db) {
+    let store = db.open().await;
+    let n = node("n");
+    store.register_node(&n, b"x").await.unwrap();
+    store.delete_node(n.id).await.unwrap();
+    assert!(store.load_nodes().await.unwrap().is_empty());
+    assert!(matches!(
+        store.delete_node(n.id).await,
+        Err(StoreError::NotFound { kind: "node", .. })
+    ));
+    assert_eq!(
+        store
+            .events_after(0, 100)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .kind,
+        "node.deleted"
+    );
+}
+
+async fn commits_are_counted(db: Db) {
+    let store = db.open().await;
+    assert_eq!(store.commits(), 0);
+    store.register_node(&node("n"), b"x").await.unwrap();
+    store.create_project(new_project("p"), None).await.unwrap();
+    assert_eq!(store.commits(), 2);
+    store.record_heartbeats(&[]).await.unwrap();
+    assert_eq!(store.commits(), 2, "an empty batch commits nothing");
 }
