@@ -26,13 +26,14 @@ use serde::{Deserialize, Serialize};
 
 pub use figment::value::Value;
 
-pub use crate::secret::DatabaseUrl;
+pub use crate::secret::{DatabaseUrl, Secret};
 
 /// The whole configuration of a server.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
+    pub cluster: ClusterConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
     /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
@@ -64,6 +65,10 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     /// The largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// The gRPC port agents connect to (`--port`, as in the control-plane seed).
+    pub grpc_port: u16,
+    /// The largest gRPC message accepted, in bytes.
+    pub grpc_max_message_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +80,43 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             body_limit_bytes: 1024 * 1024,
+            grpc_port: 50051,
+            grpc_max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// Node membership and liveness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The secret agents present to join. When absent, `orchion server` generates one and
+    /// keeps it in `<data_dir>/join-token`.
+    pub join_token: Option<Secret>,
+    /// A node not heard from for longer than this becomes `unreachable`
+    /// (`--heartbeat-timeout`). Agents are told to send heartbeats three times as often.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+    /// How often liveness is checked (at most 10 s).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// How much longer an unreachable node has before it becomes `down`.
+    #[serde(with = "humantime_serde")]
+    pub down_after: Duration,
+    /// How often the time of each node's last heartbeat is written to the store. Between
+    /// writes it is kept in memory, so heartbeats cost no store write.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_persist_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            join_token: None,
+            heartbeat_timeout: Duration::from_secs(30),
+            check_interval: Duration::from_secs(5),
+            down_after: Duration::from_secs(120),
+            heartbeat_persist_interval: Duration::from_secs(60),
         }
     }
 }
@@ -215,6 +257,27 @@ impl Config {
         if !(1024..=1024 * 1024 * 1024).contains(&self.server.body_limit_bytes) {
             problems.push("server.body_limit_bytes must be between 1024 and 1073741824".to_owned());
         }
+        if !(1024..=256 * 1024 * 1024).contains(&self.server.grpc_max_message_bytes) {
+            problems.push("server.grpc_max_message_bytes must be between 1024 and 268435456".to_owned());
+        }
+        let cluster = &self.cluster;
+        if !(Duration::from_millis(500)..=Duration::from_secs(3600)).contains(&cluster.heartbeat_timeout) {
+            problems.push("cluster.heartbeat_timeout must be between 500ms and 1h".to_owned());
+        }
+        if !(Duration::from_millis(50)..=Duration::from_secs(10)).contains(&cluster.check_interval) {
+            problems.push("cluster.check_interval must be between 50ms and 10s".to_owned());
+        }
+        if cluster.down_after > Duration::from_secs(7 * 24 * 3600) {
+            problems.push("cluster.down_after must be at most 7 days".to_owned());
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&cluster.heartbeat_persist_interval) {
+            problems.push("cluster.heartbeat_persist_interval must be between 1s and 1h".to_owned());
+        }
+        if let Some(token) = &cluster.join_token {
+            if let Err(problem) = token.validate_token() {
+                problems.push(format!("cluster.join_token {problem}"));
+            }
+        }
         if !(1..=1000).contains(&self.database.max_connections) {
             problems.push("database.max_connections must be between 1 and 1000".to_owned());
         }
@@ -235,7 +298,16 @@ impl Config {
 
     /// The HTTP listen address.
     pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
-        (self.server.host.as_str(), self.server.http_port)
+        self.listen_addr(self.server.http_port)
+    }
+
+    /// The gRPC listen address.
+    pub fn grpc_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen_addr(self.server.grpc_port)
+    }
+
+    fn listen_addr(&self, port: u16) -> Result<SocketAddr, ConfigError> {
+        (self.server.host.as_str(), port)
             .to_socket_addrs()
             .ok()
             .and_then(|mut addrs| addrs.next())

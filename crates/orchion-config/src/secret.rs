@@ -76,3 +76,48 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
         String::deserialize(deserializer).map(DatabaseUrl)
     }
 }
+
+/// A secret string, such as a join token. `Debug` and `Serialize` show `REDACTED`; only
+/// [`Secret::expose`] gives the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Checks the secret is usable as a token: 16 to 256 visible ASCII characters.
+    pub(crate) fn validate_token(&self) -> Result<(), String> {
+        let ok = (16..=256).contains(&self.0.len()) && self.0.bytes().all(|b| b.is_ascii_graphic());
+        if ok {
+            Ok(())
+        } else {
+            Err("must be 16 to 256 visible ASCII characters".into())
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(REDACTED)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}

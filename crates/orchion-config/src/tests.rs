@@ -255,6 +255,52 @@ fn secrets_are_redacted_in_every_rendering() {
 }
 
 #[test]
+fn join_tokens_are_redacted_and_checked() {
+    let config = Config::load(&Sources {
+        env: env(&[("ORCHION_CLUSTER__JOIN_TOKEN", "a-very-secret-join-token")]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        config.cluster.join_token.as_ref().unwrap().expose(),
+        "a-very-secret-join-token"
+    );
+    let shown = config.to_redacted_toml().unwrap();
+    assert!(!shown.contains("a-very-secret"), "{shown}");
+    assert!(shown.contains("join_token = \"REDACTED\""), "{shown}");
+    assert!(!format!("{config:?}").contains("a-very-secret"));
+
+    let err = Config::load(&Sources {
+        env: env(&[("ORCHION_CLUSTER__JOIN_TOKEN", "short")]),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cluster.join_token"), "{err}");
+}
+
+#[test]
+fn liveness_settings_are_bounded() {
+    let err = Config::load(&Sources {
+        flags: vec![
+            ("cluster.check_interval", Value::from("30s")),
+            ("cluster.heartbeat_timeout", Value::from("1ms")),
+        ],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cluster.check_interval must be between 50ms and 10s"), "{err}");
+    assert!(err.contains("cluster.heartbeat_timeout"), "{err}");
+    let config = Config::load(&Sources {
+        flags: vec![("cluster.heartbeat_timeout", Value::from("1m30s"))],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(config.cluster.heartbeat_timeout, Duration::from_secs(90));
+}
+
+#[test]
 fn the_default_store_is_sqlite_in_the_data_dir() {
     let config = Config::default();
     assert_eq!(

@@ -1,0 +1,278 @@
+//! Tests of the registry over a real SQLite store, driving the reconciler with `tick`.
+
+use std::collections::BTreeMap;
+
+use orchion_domain::NodeRegistration;
+
+use super::*;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const DOWN_AFTER: Duration = Duration::from_secs(60);
+
+fn settings() -> RegistrySettings {
+    RegistrySettings {
+        policy: LivenessPolicy {
+            timeout: TIMEOUT,
+            down_after: DOWN_AFTER,
+        },
+        check_interval: Duration::from_secs(5),
+        persist_interval: Duration::from_secs(60),
+    }
+}
+
+struct Fixture {
+    store: Arc<dyn Store>,
+    registry: NodeRegistry,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("o.db").display());
+    let store = orchion_store::connect(&url, 2).await.unwrap();
+    let registry = NodeRegistry::load(store.clone(), settings()).await.unwrap();
+    Fixture {
+        store,
+        registry,
+        _dir: dir,
+    }
+}
+
+fn registration(name: &str, labels: &[(&str, &str)]) -> NodeRegistration {
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    NodeRegistration::new(
+        name.into(),
+        "10.1.1.1".into(),
+        labels,
+        (2000, 4 << 30, 0),
+        vec![],
+        "test".into(),
+    )
+    .unwrap()
+}
+
+async fn statuses(store: &Arc<dyn Store>) -> Vec<(String, String)> {
+    store
+        .events_after(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "node.status_changed")
+        .map(|e| (e.data["from"].as_str().unwrap().to_owned(), e.data["to"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn heartbeats_need_the_nodes_own_credential() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let b = f.registry.register(None, registration("b", &[])).await.unwrap();
+    assert_eq!(a.credential.len(), 64);
+    let ok = f.registry.heartbeat(a.node.id, &a.credential).await.unwrap();
+    assert_eq!(ok.status, NodeStatus::Ready);
+    assert!(matches!(
+        f.registry.heartbeat(a.node.id, &b.credential).await,
+        Err(RegistryError::BadCredential(id)) if id == a.node.id
+    ));
+    assert!(matches!(
+        f.registry.heartbeat(NodeId::new(), &a.credential).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(f.registry.is_node_credential(&b.credential));
+    assert!(!f.registry.is_node_credential("forged"));
+}
+
+#[tokio::test]
+async fn heartbeats_write_nothing_to_the_store() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let commits = f.store.commits();
+    for _ in 0..200 {
+        f.registry.heartbeat(a.node.id, &a.credential).await.unwrap();
+    }
+    assert_eq!(f.store.commits(), commits);
+    // A pass before the persist interval writes nothing either.
+    f.registry.tick(Instant::now()).await.unwrap();
+    assert_eq!(f.store.commits(), commits);
+}
+
+#[tokio::test]
+async fn silence_makes_a_node_unreachable_then_down_and_a_heartbeat_revives_it() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let id = a.node.id;
+    let start = Instant::now();
+
+    let report = f.registry.tick(start + TIMEOUT - Duration::from_secs(1)).await.unwrap();
+    assert_eq!(report.changed, 0);
+    f.registry.tick(start + TIMEOUT + Duration::from_secs(1)).await.unwrap();
+    assert_eq!(f.registry.get(id).unwrap().status(), NodeStatus::Unreachable);
+    f.registry.tick(start + TIMEOUT + DOWN_AFTER + Duration::from_secs(1)).await.unwrap();
+    assert_eq!(f.registry.get(id).unwrap().status(), NodeStatus::Down);
+
+    let beat = f.registry.heartbeat(id, &a.credential).await.unwrap();
+    assert_eq!(beat.status, NodeStatus::Ready);
+    assert_eq!(
+        statuses(&f.store).await,
+        [
+            ("ready".to_owned(), "unreachable".to_owned()),
+            ("unreachable".to_owned(), "down".to_owned()),
+            ("down".to_owned(), "ready".to_owned()),
+        ]
+    );
+    // The store agrees with memory.
+    let stored = f.store.load_nodes().await.unwrap();
+    assert_eq!(stored[0].node.status(), NodeStatus::Ready);
+}
+
+#[tokio::test]
+async fn a_drained_node_stays_drained_through_silence() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let id = a.node.id;
+    assert_eq!(f.registry.drain(id).await.unwrap().status(), NodeStatus::Draining);
+    f.registry.tick(Instant::now() + TIMEOUT * 2).await.unwrap();
+    assert_eq!(f.registry.get(id).unwrap().status(), NodeStatus::Unreachable);
+    let beat = f.registry.heartbeat(id, &a.credential).await.unwrap();
+    assert_eq!(beat.status, NodeStatus::Draining);
+    // Draining twice changes nothing and writes nothing.
+    let commits = f.store.commits();
+    f.registry.drain(id).await.unwrap();
+    assert_eq!(f.store.commits(), commits);
+}
+
+#[tokio::test]
+async fn leaving_makes_a_node_down_at_once() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    assert!(matches!(
+        f.registry.leave(a.node.id, "wrong").await,
+        Err(RegistryError::BadCredential(_))
+    ));
+    let node = f.registry.leave(a.node.id, &a.credential).await.unwrap();
+    assert_eq!(node.status(), NodeStatus::Down);
+}
+
+#[tokio::test]
+async fn last_heartbeats_are_written_in_one_batch_when_due() {
+    let mut f = fixture().await;
+    f.registry = NodeRegistry::load(
+        f.store.clone(),
+        RegistrySettings {
+            persist_interval: Duration::from_secs(10),
+            ..settings()
+        },
+    )
+    .await
+    .unwrap();
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let b = f.registry.register(None, registration("b", &[])).await.unwrap();
+    f.registry.heartbeat(a.node.id, &a.credential).await.unwrap();
+    f.registry.heartbeat(b.node.id, &b.credential).await.unwrap();
+    let commits = f.store.commits();
+    let early = f.registry.tick(Instant::now() + Duration::from_secs(5)).await.unwrap();
+    assert_eq!(early, TickReport::default(), "not due yet");
+    let report = f.registry.tick(Instant::now() + Duration::from_secs(11)).await.unwrap();
+    assert_eq!(report.changed, 0);
+    assert_eq!(report.persisted, 2);
+    assert_eq!(f.store.commits(), commits + 1, "one transaction for the batch");
+    let stored = f.store.load_nodes().await.unwrap();
+    for s in stored {
+        assert_eq!(s.node.last_heartbeat_at, f.registry.get(s.node.id).unwrap().last_heartbeat_at);
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_registry_knows_every_node_and_its_credential() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[("zone", "x")])).await.unwrap();
+    f.registry.drain(a.node.id).await.unwrap();
+    let restarted = NodeRegistry::load(f.store.clone(), settings()).await.unwrap();
+    let node = restarted.get(a.node.id).unwrap();
+    assert_eq!(node.status(), NodeStatus::Draining);
+    assert_eq!(node.labels.as_map()["zone"], "x");
+    assert!(restarted.heartbeat(a.node.id, &a.credential).await.is_ok());
+    // Fresh grace: a pass right after the restart changes nothing even though the stored
+    // heartbeat is older than the timeout would allow.
+    assert_eq!(restarted.tick(Instant::now()).await.unwrap().changed, 0);
+}
+
+#[tokio::test]
+async fn re_registering_under_a_kept_id_issues_a_new_credential() {
+    let f = fixture().await;
+    let first = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let again = f
+        .registry
+        .register(Some(first.node.id), registration("a", &[]))
+        .await
+        .unwrap();
+    assert_eq!(again.node.id, first.node.id);
+    assert_eq!(again.node.registered_at, first.node.registered_at);
+    assert_ne!(again.credential, first.credential);
+    assert!(f.registry.heartbeat(first.node.id, &first.credential).await.is_err());
+    assert!(f.registry.heartbeat(first.node.id, &again.credential).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_restart_request_reaches_the_next_heartbeat_once() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    f.registry.request_restart(a.node.id).unwrap();
+    assert!(f.registry.restart_pending(a.node.id));
+    assert!(f.registry.heartbeat(a.node.id, &a.credential).await.unwrap().restart);
+    assert!(!f.registry.heartbeat(a.node.id, &a.credential).await.unwrap().restart);
+    assert!(matches!(
+        f.registry.request_restart(NodeId::new()),
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn deleted_nodes_are_forgotten() {
+    let f = fixture().await;
+    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    f.registry.delete(a.node.id).await.unwrap();
+    assert!(f.registry.get(a.node.id).is_none());
+    assert!(matches!(
+        f.registry.heartbeat(a.node.id, &a.credential).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(f.registry.delete(a.node.id).await, Err(RegistryError::NotFound(_))));
+    assert!(f.store.load_nodes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn listing_filters_by_status_and_labels_and_pages() {
+    let f = fixture().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let zone = if i % 2 == 0 { "a" } else { "b" };
+        ids.push(f.registry.register(None, registration(&format!("n{i}"), &[("zone", zone)])).await.unwrap().node.id);
+    }
+    f.registry.drain(ids[2]).await.unwrap();
+    let zone_a = NodeFilter {
+        status: None,
+        labels: [("zone".to_owned(), "a".to_owned())].into(),
+    };
+    let got: Vec<NodeId> = f.registry.list(&zone_a, PageRequest::default()).items.iter().map(|n| n.id).collect();
+    assert_eq!(got, [ids[0], ids[2], ids[4]]);
+    let ready_a = NodeFilter {
+        status: Some(NodeStatus::Ready),
+        ..zone_a
+    };
+    let got: Vec<NodeId> = f.registry.list(&ready_a, PageRequest::default()).items.iter().map(|n| n.id).collect();
+    assert_eq!(got, [ids[0], ids[4]]);
+
+    let first = f.registry.list(&NodeFilter::default(), PageRequest::new(Some(2), None).unwrap());
+    assert_eq!(first.items.len(), 2);
+    let second = f.registry.list(&NodeFilter::default(), PageRequest::new(Some(3), first.next).unwrap());
+    assert_eq!(second.items.len(), 3);
+    assert_eq!(second.next, None);
+    let all: Vec<NodeId> = first.items.iter().chain(&second.items).map(|n| n.id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(all, sorted);
+}
