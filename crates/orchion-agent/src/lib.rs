@@ -1,0 +1,270 @@
+//! The node agent: joins a server with the cluster's join token, keeps its node id and
+//! credential in a state directory so a restart rejoins as the same node, sends heartbeats with
+//! jitter at the interval the server asks for, reconnects with capped exponential backoff while
+//! the server is away, and tells the server it leaves when shut down.
+//!
+//! The agent's loop has one `select!` over a closed [`Event`] set; what each event does is in
+//! [`Agent::handle`].
+
+mod machine;
+mod state;
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use orchion_proto::v1::{self as pb, node_service_client::NodeServiceClient};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, transport::Channel};
+
+pub use crate::machine::detect_capacity;
+use crate::state::{Credentials, StateDir};
+
+/// How the agent joins.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The server's gRPC address, e.g. `http://127.0.0.1:50051`.
+    pub server: String,
+    pub join_token: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Where the node id and credential are kept between runs.
+    pub state_dir: PathBuf,
+    /// Executors this agent offers.
+    pub executors: Vec<String>,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the server refused the join token: {0}")]
+    JoinRejected(String),
+    #[error("the server refused the registration: {0}")]
+    Invalid(String),
+    #[error("invalid server address `{0}`: {1}")]
+    BadServer(String, String),
+    #[error("state directory {0}: {1}")]
+    State(PathBuf, std::io::Error),
+}
+
+/// The first wait after a failure, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long the goodbye to the server may take at shutdown.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Capped exponential backoff with full jitter.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let cap = BACKOFF_FIRST
+            .saturating_mul(2u32.saturating_pow(self.failures.min(16)))
+            .min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        cap.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// What the loop reacts to.
+enum Event {
+    /// Time to (re)register or send a heartbeat.
+    Due,
+    Shutdown,
+}
+
+/// What the agent does when the next event is due.
+enum Next {
+    Register,
+    Heartbeat,
+}
+
+/// A running agent.
+pub struct Agent {
+    config: AgentConfig,
+    client: NodeServiceClient<Channel>,
+    state: StateDir,
+    credentials: Option<Credentials>,
+    next: Next,
+    wait: Duration,
+    interval: Duration,
+    backoff: Backoff,
+}
+
+impl Agent {
+    /// Prepares an agent: reads its state directory, sets up a lazily connecting channel.
+    pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(config.server.clone())
+            .map_err(|e| AgentError::BadServer(config.server.clone(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .tcp_nodelay(true);
+        let state = StateDir::open(&config.state_dir)?;
+        let credentials = state.load()?;
+        Ok(Self {
+            client: NodeServiceClient::new(endpoint.connect_lazy()),
+            config,
+            state,
+            credentials,
+            next: Next::Register,
+            wait: Duration::ZERO,
+            interval: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        })
+    }
+
+    /// Runs until `shutdown`, then tells the server the node leaves.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        loop {
+            let event = tokio::select! {
+                () = tokio::time::sleep(self.wait) => Event::Due,
+                () = shutdown.cancelled() => Event::Shutdown,
+            };
+            match event {
+                Event::Due => self.handle().await?,
+                Event::Shutdown => break,
+            }
+        }
+        self.leave().await;
+        Ok(())
+    }
+
+    async fn handle(&mut self) -> Result<(), AgentError> {
+        match self.next {
+            Next::Register => self.register().await,
+            Next::Heartbeat => {
+                self.heartbeat().await;
+                Ok(())
+            }
+        }
+    }
+
+    fn authorized<T>(message: T, token: &str) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    }
+
+    async fn register(&mut self) -> Result<(), AgentError> {
+        let capacity = detect_capacity();
+        let message = pb::RegisterNodeRequest {
+            node_id: self
+                .credentials
+                .as_ref()
+                .map(|c| c.node_id.clone())
+                .unwrap_or_default(),
+            name: self.config.name.clone(),
+            labels: self.config.labels.clone().into_iter().collect(),
+            capacity: Some(capacity),
+            executors: self.config.executors.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            address: String::new(),
+        };
+        let request = Self::authorized(message, &self.config.join_token);
+        match self.client.register_node(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                let credentials = Credentials {
+                    node_id: response.node_id,
+                    credential: response.credential,
+                };
+                self.state.save(&credentials)?;
+                tracing::info!(node_id = %credentials.node_id, server = %self.config.server, "registered");
+                self.credentials = Some(credentials);
+                self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(50));
+                self.backoff.reset();
+                self.next = Next::Heartbeat;
+                self.wait = self.jittered();
+                Ok(())
+            }
+            Err(status) if status.code() == Code::Unauthenticated => {
+                Err(AgentError::JoinRejected(status.message().to_owned()))
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                Err(AgentError::Invalid(status.message().to_owned()))
+            }
+            Err(status) => {
+                self.wait = self.backoff.next();
+                tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?self.wait, "cannot register; retrying");
+                Ok(())
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        let Some(credentials) = &self.credentials else {
+            self.next = Next::Register;
+            return;
+        };
+        let message = pb::HeartbeatRequest {
+            node_id: credentials.node_id.clone(),
+        };
+        let request = Self::authorized(message, &credentials.credential);
+        match self.client.heartbeat(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(50));
+                self.backoff.reset();
+                self.wait = self.jittered();
+                if response.commands.contains(&i32::from(pb::Command::Restart)) {
+                    tracing::info!("the server asked for a restart: registering again");
+                    self.next = Next::Register;
+                    self.wait = Duration::ZERO;
+                }
+            }
+            Err(status) if matches!(status.code(), Code::NotFound | Code::Unauthenticated) => {
+                tracing::warn!(error = status.message(), "the server does not know this node's credential: registering again");
+                self.next = Next::Register;
+                self.wait = Duration::ZERO;
+            }
+            Err(status) => {
+                self.wait = self.backoff.next().min(self.interval);
+                tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?self.wait, "heartbeat failed");
+            }
+        }
+    }
+
+    async fn leave(&mut self) {
+        let Some(credentials) = &self.credentials else {
+            return;
+        };
+        let message = pb::LeaveNodeRequest {
+            node_id: credentials.node_id.clone(),
+        };
+        let request = Self::authorized(message, &credentials.credential);
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.client.leave_node(request)).await {
+            Ok(Ok(_)) => tracing::info!(node_id = %credentials.node_id, "left the cluster"),
+            Ok(Err(status)) => tracing::warn!(error = status.message(), "could not tell the server this node leaves"),
+            Err(_) => tracing::warn!("the server did not answer the goodbye in time"),
+        }
+    }
+
+    /// The heartbeat interval with ±10 % jitter, so restarted fleets do not beat in step.
+    fn jittered(&self) -> Duration {
+        self.interval.mul_f64(rand::rng().random_range(0.9..=1.1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff::default();
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.next()).collect();
+        assert!(waits[0] <= BACKOFF_FIRST);
+        assert!(waits.iter().all(|w| *w <= BACKOFF_MAX));
+        assert!(waits[11] >= BACKOFF_MAX / 2, "capped, with jitter: {waits:?}");
+        backoff.reset();
+        assert!(backoff.next() <= BACKOFF_FIRST);
+    }
+}
