@@ -7,6 +7,7 @@
 
 pub mod extract;
 pub mod health;
+pub mod nodes;
 pub mod problem;
 pub mod projects;
 
@@ -24,6 +25,7 @@ use axum::{
     http::HeaderName,
     response::IntoResponse,
 };
+use orchion_control::NodeRegistry;
 use orchion_store::Store;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -42,6 +44,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub nodes: Arc<NodeRegistry>,
     pub lifecycle: Arc<Lifecycle>,
 }
 
@@ -95,6 +98,8 @@ pub struct Limits {
     info(title = "Orchion", description = "The Orchion orchestrator's REST API."),
     tags(
         (name = "projects", description = "Projects: namespaces that own workflows, runs and deployments"),
+        (name = "nodes", description = "Nodes: machines running `orchion agent`"),
+        (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness")
     )
 )]
@@ -109,6 +114,13 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             projects::update_project,
             projects::delete_project
         ))
+        .routes(routes!(nodes::list_nodes))
+        .routes(routes!(nodes::list_all_nodes))
+        .routes(routes!(nodes::get_node, nodes::delete_node))
+        .routes(routes!(nodes::drain_node))
+        .routes(routes!(nodes::list_agents))
+        .routes(routes!(nodes::get_agent))
+        .routes(routes!(nodes::restart_agent))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
         .routes(routes!(health::health))

@@ -183,6 +183,19 @@ impl From<ValidationErrors> for ApiError {
     }
 }
 
+impl From<orchion_control::RegistryError> for ApiError {
+    fn from(error: orchion_control::RegistryError) -> Self {
+        use orchion_control::RegistryError;
+        match error {
+            RegistryError::NotFound(_) | RegistryError::BadCredential(_) => {
+                ApiError::NotFound(error.to_string())
+            }
+            RegistryError::Invalid(errors) => ApiError::Validation(errors),
+            RegistryError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {

@@ -1,115 +1,15 @@
-//! Handler tests: the real router over a real SQLite store, driven with `oneshot`.
+//! Handler tests: projects, health, errors and the OpenAPI document.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod common;
 
 use axum::{
-    Router,
     body::Body,
     http::{Request, StatusCode, header},
 };
-use http_body_util::BodyExt;
-use orchion_api::{AppState, Lifecycle, Limits, router};
+use common::{app, problem};
 use serde_json::{Value, json};
-use tower::ServiceExt;
-
-struct App {
-    router: Router,
-    state: AppState,
-    _dir: tempfile::TempDir,
-}
-
-async fn app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("api.db").display());
-    let store = orchion_store::connect(&url, 2).await.unwrap();
-    let state = AppState {
-        store,
-        lifecycle: Arc::new(Lifecycle::new()),
-    };
-    let router = router(
-        state.clone(),
-        Limits {
-            body_limit_bytes: 4096,
-        },
-    );
-    App {
-        router,
-        state,
-        _dir: dir,
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
-}
-
-impl App {
-    async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self.router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes)
-                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    async fn get(&self, uri: &str) -> Reply {
-        self.send(Request::get(uri).body(Body::empty()).unwrap())
-            .await
-    }
-
-    async fn json(&self, method: &str, uri: &str, body: impl Into<String>) -> Reply {
-        self.send(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.into()))
-                .unwrap(),
-        )
-        .await
-    }
-
-    async fn create(&self, name: &str) -> Value {
-        let reply = self
-            .json(
-                "POST",
-                "/api/v1/projects",
-                json!({"name": name}).to_string(),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
-        reply.body
-    }
-}
-
-/// Asserts a problem+json answer with this status and code, and returns its detail.
-fn problem(reply: &Reply, status: StatusCode, code: &str) -> String {
-    assert_eq!(reply.status, status, "{:?}", reply.body);
-    assert_eq!(
-        reply.headers[header::CONTENT_TYPE],
-        "application/problem+json",
-        "{:?}",
-        reply.body
-    );
-    assert_eq!(reply.body["type"], format!("urn:orchion:problem:{code}"));
-    assert_eq!(reply.body["code"], code);
-    assert_eq!(reply.body["status"], status.as_u16());
-    reply.body["detail"].as_str().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn projects_go_through_their_whole_lifecycle() {

@@ -1,0 +1,310 @@
+//! Nodes over REST: `/api/v1/nodes` (list, get, drain, delete), the control-plane seed's
+//! `GET /api/nodes`, and the workflow service's agents API (`/api/v1/agents`).
+//!
+//! Everything here reads the registry's memory, so liveness and last heartbeats are current to
+//! the moment, not to the last batch written to the store.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use orchion_domain::{Cursor, Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    AppState,
+    extract::{QueryParams, parse_id},
+    problem::{ApiError, Problem},
+};
+
+/// What a node can run at once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CapacityBody {
+    /// CPU in thousandths of a core.
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+/// A node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeBody {
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: CapacityBody,
+    pub executors: Vec<String>,
+    pub version: String,
+    /// `ready`, `draining`, `unreachable` or `down`.
+    pub status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub registered_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_heartbeat_at: OffsetDateTime,
+}
+
+impl From<Node> for NodeBody {
+    fn from(node: Node) -> Self {
+        NodeBody {
+            id: node.id.to_string(),
+            status: node.status().as_str(),
+            name: node.name,
+            address: node.address,
+            labels: node.labels.as_map().clone(),
+            capacity: CapacityBody {
+                cpu_millis: node.capacity.cpu_millis,
+                memory_bytes: node.capacity.memory_bytes,
+                gpus: node.capacity.gpus,
+            },
+            executors: node.executors,
+            version: node.version,
+            registered_at: node.registered_at,
+            last_heartbeat_at: node.last_heartbeat_at,
+        }
+    }
+}
+
+/// A page of nodes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeList {
+    pub items: Vec<NodeBody>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Filters and paging for listing nodes.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListNodes {
+    /// Only nodes with this status.
+    pub status: Option<String>,
+    /// Only nodes with all these labels: `key=value[,key=value…]`.
+    pub label: Option<String>,
+    /// At most this many (1 to 500, default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+fn invalid(name: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidParameter {
+        name: name.to_owned(),
+        detail: format!("query parameter `{name}`: {detail}"),
+    }
+}
+
+/// Parses `key=value[,key=value…]`.
+fn label_selector(raw: &str) -> Result<BTreeMap<String, String>, ApiError> {
+    raw.split(',')
+        .map(|pair| {
+            pair.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| invalid("label", format!("`{pair}` is not `key=value`")))
+        })
+        .collect()
+}
+
+fn node_id(raw: &str) -> Result<NodeId, ApiError> {
+    parse_id("id", raw)
+}
+
+/// The page of nodes a listing query asks for.
+fn query_nodes(state: &AppState, query: ListNodes) -> Result<Page<Node>, ApiError> {
+    let status = query
+        .status
+        .map(|s| s.parse::<NodeStatus>())
+        .transpose()
+        .map_err(|e| invalid("status", e))?;
+    let labels = query
+        .label
+        .as_deref()
+        .map(label_selector)
+        .transpose()?
+        .unwrap_or_default();
+    let cursor = query
+        .cursor
+        .map(|c| c.parse::<Cursor>())
+        .transpose()
+        .map_err(|e| invalid("cursor", e.message))?;
+    let page = PageRequest::new(query.limit, cursor).map_err(|e| invalid("limit", e.message))?;
+    Ok(state.nodes.list(&NodeFilter { status, labels }, page))
+}
+
+/// Lists nodes, in id order, a page at a time.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "nodes", params(ListNodes),
+    responses((status = 200, body = NodeList), (status = 400, body = Problem)))]
+pub async fn list_nodes(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListNodes>,
+) -> Result<Json<NodeList>, ApiError> {
+    let page = query_nodes(&state, query)?;
+    Ok(Json(NodeList {
+        items: page.items.into_iter().map(NodeBody::from).collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// Every node, as the control-plane seed's `GET /api/nodes` answered: a JSON array.
+#[utoipa::path(get, path = "/api/nodes", tag = "nodes",
+    responses((status = 200, body = Vec<NodeBody>)))]
+pub async fn list_all_nodes(State(state): State<AppState>) -> Json<Vec<NodeBody>> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state.nodes.list(
+            &NodeFilter::default(),
+            PageRequest {
+                limit: PageRequest::MAX_LIMIT,
+                after,
+            },
+        );
+        all.extend(page.items.into_iter().map(NodeBody::from));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    Json(all)
+}
+
+/// Gets a node.
+#[utoipa::path(get, path = "/api/v1/nodes/{id}", tag = "nodes",
+    params(("id" = String, Path, description = "The node's id")),
+    responses((status = 200, body = NodeBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeBody>, ApiError> {
+    let id = node_id(&id)?;
+    let node = state
+        .nodes
+        .get(id)
+        .ok_or(orchion_control::RegistryError::NotFound(id))?;
+    Ok(Json(node.into()))
+}
+
+/// Drains a node: no new work is placed on it; running work may end.
+#[utoipa::path(post, path = "/api/v1/nodes/{id}/drain", tag = "nodes",
+    params(("id" = String, Path, description = "The node's id")),
+    responses((status = 200, body = NodeBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn drain_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<NodeBody>, ApiError> {
+    let id = node_id(&id)?;
+    Ok(Json(state.nodes.drain(id).await?.into()))
+}
+
+/// Removes a node's record. An agent still running on it registers again.
+#[utoipa::path(delete, path = "/api/v1/nodes/{id}", tag = "nodes",
+    params(("id" = String, Path, description = "The node's id")),
+    responses((status = 204, description = "Deleted"), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_node(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = node_id(&id)?;
+    state.nodes.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An agent, as the workflow service's agents API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentBody {
+    /// The node id the agent runs as.
+    pub id: String,
+    pub name: String,
+    pub address: String,
+    /// `ready`, `draining`, `unreachable` or `down`.
+    pub status: &'static str,
+    pub version: String,
+    pub executors: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub last_heartbeat_at: OffsetDateTime,
+    /// A restart was requested and the agent has not yet picked it up.
+    pub restart_pending: bool,
+}
+
+fn agent_body(node: Node, restart_pending: bool) -> AgentBody {
+    AgentBody {
+        id: node.id.to_string(),
+        status: node.status().as_str(),
+        name: node.name,
+        address: node.address,
+        version: node.version,
+        executors: node.executors,
+        last_heartbeat_at: node.last_heartbeat_at,
+        restart_pending,
+    }
+}
+
+/// A page of agents.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentList {
+    pub items: Vec<AgentBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Lists agents (one per node).
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", params(ListNodes),
+    responses((status = 200, body = AgentList), (status = 400, body = Problem)))]
+pub async fn list_agents(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListNodes>,
+) -> Result<Json<AgentList>, ApiError> {
+    let page = query_nodes(&state, query)?;
+    Ok(Json(AgentList {
+        items: page
+            .items
+            .into_iter()
+            .map(|node| {
+                let pending = state.nodes.restart_pending(node.id);
+                agent_body(node, pending)
+            })
+            .collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// Gets an agent.
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents",
+    params(("id" = String, Path, description = "The agent's node id")),
+    responses((status = 200, body = AgentBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<AgentBody>, ApiError> {
+    let id = node_id(&id)?;
+    let node = state
+        .nodes
+        .get(id)
+        .ok_or(orchion_control::RegistryError::NotFound(id))?;
+    Ok(Json(agent_body(node, state.nodes.restart_pending(id))))
+}
+
+/// Asks an agent to restart: with its next heartbeat it registers again and restarts its work
+/// loop.
+#[utoipa::path(post, path = "/api/v1/agents/{id}/restart", tag = "agents",
+    params(("id" = String, Path, description = "The agent's node id")),
+    responses((status = 202, body = AgentBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn restart_agent(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<AgentBody>), ApiError> {
+    let id = node_id(&id)?;
+    let node = state.nodes.request_restart(id)?;
+    Ok((StatusCode::ACCEPTED, Json(agent_body(node, true))))
+}

@@ -1,0 +1,125 @@
+//! The real router over a real SQLite store and node registry, driven with `oneshot`.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use orchion_api::{AppState, Lifecycle, Limits, router};
+use orchion_control::{NodeRegistry, RegistrySettings};
+use orchion_domain::LivenessPolicy;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub struct App {
+    pub router: Router,
+    pub state: AppState,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("api.db").display());
+    let store = orchion_store::connect(&url, 2).await.unwrap();
+    let settings = RegistrySettings {
+        policy: LivenessPolicy {
+            timeout: Duration::from_secs(30),
+            down_after: Duration::from_secs(60),
+        },
+        check_interval: Duration::from_secs(5),
+        persist_interval: Duration::from_secs(60),
+    };
+    let nodes = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
+    let state = AppState {
+        store,
+        nodes,
+        lifecycle: Arc::new(Lifecycle::new()),
+    };
+    let router = router(
+        state.clone(),
+        Limits {
+            body_limit_bytes: 4096,
+        },
+    );
+    App {
+        router,
+        state,
+        _dir: dir,
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Value,
+}
+
+impl App {
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    pub async fn json(&self, method: &str, uri: &str, body: impl Into<String>) -> Reply {
+        self.send(
+            Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body.into()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn create(&self, name: &str) -> Value {
+        let reply = self
+            .json(
+                "POST",
+                "/api/v1/projects",
+                json!({"name": name}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        reply.body
+    }
+}
+
+/// Asserts a problem+json answer with this status and code, and returns its detail.
+pub fn problem(reply: &Reply, status: StatusCode, code: &str) -> String {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "application/problem+json",
+        "{:?}",
+        reply.body
+    );
+    assert_eq!(reply.body["type"], format!("urn:orchion:problem:{code}"));
+    assert_eq!(reply.body["code"], code);
+    assert_eq!(reply.body["status"], status.as_u16());
+    reply.body["detail"].as_str().unwrap().to_owned()
+}
+
