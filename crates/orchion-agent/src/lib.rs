@@ -221,7 +221,10 @@ impl Agent {
                 }
             }
             Err(status) if matches!(status.code(), Code::NotFound | Code::Unauthenticated) => {
-                tracing::warn!(error = status.message(), "the server does not know this node's credential: registering again");
+                tracing::warn!(
+                    error = status.message(),
+                    "the server does not know this node's credential: registering again"
+                );
                 self.next = Next::Register;
                 self.wait = Duration::ZERO;
             }
@@ -242,7 +245,10 @@ impl Agent {
         let request = Self::authorized(message, &credentials.credential);
         match tokio::time::timeout(LEAVE_TIMEOUT, self.client.leave_node(request)).await {
             Ok(Ok(_)) => tracing::info!(node_id = %credentials.node_id, "left the cluster"),
-            Ok(Err(status)) => tracing::warn!(error = status.message(), "could not tell the server this node leaves"),
+            Ok(Err(status)) => tracing::warn!(
+                error = status.message(),
+                "could not tell the server this node leaves"
+            ),
             Err(_) => tracing::warn!("the server did not answer the goodbye in time"),
         }
     }
@@ -263,7 +269,10 @@ mod tests {
         let waits: Vec<Duration> = (0..12).map(|_| backoff.next()).collect();
         assert!(waits[0] <= BACKOFF_FIRST);
         assert!(waits.iter().all(|w| *w <= BACKOFF_MAX));
-        assert!(waits[11] >= BACKOFF_MAX / 2, "capped, with jitter: {waits:?}");
+        assert!(
+            waits[11] >= BACKOFF_MAX / 2,
+            "capped, with jitter: {waits:?}"
+        );
         backoff.reset();
         assert!(backoff.next() <= BACKOFF_FIRST);
     }

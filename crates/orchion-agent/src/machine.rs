@@ -48,7 +48,9 @@ mod tests {
         );
         assert_eq!(mem_total_bytes("nothing"), None);
         assert!(is_gpu_device("nvidia0") && is_gpu_device("nvidia12"));
-        assert!(!is_gpu_device("nvidiactl") && !is_gpu_device("nvidia-uvm") && !is_gpu_device("nvidia"));
+        assert!(
+            !is_gpu_device("nvidiactl") && !is_gpu_device("nvidia-uvm") && !is_gpu_device("nvidia")
+        );
     }
 
     #[test]

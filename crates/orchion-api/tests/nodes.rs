@@ -28,7 +28,13 @@ async fn register(app: &App, name: &str, labels: &[(&str, &str)]) -> NodeId {
         "0.1.0".into(),
     )
     .unwrap();
-    app.state.nodes.register(None, registration).await.unwrap().node.id
+    app.state
+        .nodes
+        .register(None, registration)
+        .await
+        .unwrap()
+        .node
+        .id
 }
 
 fn ids(body: &Value) -> Vec<String> {
@@ -60,7 +66,9 @@ async fn nodes_are_listed_filtered_and_fetched() {
     let paged = app.get("/api/v1/nodes?limit=1").await;
     assert_eq!(ids(&paged.body), [a.to_string()]);
     let cursor = paged.body["next_cursor"].as_str().unwrap();
-    let rest = app.get(&format!("/api/v1/nodes?limit=1&cursor={cursor}")).await;
+    let rest = app
+        .get(&format!("/api/v1/nodes?limit=1&cursor={cursor}"))
+        .await;
     assert_eq!(ids(&rest.body), [b.to_string()]);
 
     let one = app.get(&format!("/api/v1/nodes/{b}")).await;
@@ -77,19 +85,34 @@ async fn a_drained_node_shows_draining_and_a_deleted_one_is_gone() {
     let app = app().await;
     let a = register(&app, "a", &[]).await;
     let drained = app
-        .send(Request::post(format!("/api/v1/nodes/{a}/drain")).body(Body::empty()).unwrap())
+        .send(
+            Request::post(format!("/api/v1/nodes/{a}/drain"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(drained.status, StatusCode::OK);
     assert_eq!(drained.body["status"], "draining");
     let listed = app.get("/api/v1/nodes?status=draining").await;
     assert_eq!(ids(&listed.body), [a.to_string()]);
-    assert_eq!(ids(&app.get("/api/v1/nodes?status=ready").await.body), Vec::<String>::new());
+    assert_eq!(
+        ids(&app.get("/api/v1/nodes?status=ready").await.body),
+        Vec::<String>::new()
+    );
 
     let deleted = app
-        .send(Request::delete(format!("/api/v1/nodes/{a}")).body(Body::empty()).unwrap())
+        .send(
+            Request::delete(format!("/api/v1/nodes/{a}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    problem(&app.get(&format!("/api/v1/nodes/{a}")).await, StatusCode::NOT_FOUND, "not-found");
+    problem(
+        &app.get(&format!("/api/v1/nodes/{a}")).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
 }
 
 #[tokio::test]
@@ -101,7 +124,11 @@ async fn agents_can_be_asked_to_restart() {
     assert_eq!(agents.body["items"][0]["restart_pending"], false);
 
     let restart = app
-        .send(Request::post(format!("/api/v1/agents/{a}/restart")).body(Body::empty()).unwrap())
+        .send(
+            Request::post(format!("/api/v1/agents/{a}/restart"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(restart.status, StatusCode::ACCEPTED);
     assert_eq!(restart.body["restart_pending"], true);
@@ -124,15 +151,34 @@ async fn bad_node_requests_name_what_is_wrong() {
         let detail = problem(&reply, StatusCode::BAD_REQUEST, "invalid-parameter");
         assert!(detail.contains(&format!("`{name}`")), "{query}: {detail}");
     }
-    let detail = problem(&app.get("/api/v1/nodes/xyz").await, StatusCode::BAD_REQUEST, "invalid-parameter");
+    let detail = problem(
+        &app.get("/api/v1/nodes/xyz").await,
+        StatusCode::BAD_REQUEST,
+        "invalid-parameter",
+    );
     assert!(detail.contains("`id`"), "{detail}");
     let missing = NodeId::new();
     for reply in [
         app.get(&format!("/api/v1/nodes/{missing}")).await,
         app.get(&format!("/api/v1/agents/{missing}")).await,
-        app.send(Request::post(format!("/api/v1/nodes/{missing}/drain")).body(Body::empty()).unwrap()).await,
-        app.send(Request::post(format!("/api/v1/agents/{missing}/restart")).body(Body::empty()).unwrap()).await,
-        app.send(Request::delete(format!("/api/v1/nodes/{missing}")).body(Body::empty()).unwrap()).await,
+        app.send(
+            Request::post(format!("/api/v1/nodes/{missing}/drain"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await,
+        app.send(
+            Request::post(format!("/api/v1/agents/{missing}/restart"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await,
+        app.send(
+            Request::delete(format!("/api/v1/nodes/{missing}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await,
     ] {
         let detail = problem(&reply, StatusCode::NOT_FOUND, "not-found");
         assert!(detail.contains(&missing.to_string()), "{detail}");

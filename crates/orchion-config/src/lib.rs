@@ -258,20 +258,28 @@ impl Config {
             problems.push("server.body_limit_bytes must be between 1024 and 1073741824".to_owned());
         }
         if !(1024..=256 * 1024 * 1024).contains(&self.server.grpc_max_message_bytes) {
-            problems.push("server.grpc_max_message_bytes must be between 1024 and 268435456".to_owned());
+            problems.push(
+                "server.grpc_max_message_bytes must be between 1024 and 268435456".to_owned(),
+            );
         }
         let cluster = &self.cluster;
-        if !(Duration::from_millis(500)..=Duration::from_secs(3600)).contains(&cluster.heartbeat_timeout) {
+        if !(Duration::from_millis(500)..=Duration::from_secs(3600))
+            .contains(&cluster.heartbeat_timeout)
+        {
             problems.push("cluster.heartbeat_timeout must be between 500ms and 1h".to_owned());
         }
-        if !(Duration::from_millis(50)..=Duration::from_secs(10)).contains(&cluster.check_interval) {
+        if !(Duration::from_millis(50)..=Duration::from_secs(10)).contains(&cluster.check_interval)
+        {
             problems.push("cluster.check_interval must be between 50ms and 10s".to_owned());
         }
         if cluster.down_after > Duration::from_secs(7 * 24 * 3600) {
             problems.push("cluster.down_after must be at most 7 days".to_owned());
         }
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&cluster.heartbeat_persist_interval) {
-            problems.push("cluster.heartbeat_persist_interval must be between 1s and 1h".to_owned());
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&cluster.heartbeat_persist_interval)
+        {
+            problems
+                .push("cluster.heartbeat_persist_interval must be between 1s and 1h".to_owned());
         }
         if let Some(token) = &cluster.join_token {
             if let Err(problem) = token.validate_token() {

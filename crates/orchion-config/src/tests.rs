@@ -290,7 +290,10 @@ fn liveness_settings_are_bounded() {
     })
     .unwrap_err()
     .to_string();
-    assert!(err.contains("cluster.check_interval must be between 50ms and 10s"), "{err}");
+    assert!(
+        err.contains("cluster.check_interval must be between 50ms and 10s"),
+        "{err}"
+    );
     assert!(err.contains("cluster.heartbeat_timeout"), "{err}");
     let config = Config::load(&Sources {
         flags: vec![("cluster.heartbeat_timeout", Value::from("1m30s"))],

@@ -113,7 +113,10 @@ pub struct NodeRegistry {
 
 impl NodeRegistry {
     /// Loads the known nodes from the store, each with a fresh grace period.
-    pub async fn load(store: Arc<dyn Store>, settings: RegistrySettings) -> Result<Self, StoreError> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        settings: RegistrySettings,
+    ) -> Result<Self, StoreError> {
         let now = Instant::now();
         let nodes = store
             .load_nodes()
@@ -145,7 +148,9 @@ impl NodeRegistry {
 
     fn nodes(&self) -> MutexGuard<'_, BTreeMap<NodeId, Entry>> {
         // A panic while holding this lock leaves plain data behind; keep serving it.
-        self.nodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.nodes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a node, or re-registers one under the id it kept, with a new credential.
@@ -187,18 +192,29 @@ impl NodeRegistry {
     }
 
     /// Records a heartbeat. Writes to the store only when it brings the node back to life.
-    pub async fn heartbeat(&self, id: NodeId, credential: &str) -> Result<Heartbeat, RegistryError> {
+    pub async fn heartbeat(
+        &self,
+        id: NodeId,
+        credential: &str,
+    ) -> Result<Heartbeat, RegistryError> {
         let (liveness, restart) = {
             let mut nodes = self.nodes();
             let entry = authenticated(&mut nodes, id, credential)?;
             entry.last_seen = Instant::now();
             entry.node.last_heartbeat_at = orchion_store::now();
-            (entry.node.liveness, std::mem::take(&mut entry.restart_requested))
+            (
+                entry.node.liveness,
+                std::mem::take(&mut entry.restart_requested),
+            )
         };
         let status = if liveness == Liveness::Alive {
             self.get(id).map(|n| n.status())
         } else {
-            Some(self.change(id, Change::Liveness(LivenessEvent::Heartbeat)).await?.status())
+            Some(
+                self.change(id, Change::Liveness(LivenessEvent::Heartbeat))
+                    .await?
+                    .status(),
+            )
         };
         Ok(Heartbeat {
             status: status.ok_or(RegistryError::NotFound(id))?,
@@ -302,7 +318,9 @@ impl NodeRegistry {
             };
             (state_change, node)
         };
-        self.store.update_node_states(std::slice::from_ref(&state_change)).await?;
+        self.store
+            .update_node_states(std::slice::from_ref(&state_change))
+            .await?;
         if let Some(entry) = self.nodes().get_mut(&id) {
             entry.node.liveness = node.liveness;
             entry.node.draining = node.draining;

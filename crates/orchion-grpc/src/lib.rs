@@ -10,9 +10,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use orchion_control::{NodeRegistry, RegistryError};
-use orchion_domain::{
-    Cursor, Node, NodeFilter, NodeId, NodeRegistration, NodeStatus, PageRequest,
-};
+use orchion_domain::{Cursor, Node, NodeFilter, NodeId, NodeRegistration, NodeStatus, PageRequest};
 use orchion_proto::v1::{
     self as pb,
     node_service_server::{NodeService as NodeServiceApi, NodeServiceServer},
@@ -70,9 +68,7 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Status::unauthenticated("missing `authorization: Bearer <token>` metadata")
-        })
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>` metadata"))
 }
 
 fn parse_node_id(raw: &str) -> Result<NodeId, Status> {
@@ -147,7 +143,9 @@ impl NodeServiceApi for NodeService {
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
         if !self.is_join_token(bearer(request.metadata())?) {
-            return Err(Status::unauthenticated("the join token is not this cluster's"));
+            return Err(Status::unauthenticated(
+                "the join token is not this cluster's",
+            ));
         }
         let peer: Option<SocketAddr> = request.remote_addr();
         let request = request.into_inner();
@@ -241,7 +239,8 @@ impl NodeServiceApi for NodeService {
             )
         };
         let limit = (request.limit != 0).then_some(request.limit);
-        let page = PageRequest::new(limit, cursor).map_err(|e| Status::invalid_argument(e.message))?;
+        let page =
+            PageRequest::new(limit, cursor).map_err(|e| Status::invalid_argument(e.message))?;
         let filter = NodeFilter {
             status,
             labels: BTreeMap::new(),

@@ -18,6 +18,10 @@ pub enum Command {
     Dev(DevArgs),
     /// Run the control plane.
     Server(ServerArgs),
+    /// Run a node agent: join a server, heartbeat, run work.
+    Agent(AgentArgs),
+    /// Inspect and manage nodes.
+    Node(NodeArgs),
     /// Manage projects.
     Project(ProjectArgs),
 }
@@ -34,6 +38,20 @@ pub struct ServeArgs {
     /// The HTTP API's port (0 picks a free one).
     #[arg(long, value_name = "PORT")]
     pub http_port: Option<u16>,
+    /// The gRPC port agents connect to (0 picks a free one).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// A node not heard from for this long becomes unreachable (e.g. 30s, 1m).
+    #[arg(long, value_name = "DURATION")]
+    pub heartbeat_timeout: Option<String>,
+    /// The secret agents present to join (default: generated into <data-dir>/join-token).
+    #[arg(
+        long,
+        env = "ORCHION_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: Option<String>,
     /// Where the server keeps its files.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -55,6 +73,79 @@ pub struct DevArgs {
 pub struct ServerArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The server's gRPC address, e.g. http://10.0.0.1:50051.
+    #[arg(long, env = "ORCHION_SERVER", value_name = "URL")]
+    pub server: String,
+    /// The cluster's join token (`orchion dev` prints it; `orchion server` keeps it in
+    /// <data-dir>/join-token).
+    #[arg(
+        long,
+        env = "ORCHION_JOIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub join_token: String,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A label for placement, `key=value`; repeat for more.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Where the agent keeps its node id and credential.
+    #[arg(long, value_name = "DIR", default_value = ".orchion-agent")]
+    pub state_dir: PathBuf,
+    /// Log filter, like RUST_LOG.
+    #[arg(long, env = "ORCHION_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn parse_label(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{raw}` is not KEY=VALUE"))
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: NodeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        /// Only nodes with this status (ready, draining, unreachable, down).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only nodes with these labels: key=value[,key=value...].
+        #[arg(long, short = 'l')]
+        label: Option<String>,
+        /// At most this many per page.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Continue after a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Follow every page to the end.
+        #[arg(long, conflicts_with = "cursor")]
+        all: bool,
+    },
+    /// Show a node.
+    Get { id: String },
+    /// Stop placing new work on a node; running work may end.
+    Drain { id: String },
+    /// Remove a node's record.
+    #[command(alias = "delete")]
+    Rm { id: String },
 }
 
 /// Flags of the client verbs.

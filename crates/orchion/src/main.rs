@@ -1,6 +1,7 @@
 //! The `orchion` binary: parses the command line and hands off. Exit status: 0 success,
 //! 1 failure, 2 usage or configuration error.
 
+mod agent;
 mod cli;
 mod client;
 mod server;
@@ -28,7 +29,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Dev(args) => server::dev(args).await,
             Command::Server(args) => server::serve(args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Project(args) => client::project::run(args).await,
+            Command::Node(args) => client::node::run(args).await,
         }
     })
 }

@@ -1,32 +1,47 @@
 //! `orchion server` and `orchion dev`: configuration → [`Server::build`] → [`Server::run`] until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT. The server runs three components: the HTTP API, the gRPC API for agents,
+//! and the node liveness reconciler.
 //!
-//! Shutdown: on the signal `/readyz` turns 503 at once; the listener keeps accepting for
-//! `server.drain_delay`, then closes; in-flight requests get `server.shutdown_grace` to finish;
-//! then the store is closed and the process exits 0.
+//! Shutdown: on the signal `/readyz` turns 503 at once; the listeners keep accepting for
+//! `server.drain_delay`, then close; in-flight requests get `server.shutdown_grace` to finish;
+//! the reconciler writes the last heartbeats; then the store is closed and the process exits 0.
+//! `orchion dev` first stops its local agent, which tells the server it leaves.
 
-use std::{future::Future, net::SocketAddr, process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    future::Future, net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits};
 use orchion_config::{Config, Sources};
+use orchion_control::{NodeRegistry, RegistrySettings};
+use orchion_domain::LivenessPolicy;
 use orchion_store::Store;
+use rand::RngCore;
 use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::{DevArgs, ServeArgs, ServerArgs},
     telemetry,
 };
 
-/// A server with its store open and its listener bound, ready to run.
+/// The file a generated join token is kept in, inside the data directory.
+const JOIN_TOKEN_FILE: &str = "join-token";
+
+/// A server with its store open and its listeners bound, ready to run.
 pub struct Server {
     config: Config,
     store: Arc<dyn Store>,
+    registry: Arc<NodeRegistry>,
+    join_token: String,
     listener: TcpListener,
+    grpc_listener: TcpListener,
 }
 
 impl Server {
-    /// Opens the store (creating the data directory for SQLite) and binds the HTTP listener.
+    /// Opens the store (creating the data directory for SQLite), loads the node registry and
+    /// binds both listeners.
     pub async fn build(config: Config) -> anyhow::Result<Server> {
         let data_dir = &config.server.data_dir;
         if config.database.url.is_none() {
@@ -44,22 +59,57 @@ impl Server {
                     .map_or_else(|| url.clone(), |u| u.redacted());
                 format!("cannot open the store at {shown}")
             })?;
+        let cluster = &config.cluster;
+        let settings = RegistrySettings {
+            policy: LivenessPolicy {
+                timeout: cluster.heartbeat_timeout,
+                down_after: cluster.down_after,
+            },
+            check_interval: cluster.check_interval,
+            persist_interval: cluster.heartbeat_persist_interval,
+        };
+        let registry = Arc::new(
+            NodeRegistry::load(store.clone(), settings)
+                .await
+                .context("cannot load the node registry")?,
+        );
+        let join_token = match &cluster.join_token {
+            Some(token) => token.expose().to_owned(),
+            None => join_token_in(data_dir)?,
+        };
         let addr = config.http_addr()?;
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!(
                 "cannot listen on {addr} (is another server running? choose another --http-port)"
             )
         })?;
+        let grpc_addr = config.grpc_addr()?;
+        let grpc_listener = TcpListener::bind(grpc_addr).await.with_context(|| {
+            format!("cannot listen on {grpc_addr} for gRPC (choose another --port)")
+        })?;
         Ok(Server {
             config,
             store,
+            registry,
+            join_token,
             listener,
+            grpc_listener,
         })
     }
 
     /// The address the HTTP API is bound to.
     pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// The address the gRPC API is bound to.
+    pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.grpc_listener.local_addr()?)
+    }
+
+    /// The token agents join with.
+    pub fn join_token(&self) -> &str {
+        &self.join_token
     }
 
     /// Serves until `shutdown` completes, then drains as the module documentation describes.
@@ -70,12 +120,16 @@ impl Server {
         let Server {
             config,
             store,
+            registry,
+            join_token,
             listener,
+            grpc_listener,
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
         let app = orchion_api::router(
             AppState {
                 store: store.clone(),
+                nodes: registry.clone(),
                 lifecycle: lifecycle.clone(),
             },
             Limits {
@@ -83,17 +137,29 @@ impl Server {
             },
         );
         let addr = listener.local_addr()?;
+        let grpc_addr = grpc_listener.local_addr()?;
+        let stopping = CancellationToken::new();
+        let reconciler = tokio::spawn(registry.clone().run(stopping.clone()));
+        let grpc = tokio::spawn(orchion_grpc::serve(
+            grpc_listener,
+            orchion_grpc::NodeService::new(registry, join_token),
+            config.server.grpc_max_message_bytes,
+            stopping.clone(),
+        ));
         tracing::info!(%addr, backend = ?store.backend(), "HTTP API listening on http://{addr}");
+        tracing::info!(addr = %grpc_addr, "gRPC API listening on {grpc_addr}");
 
         let closing = Arc::new(Notify::new());
         let drain_delay = config.server.drain_delay;
         let graceful = {
             let closing = closing.clone();
+            let stopping = stopping.clone();
             async move {
                 shutdown.await;
                 lifecycle.start_draining();
                 tracing::info!(?drain_delay, "shutdown requested: draining");
                 tokio::time::sleep(drain_delay).await;
+                stopping.cancel();
                 closing.notify_one();
             }
         };
@@ -105,10 +171,52 @@ impl Server {
                 tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace; closing them");
             }
         }
+        stopping.cancel();
+        match tokio::time::timeout(grace, grpc).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the gRPC server failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "the gRPC server panicked"),
+            Err(_) => tracing::warn!(
+                ?grace,
+                "gRPC calls did not finish within the shutdown grace"
+            ),
+        }
+        if let Err(e) = reconciler.await {
+            tracing::error!(error = %e, "the node reconciler panicked");
+        }
         store.close().await;
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The join token kept in `<data_dir>/join-token`, generated on first use. The file is readable
+/// by its owner only; the token is never logged.
+fn join_token_in(data_dir: &Path) -> anyhow::Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+
+    let path = data_dir.join(JOIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let mut bytes = [0u8; 24];
+    rand::rng().fill_bytes(&mut bytes);
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{token}").with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated the cluster join token");
+    Ok(token)
 }
 
 /// Completes `grace` after the listener closes.
@@ -118,7 +226,7 @@ async fn deadline(closing: &Notify, grace: Duration) {
 }
 
 /// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -162,11 +270,20 @@ fn flag_layers(args: &ServeArgs) -> Vec<(&'static str, orchion_config::Value)> {
     if let Some(port) = args.http_port {
         flags.push(("server.http_port", port.into()));
     }
+    if let Some(port) = args.port {
+        flags.push(("server.grpc_port", port.into()));
+    }
     if let Some(dir) = &args.data_dir {
         flags.push(("server.data_dir", dir.display().to_string().into()));
     }
     if let Some(url) = &args.database_url {
         flags.push(("database.url", url.clone().into()));
+    }
+    if let Some(timeout) = &args.heartbeat_timeout {
+        flags.push(("cluster.heartbeat_timeout", timeout.clone().into()));
+    }
+    if let Some(token) = &args.join_token {
+        flags.push(("cluster.join_token", token.clone().into()));
     }
     flags
 }
@@ -213,20 +330,81 @@ async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if mode == Mode::Dev {
-        if let Ok(addr) = server.http_addr() {
-            let data = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
-            eprintln!(
-                "\nOrchion dev server\n  API       http://{addr}/api/v1\n  API docs  http://{addr}/docs\n  Health    http://{addr}/readyz\n  Data      {}\n\nPress Ctrl-C to stop.\n",
-                data.display()
-            );
+    if mode == Mode::Server {
+        return finish(server.run(shutdown_signal()).await);
+    }
+    match start_local_agent(&server, &data_dir) {
+        Ok(agent) => {
+            let stop_agent_first = async move {
+                shutdown_signal().await;
+                agent.stop().await;
+            };
+            finish(server.run(stop_agent_first).await)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
-    match server.run(shutdown_signal()).await {
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "server failed");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The agent `orchion dev` runs beside its server.
+struct LocalAgent {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalAgent {
+    /// Stops the agent, which tells the server it leaves.
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "the local agent panicked");
+        }
+    }
+}
+
+/// Prints where everything is (the join token included: this is the developer's own terminal),
+/// and starts the local agent over real gRPC.
+fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAgent> {
+    let addr = server.http_addr()?;
+    let grpc = server.grpc_addr()?;
+    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    eprintln!(
+        "\nOrchion dev server\n  API         http://{addr}/api/v1\n  API docs    http://{addr}/docs\n  Health      http://{addr}/readyz\n  gRPC        {grpc}\n  Join token  {}\n  Data        {}\n\nA local agent has joined. More can join with:\n  orchion agent --server http://{grpc} --join-token <the token above>\n\nPress Ctrl-C to stop.\n",
+        server.join_token(),
+        data.display()
+    );
+    let config = orchion_agent::AgentConfig {
+        server: format!("http://{grpc}"),
+        join_token: server.join_token().to_owned(),
+        name: crate::agent::host_name(),
+        labels: Default::default(),
+        state_dir: data_dir.join("agent"),
+        executors: crate::agent::EXECUTORS
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+    };
+    let agent = orchion_agent::Agent::new(config).context("cannot start the local agent")?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if let Err(e) = agent.run(stop).await {
+                tracing::error!(error = %e, "the local agent stopped");
+            }
+        }
+    });
+    Ok(LocalAgent { stop, task })
 }

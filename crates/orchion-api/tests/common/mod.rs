@@ -122,4 +122,3 @@ pub fn problem(reply: &Reply, status: StatusCode, code: &str) -> String {
     assert_eq!(reply.body["status"], status.as_u16());
     reply.body["detail"].as_str().unwrap().to_owned()
 }
-

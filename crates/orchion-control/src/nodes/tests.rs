@@ -61,17 +61,34 @@ async fn statuses(store: &Arc<dyn Store>) -> Vec<(String, String)> {
         .unwrap()
         .into_iter()
         .filter(|e| e.kind == "node.status_changed")
-        .map(|e| (e.data["from"].as_str().unwrap().to_owned(), e.data["to"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e.data["from"].as_str().unwrap().to_owned(),
+                e.data["to"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect()
 }
 
 #[tokio::test]
 async fn heartbeats_need_the_nodes_own_credential() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
-    let b = f.registry.register(None, registration("b", &[])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
+    let b = f
+        .registry
+        .register(None, registration("b", &[]))
+        .await
+        .unwrap();
     assert_eq!(a.credential.len(), 64);
-    let ok = f.registry.heartbeat(a.node.id, &a.credential).await.unwrap();
+    let ok = f
+        .registry
+        .heartbeat(a.node.id, &a.credential)
+        .await
+        .unwrap();
     assert_eq!(ok.status, NodeStatus::Ready);
     assert!(matches!(
         f.registry.heartbeat(a.node.id, &b.credential).await,
@@ -88,10 +105,17 @@ async fn heartbeats_need_the_nodes_own_credential() {
 #[tokio::test]
 async fn heartbeats_write_nothing_to_the_store() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
     let commits = f.store.commits();
     for _ in 0..200 {
-        f.registry.heartbeat(a.node.id, &a.credential).await.unwrap();
+        f.registry
+            .heartbeat(a.node.id, &a.credential)
+            .await
+            .unwrap();
     }
     assert_eq!(f.store.commits(), commits);
     // A pass before the persist interval writes nothing either.
@@ -102,15 +126,32 @@ async fn heartbeats_write_nothing_to_the_store() {
 #[tokio::test]
 async fn silence_makes_a_node_unreachable_then_down_and_a_heartbeat_revives_it() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
     let id = a.node.id;
     let start = Instant::now();
 
-    let report = f.registry.tick(start + TIMEOUT - Duration::from_secs(1)).await.unwrap();
+    let report = f
+        .registry
+        .tick(start + TIMEOUT - Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(report.changed, 0);
-    f.registry.tick(start + TIMEOUT + Duration::from_secs(1)).await.unwrap();
-    assert_eq!(f.registry.get(id).unwrap().status(), NodeStatus::Unreachable);
-    f.registry.tick(start + TIMEOUT + DOWN_AFTER + Duration::from_secs(1)).await.unwrap();
+    f.registry
+        .tick(start + TIMEOUT + Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.registry.get(id).unwrap().status(),
+        NodeStatus::Unreachable
+    );
+    f.registry
+        .tick(start + TIMEOUT + DOWN_AFTER + Duration::from_secs(1))
+        .await
+        .unwrap();
     assert_eq!(f.registry.get(id).unwrap().status(), NodeStatus::Down);
 
     let beat = f.registry.heartbeat(id, &a.credential).await.unwrap();
@@ -131,11 +172,21 @@ async fn silence_makes_a_node_unreachable_then_down_and_a_heartbeat_revives_it()
 #[tokio::test]
 async fn a_drained_node_stays_drained_through_silence() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
     let id = a.node.id;
-    assert_eq!(f.registry.drain(id).await.unwrap().status(), NodeStatus::Draining);
+    assert_eq!(
+        f.registry.drain(id).await.unwrap().status(),
+        NodeStatus::Draining
+    );
     f.registry.tick(Instant::now() + TIMEOUT * 2).await.unwrap();
-    assert_eq!(f.registry.get(id).unwrap().status(), NodeStatus::Unreachable);
+    assert_eq!(
+        f.registry.get(id).unwrap().status(),
+        NodeStatus::Unreachable
+    );
     let beat = f.registry.heartbeat(id, &a.credential).await.unwrap();
     assert_eq!(beat.status, NodeStatus::Draining);
     // Draining twice changes nothing and writes nothing.
@@ -147,7 +198,11 @@ async fn a_drained_node_stays_drained_through_silence() {
 #[tokio::test]
 async fn leaving_makes_a_node_down_at_once() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
     assert!(matches!(
         f.registry.leave(a.node.id, "wrong").await,
         Err(RegistryError::BadCredential(_))
@@ -168,29 +223,64 @@ async fn last_heartbeats_are_written_in_one_batch_when_due() {
     )
     .await
     .unwrap();
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
-    let b = f.registry.register(None, registration("b", &[])).await.unwrap();
-    f.registry.heartbeat(a.node.id, &a.credential).await.unwrap();
-    f.registry.heartbeat(b.node.id, &b.credential).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
+    let b = f
+        .registry
+        .register(None, registration("b", &[]))
+        .await
+        .unwrap();
+    f.registry
+        .heartbeat(a.node.id, &a.credential)
+        .await
+        .unwrap();
+    f.registry
+        .heartbeat(b.node.id, &b.credential)
+        .await
+        .unwrap();
     let commits = f.store.commits();
-    let early = f.registry.tick(Instant::now() + Duration::from_secs(5)).await.unwrap();
+    let early = f
+        .registry
+        .tick(Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(early, TickReport::default(), "not due yet");
-    let report = f.registry.tick(Instant::now() + Duration::from_secs(11)).await.unwrap();
+    let report = f
+        .registry
+        .tick(Instant::now() + Duration::from_secs(11))
+        .await
+        .unwrap();
     assert_eq!(report.changed, 0);
     assert_eq!(report.persisted, 2);
-    assert_eq!(f.store.commits(), commits + 1, "one transaction for the batch");
+    assert_eq!(
+        f.store.commits(),
+        commits + 1,
+        "one transaction for the batch"
+    );
     let stored = f.store.load_nodes().await.unwrap();
     for s in stored {
-        assert_eq!(s.node.last_heartbeat_at, f.registry.get(s.node.id).unwrap().last_heartbeat_at);
+        assert_eq!(
+            s.node.last_heartbeat_at,
+            f.registry.get(s.node.id).unwrap().last_heartbeat_at
+        );
     }
 }
 
 #[tokio::test]
 async fn a_restarted_registry_knows_every_node_and_its_credential() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[("zone", "x")])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[("zone", "x")]))
+        .await
+        .unwrap();
     f.registry.drain(a.node.id).await.unwrap();
-    let restarted = NodeRegistry::load(f.store.clone(), settings()).await.unwrap();
+    let restarted = NodeRegistry::load(f.store.clone(), settings())
+        .await
+        .unwrap();
     let node = restarted.get(a.node.id).unwrap();
     assert_eq!(node.status(), NodeStatus::Draining);
     assert_eq!(node.labels.as_map()["zone"], "x");
@@ -203,7 +293,11 @@ async fn a_restarted_registry_knows_every_node_and_its_credential() {
 #[tokio::test]
 async fn re_registering_under_a_kept_id_issues_a_new_credential() {
     let f = fixture().await;
-    let first = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let first = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
     let again = f
         .registry
         .register(Some(first.node.id), registration("a", &[]))
@@ -212,18 +306,44 @@ async fn re_registering_under_a_kept_id_issues_a_new_credential() {
     assert_eq!(again.node.id, first.node.id);
     assert_eq!(again.node.registered_at, first.node.registered_at);
     assert_ne!(again.credential, first.credential);
-    assert!(f.registry.heartbeat(first.node.id, &first.credential).await.is_err());
-    assert!(f.registry.heartbeat(first.node.id, &again.credential).await.is_ok());
+    assert!(
+        f.registry
+            .heartbeat(first.node.id, &first.credential)
+            .await
+            .is_err()
+    );
+    assert!(
+        f.registry
+            .heartbeat(first.node.id, &again.credential)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn a_restart_request_reaches_the_next_heartbeat_once() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
     f.registry.request_restart(a.node.id).unwrap();
     assert!(f.registry.restart_pending(a.node.id));
-    assert!(f.registry.heartbeat(a.node.id, &a.credential).await.unwrap().restart);
-    assert!(!f.registry.heartbeat(a.node.id, &a.credential).await.unwrap().restart);
+    assert!(
+        f.registry
+            .heartbeat(a.node.id, &a.credential)
+            .await
+            .unwrap()
+            .restart
+    );
+    assert!(
+        !f.registry
+            .heartbeat(a.node.id, &a.credential)
+            .await
+            .unwrap()
+            .restart
+    );
     assert!(matches!(
         f.registry.request_restart(NodeId::new()),
         Err(RegistryError::NotFound(_))
@@ -233,14 +353,21 @@ async fn a_restart_request_reaches_the_next_heartbeat_once() {
 #[tokio::test]
 async fn deleted_nodes_are_forgotten() {
     let f = fixture().await;
-    let a = f.registry.register(None, registration("a", &[])).await.unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
     f.registry.delete(a.node.id).await.unwrap();
     assert!(f.registry.get(a.node.id).is_none());
     assert!(matches!(
         f.registry.heartbeat(a.node.id, &a.credential).await,
         Err(RegistryError::NotFound(_))
     ));
-    assert!(matches!(f.registry.delete(a.node.id).await, Err(RegistryError::NotFound(_))));
+    assert!(matches!(
+        f.registry.delete(a.node.id).await,
+        Err(RegistryError::NotFound(_))
+    ));
     assert!(f.store.load_nodes().await.unwrap().is_empty());
 }
 
@@ -250,28 +377,58 @@ async fn listing_filters_by_status_and_labels_and_pages() {
     let mut ids = Vec::new();
     for i in 0..5 {
         let zone = if i % 2 == 0 { "a" } else { "b" };
-        ids.push(f.registry.register(None, registration(&format!("n{i}"), &[("zone", zone)])).await.unwrap().node.id);
+        ids.push(
+            f.registry
+                .register(None, registration(&format!("n{i}"), &[("zone", zone)]))
+                .await
+                .unwrap()
+                .node
+                .id,
+        );
     }
     f.registry.drain(ids[2]).await.unwrap();
     let zone_a = NodeFilter {
         status: None,
         labels: [("zone".to_owned(), "a".to_owned())].into(),
     };
-    let got: Vec<NodeId> = f.registry.list(&zone_a, PageRequest::default()).items.iter().map(|n| n.id).collect();
+    let got: Vec<NodeId> = f
+        .registry
+        .list(&zone_a, PageRequest::default())
+        .items
+        .iter()
+        .map(|n| n.id)
+        .collect();
     assert_eq!(got, [ids[0], ids[2], ids[4]]);
     let ready_a = NodeFilter {
         status: Some(NodeStatus::Ready),
         ..zone_a
     };
-    let got: Vec<NodeId> = f.registry.list(&ready_a, PageRequest::default()).items.iter().map(|n| n.id).collect();
+    let got: Vec<NodeId> = f
+        .registry
+        .list(&ready_a, PageRequest::default())
+        .items
+        .iter()
+        .map(|n| n.id)
+        .collect();
     assert_eq!(got, [ids[0], ids[4]]);
 
-    let first = f.registry.list(&NodeFilter::default(), PageRequest::new(Some(2), None).unwrap());
+    let first = f.registry.list(
+        &NodeFilter::default(),
+        PageRequest::new(Some(2), None).unwrap(),
+    );
     assert_eq!(first.items.len(), 2);
-    let second = f.registry.list(&NodeFilter::default(), PageRequest::new(Some(3), first.next).unwrap());
+    let second = f.registry.list(
+        &NodeFilter::default(),
+        PageRequest::new(Some(3), first.next).unwrap(),
+    );
     assert_eq!(second.items.len(), 3);
     assert_eq!(second.next, None);
-    let all: Vec<NodeId> = first.items.iter().chain(&second.items).map(|n| n.id).collect();
+    let all: Vec<NodeId> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|n| n.id)
+        .collect();
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(all, sorted);

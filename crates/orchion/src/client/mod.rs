@@ -2,6 +2,7 @@
 //! errors go to stderr as one line (plus one per field problem). Exit 0 on success, 1 when the
 //! server refuses or cannot be reached.
 
+pub mod node;
 pub mod project;
 
 use std::{process::ExitCode, time::Duration};
@@ -180,6 +181,11 @@ impl Table {
         }
         out
     }
+}
+
+/// Percent-encodes a path segment, so an id with `/` or `?` cannot address another route.
+pub fn url_segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Runs a verb and turns its outcome into an exit status.

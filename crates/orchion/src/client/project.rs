@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Client, ClientError, Table, finish, print};
+use super::{Client, ClientError, Table, finish, print, url_segment};
 use crate::cli::{Output, ProjectArgs, ProjectCommand};
 
 /// A project as the API returns it.
@@ -49,11 +49,6 @@ fn one(output: Output, project: &Project) -> Result<(), ClientError> {
 
 fn project_path(id: &str) -> String {
     format!("/api/v1/projects/{}", url_segment(id))
-}
-
-/// Percent-encodes a path segment, so an id with `/` or `?` cannot address another route.
-fn url_segment(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Runs a `project` verb.

@@ -1,0 +1,73 @@
+//! `orchion agent`: runs the node agent until SIGTERM or SIGINT, then leaves the cluster.
+
+use std::process::ExitCode;
+
+use orchion_agent::{Agent, AgentConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::{cli::AgentArgs, server::shutdown_signal, telemetry};
+
+/// The executors an agent offers. Work execution arrives with the jobs issue; until then an
+/// agent offers none rather than claim what it cannot run.
+pub const EXECUTORS: &[&str] = &[];
+
+/// The machine's host name, for a node name nobody chose.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_owned())
+}
+
+/// The server address as a URL: `host:port` gets `http://`.
+pub fn server_url(raw: &str) -> String {
+    if raw.contains("://") {
+        raw.to_owned()
+    } else {
+        format!("http://{raw}")
+    }
+}
+
+pub async fn run(args: AgentArgs) -> ExitCode {
+    let log = orchion_config::LogConfig {
+        level: args.log.clone(),
+        ..Default::default()
+    };
+    if let Err(e) = telemetry::init(&log, &[]) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let config = AgentConfig {
+        server: server_url(&args.server),
+        join_token: args.join_token,
+        name: args.name.unwrap_or_else(host_name),
+        labels: args.labels.into_iter().collect(),
+        state_dir: args.state_dir,
+        executors: EXECUTORS.iter().map(|e| e.to_string()).collect(),
+    };
+    let agent = match Agent::new(config) {
+        Ok(agent) => agent,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    };
+    tokio::spawn(signal);
+    match agent.run(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "agent stopped");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
