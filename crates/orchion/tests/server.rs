@@ -216,7 +216,7 @@ async fn the_server_runs_on_postgres_and_keeps_data_across_restarts() {
     first.signal("TERM");
     assert!(first.wait(Duration::from_secs(30)).success());
     assert!(
-        !dir.path().join(".orchion").exists(),
+        !dir.path().join(".orchion/orchion.db").exists(),
         "no SQLite file when PostgreSQL is configured"
     );
 

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -17,7 +17,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_orchion");
 /// A running `orchion` process.
 pub struct Orchion {
     child: Child,
+    /// The HTTP API's address, for servers.
     pub addr: SocketAddr,
+    /// The gRPC API's address, for servers.
+    pub grpc: Option<SocketAddr>,
     output: Arc<Mutex<Vec<String>>>,
 }
 
@@ -35,52 +38,85 @@ pub fn command(args: &[&str]) -> Command {
 impl Orchion {
     /// Starts `orchion <args> --http-port 0` in `dir` and waits until it listens.
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Orchion {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--http-port", "0"]);
+        if !args.contains(&"--port") {
+            all.extend(["--port", "0"]);
+        }
+        let mut process = Orchion::spawn(dir, &all, env);
+        let line = process.wait_for_line("HTTP API listening on http://", Duration::from_secs(60));
+        process.addr = listening_addr(&line, "HTTP API listening on http://").unwrap();
+        process.grpc = process
+            .output
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| listening_addr(l, "gRPC API listening on "));
+        if process.grpc.is_none() {
+            let line = process.wait_for_line("gRPC API listening on ", Duration::from_secs(10));
+            process.grpc = listening_addr(&line, "gRPC API listening on ");
+        }
+        process
+    }
+
+    /// Starts `orchion <args>` in `dir` without waiting for anything.
+    pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Orchion {
         let mut cmd = command(args);
-        cmd.args(["--http-port", "0"])
-            .current_dir(dir)
-            .envs(env.iter().copied())
+        cmd.current_dir(dir)
             .env("ORCHION_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("orchion starts");
         let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        {
+        for (stream, prefix) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+                "",
+            ),
+            (Box::new(child.stderr.take().unwrap()), "stderr: "),
+        ] {
             let output = output.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if let Some(addr) = listening_addr(&line) {
-                        let _ = tx.send(addr);
-                    }
-                    output.lock().unwrap().push(line);
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    output.lock().unwrap().push(format!("{prefix}{line}"));
                 }
             });
         }
-        {
-            let output = output.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    output.lock().unwrap().push(format!("stderr: {line}"));
-                }
-            });
-        }
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "orchion did not start listening:\n{}",
-                    output.lock().unwrap().join("\n")
-                );
-            }
-        };
         Orchion {
             child,
-            addr,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            grpc: None,
             output,
+        }
+    }
+
+    /// Waits for an output line containing `needle` and returns it.
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(line) = self
+                .output
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "orchion exited ({status}) before printing `{needle}`:\n{}",
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orchion did not print `{needle}` within {limit:?}:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -132,14 +168,43 @@ impl Drop for Orchion {
     }
 }
 
-/// The address in the "listening" log line (JSON or text).
-fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("HTTP API listening on http://").nth(1)?;
+/// The address after `prefix` in a "listening" log line (JSON or text).
+fn listening_addr(line: &str, prefix: &str) -> Option<SocketAddr> {
+    let rest = line.split(prefix).nth(1)?;
     let addr: String = rest
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':' || *c == '[' || *c == ']')
         .collect();
     addr.parse().ok()
+}
+
+/// A port that was free a moment ago, for a server that must come back on the same port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `limit`. For conditions
+/// only observable by asking (a node's status), never as a stand-in for a known delay.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A JSON HTTP client for tests.

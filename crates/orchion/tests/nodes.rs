@@ -1,0 +1,220 @@
+//! Nodes with real processes: one `orchion server`, three `orchion agent`s, SIGKILLs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::{Orchion, eventually, free_port, http};
+use serde_json::Value;
+
+const TOKEN: &str = "test-join-token-0123456789";
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+const CHECK_INTERVAL: Duration = Duration::from_millis(200);
+const DOWN_AFTER: Duration = Duration::from_secs(2);
+/// Room for a loaded CI machine on top of the bounds the server promises.
+const SLACK: Duration = Duration::from_secs(3);
+
+fn server(dir: &Path, grpc_port: u16) -> Orchion {
+    let port = grpc_port.to_string();
+    Orchion::start(
+        dir,
+        &[
+            "server",
+            "--port",
+            &port,
+            "--join-token",
+            TOKEN,
+            "--heartbeat-timeout",
+            "2s",
+        ],
+        &[
+            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
+            ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
+            ("ORCHION_CLUSTER__HEARTBEAT_PERSIST_INTERVAL", "1s"),
+        ],
+    )
+}
+
+fn agent(dir: &Path, grpc_port: u16, name: &str) -> Orchion {
+    let server = format!("http://127.0.0.1:{grpc_port}");
+    let state = dir.join(name);
+    Orchion::spawn(
+        dir,
+        &[
+            "agent",
+            "--server",
+            &server,
+            "--join-token",
+            TOKEN,
+            "--name",
+            name,
+            "--label",
+            &format!("agent={name}"),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
+async fn nodes(server: &Orchion) -> Vec<Value> {
+    let body: Value = http()
+        .get(server.url("/api/v1/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["items"].as_array().unwrap().clone()
+}
+
+async fn node_named(server: &Orchion, name: &str) -> Option<Value> {
+    nodes(server).await.into_iter().find(|n| n["name"] == name)
+}
+
+async fn wait_status(server: &Orchion, name: &str, status: &str, limit: Duration) -> Value {
+    eventually(&format!("{name} to be {status}"), limit, || async {
+        node_named(server, name)
+            .await
+            .filter(|n| n["status"] == status)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_follows_agents_and_survives_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let mut server = server(dir.path(), grpc_port);
+    let mut agents: Vec<Orchion> = ["a1", "a2", "a3"]
+        .iter()
+        .map(|name| agent(dir.path(), grpc_port, name))
+        .collect();
+    let mut ids = Vec::new();
+    for name in ["a1", "a2", "a3"] {
+        let node = wait_status(&server, name, "ready", Duration::from_secs(30)).await;
+        assert_eq!(node["labels"]["agent"], name);
+        assert!(node["capacity"]["cpu_millis"].as_u64().unwrap() >= 1000);
+        ids.push(node["id"].as_str().unwrap().to_owned());
+    }
+
+    // An agent killed without a goodbye turns unreachable within timeout + check interval…
+    agents[0].signal("KILL");
+    let killed = Instant::now();
+    wait_status(
+        &server,
+        "a1",
+        "unreachable",
+        HEARTBEAT_TIMEOUT + CHECK_INTERVAL + SLACK,
+    )
+    .await;
+    assert!(
+        killed.elapsed() >= HEARTBEAT_TIMEOUT - HEARTBEAT_TIMEOUT / 3,
+        "not before the timeout"
+    );
+    // …then down after the grace period, while the others stay ready.
+    wait_status(&server, "a1", "down", DOWN_AFTER + CHECK_INTERVAL + SLACK).await;
+    assert_eq!(node_named(&server, "a2").await.unwrap()["status"], "ready");
+
+    // Restarted with the same state dir, it is the same node, ready again.
+    agents[0] = agent(dir.path(), grpc_port, "a1");
+    let back = wait_status(&server, "a1", "ready", Duration::from_secs(30)).await;
+    assert_eq!(back["id"], ids[0].as_str());
+    assert_eq!(nodes(&server).await.len(), 3, "no duplicate node");
+
+    // The server dies without warning and comes back on the same ports.
+    server.signal("KILL");
+    server.wait(Duration::from_secs(10));
+    drop(server);
+    let restarted_at = time::OffsetDateTime::now_utc();
+    let server = self::server(dir.path(), grpc_port);
+    let listed = nodes(&server).await;
+    let mut listed_ids: Vec<&str> = listed.iter().map(|n| n["id"].as_str().unwrap()).collect();
+    listed_ids.sort();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(listed_ids, expected, "every node survives the restart");
+    // Every agent reconnects and heartbeats again, with no operator action.
+    for name in ["a1", "a2", "a3"] {
+        eventually(
+            &format!("a fresh heartbeat from {name}"),
+            Duration::from_secs(30),
+            || async {
+                let node = node_named(&server, name).await?;
+                let at = time::OffsetDateTime::parse(
+                    node["last_heartbeat_at"].as_str()?,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()?;
+                (node["status"] == "ready" && at > restarted_at).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // An agent stopped with SIGTERM leaves: down at once, exit status 0.
+    agents[1].signal("TERM");
+    assert!(agents[1].wait(Duration::from_secs(10)).success());
+    wait_status(&server, "a2", "down", Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_wrong_token_exits_1_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let server = server(dir.path(), grpc_port);
+    let state = dir.path().join("bad");
+    let out = common::command(&[
+        "agent",
+        "--server",
+        &format!("127.0.0.1:{grpc_port}"),
+        "--join-token",
+        "not-the-token-at-all",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the join token"));
+    assert!(nodes(&server).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_restarted_through_the_agents_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let server = server(dir.path(), grpc_port);
+    let mut a = agent(dir.path(), grpc_port, "r1");
+    let node = wait_status(&server, "r1", "ready", Duration::from_secs(30)).await;
+    let id = node["id"].as_str().unwrap();
+    let response = http()
+        .post(server.url(&format!("/api/v1/agents/{id}/restart")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    a.wait_for_line("the server asked for a restart", Duration::from_secs(10));
+    eventually(
+        "the agent to pick up the restart",
+        Duration::from_secs(10),
+        || async {
+            let agent: Value = http()
+                .get(server.url(&format!("/api/v1/agents/{id}")))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (agent["restart_pending"] == false && agent["status"] == "ready").then_some(())
+        },
+    )
+    .await;
+}
