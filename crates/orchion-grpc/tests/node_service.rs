@@ -1,0 +1,323 @@
+//! NodeService over a real socket: authentication, validation and size limits.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{sync::Arc, time::Duration};
+
+use orchion_control::{NodeRegistry, RegistrySettings};
+use orchion_domain::LivenessPolicy;
+use orchion_grpc::{NodeService, serve};
+use orchion_proto::v1::{self as pb, node_service_client::NodeServiceClient};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, transport::Channel};
+
+const TOKEN: &str = "join-token-for-tests-0001";
+const MAX_MESSAGE: usize = 64 * 1024;
+
+struct Harness {
+    client: NodeServiceClient<Channel>,
+    channel: Channel,
+    registry: Arc<NodeRegistry>,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("g.db").display());
+    let store = orchion_store::connect(&url, 2).await.unwrap();
+    let settings = RegistrySettings {
+        policy: LivenessPolicy {
+            timeout: Duration::from_secs(30),
+            down_after: Duration::from_secs(60),
+        },
+        check_interval: Duration::from_secs(5),
+        persist_interval: Duration::from_secs(60),
+    };
+    let registry = Arc::new(NodeRegistry::load(store, settings).await.unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        NodeService::new(registry.clone(), TOKEN.into()),
+        MAX_MESSAGE,
+        stop.clone(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Harness {
+        client: NodeServiceClient::new(channel.clone()),
+        channel,
+        registry,
+        stop,
+        _dir: dir,
+    }
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn registration(name: &str) -> pb::RegisterNodeRequest {
+    pb::RegisterNodeRequest {
+        name: name.into(),
+        labels: [("zone".to_owned(), "eu".to_owned())].into(),
+        capacity: Some(pb::Capacity {
+            cpu_millis: 2000,
+            memory_bytes: 4 << 30,
+            gpus: 0,
+        }),
+        version: "test".into(),
+        ..Default::default()
+    }
+}
+
+async fn register(h: &mut Harness, name: &str) -> pb::RegisterNodeResponse {
+    h.client
+        .register_node(with_token(registration(name), TOKEN))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn a_node_registers_heartbeats_lists_and_leaves() {
+    let mut h = harness().await;
+    let registered = register(&mut h, "n1").await;
+    assert_eq!(registered.heartbeat_interval_ms, 10_000);
+    let beat = h
+        .client
+        .heartbeat(with_token(
+            pb::HeartbeatRequest {
+                node_id: registered.node_id.clone(),
+            },
+            &registered.credential,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(beat.status(), pb::NodeStatus::Ready);
+
+    for token in [TOKEN, registered.credential.as_str()] {
+        let listed = h
+            .client
+            .list_nodes(with_token(pb::ListNodesRequest::default(), token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.nodes.len(), 1);
+        let node = &listed.nodes[0];
+        assert_eq!(node.id, registered.node_id);
+        assert_eq!(
+            node.address, "127.0.0.1",
+            "the peer address when none is given"
+        );
+        assert_eq!(node.labels["zone"], "eu");
+        assert!(node.last_heartbeat_at.is_some());
+    }
+
+    h.client
+        .leave_node(with_token(
+            pb::LeaveNodeRequest {
+                node_id: registered.node_id.clone(),
+            },
+            &registered.credential,
+        ))
+        .await
+        .unwrap();
+    let down = h
+        .client
+        .list_nodes(with_token(
+            pb::ListNodesRequest {
+                status: pb::NodeStatus::Down.into(),
+                ..Default::default()
+            },
+            TOKEN,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(down.nodes.len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_join_token_is_unauthenticated() {
+    let mut h = harness().await;
+    let wrong = h
+        .client
+        .register_node(with_token(registration("x"), "not-the-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code(), Code::Unauthenticated);
+    let missing = h
+        .client
+        .register_node(Request::new(registration("x")))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert!(
+        missing.message().contains("authorization"),
+        "{}",
+        missing.message()
+    );
+    let listing = h
+        .client
+        .list_nodes(with_token(pb::ListNodesRequest::default(), "forged"))
+        .await
+        .unwrap_err();
+    assert_eq!(listing.code(), Code::Unauthenticated);
+    assert!(
+        h.registry
+            .list(&Default::default(), Default::default())
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn heartbeats_from_unknown_deleted_or_forged_nodes_are_refused() {
+    let mut h = harness().await;
+    let a = register(&mut h, "a").await;
+    let b = register(&mut h, "b").await;
+    let beat = |id: &str, credential: &str| {
+        with_token(
+            pb::HeartbeatRequest {
+                node_id: id.to_owned(),
+            },
+            credential,
+        )
+    };
+
+    let unknown = h
+        .client
+        .heartbeat(beat("0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e", &a.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // b's credential does not work for a, nor a made-up one.
+    for credential in [b.credential.as_str(), "00ff"] {
+        let forged = h
+            .client
+            .heartbeat(beat(&a.node_id, credential))
+            .await
+            .unwrap_err();
+        assert_eq!(forged.code(), Code::Unauthenticated);
+    }
+    let malformed = h
+        .client
+        .heartbeat(beat("nope", &a.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), Code::InvalidArgument);
+    assert!(malformed.message().contains("node_id"));
+
+    h.registry.delete(a.node_id.parse().unwrap()).await.unwrap();
+    let deleted = h
+        .client
+        .heartbeat(beat(&a.node_id, &a.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(deleted.code(), Code::NotFound);
+
+    // Nothing of that touched b.
+    let ok = h
+        .client
+        .heartbeat(beat(&b.node_id, &b.credential))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().status(), pb::NodeStatus::Ready);
+}
+
+#[tokio::test]
+async fn invalid_registrations_name_every_problem_and_register_nothing() {
+    let mut h = harness().await;
+    let mut request = registration("");
+    request.capacity = Some(pb::Capacity {
+        cpu_millis: u64::MAX,
+        memory_bytes: u64::MAX,
+        gpus: 100_000,
+    });
+    request.labels = [("Bad Key".to_owned(), "v".to_owned())].into();
+    let err = h
+        .client
+        .register_node(with_token(request, TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    for part in ["name", "cpu_millis", "memory_bytes", "gpus", "`Bad Key`"] {
+        assert!(
+            err.message().contains(part),
+            "{part} missing from: {}",
+            err.message()
+        );
+    }
+    let mut request = registration("x");
+    request.node_id = "not-a-uuid".into();
+    let err = h
+        .client
+        .register_node(with_token(request, TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        h.registry
+            .list(&Default::default(), Default::default())
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_and_the_server_keeps_serving() {
+    let mut h = harness().await;
+    let mut request = registration("big");
+    request.version = "x".repeat(MAX_MESSAGE * 2);
+    let err = h
+        .client
+        .register_node(with_token(request, TOKEN))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{err:?}"
+    );
+    assert!(
+        h.registry
+            .list(&Default::default(), Default::default())
+            .items
+            .is_empty()
+    );
+    register(&mut h, "after").await;
+}
+
+#[tokio::test]
+async fn grpc_health_reports_serving() {
+    let h = harness().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(h.channel.clone());
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "orchion.v1.NodeService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
