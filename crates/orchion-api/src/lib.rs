@@ -10,6 +10,7 @@ pub mod health;
 pub mod nodes;
 pub mod problem;
 pub mod projects;
+pub mod status;
 
 use std::{
     sync::{
@@ -121,6 +122,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::list_agents))
         .routes(routes!(nodes::get_agent))
         .routes(routes!(nodes::restart_agent))
+        .routes(routes!(status::status))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
         .routes(routes!(health::health))

@@ -74,6 +74,12 @@ async fn nodes_are_listed_filtered_and_fetched() {
     let one = app.get(&format!("/api/v1/nodes/{b}")).await;
     assert_eq!(one.body["name"], "b");
 
+    let status = app.get("/api/v1/status").await;
+    assert_eq!(status.body["nodes"]["ready"], 2);
+    assert_eq!(status.body["nodes"]["down"], 0);
+    assert_eq!(status.body["store"]["backend"], "sqlite");
+    assert!(status.body["store"]["commits"].as_u64().unwrap() >= 2);
+
     // The control-plane seed's shape: a plain array of every node.
     let seed = app.get("/api/nodes").await;
     assert_eq!(seed.status, StatusCode::OK);

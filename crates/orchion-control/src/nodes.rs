@@ -285,6 +285,16 @@ impl NodeRegistry {
         Page { items, next }
     }
 
+    /// How many nodes have each status.
+    pub fn count_by_status(&self) -> BTreeMap<&'static str, usize> {
+        let mut counts: BTreeMap<&'static str, usize> =
+            NodeStatus::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        for entry in self.nodes().values() {
+            *counts.entry(entry.node.status().as_str()).or_default() += 1;
+        }
+        counts
+    }
+
     /// Whether `credential` belongs to some registered node.
     pub fn is_node_credential(&self, credential: &str) -> bool {
         let presented = digest(credential);

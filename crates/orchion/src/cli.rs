@@ -22,6 +22,9 @@ pub enum Command {
     Agent(AgentArgs),
     /// Inspect and manage nodes.
     Node(NodeArgs),
+    /// Measure Orchion: starts a real server and drives it over its public interfaces.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Manage projects.
     Project(ProjectArgs),
 }
@@ -146,6 +149,31 @@ pub enum NodeCommand {
     /// Remove a node's record.
     #[command(alias = "delete")]
     Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Simulated agents heartbeating over real gRPC against a real `orchion server`.
+    Heartbeats(HeartbeatBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HeartbeatBenchArgs {
+    /// How many simulated nodes.
+    #[arg(long, default_value_t = 10_000)]
+    pub nodes: usize,
+    /// Each node's heartbeat interval (with ±10 % jitter).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// How long to measure, after every node has registered.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// HTTP/2 connections the simulated nodes share.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Run the server on this PostgreSQL database instead of a SQLite file.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 /// Flags of the client verbs.

@@ -2,6 +2,7 @@
 //! 1 failure, 2 usage or configuration error.
 
 mod agent;
+mod bench;
 mod cli;
 mod client;
 mod server;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
             Command::Dev(args) => server::dev(args).await,
             Command::Server(args) => server::serve(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Bench(cli::BenchCommand::Heartbeats(args)) => bench::heartbeats::run(args).await,
             Command::Project(args) => client::project::run(args).await,
             Command::Node(args) => client::node::run(args).await,
         }

@@ -1,0 +1,45 @@
+//! `GET /api/v1/status`: what this server is and how its cluster stands, for operators and
+//! benchmarks.
+
+use std::collections::BTreeMap;
+
+use axum::{Json, extract::State};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+
+/// The server's own state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    /// The server's version.
+    pub version: &'static str,
+    pub store: StoreStatus,
+    /// How many nodes have each status.
+    pub nodes: BTreeMap<&'static str, usize>,
+}
+
+/// The store's state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreStatus {
+    /// `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// Write transactions committed since the server started.
+    pub commits: u64,
+}
+
+/// The server's version, store and node counts.
+#[utoipa::path(get, path = "/api/v1/status", tag = "health", responses((status = 200, body = StatusBody)))]
+pub async fn status(State(state): State<AppState>) -> Json<StatusBody> {
+    Json(StatusBody {
+        version: env!("CARGO_PKG_VERSION"),
+        store: StoreStatus {
+            backend: match state.store.backend() {
+                orchion_store::Backend::Sqlite => "sqlite",
+                orchion_store::Backend::Postgres => "postgres",
+            },
+            commits: state.store.commits(),
+        },
+        nodes: state.nodes.count_by_status(),
+    })
+}

@@ -1,0 +1,158 @@
+//! `orchion bench …`: benchmarks that start a real server as a child process and drive it over
+//! its public interfaces, reporting medians and tails measured in one run. Figures and the exact
+//! commands are recorded in BENCHMARKS.md.
+
+pub mod heartbeats;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+/// A server started for a benchmark, killed when dropped.
+pub struct BenchServer {
+    child: tokio::process::Child,
+    pub http: String,
+    pub grpc: String,
+    dir: PathBuf,
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl BenchServer {
+    /// Starts `orchion server` (this very binary) in a fresh temp dir and waits until ready.
+    pub async fn start(extra: &[&str]) -> anyhow::Result<BenchServer> {
+        let dir = std::env::temp_dir().join(format!("orchion-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let (http_port, grpc_port) = (free_port()?, free_port()?);
+        let exe = std::env::current_exe().context("cannot find the orchion binary")?;
+        let child = tokio::process::Command::new(exe)
+            .arg("server")
+            .args(["--http-port", &http_port.to_string()])
+            .args(["--port", &grpc_port.to_string()])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(extra)
+            .env("ORCHION_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start orchion server")?;
+        let server = BenchServer {
+            child,
+            http: format!("http://127.0.0.1:{http_port}"),
+            grpc: format!("http://127.0.0.1:{grpc_port}"),
+            dir,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = client
+                .get(format!("{}/readyz", self.http))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the server did not become ready in 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        self.child.id().context("the server has exited")
+    }
+
+    /// CPU seconds the server has used so far (user + system).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()?))?;
+        // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+        let after = stat.rsplit(')').next().unwrap_or_default();
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = fields.get(11).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        Ok(ticks / clock_ticks_per_second())
+    }
+
+    /// The server's resident set size and its peak, in bytes.
+    pub fn rss(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .map_or(0, |kb| kb * 1024)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    /// Write transactions the server's store has committed.
+    pub async fn commits(&self) -> anyhow::Result<u64> {
+        let status: serde_json::Value = reqwest::get(format!("{}/api/v1/status", self.http))
+            .await?
+            .json()
+            .await?;
+        status["store"]["commits"]
+            .as_u64()
+            .context("the status answer has no store.commits")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
+}
+
+/// The `q`-quantile of sorted samples.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_pick_the_right_sample() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&samples, 0.5), Duration::from_millis(51));
+        assert_eq!(quantile(&samples, 0.99), Duration::from_millis(99));
+        assert_eq!(quantile(&samples, 1.0), Duration::from_millis(100));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+}
