@@ -31,7 +31,9 @@ fn main() -> ExitCode {
             Command::Dev(args) => server::dev(args).await,
             Command::Server(args) => server::serve(args).await,
             Command::Agent(args) => agent::run(args).await,
-            Command::Bench(cli::BenchCommand::Heartbeats(args)) => bench::heartbeats::run(args).await,
+            Command::Bench(cli::BenchCommand::Heartbeats(args)) => {
+                bench::heartbeats::run(args).await
+            }
             Command::Project(args) => client::project::run(args).await,
             Command::Node(args) => client::node::run(args).await,
         }

@@ -144,3 +144,56 @@ fn usage_errors_exit_2_and_unreachable_servers_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--addr"), "{}", stderr(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(dir.path(), &["dev"], &[]);
+    // `orchion dev` runs a local agent; wait for it to join.
+    let id = common::eventually(
+        "the local agent to join",
+        std::time::Duration::from_secs(30),
+        || async {
+            let out = orchion(&server, &["node", "ls", "-o", "json"]);
+            let list: Value = serde_json::from_str(&stdout(&out)).ok()?;
+            list["items"][0]["id"].as_str().map(str::to_owned)
+        },
+    )
+    .await;
+
+    let out = orchion(&server, &["node", "ls"]);
+    let table = stdout(&out);
+    assert!(
+        table.starts_with("ID") && table.contains("STATUS") && table.contains(&id),
+        "{table}"
+    );
+
+    let out = orchion(&server, &["node", "get", &id, "-o", "yaml"]);
+    assert!(stdout(&out).contains("status: ready"), "{}", stdout(&out));
+
+    let out = orchion(&server, &["node", "drain", &id, "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let drained: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(drained["status"], "draining");
+
+    let out = orchion(
+        &server,
+        &["node", "ls", "--status", "draining", "-o", "json"],
+    );
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
+    let out = orchion(&server, &["node", "rm", &id]);
+    assert!(out.status.success());
+    let out = orchion(&server, &["node", "get", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not registered"), "{}", stderr(&out));
+
+    let out = orchion(&server, &["node", "ls", "--status", "sleeping"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("`sleeping` is not a node status"),
+        "{}",
+        stderr(&out)
+    );
+}

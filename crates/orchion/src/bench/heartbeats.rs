@@ -47,12 +47,22 @@ async fn bench(args: HeartbeatBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(!args.interval.is_zero(), "--interval must be more than 0");
     let timeout = humantime::format_duration(args.interval * 3).to_string();
-    let mut extra = vec!["--join-token", TOKEN, "--heartbeat-timeout", timeout.as_str()];
+    let mut extra = vec![
+        "--join-token",
+        TOKEN,
+        "--heartbeat-timeout",
+        timeout.as_str(),
+    ];
     if let Some(url) = &args.database_url {
         extra.extend(["--database-url", url.as_str()]);
     }
     let server = BenchServer::start(&extra).await?;
-    eprintln!("server: {} (gRPC {}), data in {}", server.http, server.grpc, server.dir().display());
+    eprintln!(
+        "server: {} (gRPC {}), data in {}",
+        server.http,
+        server.grpc,
+        server.dir().display()
+    );
 
     let mut channels = Vec::new();
     for _ in 0..args.connections {
@@ -80,7 +90,10 @@ async fn bench(args: HeartbeatBenchArgs) -> anyhow::Result<()> {
                     version: "bench".into(),
                     ..Default::default()
                 };
-                let response = client.register_node(authorized(request, TOKEN)).await?.into_inner();
+                let response = client
+                    .register_node(authorized(request, TOKEN))
+                    .await?
+                    .into_inner();
                 Ok(SimulatedNode {
                     id: response.node_id,
                     credential: response.credential,
@@ -131,10 +144,17 @@ async fn bench(args: HeartbeatBenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     let reporter = tokio::spawn(async move {
-        let mut tick = tokio::time::interval_at((started + Duration::from_secs(10)).into(), Duration::from_secs(10));
+        let mut tick = tokio::time::interval_at(
+            (started + Duration::from_secs(10)).into(),
+            Duration::from_secs(10),
+        );
         loop {
             tick.tick().await;
-            eprintln!("… {:.0} s of {:.0} s", started.elapsed().as_secs_f64(), args.duration.as_secs_f64());
+            eprintln!(
+                "… {:.0} s of {:.0} s",
+                started.elapsed().as_secs_f64(),
+                args.duration.as_secs_f64()
+            );
         }
     });
     let mut latencies = Vec::new();
@@ -153,17 +173,52 @@ async fn bench(args: HeartbeatBenchArgs) -> anyhow::Result<()> {
 
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     println!("orchion bench heartbeats");
-    println!("  store                 {}", if args.database_url.is_some() { "postgres" } else { "sqlite" });
+    println!(
+        "  store                 {}",
+        if args.database_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    );
     println!("  nodes                 {}", args.nodes);
-    println!("  interval              {}", humantime::format_duration(args.interval));
+    println!(
+        "  interval              {}",
+        humantime::format_duration(args.interval)
+    );
     println!("  measured for          {elapsed:.1} s");
-    println!("  heartbeats            {} ok, {errors} failed", latencies.len());
-    println!("  heartbeats/s          {:.0}", latencies.len() as f64 / elapsed);
-    println!("  latency p50           {:.2} ms", quantile(&latencies, 0.50).as_secs_f64() * 1e3);
-    println!("  latency p99           {:.2} ms", quantile(&latencies, 0.99).as_secs_f64() * 1e3);
-    println!("  latency max           {:.2} ms", quantile(&latencies, 1.0).as_secs_f64() * 1e3);
-    println!("  server CPU            {:.1} % of one core", cpu / elapsed * 100.0);
-    println!("  server RSS            {:.1} MiB (peak {:.1} MiB)", mib(rss), mib(peak));
-    println!("  store commits         {commits} ({:.2}/s)", commits as f64 / elapsed);
+    println!(
+        "  heartbeats            {} ok, {errors} failed",
+        latencies.len()
+    );
+    println!(
+        "  heartbeats/s          {:.0}",
+        latencies.len() as f64 / elapsed
+    );
+    println!(
+        "  latency p50           {:.2} ms",
+        quantile(&latencies, 0.50).as_secs_f64() * 1e3
+    );
+    println!(
+        "  latency p99           {:.2} ms",
+        quantile(&latencies, 0.99).as_secs_f64() * 1e3
+    );
+    println!(
+        "  latency max           {:.2} ms",
+        quantile(&latencies, 1.0).as_secs_f64() * 1e3
+    );
+    println!(
+        "  server CPU            {:.1} % of one core",
+        cpu / elapsed * 100.0
+    );
+    println!(
+        "  server RSS            {:.1} MiB (peak {:.1} MiB)",
+        mib(rss),
+        mib(peak)
+    );
+    println!(
+        "  store commits         {commits} ({:.2}/s)",
+        commits as f64 / elapsed
+    );
     Ok(())
 }

@@ -22,7 +22,9 @@ pub struct BenchServer {
 
 /// A port that was free a moment ago.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl BenchServer {
@@ -67,7 +69,10 @@ impl BenchServer {
             if ready {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "the server did not become ready in 60 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the server did not become ready in 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -82,8 +87,14 @@ impl BenchServer {
         // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
         let after = stat.rsplit(')').next().unwrap_or_default();
         let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields.get(11).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks: f64 = fields
+            .get(11)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0);
         Ok(ticks / clock_ticks_per_second())
     }
 
