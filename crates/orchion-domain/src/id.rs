@@ -72,6 +72,18 @@ uuid_id!(
 );
 
 uuid_id!(
+    /// Identifies a run: one execution of a workflow; a job is a run of one task.
+    RunId,
+    "run"
+);
+
+uuid_id!(
+    /// Identifies a task: one step of one run.
+    TaskId,
+    "task"
+);
+
+uuid_id!(
     /// Identifies a node; stable across agent restarts (the agent keeps it in its state dir).
     NodeId,
     "node"

@@ -6,12 +6,17 @@
 
 pub mod error;
 pub mod id;
+pub mod job;
 pub mod node;
 pub mod page;
 pub mod project;
 
 pub use error::{FieldError, ValidationErrors};
-pub use id::{IdParseError, NodeId, ProjectId};
+pub use id::{IdParseError, NodeId, ProjectId, RunId, TaskId};
+pub use job::{
+    Attempt, AttemptOutcome, AttemptStatus, Concurrency, InvalidTransition, Placement, RetryPolicy,
+    TaskEvent, TaskState, TaskStatus, Timeouts, Transition,
+};
 pub use node::{
     Capacity, Labels, Liveness, LivenessEvent, LivenessPolicy, Node, NodeFilter, NodeRegistration,
     NodeStatus,
