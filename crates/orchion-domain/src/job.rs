@@ -724,3 +724,90 @@ mod tests {
         }
     }
 }
+
+/// The lowest and highest priority a job may have; higher runs first.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1_000_000..=1_000_000;
+
+/// A valid request for a job: one task, run by one executor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub name: String,
+    pub project_id: Option<crate::ProjectId>,
+    /// The executor's name (`shell`, `http`, …).
+    pub executor: String,
+    /// The executor's spec as JSON, validated by the executor at the edge.
+    pub spec: String,
+    pub priority: i32,
+    pub retry: RetryPolicy,
+    pub timeouts: Timeouts,
+    pub placement: Placement,
+    pub concurrency: Option<Concurrency>,
+    /// Not before this time.
+    pub run_at: Option<time::OffsetDateTime>,
+}
+
+impl NewJob {
+    /// Checks what the parts do not check alone, adding to `errors`.
+    pub fn check(&self, errors: &mut ValidationErrors) {
+        if !PRIORITY_RANGE.contains(&self.priority) {
+            errors.push(FieldError::new(
+                "priority",
+                format!(
+                    "priority must be between {} and {}",
+                    PRIORITY_RANGE.start(),
+                    PRIORITY_RANGE.end()
+                ),
+            ));
+        }
+        if self.name.len() > 200 || self.name.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                "name",
+                "name must be at most 200 characters with no control characters",
+            ));
+        }
+        if let Err(e) = self.retry.validate() {
+            errors.0.extend(e.0);
+        }
+        if let Err(e) = self.timeouts.validate() {
+            errors.0.extend(e.0);
+        }
+    }
+}
+
+/// A job as stored, with its attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: crate::RunId,
+    pub task_id: crate::TaskId,
+    pub name: String,
+    pub project_id: Option<crate::ProjectId>,
+    pub executor: String,
+    pub spec: String,
+    pub priority: i32,
+    pub retry: RetryPolicy,
+    pub timeouts: Timeouts,
+    pub placement: Placement,
+    pub concurrency: Option<Concurrency>,
+    pub state: TaskState,
+    /// Not claimed before this time (a delayed start or a retry's backoff).
+    pub run_after: time::OffsetDateTime,
+    /// The node running the current attempt.
+    pub node_id: Option<NodeId>,
+    /// When the current attempt's lease runs out unless extended.
+    pub lease_expires_at: Option<time::OffsetDateTime>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub created_at: time::OffsetDateTime,
+    pub started_at: Option<time::OffsetDateTime>,
+    pub finished_at: Option<time::OffsetDateTime>,
+    pub attempts: Vec<Attempt>,
+}
+
+/// Which jobs a listing returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobFilter {
+    pub status: Option<TaskStatus>,
+    pub project_id: Option<crate::ProjectId>,
+    pub executor: Option<String>,
+}

@@ -14,8 +14,8 @@ pub mod project;
 pub use error::{FieldError, ValidationErrors};
 pub use id::{IdParseError, NodeId, ProjectId, RunId, TaskId};
 pub use job::{
-    Attempt, AttemptOutcome, AttemptStatus, Concurrency, InvalidTransition, Placement, RetryPolicy,
-    TaskEvent, TaskState, TaskStatus, Timeouts, Transition,
+    Attempt, AttemptOutcome, AttemptStatus, Concurrency, InvalidTransition, Job, JobFilter, NewJob,
+    Placement, RetryPolicy, TaskEvent, TaskState, TaskStatus, Timeouts, Transition,
 };
 pub use node::{
     Capacity, Labels, Liveness, LivenessEvent, LivenessPolicy, Node, NodeFilter, NodeRegistration,

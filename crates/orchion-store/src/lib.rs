@@ -10,6 +10,8 @@
 //!
 //! Timestamps are kept at microsecond precision (what PostgreSQL keeps); use [`now`].
 
+#[macro_use]
+mod jobs;
 mod postgres;
 mod queries;
 mod rows;
@@ -19,12 +21,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use orchion_domain::{
-    Liveness, Node, NodeId, NodeStatus, Page, PageRequest, Project, ProjectFilter, ProjectId,
-    ProjectUpdate,
+    AttemptOutcome, Capacity, Job, JobFilter, Labels, Liveness, NewJob, Node, NodeId, NodeStatus,
+    Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate, RunId, TaskId, TaskStatus,
+    Timeouts,
 };
 use time::OffsetDateTime;
 
-pub use crate::{postgres::PostgresStore, sqlite::SqliteStore};
+pub use crate::{
+    jobs::{MAX_LOG_BYTES, MAX_OUTPUT_BYTES, TRUNCATED, truncate},
+    postgres::PostgresStore,
+    sqlite::SqliteStore,
+};
 
 /// What a store call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,13 @@ pub enum StoreError {
     /// The database URL cannot be used.
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
+    /// A report for an attempt that is no longer current, or from a node that does not hold
+    /// it (fencing).
+    #[error("{0}")]
+    Stale(String),
+    /// The change does not apply in the resource's current state.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -123,9 +137,142 @@ pub struct NodeStateChange {
     pub last_heartbeat_at: OffsetDateTime,
 }
 
+/// A node asking for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub node_id: NodeId,
+    /// Executors the node offers.
+    pub executors: Vec<String>,
+    pub labels: Labels,
+    /// The node's whole capacity; what its running tasks use is subtracted.
+    pub capacity: Capacity,
+    /// At most this many tasks.
+    pub max: usize,
+    /// The time to claim at: tasks due by then are candidates, leases run from then.
+    pub now: OffsetDateTime,
+}
+
+/// A task a node claimed: its attempt holds a lease until `lease_expires_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedTask {
+    pub job_id: RunId,
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub executor: String,
+    pub spec: String,
+    pub timeouts: Timeouts,
+    pub lease_expires_at: OffsetDateTime,
+}
+
+/// Whether a node still holds an attempt's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Extended; `cancel_requested` tells the agent to stop the work.
+    Held { cancel_requested: bool },
+    /// Gone: the attempt was lost, finished or taken over. Stop the work and report nothing.
+    Lost,
+}
+
+/// A log line as an agent sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewLogLine {
+    /// `stdout`, `stderr` or `system`.
+    pub stream: String,
+    pub line: String,
+    pub at: OffsetDateTime,
+}
+
+/// A stored log line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// Position in the task's log, from 1.
+    pub seq: i64,
+    pub attempt: u32,
+    pub stream: String,
+    pub line: String,
+    pub at: OffsetDateTime,
+}
+
+/// The job half of the store: queue, leases, results and logs. A supertrait of [`Store`], so an
+/// `Arc<dyn Store>` has these methods too (bring `JobStore` into scope to call them).
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Enqueues a job, or returns the one an earlier call with the same key created.
+    async fn create_job(
+        &self,
+        job: NewJob,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<Job>, StoreError>;
+
+    /// A job with its attempts.
+    async fn get_job(&self, id: RunId) -> Result<Job, StoreError>;
+
+    /// Jobs matching the filter, in id (creation) order, without their attempts.
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        page: PageRequest,
+    ) -> Result<Page<Job>, StoreError>;
+
+    /// Gives a node the queued tasks that fit it — by priority, then age — each under a new
+    /// attempt with a lease.
+    async fn claim_tasks(&self, claim: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError>;
+
+    /// Extends the leases `node` holds; each answer says whether it still holds it.
+    async fn extend_leases(
+        &self,
+        node: NodeId,
+        leases: &[(TaskId, u32)],
+    ) -> Result<Vec<LeaseState>, StoreError>;
+
+    /// Records how an attempt ended, if `node` still holds it ([`StoreError::Stale`] if not),
+    /// and returns the task's new status.
+    async fn complete_attempt(
+        &self,
+        node: NodeId,
+        task: TaskId,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        output: Option<String>,
+    ) -> Result<TaskStatus, StoreError>;
+
+    /// Ends attempts whose lease expired by `now` (lost: retried by policy) and fails tasks
+    /// that waited past `schedule_to_start`. Returns how many tasks changed.
+    async fn expire_leases(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
+
+    /// Ends every attempt running on `node` as lost (the node is unreachable).
+    async fn lose_node_attempts(&self, node: NodeId) -> Result<usize, StoreError>;
+
+    /// Cancels a job: at once when queued; a running attempt is asked to stop.
+    async fn cancel_job(&self, id: RunId) -> Result<Job, StoreError>;
+
+    /// Queues a failed or cancelled job again with a fresh attempt budget.
+    async fn retry_job(&self, id: RunId) -> Result<Job, StoreError>;
+
+    /// Appends log lines for an attempt `node` holds.
+    async fn append_logs(
+        &self,
+        node: NodeId,
+        task: TaskId,
+        attempt: u32,
+        lines: &[NewLogLine],
+    ) -> Result<(), StoreError>;
+
+    /// A task's log lines after `after`, oldest first.
+    async fn read_logs(
+        &self,
+        task: TaskId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, StoreError>;
+
+    /// When the earliest queued task may start.
+    async fn next_run_after(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+}
+
 /// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: JobStore + Send + Sync + 'static {
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
@@ -219,7 +366,18 @@ pub(crate) mod kind {
     pub const NODE_REGISTERED: &str = "node.registered";
     pub const NODE_STATUS_CHANGED: &str = "node.status_changed";
     pub const NODE_DELETED: &str = "node.deleted";
+    pub const JOB_CREATED: &str = "job.created";
+    pub const JOB_STATUS_CHANGED: &str = "job.status_changed";
 }
 
 /// The scope idempotency keys of project creation live in.
 pub(crate) const PROJECT_CREATE_SCOPE: &str = "project.create";
+/// The scope idempotency keys of job creation live in.
+pub(crate) const JOB_CREATE_SCOPE: &str = "job.create";
+
+/// Whether an error is a unique-constraint violation (PostgreSQL `23505`; SQLite extended codes
+/// 1555 and 2067).
+pub(crate) fn is_unique_violation(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("23505" | "1555" | "2067")))
+}

@@ -38,9 +38,6 @@ pub struct PostgresStore {
     commits: std::sync::Arc<AtomicU64>,
 }
 
-/// PostgreSQL's code for a unique-constraint violation.
-const UNIQUE_VIOLATION: &str = "23505";
-
 impl PostgresStore {
     /// Connects to `url` with up to `max_connections` connections and migrates the schema.
     /// Migrations take an advisory lock, so replicas starting together migrate once.
@@ -57,6 +54,10 @@ impl PostgresStore {
             pool,
             commits: Default::default(),
         })
+    }
+
+    fn read_pool(&self) -> &PgPool {
+        &self.pool
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
@@ -143,9 +144,46 @@ async fn find_idempotent(
     bound::resolve_idempotency(row, key)
 }
 
-fn is_unique_violation(error: &StoreError) -> bool {
-    matches!(error, StoreError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNIQUE_VIOLATION))
+/// Row locks: replicas change tasks concurrently, so a task is locked before it changes, and
+/// scans that take work skip rows another replica holds.
+const TASK_LOCK: &str = " FOR UPDATE OF t";
+const TASK_LOCK_SKIP: &str = " FOR UPDATE OF t SKIP LOCKED";
+
+/// Queued tasks due by `now_us` that one of `executors` runs, by priority then age, skipping
+/// any another replica is claiming.
+async fn claim_candidates(
+    conn: &mut PgConnection,
+    now_us: i64,
+    executors: &[String],
+    limit: i64,
+) -> Result<Vec<crate::jobs::TaskRow>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+         WHERE t.status = 'queued' AND t.run_after_us <= $1 AND t.executor = ANY($2) \
+         ORDER BY t.priority DESC, t.enqueued_us, t.id LIMIT $3{TASK_LOCK_SKIP}",
+        crate::jobs::TASK_COLUMNS
+    );
+    Ok(sqlx::query_as::<_, crate::jobs::TaskRow>(&sql)
+        .bind(now_us)
+        .bind(executors)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
 }
+
+/// Serializes claims of one concurrency key across replicas until the transaction ends, so two
+/// replicas cannot both see room under the limit.
+async fn lock_concurrency_key(conn: &mut PgConnection, key: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(key)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+crate::jobs::impl_job_store!(PostgresStore);
+
+crate::jobs::job_helpers!(PgConnection);
 
 fn project_not_found(id: ProjectId) -> StoreError {
     StoreError::NotFound {
@@ -176,7 +214,7 @@ impl Store for PostgresStore {
         {
             // Another replica committed the same key between our lookup and our insert: the
             // second attempt finds its resource.
-            Err(error) if idempotency.is_some() && is_unique_violation(&error) => {
+            Err(error) if idempotency.is_some() && crate::is_unique_violation(&error) => {
                 self.try_create_project(&project, idempotency.as_ref())
                     .await?
             }

@@ -81,6 +81,10 @@ impl SqliteStore {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 
+    fn read_pool(&self) -> &SqlitePool {
+        &self.readers
+    }
+
     async fn commit(&self, tx: sqlx::Transaction<'static, sqlx::Sqlite>) -> Result<(), StoreError> {
         tx.commit().await?;
         self.commits.fetch_add(1, Ordering::Relaxed);
@@ -121,6 +125,41 @@ async fn find_idempotent(
         .await?;
     bound::resolve_idempotency(row, key)
 }
+
+/// Row locks: none on SQLite, whose one writer connection already serializes every change.
+const TASK_LOCK: &str = "";
+const TASK_LOCK_SKIP: &str = "";
+
+/// Queued tasks due by `now_us` that one of `executors` runs, by priority then age.
+async fn claim_candidates(
+    conn: &mut SqliteConnection,
+    now_us: i64,
+    executors: &[String],
+    limit: i64,
+) -> Result<Vec<crate::jobs::TaskRow>, StoreError> {
+    let sql = format!(
+        "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+         WHERE t.status = 'queued' AND t.run_after_us <= $1 \
+         AND t.executor IN (SELECT value FROM json_each($2)) \
+         ORDER BY t.priority DESC, t.enqueued_us, t.id LIMIT $3",
+        crate::jobs::TASK_COLUMNS
+    );
+    Ok(sqlx::query_as::<_, crate::jobs::TaskRow>(&sql)
+        .bind(now_us)
+        .bind(Json(executors))
+        .bind(limit)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// Nothing to lock: the single writer serializes claims.
+async fn lock_concurrency_key(_conn: &mut SqliteConnection, _key: &str) -> Result<(), StoreError> {
+    Ok(())
+}
+
+crate::jobs::impl_job_store!(SqliteStore);
+
+crate::jobs::job_helpers!(SqliteConnection);
 
 fn project_not_found(id: ProjectId) -> StoreError {
     StoreError::NotFound {

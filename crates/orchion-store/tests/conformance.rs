@@ -6,10 +6,14 @@
 use std::{collections::HashSet, sync::Arc};
 
 use orchion_domain::{
-    Capacity, Labels, Liveness, NewProject, Node, NodeId, NodeStatus, PageRequest, Project,
-    ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
+    AttemptOutcome, AttemptStatus, Capacity, Concurrency, JobFilter, Labels, Liveness, NewJob,
+    NewProject, Node, NodeId, NodeStatus, PageRequest, Placement, Project, ProjectFilter,
+    ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy, TaskStatus, Timeouts,
 };
-use orchion_store::{IdempotencyKey, NodeStateChange, Store, StoreError, connect};
+use orchion_store::{
+    ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NodeStateChange, Store, StoreError,
+    connect,
+};
 
 /// Where a test's database lives; keeps a SQLite file's folder alive for the test.
 struct Db {
@@ -76,6 +80,21 @@ conformance!(
     heartbeats_are_recorded_without_events,
     a_deleted_node_is_gone,
     commits_are_counted,
+    a_job_is_created_once_per_key_and_reads_back,
+    claims_take_priority_then_age_for_offered_executors_only,
+    a_delayed_job_is_not_claimed_before_its_time,
+    placement_needs_labels_and_free_capacity,
+    a_concurrency_key_limits_running_tasks,
+    a_result_completes_a_task_once_and_only_from_its_holder,
+    failures_are_retried_until_the_budget_is_spent,
+    expired_leases_lose_the_attempt_and_fence_the_late_result,
+    a_job_waiting_past_schedule_to_start_fails,
+    a_lost_node_loses_its_attempts,
+    cancelling_queued_and_running_jobs,
+    a_failed_job_can_be_retried_and_a_queued_one_cannot,
+    logs_are_fenced_and_read_in_order,
+    concurrent_claims_never_hand_out_a_task_twice,
+    jobs_are_listed_with_filters,
 );
 
 fn new_project(name: &str) -> Project {
@@ -492,4 +511,628 @@ async fn commits_are_counted(db: Db) {
     assert_eq!(store.commits(), 2);
     store.record_heartbeats(&[]).await.unwrap();
     assert_eq!(store.commits(), 2, "an empty batch commits nothing");
+}
+
+fn job(executor: &str) -> NewJob {
+    NewJob {
+        name: "test job".into(),
+        project_id: None,
+        executor: executor.into(),
+        spec: r#"{"command":"true"}"#.into(),
+        priority: 0,
+        retry: RetryPolicy {
+            max_attempts: 2,
+            initial_interval: std::time::Duration::from_secs(1),
+            ..RetryPolicy::default()
+        },
+        timeouts: Timeouts::default(),
+        placement: Placement::default(),
+        concurrency: None,
+        run_at: None,
+    }
+}
+
+fn claim(node: NodeId, executors: &[&str], max: usize) -> ClaimRequest {
+    ClaimRequest {
+        node_id: node,
+        executors: executors.iter().map(|e| e.to_string()).collect(),
+        labels: Labels::new([("zone".to_owned(), "a".to_owned())].into()).unwrap(),
+        capacity: Capacity::new(4000, 8 << 30, 1).unwrap(),
+        max,
+        now: orchion_store::now(),
+    }
+}
+
+async fn a_job_is_created_once_per_key_and_reads_back(db: Db) {
+    let store = db.open().await;
+    let created = store
+        .create_job(job("shell"), Some(key("j1", "b")))
+        .await
+        .unwrap();
+    assert!(created.created);
+    let j = created.value;
+    assert_eq!(j.state.status, TaskStatus::Queued);
+    assert_eq!(j.executor, "shell");
+    assert_eq!(j.spec, r#"{"command":"true"}"#);
+    assert_eq!(j.retry.max_attempts, 2);
+    assert!(j.attempts.is_empty());
+    assert_eq!(store.get_job(j.id).await.unwrap(), j);
+    let again = store
+        .create_job(job("shell"), Some(key("j1", "b")))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.value.id, j.id);
+    assert!(matches!(
+        store
+            .create_job(job("http"), Some(key("j1", "other")))
+            .await,
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+}
+
+async fn claims_take_priority_then_age_for_offered_executors_only(db: Db) {
+    let store = db.open().await;
+    let low = store.create_job(job("shell"), None).await.unwrap().value;
+    let other = store.create_job(job("http"), None).await.unwrap().value;
+    let high = store
+        .create_job(
+            NewJob {
+                priority: 10,
+                ..job("shell")
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    let low2 = store.create_job(job("shell"), None).await.unwrap().value;
+    let node = NodeId::new();
+    let claimed = store
+        .claim_tasks(&claim(node, &["shell"], 10))
+        .await
+        .unwrap();
+    let order: Vec<_> = claimed.iter().map(|c| c.job_id).collect();
+    assert_eq!(order, [high.id, low.id, low2.id]);
+    assert!(
+        claimed
+            .iter()
+            .all(|c| c.attempt == 1 && c.executor == "shell")
+    );
+    let other_now = store.get_job(other.id).await.unwrap();
+    assert_eq!(
+        other_now.state.status,
+        TaskStatus::Queued,
+        "nobody offered http"
+    );
+    let running = store.get_job(high.id).await.unwrap();
+    assert_eq!(running.state.status, TaskStatus::Running);
+    assert_eq!(running.node_id, Some(node));
+    assert_eq!(running.attempts.len(), 1);
+    assert_eq!(running.attempts[0].status, AttemptStatus::Running);
+    assert!(
+        store
+            .claim_tasks(&claim(node, &["shell"], 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn a_delayed_job_is_not_claimed_before_its_time(db: Db) {
+    let store = db.open().await;
+    let later = orchion_store::now() + time::Duration::hours(1);
+    let delayed = store
+        .create_job(
+            NewJob {
+                run_at: Some(later),
+                ..job("shell")
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(delayed.run_after, later);
+    assert!(
+        store
+            .claim_tasks(&claim(NodeId::new(), &["shell"], 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.next_run_after().await.unwrap(), Some(later));
+}
+
+async fn placement_needs_labels_and_free_capacity(db: Db) {
+    let store = db.open().await;
+    let wants_b = NewJob {
+        placement: Placement {
+            labels: [("zone".to_owned(), "b".to_owned())].into(),
+            resources: Capacity::default(),
+        },
+        ..job("shell")
+    };
+    let big = |cpu| NewJob {
+        placement: Placement {
+            labels: Default::default(),
+            resources: Capacity {
+                cpu_millis: cpu,
+                memory_bytes: 0,
+                gpus: 0,
+            },
+        },
+        ..job("shell")
+    };
+    let b = store.create_job(wants_b, None).await.unwrap().value;
+    let three = store.create_job(big(3000), None).await.unwrap().value;
+    let two = store.create_job(big(2000), None).await.unwrap().value;
+    let one = store.create_job(big(1000), None).await.unwrap().value;
+    let node = NodeId::new();
+    let got: Vec<_> = store
+        .claim_tasks(&claim(node, &["shell"], 10))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.job_id)
+        .collect();
+    assert_eq!(
+        got,
+        [three.id, one.id],
+        "zone b does not match; 2000 does not fit beside 3000 on 4000"
+    );
+    // Capacity used by running tasks counts in later claims too.
+    assert!(
+        store
+            .claim_tasks(&claim(node, &["shell"], 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let other = store
+        .claim_tasks(&claim(NodeId::new(), &["shell"], 10))
+        .await
+        .unwrap();
+    assert_eq!(other.iter().map(|c| c.job_id).collect::<Vec<_>>(), [two.id]);
+    assert_eq!(
+        store.get_job(b.id).await.unwrap().state.status,
+        TaskStatus::Queued
+    );
+}
+
+async fn a_concurrency_key_limits_running_tasks(db: Db) {
+    let store = db.open().await;
+    let limited = || NewJob {
+        concurrency: Some(Concurrency::new("deploy-prod".into(), 1).unwrap()),
+        ..job("shell")
+    };
+    let first = store.create_job(limited(), None).await.unwrap().value;
+    let second = store.create_job(limited(), None).await.unwrap().value;
+    let a = NodeId::new();
+    let got = store.claim_tasks(&claim(a, &["shell"], 10)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].job_id, first.id);
+    assert!(
+        store
+            .claim_tasks(&claim(NodeId::new(), &["shell"], 10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .complete_attempt(a, got[0].task_id, 1, AttemptOutcome::Succeeded, None)
+        .await
+        .unwrap();
+    let next = store
+        .claim_tasks(&claim(NodeId::new(), &["shell"], 10))
+        .await
+        .unwrap();
+    assert_eq!(next[0].job_id, second.id);
+}
+
+async fn a_result_completes_a_task_once_and_only_from_its_holder(db: Db) {
+    let store = db.open().await;
+    let j = store.create_job(job("shell"), None).await.unwrap().value;
+    let node = NodeId::new();
+    let c = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(
+        matches!(
+            store
+                .complete_attempt(NodeId::new(), c.task_id, 1, AttemptOutcome::Succeeded, None)
+                .await,
+            Err(StoreError::Stale(_))
+        ),
+        "another node cannot report"
+    );
+    assert!(
+        matches!(
+            store
+                .complete_attempt(node, c.task_id, 2, AttemptOutcome::Succeeded, None)
+                .await,
+            Err(StoreError::Stale(_))
+        ),
+        "a wrong attempt number cannot report"
+    );
+    let status = store
+        .complete_attempt(
+            node,
+            c.task_id,
+            1,
+            AttemptOutcome::Succeeded,
+            Some("done".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, TaskStatus::Succeeded);
+    assert!(
+        matches!(
+            store
+                .complete_attempt(node, c.task_id, 1, AttemptOutcome::Succeeded, None)
+                .await,
+            Err(StoreError::Stale(_))
+        ),
+        "a second result is refused"
+    );
+    let done = store.get_job(j.id).await.unwrap();
+    assert_eq!(done.state.status, TaskStatus::Succeeded);
+    assert_eq!(done.output.as_deref(), Some("done"));
+    assert!(done.finished_at.is_some());
+    assert_eq!(done.attempts[0].status, AttemptStatus::Succeeded);
+    assert_eq!(done.node_id, None);
+}
+
+async fn failures_are_retried_until_the_budget_is_spent(db: Db) {
+    let store = db.open().await;
+    let j = store.create_job(job("shell"), None).await.unwrap().value;
+    let node = NodeId::new();
+    let c = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let failed = AttemptOutcome::Failed {
+        exit_code: Some(1),
+        error: "exit status 1".into(),
+    };
+    let status = store
+        .complete_attempt(node, c.task_id, 1, failed.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(status, TaskStatus::Queued);
+    let waiting = store.get_job(j.id).await.unwrap();
+    assert!(
+        waiting.run_after > orchion_store::now(),
+        "backoff before the retry"
+    );
+    assert_eq!(waiting.exit_code, Some(1));
+    // Not claimable during the backoff…
+    assert!(
+        store
+            .claim_tasks(&claim(node, &["shell"], 1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_run_after().await.unwrap(),
+        Some(waiting.run_after)
+    );
+    // …but after it; and when the second attempt fails too, the budget of 2 is spent.
+    let after_backoff = ClaimRequest {
+        now: waiting.run_after + time::Duration::milliseconds(1),
+        ..claim(node, &["shell"], 1)
+    };
+    let second = store.claim_tasks(&after_backoff).await.unwrap().remove(0);
+    assert_eq!(second.attempt, 2);
+    let status = store
+        .complete_attempt(node, second.task_id, 2, failed, None)
+        .await
+        .unwrap();
+    assert_eq!(status, TaskStatus::Failed);
+    let done = store.get_job(j.id).await.unwrap();
+    assert_eq!(done.attempts.len(), 2);
+    assert!(
+        done.attempts
+            .iter()
+            .all(|a| a.status == AttemptStatus::Failed)
+    );
+    assert_eq!(done.error.as_deref(), Some("exit status 1"));
+}
+
+async fn a_job_waiting_past_schedule_to_start_fails(db: Db) {
+    let store = db.open().await;
+    let timeouts = Timeouts {
+        schedule_to_start: Some(std::time::Duration::from_secs(60)),
+        ..Timeouts::default()
+    };
+    let j = store
+        .create_job(
+            NewJob {
+                timeouts,
+                ..job("gpu")
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(store.expire_leases(orchion_store::now()).await.unwrap(), 0);
+    let later = orchion_store::now() + time::Duration::seconds(61);
+    assert_eq!(store.expire_leases(later).await.unwrap(), 1);
+    let failed = store.get_job(j.id).await.unwrap();
+    assert_eq!(failed.state.status, TaskStatus::Failed);
+    assert!(failed.error.unwrap().contains("schedule_to_start"));
+}
+
+async fn expired_leases_lose_the_attempt_and_fence_the_late_result(db: Db) {
+    let store = db.open().await;
+    let j = store.create_job(job("shell"), None).await.unwrap().value;
+    let node = NodeId::new();
+    let c = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        store.expire_leases(orchion_store::now()).await.unwrap(),
+        0,
+        "not expired yet"
+    );
+    let changed = store
+        .expire_leases(c.lease_expires_at + time::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let lost = store.get_job(j.id).await.unwrap();
+    assert_eq!(lost.state.status, TaskStatus::Queued, "retried by policy");
+    assert_eq!(lost.attempts[0].status, AttemptStatus::Lost);
+    assert!(
+        matches!(
+            store
+                .complete_attempt(node, c.task_id, 1, AttemptOutcome::Succeeded, None)
+                .await,
+            Err(StoreError::Stale(_))
+        ),
+        "the late result of a lost attempt is refused"
+    );
+    assert_eq!(
+        store.extend_leases(node, &[(c.task_id, 1)]).await.unwrap(),
+        [LeaseState::Lost]
+    );
+}
+
+async fn a_lost_node_loses_its_attempts(db: Db) {
+    let store = db.open().await;
+    let j = store.create_job(job("shell"), None).await.unwrap().value;
+    let node = NodeId::new();
+    store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap();
+    assert_eq!(store.lose_node_attempts(node).await.unwrap(), 1);
+    let again = store.get_job(j.id).await.unwrap();
+    assert_eq!(again.state.status, TaskStatus::Queued);
+    assert_eq!(again.attempts[0].status, AttemptStatus::Lost);
+    assert_eq!(store.lose_node_attempts(node).await.unwrap(), 0);
+}
+
+async fn cancelling_queued_and_running_jobs(db: Db) {
+    let store = db.open().await;
+    let queued = store.create_job(job("shell"), None).await.unwrap().value;
+    let cancelled = store.cancel_job(queued.id).await.unwrap();
+    assert_eq!(cancelled.state.status, TaskStatus::Cancelled);
+    assert!(
+        store
+            .claim_tasks(&claim(NodeId::new(), &["shell"], 1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let running = store.create_job(job("shell"), None).await.unwrap().value;
+    let node = NodeId::new();
+    let c = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let asked = store.cancel_job(running.id).await.unwrap();
+    assert_eq!(asked.state.status, TaskStatus::Running);
+    assert!(asked.state.cancel_requested);
+    assert_eq!(
+        store.extend_leases(node, &[(c.task_id, 1)]).await.unwrap(),
+        [LeaseState::Held {
+            cancel_requested: true
+        }]
+    );
+    store
+        .complete_attempt(node, c.task_id, 1, AttemptOutcome::Cancelled, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_job(running.id).await.unwrap().state.status,
+        TaskStatus::Cancelled
+    );
+    // Cancelling again changes nothing.
+    assert_eq!(
+        store.cancel_job(running.id).await.unwrap().state.status,
+        TaskStatus::Cancelled
+    );
+    assert!(matches!(
+        store.cancel_job(orchion_domain::RunId::new()).await,
+        Err(StoreError::NotFound { kind: "job", .. })
+    ));
+}
+
+async fn a_failed_job_can_be_retried_and_a_queued_one_cannot(db: Db) {
+    let store = db.open().await;
+    let j = store
+        .create_job(
+            NewJob {
+                retry: RetryPolicy {
+                    max_attempts: 1,
+                    ..RetryPolicy::default()
+                },
+                ..job("shell")
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    let node = NodeId::new();
+    let c = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let failed = AttemptOutcome::Failed {
+        exit_code: Some(3),
+        error: "exit status 3".into(),
+    };
+    assert_eq!(
+        store
+            .complete_attempt(node, c.task_id, 1, failed, None)
+            .await
+            .unwrap(),
+        TaskStatus::Failed
+    );
+    let retried = store.retry_job(j.id).await.unwrap();
+    assert_eq!(retried.state.status, TaskStatus::Queued);
+    assert_eq!(retried.error, None);
+    let again = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.attempt, 2);
+    assert!(matches!(
+        store.retry_job(j.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn logs_are_fenced_and_read_in_order(db: Db) {
+    let store = db.open().await;
+    store.create_job(job("shell"), None).await.unwrap();
+    let node = NodeId::new();
+    let c = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap()
+        .remove(0);
+    let line = |text: &str| NewLogLine {
+        stream: "stdout".into(),
+        line: text.into(),
+        at: orchion_store::now(),
+    };
+    store
+        .append_logs(node, c.task_id, 1, &[line("one"), line("two")])
+        .await
+        .unwrap();
+    store
+        .append_logs(node, c.task_id, 1, &[line("three")])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .append_logs(NodeId::new(), c.task_id, 1, &[line("forged")])
+            .await,
+        Err(StoreError::Stale(_))
+    ));
+    let all = store.read_logs(c.task_id, 0, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+        ["one", "two", "three"]
+    );
+    assert_eq!(all.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    let rest = store.read_logs(c.task_id, 1, 100).await.unwrap();
+    assert_eq!(rest.len(), 2);
+}
+
+async fn concurrent_claims_never_hand_out_a_task_twice(db: Db) {
+    let store = db.open().await;
+    for _ in 0..60 {
+        store.create_job(job("shell"), None).await.unwrap();
+    }
+    let claimers: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let node = NodeId::new();
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .claim_tasks(&claim(node, &["shell"], 5))
+                        .await
+                        .unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    mine.extend(got.into_iter().map(|c| c.task_id));
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60);
+    assert_eq!(unique.len(), 60);
+}
+
+async fn jobs_are_listed_with_filters(db: Db) {
+    let store = db.open().await;
+    let a = store.create_job(job("shell"), None).await.unwrap().value;
+    let b = store.create_job(job("http"), None).await.unwrap().value;
+    store.cancel_job(b.id).await.unwrap();
+    let all = store
+        .list_jobs(&JobFilter::default(), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        all.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [a.id, b.id]
+    );
+    let cancelled = store
+        .list_jobs(
+            &JobFilter {
+                status: Some(TaskStatus::Cancelled),
+                ..Default::default()
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [b.id]
+    );
+    let shell = store
+        .list_jobs(
+            &JobFilter {
+                executor: Some("shell".into()),
+                ..Default::default()
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(shell.items.len(), 1);
+    let page = store
+        .list_jobs(
+            &JobFilter::default(),
+            PageRequest::new(Some(1), None).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert!(page.next.is_some());
 }

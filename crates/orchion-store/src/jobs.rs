@@ -1,0 +1,954 @@
+//! Jobs in the store: enqueue, claim under a lease, extend, complete (fenced), expire, cancel,
+//! retry, and logs.
+//!
+//! The logic is written once, in [`impl_job_store!`], and expanded inside each backend's
+//! `impl Store`: the two backends run the same statements and differ only in what each module
+//! defines for the macro to call — `begin`/`commit`, the read pool, `append_event`, how queued
+//! tasks are picked (`claim_candidates`: PostgreSQL adds `FOR UPDATE SKIP LOCKED` so replicas
+//! claim disjoint tasks) and how a task row is locked for a change (`TASK_LOCK`).
+//!
+//! Invariants: a task changes status only through `TaskState::next`; an attempt's result, lease
+//! extension or log line is accepted only from the node holding that attempt's lease, and only
+//! while the task is running that attempt (fencing), so a task completes once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use orchion_domain::{
+    Attempt, AttemptStatus, Capacity, Concurrency, Job, Labels, NodeId, Placement, RetryPolicy,
+    RunId, TaskId, TaskState, TaskStatus, Timeouts,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// The longest output kept for a task; longer output is cut and marked.
+pub const MAX_OUTPUT_BYTES: usize = 1024 * 1024;
+/// The most log text kept per task; past it one marker line is kept and the rest dropped.
+pub const MAX_LOG_BYTES: i64 = 16 * 1024 * 1024;
+/// The marker that ends truncated output.
+pub const TRUNCATED: &str = "\n[… truncated by orchion]";
+
+pub(crate) const TASK_COLUMNS: &str = "t.id, t.run_id, r.name, r.project_id, t.status, t.executor, t.spec, t.priority, t.labels, \
+     t.cpu_millis, t.memory_bytes, t.gpus, t.concurrency_key, t.concurrency_limit, t.retry, \
+     t.schedule_to_start_ms, t.start_to_close_ms, t.heartbeat_ms, t.attempts, t.attempt_budget, \
+     t.cancel_requested, t.run_after_us, t.enqueued_us, t.node_id, t.lease_expires_us, t.output, t.error, \
+     t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at";
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn ms_duration(ms: i64) -> std::time::Duration {
+    std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// A retry policy as stored (JSON).
+pub(crate) fn retry_json(policy: &RetryPolicy) -> serde_json::Value {
+    serde_json::json!({
+        "max_attempts": policy.max_attempts,
+        "initial_interval_ms": duration_ms(policy.initial_interval),
+        "max_interval_ms": duration_ms(policy.max_interval),
+        "backoff_coefficient": policy.backoff_coefficient,
+        "jitter": policy.jitter,
+        "non_retryable_exit_codes": policy.non_retryable_exit_codes,
+    })
+}
+
+fn retry_from_json(value: &serde_json::Value) -> Result<RetryPolicy, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("retry policy {value}"));
+    let int = |key: &str| value[key].as_i64().ok_or_else(corrupt);
+    Ok(RetryPolicy {
+        max_attempts: u32::try_from(int("max_attempts")?).map_err(|_| corrupt())?,
+        initial_interval: ms_duration(int("initial_interval_ms")?),
+        max_interval: ms_duration(int("max_interval_ms")?),
+        backoff_coefficient: value["backoff_coefficient"].as_f64().ok_or_else(corrupt)?,
+        jitter: value["jitter"].as_f64().ok_or_else(corrupt)?,
+        non_retryable_exit_codes: value["non_retryable_exit_codes"]
+            .as_array()
+            .ok_or_else(corrupt)?
+            .iter()
+            .filter_map(|c| c.as_i64().and_then(|c| i32::try_from(c).ok()))
+            .collect(),
+    })
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary, marking the cut.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub(TRUNCATED.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(TRUNCATED);
+    text
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct TaskRow {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub name: String,
+    pub project_id: Option<Uuid>,
+    pub status: String,
+    pub executor: String,
+    pub spec: String,
+    pub priority: i32,
+    pub labels: sqlx::types::Json<BTreeMap<String, String>>,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub gpus: i32,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
+    pub retry: sqlx::types::Json<serde_json::Value>,
+    pub schedule_to_start_ms: Option<i64>,
+    pub start_to_close_ms: Option<i64>,
+    pub heartbeat_ms: i64,
+    pub attempts: i32,
+    pub attempt_budget: i32,
+    pub cancel_requested: bool,
+    pub run_after_us: i64,
+    pub enqueued_us: i64,
+    pub node_id: Option<Uuid>,
+    pub lease_expires_us: Option<i64>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub log_bytes: i64,
+    pub log_seq: i64,
+    pub created_at: OffsetDateTime,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl TaskRow {
+    pub fn state(&self) -> Result<TaskState, StoreError> {
+        Ok(TaskState {
+            status: self.status.parse().map_err(StoreError::Corrupt)?,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            attempt_budget: u32::try_from(self.attempt_budget).unwrap_or(0),
+            cancel_requested: self.cancel_requested,
+        })
+    }
+
+    pub fn policy(&self) -> Result<RetryPolicy, StoreError> {
+        retry_from_json(&self.retry.0)
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            schedule_to_start: self.schedule_to_start_ms.map(ms_duration),
+            start_to_close: self.start_to_close_ms.map(ms_duration),
+            heartbeat: ms_duration(self.heartbeat_ms),
+        }
+    }
+
+    pub fn resources(&self) -> Capacity {
+        Capacity {
+            cpu_millis: u64::try_from(self.cpu_millis).unwrap_or(0),
+            memory_bytes: u64::try_from(self.memory_bytes).unwrap_or(0),
+            gpus: u32::try_from(self.gpus).unwrap_or(0),
+        }
+    }
+
+    pub fn into_job(self, attempts: Vec<Attempt>) -> Result<Job, StoreError> {
+        Ok(Job {
+            state: self.state()?,
+            retry: self.policy()?,
+            timeouts: self.timeouts(),
+            placement: Placement {
+                labels: self.labels.0.clone(),
+                resources: self.resources(),
+            },
+            concurrency: match (&self.concurrency_key, self.concurrency_limit) {
+                (Some(key), Some(limit)) => Some(Concurrency {
+                    key: key.clone(),
+                    limit: u32::try_from(limit).unwrap_or(1),
+                }),
+                _ => None,
+            },
+            id: RunId::from_uuid(self.run_id),
+            task_id: TaskId::from_uuid(self.id),
+            name: self.name,
+            project_id: self.project_id.map(orchion_domain::ProjectId::from_uuid),
+            executor: self.executor,
+            spec: self.spec,
+            priority: self.priority,
+            run_after: from_micros(self.run_after_us),
+            node_id: self.node_id.map(NodeId::from_uuid),
+            lease_expires_at: self.lease_expires_us.map(from_micros),
+            output: self.output,
+            error: self.error,
+            exit_code: self.exit_code,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            attempts,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AttemptRow {
+    number: i32,
+    node_id: Option<Uuid>,
+    status: String,
+    started_at: OffsetDateTime,
+    finished_at: Option<OffsetDateTime>,
+    exit_code: Option<i32>,
+    error: Option<String>,
+}
+
+impl TryFrom<AttemptRow> for Attempt {
+    type Error = StoreError;
+
+    fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
+        Ok(Attempt {
+            number: u32::try_from(row.number).unwrap_or(0),
+            node_id: row.node_id.map(NodeId::from_uuid),
+            status: row
+                .status
+                .parse::<AttemptStatus>()
+                .map_err(StoreError::Corrupt)?,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            exit_code: row.exit_code,
+            error: row.error,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LogRow {
+    pub seq: i64,
+    pub attempt: i32,
+    pub stream: String,
+    pub line: String,
+    pub at: OffsetDateTime,
+}
+
+/// Which candidates a node takes: in the order given (priority, then age), those whose labels
+/// and resources fit what is still free on the node, without passing any concurrency limit,
+/// at most `max`. Pure, so both backends pick alike.
+pub(crate) fn select_claims(
+    candidates: &[TaskRow],
+    labels: &Labels,
+    mut free: Capacity,
+    mut running_per_key: HashMap<String, u32>,
+    max: usize,
+) -> Vec<usize> {
+    let mut chosen = Vec::new();
+    for (i, task) in candidates.iter().enumerate() {
+        if chosen.len() >= max {
+            break;
+        }
+        let placement = Placement {
+            labels: task.labels.0.clone(),
+            resources: task.resources(),
+        };
+        if !placement.fits(labels, free) {
+            continue;
+        }
+        if let (Some(key), Some(limit)) = (&task.concurrency_key, task.concurrency_limit) {
+            let running = running_per_key.entry(key.clone()).or_default();
+            if i64::from(*running) >= i64::from(limit) {
+                continue;
+            }
+            *running += 1;
+        }
+        free.cpu_millis -= placement.resources.cpu_millis;
+        free.memory_bytes -= placement.resources.memory_bytes;
+        free.gpus -= placement.resources.gpus;
+        chosen.push(i);
+    }
+    chosen
+}
+
+/// The data a `job.status_changed` event carries.
+pub(crate) fn status_event(
+    run: Uuid,
+    from: TaskStatus,
+    to: TaskStatus,
+    attempt: u32,
+) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": RunId::from_uuid(run).to_string(),
+        "from": from.as_str(),
+        "to": to.as_str(),
+        "attempt": attempt,
+    })
+}
+
+/// Free functions the job methods share, for one backend's connection type. Expanded once per
+/// backend module, next to what that module defines (`append_event`, `TASK_LOCK`, …).
+macro_rules! job_helpers {
+    ($conn:ty) => {
+        /// The task of `task_id`, locked for a change where the backend locks rows.
+        async fn task_row(
+            conn: &mut $conn,
+            task_id: uuid::Uuid,
+        ) -> Result<Option<$crate::jobs::TaskRow>, $crate::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = $1{TASK_LOCK}",
+                $crate::jobs::TASK_COLUMNS
+            );
+            Ok(sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(task_id)
+                .fetch_optional(conn)
+                .await?)
+        }
+
+        /// Ends the task's current attempt with `outcome` and applies the transition. The
+        /// caller has checked the attempt is the current one.
+        async fn finish_attempt(
+            conn: &mut $conn,
+            task: &$crate::jobs::TaskRow,
+            outcome: orchion_domain::AttemptOutcome,
+            output: Option<String>,
+        ) -> Result<orchion_domain::TaskStatus, $crate::StoreError> {
+            use orchion_domain::{AttemptOutcome, AttemptStatus, TaskEvent};
+            let state = task.state()?;
+            let policy = task.policy()?;
+            let random: f64 = rand::random();
+            let transition = state
+                .next(&TaskEvent::Finished(outcome.clone()), &policy, random)
+                .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?;
+            let now = $crate::now();
+            let (exit_code, error) = match &outcome {
+                AttemptOutcome::Failed { exit_code, error } => (*exit_code, Some(error.clone())),
+                AttemptOutcome::Lost => (None, Some("the attempt's lease expired: its node stopped answering".to_owned())),
+                AttemptOutcome::TimedOut => (None, Some("the attempt ran past timeouts.start_to_close".to_owned())),
+                AttemptOutcome::Cancelled => (None, Some("cancelled".to_owned())),
+                AttemptOutcome::Succeeded => (None, None),
+            };
+            sqlx::query(
+                "UPDATE attempts SET status = $3, finished_at = $4, exit_code = $5, error = $6 \
+                 WHERE task_id = $1 AND number = $2",
+            )
+            .bind(task.id)
+            .bind(task.attempts)
+            .bind(AttemptStatus::of(&outcome).as_str())
+            .bind(now)
+            .bind(exit_code)
+            .bind(error.as_deref())
+            .execute(&mut *conn)
+            .await?;
+            let next = transition.state;
+            let run_after = transition
+                .retry_after
+                .map_or(task.run_after_us, |wait| $crate::jobs::micros(now + wait));
+            let finished_at = next.status.is_terminal().then_some(now);
+            let output = output.map(|o| $crate::jobs::truncate(o, $crate::jobs::MAX_OUTPUT_BYTES));
+            sqlx::query(
+                "UPDATE tasks SET status = $2, cancel_requested = $3, attempt_budget = $4, node_id = NULL, \
+                 lease_expires_us = NULL, run_after_us = $5, output = COALESCE($6, output), error = $7, \
+                 exit_code = $8, finished_at = $9 WHERE id = $1",
+            )
+            .bind(task.id)
+            .bind(next.status.as_str())
+            .bind(next.cancel_requested)
+            .bind(i32::try_from(next.attempt_budget).unwrap_or(i32::MAX))
+            .bind(run_after)
+            .bind(output)
+            .bind(error.as_deref())
+            .bind(exit_code)
+            .bind(finished_at)
+            .execute(&mut *conn)
+            .await?;
+            append_event(
+                conn,
+                $crate::kind::JOB_STATUS_CHANGED,
+                orchion_domain::RunId::from_uuid(task.run_id).to_string(),
+                task.project_id.map(orchion_domain::ProjectId::from_uuid),
+                $crate::jobs::status_event(task.run_id, state.status, next.status, state.attempts),
+            )
+            .await?;
+            Ok(next.status)
+        }
+
+        /// Applies an operator's event (cancel, retry) to a job's task.
+        async fn apply_to_job(
+            conn: &mut $conn,
+            run: orchion_domain::RunId,
+            event: orchion_domain::TaskEvent,
+        ) -> Result<(), $crate::StoreError> {
+            use orchion_domain::TaskStatus;
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1{TASK_LOCK}",
+                $crate::jobs::TASK_COLUMNS
+            );
+            let task = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(run.as_uuid())
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "job", id: run.to_string() })?;
+            let state = task.state()?;
+            let next = state
+                .next(&event, &task.policy()?, 0.0)
+                .map_err(|e| $crate::StoreError::Conflict(format!("job {run}: {e}")))?
+                .state;
+            if next == state {
+                return Ok(());
+            }
+            let now = $crate::now();
+            let requeued = next.status == TaskStatus::Queued && state.status != TaskStatus::Queued;
+            let (run_after, enqueued) = if requeued {
+                ($crate::jobs::micros(now), $crate::jobs::micros(now))
+            } else {
+                (task.run_after_us, task.enqueued_us)
+            };
+            let finished_at = if next.status.is_terminal() { Some(now) } else { None };
+            sqlx::query(
+                "UPDATE tasks SET status = $2, cancel_requested = $3, attempt_budget = $4, run_after_us = $5, \
+                 enqueued_us = $6, finished_at = $7, \
+                 error = CASE WHEN $8 THEN NULL ELSE error END, exit_code = CASE WHEN $8 THEN NULL ELSE exit_code END, \
+                 output = CASE WHEN $8 THEN NULL ELSE output END WHERE id = $1",
+            )
+            .bind(task.id)
+            .bind(next.status.as_str())
+            .bind(next.cancel_requested)
+            .bind(i32::try_from(next.attempt_budget).unwrap_or(i32::MAX))
+            .bind(run_after)
+            .bind(enqueued)
+            .bind(finished_at)
+            .bind(requeued)
+            .execute(&mut *conn)
+            .await?;
+            if next.status != state.status {
+                append_event(
+                    conn,
+                    $crate::kind::JOB_STATUS_CHANGED,
+                    run.to_string(),
+                    task.project_id.map(orchion_domain::ProjectId::from_uuid),
+                    $crate::jobs::status_event(task.run_id, state.status, next.status, state.attempts),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+    };
+}
+pub(crate) use job_helpers;
+
+/// `JobStore` for one backend, written once for both. See the module documentation.
+macro_rules! impl_job_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::JobStore for $store {
+        async fn create_job(
+            &self,
+            job: orchion_domain::NewJob,
+            idempotency: Option<$crate::IdempotencyKey>,
+        ) -> Result<$crate::Created<orchion_domain::Job>, $crate::StoreError> {
+            use $crate::jobs::{micros, retry_json};
+            let mut retried = false;
+            loop {
+                let run_id = orchion_domain::RunId::new();
+                let attempt: Result<Option<uuid::Uuid>, $crate::StoreError> = async {
+                    let now = $crate::now();
+                    let mut tx = self.begin().await?;
+                    if let Some(key) = &idempotency {
+                        if let Some(existing) = find_idempotent(&mut tx, $crate::JOB_CREATE_SCOPE, key).await? {
+                            return Ok(Some(existing));
+                        }
+                    }
+                    sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'job', $3, $4)")
+                        .bind(run_id.as_uuid())
+                        .bind(job.project_id.map(|p| p.as_uuid()))
+                        .bind(job.name.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    let resources = job.placement.resources;
+                    let state = orchion_domain::TaskState::new(&job.retry);
+                    sqlx::query(
+                        "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
+                         memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
+                         start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
+                         enqueued_us, created_at) \
+                         VALUES ($1, $2, 'job', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, $17, \
+                         false, $18, $19, $20)",
+                    )
+                    .bind(orchion_domain::TaskId::new().as_uuid())
+                    .bind(run_id.as_uuid())
+                    .bind(state.status.as_str())
+                    .bind(job.executor.as_str())
+                    .bind(job.spec.as_str())
+                    .bind(job.priority)
+                    .bind(sqlx::types::Json(&job.placement.labels))
+                    .bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
+                    .bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
+                    .bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
+                    .bind(job.concurrency.as_ref().map(|c| c.key.as_str()))
+                    .bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
+                    .bind(sqlx::types::Json(retry_json(&job.retry)))
+                    .bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                    .bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                    .bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
+                    .bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
+                    .bind(micros(job.run_at.unwrap_or(now).max(now)))
+                    .bind(micros(now))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if let Some(key) = &idempotency {
+                        $crate::queries::bound::insert_idempotency_key($crate::JOB_CREATE_SCOPE, key, run_id.as_uuid(), now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    append_event(
+                        &mut tx,
+                        $crate::kind::JOB_CREATED,
+                        run_id.to_string(),
+                        job.project_id,
+                        serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
+                    )
+                    .await?;
+                    self.commit(tx).await?;
+                    Ok(None)
+                }
+                .await;
+                return match attempt {
+                    Ok(None) => Ok($crate::Created { value: self.get_job(run_id).await?, created: true }),
+                    Ok(Some(existing)) => Ok($crate::Created {
+                        value: self.get_job(orchion_domain::RunId::from_uuid(existing)).await?,
+                        created: false,
+                    }),
+                    // Another replica committed the same key meanwhile: the retry finds it.
+                    Err(e) if idempotency.is_some() && !retried && $crate::is_unique_violation(&e) => {
+                        retried = true;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+        }
+
+        async fn get_job(&self, id: orchion_domain::RunId) -> Result<orchion_domain::Job, $crate::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1",
+                $crate::jobs::TASK_COLUMNS
+            );
+            let row = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(id.as_uuid())
+                .fetch_optional(self.read_pool())
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "job", id: id.to_string() })?;
+            let attempts = sqlx::query_as::<_, $crate::jobs::AttemptRow>(
+                "SELECT number, node_id, status, started_at, finished_at, exit_code, error FROM attempts \
+                 WHERE task_id = $1 ORDER BY number",
+            )
+            .bind(row.id)
+            .fetch_all(self.read_pool())
+            .await?
+            .into_iter()
+            .map(orchion_domain::Attempt::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+            row.into_job(attempts)
+        }
+
+        async fn list_jobs(
+            &self,
+            filter: &orchion_domain::JobFilter,
+            page: orchion_domain::PageRequest,
+        ) -> Result<orchion_domain::Page<orchion_domain::Job>, $crate::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                 WHERE r.kind = 'job' AND ($1 IS NULL OR t.status = $1) AND ($2 IS NULL OR r.project_id = $2) \
+                 AND ($3 IS NULL OR t.executor = $3) AND ($4 IS NULL OR t.run_id > $4) \
+                 ORDER BY t.run_id LIMIT $5",
+                $crate::jobs::TASK_COLUMNS
+            );
+            let rows = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(filter.project_id.map(|p| p.as_uuid()))
+                .bind(filter.executor.as_deref())
+                .bind(page.after.map(|c| c.0))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(self.read_pool())
+                .await?;
+            let limit = page.limit as usize;
+            let more = rows.len() > limit;
+            let items = rows
+                .into_iter()
+                .take(limit)
+                .map(|row| row.into_job(Vec::new()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if more { items.last().map(|j| orchion_domain::Cursor(j.id.as_uuid())) } else { None };
+            Ok(orchion_domain::Page { items, next })
+        }
+
+        async fn claim_tasks(
+            &self,
+            claim: &$crate::ClaimRequest,
+        ) -> Result<Vec<$crate::ClaimedTask>, $crate::StoreError> {
+            use orchion_domain::{Capacity, TaskEvent};
+            use $crate::jobs::{micros, select_claims};
+            if claim.max == 0 || claim.executors.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = claim.now;
+            let mut tx = self.begin().await?;
+            let scan = i64::try_from(claim.max.saturating_mul(4).max(16)).unwrap_or(i64::MAX);
+            let candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan).await?;
+            if candidates.is_empty() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let used: (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT CAST(sum(cpu_millis) AS BIGINT), CAST(sum(memory_bytes) AS BIGINT), CAST(sum(gpus) AS BIGINT) FROM tasks WHERE status = 'running' AND node_id = $1",
+            )
+            .bind(claim.node_id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+            let used_of = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+            let free = Capacity {
+                cpu_millis: claim.capacity.cpu_millis.saturating_sub(used_of(used.0)),
+                memory_bytes: claim.capacity.memory_bytes.saturating_sub(used_of(used.1)),
+                gpus: claim.capacity.gpus.saturating_sub(u32::try_from(used_of(used.2)).unwrap_or(u32::MAX)),
+            };
+            let mut running_per_key = std::collections::HashMap::new();
+            let mut keys: Vec<&str> = candidates.iter().filter_map(|c| c.concurrency_key.as_deref()).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            for key in keys {
+                lock_concurrency_key(&mut tx, key).await?;
+                let (running,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = $1",
+                )
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                running_per_key.insert(key.to_owned(), u32::try_from(running).unwrap_or(u32::MAX));
+            }
+            let chosen = select_claims(&candidates, &claim.labels, free, running_per_key, claim.max);
+            let mut claimed = Vec::with_capacity(chosen.len());
+            for i in chosen {
+                let task = &candidates[i];
+                let state = task.state()?;
+                let next = state
+                    .next(&TaskEvent::Claimed, &task.policy()?, 0.0)
+                    .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?
+                    .state;
+                let timeouts = task.timeouts();
+                let lease_expires_at = now + timeouts.heartbeat;
+                sqlx::query(
+                    "UPDATE tasks SET status = $2, attempts = $3, node_id = $4, lease_expires_us = $5, \
+                     started_at = COALESCE(started_at, $6) WHERE id = $1",
+                )
+                .bind(task.id)
+                .bind(next.status.as_str())
+                .bind(i32::try_from(next.attempts).unwrap_or(i32::MAX))
+                .bind(claim.node_id.as_uuid())
+                .bind(micros(lease_expires_at))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO attempts (task_id, number, node_id, status, started_at) VALUES ($1, $2, $3, 'running', $4)",
+                )
+                .bind(task.id)
+                .bind(i32::try_from(next.attempts).unwrap_or(i32::MAX))
+                .bind(claim.node_id.as_uuid())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                append_event(
+                    &mut tx,
+                    $crate::kind::JOB_STATUS_CHANGED,
+                    orchion_domain::RunId::from_uuid(task.run_id).to_string(),
+                    task.project_id.map(orchion_domain::ProjectId::from_uuid),
+                    $crate::jobs::status_event(task.run_id, state.status, next.status, next.attempts),
+                )
+                .await?;
+                claimed.push($crate::ClaimedTask {
+                    job_id: orchion_domain::RunId::from_uuid(task.run_id),
+                    task_id: orchion_domain::TaskId::from_uuid(task.id),
+                    attempt: next.attempts,
+                    executor: task.executor.clone(),
+                    spec: task.spec.clone(),
+                    timeouts,
+                    lease_expires_at,
+                });
+            }
+            self.commit(tx).await?;
+            Ok(claimed)
+        }
+
+        async fn extend_leases(
+            &self,
+            node: orchion_domain::NodeId,
+            leases: &[(orchion_domain::TaskId, u32)],
+        ) -> Result<Vec<$crate::LeaseState>, $crate::StoreError> {
+            if leases.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = $crate::now();
+            let mut tx = self.begin().await?;
+            let mut states = Vec::with_capacity(leases.len());
+            for (task_id, attempt) in leases {
+                let held = match task_row(&mut tx, task_id.as_uuid()).await? {
+                    Some(task) if $crate::jobs::holds(&task, node, *attempt) => {
+                        sqlx::query("UPDATE tasks SET lease_expires_us = $2 WHERE id = $1")
+                            .bind(task.id)
+                            .bind($crate::jobs::micros(now + task.timeouts().heartbeat))
+                            .execute(&mut *tx)
+                            .await?;
+                        $crate::LeaseState::Held { cancel_requested: task.cancel_requested }
+                    }
+                    _ => $crate::LeaseState::Lost,
+                };
+                states.push(held);
+            }
+            self.commit(tx).await?;
+            Ok(states)
+        }
+
+        async fn complete_attempt(
+            &self,
+            node: orchion_domain::NodeId,
+            task_id: orchion_domain::TaskId,
+            attempt: u32,
+            outcome: orchion_domain::AttemptOutcome,
+            output: Option<String>,
+        ) -> Result<orchion_domain::TaskStatus, $crate::StoreError> {
+            let mut tx = self.begin().await?;
+            let task = task_row(&mut tx, task_id.as_uuid())
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "task", id: task_id.to_string() })?;
+            if !$crate::jobs::holds(&task, node, attempt) {
+                return Err($crate::StoreError::Stale(format!(
+                    "attempt {attempt} of task {task_id} is not running on node {node}: its result is refused"
+                )));
+            }
+            let status = finish_attempt(&mut tx, &task, outcome, output).await?;
+            self.commit(tx).await?;
+            Ok(status)
+        }
+
+        async fn expire_leases(&self, now: time::OffsetDateTime) -> Result<usize, $crate::StoreError> {
+            use orchion_domain::{AttemptOutcome, TaskEvent};
+            let now_us = $crate::jobs::micros(now);
+            let mut tx = self.begin().await?;
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                 WHERE t.status = 'running' AND t.lease_expires_us < $1 LIMIT 500{TASK_LOCK_SKIP}",
+                $crate::jobs::TASK_COLUMNS
+            );
+            let expired = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(now_us)
+                .fetch_all(&mut *tx)
+                .await?;
+            for task in &expired {
+                finish_attempt(&mut tx, task, AttemptOutcome::Lost, None).await?;
+            }
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                 WHERE t.status = 'queued' AND t.attempts = 0 AND t.schedule_to_start_ms IS NOT NULL \
+                 AND t.enqueued_us + t.schedule_to_start_ms * 1000 < $1 LIMIT 500{TASK_LOCK_SKIP}",
+                $crate::jobs::TASK_COLUMNS
+            );
+            let late = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(now_us)
+                .fetch_all(&mut *tx)
+                .await?;
+            for task in &late {
+                let state = task.state()?;
+                let next = state
+                    .next(&TaskEvent::ScheduleTimedOut, &task.policy()?, 0.0)
+                    .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?
+                    .state;
+                sqlx::query("UPDATE tasks SET status = $2, error = $3, finished_at = $4 WHERE id = $1")
+                    .bind(task.id)
+                    .bind(next.status.as_str())
+                    .bind("no node started the job within timeouts.schedule_to_start")
+                    .bind($crate::now())
+                    .execute(&mut *tx)
+                    .await?;
+                append_event(
+                    &mut tx,
+                    $crate::kind::JOB_STATUS_CHANGED,
+                    orchion_domain::RunId::from_uuid(task.run_id).to_string(),
+                    task.project_id.map(orchion_domain::ProjectId::from_uuid),
+                    $crate::jobs::status_event(task.run_id, state.status, next.status, state.attempts),
+                )
+                .await?;
+            }
+            if expired.is_empty() && late.is_empty() {
+                tx.rollback().await?;
+                return Ok(0);
+            }
+            self.commit(tx).await?;
+            Ok(expired.len() + late.len())
+        }
+
+        async fn lose_node_attempts(&self, node: orchion_domain::NodeId) -> Result<usize, $crate::StoreError> {
+            let mut tx = self.begin().await?;
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                 WHERE t.status = 'running' AND t.node_id = $1{TASK_LOCK}",
+                $crate::jobs::TASK_COLUMNS
+            );
+            let running = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(node.as_uuid())
+                .fetch_all(&mut *tx)
+                .await?;
+            for task in &running {
+                finish_attempt(&mut tx, task, orchion_domain::AttemptOutcome::Lost, None).await?;
+            }
+            self.commit(tx).await?;
+            Ok(running.len())
+        }
+
+        async fn cancel_job(&self, id: orchion_domain::RunId) -> Result<orchion_domain::Job, $crate::StoreError> {
+            let mut tx = self.begin().await?;
+            apply_to_job(&mut tx, id, orchion_domain::TaskEvent::CancelRequested).await?;
+            self.commit(tx).await?;
+            self.get_job(id).await
+        }
+
+        async fn retry_job(&self, id: orchion_domain::RunId) -> Result<orchion_domain::Job, $crate::StoreError> {
+            let mut tx = self.begin().await?;
+            apply_to_job(&mut tx, id, orchion_domain::TaskEvent::Retry).await?;
+            self.commit(tx).await?;
+            self.get_job(id).await
+        }
+
+        async fn append_logs(
+            &self,
+            node: orchion_domain::NodeId,
+            task_id: orchion_domain::TaskId,
+            attempt: u32,
+            lines: &[$crate::NewLogLine],
+        ) -> Result<(), $crate::StoreError> {
+            if lines.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.begin().await?;
+            let task = task_row(&mut tx, task_id.as_uuid())
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "task", id: task_id.to_string() })?;
+            if !$crate::jobs::holds(&task, node, attempt) {
+                return Err($crate::StoreError::Stale(format!(
+                    "attempt {attempt} of task {task_id} is not running on node {node}: its logs are refused"
+                )));
+            }
+            let mut bytes = task.log_bytes;
+            let mut seq = task.log_seq;
+            for line in lines {
+                if bytes >= $crate::jobs::MAX_LOG_BYTES {
+                    break;
+                }
+                let len = i64::try_from(line.line.len()).unwrap_or(i64::MAX);
+                let (stream, text) = if bytes.saturating_add(len) > $crate::jobs::MAX_LOG_BYTES {
+                    ("system", format!("[log truncated by orchion: more than {} bytes]", $crate::jobs::MAX_LOG_BYTES))
+                } else {
+                    (line.stream.as_str(), line.line.clone())
+                };
+                seq += 1;
+                bytes = bytes.saturating_add(len);
+                sqlx::query("INSERT INTO task_logs (task_id, seq, attempt, stream, line, at) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind(task.id)
+                    .bind(seq)
+                    .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
+                    .bind(stream)
+                    .bind(text)
+                    .bind(line.at)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("UPDATE tasks SET log_bytes = $2, log_seq = $3 WHERE id = $1")
+                .bind(task.id)
+                .bind(bytes)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+            self.commit(tx).await
+        }
+
+        async fn read_logs(
+            &self,
+            task_id: orchion_domain::TaskId,
+            after: i64,
+            limit: u32,
+        ) -> Result<Vec<$crate::LogLine>, $crate::StoreError> {
+            let rows = sqlx::query_as::<_, $crate::jobs::LogRow>(
+                "SELECT seq, attempt, stream, line, at FROM task_logs WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(task_id.as_uuid())
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(self.read_pool())
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| $crate::LogLine {
+                    seq: r.seq,
+                    attempt: u32::try_from(r.attempt).unwrap_or(0),
+                    stream: r.stream,
+                    line: r.line,
+                    at: r.at,
+                })
+                .collect())
+        }
+
+        async fn next_run_after(&self) -> Result<Option<time::OffsetDateTime>, $crate::StoreError> {
+            let (next,): (Option<i64>,) =
+                sqlx::query_as("SELECT min(run_after_us) FROM tasks WHERE status = 'queued'")
+                    .fetch_one(self.read_pool())
+                    .await?;
+            Ok(next.map($crate::jobs::from_micros))
+        }
+        }
+    };
+}
+pub(crate) use impl_job_store;
+
+/// Whether `task` is running attempt `attempt` on `node`: the fence every report passes.
+pub(crate) fn holds(task: &TaskRow, node: NodeId, attempt: u32) -> bool {
+    task.status == TaskStatus::Running.as_str()
+        && u32::try_from(task.attempts).ok() == Some(attempt)
+        && task.node_id == Some(node.as_uuid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_on_a_character_boundary_and_marked() {
+        assert_eq!(truncate("short".into(), 100), "short");
+        let cut = truncate("é".repeat(100), 50);
+        assert!(cut.len() <= 50, "{}", cut.len());
+        assert!(cut.ends_with(TRUNCATED));
+        assert!(cut.starts_with('é'));
+    }
+
+    #[test]
+    fn microseconds_round_trip() {
+        let now = crate::now();
+        assert_eq!(from_micros(micros(now)), now);
+    }
+
+    #[test]
+    fn retry_policies_round_trip_through_json() {
+        let policy = RetryPolicy {
+            non_retryable_exit_codes: vec![2, 126],
+            ..RetryPolicy::default()
+        };
+        assert_eq!(retry_from_json(&retry_json(&policy)).unwrap(), policy);
+    }
+}
