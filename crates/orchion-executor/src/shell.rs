@@ -1,0 +1,228 @@
+//! The `shell` executor: runs a command in its own process group.
+
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
+
+use async_trait::async_trait;
+use nix::{sys::signal::Signal, unistd::Pid};
+use orchion_domain::{FieldError, ValidationErrors};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::Command,
+};
+
+use crate::{Context, Executor, MAX_OUTPUT_TAIL, Outcome, OutputLine, cut_line, parse_checked};
+
+/// What a `shell` job runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShellSpec {
+    /// The program, found on `PATH` when it has no `/`.
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Added to the agent's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where the process starts; the agent's working directory when absent.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+}
+
+impl ShellSpec {
+    pub(crate) fn check(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        if self.command.trim().is_empty() || self.command.contains('\0') {
+            errors.push(FieldError {
+                pointer: "/spec/command".into(),
+                message: "spec.command must be a program name or path".into(),
+            });
+        }
+        if self.args.iter().any(|a| a.contains('\0')) {
+            errors.push(FieldError {
+                pointer: "/spec/args".into(),
+                message: "spec.args must not contain NUL characters".into(),
+            });
+        }
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                errors.push(FieldError {
+                    pointer: format!("/spec/env/{key}"),
+                    message: format!(
+                        "spec.env name `{}` is not a valid variable name",
+                        key.escape_debug()
+                    ),
+                });
+            }
+        }
+        errors.into_result(())
+    }
+}
+
+pub(crate) struct Shell;
+
+#[async_trait]
+impl Executor for Shell {
+    fn name(&self) -> &'static str {
+        "shell"
+    }
+
+    async fn run(&self, spec: &str, context: Context) -> Outcome {
+        let spec: ShellSpec = match parse_checked(spec) {
+            Ok(spec) => spec,
+            Err(error) => {
+                return Outcome::Failed {
+                    exit_code: None,
+                    error,
+                    output: None,
+                };
+            }
+        };
+        let mut command = Command::new(&spec.command);
+        command
+            .args(&spec.args)
+            .envs(&spec.env)
+            .envs(&context.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &spec.working_dir {
+            command.current_dir(dir);
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return Outcome::Failed {
+                    exit_code: None,
+                    error: format!("cannot start `{}`: {e}", spec.command),
+                    output: None,
+                };
+            }
+        };
+        let group = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| forward(s, "stdout", context.output.clone(), true));
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| forward(s, "stderr", context.output.clone(), false));
+
+        enum End {
+            Exited(std::io::Result<std::process::ExitStatus>),
+            Cancelled,
+            TimedOut,
+        }
+        let deadline = async {
+            match context.deadline {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let end = tokio::select! {
+            status = child.wait() => End::Exited(status),
+            () = context.cancel.cancelled() => End::Cancelled,
+            () = deadline => End::TimedOut,
+        };
+        if !matches!(end, End::Exited(_)) {
+            stop_group(group, &mut child, context.kill_grace).await;
+        }
+        let tail = match stdout {
+            Some(task) => task.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if let Some(task) = stderr {
+            let _ = task.await;
+        }
+        let output = (!tail.is_empty()).then_some(tail);
+        match end {
+            End::Cancelled => Outcome::Cancelled,
+            End::TimedOut => Outcome::TimedOut,
+            End::Exited(Ok(status)) if status.success() => Outcome::Succeeded { output },
+            End::Exited(Ok(status)) => Outcome::Failed {
+                exit_code: status.code(),
+                error: match status.code() {
+                    Some(code) => format!("exit status {code}"),
+                    None => format!("killed by a signal ({status})"),
+                },
+                output,
+            },
+            End::Exited(Err(e)) => Outcome::Failed {
+                exit_code: None,
+                error: format!("waiting for the process failed: {e}"),
+                output,
+            },
+        }
+    }
+}
+
+/// SIGTERM to the whole process group, then SIGKILL after `grace` if anything is left.
+async fn stop_group(group: Option<Pid>, child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(group) = group {
+        let _ = nix::sys::signal::killpg(group, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(group) = group {
+            let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+    } else if let Some(group) = group {
+        // The leader exited; children it left in the group get the same end.
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+    }
+}
+
+/// Sends each line of `reader` to `output`; returns the tail of the text when `keep_tail`.
+fn forward(
+    reader: impl AsyncRead + Unpin + Send + 'static,
+    stream: &'static str,
+    output: tokio::sync::mpsc::Sender<OutputLine>,
+    keep_tail: bool,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).split(b'\n');
+        let mut tail = String::new();
+        while let Ok(Some(bytes)) = lines.next_segment().await {
+            let line = cut_line(
+                String::from_utf8_lossy(&bytes)
+                    .trim_end_matches('\r')
+                    .to_owned(),
+            );
+            if keep_tail {
+                tail.push_str(&line);
+                tail.push('\n');
+                if tail.len() > 2 * MAX_OUTPUT_TAIL {
+                    let mut cut = tail.len() - MAX_OUTPUT_TAIL;
+                    while !tail.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    tail.drain(..cut);
+                }
+            }
+            let sent = output
+                .send(OutputLine {
+                    stream,
+                    line,
+                    at: time::OffsetDateTime::now_utc(),
+                })
+                .await;
+            if sent.is_err() {
+                break;
+            }
+        }
+        if tail.len() > MAX_OUTPUT_TAIL {
+            let mut cut = tail.len() - MAX_OUTPUT_TAIL;
+            while !tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tail.drain(..cut);
+        }
+        tail
+    })
+}

@@ -1,0 +1,216 @@
+//! The executors against real processes and a real local HTTP server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use nix::{sys::signal::killpg, unistd::Pid};
+use orchion_executor::{Context, Outcome, OutputLine, Registry, validate};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn context(deadline: Option<Duration>) -> (Context, mpsc::Receiver<OutputLine>) {
+    let (tx, rx) = mpsc::channel(1024);
+    (
+        Context {
+            output: tx,
+            cancel: CancellationToken::new(),
+            deadline,
+            env: [("ORCHION_JOB_ID".to_owned(), "job-1".to_owned())].into(),
+            kill_grace: Duration::from_secs(2),
+        },
+        rx,
+    )
+}
+
+fn shell(command: &str, args: &[&str]) -> String {
+    validate("shell", &json!({"command": command, "args": args})).unwrap()
+}
+
+async fn drain(mut rx: mpsc::Receiver<OutputLine>) -> Vec<(&'static str, String)> {
+    let mut lines = Vec::new();
+    while let Some(line) = rx.recv().await {
+        lines.push((line.stream, line.line));
+    }
+    lines
+}
+
+#[tokio::test]
+async fn a_shell_command_streams_its_lines_and_keeps_stdout() {
+    let registry = Registry::all();
+    let (ctx, rx) = context(None);
+    let spec = shell(
+        "sh",
+        &["-c", "echo one; echo two >&2; echo \"$ORCHION_JOB_ID\""],
+    );
+    let outcome = registry.get("shell").unwrap().run(&spec, ctx).await;
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            output: Some("one\njob-1\n".into())
+        }
+    );
+    let lines = drain(rx).await;
+    assert!(lines.contains(&("stdout", "one".into())));
+    assert!(lines.contains(&("stderr", "two".into())));
+    assert!(lines.contains(&("stdout", "job-1".into())));
+}
+
+#[tokio::test]
+async fn a_failing_command_reports_its_exit_code() {
+    let (ctx, _rx) = context(None);
+    let outcome = Registry::all()
+        .get("shell")
+        .unwrap()
+        .run(&shell("sh", &["-c", "exit 3"]), ctx)
+        .await;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Failed {
+                exit_code: Some(3),
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    let (ctx, _rx) = context(None);
+    let outcome = Registry::all()
+        .get("shell")
+        .unwrap()
+        .run(&shell("/no/such/program", &[]), ctx)
+        .await;
+    match outcome {
+        Outcome::Failed {
+            exit_code: None,
+            error,
+            ..
+        } => assert!(error.contains("cannot start"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cancelling_kills_the_whole_process_group() {
+    let (ctx, mut rx) = context(None);
+    let cancel = ctx.cancel.clone();
+    let spec = shell("sh", &["-c", "echo $$; sleep 600 & sleep 600 & wait"]);
+    let run =
+        tokio::spawn(async move { Registry::all().get("shell").unwrap().run(&spec, ctx).await });
+    let first = rx.recv().await.unwrap();
+    let group = Pid::from_raw(first.line.trim().parse().unwrap());
+    assert_eq!(killpg(group, None), Ok(()), "the group is alive");
+    cancel.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(outcome, Outcome::Cancelled);
+    // Killed processes may linger as zombies until init reaps them: count the living.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while live_in_group(group.as_raw()) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes of the group outlived the grace"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Processes of group `pgid` that are not zombies, from /proc.
+fn live_in_group(pgid: i32) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            // After the command name: state, ppid, pgrp.
+            fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_command_past_its_deadline_times_out() {
+    let (ctx, _rx) = context(Some(Duration::from_millis(200)));
+    let outcome = Registry::all()
+        .get("shell")
+        .unwrap()
+        .run(&shell("sleep", &["30"]), ctx)
+        .await;
+    assert_eq!(outcome, Outcome::TimedOut);
+}
+
+#[tokio::test]
+async fn http_requests_succeed_on_expected_statuses_only() {
+    use axum::{Router, http::StatusCode, routing::get};
+    let app = Router::new()
+        .route("/ok", get(|| async { "hello" }))
+        .route(
+            "/boom",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "broken") }),
+        )
+        .route(
+            "/created",
+            axum::routing::post(|body: String| async move { (StatusCode::CREATED, body) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = Registry::all().get("http").unwrap();
+
+    let (ctx, _rx) = context(None);
+    let spec = validate("http", &json!({"url": format!("http://{addr}/ok")})).unwrap();
+    assert_eq!(
+        http.run(&spec, ctx).await,
+        Outcome::Succeeded {
+            output: Some("hello".into())
+        }
+    );
+
+    let (ctx, _rx) = context(None);
+    let spec = validate("http", &json!({"url": format!("http://{addr}/boom")})).unwrap();
+    match http.run(&spec, ctx).await {
+        Outcome::Failed { error, output, .. } => {
+            assert!(error.contains("500"), "{error}");
+            assert_eq!(output.as_deref(), Some("broken"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let (ctx, _rx) = context(None);
+    let spec = validate(
+        "http",
+        &json!({"method": "POST", "url": format!("http://{addr}/created"), "body": "{\"a\":1}", "expected_status": [201]}),
+    )
+    .unwrap();
+    assert_eq!(
+        http.run(&spec, ctx).await,
+        Outcome::Succeeded {
+            output: Some("{\"a\":1}".into())
+        }
+    );
+}
+
+#[test]
+fn http_specs_are_checked() {
+    let err = validate("http", &json!({"url": "ftp://example.com/x"})).unwrap_err();
+    assert_eq!(err.0[0].pointer, "/spec/url");
+    assert!(err.0[0].message.contains("ftp"));
+    let err = validate(
+        "http",
+        &json!({"url": "http://x", "method": "NOT A METHOD", "timeout": "0s"}),
+    )
+    .unwrap_err();
+    let pointers: Vec<&str> = err.0.iter().map(|e| e.pointer.as_str()).collect();
+    assert_eq!(pointers, ["/spec/method", "/spec/timeout"]);
+    let err = validate("http", &json!({"url": "not a url"})).unwrap_err();
+    assert_eq!(err.0[0].pointer, "/spec/url");
+}
