@@ -3,7 +3,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["orchion/v1/node.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        ["orchion/v1/node.proto", "orchion/v1/work.proto"],
+        ["proto"],
+    )?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod nodes;
 pub mod problem;
 pub mod projects;
@@ -26,7 +27,7 @@ use axum::{
     http::HeaderName,
     response::IntoResponse,
 };
-use orchion_control::NodeRegistry;
+use orchion_control::{NodeRegistry, WorkQueue};
 use orchion_store::Store;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -46,6 +47,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub nodes: Arc<NodeRegistry>,
+    pub work: Arc<WorkQueue>,
     pub lifecycle: Arc<Lifecycle>,
 }
 
@@ -99,6 +101,7 @@ pub struct Limits {
     info(title = "Orchion", description = "The Orchion orchestrator's REST API."),
     tags(
         (name = "projects", description = "Projects: namespaces that own workflows, runs and deployments"),
+        (name = "jobs", description = "Jobs: one task run on an agent, retried by policy"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness")
@@ -115,6 +118,11 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             projects::update_project,
             projects::delete_project
         ))
+        .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::retry_job))
+        .routes(routes!(jobs::job_logs))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))

@@ -67,6 +67,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     IdempotencyConflict(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("the store is unavailable; try again shortly")]
     Unavailable,
     #[error("the server is shutting down")]
@@ -116,6 +118,11 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "idempotency-key-reused",
                 "Idempotency key reused",
+            ),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict with the current state",
             ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -200,6 +207,9 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound { .. } => ApiError::NotFound(error.to_string()),
+            StoreError::Conflict(message) | StoreError::Stale(message) => {
+                ApiError::Conflict(message)
+            }
             StoreError::IdempotencyConflict { .. } => {
                 ApiError::IdempotencyConflict(error.to_string())
             }

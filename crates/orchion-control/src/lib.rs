@@ -2,7 +2,10 @@
 //! into them.
 //!
 //! - [`nodes::NodeRegistry`]: which nodes exist, whether each is alive, and their credentials.
+//! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
 
 pub mod nodes;
+pub mod work;
 
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
+pub use work::{WorkError, WorkQueue};

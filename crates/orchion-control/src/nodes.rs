@@ -222,6 +222,11 @@ impl NodeRegistry {
         })
     }
 
+    /// The node, if `credential` is its credential.
+    pub fn authenticate(&self, id: NodeId, credential: &str) -> Result<Node, RegistryError> {
+        authenticated(&mut self.nodes(), id, credential).map(|e| e.node.clone())
+    }
+
     /// The agent is leaving: the node is down at once.
     pub async fn leave(&self, id: NodeId, credential: &str) -> Result<Node, RegistryError> {
         authenticated(&mut self.nodes(), id, credential)?;

@@ -7,6 +7,8 @@
 //! for `RegisterNode`, the node's own credential for `Heartbeat` and `LeaveNode`, either for
 //! `ListNodes`.
 
+mod work;
+
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use orchion_control::{NodeRegistry, RegistryError};
@@ -40,21 +42,31 @@ impl NodeService {
     }
 }
 
+pub use crate::work::WorkService;
+
 /// Serves gRPC on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     service: NodeService,
+    work: WorkService,
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<NodeServiceServer<NodeService>>().await;
+    health
+        .set_serving::<orchion_proto::v1::work_service_server::WorkServiceServer<WorkService>>()
+        .await;
     let nodes = NodeServiceServer::new(service)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let work = orchion_proto::v1::work_service_server::WorkServiceServer::new(work)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(nodes)
+        .add_service(work)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.cancelled_owned(),

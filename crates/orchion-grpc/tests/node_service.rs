@@ -40,13 +40,15 @@ async fn harness() -> Harness {
         check_interval: Duration::from_secs(5),
         persist_interval: Duration::from_secs(60),
     };
-    let registry = Arc::new(NodeRegistry::load(store, settings).await.unwrap());
+    let registry = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
+    let queue = Arc::new(orchion_control::WorkQueue::new(store, registry.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(serve(
         listener,
         NodeService::new(registry.clone(), TOKEN.into()),
+        orchion_grpc::WorkService::new(queue),
         MAX_MESSAGE,
         stop.clone(),
     ));

@@ -905,6 +905,15 @@ macro_rules! impl_job_store {
                 .collect())
         }
 
+        async fn running_nodes(&self) -> Result<Vec<orchion_domain::NodeId>, $crate::StoreError> {
+            let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
+                "SELECT DISTINCT node_id FROM tasks WHERE status = 'running' AND node_id IS NOT NULL",
+            )
+            .fetch_all(self.read_pool())
+            .await?;
+            Ok(rows.into_iter().map(|(id,)| orchion_domain::NodeId::from_uuid(id)).collect())
+        }
+
         async fn next_run_after(&self) -> Result<Option<time::OffsetDateTime>, $crate::StoreError> {
             let (next,): (Option<i64>,) =
                 sqlx::query_as("SELECT min(run_after_us) FROM tasks WHERE status = 'queued'")

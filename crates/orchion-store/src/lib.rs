@@ -266,6 +266,9 @@ pub trait JobStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<LogLine>, StoreError>;
 
+    /// Nodes that have attempts running.
+    async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
+
     /// When the earliest queued task may start.
     async fn next_run_after(&self) -> Result<Option<OffsetDateTime>, StoreError>;
 }

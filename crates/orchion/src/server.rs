@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits};
 use orchion_config::{Config, Sources};
-use orchion_control::{NodeRegistry, RegistrySettings};
+use orchion_control::{NodeRegistry, RegistrySettings, WorkQueue};
 use orchion_domain::LivenessPolicy;
 use orchion_store::Store;
 use rand::RngCore;
@@ -126,10 +126,12 @@ impl Server {
             grpc_listener,
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
+        let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
         let app = orchion_api::router(
             AppState {
                 store: store.clone(),
                 nodes: registry.clone(),
+                work: work.clone(),
                 lifecycle: lifecycle.clone(),
             },
             Limits {
@@ -140,9 +142,11 @@ impl Server {
         let grpc_addr = grpc_listener.local_addr()?;
         let stopping = CancellationToken::new();
         let reconciler = tokio::spawn(registry.clone().run(stopping.clone()));
+        let reaper = tokio::spawn(work.clone().run(stopping.clone()));
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
             orchion_grpc::NodeService::new(registry, join_token),
+            orchion_grpc::WorkService::new(work),
             config.server.grpc_max_message_bytes,
             stopping.clone(),
         ));
@@ -183,6 +187,9 @@ impl Server {
         }
         if let Err(e) = reconciler.await {
             tracing::error!(error = %e, "the node reconciler panicked");
+        }
+        if let Err(e) = reaper.await {
+            tracing::error!(error = %e, "the lease reaper panicked");
         }
         store.close().await;
         tracing::info!("stopped");

@@ -35,9 +35,14 @@ pub async fn app() -> App {
         persist_interval: Duration::from_secs(60),
     };
     let nodes = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
+    let work = Arc::new(orchion_control::WorkQueue::new(
+        store.clone(),
+        nodes.clone(),
+    ));
     let state = AppState {
         store,
         nodes,
+        work,
         lifecycle: Arc::new(Lifecycle::new()),
     };
     let router = router(

@@ -1,0 +1,636 @@
+//! `/api/v1/jobs`: enqueue a job (a run of one task), read it with its attempts, list, cancel,
+//! retry, and read or follow its logs.
+
+use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use orchion_domain::{
+    Capacity, Concurrency, Cursor, FieldError, Job, JobFilter, NewJob, PageRequest, Placement,
+    ProjectId, RetryPolicy, RunId, TaskStatus, Timeouts, ValidationErrors,
+};
+use orchion_store::IdempotencyKey;
+use serde::{Deserialize, Serialize};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    AppState,
+    extract::{JsonBody, QueryParams, idempotency_key, parse_id},
+    problem::{ApiError, Problem},
+};
+
+/// How a failed job is tried again. Durations are like `1s`, `500ms`, `2m`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    /// Tries in all, the first included (default 3).
+    pub max_attempts: Option<u32>,
+    /// The first wait (default `1s`).
+    pub initial_interval: Option<String>,
+    /// The longest wait (default `60s`).
+    pub max_interval: Option<String>,
+    /// Each wait is this many times the one before (default 2).
+    pub backoff_coefficient: Option<f64>,
+    /// Up to this fraction of a wait is randomized away (default 0.2).
+    pub jitter: Option<f64>,
+    /// Exit codes that fail the job at once.
+    pub non_retryable_exit_codes: Option<Vec<i32>>,
+}
+
+/// Time limits.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsBody {
+    /// From enqueue to first start; the job fails past it.
+    pub schedule_to_start: Option<String>,
+    /// How long one attempt may run.
+    pub start_to_close: Option<String>,
+    /// The lease: an agent silent this long loses the attempt (default `30s`).
+    pub heartbeat: Option<String>,
+}
+
+/// Resources a node must have free.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesBody {
+    pub cpu_millis: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub gpus: Option<u32>,
+}
+
+/// Where the job may run.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementBody {
+    /// Labels the node must carry.
+    pub labels: Option<BTreeMap<String, String>>,
+    pub resources: Option<ResourcesBody>,
+}
+
+/// At most `limit` jobs with this key run at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyBody {
+    pub key: String,
+    /// Default 1.
+    pub limit: Option<u32>,
+}
+
+/// A request to run a job.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJob {
+    pub name: Option<String>,
+    pub project_id: Option<String>,
+    /// `shell` or `http`.
+    #[schema(example = "shell")]
+    pub executor: String,
+    /// The executor's spec: for `shell` `{command, args, env, working_dir}`, for `http`
+    /// `{method, url, headers, body, expected_status, timeout}`.
+    #[schema(value_type = Object, example = json!({"command": "echo", "args": ["hello"]}))]
+    pub spec: serde_json::Value,
+    /// Higher runs first (default 0).
+    pub priority: Option<i32>,
+    /// Same as the `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    pub retry: Option<RetryBody>,
+    pub timeouts: Option<TimeoutsBody>,
+    pub placement: Option<PlacementBody>,
+    pub concurrency: Option<ConcurrencyBody>,
+    /// Not before this time (RFC 3339).
+    pub run_at: Option<String>,
+}
+
+fn duration(
+    errors: &mut ValidationErrors,
+    pointer: &str,
+    raw: Option<&String>,
+    default: Option<Duration>,
+) -> Option<Duration> {
+    match raw {
+        None => default,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(FieldError {
+                    pointer: pointer.to_owned(),
+                    message: format!(
+                        "{} `{text}` is not a duration such as 30s or 5m: {e}",
+                        &pointer[1..].replace('/', ".")
+                    ),
+                });
+                default
+            }
+        },
+    }
+}
+
+impl CreateJob {
+    /// The job this request describes, with every problem found.
+    fn into_new_job(self) -> Result<(NewJob, Option<String>), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let spec = match orchion_executor::validate(&self.executor, &self.spec) {
+            Ok(spec) => spec,
+            Err(e) => {
+                errors.0.extend(e.0);
+                String::new()
+            }
+        };
+        let project_id = self.project_id.as_deref().and_then(|raw| {
+            raw.parse::<ProjectId>()
+                .map_err(|e| errors.push(FieldError::new("project_id", e.to_string())))
+                .ok()
+        });
+        let defaults = RetryPolicy::default();
+        let retry_body = self.retry.unwrap_or_default();
+        let retry = RetryPolicy {
+            max_attempts: retry_body.max_attempts.unwrap_or(defaults.max_attempts),
+            initial_interval: duration(
+                &mut errors,
+                "/retry/initial_interval",
+                retry_body.initial_interval.as_ref(),
+                Some(defaults.initial_interval),
+            )
+            .unwrap_or(defaults.initial_interval),
+            max_interval: duration(
+                &mut errors,
+                "/retry/max_interval",
+                retry_body.max_interval.as_ref(),
+                Some(defaults.max_interval),
+            )
+            .unwrap_or(defaults.max_interval),
+            backoff_coefficient: retry_body
+                .backoff_coefficient
+                .unwrap_or(defaults.backoff_coefficient),
+            jitter: retry_body.jitter.unwrap_or(defaults.jitter),
+            non_retryable_exit_codes: retry_body.non_retryable_exit_codes.unwrap_or_default(),
+        };
+        let timeouts_body = self.timeouts.unwrap_or_default();
+        let timeouts = Timeouts {
+            schedule_to_start: duration(
+                &mut errors,
+                "/timeouts/schedule_to_start",
+                timeouts_body.schedule_to_start.as_ref(),
+                None,
+            ),
+            start_to_close: duration(
+                &mut errors,
+                "/timeouts/start_to_close",
+                timeouts_body.start_to_close.as_ref(),
+                None,
+            ),
+            heartbeat: duration(
+                &mut errors,
+                "/timeouts/heartbeat",
+                timeouts_body.heartbeat.as_ref(),
+                Some(Timeouts::default().heartbeat),
+            )
+            .unwrap_or(Timeouts::default().heartbeat),
+        };
+        let placement_body = self.placement.unwrap_or_default();
+        let resources = placement_body.resources.unwrap_or_default();
+        let labels = placement_body.labels.unwrap_or_default();
+        if let Err(e) = orchion_domain::Labels::new(labels.clone()) {
+            errors.0.extend(e.0.into_iter().map(|mut f| {
+                f.pointer = format!("/placement{}", f.pointer);
+                f
+            }));
+        }
+        let capacity = Capacity::new(
+            resources.cpu_millis.unwrap_or(0),
+            resources.memory_bytes.unwrap_or(0),
+            resources.gpus.unwrap_or(0),
+        )
+        .map_err(|e| {
+            errors.0.extend(e.0.into_iter().map(|mut f| {
+                f.pointer = "/placement/resources".into();
+                f
+            }))
+        })
+        .unwrap_or_default();
+        let concurrency = self.concurrency.and_then(|c| {
+            Concurrency::new(c.key, c.limit.unwrap_or(1))
+                .map_err(|e| errors.0.extend(e.0))
+                .ok()
+        });
+        let run_at = self.run_at.as_deref().and_then(|raw| {
+            OffsetDateTime::parse(raw, &Rfc3339)
+                .map_err(|e| {
+                    errors.push(FieldError::new(
+                        "run_at",
+                        format!("run_at `{raw}` is not an RFC 3339 time: {e}"),
+                    ))
+                })
+                .ok()
+        });
+        let job = NewJob {
+            name: self.name.unwrap_or_else(|| self.executor.clone()),
+            project_id,
+            executor: self.executor,
+            spec,
+            priority: self.priority.unwrap_or(0),
+            retry,
+            timeouts,
+            placement: Placement {
+                labels,
+                resources: capacity,
+            },
+            concurrency,
+            run_at,
+        };
+        job.check(&mut errors);
+        errors.into_result((job, self.idempotency_key))
+    }
+}
+
+/// One try of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AttemptBody {
+    pub number: u32,
+    pub node_id: Option<String>,
+    /// `running`, `succeeded`, `failed`, `cancelled`, `lost` or `timed_out`.
+    pub status: &'static str,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+/// A job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobBody {
+    pub id: String,
+    pub name: String,
+    pub project_id: Option<String>,
+    pub executor: String,
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: &'static str,
+    pub cancel_requested: bool,
+    pub priority: i32,
+    /// Attempts started so far.
+    pub attempt_count: u32,
+    pub max_attempts: u32,
+    /// Present on a single job, absent in listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<AttemptBody>>,
+    pub node_id: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub run_after: OffsetDateTime,
+    pub exit_code: Option<i32>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+fn job_body(job: Job, with_attempts: bool) -> JobBody {
+    JobBody {
+        id: job.id.to_string(),
+        name: job.name,
+        project_id: job.project_id.map(|p| p.to_string()),
+        spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
+        executor: job.executor,
+        status: job.state.status.as_str(),
+        cancel_requested: job.state.cancel_requested,
+        priority: job.priority,
+        attempt_count: job.state.attempts,
+        max_attempts: job.state.attempt_budget,
+        attempts: with_attempts.then(|| {
+            job.attempts
+                .into_iter()
+                .map(|a| AttemptBody {
+                    number: a.number,
+                    node_id: a.node_id.map(|n| n.to_string()),
+                    status: a.status.as_str(),
+                    started_at: a.started_at,
+                    finished_at: a.finished_at,
+                    exit_code: a.exit_code,
+                    error: a.error,
+                })
+                .collect()
+        }),
+        node_id: job.node_id.map(|n| n.to_string()),
+        run_after: job.run_after,
+        exit_code: job.exit_code,
+        output: job.output,
+        error: job.error,
+        created_at: job.created_at,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
+    }
+}
+
+/// Enqueues a job. With an `Idempotency-Key` (header or field), repeating the request returns
+/// the same job.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to repeat")),
+    responses((status = 201, body = JobBody), (status = 400, body = Problem), (status = 409, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_job(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<CreateJob>,
+) -> Result<Response, ApiError> {
+    let header_key = idempotency_key(&headers)?;
+    let (job, field_key) = body.value.into_new_job()?;
+    if let Some(project) = job.project_id {
+        if let Err(orchion_store::StoreError::NotFound { .. }) =
+            state.store.get_project(project).await
+        {
+            return Err(ApiError::Validation(ValidationErrors(vec![
+                FieldError::new("project_id", format!("project `{project}` does not exist")),
+            ])));
+        }
+    }
+    let key = match (header_key, field_key) {
+        (Some(h), Some(f)) if h != f => {
+            return Err(ApiError::Validation(ValidationErrors(vec![
+                FieldError::new(
+                    "idempotency_key",
+                    "idempotency_key differs from the Idempotency-Key header",
+                ),
+            ])));
+        }
+        (h, f) => h.or(f),
+    };
+    let idempotency = key.map(|key| IdempotencyKey {
+        key,
+        request_hash: body.digest,
+    });
+    let created = state.store.create_job(job, idempotency).await?;
+    if created.created {
+        state.work.work_changed();
+    }
+    let location = format!("/api/v1/jobs/{}", created.value.id);
+    let mut response = (StatusCode::CREATED, Json(job_body(created.value, true))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if !created.created {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+fn job_id(raw: &str) -> Result<RunId, ApiError> {
+    parse_id("id", raw)
+}
+
+/// Gets a job with its attempts.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobBody>, ApiError> {
+    Ok(Json(job_body(
+        state.store.get_job(job_id(&id)?).await?,
+        true,
+    )))
+}
+
+/// Filters and paging for listing jobs.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListJobs {
+    pub status: Option<String>,
+    pub executor: Option<String>,
+    pub project_id: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub items: Vec<JobBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+fn invalid(name: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidParameter {
+        name: name.to_owned(),
+        detail: format!("query parameter `{name}`: {detail}"),
+    }
+}
+
+/// Lists jobs, oldest first, a page at a time.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListJobs),
+    responses((status = 200, body = JobList), (status = 400, body = Problem)))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListJobs>,
+) -> Result<Json<JobList>, ApiError> {
+    let status = query
+        .status
+        .map(|s| s.parse::<TaskStatus>())
+        .transpose()
+        .map_err(|e| invalid("status", e))?;
+    let project_id = query
+        .project_id
+        .map(|p| p.parse::<ProjectId>())
+        .transpose()
+        .map_err(|e| invalid("project_id", e))?;
+    let cursor = query
+        .cursor
+        .map(|c| c.parse::<Cursor>())
+        .transpose()
+        .map_err(|e| invalid("cursor", e.message))?;
+    let page = PageRequest::new(query.limit, cursor).map_err(|e| invalid("limit", e.message))?;
+    let filter = JobFilter {
+        status,
+        project_id,
+        executor: query.executor,
+    };
+    let page = state.store.list_jobs(&filter, page).await?;
+    Ok(Json(JobList {
+        items: page.items.into_iter().map(|j| job_body(j, false)).collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// Cancels a job: at once when queued; a running attempt is stopped (its process group gets
+/// SIGTERM, then SIGKILL after a grace period).
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobBody>, ApiError> {
+    Ok(Json(job_body(
+        state.store.cancel_job(job_id(&id)?).await?,
+        true,
+    )))
+}
+
+/// Runs a failed or cancelled job again, with a fresh attempt budget.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses((status = 200, body = JobBody), (status = 400, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn retry_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobBody>, ApiError> {
+    let job = state.store.retry_job(job_id(&id)?).await?;
+    state.work.work_changed();
+    Ok(Json(job_body(job, true)))
+}
+
+/// Which log lines to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Lines after this sequence number (default 0: from the start).
+    pub after: Option<i64>,
+    /// At most this many (1 to 5000, default 1000).
+    pub limit: Option<u32>,
+    /// Keep the connection open and stream new lines as Server-Sent Events until the job ends.
+    pub follow: Option<bool>,
+}
+
+/// One log line.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogLineBody {
+    pub seq: i64,
+    pub attempt: u32,
+    /// `stdout`, `stderr` or `system`.
+    pub stream: String,
+    pub line: String,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// A page of log lines.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogPage {
+    pub lines: Vec<LogLineBody>,
+    /// Pass as `after` to read on.
+    pub next_after: i64,
+}
+
+fn line_body(l: orchion_store::LogLine) -> LogLineBody {
+    LogLineBody {
+        seq: l.seq,
+        attempt: l.attempt,
+        stream: l.stream,
+        line: l.line,
+        at: l.at,
+    }
+}
+
+/// Reads a job's log, or follows it as Server-Sent Events (`follow=true`; each event's id is
+/// the line's sequence number, so `Last-Event-ID` resumes).
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/logs", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), LogQuery),
+    responses((status = 200, body = LogPage), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn job_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<LogQuery>,
+) -> Result<Response, ApiError> {
+    let job = state.store.get_job(job_id(&id)?).await?;
+    let limit = query.limit.unwrap_or(1000);
+    if !(1..=5000).contains(&limit) {
+        return Err(invalid(
+            "limit",
+            format!("limit must be between 1 and 5000, got {limit}"),
+        ));
+    }
+    let resume = headers
+        .get("last-event-id")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .ok_or_else(|| ApiError::InvalidParameter {
+                    name: "Last-Event-ID".into(),
+                    detail: "header `Last-Event-ID` must be a log sequence number".into(),
+                })
+        })
+        .transpose()?;
+    let after = resume.or(query.after).unwrap_or(0);
+    if !query.follow.unwrap_or(false) {
+        let lines = state.store.read_logs(job.task_id, after, limit).await?;
+        let next_after = lines.last().map_or(after, |l| l.seq);
+        return Ok(Json(LogPage {
+            lines: lines.into_iter().map(line_body).collect(),
+            next_after,
+        })
+        .into_response());
+    }
+    let store = state.store.clone();
+    let lifecycle = state.lifecycle.clone();
+    let (run, task) = (job.id, job.task_id);
+    let stream = futures::stream::unfold((after, false), move |(after, finished)| {
+        let store = store.clone();
+        let lifecycle = lifecycle.clone();
+        async move {
+            if finished {
+                return None;
+            }
+            loop {
+                if lifecycle.is_draining() {
+                    return None;
+                }
+                let lines = store.read_logs(task, after, 500).await.ok()?;
+                if !lines.is_empty() {
+                    let next = lines.last().map_or(after, |l| l.seq);
+                    let events: Vec<Result<Event, Infallible>> = lines
+                        .into_iter()
+                        .map(|l| {
+                            let seq = l.seq;
+                            Ok(Event::default()
+                                .id(seq.to_string())
+                                .event("log")
+                                .json_data(line_body(l))
+                                .unwrap_or_default())
+                        })
+                        .collect();
+                    return Some((futures::stream::iter(events), (next, false)));
+                }
+                let status = store.get_job(run).await.ok()?.state.status;
+                if status.is_terminal() {
+                    let end = Event::default().event("end").data(status.as_str());
+                    return Some((futures::stream::iter(vec![Ok(end)]), (after, true)));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+    use futures::StreamExt;
+    Ok(Sse::new(stream.flatten())
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

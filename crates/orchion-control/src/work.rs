@@ -1,0 +1,205 @@
+//! The work queue: agents claim tasks through it, report through it, and it reaps attempts whose
+//! lease ran out or whose node was lost.
+//!
+//! Waiting agents are woken at once when work may have appeared — a job enqueued or retried, a
+//! task finished (freeing capacity or a concurrency slot) — through one `Notify`. A delayed task
+//! is picked up when its time comes: a waiting claim sleeps no longer than until the earliest
+//! `run_after`.
+//!
+//! Invariants: every report is authenticated with the node's credential and fenced by the store;
+//! a node that is not alive, or is draining, is given no work.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use orchion_domain::{AttemptOutcome, Liveness, NodeId, TaskId, TaskStatus};
+use orchion_store::{ClaimRequest, ClaimedTask, LeaseState, NewLogLine, Store, StoreError};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{NodeRegistry, RegistryError};
+
+/// The longest a claim waits.
+pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
+/// How often leases are checked.
+pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// A waiting claim looks again at least this often, in case a wake-up came from another
+/// replica (PostgreSQL) and so was not seen here.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// What can go wrong in a work call.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    #[error(transparent)]
+    Node(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Hands out work and takes results.
+pub struct WorkQueue {
+    store: Arc<dyn Store>,
+    nodes: Arc<NodeRegistry>,
+    wake: Notify,
+    /// Cancelled at shutdown: waiting claims return at once.
+    closing: CancellationToken,
+}
+
+impl WorkQueue {
+    pub fn new(store: Arc<dyn Store>, nodes: Arc<NodeRegistry>) -> Self {
+        Self {
+            store,
+            nodes,
+            wake: Notify::new(),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Wakes every waiting claim: work may have appeared.
+    pub fn work_changed(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// Tasks for `node`, waiting up to `wait` for some to appear.
+    pub async fn claim(
+        &self,
+        node_id: NodeId,
+        credential: &str,
+        executors: Vec<String>,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ClaimedTask>, WorkError> {
+        let deadline = Instant::now() + wait.min(MAX_CLAIM_WAIT);
+        loop {
+            // Registered before looking, so a wake-up between the look and the wait is not lost.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+
+            let node = self.nodes.authenticate(node_id, credential)?;
+            if node.liveness == Liveness::Alive && !node.draining {
+                let claimed = self
+                    .store
+                    .claim_tasks(&ClaimRequest {
+                        node_id,
+                        executors: executors.clone(),
+                        labels: node.labels.clone(),
+                        capacity: node.capacity,
+                        max,
+                        now: orchion_store::now(),
+                    })
+                    .await?;
+                if !claimed.is_empty() {
+                    return Ok(claimed);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut nap = (deadline - now).min(RECHECK);
+            if let Some(due) = self.store.next_run_after().await? {
+                let until = (due - orchion_store::now()).max(time::Duration::ZERO);
+                nap = nap.min(Duration::try_from(until).unwrap_or(nap));
+            }
+            tokio::select! {
+                () = &mut woken => {}
+                () = tokio::time::sleep(nap) => {}
+                () = self.closing.cancelled() => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Extends the leases `node` holds.
+    pub async fn extend(
+        &self,
+        node: NodeId,
+        credential: &str,
+        leases: &[(TaskId, u32)],
+    ) -> Result<Vec<LeaseState>, WorkError> {
+        self.nodes.authenticate(node, credential)?;
+        Ok(self.store.extend_leases(node, leases).await?)
+    }
+
+    /// Appends log lines of an attempt `node` holds.
+    pub async fn append_logs(
+        &self,
+        node: NodeId,
+        credential: &str,
+        task: TaskId,
+        attempt: u32,
+        lines: &[NewLogLine],
+    ) -> Result<(), WorkError> {
+        self.nodes.authenticate(node, credential)?;
+        Ok(self.store.append_logs(node, task, attempt, lines).await?)
+    }
+
+    /// Records how an attempt ended; wakes waiting claims, since capacity was freed.
+    pub async fn complete(
+        &self,
+        node: NodeId,
+        credential: &str,
+        task: TaskId,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        output: Option<String>,
+    ) -> Result<TaskStatus, WorkError> {
+        self.nodes.authenticate(node, credential)?;
+        let status = self
+            .store
+            .complete_attempt(node, task, attempt, outcome, output)
+            .await?;
+        self.work_changed();
+        Ok(status)
+    }
+
+    /// One reaper pass: attempts whose lease expired, and attempts on nodes that are no longer
+    /// alive, are lost (and retried by policy). Idempotent; tests drive it directly.
+    pub async fn tick(&self) -> Result<usize, StoreError> {
+        let mut changed = self.store.expire_leases(orchion_store::now()).await?;
+        for node in self.store.running_nodes().await? {
+            let alive = self
+                .nodes
+                .get(node)
+                .is_some_and(|n| n.liveness == Liveness::Alive);
+            if !alive {
+                changed += self.store.lose_node_attempts(node).await?;
+            }
+        }
+        if changed > 0 {
+            self.work_changed();
+        }
+        Ok(changed)
+    }
+
+    /// Runs the reaper every [`REAP_INTERVAL`] until `shutdown`. A failed pass is logged; the
+    /// next starts from the current state.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        enum Event {
+            Tick,
+            Shutdown,
+        }
+        let mut interval = tokio::time::interval(REAP_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                _ = interval.tick() => Event::Tick,
+                () = shutdown.cancelled() => Event::Shutdown,
+            };
+            match event {
+                Event::Tick => match self.tick().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(tasks = n, "lost attempts reaped"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reaping leases failed; retrying next interval")
+                    }
+                },
+                Event::Shutdown => break,
+            }
+        }
+        // Let every waiting claim return, so the gRPC server can finish.
+        self.closing.cancel();
+    }
+}

@@ -1,0 +1,221 @@
+//! `orchion.v1.WorkService`: claims, lease extensions, logs and results, over the work queue.
+
+use std::{sync::Arc, time::Duration};
+
+use orchion_control::{WorkError, WorkQueue};
+use orchion_domain::{AttemptOutcome, NodeId, TaskId};
+use orchion_proto::v1::{self as pb, work_service_server::WorkService as WorkServiceApi};
+use orchion_store::{LeaseState, NewLogLine, StoreError};
+use tonic::{Request, Response, Status};
+
+use crate::{bearer, parse_node_id, status_of};
+
+/// The most log lines one call may carry.
+const MAX_LINES_PER_CALL: usize = 10_000;
+
+/// The `orchion.v1.WorkService` implementation.
+pub struct WorkService {
+    queue: Arc<WorkQueue>,
+}
+
+impl WorkService {
+    pub fn new(queue: Arc<WorkQueue>) -> Self {
+        Self { queue }
+    }
+}
+
+fn parse_task_id(raw: &str) -> Result<TaskId, Status> {
+    raw.parse::<TaskId>()
+        .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))
+}
+
+/// The one mapping from work errors to gRPC statuses.
+fn work_status(error: WorkError) -> Status {
+    match error {
+        WorkError::Node(e) => status_of(e),
+        WorkError::Store(StoreError::Stale(message)) => Status::failed_precondition(message),
+        WorkError::Store(StoreError::NotFound { kind, id }) => {
+            Status::not_found(format!("{kind} `{id}` does not exist"))
+        }
+        WorkError::Store(StoreError::Conflict(message)) => Status::failed_precondition(message),
+        WorkError::Store(e) => status_of(orchion_control::RegistryError::Store(e)),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn time_of(at: Option<prost_types::Timestamp>) -> time::OffsetDateTime {
+    at.and_then(|t| {
+        time::OffsetDateTime::from_unix_timestamp(t.seconds)
+            .ok()
+            .and_then(|s| {
+                s.replace_nanosecond(u32::try_from(t.nanos).unwrap_or(0))
+                    .ok()
+            })
+    })
+    .unwrap_or_else(orchion_store::now)
+}
+
+#[tonic::async_trait]
+impl WorkServiceApi for WorkService {
+    async fn claim_tasks(
+        &self,
+        request: Request<pb::ClaimTasksRequest>,
+    ) -> Result<Response<pb::ClaimTasksResponse>, Status> {
+        let credential = bearer(request.metadata())?.to_owned();
+        let request = request.into_inner();
+        let node = parse_node_id(&request.node_id)?;
+        if request.max_tasks == 0 || request.max_tasks > 1000 {
+            return Err(Status::invalid_argument(
+                "max_tasks must be between 1 and 1000",
+            ));
+        }
+        if request.executors.len() > 32 {
+            return Err(Status::invalid_argument("at most 32 executors"));
+        }
+        let wait = Duration::from_millis(u64::from(request.wait_ms));
+        let claimed = self
+            .queue
+            .claim(
+                node,
+                &credential,
+                request.executors,
+                request.max_tasks as usize,
+                wait,
+            )
+            .await
+            .map_err(work_status)?;
+        Ok(Response::new(pb::ClaimTasksResponse {
+            tasks: claimed
+                .into_iter()
+                .map(|c| pb::TaskAssignment {
+                    job_id: c.job_id.to_string(),
+                    task_id: c.task_id.to_string(),
+                    attempt: c.attempt,
+                    executor: c.executor,
+                    spec: c.spec,
+                    lease_ms: millis(c.timeouts.heartbeat),
+                    start_to_close_ms: c.timeouts.start_to_close.map_or(0, millis),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn extend_leases(
+        &self,
+        request: Request<pb::ExtendLeasesRequest>,
+    ) -> Result<Response<pb::ExtendLeasesResponse>, Status> {
+        let credential = bearer(request.metadata())?.to_owned();
+        let request = request.into_inner();
+        let node: NodeId = parse_node_id(&request.node_id)?;
+        if request.leases.len() > 10_000 {
+            return Err(Status::invalid_argument("at most 10000 leases per call"));
+        }
+        let leases = request
+            .leases
+            .iter()
+            .map(|l| Ok((parse_task_id(&l.task_id)?, l.attempt)))
+            .collect::<Result<Vec<_>, Status>>()?;
+        let states = self
+            .queue
+            .extend(node, &credential, &leases)
+            .await
+            .map_err(work_status)?;
+        Ok(Response::new(pb::ExtendLeasesResponse {
+            leases: request
+                .leases
+                .into_iter()
+                .zip(states)
+                .map(|(lease, state)| pb::LeaseStatus {
+                    task_id: lease.task_id,
+                    attempt: lease.attempt,
+                    held: matches!(state, LeaseState::Held { .. }),
+                    cancel_requested: matches!(
+                        state,
+                        LeaseState::Held {
+                            cancel_requested: true
+                        }
+                    ),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn append_logs(
+        &self,
+        request: Request<pb::AppendLogsRequest>,
+    ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        let credential = bearer(request.metadata())?.to_owned();
+        let request = request.into_inner();
+        let node = parse_node_id(&request.node_id)?;
+        let task = parse_task_id(&request.task_id)?;
+        if request.lines.len() > MAX_LINES_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "at most {MAX_LINES_PER_CALL} lines per call"
+            )));
+        }
+        let lines: Vec<NewLogLine> = request
+            .lines
+            .into_iter()
+            .map(|l| NewLogLine {
+                stream: match l.stream.as_str() {
+                    "stdout" | "stderr" => l.stream,
+                    _ => "system".to_owned(),
+                },
+                line: l.line,
+                at: time_of(l.at),
+            })
+            .collect();
+        self.queue
+            .append_logs(node, &credential, task, request.attempt, &lines)
+            .await
+            .map_err(work_status)?;
+        Ok(Response::new(pb::AppendLogsResponse {}))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        let credential = bearer(request.metadata())?.to_owned();
+        let request = request.into_inner();
+        let node = parse_node_id(&request.node_id)?;
+        let task = parse_task_id(&request.task_id)?;
+        let outcome = match pb::TaskOutcome::try_from(request.outcome) {
+            Ok(pb::TaskOutcome::Succeeded) => AttemptOutcome::Succeeded,
+            Ok(pb::TaskOutcome::Failed) => AttemptOutcome::Failed {
+                exit_code: request.exit_code,
+                error: if request.error.is_empty() {
+                    "failed".to_owned()
+                } else {
+                    request.error.chars().take(4096).collect()
+                },
+            },
+            Ok(pb::TaskOutcome::Cancelled) => AttemptOutcome::Cancelled,
+            Ok(pb::TaskOutcome::TimedOut) => AttemptOutcome::TimedOut,
+            Ok(pb::TaskOutcome::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "outcome: {} is not a TaskOutcome",
+                    request.outcome
+                )));
+            }
+        };
+        let status = self
+            .queue
+            .complete(
+                node,
+                &credential,
+                task,
+                request.attempt,
+                outcome,
+                request.output,
+            )
+            .await
+            .map_err(work_status)?;
+        Ok(Response::new(pb::CompleteTaskResponse {
+            job_status: status.as_str().to_owned(),
+        }))
+    }
+}
