@@ -8,6 +8,7 @@
 
 mod machine;
 mod state;
+mod work;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -30,7 +31,9 @@ pub struct AgentConfig {
     /// Where the node id and credential are kept between runs.
     pub state_dir: PathBuf,
     /// Executors this agent offers.
-    pub executors: Vec<String>,
+    pub executors: orchion_executor::Registry,
+    /// How many tasks run at once.
+    pub slots: usize,
 }
 
 /// Why the agent stopped.
@@ -85,9 +88,24 @@ enum Next {
     Heartbeat,
 }
 
+/// The work loop running under the current registration.
+struct Worker {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 /// A running agent.
 pub struct Agent {
     config: AgentConfig,
+    channel: Channel,
+    worker: Option<Worker>,
     client: NodeServiceClient<Channel>,
     state: StateDir,
     credentials: Option<Credentials>,
@@ -107,8 +125,11 @@ impl Agent {
             .tcp_nodelay(true);
         let state = StateDir::open(&config.state_dir)?;
         let credentials = state.load()?;
+        let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: NodeServiceClient::new(endpoint.connect_lazy()),
+            client: NodeServiceClient::new(channel.clone()),
+            channel,
+            worker: None,
             config,
             state,
             credentials,
@@ -130,6 +151,9 @@ impl Agent {
                 Event::Due => self.handle().await?,
                 Event::Shutdown => break,
             }
+        }
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
         }
         self.leave().await;
         Ok(())
@@ -164,7 +188,7 @@ impl Agent {
             name: self.config.name.clone(),
             labels: self.config.labels.clone().into_iter().collect(),
             capacity: Some(capacity),
-            executors: self.config.executors.clone(),
+            executors: self.config.executors.names(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             address: String::new(),
         };
@@ -178,6 +202,7 @@ impl Agent {
                 };
                 self.state.save(&credentials)?;
                 tracing::info!(node_id = %credentials.node_id, server = %self.config.server, "registered");
+                self.restart_worker(credentials.clone()).await;
                 self.credentials = Some(credentials);
                 self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(50));
                 self.backoff.reset();
@@ -197,6 +222,24 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+
+    /// (Re)starts the work loop under `credentials`.
+    async fn restart_worker(&mut self, credentials: Credentials) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+        if self.config.executors.names().is_empty() {
+            return;
+        }
+        let stop = CancellationToken::new();
+        let config = work::WorkConfig {
+            credentials,
+            executors: self.config.executors.clone(),
+            slots: self.config.slots,
+        };
+        let task = tokio::spawn(work::run(self.channel.clone(), config, stop.clone()));
+        self.worker = Some(Worker { stop, task });
     }
 
     async fn heartbeat(&mut self) {

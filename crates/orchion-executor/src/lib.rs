@@ -83,6 +83,12 @@ pub struct Registry {
     executors: BTreeMap<&'static str, Arc<dyn Executor>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Registry").field(&self.names()).finish()
+    }
+}
+
 impl Registry {
     /// Every executor Orchion has.
     pub fn all() -> Self {

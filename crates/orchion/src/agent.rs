@@ -7,9 +7,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{cli::AgentArgs, server::shutdown_signal, telemetry};
 
-/// The executors an agent offers. Work execution arrives with the jobs issue; until then an
-/// agent offers none rather than claim what it cannot run.
-pub const EXECUTORS: &[&str] = &[];
 
 /// The machine's host name, for a node name nobody chose.
 pub fn host_name() -> String {
@@ -44,7 +41,8 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         name: args.name.unwrap_or_else(host_name),
         labels: args.labels.into_iter().collect(),
         state_dir: args.state_dir,
-        executors: EXECUTORS.iter().map(|e| e.to_string()).collect(),
+        executors: orchion_executor::Registry::all(),
+        slots: usize::from(args.slots),
     };
     let agent = match Agent::new(config) {
         Ok(agent) => agent,

@@ -101,10 +101,16 @@ pub struct AgentArgs {
     /// Where the agent keeps its node id and credential.
     #[arg(long, value_name = "DIR", default_value = ".orchion-agent")]
     pub state_dir: PathBuf,
+    /// How many tasks run at once.
+    #[arg(long, default_value_t = DEFAULT_SLOTS, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub slots: u16,
     /// Log filter, like RUST_LOG.
     #[arg(long, env = "ORCHION_LOG", default_value = "info")]
     pub log: String,
 }
+
+/// How many tasks an agent runs at once unless told otherwise.
+pub const DEFAULT_SLOTS: u16 = 16;
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')

@@ -398,10 +398,8 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
         name: crate::agent::host_name(),
         labels: Default::default(),
         state_dir: data_dir.join("agent"),
-        executors: crate::agent::EXECUTORS
-            .iter()
-            .map(|e| e.to_string())
-            .collect(),
+        executors: orchion_executor::Registry::all(),
+        slots: usize::from(crate::cli::DEFAULT_SLOTS),
     };
     let agent = orchion_agent::Agent::new(config).context("cannot start the local agent")?;
     let stop = CancellationToken::new();

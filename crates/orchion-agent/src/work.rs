@@ -1,0 +1,383 @@
+//! The agent's work loop: claims tasks for its free slots (a long poll the server answers as
+//! soon as work arrives), runs each with its executor, ships output lines in batches, keeps the
+//! leases alive, stops work whose lease is lost or whose job is cancelled, and reports results.
+//!
+//! Invariant: a result is reported only for an attempt this agent still holds and finished
+//! itself; work stopped because the lease was lost, or because the agent is shutting down, is
+//! not reported (the server retries it by policy).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use orchion_executor::{Context, Outcome, OutputLine, Registry};
+use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, transport::Channel};
+
+use crate::state::Credentials;
+
+/// How long one claim waits on the server.
+const CLAIM_WAIT: Duration = Duration::from_secs(30);
+/// Output lines are sent in batches of at most this many…
+const LOG_BATCH: usize = 500;
+/// …or after this long.
+const LOG_FLUSH: Duration = Duration::from_millis(200);
+/// After a cancel or deadline, how long a process has before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+/// How long a result report is retried while the server is away.
+const REPORT_PATIENCE: Duration = Duration::from_secs(120);
+
+/// What the loop needs from the agent.
+#[derive(Clone)]
+pub(crate) struct WorkConfig {
+    pub credentials: Credentials,
+    pub executors: Registry,
+    pub slots: usize,
+}
+
+/// A running attempt, as the lease keeper sees it.
+struct Held {
+    attempt: u32,
+    lease: Duration,
+    /// Stops the work.
+    stop: CancellationToken,
+    /// The server no longer gives this node the attempt: report nothing.
+    lost: Arc<AtomicBool>,
+}
+
+type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
+
+fn locked(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn authorized<T>(message: T, credential: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = format!("Bearer {credential}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Runs until `stop`; running work is stopped then, and not reported.
+pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: CancellationToken) {
+    let client = WorkServiceClient::new(channel);
+    let held: HeldMap = Arc::default();
+    let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let keeper = tokio::spawn(keep_leases(client.clone(), config.credentials.clone(), held.clone(), stop.clone()));
+    let executors = config.executors.names();
+    let mut failures = 0u32;
+    loop {
+        // Wait for at least one free slot, then ask for as many tasks as there are free slots.
+        let first = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            () = stop.cancelled() => break,
+        };
+        let free = slots.available_permits() + 1;
+        let request = authorized(
+            pb::ClaimTasksRequest {
+                node_id: config.credentials.node_id.clone(),
+                executors: executors.clone(),
+                max_tasks: u32::try_from(free).unwrap_or(1000).min(1000),
+                wait_ms: u32::try_from(CLAIM_WAIT.as_millis()).unwrap_or(30_000),
+            },
+            &config.credentials.credential,
+        );
+        let mut claim_client = client.clone();
+        let response = tokio::select! {
+            response = claim_client.claim_tasks(request) => response,
+            () = stop.cancelled() => break,
+        };
+        let tasks = match response {
+            Ok(response) => {
+                failures = 0;
+                response.into_inner().tasks
+            }
+            Err(status) if matches!(status.code(), Code::Unauthenticated | Code::NotFound) => {
+                tracing::warn!(error = status.message(), "the server no longer accepts this node's credential; the work loop waits for a new registration");
+                break;
+            }
+            Err(status) => {
+                failures += 1;
+                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?wait, "claiming work failed");
+                drop(first);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+        };
+        let mut permits = vec![first];
+        for task in tasks {
+            let permit = match permits.pop() {
+                Some(p) => p,
+                None => match slots.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    // The server never gives more than asked; should it, the task waits for a slot.
+                    Err(_) => match slots.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                },
+            };
+            let client = client.clone();
+            let config = config.clone();
+            let held = held.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                run_task(client, config, task, held, stop).await;
+                drop(permit);
+            });
+        }
+    }
+    // Stop everything still running; the server retries it once this node leaves.
+    for held in locked(&held).values() {
+        held.stop.cancel();
+    }
+    keeper.abort();
+}
+
+/// Extends the leases of running attempts at a third of the shortest lease; stops work whose
+/// lease is lost or whose job was cancelled.
+async fn keep_leases(
+    mut client: WorkServiceClient<Channel>,
+    credentials: Credentials,
+    held: HeldMap,
+    stop: CancellationToken,
+) {
+    loop {
+        let (leases, shortest) = {
+            let held = locked(&held);
+            let leases: Vec<pb::Lease> = held
+                .iter()
+                .map(|(task_id, h)| pb::Lease {
+                    task_id: task_id.clone(),
+                    attempt: h.attempt,
+                })
+                .collect();
+            let shortest = held.values().map(|h| h.lease).min();
+            (leases, shortest)
+        };
+        let every = shortest
+            .map_or(Duration::from_millis(500), |l| l / 3)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        if !leases.is_empty() {
+            let request = authorized(
+                pb::ExtendLeasesRequest {
+                    node_id: credentials.node_id.clone(),
+                    leases,
+                },
+                &credentials.credential,
+            );
+            match client.extend_leases(request).await {
+                Ok(response) => {
+                    let held = locked(&held);
+                    for status in response.into_inner().leases {
+                        if let Some(h) = held.get(&status.task_id) {
+                            if !status.held {
+                                tracing::warn!(task_id = %status.task_id, attempt = status.attempt, "lease lost: stopping the work");
+                                h.lost.store(true, Ordering::SeqCst);
+                                h.stop.cancel();
+                            } else if status.cancel_requested {
+                                h.stop.cancel();
+                            }
+                        }
+                    }
+                }
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), error = status.message(), "extending leases failed");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn run_task(
+    client: WorkServiceClient<Channel>,
+    config: WorkConfig,
+    task: pb::TaskAssignment,
+    held: HeldMap,
+    agent_stop: CancellationToken,
+) {
+    let stop = agent_stop.child_token();
+    let lost = Arc::new(AtomicBool::new(false));
+    locked(&held).insert(
+        task.task_id.clone(),
+        Held {
+            attempt: task.attempt,
+            lease: Duration::from_millis(task.lease_ms.max(100)),
+            stop: stop.clone(),
+            lost: lost.clone(),
+        },
+    );
+    tracing::info!(job_id = %task.job_id, attempt = task.attempt, executor = %task.executor, "running task");
+    let (output, lines) = mpsc::channel(1024);
+    let shipper = tokio::spawn(ship_logs(
+        client.clone(),
+        config.credentials.clone(),
+        task.task_id.clone(),
+        task.attempt,
+        lines,
+        stop.clone(),
+        lost.clone(),
+    ));
+    let env: BTreeMap<String, String> = [
+        ("ORCHION_JOB_ID", task.job_id.clone()),
+        ("ORCHION_TASK_ID", task.task_id.clone()),
+        ("ORCHION_ATTEMPT", task.attempt.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let context = Context {
+        output,
+        cancel: stop.clone(),
+        deadline: (task.start_to_close_ms > 0).then(|| Duration::from_millis(task.start_to_close_ms)),
+        env,
+        kill_grace: KILL_GRACE,
+    };
+    let outcome = match config.executors.get(&task.executor) {
+        Some(executor) => executor.run(&task.spec, context).await,
+        None => Outcome::Failed {
+            exit_code: None,
+            error: format!("this agent does not offer executor `{}`", task.executor),
+            output: None,
+        },
+    };
+    let _ = shipper.await;
+    locked(&held).remove(&task.task_id);
+    if lost.load(Ordering::SeqCst) || agent_stop.is_cancelled() {
+        return;
+    }
+    report(client, &config.credentials, &task, outcome).await;
+}
+
+/// Sends output lines in batches until the execution drops its sender. A refusal
+/// (FAILED_PRECONDITION) means the lease is gone: the work is stopped.
+async fn ship_logs(
+    mut client: WorkServiceClient<Channel>,
+    credentials: Credentials,
+    task_id: String,
+    attempt: u32,
+    mut lines: mpsc::Receiver<OutputLine>,
+    stop: CancellationToken,
+    lost: Arc<AtomicBool>,
+) {
+    let mut batch: Vec<pb::LogLine> = Vec::new();
+    let mut open = true;
+    while open {
+        let flush_at = tokio::time::sleep(LOG_FLUSH);
+        tokio::pin!(flush_at);
+        loop {
+            tokio::select! {
+                line = lines.recv() => match line {
+                    Some(line) => {
+                        batch.push(pb::LogLine {
+                            stream: line.stream.to_owned(),
+                            line: line.line,
+                            at: Some(prost_types::Timestamp {
+                                seconds: line.at.unix_timestamp(),
+                                nanos: i32::try_from(line.at.nanosecond()).unwrap_or(0),
+                            }),
+                        });
+                        if batch.len() >= LOG_BATCH {
+                            break;
+                        }
+                    }
+                    None => {
+                        open = false;
+                        break;
+                    }
+                },
+                () = &mut flush_at => break,
+            }
+        }
+        if batch.is_empty() || lost.load(Ordering::SeqCst) {
+            batch.clear();
+            continue;
+        }
+        let request = authorized(
+            pb::AppendLogsRequest {
+                node_id: credentials.node_id.clone(),
+                task_id: task_id.clone(),
+                attempt,
+                lines: std::mem::take(&mut batch),
+            },
+            &credentials.credential,
+        );
+        if let Err(status) = client.append_logs(request).await {
+            if status.code() == Code::FailedPrecondition {
+                lost.store(true, Ordering::SeqCst);
+                stop.cancel();
+            } else {
+                tracing::warn!(code = ?status.code(), error = status.message(), "sending log lines failed; they are dropped");
+            }
+        }
+    }
+}
+
+/// Reports an outcome, retrying while the server is unreachable.
+async fn report(
+    mut client: WorkServiceClient<Channel>,
+    credentials: &Credentials,
+    task: &pb::TaskAssignment,
+    outcome: Outcome,
+) {
+    let (kind, exit_code, error, output) = match outcome {
+        Outcome::Succeeded { output } => (pb::TaskOutcome::Succeeded, None, String::new(), output),
+        Outcome::Failed {
+            exit_code,
+            error,
+            output,
+        } => (pb::TaskOutcome::Failed, exit_code, error, output),
+        Outcome::Cancelled => (pb::TaskOutcome::Cancelled, None, String::new(), None),
+        Outcome::TimedOut => (pb::TaskOutcome::TimedOut, None, String::new(), None),
+    };
+    let message = pb::CompleteTaskRequest {
+        node_id: credentials.node_id.clone(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        outcome: kind.into(),
+        exit_code,
+        error,
+        output,
+    };
+    let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match client
+            .complete_task(authorized(message.clone(), &credentials.credential))
+            .await
+        {
+            Ok(response) => {
+                tracing::info!(job_id = %task.job_id, attempt = task.attempt, status = %response.into_inner().job_status, "task reported");
+                return;
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                tracing::warn!(job_id = %task.job_id, error = status.message(), "the server refused the result: the attempt is no longer ours");
+                return;
+            }
+            Err(status) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?wait, "reporting a result failed");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(status) => {
+                tracing::error!(job_id = %task.job_id, error = status.message(), "giving up reporting a result; the lease will expire and the job be retried");
+                return;
+            }
+        }
+    }
+}
