@@ -71,7 +71,12 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
     let client = WorkServiceClient::new(channel);
     let held: HeldMap = Arc::default();
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
-    let keeper = tokio::spawn(keep_leases(client.clone(), config.credentials.clone(), held.clone(), stop.clone()));
+    let keeper = tokio::spawn(keep_leases(
+        client.clone(),
+        config.credentials.clone(),
+        held.clone(),
+        stop.clone(),
+    ));
     let executors = config.executors.names();
     let mut failures = 0u32;
     loop {
@@ -101,7 +106,10 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
                 response.into_inner().tasks
             }
             Err(status) if matches!(status.code(), Code::Unauthenticated | Code::NotFound) => {
-                tracing::warn!(error = status.message(), "the server no longer accepts this node's credential; the work loop waits for a new registration");
+                tracing::warn!(
+                    error = status.message(),
+                    "the server no longer accepts this node's credential; the work loop waits for a new registration"
+                );
                 break;
             }
             Err(status) => {
@@ -244,7 +252,8 @@ async fn run_task(
     let context = Context {
         output,
         cancel: stop.clone(),
-        deadline: (task.start_to_close_ms > 0).then(|| Duration::from_millis(task.start_to_close_ms)),
+        deadline: (task.start_to_close_ms > 0)
+            .then(|| Duration::from_millis(task.start_to_close_ms)),
         env,
         kill_grace: KILL_GRACE,
     };

@@ -7,7 +7,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{cli::AgentArgs, server::shutdown_signal, telemetry};
 
-
 /// The machine's host name, for a node name nobody chose.
 pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
