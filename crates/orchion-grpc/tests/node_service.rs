@@ -16,6 +16,7 @@ const MAX_MESSAGE: usize = 64 * 1024;
 
 struct Harness {
     client: NodeServiceClient<Channel>,
+    store: Arc<dyn orchion_store::Store>,
     channel: Channel,
     registry: Arc<NodeRegistry>,
     stop: CancellationToken,
@@ -41,7 +42,10 @@ async fn harness() -> Harness {
         persist_interval: Duration::from_secs(60),
     };
     let registry = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
-    let queue = Arc::new(orchion_control::WorkQueue::new(store, registry.clone()));
+    let queue = Arc::new(orchion_control::WorkQueue::new(
+        store.clone(),
+        registry.clone(),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
@@ -58,6 +62,7 @@ async fn harness() -> Harness {
         .await
         .unwrap();
     Harness {
+        store,
         client: NodeServiceClient::new(channel.clone()),
         channel,
         registry,
@@ -322,4 +327,108 @@ async fn grpc_health_reports_serving() {
         response.status(),
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
+}
+
+#[tokio::test]
+async fn results_and_logs_for_a_lost_attempt_are_refused() {
+    use orchion_proto::v1::work_service_client::WorkServiceClient;
+    let mut h = harness().await;
+    let node = register(&mut h, "worker").await;
+    let other = register(&mut h, "other").await;
+    let job = orchion_domain::NewJob {
+        name: "j".into(),
+        project_id: None,
+        executor: "shell".into(),
+        spec: r#"{"command":"true"}"#.into(),
+        priority: 0,
+        retry: Default::default(),
+        timeouts: Default::default(),
+        placement: Default::default(),
+        concurrency: None,
+        run_at: None,
+    };
+    h.store.create_job(job, None).await.unwrap();
+    let mut work = WorkServiceClient::new(h.channel.clone());
+    let claim = pb::ClaimTasksRequest {
+        node_id: node.node_id.clone(),
+        executors: vec!["shell".into()],
+        max_tasks: 4,
+        wait_ms: 1000,
+    };
+    // Another node's credential cannot claim as this node.
+    let forged = work
+        .claim_tasks(with_token(claim.clone(), &other.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated);
+    let tasks = work
+        .claim_tasks(with_token(claim, &node.credential))
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 1);
+    let task = &tasks[0];
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.lease_ms, 30_000);
+
+    // The lease runs out (simulated an hour on): the attempt is lost.
+    let later = orchion_store::now() + time::Duration::hours(1);
+    assert_eq!(h.store.expire_leases(later).await.unwrap(), 1);
+
+    let late = pb::CompleteTaskRequest {
+        node_id: node.node_id.clone(),
+        task_id: task.task_id.clone(),
+        attempt: 1,
+        outcome: pb::TaskOutcome::Succeeded.into(),
+        ..Default::default()
+    };
+    let refused = work
+        .complete_task(with_token(late, &node.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let logs = pb::AppendLogsRequest {
+        node_id: node.node_id.clone(),
+        task_id: task.task_id.clone(),
+        attempt: 1,
+        lines: vec![pb::LogLine {
+            stream: "stdout".into(),
+            line: "late".into(),
+            at: None,
+        }],
+    };
+    let refused = work
+        .append_logs(with_token(logs, &node.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let extended = work
+        .extend_leases(with_token(
+            pb::ExtendLeasesRequest {
+                node_id: node.node_id.clone(),
+                leases: vec![pb::Lease {
+                    task_id: task.task_id.clone(),
+                    attempt: 1,
+                }],
+            },
+            &node.credential,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!extended.leases[0].held);
+
+    let bad = pb::CompleteTaskRequest {
+        node_id: node.node_id.clone(),
+        task_id: task.task_id.clone(),
+        attempt: 1,
+        outcome: 42,
+        ..Default::default()
+    };
+    let invalid = work
+        .complete_task(with_token(bad, &node.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
 }

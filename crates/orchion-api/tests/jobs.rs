@@ -1,0 +1,224 @@
+//! Handler tests for the jobs API: validation, idempotency, cancel and retry.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use common::{app, problem};
+use serde_json::{Value, json};
+
+fn pointers(body: &Value) -> Vec<String> {
+    body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_is_created_and_read_back() {
+    let app = app().await;
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            json!({"executor": "shell", "spec": {"command": "echo", "args": ["hi"]}, "priority": 5,
+                   "placement": {"labels": {"zone": "eu"}, "resources": {"cpu_millis": 500}},
+                   "concurrency": {"key": "k"}, "timeouts": {"start_to_close": "10m"}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let id = reply.body["id"].as_str().unwrap();
+    assert_eq!(
+        reply.headers[header::LOCATION],
+        format!("/api/v1/jobs/{id}")
+    );
+    assert_eq!(reply.body["status"], "queued");
+    assert_eq!(reply.body["spec"]["command"], "echo");
+    let got = app.get(&format!("/api/v1/jobs/{id}")).await;
+    assert_eq!(got.body["priority"], 5);
+    let listed = app.get("/api/v1/jobs?status=queued&executor=shell").await;
+    assert_eq!(listed.body["items"][0]["id"], id);
+}
+
+#[tokio::test]
+async fn every_problem_with_a_job_is_listed_and_nothing_is_written() {
+    let app = app().await;
+    let body = json!({
+        "executor": "shell",
+        "spec": {"command": ""},
+        "priority": 5_000_000,
+        "retry": {"max_attempts": 0, "initial_interval": "soon", "backoff_coefficient": 0.1},
+        "timeouts": {"heartbeat": "1ms", "start_to_close": "500 days"},
+        "placement": {"labels": {"Bad Key": "x"}, "resources": {"cpu_millis": 99999999999u64}},
+        "concurrency": {"key": "", "limit": 0},
+        "run_at": "tomorrow",
+        "project_id": "nope"
+    });
+    let reply = app.json("POST", "/api/v1/jobs", body.to_string()).await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    let found = pointers(&reply.body);
+    for expected in [
+        "/spec/command",
+        "/priority",
+        "/retry/max_attempts",
+        "/retry/initial_interval",
+        "/retry/backoff_coefficient",
+        "/timeouts/heartbeat",
+        "/timeouts/start_to_close",
+        "/placement/labels/Bad Key",
+        "/placement/resources",
+        "/concurrency/key",
+        "/concurrency/limit",
+        "/run_at",
+        "/project_id",
+    ] {
+        assert!(
+            found.iter().any(|p| p == expected),
+            "{expected} missing from {found:?}"
+        );
+    }
+    assert_eq!(app.get("/api/v1/jobs").await.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn unknown_executors_and_non_http_urls_are_refused() {
+    let app = app().await;
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            json!({"executor": "python", "spec": {}}).to_string(),
+        )
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(pointers(&reply.body), ["/executor"]);
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            json!({"executor": "http", "spec": {"url": "file:///etc/passwd"}}).to_string(),
+        )
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(pointers(&reply.body), ["/spec/url"]);
+    let reply = app
+        .json("POST", "/api/v1/jobs", json!({"executor": "shell", "spec": {"command": "x"}, "timeouts": {"heartbeat": "-1s"}}).to_string())
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(pointers(&reply.body), ["/timeouts/heartbeat"]);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_reused_with_another_body_is_a_409() {
+    let app = app().await;
+    let post = |body: Value| {
+        Request::post("/api/v1/jobs")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("Idempotency-Key", "once")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let job = json!({"executor": "shell", "spec": {"command": "true"}});
+    let first = app.send(post(job.clone())).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = app.send(post(job)).await;
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let other = app
+        .send(post(
+            json!({"executor": "shell", "spec": {"command": "false"}}),
+        ))
+        .await;
+    problem(&other, StatusCode::CONFLICT, "idempotency-key-reused");
+    // The body field works as the header does.
+    let body =
+        json!({"executor": "shell", "spec": {"command": "true"}, "idempotency_key": "field-key"});
+    let a = app.json("POST", "/api/v1/jobs", body.to_string()).await;
+    let b = app.json("POST", "/api/v1/jobs", body.to_string()).await;
+    assert_eq!(a.body["id"], b.body["id"]);
+}
+
+#[tokio::test]
+async fn cancel_and_retry_follow_the_jobs_state() {
+    let app = app().await;
+    let created = app
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            json!({"executor": "shell", "spec": {"command": "true"}}).to_string(),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap();
+    let retry_queued = app
+        .send(
+            Request::post(format!("/api/v1/jobs/{id}/retry"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    let detail = problem(&retry_queued, StatusCode::CONFLICT, "conflict");
+    assert!(detail.contains("queued"), "{detail}");
+    let cancelled = app
+        .send(
+            Request::post(format!("/api/v1/jobs/{id}/cancel"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(cancelled.body["status"], "cancelled");
+    let retried = app
+        .send(
+            Request::post(format!("/api/v1/jobs/{id}/retry"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::OK);
+    assert_eq!(retried.body["status"], "queued");
+    let missing = orchion_domain::RunId::new();
+    problem(
+        &app.get(&format!("/api/v1/jobs/{missing}")).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
+    problem(
+        &app.get("/api/v1/jobs/nope").await,
+        StatusCode::BAD_REQUEST,
+        "invalid-parameter",
+    );
+    problem(
+        &app.get("/api/v1/jobs?status=done").await,
+        StatusCode::BAD_REQUEST,
+        "invalid-parameter",
+    );
+    let logs = app.get(&format!("/api/v1/jobs/{id}/logs")).await;
+    assert_eq!(logs.body["lines"], json!([]));
+    problem(
+        &app.get(&format!("/api/v1/jobs/{id}/logs?limit=0")).await,
+        StatusCode::BAD_REQUEST,
+        "invalid-parameter",
+    );
+}
