@@ -31,6 +31,8 @@ pub struct HealthResponse {
     /// Time since start, as `2h15m30s`.
     #[schema(example = "2h15m30s")]
     pub uptime: String,
+    /// Where `POST /enqueue` forwards jobs.
+    pub worker_url: String,
 }
 
 /// `/ready`, `/readyz` and `/livez` bodies.
@@ -107,6 +109,7 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
             .format(&Rfc3339)
             .unwrap_or_default(),
         uptime: go_duration(state.lifecycle.uptime()),
+        worker_url: state.enqueue.worker_url.clone(),
     })
 }
 

@@ -5,6 +5,7 @@
 //! validate through the domain's constructors and talk to the store through `Arc<dyn Store>`.
 //! Every error leaves through [`problem::ApiError`], the one mapping to problem+json.
 
+pub mod enqueue;
 pub mod extract;
 pub mod health;
 pub mod jobs;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub nodes: Arc<NodeRegistry>,
     pub work: Arc<WorkQueue>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Where `POST /enqueue` forwards jobs.
+    pub enqueue: Arc<enqueue::EnqueueSettings>,
 }
 
 /// The server's lifecycle as the API sees it: when it started, and whether it is draining.
@@ -104,7 +107,8 @@ pub struct Limits {
         (name = "jobs", description = "Jobs: one task run on an agent, retried by policy"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
-        (name = "health", description = "Liveness and readiness")
+        (name = "health", description = "Liveness and readiness"),
+        (name = "compatibility", description = "The seed services' interfaces, in their own shapes")
     )
 )]
 struct ApiDoc;
@@ -131,6 +135,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::get_agent))
         .routes(routes!(nodes::restart_agent))
         .routes(routes!(status::status))
+        .routes(routes!(enqueue::enqueue))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
         .routes(routes!(health::health))

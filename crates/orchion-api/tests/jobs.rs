@@ -222,3 +222,60 @@ async fn cancel_and_retry_follow_the_jobs_state() {
         "invalid-parameter",
     );
 }
+
+#[tokio::test]
+async fn enqueue_answers_in_the_seeds_shapes_and_is_idempotent_per_place() {
+    let app = app().await;
+    let first = app
+        .json(
+            "POST",
+            "/enqueue",
+            r#"{"placeId":"ChIJN1t_tDeuEmsRUsoyG83frY4"}"#,
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{:?}", first.body);
+    assert_eq!(first.body["status"], "enqueued");
+    assert_eq!(first.body["placeId"], "ChIJN1t_tDeuEmsRUsoyG83frY4");
+    assert_eq!(
+        first.body["jobId"],
+        "reviews:ChIJN1t_tDeuEmsRUsoyG83frY4:start"
+    );
+    time::OffsetDateTime::parse(
+        first.body["timestamp"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let again = app
+        .json(
+            "POST",
+            "/enqueue",
+            r#"{ "placeId": "ChIJN1t_tDeuEmsRUsoyG83frY4" }"#,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["jobId"], first.body["jobId"]);
+    let jobs = app.get("/api/v1/jobs").await;
+    let items = jobs.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "the same place creates nothing new");
+    assert_eq!(items[0]["executor"], "http");
+    assert_eq!(items[0]["spec"]["url"], "http://127.0.0.1:9/enqueue");
+    assert_eq!(
+        items[0]["spec"]["body"],
+        r#"{"placeId":"ChIJN1t_tDeuEmsRUsoyG83frY4"}"#
+    );
+
+    for body in [r#"{}"#, r#"{"placeId":""}"#, r#"{"placeId":null}"#] {
+        let reply = app.json("POST", "/enqueue", body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+        assert_eq!(reply.body["status"], "error");
+        assert_eq!(reply.body["error"], "placeId is required");
+        assert!(reply.body["timestamp"].is_string());
+    }
+    let reply = app.json("POST", "/enqueue", "{bad").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.body["status"], "error");
+    assert_eq!(
+        app.get("/health").await.body["worker_url"],
+        "http://127.0.0.1:9"
+    );
+}

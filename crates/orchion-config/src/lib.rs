@@ -35,6 +35,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub cluster: ClusterConfig,
     pub database: DatabaseConfig,
+    pub enqueue: EnqueueConfig,
     pub log: LogConfig,
     /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
     /// Orchion needs no Redis. A warning says so at start.
@@ -121,6 +122,26 @@ impl Default for ClusterConfig {
     }
 }
 
+/// The job enqueue service's compatibility endpoint, `POST /enqueue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnqueueConfig {
+    /// The worker service jobs are forwarded to (`WORKER_NODE_URL`); each job POSTs
+    /// `{"placeId"}` to `<worker_url>/enqueue` through the `http` executor, with retries.
+    pub worker_url: String,
+    /// How many times a forward is tried.
+    pub max_attempts: u32,
+}
+
+impl Default for EnqueueConfig {
+    fn default() -> Self {
+        Self {
+            worker_url: "http://localhost:3000".into(),
+            max_attempts: 5,
+        }
+    }
+}
+
 /// The store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -193,6 +214,7 @@ pub const SEED_ENV: &[(&str, &str)] = &[
     ("ORCHESTRATOR_SERVER_HOST", "server.host"),
     ("ORCHESTRATOR_SERVER_PORT", "server.http_port"),
     ("ORCHESTRATOR_DATABASE_URL", "database.url"),
+    ("WORKER_NODE_URL", "enqueue.worker_url"),
 ];
 
 /// The prefix of Orchion's own configuration variables; `__` separates section and key.
@@ -285,6 +307,16 @@ impl Config {
             if let Err(problem) = token.validate_token() {
                 problems.push(format!("cluster.join_token {problem}"));
             }
+        }
+        match url::Url::parse(&self.enqueue.worker_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            _ => problems.push(format!(
+                "enqueue.worker_url `{}` must be an http:// or https:// URL",
+                self.enqueue.worker_url
+            )),
+        }
+        if !(1..=1000).contains(&self.enqueue.max_attempts) {
+            problems.push("enqueue.max_attempts must be between 1 and 1000".to_owned());
         }
         if !(1..=1000).contains(&self.database.max_connections) {
             problems.push("database.max_connections must be between 1 and 1000".to_owned());

@@ -133,6 +133,10 @@ impl Server {
                 nodes: registry.clone(),
                 work: work.clone(),
                 lifecycle: lifecycle.clone(),
+                enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
+                    worker_url: config.enqueue.worker_url.clone(),
+                    max_attempts: config.enqueue.max_attempts,
+                }),
             },
             Limits {
                 body_limit_bytes: config.server.body_limit_bytes,

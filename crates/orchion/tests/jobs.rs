@@ -315,3 +315,61 @@ async fn a_server_killed_with_jobs_in_flight_loses_none_and_runs_none_twice() {
         assert_eq!(succeeded, 1, "job {id} completed {succeeded} times: {j}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_forwards_to_the_worker_and_retries_until_it_accepts() {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+
+    // A local worker service that fails its first call, then accepts.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let worker = Router::new()
+        .route(
+            "/enqueue",
+            post(|State(received): State<Arc<Mutex<Vec<Value>>>>, Json(body): Json<Value>| async move {
+                let mut received = received.lock().unwrap();
+                received.push(body);
+                if received.len() == 1 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::ACCEPTED }
+            }),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, worker).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(dir.path(), &["dev"], &[("WORKER_NODE_URL", &worker_url)]);
+    let response = http()
+        .post(server.url("/enqueue"))
+        .json(&json!({"placeId": "place-42"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["jobId"], "reviews:place-42:start");
+    let jobs: Value = http()
+        .get(server.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = jobs["items"][0]["id"].as_str().unwrap().to_owned();
+    let done = wait_job(&server, &id, "succeeded", Duration::from_secs(60)).await;
+    assert_eq!(
+        done["attempts"].as_array().unwrap().len(),
+        2,
+        "the 503 was retried"
+    );
+    let received = received.lock().unwrap().clone();
+    assert_eq!(
+        received,
+        [
+            json!({"placeId": "place-42"}),
+            json!({"placeId": "place-42"})
+        ]
+    );
+}

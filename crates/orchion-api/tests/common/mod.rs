@@ -44,6 +44,10 @@ pub async fn app() -> App {
         nodes,
         work,
         lifecycle: Arc::new(Lifecycle::new()),
+        enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
+            worker_url: "http://127.0.0.1:9".into(),
+            max_attempts: 2,
+        }),
     };
     let router = router(
         state.clone(),
