@@ -22,6 +22,8 @@ pub enum Command {
     Agent(AgentArgs),
     /// Inspect and manage nodes.
     Node(NodeArgs),
+    /// Submit and manage jobs.
+    Job(JobArgs),
     /// Measure Orchion: starts a real server and drives it over its public interfaces.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -155,6 +157,69 @@ pub enum NodeCommand {
     /// Remove a node's record.
     #[command(alias = "delete")]
     Rm { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: JobCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Submit a job: a shell command after `--`, or a whole job from a JSON or YAML file.
+    Submit {
+        /// A job as the API takes it (`POST /api/v1/jobs`), JSON or YAML; `-` reads stdin.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "command")]
+        file: Option<PathBuf>,
+        /// Higher runs first.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// A label the node must carry, `key=value`; repeat for more.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Makes the command safe to repeat: the same key returns the same job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Tries in all.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Wait until the job ends, showing its progress; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+        /// The command to run with the shell executor.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List jobs.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        executor: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, conflicts_with = "cursor")]
+        all: bool,
+    },
+    /// Show a job with its attempts.
+    Get { id: String },
+    /// Cancel a job.
+    Cancel { id: String },
+    /// Run a failed or cancelled job again.
+    Retry { id: String },
+    /// Print a job's log.
+    Logs {
+        id: String,
+        /// Keep printing new lines until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

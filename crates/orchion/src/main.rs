@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             }
             Command::Project(args) => client::project::run(args).await,
             Command::Node(args) => client::node::run(args).await,
+            Command::Job(args) => client::job::run(args).await,
         }
     })
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 fn orchion(server: &Orchion, args: &[&str]) -> Output {
     let addr = format!("http://{}", server.addr);
-    command(args).args(["--addr", &addr]).output().unwrap()
+    command(args).env("ORCHION_ADDR", addr).output().unwrap()
 }
 
 fn stdout(out: &Output) -> String {
@@ -193,6 +193,92 @@ async fn nodes_are_managed_from_the_command_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("`sleeping` is not a node status"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn jobs_are_submitted_and_followed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(dir.path(), &["dev"], &[]);
+
+    let out = orchion(
+        &server,
+        &[
+            "job",
+            "submit",
+            "--wait",
+            "-o",
+            "json",
+            "--",
+            "sh",
+            "-c",
+            "echo from-the-job",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let job: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(job["status"], "succeeded");
+    assert!(
+        stderr(&out).contains("succeeded (attempt 1 of 3)"),
+        "live progress: {}",
+        stderr(&out)
+    );
+    let id = job["id"].as_str().unwrap();
+
+    let out = orchion(&server, &["job", "logs", id]);
+    assert_eq!(stdout(&out), "from-the-job\n");
+
+    let out = orchion(
+        &server,
+        &[
+            "job",
+            "submit",
+            "--wait",
+            "--max-attempts",
+            "1",
+            "--",
+            "false",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "a failed job fails the command");
+    assert!(stdout(&out).contains("failed"), "{}", stdout(&out));
+
+    let file = dir.path().join("job.yaml");
+    std::fs::write(
+        &file,
+        "executor: shell\nspec:\n  command: sleep\n  args: [\"600\"]\n",
+    )
+    .unwrap();
+    let out = orchion(
+        &server,
+        &["job", "submit", "-f", file.to_str().unwrap(), "-o", "json"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sleeper: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let sleeper_id = sleeper["id"].as_str().unwrap();
+    let out = orchion(&server, &["job", "cancel", sleeper_id, "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = orchion(&server, &["job", "ls"]);
+    let table = stdout(&out);
+    assert!(table.starts_with("ID") && table.contains(id), "{table}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "executor: cobol\nspec: {}\n").unwrap();
+    let out = orchion(&server, &["job", "submit", "-f", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown executor `cobol`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = orchion(&server, &["job", "submit"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("give a command after `--`"),
         "{}",
         stderr(&out)
     );
