@@ -84,6 +84,12 @@ uuid_id!(
 );
 
 uuid_id!(
+    /// Identifies a cron schedule.
+    ScheduleId,
+    "schedule"
+);
+
+uuid_id!(
     /// Identifies a node; stable across agent restarts (the agent keeps it in its state dir).
     NodeId,
     "node"

@@ -10,9 +10,10 @@ pub mod job;
 pub mod node;
 pub mod page;
 pub mod project;
+pub mod schedule;
 
 pub use error::{FieldError, ValidationErrors};
-pub use id::{IdParseError, NodeId, ProjectId, RunId, TaskId};
+pub use id::{IdParseError, NodeId, ProjectId, RunId, ScheduleId, TaskId};
 pub use job::{
     Attempt, AttemptOutcome, AttemptStatus, Concurrency, InvalidTransition, Job, JobFilter, NewJob,
     Placement, RetryPolicy, TaskEvent, TaskState, TaskStatus, Timeouts, Transition,
@@ -23,3 +24,4 @@ pub use node::{
 };
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};
+pub use schedule::{CronSchedule, Firing, MisfirePolicy, OverlapPolicy, Schedule};
