@@ -135,7 +135,7 @@ fn duration(
 
 impl CreateJob {
     /// The job this request describes, with every problem found.
-    fn into_new_job(self) -> Result<(NewJob, Option<String>), ValidationErrors> {
+    pub(crate) fn into_new_job(self) -> Result<(NewJob, Option<String>), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let spec = match orchion_executor::validate(&self.executor, &self.spec) {
             Ok(spec) => spec,

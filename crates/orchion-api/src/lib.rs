@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod problem;
 pub mod projects;
+pub mod schedules;
 pub mod status;
 
 use std::{
@@ -28,7 +29,7 @@ use axum::{
     http::HeaderName,
     response::IntoResponse,
 };
-use orchion_control::{NodeRegistry, WorkQueue};
+use orchion_control::{NodeRegistry, Scheduler, WorkQueue};
 use orchion_store::Store;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -49,6 +50,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub nodes: Arc<NodeRegistry>,
     pub work: Arc<WorkQueue>,
+    pub scheduler: Arc<Scheduler>,
     pub lifecycle: Arc<Lifecycle>,
     /// Where `POST /enqueue` forwards jobs.
     pub enqueue: Arc<enqueue::EnqueueSettings>,
@@ -105,6 +107,7 @@ pub struct Limits {
     tags(
         (name = "projects", description = "Projects: namespaces that own workflows, runs and deployments"),
         (name = "jobs", description = "Jobs: one task run on an agent, retried by policy"),
+        (name = "schedules", description = "Cron schedules that start jobs"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness"),
@@ -127,6 +130,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::job_logs))
+        .routes(routes!(schedules::create_schedule, schedules::list_schedules))
+        .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))

@@ -3,9 +3,12 @@
 //!
 //! - [`nodes::NodeRegistry`]: which nodes exist, whether each is alive, and their credentials.
 //! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
+//! - [`schedules::Scheduler`]: fires cron schedules.
 
 pub mod nodes;
+pub mod schedules;
 pub mod work;
 
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
+pub use schedules::Scheduler;
 pub use work::{WorkError, WorkQueue};

@@ -905,6 +905,118 @@ macro_rules! impl_job_store {
                 .collect())
         }
 
+        async fn create_schedule(&self, schedule: &orchion_domain::Schedule) -> Result<(), $crate::StoreError> {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO schedules (id, name, cron, timezone, overlap, misfire, job, next_fire_us, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(schedule.id.as_uuid())
+            .bind(schedule.name.as_str())
+            .bind(schedule.cron.expression())
+            .bind(schedule.cron.timezone())
+            .bind(schedule.overlap.as_str())
+            .bind(schedule.misfire.as_str())
+            .bind($crate::jobs::job_json(&schedule.job))
+            .bind(schedule.next_fire_at.map($crate::jobs::micros))
+            .bind(schedule.created_at)
+            .execute(&mut *tx)
+            .await?;
+            append_event(
+                &mut tx,
+                $crate::kind::SCHEDULE_CREATED,
+                schedule.id.to_string(),
+                schedule.job.project_id,
+                serde_json::json!({ "name": schedule.name, "cron": schedule.cron.expression() }),
+            )
+            .await?;
+            self.commit(tx).await
+        }
+
+        async fn get_schedule(&self, id: orchion_domain::ScheduleId) -> Result<orchion_domain::Schedule, $crate::StoreError> {
+            let sql = format!("SELECT {} FROM schedules WHERE id = $1", $crate::jobs::SCHEDULE_COLUMNS);
+            sqlx::query_as::<_, $crate::jobs::ScheduleRow>(&sql)
+                .bind(id.as_uuid())
+                .fetch_optional(self.read_pool())
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "schedule", id: id.to_string() })?
+                .try_into()
+        }
+
+        async fn list_schedules(
+            &self,
+            page: orchion_domain::PageRequest,
+        ) -> Result<orchion_domain::Page<orchion_domain::Schedule>, $crate::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM schedules WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                $crate::jobs::SCHEDULE_COLUMNS
+            );
+            let rows = sqlx::query_as::<_, $crate::jobs::ScheduleRow>(&sql)
+                .bind(page.after.map(|c| c.0))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(self.read_pool())
+                .await?;
+            $crate::rows::page_of(rows, page, |s: &orchion_domain::Schedule| s.id.as_uuid())
+        }
+
+        async fn delete_schedule(&self, id: orchion_domain::ScheduleId) -> Result<(), $crate::StoreError> {
+            let mut tx = self.begin().await?;
+            let deleted = sqlx::query("DELETE FROM schedules WHERE id = $1")
+                .bind(id.as_uuid())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if deleted == 0 {
+                return Err($crate::StoreError::NotFound { kind: "schedule", id: id.to_string() });
+            }
+            append_event(&mut tx, $crate::kind::SCHEDULE_DELETED, id.to_string(), None, serde_json::json!({})).await?;
+            self.commit(tx).await
+        }
+
+        async fn due_schedules(
+            &self,
+            now: time::OffsetDateTime,
+            limit: u32,
+        ) -> Result<Vec<orchion_domain::Schedule>, $crate::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM schedules WHERE next_fire_us IS NOT NULL AND next_fire_us <= $1 ORDER BY next_fire_us LIMIT $2",
+                $crate::jobs::SCHEDULE_COLUMNS
+            );
+            sqlx::query_as::<_, $crate::jobs::ScheduleRow>(&sql)
+                .bind($crate::jobs::micros(now))
+                .bind(i64::from(limit))
+                .fetch_all(self.read_pool())
+                .await?
+                .into_iter()
+                .map(orchion_domain::Schedule::try_from)
+                .collect()
+        }
+
+        async fn advance_schedule(
+            &self,
+            id: orchion_domain::ScheduleId,
+            expected_next: Option<time::OffsetDateTime>,
+            next: Option<time::OffsetDateTime>,
+            fired: Option<(time::OffsetDateTime, orchion_domain::RunId)>,
+        ) -> Result<bool, $crate::StoreError> {
+            let mut tx = self.begin().await?;
+            let moved = sqlx::query(
+                "UPDATE schedules SET next_fire_us = $3, \
+                 last_fire_us = COALESCE($4, last_fire_us), last_run_id = COALESCE($5, last_run_id) \
+                 WHERE id = $1 AND next_fire_us = $2",
+            )
+            .bind(id.as_uuid())
+            .bind(expected_next.map($crate::jobs::micros))
+            .bind(next.map($crate::jobs::micros))
+            .bind(fired.map(|(at, _)| $crate::jobs::micros(at)))
+            .bind(fired.map(|(_, run)| run.as_uuid()))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            self.commit(tx).await?;
+            Ok(moved == 1)
+        }
+
         async fn running_nodes(&self) -> Result<Vec<orchion_domain::NodeId>, $crate::StoreError> {
             let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
                 "SELECT DISTINCT node_id FROM tasks WHERE status = 'running' AND node_id IS NOT NULL",
@@ -959,5 +1071,102 @@ mod tests {
             ..RetryPolicy::default()
         };
         assert_eq!(retry_from_json(&retry_json(&policy)).unwrap(), policy);
+    }
+}
+
+/// A job template as stored in a schedule (JSON).
+pub(crate) fn job_json(job: &orchion_domain::NewJob) -> String {
+    serde_json::json!({
+        "name": job.name,
+        "project_id": job.project_id.map(|p| p.to_string()),
+        "executor": job.executor,
+        "spec": job.spec,
+        "priority": job.priority,
+        "retry": retry_json(&job.retry),
+        "schedule_to_start_ms": job.timeouts.schedule_to_start.map(duration_ms),
+        "start_to_close_ms": job.timeouts.start_to_close.map(duration_ms),
+        "heartbeat_ms": duration_ms(job.timeouts.heartbeat),
+        "labels": job.placement.labels,
+        "cpu_millis": job.placement.resources.cpu_millis,
+        "memory_bytes": job.placement.resources.memory_bytes,
+        "gpus": job.placement.resources.gpus,
+        "concurrency": job.concurrency.as_ref().map(|c| serde_json::json!({"key": c.key, "limit": c.limit})),
+    })
+    .to_string()
+}
+
+pub(crate) fn job_from_json(text: &str) -> Result<orchion_domain::NewJob, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("schedule job {text}"));
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|_| corrupt())?;
+    let str_of = |key: &str| v[key].as_str().map(str::to_owned).ok_or_else(corrupt);
+    let ms = |key: &str| v[key].as_i64().map(ms_duration);
+    Ok(orchion_domain::NewJob {
+        name: str_of("name")?,
+        project_id: v["project_id"]
+            .as_str()
+            .and_then(|p| p.parse().ok()),
+        executor: str_of("executor")?,
+        spec: str_of("spec")?,
+        priority: v["priority"].as_i64().and_then(|p| i32::try_from(p).ok()).unwrap_or(0),
+        retry: retry_from_json(&v["retry"])?,
+        timeouts: Timeouts {
+            schedule_to_start: ms("schedule_to_start_ms"),
+            start_to_close: ms("start_to_close_ms"),
+            heartbeat: ms("heartbeat_ms").ok_or_else(corrupt)?,
+        },
+        placement: Placement {
+            labels: serde_json::from_value(v["labels"].clone()).map_err(|_| corrupt())?,
+            resources: Capacity {
+                cpu_millis: v["cpu_millis"].as_u64().unwrap_or(0),
+                memory_bytes: v["memory_bytes"].as_u64().unwrap_or(0),
+                gpus: v["gpus"].as_u64().and_then(|g| u32::try_from(g).ok()).unwrap_or(0),
+            },
+        },
+        concurrency: match &v["concurrency"] {
+            serde_json::Value::Null => None,
+            c => Some(Concurrency {
+                key: c["key"].as_str().ok_or_else(corrupt)?.to_owned(),
+                limit: c["limit"].as_u64().and_then(|l| u32::try_from(l).ok()).ok_or_else(corrupt)?,
+            }),
+        },
+        run_at: None,
+    })
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ScheduleRow {
+    id: Uuid,
+    name: String,
+    cron: String,
+    timezone: String,
+    overlap: String,
+    misfire: String,
+    job: String,
+    next_fire_us: Option<i64>,
+    last_fire_us: Option<i64>,
+    last_run_id: Option<Uuid>,
+    created_at: OffsetDateTime,
+}
+
+pub(crate) const SCHEDULE_COLUMNS: &str =
+    "id, name, cron, timezone, overlap, misfire, job, next_fire_us, last_fire_us, last_run_id, created_at";
+
+impl TryFrom<ScheduleRow> for orchion_domain::Schedule {
+    type Error = StoreError;
+
+    fn try_from(row: ScheduleRow) -> Result<Self, StoreError> {
+        Ok(orchion_domain::Schedule {
+            id: orchion_domain::ScheduleId::from_uuid(row.id),
+            cron: orchion_domain::CronSchedule::parse(&row.cron, &row.timezone)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            overlap: row.overlap.parse().map_err(StoreError::Corrupt)?,
+            misfire: row.misfire.parse().map_err(StoreError::Corrupt)?,
+            job: job_from_json(&row.job)?,
+            name: row.name,
+            next_fire_at: row.next_fire_us.map(from_micros),
+            last_fire_at: row.last_fire_us.map(from_micros),
+            last_run_id: row.last_run_id.map(RunId::from_uuid),
+            created_at: row.created_at,
+        })
     }
 }

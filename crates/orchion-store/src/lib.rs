@@ -266,6 +266,41 @@ pub trait JobStore: Send + Sync {
         limit: u32,
     ) -> Result<Vec<LogLine>, StoreError>;
 
+    /// Stores a new schedule.
+    async fn create_schedule(&self, schedule: &orchion_domain::Schedule) -> Result<(), StoreError>;
+
+    /// A schedule.
+    async fn get_schedule(
+        &self,
+        id: orchion_domain::ScheduleId,
+    ) -> Result<orchion_domain::Schedule, StoreError>;
+
+    /// Schedules in id (creation) order.
+    async fn list_schedules(
+        &self,
+        page: PageRequest,
+    ) -> Result<Page<orchion_domain::Schedule>, StoreError>;
+
+    /// Removes a schedule; runs it started are kept.
+    async fn delete_schedule(&self, id: orchion_domain::ScheduleId) -> Result<(), StoreError>;
+
+    /// Schedules due by `now`, earliest first.
+    async fn due_schedules(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<orchion_domain::Schedule>, StoreError>;
+
+    /// Moves a schedule on to `next`, if it is still due at `expected_next` (so two replicas
+    /// cannot both move it), recording the run `fired` started. Returns whether it moved.
+    async fn advance_schedule(
+        &self,
+        id: orchion_domain::ScheduleId,
+        expected_next: Option<OffsetDateTime>,
+        next: Option<OffsetDateTime>,
+        fired: Option<(OffsetDateTime, RunId)>,
+    ) -> Result<bool, StoreError>;
+
     /// Nodes that have attempts running.
     async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
 
@@ -371,6 +406,8 @@ pub(crate) mod kind {
     pub const NODE_DELETED: &str = "node.deleted";
     pub const JOB_CREATED: &str = "job.created";
     pub const JOB_STATUS_CHANGED: &str = "job.status_changed";
+    pub const SCHEDULE_CREATED: &str = "schedule.created";
+    pub const SCHEDULE_DELETED: &str = "schedule.deleted";
 }
 
 /// The scope idempotency keys of project creation live in.

@@ -95,6 +95,7 @@ conformance!(
     logs_are_fenced_and_read_in_order,
     concurrent_claims_never_hand_out_a_task_twice,
     jobs_are_listed_with_filters,
+    schedules_round_trip_and_advance_once,
 );
 
 fn new_project(name: &str) -> Project {
@@ -1135,4 +1136,52 @@ async fn jobs_are_listed_with_filters(db: Db) {
         .unwrap();
     assert_eq!(page.items.len(), 1);
     assert!(page.next.is_some());
+}
+
+async fn schedules_round_trip_and_advance_once(db: Db) {
+    use orchion_domain::{CronSchedule, MisfirePolicy, OverlapPolicy, RunId, Schedule, ScheduleId};
+    let store = db.open().await;
+    let now = orchion_store::now();
+    let due = now - time::Duration::seconds(1);
+    let schedule = Schedule {
+        id: ScheduleId::new(),
+        name: "nightly".into(),
+        cron: CronSchedule::parse("0 3 * * *", "Europe/Berlin").unwrap(),
+        overlap: OverlapPolicy::Skip,
+        misfire: MisfirePolicy::FireOnce,
+        job: NewJob {
+            concurrency: Some(Concurrency::new("nightly".into(), 1).unwrap()),
+            placement: Placement {
+                labels: [("zone".to_owned(), "a".to_owned())].into(),
+                resources: Capacity { cpu_millis: 500, memory_bytes: 1 << 20, gpus: 0 },
+            },
+            ..job("shell")
+        },
+        next_fire_at: Some(due),
+        last_fire_at: None,
+        last_run_id: None,
+        created_at: now,
+    };
+    store.create_schedule(&schedule).await.unwrap();
+    assert_eq!(store.get_schedule(schedule.id).await.unwrap(), schedule);
+    assert_eq!(store.list_schedules(PageRequest::default()).await.unwrap().items, [schedule.clone()]);
+    assert_eq!(store.due_schedules(now, 10).await.unwrap().len(), 1);
+    assert!(store.due_schedules(due - time::Duration::seconds(1), 10).await.unwrap().is_empty());
+
+    let next = now + time::Duration::hours(1);
+    let run = RunId::new();
+    assert!(store.advance_schedule(schedule.id, Some(due), Some(next), Some((due, run))).await.unwrap());
+    assert!(
+        !store.advance_schedule(schedule.id, Some(due), Some(next), Some((due, run))).await.unwrap(),
+        "a second advance from the same instant does nothing"
+    );
+    let moved = store.get_schedule(schedule.id).await.unwrap();
+    assert_eq!(moved.next_fire_at, Some(next));
+    assert_eq!(moved.last_fire_at, Some(due));
+    assert_eq!(moved.last_run_id, Some(run));
+    assert!(store.due_schedules(now, 10).await.unwrap().is_empty());
+
+    store.delete_schedule(schedule.id).await.unwrap();
+    assert!(matches!(store.get_schedule(schedule.id).await, Err(StoreError::NotFound { kind: "schedule", .. })));
+    assert!(matches!(store.delete_schedule(schedule.id).await, Err(StoreError::NotFound { .. })));
 }

@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits};
 use orchion_config::{Config, Sources};
-use orchion_control::{NodeRegistry, RegistrySettings, WorkQueue};
+use orchion_control::{NodeRegistry, RegistrySettings, Scheduler, WorkQueue};
 use orchion_domain::LivenessPolicy;
 use orchion_store::Store;
 use rand::RngCore;
@@ -127,11 +127,13 @@ impl Server {
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
+        let scheduler = Arc::new(Scheduler::new(store.clone(), work.clone()));
         let app = orchion_api::router(
             AppState {
                 store: store.clone(),
                 nodes: registry.clone(),
                 work: work.clone(),
+                scheduler: scheduler.clone(),
                 lifecycle: lifecycle.clone(),
                 enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
                     worker_url: config.enqueue.worker_url.clone(),
@@ -147,6 +149,7 @@ impl Server {
         let stopping = CancellationToken::new();
         let reconciler = tokio::spawn(registry.clone().run(stopping.clone()));
         let reaper = tokio::spawn(work.clone().run(stopping.clone()));
+        let firing = tokio::spawn(scheduler.run(stopping.clone()));
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
             orchion_grpc::NodeService::new(registry, join_token),
@@ -194,6 +197,9 @@ impl Server {
         }
         if let Err(e) = reaper.await {
             tracing::error!(error = %e, "the lease reaper panicked");
+        }
+        if let Err(e) = firing.await {
+            tracing::error!(error = %e, "the scheduler panicked");
         }
         store.close().await;
         tracing::info!("stopped");

@@ -39,10 +39,12 @@ pub async fn app() -> App {
         store.clone(),
         nodes.clone(),
     ));
+    let scheduler = Arc::new(orchion_control::Scheduler::new(store.clone(), work.clone()));
     let state = AppState {
         store,
         nodes,
         work,
+        scheduler,
         lifecycle: Arc::new(Lifecycle::new()),
         enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
             worker_url: "http://127.0.0.1:9".into(),

@@ -1,0 +1,222 @@
+//! `/api/v1/schedules`: cron schedules that start a job at each instant.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use orchion_domain::{
+    CronSchedule, Cursor, FieldError, MisfirePolicy, OverlapPolicy, PageRequest, Schedule,
+    ScheduleId, ValidationErrors,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    AppState,
+    extract::{JsonBody, QueryParams, parse_id},
+    jobs::CreateJob,
+    problem::{ApiError, Problem},
+};
+
+/// A request to create a schedule.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSchedule {
+    pub name: String,
+    /// 5 fields (`minute hour day month weekday`), 6 with seconds first, or `@hourly`-style.
+    #[schema(example = "*/5 * * * *")]
+    pub cron: String,
+    /// An IANA time zone (default `UTC`).
+    #[schema(example = "Europe/Berlin")]
+    pub timezone: Option<String>,
+    /// `allow` (default) or `skip`: skip an instant while the previous run is still going.
+    pub overlap: Option<String>,
+    /// `fire_once` (default: one run for instants missed while no server ran) or `skip`.
+    pub misfire: Option<String>,
+    /// The job each instant starts, as `POST /api/v1/jobs` takes it (without `run_at`).
+    pub job: CreateJob,
+}
+
+/// A schedule.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleBody {
+    pub id: String,
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub overlap: &'static str,
+    pub misfire: &'static str,
+    /// The executor of the job each instant starts.
+    pub executor: String,
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_fire_at: Option<OffsetDateTime>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_fire_at: Option<OffsetDateTime>,
+    /// The job the last instant started.
+    pub last_job_id: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<Schedule> for ScheduleBody {
+    fn from(s: Schedule) -> Self {
+        ScheduleBody {
+            id: s.id.to_string(),
+            name: s.name,
+            cron: s.cron.expression().to_owned(),
+            timezone: s.cron.timezone().to_owned(),
+            overlap: s.overlap.as_str(),
+            misfire: s.misfire.as_str(),
+            spec: serde_json::from_str(&s.job.spec).unwrap_or(serde_json::Value::Null),
+            executor: s.job.executor,
+            next_fire_at: s.next_fire_at,
+            last_fire_at: s.last_fire_at,
+            last_job_id: s.last_run_id.map(|r| r.to_string()),
+            created_at: s.created_at,
+        }
+    }
+}
+
+/// A page of schedules.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleList {
+    pub items: Vec<ScheduleBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Paging for listing schedules.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListSchedules {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+fn prefixed(errors: ValidationErrors, prefix: &str) -> impl Iterator<Item = FieldError> {
+    let prefix = prefix.to_owned();
+    errors.0.into_iter().map(move |mut e| {
+        e.pointer = format!("{prefix}{}", e.pointer);
+        e
+    })
+}
+
+/// Creates a schedule. Every problem with it, or with its job, is listed at once.
+#[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules", request_body = CreateSchedule,
+    responses((status = 201, body = ScheduleBody), (status = 400, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_schedule(
+    State(state): State<AppState>,
+    body: JsonBody<CreateSchedule>,
+) -> Result<(StatusCode, Json<ScheduleBody>), ApiError> {
+    let request = body.value;
+    let mut errors = ValidationErrors::default();
+    if request.name.trim().is_empty() || request.name.len() > 200 {
+        errors.push(FieldError::new("name", "name must be 1 to 200 characters"));
+    }
+    let cron = CronSchedule::parse(&request.cron, request.timezone.as_deref().unwrap_or("UTC"))
+        .map_err(|e| errors.0.extend(e.0))
+        .ok();
+    let overlap = request
+        .overlap
+        .as_deref()
+        .map_or(Ok(OverlapPolicy::Allow), str::parse)
+        .map_err(|e| errors.push(FieldError::new("overlap", e)))
+        .ok();
+    let misfire = request
+        .misfire
+        .as_deref()
+        .map_or(Ok(MisfirePolicy::FireOnce), str::parse)
+        .map_err(|e| errors.push(FieldError::new("misfire", e)))
+        .ok();
+    if request.job.run_at.is_some() {
+        errors.push(FieldError {
+            pointer: "/job/run_at".into(),
+            message: "a scheduled job starts at its instants: leave job.run_at out".into(),
+        });
+    }
+    let job = match request.job.into_new_job() {
+        Ok((job, _)) => Some(job),
+        Err(e) => {
+            errors.0.extend(prefixed(e, "/job"));
+            None
+        }
+    };
+    let (Some(cron), Some(overlap), Some(misfire), Some(job), true) =
+        (cron, overlap, misfire, job, errors.0.is_empty())
+    else {
+        return Err(ApiError::Validation(errors));
+    };
+    let now = orchion_store::now();
+    let schedule = Schedule {
+        id: ScheduleId::new(),
+        name: request.name.trim().to_owned(),
+        next_fire_at: cron.next_after(now),
+        cron,
+        overlap,
+        misfire,
+        job,
+        last_fire_at: None,
+        last_run_id: None,
+        created_at: now,
+    };
+    state.store.create_schedule(&schedule).await?;
+    state.scheduler.schedules_changed();
+    Ok((StatusCode::CREATED, Json(schedule.into())))
+}
+
+/// Lists schedules, oldest first.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules", params(ListSchedules),
+    responses((status = 200, body = ScheduleList), (status = 400, body = Problem)))]
+pub async fn list_schedules(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListSchedules>,
+) -> Result<Json<ScheduleList>, ApiError> {
+    let invalid = |name: &str, detail: String| ApiError::InvalidParameter {
+        name: name.to_owned(),
+        detail: format!("query parameter `{name}`: {detail}"),
+    };
+    let cursor = query
+        .cursor
+        .map(|c| c.parse::<Cursor>())
+        .transpose()
+        .map_err(|e| invalid("cursor", e.message))?;
+    let page = PageRequest::new(query.limit, cursor).map_err(|e| invalid("limit", e.message))?;
+    let page = state.store.list_schedules(page).await?;
+    Ok(Json(ScheduleList {
+        items: page.items.into_iter().map(ScheduleBody::from).collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// Gets a schedule.
+#[utoipa::path(get, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(("id" = String, Path, description = "The schedule's id")),
+    responses((status = 200, body = ScheduleBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ScheduleBody>, ApiError> {
+    let id: ScheduleId = parse_id("id", &id)?;
+    Ok(Json(state.store.get_schedule(id).await?.into()))
+}
+
+/// Deletes a schedule; jobs it started are kept.
+#[utoipa::path(delete, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(("id" = String, Path, description = "The schedule's id")),
+    responses((status = 204, description = "Deleted"), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id: ScheduleId = parse_id("id", &id)?;
+    state.store.delete_schedule(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
