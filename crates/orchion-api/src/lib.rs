@@ -130,7 +130,10 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::job_logs))
-        .routes(routes!(schedules::create_schedule, schedules::list_schedules))
+        .routes(routes!(
+            schedules::create_schedule,
+            schedules::list_schedules
+        ))
         .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))

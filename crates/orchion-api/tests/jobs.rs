@@ -286,19 +286,43 @@ async fn schedules_are_validated_created_listed_and_deleted() {
     let bad = json!({"name": "", "cron": "61 * * * *", "timezone": "Nowhere/City", "overlap": "maybe",
                      "misfire": "later", "job": {"executor": "cobol", "spec": {}, "run_at": "2030-01-01T00:00:00Z"}});
     let reply = app.json("POST", "/api/v1/schedules", bad.to_string()).await;
-    problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed");
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
     let found = pointers(&reply.body);
-    for expected in ["/name", "/cron", "/timezone", "/overlap", "/misfire", "/job/run_at", "/job/executor"] {
-        assert!(found.iter().any(|p| p == expected), "{expected} missing from {found:?}");
+    for expected in [
+        "/name",
+        "/cron",
+        "/timezone",
+        "/overlap",
+        "/misfire",
+        "/job/run_at",
+        "/job/executor",
+    ] {
+        assert!(
+            found.iter().any(|p| p == expected),
+            "{expected} missing from {found:?}"
+        );
     }
     let reply = app
         .json("POST", "/api/v1/schedules", json!({"name": "n", "cron": "* * *", "job": {"executor": "shell", "spec": {"command": "true"}}}).to_string())
         .await;
-    assert!(problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "validation-failed").contains("3 fields"));
+    assert!(
+        problem(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation-failed"
+        )
+        .contains("3 fields")
+    );
 
     let good = json!({"name": "nightly", "cron": "0 3 * * *", "timezone": "Europe/Berlin", "overlap": "skip",
                       "job": {"executor": "shell", "spec": {"command": "true"}}});
-    let created = app.json("POST", "/api/v1/schedules", good.to_string()).await;
+    let created = app
+        .json("POST", "/api/v1/schedules", good.to_string())
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     assert_eq!(created.body["timezone"], "Europe/Berlin");
     assert_eq!(created.body["overlap"], "skip");
@@ -306,11 +330,25 @@ async fn schedules_are_validated_created_listed_and_deleted() {
     let next = created.body["next_fire_at"].as_str().unwrap();
     assert!(next.ends_with(":00:00Z"), "{next}");
     let id = created.body["id"].as_str().unwrap();
-    assert_eq!(app.get("/api/v1/schedules").await.body["items"][0]["id"], id);
-    assert_eq!(app.get(&format!("/api/v1/schedules/{id}")).await.body["cron"], "0 3 * * *");
+    assert_eq!(
+        app.get("/api/v1/schedules").await.body["items"][0]["id"],
+        id
+    );
+    assert_eq!(
+        app.get(&format!("/api/v1/schedules/{id}")).await.body["cron"],
+        "0 3 * * *"
+    );
     let deleted = app
-        .send(Request::delete(format!("/api/v1/schedules/{id}")).body(Body::empty()).unwrap())
+        .send(
+            Request::delete(format!("/api/v1/schedules/{id}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    problem(&app.get(&format!("/api/v1/schedules/{id}")).await, StatusCode::NOT_FOUND, "not-found");
+    problem(
+        &app.get(&format!("/api/v1/schedules/{id}")).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    );
 }

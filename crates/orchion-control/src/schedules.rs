@@ -50,7 +50,9 @@ impl Scheduler {
     pub async fn tick(&self, now: OffsetDateTime) -> Result<Vec<RunId>, StoreError> {
         let mut started = Vec::new();
         for schedule in self.store.due_schedules(now, BATCH).await? {
-            let Some(due) = schedule.next_fire_at else { continue };
+            let Some(due) = schedule.next_fire_at else {
+                continue;
+            };
             let firing = schedule.cron.firing(due, now, schedule.misfire);
             let mut fired = None;
             if let Some(instant) = firing.fire {
@@ -59,7 +61,10 @@ impl Scheduler {
                         key: Self::run_key(&schedule, instant),
                         request_hash: b"schedule".to_vec(),
                     };
-                    let created = self.store.create_job(schedule.job.clone(), Some(key)).await?;
+                    let created = self
+                        .store
+                        .create_job(schedule.job.clone(), Some(key))
+                        .await?;
                     if created.created {
                         started.push(created.value.id);
                         tracing::info!(schedule_id = %schedule.id, job_id = %created.value.id, %instant, "schedule fired");
@@ -140,7 +145,12 @@ mod tests {
         (store.clone(), Scheduler::new(store, work))
     }
 
-    fn schedule(cron: &str, due: OffsetDateTime, overlap: OverlapPolicy, misfire: MisfirePolicy) -> Schedule {
+    fn schedule(
+        cron: &str,
+        due: OffsetDateTime,
+        overlap: OverlapPolicy,
+        misfire: MisfirePolicy,
+    ) -> Schedule {
         Schedule {
             id: ScheduleId::new(),
             name: "s".into(),
@@ -167,7 +177,10 @@ mod tests {
     }
 
     fn minute(now: OffsetDateTime) -> OffsetDateTime {
-        now.replace_second(0).unwrap().replace_nanosecond(0).unwrap()
+        now.replace_second(0)
+            .unwrap()
+            .replace_nanosecond(0)
+            .unwrap()
     }
 
     #[tokio::test]
@@ -175,12 +188,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, scheduler) = scheduler(&dir).await;
         let due = minute(orchion_store::now());
-        let s = schedule("* * * * *", due, OverlapPolicy::Allow, MisfirePolicy::FireOnce);
+        let s = schedule(
+            "* * * * *",
+            due,
+            OverlapPolicy::Allow,
+            MisfirePolicy::FireOnce,
+        );
         store.create_schedule(&s).await.unwrap();
         let now = due + time::Duration::seconds(1);
         let first = scheduler.tick(now).await.unwrap();
         assert_eq!(first.len(), 1);
-        assert!(scheduler.tick(now).await.unwrap().is_empty(), "not due again");
+        assert!(
+            scheduler.tick(now).await.unwrap().is_empty(),
+            "not due again"
+        );
         let moved = store.get_schedule(s.id).await.unwrap();
         assert_eq!(moved.next_fire_at, Some(due + time::Duration::minutes(1)));
         assert_eq!(moved.last_run_id, Some(first[0]));
@@ -188,10 +209,16 @@ mod tests {
         // A second scheduler (another replica) that read the schedule before it moved, and a
         // retry after a crash between creating the job and moving the schedule, both find the
         // instant's job already there.
-        store.advance_schedule(s.id, moved.next_fire_at, Some(due), None).await.unwrap();
+        store
+            .advance_schedule(s.id, moved.next_fire_at, Some(due), None)
+            .await
+            .unwrap();
         let other = Scheduler::new(store.clone(), scheduler.work.clone());
         assert!(other.tick(now).await.unwrap().is_empty());
-        let jobs = store.list_jobs(&Default::default(), Default::default()).await.unwrap();
+        let jobs = store
+            .list_jobs(&Default::default(), Default::default())
+            .await
+            .unwrap();
         assert_eq!(jobs.items.len(), 1);
     }
 
@@ -200,7 +227,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, scheduler) = scheduler(&dir).await;
         let due = minute(orchion_store::now());
-        let s = schedule("* * * * *", due, OverlapPolicy::Skip, MisfirePolicy::FireOnce);
+        let s = schedule(
+            "* * * * *",
+            due,
+            OverlapPolicy::Skip,
+            MisfirePolicy::FireOnce,
+        );
         store.create_schedule(&s).await.unwrap();
         assert_eq!(scheduler.tick(due).await.unwrap().len(), 1);
         // The first job is still queued at the next instant: skipped, but the schedule moves on.
@@ -213,7 +245,14 @@ mod tests {
         // Once it ends, the following instant fires.
         let first = store.get_schedule(s.id).await.unwrap().last_run_id.unwrap();
         store.cancel_job(first).await.unwrap();
-        assert_eq!(scheduler.tick(next + time::Duration::minutes(1)).await.unwrap().len(), 1);
+        assert_eq!(
+            scheduler
+                .tick(next + time::Duration::minutes(1))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]
@@ -223,13 +262,28 @@ mod tests {
         let (store, scheduler) = scheduler(&dir).await;
         // Hourly, and no server ran from 01:00 until 03:30.
         let due = datetime!(2026-01-10 01:00 UTC);
-        let once = schedule("0 * * * *", due, OverlapPolicy::Allow, MisfirePolicy::FireOnce);
+        let once = schedule(
+            "0 * * * *",
+            due,
+            OverlapPolicy::Allow,
+            MisfirePolicy::FireOnce,
+        );
         let skip = schedule("0 * * * *", due, OverlapPolicy::Allow, MisfirePolicy::Skip);
         store.create_schedule(&once).await.unwrap();
         store.create_schedule(&skip).await.unwrap();
-        let started = scheduler.tick(datetime!(2026-01-10 03:30 UTC)).await.unwrap();
-        assert_eq!(started.len(), 1, "one run for fire_once, none for skip (03:00 is 30 minutes late)");
-        assert_eq!(store.get_schedule(once.id).await.unwrap().last_fire_at, Some(datetime!(2026-01-10 03:00 UTC)));
+        let started = scheduler
+            .tick(datetime!(2026-01-10 03:30 UTC))
+            .await
+            .unwrap();
+        assert_eq!(
+            started.len(),
+            1,
+            "one run for fire_once, none for skip (03:00 is 30 minutes late)"
+        );
+        assert_eq!(
+            store.get_schedule(once.id).await.unwrap().last_fire_at,
+            Some(datetime!(2026-01-10 03:00 UTC))
+        );
         for s in [&once, &skip] {
             let moved = store.get_schedule(s.id).await.unwrap();
             assert_eq!(moved.next_fire_at, Some(datetime!(2026-01-10 04:00 UTC)));

@@ -1102,12 +1102,13 @@ pub(crate) fn job_from_json(text: &str) -> Result<orchion_domain::NewJob, StoreE
     let ms = |key: &str| v[key].as_i64().map(ms_duration);
     Ok(orchion_domain::NewJob {
         name: str_of("name")?,
-        project_id: v["project_id"]
-            .as_str()
-            .and_then(|p| p.parse().ok()),
+        project_id: v["project_id"].as_str().and_then(|p| p.parse().ok()),
         executor: str_of("executor")?,
         spec: str_of("spec")?,
-        priority: v["priority"].as_i64().and_then(|p| i32::try_from(p).ok()).unwrap_or(0),
+        priority: v["priority"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .unwrap_or(0),
         retry: retry_from_json(&v["retry"])?,
         timeouts: Timeouts {
             schedule_to_start: ms("schedule_to_start_ms"),
@@ -1119,14 +1120,20 @@ pub(crate) fn job_from_json(text: &str) -> Result<orchion_domain::NewJob, StoreE
             resources: Capacity {
                 cpu_millis: v["cpu_millis"].as_u64().unwrap_or(0),
                 memory_bytes: v["memory_bytes"].as_u64().unwrap_or(0),
-                gpus: v["gpus"].as_u64().and_then(|g| u32::try_from(g).ok()).unwrap_or(0),
+                gpus: v["gpus"]
+                    .as_u64()
+                    .and_then(|g| u32::try_from(g).ok())
+                    .unwrap_or(0),
             },
         },
         concurrency: match &v["concurrency"] {
             serde_json::Value::Null => None,
             c => Some(Concurrency {
                 key: c["key"].as_str().ok_or_else(corrupt)?.to_owned(),
-                limit: c["limit"].as_u64().and_then(|l| u32::try_from(l).ok()).ok_or_else(corrupt)?,
+                limit: c["limit"]
+                    .as_u64()
+                    .and_then(|l| u32::try_from(l).ok())
+                    .ok_or_else(corrupt)?,
             }),
         },
         run_at: None,
@@ -1148,8 +1155,7 @@ pub(crate) struct ScheduleRow {
     created_at: OffsetDateTime,
 }
 
-pub(crate) const SCHEDULE_COLUMNS: &str =
-    "id, name, cron, timezone, overlap, misfire, job, next_fire_us, last_fire_us, last_run_id, created_at";
+pub(crate) const SCHEDULE_COLUMNS: &str = "id, name, cron, timezone, overlap, misfire, job, next_fire_us, last_fire_us, last_run_id, created_at";
 
 impl TryFrom<ScheduleRow> for orchion_domain::Schedule {
     type Error = StoreError;

@@ -1153,7 +1153,11 @@ async fn schedules_round_trip_and_advance_once(db: Db) {
             concurrency: Some(Concurrency::new("nightly".into(), 1).unwrap()),
             placement: Placement {
                 labels: [("zone".to_owned(), "a".to_owned())].into(),
-                resources: Capacity { cpu_millis: 500, memory_bytes: 1 << 20, gpus: 0 },
+                resources: Capacity {
+                    cpu_millis: 500,
+                    memory_bytes: 1 << 20,
+                    gpus: 0,
+                },
             },
             ..job("shell")
         },
@@ -1164,15 +1168,36 @@ async fn schedules_round_trip_and_advance_once(db: Db) {
     };
     store.create_schedule(&schedule).await.unwrap();
     assert_eq!(store.get_schedule(schedule.id).await.unwrap(), schedule);
-    assert_eq!(store.list_schedules(PageRequest::default()).await.unwrap().items, [schedule.clone()]);
+    assert_eq!(
+        store
+            .list_schedules(PageRequest::default())
+            .await
+            .unwrap()
+            .items,
+        std::slice::from_ref(&schedule)
+    );
     assert_eq!(store.due_schedules(now, 10).await.unwrap().len(), 1);
-    assert!(store.due_schedules(due - time::Duration::seconds(1), 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .due_schedules(due - time::Duration::seconds(1), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let next = now + time::Duration::hours(1);
     let run = RunId::new();
-    assert!(store.advance_schedule(schedule.id, Some(due), Some(next), Some((due, run))).await.unwrap());
     assert!(
-        !store.advance_schedule(schedule.id, Some(due), Some(next), Some((due, run))).await.unwrap(),
+        store
+            .advance_schedule(schedule.id, Some(due), Some(next), Some((due, run)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_schedule(schedule.id, Some(due), Some(next), Some((due, run)))
+            .await
+            .unwrap(),
         "a second advance from the same instant does nothing"
     );
     let moved = store.get_schedule(schedule.id).await.unwrap();
@@ -1182,6 +1207,15 @@ async fn schedules_round_trip_and_advance_once(db: Db) {
     assert!(store.due_schedules(now, 10).await.unwrap().is_empty());
 
     store.delete_schedule(schedule.id).await.unwrap();
-    assert!(matches!(store.get_schedule(schedule.id).await, Err(StoreError::NotFound { kind: "schedule", .. })));
-    assert!(matches!(store.delete_schedule(schedule.id).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.get_schedule(schedule.id).await,
+        Err(StoreError::NotFound {
+            kind: "schedule",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.delete_schedule(schedule.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

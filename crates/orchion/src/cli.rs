@@ -24,6 +24,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Submit and manage jobs.
     Job(JobArgs),
+    /// Manage cron schedules.
+    Schedule(ScheduleArgs),
     /// Measure Orchion: starts a real server and drives it over its public interfaces.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -220,6 +222,52 @@ pub enum JobCommand {
         #[arg(short, long)]
         follow: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: ScheduleCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduleCommand {
+    /// Create a schedule that starts a job at each instant: a shell command after `--`, or a
+    /// job from a JSON or YAML file.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// 5 fields (minute hour day month weekday), 6 with seconds first, or @hourly-style.
+        #[arg(long)]
+        cron: String,
+        /// An IANA time zone (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// allow or skip (skip an instant while the previous job still runs).
+        #[arg(long)]
+        overlap: Option<String>,
+        /// fire_once or skip (for instants missed while no server ran).
+        #[arg(long)]
+        misfire: Option<String>,
+        /// The job, JSON or YAML, as `orchion job submit -f` takes it.
+        #[arg(short, long, value_name = "FILE", conflicts_with = "command")]
+        file: Option<PathBuf>,
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List schedules.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Delete a schedule.
+    #[command(alias = "delete")]
+    Rm { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             Command::Project(args) => client::project::run(args).await,
             Command::Node(args) => client::node::run(args).await,
             Command::Job(args) => client::job::run(args).await,
+            Command::Schedule(args) => client::schedule::run(args).await,
         }
     })
 }

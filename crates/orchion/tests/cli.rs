@@ -283,3 +283,50 @@ fn jobs_are_submitted_and_followed_from_the_command_line() {
         stderr(&out)
     );
 }
+
+#[test]
+fn schedules_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(dir.path(), &["dev"], &[]);
+    let out = orchion(
+        &server,
+        &[
+            "schedule",
+            "create",
+            "--name",
+            "hourly",
+            "--cron",
+            "@hourly",
+            "--timezone",
+            "Asia/Tokyo",
+            "-o",
+            "json",
+            "--",
+            "echo",
+            "hi",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let schedule: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = schedule["id"].as_str().unwrap();
+    assert_eq!(schedule["spec"]["command"], "echo");
+    let out = orchion(&server, &["schedule", "ls"]);
+    assert!(
+        stdout(&out).contains(id) && stdout(&out).contains("Asia/Tokyo"),
+        "{}",
+        stdout(&out)
+    );
+    let out = orchion(
+        &server,
+        &[
+            "schedule", "create", "--name", "x", "--cron", "nope", "--", "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cron `nope`"), "{}", stderr(&out));
+    assert!(orchion(&server, &["schedule", "rm", id]).status.success());
+    assert_eq!(
+        orchion(&server, &["schedule", "rm", id]).status.code(),
+        Some(1)
+    );
+}

@@ -380,12 +380,34 @@ async fn a_cron_schedule_fires_jobs_that_run() {
     let server = Orchion::start(dir.path(), &["dev"], &[]);
     let schedule = json!({"name": "every second", "cron": "* * * * * *",
                           "job": {"executor": "shell", "spec": {"command": "echo", "args": ["tick"]}}});
-    let response = http().post(server.url("/api/v1/schedules")).json(&schedule).send().await.unwrap();
+    let response = http()
+        .post(server.url("/api/v1/schedules"))
+        .json(&schedule)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 201);
-    let jobs: Value = eventually("two fired jobs to succeed", Duration::from_secs(30), || async {
-        let jobs: Value = http().get(server.url("/api/v1/jobs?status=succeeded")).send().await.ok()?.json().await.ok()?;
-        (jobs["items"].as_array()?.len() >= 2).then_some(jobs)
-    })
+    let jobs: Value = eventually(
+        "two fired jobs to succeed",
+        Duration::from_secs(30),
+        || async {
+            let jobs: Value = http()
+                .get(server.url("/api/v1/jobs?status=succeeded"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (jobs["items"].as_array()?.len() >= 2).then_some(jobs)
+        },
+    )
     .await;
-    assert!(jobs["items"].as_array().unwrap().iter().all(|j| j["output"] == "tick\n"));
+    assert!(
+        jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["output"] == "tick\n")
+    );
 }

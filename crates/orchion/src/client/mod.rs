@@ -5,6 +5,7 @@
 pub mod job;
 pub mod node;
 pub mod project;
+pub mod schedule;
 
 use std::{process::ExitCode, time::Duration};
 
