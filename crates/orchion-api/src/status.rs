@@ -7,7 +7,7 @@ use axum::{Json, extract::State};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::AppState;
+use crate::{AppState, problem::ApiError};
 
 /// The server's own state.
 #[derive(Debug, Serialize, ToSchema)]
@@ -17,6 +17,8 @@ pub struct StatusBody {
     pub store: StoreStatus,
     /// How many nodes have each status.
     pub nodes: BTreeMap<&'static str, usize>,
+    /// How many jobs have each status.
+    pub jobs: BTreeMap<String, u64>,
 }
 
 /// The store's state.
@@ -30,8 +32,13 @@ pub struct StoreStatus {
 
 /// The server's version, store and node counts.
 #[utoipa::path(get, path = "/api/v1/status", tag = "health", responses((status = 200, body = StatusBody)))]
-pub async fn status(State(state): State<AppState>) -> Json<StatusBody> {
-    Json(StatusBody {
+pub async fn status(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
+    let mut jobs: BTreeMap<String, u64> = orchion_domain::TaskStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    jobs.extend(state.store.job_counts().await?);
+    Ok(Json(StatusBody {
         version: env!("CARGO_PKG_VERSION"),
         store: StoreStatus {
             backend: match state.store.backend() {
@@ -41,5 +48,6 @@ pub async fn status(State(state): State<AppState>) -> Json<StatusBody> {
             commits: state.store.commits(),
         },
         nodes: state.nodes.count_by_status(),
-    })
+        jobs,
+    }))
 }

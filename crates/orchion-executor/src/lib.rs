@@ -6,6 +6,7 @@
 //! - `shell`: a process in its own process group; stdout and stderr stream line by line;
 //!   cancellation is SIGTERM to the group, SIGKILL after a grace period.
 //! - `http`: one HTTP request; the response body is the output.
+//! - `noop`: succeeds at once; for smoke tests and benchmarks of Orchion's own overhead.
 
 mod http;
 mod shell;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::{http::HttpSpec, shell::ShellSpec};
 
 /// The executors Orchion has, by name.
-pub const KNOWN: &[&str] = &["shell", "http"];
+pub const KNOWN: &[&str] = &["shell", "http", "noop"];
 
 /// One line of a task's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +96,7 @@ impl Registry {
         let mut registry = Self::default();
         registry.add(Arc::new(shell::Shell));
         registry.add(Arc::new(http::Http::new()));
+        registry.add(Arc::new(Noop));
         registry
     }
 
@@ -122,6 +124,7 @@ pub fn validate(executor: &str, spec: &serde_json::Value) -> Result<String, Vali
         "http" => parse::<HttpSpec>(spec)
             .and_then(|s| s.check().map(|()| s))
             .map(|s| to_json(&s)),
+        "noop" => parse::<NoopSpec>(spec).map(|s| to_json(&s)),
         other => Err(ValidationErrors(vec![FieldError::new(
             "executor",
             format!(
@@ -129,6 +132,24 @@ pub fn validate(executor: &str, spec: &serde_json::Value) -> Result<String, Vali
                 KNOWN.join(", ")
             ),
         )])),
+    }
+}
+
+/// The `noop` executor takes an empty spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoopSpec {}
+
+struct Noop;
+
+#[async_trait]
+impl Executor for Noop {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+
+    async fn run(&self, _spec: &str, _context: Context) -> Outcome {
+        Outcome::Succeeded { output: None }
     }
 }
 
@@ -196,6 +217,15 @@ mod tests {
         assert_eq!(err.0[0].pointer, "/spec/colour");
         let err = validate("shell", &json!({})).unwrap_err();
         assert_eq!(err.0[0].pointer, "/spec/command");
+    }
+
+    #[test]
+    fn noop_takes_an_empty_spec_only() {
+        assert_eq!(validate("noop", &json!({})).unwrap(), "{}");
+        assert_eq!(
+            validate("noop", &json!({"x": 1})).unwrap_err().0[0].pointer,
+            "/spec/x"
+        );
     }
 
     #[test]

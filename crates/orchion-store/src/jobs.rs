@@ -1017,6 +1017,15 @@ macro_rules! impl_job_store {
             Ok(moved == 1)
         }
 
+        async fn job_counts(&self) -> Result<Vec<(String, u64)>, $crate::StoreError> {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT t.status, count(*) FROM tasks t JOIN runs r ON r.id = t.run_id WHERE r.kind = 'job' GROUP BY t.status",
+            )
+            .fetch_all(self.read_pool())
+            .await?;
+            Ok(rows.into_iter().map(|(s, n)| (s, u64::try_from(n).unwrap_or(0))).collect())
+        }
+
         async fn running_nodes(&self) -> Result<Vec<orchion_domain::NodeId>, $crate::StoreError> {
             let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
                 "SELECT DISTINCT node_id FROM tasks WHERE status = 'running' AND node_id IS NOT NULL",

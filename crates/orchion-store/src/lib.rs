@@ -301,6 +301,9 @@ pub trait JobStore: Send + Sync {
         fired: Option<(OffsetDateTime, RunId)>,
     ) -> Result<bool, StoreError>;
 
+    /// How many jobs have each status.
+    async fn job_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Nodes that have attempts running.
     async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
 

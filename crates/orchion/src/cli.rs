@@ -274,6 +274,30 @@ pub enum ScheduleCommand {
 pub enum BenchCommand {
     /// Simulated agents heartbeating over real gRPC against a real `orchion server`.
     Heartbeats(HeartbeatBenchArgs),
+    /// No-op jobs submitted over the REST API and run by real agents over gRPC.
+    Jobs(JobBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobBenchArgs {
+    /// How many jobs.
+    #[arg(long, default_value_t = 20_000)]
+    pub jobs: usize,
+    /// How many agent processes run them.
+    #[arg(long, default_value_t = 2)]
+    pub agents: usize,
+    /// Tasks each agent runs at once.
+    #[arg(long, default_value_t = 128)]
+    pub slots: u16,
+    /// Concurrent API clients submitting jobs.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Run the server on this PostgreSQL database instead of a SQLite file.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Also run a raw SQL enqueue→claim→complete loop on the same store, and print the ratio.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 #[derive(Debug, Args)]

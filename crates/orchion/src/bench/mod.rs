@@ -3,6 +3,7 @@
 //! commands are recorded in BENCHMARKS.md.
 
 pub mod heartbeats;
+pub mod jobs;
 
 use std::{
     path::{Path, PathBuf},
@@ -121,6 +122,13 @@ impl BenchServer {
         status["store"]["commits"]
             .as_u64()
             .context("the status answer has no store.commits")
+    }
+
+    /// Stops the server (SIGKILL) and waits for it, keeping its data for a baseline run.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {

@@ -1,0 +1,390 @@
+//! `orchion bench jobs`: no-op jobs submitted through the REST API, run by real agent processes
+//! over gRPC, against a real server. Reports end-to-end throughput, enqueue→start and
+//! enqueue→done latency (from the server's own timestamps), store commits and RSS; with
+//! `--baseline`, a raw SQL enqueue→claim→complete loop on the same store for comparison.
+
+use std::{
+    process::{ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use super::{BenchServer, quantile};
+use crate::cli::JobBenchArgs;
+
+const TOKEN: &str = "orchion-bench-join-token";
+
+pub async fn run(args: JobBenchArgs) -> ExitCode {
+    match bench(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn status(client: &reqwest::Client, server: &BenchServer) -> anyhow::Result<Value> {
+    Ok(client
+        .get(format!("{}/api/v1/status", server.http))
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+fn time_of(job: &Value, key: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(job[key].as_str()?, &Rfc3339).ok()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.jobs > 0 && args.agents > 0 && args.clients > 0,
+        "--jobs, --agents and --clients must be at least 1"
+    );
+    let mut extra = vec!["--join-token", TOKEN];
+    if let Some(url) = &args.database_url {
+        extra.extend(["--database-url", url.as_str()]);
+    }
+    let mut server = BenchServer::start(&extra).await?;
+    let store_name = if args.database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    eprintln!(
+        "server: {} (gRPC {}), store {store_name}",
+        server.http, server.grpc
+    );
+    let exe = std::env::current_exe()?;
+    let mut agents = Vec::new();
+    for i in 0..args.agents {
+        let state = server.dir().join(format!("agent-{i}"));
+        agents.push(
+            tokio::process::Command::new(&exe)
+                .args(["agent", "--server", &server.grpc, "--join-token", TOKEN])
+                .args([
+                    "--name",
+                    &format!("bench-{i}"),
+                    "--slots",
+                    &args.slots.to_string(),
+                ])
+                .arg("--state-dir")
+                .arg(&state)
+                .env("ORCHION_LOG", "warn")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start an agent")?,
+        );
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&client, &server).await?["nodes"]["ready"].as_u64() != Some(args.agents as u64) {
+        anyhow::ensure!(Instant::now() < deadline, "the agents did not join in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let commits_before = server.commits().await?;
+    let cpu_before = server.cpu_seconds()?;
+    let started = Instant::now();
+    let url = format!("{}/api/v1/jobs", server.http);
+    let submitted: Vec<anyhow::Result<()>> = futures::stream::iter(0..args.jobs)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let response = client
+                    .post(&url)
+                    .json(&json!({"executor": "noop", "spec": {}}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status() == 201,
+                    "submit answered {}",
+                    response.status()
+                );
+                Ok(())
+            }
+        })
+        .buffer_unordered(args.clients)
+        .collect()
+        .await;
+    submitted.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    let submit_secs = started.elapsed().as_secs_f64();
+    eprintln!("submitted {} jobs in {submit_secs:.1} s", args.jobs);
+    loop {
+        let s = status(&client, &server).await?;
+        let done = s["jobs"]["succeeded"].as_u64().unwrap_or(0);
+        let failed = s["jobs"]["failed"].as_u64().unwrap_or(0);
+        anyhow::ensure!(failed == 0, "{failed} jobs failed");
+        if done == args.jobs as u64 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "jobs did not finish in 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = server.cpu_seconds()? - cpu_before;
+    let commits = server.commits().await? - commits_before;
+    let (rss, peak) = server.rss()?;
+
+    let mut to_start = Vec::with_capacity(args.jobs);
+    let mut to_done = Vec::with_capacity(args.jobs);
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut page_url = format!("{url}?limit=500");
+        if let Some(c) = &cursor {
+            page_url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = client.get(&page_url).send().await?.json().await?;
+        for job in page["items"].as_array().into_iter().flatten() {
+            if let (Some(created), Some(start), Some(end)) = (
+                time_of(job, "created_at"),
+                time_of(job, "started_at"),
+                time_of(job, "finished_at"),
+            ) {
+                to_start.push(Duration::try_from(start - created).unwrap_or_default());
+                to_done.push(Duration::try_from(end - created).unwrap_or_default());
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    to_start.sort();
+    to_done.sort();
+    let throughput = args.jobs as f64 / elapsed;
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    println!("orchion bench jobs");
+    println!("  store                 {store_name}");
+    println!(
+        "  jobs                  {} no-op, {} agents × {} slots, {} API clients",
+        args.jobs, args.agents, args.slots, args.clients
+    );
+    println!(
+        "  end to end            {elapsed:.2} s, {throughput:.0} jobs/s (submitting alone: {:.0} jobs/s)",
+        args.jobs as f64 / submit_secs
+    );
+    println!(
+        "  enqueue→start         p50 {:.1} ms, p99 {:.1} ms",
+        ms(quantile(&to_start, 0.5)),
+        ms(quantile(&to_start, 0.99))
+    );
+    println!(
+        "  enqueue→done          p50 {:.1} ms, p99 {:.1} ms",
+        ms(quantile(&to_done, 0.5)),
+        ms(quantile(&to_done, 0.99))
+    );
+    println!(
+        "  server CPU            {:.0} % of one core",
+        cpu / elapsed * 100.0
+    );
+    println!(
+        "  server RSS            {:.1} MiB (peak {:.1} MiB)",
+        mib(rss),
+        mib(peak)
+    );
+    println!(
+        "  store commits         {commits} ({:.0}/s, {:.2} per job)",
+        commits as f64 / elapsed,
+        commits as f64 / args.jobs as f64
+    );
+
+    // An idle system: one job at a time, to see the latency floor.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        let sent = Instant::now();
+        let job: Value = client
+            .post(&url)
+            .json(&json!({"executor": "noop", "spec": {}}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = job["id"].as_str().context("no job id")?.to_owned();
+        loop {
+            let j: Value = client
+                .get(format!("{url}/{id}"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if j["status"] == "succeeded" {
+                if let (Some(c), Some(s)) = (time_of(&j, "created_at"), time_of(&j, "started_at")) {
+                    idle.push(Duration::try_from(s - c).unwrap_or_default());
+                }
+                break;
+            }
+            anyhow::ensure!(
+                sent.elapsed() < Duration::from_secs(30),
+                "an idle job did not finish"
+            );
+        }
+    }
+    idle.sort();
+    println!(
+        "  idle enqueue→start    p50 {:.1} ms, p99 {:.1} ms (50 jobs one at a time)",
+        ms(quantile(&idle, 0.5)),
+        ms(quantile(&idle, 0.99))
+    );
+
+    drop(agents);
+    if args.baseline {
+        let db_url = match &args.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", server.dir().join("orchion.db").display()),
+        };
+        server.stop().await?;
+        let raw = baseline(&db_url, args.jobs, args.clients).await?;
+        println!(
+            "  raw SQL baseline      {raw:.0} jobs/s (enqueue, claim in batches, complete; same store)"
+        );
+        println!("  orchion / raw         {:.2}", throughput / raw);
+    }
+    Ok(())
+}
+
+/// A bare queue on the same database: one transaction per enqueue, claims of up to 64 with
+/// `UPDATE … RETURNING`, one transaction per completion; as many workers as API clients.
+async fn baseline(url: &str, jobs: usize, workers: usize) -> anyhow::Result<f64> {
+    use sqlx::Executor;
+    let sqlite = url.starts_with("sqlite:");
+    if sqlite {
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+        let options = options
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30));
+        let writer = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        writer.execute("DROP TABLE IF EXISTS bench_queue").await?;
+        writer
+            .execute("CREATE TABLE bench_queue (id INTEGER PRIMARY KEY, status TEXT NOT NULL, payload TEXT NOT NULL)")
+            .await?;
+        writer
+            .execute("CREATE INDEX bench_queue_status ON bench_queue (status, id)")
+            .await?;
+        let started = Instant::now();
+        let enqueue = futures::stream::iter(0..jobs)
+            .map(|_| {
+                let writer = writer.clone();
+                async move {
+                    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                    sqlx::query(
+                        "INSERT INTO bench_queue (status, payload) VALUES ('queued', '{}')",
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok::<_, sqlx::Error>(())
+                }
+            })
+            .buffer_unordered(workers)
+            .collect::<Vec<_>>();
+        let drain = async {
+            let mut done = 0;
+            while done < jobs {
+                let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                let ids: Vec<(i64,)> = sqlx::query_as(
+                    "UPDATE bench_queue SET status = 'running' WHERE id IN (SELECT id FROM bench_queue WHERE status = 'queued' ORDER BY id LIMIT 64) RETURNING id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                for (id,) in ids {
+                    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+                    sqlx::query("UPDATE bench_queue SET status = 'done' WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    done += 1;
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        let (results, drained) = tokio::join!(enqueue, drain);
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        drained?;
+        let rate = jobs as f64 / started.elapsed().as_secs_f64();
+        writer.execute("DROP TABLE bench_queue").await?;
+        Ok(rate)
+    } else {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(u32::try_from(workers + 2).unwrap_or(34))
+            .connect(url)
+            .await?;
+        pool.execute("DROP TABLE IF EXISTS bench_queue").await?;
+        pool.execute("CREATE TABLE bench_queue (id bigserial PRIMARY KEY, status text NOT NULL, payload text NOT NULL)").await?;
+        pool.execute("CREATE INDEX bench_queue_status ON bench_queue (status, id)")
+            .await?;
+        let started = Instant::now();
+        let enqueue = futures::stream::iter(0..jobs)
+            .map(|_| {
+                let pool = pool.clone();
+                async move {
+                    sqlx::query(
+                        "INSERT INTO bench_queue (status, payload) VALUES ('queued', '{}')",
+                    )
+                    .execute(&pool)
+                    .await?;
+                    Ok::<_, sqlx::Error>(())
+                }
+            })
+            .buffer_unordered(workers)
+            .collect::<Vec<_>>();
+        let drain = async {
+            let mut done = 0;
+            while done < jobs {
+                let ids: Vec<(i64,)> = sqlx::query_as(
+                    "UPDATE bench_queue SET status = 'running' WHERE id IN (SELECT id FROM bench_queue WHERE status = 'queued' ORDER BY id LIMIT 64 FOR UPDATE SKIP LOCKED) RETURNING id",
+                )
+                .fetch_all(&pool)
+                .await?;
+                let completions = futures::stream::iter(ids)
+                    .map(|(id,)| {
+                        let pool = pool.clone();
+                        async move {
+                            sqlx::query("UPDATE bench_queue SET status = 'done' WHERE id = $1")
+                                .bind(id)
+                                .execute(&pool)
+                                .await?;
+                            Ok::<_, sqlx::Error>(())
+                        }
+                    })
+                    .buffer_unordered(workers)
+                    .collect::<Vec<_>>()
+                    .await;
+                for c in completions {
+                    c?;
+                    done += 1;
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        };
+        let (results, drained) = tokio::join!(enqueue, drain);
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        drained?;
+        let rate = jobs as f64 / started.elapsed().as_secs_f64();
+        pool.execute("DROP TABLE bench_queue").await?;
+        let _ = pool.acquire().await?.close().await;
+        Ok(rate)
+    }
+}
