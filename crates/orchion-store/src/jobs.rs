@@ -448,92 +448,121 @@ macro_rules! impl_job_store {
     ($store:ty) => {
         #[async_trait::async_trait]
         impl $crate::JobStore for $store {
-        async fn create_job(
+        async fn create_jobs(
             &self,
-            job: orchion_domain::NewJob,
-            idempotency: Option<$crate::IdempotencyKey>,
-        ) -> Result<$crate::Created<orchion_domain::Job>, $crate::StoreError> {
-            use $crate::jobs::{micros, retry_json};
+            jobs: Vec<(orchion_domain::NewJob, Option<$crate::IdempotencyKey>)>,
+        ) -> Result<Vec<Result<$crate::Created<orchion_domain::Job>, $crate::StoreError>>, $crate::StoreError> {
+            use $crate::jobs::{Enqueued, micros, retry_json};
+            if jobs.is_empty() {
+                return Ok(Vec::new());
+            }
             let mut retried = false;
             loop {
-                let run_id = orchion_domain::RunId::new();
-                let attempt: Result<Option<uuid::Uuid>, $crate::StoreError> = async {
-                    let now = $crate::now();
+                let now = $crate::now();
+                let ids: Vec<(orchion_domain::RunId, orchion_domain::TaskId)> = jobs
+                    .iter()
+                    .map(|_| (orchion_domain::RunId::new(), orchion_domain::TaskId::new()))
+                    .collect();
+                let attempt: Result<Vec<Enqueued>, $crate::StoreError> = async {
                     let mut tx = self.begin().await?;
-                    if let Some(key) = &idempotency {
-                        if let Some(existing) = find_idempotent(&mut tx, $crate::JOB_CREATE_SCOPE, key).await? {
-                            return Ok(Some(existing));
+                    let mut outcomes = Vec::with_capacity(jobs.len());
+                    for ((job, idempotency), (run_id, task_id)) in jobs.iter().zip(&ids) {
+                        if let Some(key) = idempotency {
+                            match find_idempotent(&mut tx, $crate::JOB_CREATE_SCOPE, key).await {
+                                Ok(Some(existing)) => {
+                                    outcomes.push(Enqueued::Existing(orchion_domain::RunId::from_uuid(existing)));
+                                    continue;
+                                }
+                                Ok(None) => {}
+                                Err($crate::StoreError::IdempotencyConflict { key }) => {
+                                    outcomes.push(Enqueued::Conflict(key));
+                                    continue;
+                                }
+                                Err(e) => return Err(e),
+                            }
                         }
-                    }
-                    sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'job', $3, $4)")
+                        sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'job', $3, $4)")
+                            .bind(run_id.as_uuid())
+                            .bind(job.project_id.map(|p| p.as_uuid()))
+                            .bind(job.name.as_str())
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                        let resources = job.placement.resources;
+                        let state = orchion_domain::TaskState::new(&job.retry);
+                        sqlx::query(
+                            "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
+                             memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
+                             start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
+                             enqueued_us, created_at) \
+                             VALUES ($1, $2, 'job', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, $17, \
+                             false, $18, $19, $20)",
+                        )
+                        .bind(task_id.as_uuid())
                         .bind(run_id.as_uuid())
-                        .bind(job.project_id.map(|p| p.as_uuid()))
-                        .bind(job.name.as_str())
+                        .bind(state.status.as_str())
+                        .bind(job.executor.as_str())
+                        .bind(job.spec.as_str())
+                        .bind(job.priority)
+                        .bind(sqlx::types::Json(&job.placement.labels))
+                        .bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
+                        .bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
+                        .bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
+                        .bind(job.concurrency.as_ref().map(|c| c.key.as_str()))
+                        .bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
+                        .bind(sqlx::types::Json(retry_json(&job.retry)))
+                        .bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                        .bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                        .bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
+                        .bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
+                        .bind(micros(job.run_at.unwrap_or(now).max(now)))
+                        .bind(micros(now))
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                    let resources = job.placement.resources;
-                    let state = orchion_domain::TaskState::new(&job.retry);
-                    sqlx::query(
-                        "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
-                         memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
-                         start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
-                         enqueued_us, created_at) \
-                         VALUES ($1, $2, 'job', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, $17, \
-                         false, $18, $19, $20)",
-                    )
-                    .bind(orchion_domain::TaskId::new().as_uuid())
-                    .bind(run_id.as_uuid())
-                    .bind(state.status.as_str())
-                    .bind(job.executor.as_str())
-                    .bind(job.spec.as_str())
-                    .bind(job.priority)
-                    .bind(sqlx::types::Json(&job.placement.labels))
-                    .bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
-                    .bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
-                    .bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
-                    .bind(job.concurrency.as_ref().map(|c| c.key.as_str()))
-                    .bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
-                    .bind(sqlx::types::Json(retry_json(&job.retry)))
-                    .bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                    .bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                    .bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
-                    .bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
-                    .bind(micros(job.run_at.unwrap_or(now).max(now)))
-                    .bind(micros(now))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    if let Some(key) = &idempotency {
-                        $crate::queries::bound::insert_idempotency_key($crate::JOB_CREATE_SCOPE, key, run_id.as_uuid(), now)
-                            .execute(&mut *tx)
-                            .await?;
+                        if let Some(key) = idempotency {
+                            $crate::queries::bound::insert_idempotency_key($crate::JOB_CREATE_SCOPE, key, run_id.as_uuid(), now)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        append_event(
+                            &mut tx,
+                            $crate::kind::JOB_CREATED,
+                            run_id.to_string(),
+                            job.project_id,
+                            serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
+                        )
+                        .await?;
+                        outcomes.push(Enqueued::New);
                     }
-                    append_event(
-                        &mut tx,
-                        $crate::kind::JOB_CREATED,
-                        run_id.to_string(),
-                        job.project_id,
-                        serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
-                    )
-                    .await?;
                     self.commit(tx).await?;
-                    Ok(None)
+                    Ok(outcomes)
                 }
                 .await;
-                return match attempt {
-                    Ok(None) => Ok($crate::Created { value: self.get_job(run_id).await?, created: true }),
-                    Ok(Some(existing)) => Ok($crate::Created {
-                        value: self.get_job(orchion_domain::RunId::from_uuid(existing)).await?,
-                        created: false,
-                    }),
-                    // Another replica committed the same key meanwhile: the retry finds it.
-                    Err(e) if idempotency.is_some() && !retried && $crate::is_unique_violation(&e) => {
+                let outcomes = match attempt {
+                    Ok(outcomes) => outcomes,
+                    // Another replica committed one of the keys meanwhile: the retry finds it.
+                    Err(e) if !retried && jobs.iter().any(|(_, k)| k.is_some()) && $crate::is_unique_violation(&e) => {
                         retried = true;
                         continue;
                     }
-                    Err(e) => Err(e),
+                    Err(e) => return Err(e),
                 };
+                let mut results = Vec::with_capacity(jobs.len());
+                for ((outcome, (job, _)), (run_id, task_id)) in outcomes.into_iter().zip(jobs).zip(ids) {
+                    results.push(match outcome {
+                        Enqueued::New => Ok($crate::Created {
+                            value: $crate::jobs::enqueued_job(run_id, task_id, job, now),
+                            created: true,
+                        }),
+                        Enqueued::Existing(existing) => self
+                            .get_job(existing)
+                            .await
+                            .map(|value| $crate::Created { value, created: false }),
+                        Enqueued::Conflict(key) => Err($crate::StoreError::IdempotencyConflict { key }),
+                    });
+                }
+                return Ok(results);
             }
         }
 
@@ -717,26 +746,32 @@ macro_rules! impl_job_store {
             Ok(states)
         }
 
-        async fn complete_attempt(
+        async fn complete_attempts(
             &self,
-            node: orchion_domain::NodeId,
-            task_id: orchion_domain::TaskId,
-            attempt: u32,
-            outcome: orchion_domain::AttemptOutcome,
-            output: Option<String>,
-        ) -> Result<orchion_domain::TaskStatus, $crate::StoreError> {
-            let mut tx = self.begin().await?;
-            let task = task_row(&mut tx, task_id.as_uuid())
-                .await?
-                .ok_or_else(|| $crate::StoreError::NotFound { kind: "task", id: task_id.to_string() })?;
-            if !$crate::jobs::holds(&task, node, attempt) {
-                return Err($crate::StoreError::Stale(format!(
-                    "attempt {attempt} of task {task_id} is not running on node {node}: its result is refused"
-                )));
+            reports: Vec<$crate::AttemptReport>,
+        ) -> Result<Vec<Result<orchion_domain::TaskStatus, $crate::StoreError>>, $crate::StoreError> {
+            if reports.is_empty() {
+                return Ok(Vec::new());
             }
-            let status = finish_attempt(&mut tx, &task, outcome, output).await?;
+            let mut tx = self.begin().await?;
+            let mut results = Vec::with_capacity(reports.len());
+            for report in reports {
+                let task_id = report.task;
+                let Some(task) = task_row(&mut tx, task_id.as_uuid()).await? else {
+                    results.push(Err($crate::StoreError::NotFound { kind: "task", id: task_id.to_string() }));
+                    continue;
+                };
+                if !$crate::jobs::holds(&task, report.node, report.attempt) {
+                    results.push(Err($crate::StoreError::Stale(format!(
+                        "attempt {} of task {task_id} is not running on node {}: its result is refused",
+                        report.attempt, report.node
+                    ))));
+                    continue;
+                }
+                results.push(Ok(finish_attempt(&mut tx, &task, report.outcome, report.output).await?));
+            }
             self.commit(tx).await?;
-            Ok(status)
+            Ok(results)
         }
 
         async fn expire_leases(&self, now: time::OffsetDateTime) -> Result<usize, $crate::StoreError> {
@@ -1046,6 +1081,46 @@ macro_rules! impl_job_store {
     };
 }
 pub(crate) use impl_job_store;
+
+/// What became of one job of a batch enqueue.
+pub(crate) enum Enqueued {
+    New,
+    Existing(RunId),
+    Conflict(String),
+}
+
+/// The job a batch enqueue just stored, built without reading it back.
+pub(crate) fn enqueued_job(
+    id: RunId,
+    task_id: TaskId,
+    job: orchion_domain::NewJob,
+    now: OffsetDateTime,
+) -> Job {
+    Job {
+        id,
+        task_id,
+        state: TaskState::new(&job.retry),
+        run_after: from_micros(micros(job.run_at.unwrap_or(now).max(now))),
+        name: job.name,
+        project_id: job.project_id,
+        executor: job.executor,
+        spec: job.spec,
+        priority: job.priority,
+        retry: job.retry,
+        timeouts: job.timeouts,
+        placement: job.placement,
+        concurrency: job.concurrency,
+        node_id: None,
+        lease_expires_at: None,
+        output: None,
+        error: None,
+        exit_code: None,
+        created_at: now,
+        started_at: None,
+        finished_at: None,
+        attempts: Vec::new(),
+    }
+}
 
 /// Whether `task` is running attempt `attempt` on `node`: the fence every report passes.
 pub(crate) fn holds(task: &TaskRow, node: NodeId, attempt: u32) -> bool {

@@ -164,6 +164,16 @@ pub struct ClaimedTask {
     pub lease_expires_at: OffsetDateTime,
 }
 
+/// How one attempt ended, as its node reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptReport {
+    pub node: NodeId,
+    pub task: TaskId,
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    pub output: Option<String>,
+}
+
 /// Whether a node still holds an attempt's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseState {
@@ -197,12 +207,25 @@ pub struct LogLine {
 /// `Arc<dyn Store>` has these methods too (bring `JobStore` into scope to call them).
 #[async_trait]
 pub trait JobStore: Send + Sync {
+    /// Enqueues jobs in one transaction. Each gets its own outcome: created, the job an earlier
+    /// call with the same idempotency key created, or a key conflict. The outer error means
+    /// nothing was written.
+    async fn create_jobs(
+        &self,
+        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+    ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError>;
+
     /// Enqueues a job, or returns the one an earlier call with the same key created.
     async fn create_job(
         &self,
         job: NewJob,
         idempotency: Option<IdempotencyKey>,
-    ) -> Result<Created<Job>, StoreError>;
+    ) -> Result<Created<Job>, StoreError> {
+        self.create_jobs(vec![(job, idempotency)])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a batch of one came back empty".into())))
+    }
 
     /// A job with its attempts.
     async fn get_job(&self, id: RunId) -> Result<Job, StoreError>;
@@ -225,6 +248,14 @@ pub trait JobStore: Send + Sync {
         leases: &[(TaskId, u32)],
     ) -> Result<Vec<LeaseState>, StoreError>;
 
+    /// Records how attempts ended, in one transaction. Each report gets its own outcome: the
+    /// task's new status, or [`StoreError::Stale`] when its node no longer holds the attempt.
+    /// The outer error means nothing was written.
+    async fn complete_attempts(
+        &self,
+        reports: Vec<AttemptReport>,
+    ) -> Result<Vec<Result<TaskStatus, StoreError>>, StoreError>;
+
     /// Records how an attempt ended, if `node` still holds it ([`StoreError::Stale`] if not),
     /// and returns the task's new status.
     async fn complete_attempt(
@@ -234,7 +265,19 @@ pub trait JobStore: Send + Sync {
         attempt: u32,
         outcome: AttemptOutcome,
         output: Option<String>,
-    ) -> Result<TaskStatus, StoreError>;
+    ) -> Result<TaskStatus, StoreError> {
+        let report = AttemptReport {
+            node,
+            task,
+            attempt,
+            outcome,
+            output,
+        };
+        self.complete_attempts(vec![report])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Corrupt("a batch of one came back empty".into())))
+    }
 
     /// Ends attempts whose lease expired by `now` (lost: retried by policy) and fails tasks
     /// that waited past `schedule_to_start`. Returns how many tasks changed.

@@ -11,8 +11,8 @@ use orchion_domain::{
     ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy, TaskStatus, Timeouts,
 };
 use orchion_store::{
-    ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NodeStateChange, Store, StoreError,
-    connect,
+    AttemptReport, ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NodeStateChange, Store,
+    StoreError, connect,
 };
 
 /// Where a test's database lives; keeps a SQLite file's folder alive for the test.
@@ -96,6 +96,8 @@ conformance!(
     concurrent_claims_never_hand_out_a_task_twice,
     jobs_are_listed_with_filters,
     schedules_round_trip_and_advance_once,
+    a_batch_of_jobs_commits_together_with_outcomes_per_job,
+    a_batch_of_results_is_fenced_per_report,
 );
 
 fn new_project(name: &str) -> Project {
@@ -1218,4 +1220,87 @@ async fn schedules_round_trip_and_advance_once(db: Db) {
         store.delete_schedule(schedule.id).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+async fn a_batch_of_jobs_commits_together_with_outcomes_per_job(db: Db) {
+    let store = db.open().await;
+    store
+        .create_job(job("shell"), Some(key("taken", "a")))
+        .await
+        .unwrap();
+    let results = store
+        .create_jobs(vec![
+            (job("shell"), None),
+            (job("shell"), Some(key("twice", "b"))),
+            (job("shell"), Some(key("twice", "b"))),
+            (job("http"), Some(key("taken", "different"))),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    let first = results[0].as_ref().unwrap();
+    assert!(first.created);
+    assert_eq!(
+        store.get_job(first.value.id).await.unwrap(),
+        first.value,
+        "what is returned is what is stored"
+    );
+    let (a, b) = (results[1].as_ref().unwrap(), results[2].as_ref().unwrap());
+    assert!(
+        a.created && !b.created,
+        "the same key twice in one batch makes one job"
+    );
+    assert_eq!(a.value.id, b.value.id);
+    assert!(matches!(
+        results[3],
+        Err(StoreError::IdempotencyConflict { .. })
+    ));
+    let all = store
+        .list_jobs(&JobFilter::default(), PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 3);
+}
+
+async fn a_batch_of_results_is_fenced_per_report(db: Db) {
+    let store = db.open().await;
+    store.create_job(job("shell"), None).await.unwrap();
+    store.create_job(job("shell"), None).await.unwrap();
+    let node = NodeId::new();
+    let claimed = store
+        .claim_tasks(&claim(node, &["shell"], 2))
+        .await
+        .unwrap();
+    let report = |task, attempt, node| AttemptReport {
+        node,
+        task,
+        attempt,
+        outcome: AttemptOutcome::Succeeded,
+        output: None,
+    };
+    let results = store
+        .complete_attempts(vec![
+            report(claimed[0].task_id, 1, node),
+            report(claimed[1].task_id, 1, NodeId::new()),
+            report(claimed[0].task_id, 1, node),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results[0].as_ref().unwrap(), &TaskStatus::Succeeded);
+    assert!(
+        matches!(results[1], Err(StoreError::Stale(_))),
+        "another node's report"
+    );
+    assert!(
+        matches!(results[2], Err(StoreError::Stale(_))),
+        "a second report in the same batch"
+    );
+    assert_eq!(
+        store.get_job(claimed[0].job_id).await.unwrap().state.status,
+        TaskStatus::Succeeded
+    );
+    assert_eq!(
+        store.get_job(claimed[1].job_id).await.unwrap().state.status,
+        TaskStatus::Running
+    );
 }
