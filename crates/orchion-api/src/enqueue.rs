@@ -140,10 +140,9 @@ pub async fn enqueue(State(state): State<AppState>, body: Bytes) -> Response {
         key: job_id.clone(),
         request_hash: Sha256::digest(place.as_bytes()).to_vec(),
     };
-    match state.store.create_job(job, Some(key)).await {
+    match state.work.enqueue(job, Some(key)).await {
         Ok(created) => {
             if created.created {
-                state.work.work_changed();
                 tracing::info!(place_id = %place, job_id = %job_id, "job enqueued");
             }
             (

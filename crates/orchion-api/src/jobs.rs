@@ -379,10 +379,7 @@ pub async fn create_job(
         key,
         request_hash: body.digest,
     });
-    let created = state.store.create_job(job, idempotency).await?;
-    if created.created {
-        state.work.work_changed();
-    }
+    let created = state.work.enqueue(job, idempotency).await?;
     let location = format!("/api/v1/jobs/{}", created.value.id);
     let mut response = (StatusCode::CREATED, Json(job_body(created.value, true))).into_response();
     if let Ok(location) = HeaderValue::from_str(&location) {

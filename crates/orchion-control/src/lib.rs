@@ -5,6 +5,7 @@
 //! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
 //! - [`schedules::Scheduler`]: fires cron schedules.
 
+mod batch;
 pub mod nodes;
 pub mod schedules;
 pub mod work;

@@ -61,10 +61,7 @@ impl Scheduler {
                         key: Self::run_key(&schedule, instant),
                         request_hash: b"schedule".to_vec(),
                     };
-                    let created = self
-                        .store
-                        .create_job(schedule.job.clone(), Some(key))
-                        .await?;
+                    let created = self.work.enqueue(schedule.job.clone(), Some(key)).await?;
                     if created.created {
                         started.push(created.value.id);
                         tracing::info!(schedule_id = %schedule.id, job_id = %created.value.id, %instant, "schedule fired");
@@ -77,9 +74,6 @@ impl Scheduler {
             self.store
                 .advance_schedule(schedule.id, Some(due), firing.next, fired)
                 .await?;
-        }
-        if !started.is_empty() {
-            self.work.work_changed();
         }
         Ok(started)
     }

@@ -14,12 +14,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use orchion_domain::{AttemptOutcome, Liveness, NodeId, TaskId, TaskStatus};
-use orchion_store::{ClaimRequest, ClaimedTask, LeaseState, NewLogLine, Store, StoreError};
+use orchion_domain::{AttemptOutcome, Job, Liveness, NewJob, NodeId, TaskId, TaskStatus};
+use orchion_store::{
+    AttemptReport, ClaimRequest, ClaimedTask, Created, IdempotencyKey, LeaseState, NewLogLine,
+    Store, StoreError,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{NodeRegistry, RegistryError};
+use crate::{NodeRegistry, RegistryError, batch::Batcher};
+
+/// The most writes one transaction takes.
+const BATCH: usize = 256;
 
 /// The longest a claim waits.
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
@@ -43,15 +49,35 @@ pub struct WorkQueue {
     store: Arc<dyn Store>,
     nodes: Arc<NodeRegistry>,
     wake: Notify,
+    /// Group commit for new jobs and for results.
+    intake: Batcher<(NewJob, Option<IdempotencyKey>), Created<Job>>,
+    results: Batcher<AttemptReport, TaskStatus>,
     /// Cancelled at shutdown: waiting claims return at once.
     closing: CancellationToken,
 }
 
 impl WorkQueue {
+    /// A queue over `store`. Starts its writer tasks, so call it inside a Tokio runtime.
     pub fn new(store: Arc<dyn Store>, nodes: Arc<NodeRegistry>) -> Self {
+        let intake = {
+            let store = store.clone();
+            Batcher::spawn(BATCH, move |jobs| {
+                let store = store.clone();
+                async move { store.create_jobs(jobs).await }
+            })
+        };
+        let results = {
+            let store = store.clone();
+            Batcher::spawn(BATCH, move |reports| {
+                let store = store.clone();
+                async move { store.complete_attempts(reports).await }
+            })
+        };
         Self {
             store,
             nodes,
+            intake,
+            results,
             wake: Notify::new(),
             closing: CancellationToken::new(),
         }
@@ -60,6 +86,19 @@ impl WorkQueue {
     /// Wakes every waiting claim: work may have appeared.
     pub fn work_changed(&self) {
         self.wake.notify_waiters();
+    }
+
+    /// Enqueues a job (with others waiting, in one transaction) and wakes waiting agents.
+    pub async fn enqueue(
+        &self,
+        job: NewJob,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<Job>, StoreError> {
+        let created = self.intake.submit((job, idempotency)).await?;
+        if created.created {
+            self.work_changed();
+        }
+        Ok(created)
     }
 
     /// Tasks for `node`, waiting up to `wait` for some to appear.
@@ -147,10 +186,14 @@ impl WorkQueue {
         output: Option<String>,
     ) -> Result<TaskStatus, WorkError> {
         self.nodes.authenticate(node, credential)?;
-        let status = self
-            .store
-            .complete_attempt(node, task, attempt, outcome, output)
-            .await?;
+        let report = AttemptReport {
+            node,
+            task,
+            attempt,
+            outcome,
+            output,
+        };
+        let status = self.results.submit(report).await?;
         self.work_changed();
         Ok(status)
     }

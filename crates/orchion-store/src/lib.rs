@@ -27,6 +27,9 @@ use orchion_domain::{
 };
 use time::OffsetDateTime;
 
+/// The database driver, for errors callers build (a store that is shutting down).
+pub use sqlx;
+
 pub use crate::{
     jobs::{MAX_LOG_BYTES, MAX_OUTPUT_BYTES, TRUNCATED, truncate},
     postgres::PostgresStore,

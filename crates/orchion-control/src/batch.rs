@@ -1,0 +1,164 @@
+//! Group commit: concurrent writes of one kind are gathered and written in one transaction.
+//!
+//! A batch takes whatever is waiting when the writer is free — nothing waits for a batch to
+//! fill, so an idle system pays no latency for it, and a busy one pays one commit for many
+//! writes. If a whole batch fails, its items are written one by one, so each caller gets its
+//! own error and one bad item cannot fail the others.
+
+use std::{future::Future, sync::Arc};
+
+use orchion_store::StoreError;
+use tokio::sync::{mpsc, oneshot};
+
+type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
+
+/// Writes items of type `T` in batches; each caller gets its own result.
+pub(crate) struct Batcher<T, R> {
+    tx: mpsc::Sender<(T, Reply<R>)>,
+}
+
+impl<T, R> Batcher<T, R>
+where
+    T: Clone + Send + 'static,
+    R: Send + 'static,
+{
+    /// Starts the writer task. `write` stores a batch in one transaction and returns one result
+    /// per item, or an error when nothing was written.
+    pub(crate) fn spawn<F, Fut>(max: usize, write: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>> + Send,
+    {
+        let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(max * 4);
+        let write = Arc::new(write);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < max {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
+                match write(items.clone()).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Err(e) if items.len() == 1 => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e));
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, size = items.len(), "a batch failed; writing its items one by one");
+                        for (item, reply) in items.into_iter().zip(replies) {
+                            let result = match write(vec![item]).await {
+                                Ok(mut results) => results.pop().unwrap_or_else(|| {
+                                    Err(StoreError::Corrupt(
+                                        "a batch of one came back empty".into(),
+                                    ))
+                                }),
+                                Err(e) => Err(e),
+                            };
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Writes one item with whatever else is waiting, and returns its own result.
+    pub(crate) async fn submit(&self, item: T) -> Result<R, StoreError> {
+        let (reply, result) = oneshot::channel();
+        let closed = || StoreError::Unavailable(sqlx_pool_closed());
+        self.tx.send((item, reply)).await.map_err(|_| closed())?;
+        result.await.map_err(|_| closed())?
+    }
+}
+
+/// The error of a store that is shutting down.
+fn sqlx_pool_closed() -> orchion_store::sqlx::Error {
+    orchion_store::sqlx::Error::PoolClosed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_writes_share_transactions_and_keep_their_own_results() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let batcher: Arc<Batcher<u32, u32>> = Arc::new({
+            let calls = calls.clone();
+            Batcher::spawn(64, move |items: Vec<u32>| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    // Hold the "transaction" a moment, as a commit does, so others queue up.
+                    tokio::task::yield_now().await;
+                    Ok(items
+                        .into_iter()
+                        .map(|i| {
+                            if i % 10 == 9 {
+                                Err(StoreError::Conflict(format!("{i}")))
+                            } else {
+                                Ok(i * 2)
+                            }
+                        })
+                        .collect())
+                }
+            })
+        });
+        let tasks: Vec<_> = (0..200u32)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { (i, batcher.submit(i).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (i, result) = task.await.unwrap();
+            match result {
+                Ok(doubled) => assert_eq!(doubled, i * 2),
+                Err(StoreError::Conflict(which)) => assert_eq!(which, i.to_string()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(calls.load(Ordering::SeqCst) < 200, "writes were grouped");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_is_retried_item_by_item() {
+        let batcher: Batcher<u32, u32> = Batcher::spawn(64, |items: Vec<u32>| async move {
+            if items.len() > 1 {
+                return Err(StoreError::Conflict("the whole batch".into()));
+            }
+            match items[0] {
+                3 => Err(StoreError::Conflict("three".into())),
+                i => Ok(vec![Ok(i)]),
+            }
+        });
+        let batcher = Arc::new(batcher);
+        let tasks: Vec<_> = (0..8u32)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { (i, batcher.submit(i).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (i, result) = task.await.unwrap();
+            if i == 3 {
+                assert!(matches!(result, Err(StoreError::Conflict(m)) if m == "three"));
+            } else {
+                assert_eq!(result.unwrap(), i);
+            }
+        }
+    }
+}
