@@ -48,9 +48,8 @@ where
                         }
                     }
                     Err(e) if items.len() == 1 => {
-                        for reply in replies {
+                        if let Some(reply) = replies.into_iter().next() {
                             let _ = reply.send(Err(e));
-                            break;
                         }
                     }
                     Err(e) => {
