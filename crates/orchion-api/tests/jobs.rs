@@ -352,3 +352,41 @@ async fn schedules_are_validated_created_listed_and_deleted() {
         "not-found",
     );
 }
+
+#[tokio::test]
+async fn following_the_logs_of_a_finished_job_ends_the_stream() {
+    let app = app().await;
+    let created = app
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            json!({"executor": "noop", "spec": {}}).to_string(),
+        )
+        .await;
+    let id = created.body["id"].as_str().unwrap();
+    app.send(
+        Request::post(format!("/api/v1/jobs/{id}/cancel"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    let reply = app
+        .get(&format!("/api/v1/jobs/{id}/logs?follow=true"))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers[header::CONTENT_TYPE], "text/event-stream");
+    let text = reply.body.as_str().unwrap();
+    assert!(
+        text.contains("event: end") && text.contains("data: cancelled"),
+        "{text}"
+    );
+    let bad = app
+        .send(
+            Request::get(format!("/api/v1/jobs/{id}/logs?follow=true"))
+                .header("last-event-id", "not-a-number")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    problem(&bad, StatusCode::BAD_REQUEST, "invalid-parameter");
+}

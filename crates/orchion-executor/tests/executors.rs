@@ -214,3 +214,37 @@ fn http_specs_are_checked() {
     let err = validate("http", &json!({"url": "not a url"})).unwrap_err();
     assert_eq!(err.0[0].pointer, "/spec/url");
 }
+
+#[tokio::test]
+async fn huge_output_is_cut_never_held_whole() {
+    // One 1 MiB line and 200,000 short ones.
+    let script = "head -c 1048576 /dev/zero | tr '\\0' 'a'; echo; seq 1 200000";
+    let (ctx, rx) = context(None);
+    let run = tokio::spawn(async move {
+        Registry::all()
+            .get("shell")
+            .unwrap()
+            .run(&shell("sh", &["-c", script]), ctx)
+            .await
+    });
+    let lines = drain(rx).await;
+    let outcome = run.await.unwrap();
+    let Outcome::Succeeded {
+        output: Some(output),
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        output.len() <= orchion_executor::MAX_OUTPUT_TAIL,
+        "{}",
+        output.len()
+    );
+    assert!(
+        output.ends_with("199999\n200000\n"),
+        "the output keeps the tail"
+    );
+    assert!(lines[0].1.len() <= orchion_executor::MAX_LINE_BYTES);
+    assert!(lines[0].1.ends_with("cut by orchion]"));
+    assert_eq!(lines.len(), 200_001);
+}
