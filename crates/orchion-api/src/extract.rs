@@ -157,3 +157,34 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
     }
     Ok(Some(key.to_owned()))
 }
+
+/// A problem with the query parameter `name`.
+pub fn invalid_query(name: &str, detail: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidParameter {
+        name: name.to_owned(),
+        detail: format!("query parameter `{name}`: {detail}"),
+    }
+}
+
+/// A query parameter parsed with `FromStr`, its error naming the parameter.
+pub fn query_value<T>(name: &str, raw: Option<String>) -> Result<Option<T>, ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.map(|r| r.parse::<T>())
+        .transpose()
+        .map_err(|e| invalid_query(name, e))
+}
+
+/// The page a listing's `limit` and `cursor` parameters ask for.
+pub fn page_request(
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Result<orchion_domain::PageRequest, ApiError> {
+    let cursor = cursor
+        .map(|c| c.parse::<orchion_domain::Cursor>())
+        .transpose()
+        .map_err(|e| invalid_query("cursor", e.message))?;
+    orchion_domain::PageRequest::new(limit, cursor).map_err(|e| invalid_query("limit", e.message))
+}

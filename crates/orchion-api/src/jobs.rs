@@ -13,8 +13,8 @@ use axum::{
     },
 };
 use orchion_domain::{
-    Capacity, Concurrency, Cursor, FieldError, Job, JobFilter, NewJob, PageRequest, Placement,
-    ProjectId, RetryPolicy, RunId, TaskStatus, Timeouts, ValidationErrors,
+    Capacity, Concurrency, FieldError, Job, JobFilter, NewJob, Placement, ProjectId, RetryPolicy,
+    RunId, TaskStatus, Timeouts, ValidationErrors,
 };
 use orchion_store::IdempotencyKey;
 use serde::{Deserialize, Serialize};
@@ -23,7 +23,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
-    extract::{JsonBody, QueryParams, idempotency_key, parse_id},
+    extract::{
+        JsonBody, QueryParams, idempotency_key, invalid_query, page_request, parse_id, query_value,
+    },
     problem::{ApiError, Problem},
 };
 
@@ -431,13 +433,6 @@ pub struct JobList {
     pub next_cursor: Option<String>,
 }
 
-fn invalid(name: &str, detail: impl std::fmt::Display) -> ApiError {
-    ApiError::InvalidParameter {
-        name: name.to_owned(),
-        detail: format!("query parameter `{name}`: {detail}"),
-    }
-}
-
 /// Lists jobs, oldest first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListJobs),
     responses((status = 200, body = JobList), (status = 400, body = Problem)))]
@@ -445,22 +440,9 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<ListJobs>,
 ) -> Result<Json<JobList>, ApiError> {
-    let status = query
-        .status
-        .map(|s| s.parse::<TaskStatus>())
-        .transpose()
-        .map_err(|e| invalid("status", e))?;
-    let project_id = query
-        .project_id
-        .map(|p| p.parse::<ProjectId>())
-        .transpose()
-        .map_err(|e| invalid("project_id", e))?;
-    let cursor = query
-        .cursor
-        .map(|c| c.parse::<Cursor>())
-        .transpose()
-        .map_err(|e| invalid("cursor", e.message))?;
-    let page = PageRequest::new(query.limit, cursor).map_err(|e| invalid("limit", e.message))?;
+    let status = query_value::<TaskStatus>("status", query.status)?;
+    let project_id = query_value::<ProjectId>("project_id", query.project_id)?;
+    let page = page_request(query.limit, query.cursor)?;
     let filter = JobFilter {
         status,
         project_id,
@@ -560,7 +542,7 @@ pub async fn job_logs(
     let job = state.store.get_job(job_id(&id)?).await?;
     let limit = query.limit.unwrap_or(1000);
     if !(1..=5000).contains(&limit) {
-        return Err(invalid(
+        return Err(invalid_query(
             "limit",
             format!("limit must be between 1 and 5000, got {limit}"),
         ));

@@ -11,14 +11,14 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use orchion_domain::{Cursor, Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
+use orchion_domain::{Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
-    extract::{QueryParams, parse_id},
+    extract::{QueryParams, invalid_query, page_request, parse_id, query_value},
     problem::{ApiError, Problem},
 };
 
@@ -96,13 +96,6 @@ pub struct ListNodes {
     pub cursor: Option<String>,
 }
 
-fn invalid(name: &str, detail: impl std::fmt::Display) -> ApiError {
-    ApiError::InvalidParameter {
-        name: name.to_owned(),
-        detail: format!("query parameter `{name}`: {detail}"),
-    }
-}
-
 /// Parses `key=value[,key=value…]`.
 fn label_selector(raw: &str) -> Result<BTreeMap<String, String>, ApiError> {
     raw.split(',')
@@ -110,7 +103,7 @@ fn label_selector(raw: &str) -> Result<BTreeMap<String, String>, ApiError> {
             pair.split_once('=')
                 .filter(|(k, _)| !k.is_empty())
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| invalid("label", format!("`{pair}` is not `key=value`")))
+                .ok_or_else(|| invalid_query("label", format!("`{pair}` is not `key=value`")))
         })
         .collect()
 }
@@ -121,23 +114,14 @@ fn node_id(raw: &str) -> Result<NodeId, ApiError> {
 
 /// The page of nodes a listing query asks for.
 fn query_nodes(state: &AppState, query: ListNodes) -> Result<Page<Node>, ApiError> {
-    let status = query
-        .status
-        .map(|s| s.parse::<NodeStatus>())
-        .transpose()
-        .map_err(|e| invalid("status", e))?;
+    let status = query_value::<NodeStatus>("status", query.status)?;
     let labels = query
         .label
         .as_deref()
         .map(label_selector)
         .transpose()?
         .unwrap_or_default();
-    let cursor = query
-        .cursor
-        .map(|c| c.parse::<Cursor>())
-        .transpose()
-        .map_err(|e| invalid("cursor", e.message))?;
-    let page = PageRequest::new(query.limit, cursor).map_err(|e| invalid("limit", e.message))?;
+    let page = page_request(query.limit, query.cursor)?;
     Ok(state.nodes.list(&NodeFilter { status, labels }, page))
 }
 

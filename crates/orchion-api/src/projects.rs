@@ -6,10 +6,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use orchion_domain::{
-    Cursor, NewProject, PageRequest, Project, ProjectFilter, ProjectId, ProjectStatus,
-    ProjectUpdate,
-};
+use orchion_domain::{NewProject, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate};
 use orchion_store::IdempotencyKey;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -17,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
-    extract::{JsonBody, QueryParams, idempotency_key, parse_id},
+    extract::{JsonBody, QueryParams, idempotency_key, page_request, parse_id, query_value},
     problem::{ApiError, Problem},
 };
 
@@ -162,21 +159,8 @@ pub async fn list_projects(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<ListProjects>,
 ) -> Result<Json<ProjectList>, ApiError> {
-    let invalid = |name: &str, detail: String| ApiError::InvalidParameter {
-        name: name.to_owned(),
-        detail: format!("query parameter `{name}`: {detail}"),
-    };
-    let status = query
-        .status
-        .map(|s| s.parse::<ProjectStatus>())
-        .transpose()
-        .map_err(|e| invalid("status", e))?;
-    let cursor = query
-        .cursor
-        .map(|c| c.parse::<Cursor>())
-        .transpose()
-        .map_err(|e| invalid("cursor", e.message))?;
-    let page = PageRequest::new(query.limit, cursor).map_err(|e| invalid("limit", e.message))?;
+    let status = query_value::<ProjectStatus>("status", query.status)?;
+    let page = page_request(query.limit, query.cursor)?;
     let page = state
         .store
         .list_projects(ProjectFilter { status }, page)

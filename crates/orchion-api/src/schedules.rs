@@ -6,8 +6,7 @@ use axum::{
     http::StatusCode,
 };
 use orchion_domain::{
-    CronSchedule, Cursor, FieldError, MisfirePolicy, OverlapPolicy, PageRequest, Schedule,
-    ScheduleId, ValidationErrors,
+    CronSchedule, FieldError, MisfirePolicy, OverlapPolicy, Schedule, ScheduleId, ValidationErrors,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -15,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
-    extract::{JsonBody, QueryParams, parse_id},
+    extract::{JsonBody, QueryParams, page_request, parse_id},
     jobs::CreateJob,
     problem::{ApiError, Problem},
 };
@@ -179,16 +178,7 @@ pub async fn list_schedules(
     State(state): State<AppState>,
     QueryParams(query): QueryParams<ListSchedules>,
 ) -> Result<Json<ScheduleList>, ApiError> {
-    let invalid = |name: &str, detail: String| ApiError::InvalidParameter {
-        name: name.to_owned(),
-        detail: format!("query parameter `{name}`: {detail}"),
-    };
-    let cursor = query
-        .cursor
-        .map(|c| c.parse::<Cursor>())
-        .transpose()
-        .map_err(|e| invalid("cursor", e.message))?;
-    let page = PageRequest::new(query.limit, cursor).map_err(|e| invalid("limit", e.message))?;
+    let page = page_request(query.limit, query.cursor)?;
     let page = state.store.list_schedules(page).await?;
     Ok(Json(ScheduleList {
         items: page.items.into_iter().map(ScheduleBody::from).collect(),
