@@ -10,6 +10,7 @@
 //!
 //! Timestamps are kept at microsecond precision (what PostgreSQL keeps); use [`now`].
 
+mod catalog;
 #[macro_use]
 mod jobs;
 mod postgres;
@@ -357,15 +358,9 @@ pub trait JobStore: Send + Sync {
     async fn next_run_after(&self) -> Result<Option<OffsetDateTime>, StoreError>;
 }
 
-/// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`.
+/// Projects, nodes and the event log. A supertrait of [`Store`].
 #[async_trait]
-pub trait Store: JobStore + Send + Sync + 'static {
-    /// Which backend this is.
-    fn backend(&self) -> Backend;
-
-    /// Succeeds when the store answers a trivial query.
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait CatalogStore: Send + Sync {
     /// Stores a new project, or returns the one an earlier call with the same key created.
     async fn create_project(
         &self,
@@ -413,11 +408,22 @@ pub trait Store: JobStore + Send + Sync + 'static {
     /// Removes a node.
     async fn delete_node(&self, id: NodeId) -> Result<(), StoreError>;
 
-    /// How many write transactions this store has committed since it was opened.
-    fn commits(&self) -> u64;
-
     /// Events with a sequence number above `after`, oldest first, at most `limit`.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError>;
+}
+
+/// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`,
+/// which has the methods of [`CatalogStore`] and [`JobStore`] too.
+#[async_trait]
+pub trait Store: CatalogStore + JobStore + Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Succeeds when the store answers a trivial query.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How many write transactions this store has committed since it was opened.
+    fn commits(&self) -> u64;
 
     /// Closes the store's connections; later calls fail with [`StoreError::Unavailable`].
     async fn close(&self);
