@@ -4,54 +4,10 @@
 
 mod common;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
-use common::{Orchion, eventually, free_port, http};
+use common::{Orchion, agent, cluster_server, eventually, free_port, http};
 use serde_json::{Value, json};
-
-const TOKEN: &str = "test-join-token-0123456789";
-
-fn server(dir: &Path, grpc_port: u16) -> Orchion {
-    let port = grpc_port.to_string();
-    Orchion::start(
-        dir,
-        &[
-            "server",
-            "--port",
-            &port,
-            "--join-token",
-            TOKEN,
-            "--heartbeat-timeout",
-            "2s",
-        ],
-        &[
-            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
-            ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
-        ],
-    )
-}
-
-fn agent(dir: &Path, grpc_port: u16, name: &str, slots: &str) -> Orchion {
-    let server = format!("http://127.0.0.1:{grpc_port}");
-    let state = dir.join(name);
-    Orchion::spawn(
-        dir,
-        &[
-            "agent",
-            "--server",
-            &server,
-            "--join-token",
-            TOKEN,
-            "--name",
-            name,
-            "--slots",
-            slots,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        &[],
-    )
-}
 
 async fn submit(server: &Orchion, body: Value) -> Value {
     let response = http()
@@ -163,8 +119,8 @@ async fn a_shell_job_runs_on_an_agent_with_its_logs() {
 async fn a_job_on_a_killed_agent_is_retried_on_another_and_completes_once() {
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port();
-    let server = server(dir.path(), grpc);
-    let mut first = agent(dir.path(), grpc, "first", "1");
+    let server = cluster_server(dir.path(), grpc);
+    let mut first = agent(dir.path(), grpc, "first", 1);
     let first_id = node_id(&server, "first").await;
     let created = submit(
         &server,
@@ -176,7 +132,7 @@ async fn a_job_on_a_killed_agent_is_retried_on_another_and_completes_once() {
     let running = wait_job(&server, id, "running", Duration::from_secs(30)).await;
     assert_eq!(running["node_id"], first_id.as_str());
 
-    let _second = agent(dir.path(), grpc, "second", "1");
+    let _second = agent(dir.path(), grpc, "second", 1);
     let second_id = node_id(&server, "second").await;
     first.signal("KILL");
     first.wait(Duration::from_secs(10));
@@ -257,10 +213,10 @@ async fn a_server_killed_with_jobs_in_flight_loses_none_and_runs_none_twice() {
     const JOBS: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port();
-    let mut server = server(dir.path(), grpc);
+    let mut server = cluster_server(dir.path(), grpc);
     let _agents: Vec<Orchion> = ["w1", "w2"]
         .iter()
-        .map(|n| agent(dir.path(), grpc, n, "32"))
+        .map(|n| agent(dir.path(), grpc, n, 32))
         .collect();
     node_id(&server, "w1").await;
     node_id(&server, "w2").await;
@@ -283,7 +239,7 @@ async fn a_server_killed_with_jobs_in_flight_loses_none_and_runs_none_twice() {
             server.signal("KILL");
             server.wait(Duration::from_secs(10));
             drop(server);
-            server = self::server(dir.path(), grpc);
+            server = cluster_server(dir.path(), grpc);
         }
     }
     eventually("every job to succeed", Duration::from_secs(180), || async {

@@ -4,63 +4,16 @@
 
 mod common;
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use common::{Orchion, eventually, free_port, http};
+use common::{Orchion, agent, cluster_server, eventually, free_port, http};
 use serde_json::Value;
 
-const TOKEN: &str = "test-join-token-0123456789";
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 const CHECK_INTERVAL: Duration = Duration::from_millis(200);
 const DOWN_AFTER: Duration = Duration::from_secs(2);
 /// Room for a loaded CI machine on top of the bounds the server promises.
 const SLACK: Duration = Duration::from_secs(3);
-
-fn server(dir: &Path, grpc_port: u16) -> Orchion {
-    let port = grpc_port.to_string();
-    Orchion::start(
-        dir,
-        &[
-            "server",
-            "--port",
-            &port,
-            "--join-token",
-            TOKEN,
-            "--heartbeat-timeout",
-            "2s",
-        ],
-        &[
-            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
-            ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
-            ("ORCHION_CLUSTER__HEARTBEAT_PERSIST_INTERVAL", "1s"),
-        ],
-    )
-}
-
-fn agent(dir: &Path, grpc_port: u16, name: &str) -> Orchion {
-    let server = format!("http://127.0.0.1:{grpc_port}");
-    let state = dir.join(name);
-    Orchion::spawn(
-        dir,
-        &[
-            "agent",
-            "--server",
-            &server,
-            "--join-token",
-            TOKEN,
-            "--name",
-            name,
-            "--label",
-            &format!("agent={name}"),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ],
-        &[],
-    )
-}
 
 async fn nodes(server: &Orchion) -> Vec<Value> {
     let body: Value = http()
@@ -91,10 +44,10 @@ async fn wait_status(server: &Orchion, name: &str, status: &str, limit: Duration
 async fn liveness_follows_agents_and_survives_server_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let grpc_port = free_port();
-    let mut server = server(dir.path(), grpc_port);
+    let mut server = cluster_server(dir.path(), grpc_port);
     let mut agents: Vec<Orchion> = ["a1", "a2", "a3"]
         .iter()
-        .map(|name| agent(dir.path(), grpc_port, name))
+        .map(|name| agent(dir.path(), grpc_port, name, 4))
         .collect();
     let mut ids = Vec::new();
     for name in ["a1", "a2", "a3"] {
@@ -123,7 +76,7 @@ async fn liveness_follows_agents_and_survives_server_restarts() {
     assert_eq!(node_named(&server, "a2").await.unwrap()["status"], "ready");
 
     // Restarted with the same state dir, it is the same node, ready again.
-    agents[0] = agent(dir.path(), grpc_port, "a1");
+    agents[0] = agent(dir.path(), grpc_port, "a1", 4);
     let back = wait_status(&server, "a1", "ready", Duration::from_secs(30)).await;
     assert_eq!(back["id"], ids[0].as_str());
     assert_eq!(nodes(&server).await.len(), 3, "no duplicate node");
@@ -133,7 +86,7 @@ async fn liveness_follows_agents_and_survives_server_restarts() {
     server.wait(Duration::from_secs(10));
     drop(server);
     let restarted_at = time::OffsetDateTime::now_utc();
-    let server = self::server(dir.path(), grpc_port);
+    let server = cluster_server(dir.path(), grpc_port);
     let listed = nodes(&server).await;
     let mut listed_ids: Vec<&str> = listed.iter().map(|n| n["id"].as_str().unwrap()).collect();
     listed_ids.sort();
@@ -168,7 +121,7 @@ async fn liveness_follows_agents_and_survives_server_restarts() {
 async fn an_agent_with_a_wrong_token_exits_1_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let grpc_port = free_port();
-    let server = server(dir.path(), grpc_port);
+    let server = cluster_server(dir.path(), grpc_port);
     let state = dir.path().join("bad");
     let out = common::command(&[
         "agent",
@@ -190,8 +143,8 @@ async fn an_agent_with_a_wrong_token_exits_1_and_changes_nothing() {
 async fn an_agent_is_restarted_through_the_agents_api() {
     let dir = tempfile::tempdir().unwrap();
     let grpc_port = free_port();
-    let server = server(dir.path(), grpc_port);
-    let mut a = agent(dir.path(), grpc_port, "r1");
+    let server = cluster_server(dir.path(), grpc_port);
+    let mut a = agent(dir.path(), grpc_port, "r1", 4);
     let node = wait_status(&server, "r1", "ready", Duration::from_secs(30)).await;
     let id = node["id"].as_str().unwrap();
     let response = http()

@@ -214,3 +214,56 @@ pub fn http() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The join token test clusters use.
+pub const TOKEN: &str = "test-join-token-0123456789";
+
+/// `orchion server` with fast liveness (2 s timeout, 200 ms checks, down 2 s later) on a fixed
+/// gRPC port, so agents find it again after a restart.
+pub fn cluster_server(dir: &Path, grpc_port: u16) -> Orchion {
+    let port = grpc_port.to_string();
+    Orchion::start(
+        dir,
+        &[
+            "server",
+            "--port",
+            &port,
+            "--join-token",
+            TOKEN,
+            "--heartbeat-timeout",
+            "2s",
+        ],
+        &[
+            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
+            ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
+            ("ORCHION_CLUSTER__HEARTBEAT_PERSIST_INTERVAL", "1s"),
+        ],
+    )
+}
+
+/// `orchion agent` named `name`, labelled `agent=<name>`, with its state in `<dir>/<name>`.
+pub fn agent(dir: &Path, grpc_port: u16, name: &str, slots: u16) -> Orchion {
+    let server = format!("http://127.0.0.1:{grpc_port}");
+    let state = dir.join(name);
+    let label = format!("agent={name}");
+    let slots = slots.to_string();
+    Orchion::spawn(
+        dir,
+        &[
+            "agent",
+            "--server",
+            &server,
+            "--join-token",
+            TOKEN,
+            "--name",
+            name,
+            "--label",
+            &label,
+            "--slots",
+            &slots,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
