@@ -11,6 +11,7 @@ pub mod node;
 pub mod page;
 pub mod project;
 pub mod schedule;
+pub mod workflow;
 
 pub use error::{FieldError, ValidationErrors};
 pub use id::{IdParseError, NodeId, ProjectId, RunId, ScheduleId, TaskId};
@@ -25,3 +26,4 @@ pub use node::{
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};
 pub use schedule::{CronSchedule, Firing, MisfirePolicy, OverlapPolicy, Schedule};
+pub use workflow::{Dag, Piece, Reference, StepShape, parse_template};

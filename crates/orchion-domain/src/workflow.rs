@@ -1,0 +1,512 @@
+//! Workflow graphs: steps that need other steps, checked as a whole, and the templates that feed
+//! one step's outputs into another's inputs.
+//!
+//! [`Dag::new`] reports every problem at once — duplicate names, unknown or self needs, each
+//! cycle with its exact path (`a -> b -> c -> a`), templates that read a step that is not
+//! upstream — each with a JSON pointer into the definition. A valid [`Dag`] gives the steps in
+//! waves: every step of a wave needs only steps of earlier waves, so a wave runs in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{FieldError, ValidationErrors};
+
+/// The most steps one workflow may have.
+pub const MAX_STEPS: usize = 10_000;
+
+/// What a step declares about its place in the graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepShape {
+    pub name: String,
+    pub needs: Vec<String>,
+    /// Every template string in the step's spec, with the JSON pointer where it appears.
+    pub templates: Vec<(String, String)>,
+}
+
+/// A reference a template makes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reference {
+    /// `${{ input.a.b }}`: a path into the run's input.
+    Input(Vec<String>),
+    /// `${{ steps.build.outputs.image }}`: an output of an upstream step.
+    StepOutput { step: String, path: Vec<String> },
+    /// `${{ item }}` / `${{ item.x }}`: the element of a `for_each` fan-out.
+    Item(Vec<String>),
+}
+
+/// A piece of a parsed template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Reference(Reference),
+}
+
+/// Parses `text` into literal text and `${{ … }}` references.
+pub fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${{") {
+        if start > 0 {
+            pieces.push(Piece::Text(rest[..start].to_owned()));
+        }
+        let after = &rest[start + 3..];
+        let end = after.find("}}").ok_or_else(|| {
+            format!(
+                "`${{{{` at offset {} is never closed with `}}}}`",
+                text.len() - rest.len() + start
+            )
+        })?;
+        pieces.push(Piece::Reference(parse_reference(after[..end].trim())?));
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Text(rest.to_owned()));
+    }
+    Ok(pieces)
+}
+
+fn parse_reference(expression: &str) -> Result<Reference, String> {
+    let parts: Vec<&str> = expression.split('.').collect();
+    let valid = |p: &&str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if !parts.iter().all(valid) {
+        return Err(format!(
+            "`{expression}` is not a reference: use input.<path>, steps.<step>.outputs.<path> or item.<path>"
+        ));
+    }
+    let rest = |from: usize| parts[from..].iter().map(|p| (*p).to_owned()).collect();
+    match parts.as_slice() {
+        ["input", ..] => Ok(Reference::Input(rest(1))),
+        ["item", ..] => Ok(Reference::Item(rest(1))),
+        ["steps", step, "outputs", ..] => Ok(Reference::StepOutput {
+            step: (*step).to_owned(),
+            path: rest(3),
+        }),
+        _ => Err(format!(
+            "`{expression}` is not a reference: use input.<path>, steps.<step>.outputs.<path> or item.<path>"
+        )),
+    }
+}
+
+/// A checked workflow graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dag {
+    names: Vec<String>,
+    needs: Vec<Vec<usize>>,
+    waves: Vec<Vec<usize>>,
+}
+
+impl Dag {
+    /// Checks the steps as a whole and reports every problem.
+    pub fn new(steps: &[StepShape]) -> Result<Self, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        if steps.is_empty() {
+            errors.push(FieldError::new(
+                "steps",
+                "a workflow needs at least one step",
+            ));
+        }
+        if steps.len() > MAX_STEPS {
+            errors.push(FieldError::new(
+                "steps",
+                format!("a workflow has at most {MAX_STEPS} steps"),
+            ));
+        }
+        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            let ok = !step.name.is_empty()
+                && step.name.len() <= 100
+                && step
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                errors.push(FieldError {
+                    pointer: format!("/steps/{i}/name"),
+                    message: format!(
+                        "step name `{}` is invalid: use 1 to 100 letters, digits, `_` or `-`",
+                        step.name.escape_debug()
+                    ),
+                });
+            }
+            if let Some(first) = index.insert(&step.name, i) {
+                index.insert(&step.name, first);
+                errors.push(FieldError {
+                    pointer: format!("/steps/{i}/name"),
+                    message: format!("duplicate step name `{}` (also /steps/{first})", step.name),
+                });
+            }
+        }
+        let mut needs: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        for (i, step) in steps.iter().enumerate() {
+            for (k, need) in step.needs.iter().enumerate() {
+                let pointer = format!("/steps/{i}/needs/{k}");
+                match index.get(need.as_str()) {
+                    None => errors.push(FieldError {
+                        pointer,
+                        message: format!(
+                            "step `{}` needs `{need}`, which does not exist",
+                            step.name
+                        ),
+                    }),
+                    Some(&j) if j == i => errors.push(FieldError {
+                        pointer,
+                        message: format!("step `{}` needs itself", step.name),
+                    }),
+                    Some(&j) => {
+                        if !needs[i].contains(&j) {
+                            needs[i].push(j);
+                        }
+                    }
+                }
+            }
+        }
+        for cycle in cycles(&needs) {
+            let path: Vec<&str> = cycle.iter().map(|&i| steps[i].name.as_str()).collect();
+            errors.push(FieldError {
+                pointer: format!("/steps/{}/needs", cycle[0]),
+                message: format!("cycle: {}", path.join(" -> ")),
+            });
+        }
+        // Templates may read only the run input, the fan-out item, and outputs of upstream steps.
+        if errors.0.is_empty() {
+            let upstream = upstream_sets(&needs);
+            for (i, step) in steps.iter().enumerate() {
+                for (pointer, template) in &step.templates {
+                    match parse_template(template) {
+                        Err(message) => errors.push(FieldError {
+                            pointer: pointer.clone(),
+                            message: format!("template: {message}"),
+                        }),
+                        Ok(pieces) => {
+                            for piece in pieces {
+                                if let Piece::Reference(Reference::StepOutput {
+                                    step: from, ..
+                                }) = piece
+                                {
+                                    let ok = index
+                                        .get(from.as_str())
+                                        .is_some_and(|j| upstream[i].contains(j));
+                                    if !ok {
+                                        errors.push(FieldError {
+                                            pointer: pointer.clone(),
+                                            message: format!(
+                                                "step `{}` reads outputs of `{from}`, which is not a step it needs (directly or through others)",
+                                                step.name
+                                            ),
+                                        });
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !errors.0.is_empty() {
+            return Err(errors);
+        }
+        let waves = waves(&needs);
+        Ok(Dag {
+            names: steps.iter().map(|s| s.name.clone()).collect(),
+            needs,
+            waves,
+        })
+    }
+
+    /// Steps in waves: each wave needs only earlier waves.
+    pub fn waves(&self) -> Vec<Vec<&str>> {
+        self.waves
+            .iter()
+            .map(|wave| wave.iter().map(|&i| self.names[i].as_str()).collect())
+            .collect()
+    }
+
+    /// The steps `name` needs directly.
+    pub fn needs(&self, name: &str) -> Vec<&str> {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .map(|i| {
+                self.needs[i]
+                    .iter()
+                    .map(|&j| self.names[j].as_str())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `names` and every step that depends on one of them, directly or not: what a retry of
+    /// failed steps runs again, and what a failure skips.
+    pub fn downstream_of(&self, names: &[&str]) -> BTreeSet<String> {
+        let mut out: BTreeSet<usize> = names
+            .iter()
+            .filter_map(|n| self.names.iter().position(|m| m == n))
+            .collect();
+        for wave in &self.waves {
+            for &i in wave {
+                if self.needs[i].iter().any(|j| out.contains(j)) {
+                    out.insert(i);
+                }
+            }
+        }
+        out.into_iter().map(|i| self.names[i].clone()).collect()
+    }
+}
+
+/// Every elementary cycle found by a depth-first search, each once, rotated to start at its
+/// lowest index and closed (`[a, b, c, a]`).
+fn cycles(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit(
+        node: usize,
+        needs: &[Vec<usize>],
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+        found: &mut BTreeSet<Vec<usize>>,
+    ) {
+        marks[node] = Mark::OnPath;
+        path.push(node);
+        for &next in &needs[node] {
+            match marks[next] {
+                Mark::New => visit(next, needs, marks, path, found),
+                Mark::OnPath => {
+                    let start = path.iter().position(|&n| n == next).unwrap_or(0);
+                    let mut cycle: Vec<usize> = path[start..].to_vec();
+                    let lowest = cycle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, n)| **n)
+                        .map_or(0, |(i, _)| i);
+                    cycle.rotate_left(lowest);
+                    cycle.push(cycle[0]);
+                    found.insert(cycle);
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks[node] = Mark::Done;
+    }
+    let mut marks = vec![Mark::New; needs.len()];
+    let mut found = BTreeSet::new();
+    for node in 0..needs.len() {
+        if marks[node] == Mark::New {
+            visit(node, needs, &mut marks, &mut Vec::new(), &mut found);
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Kahn's algorithm, level by level. Call only on an acyclic graph.
+fn waves(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut remaining: Vec<usize> = needs.iter().map(Vec::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); needs.len()];
+    for (i, ns) in needs.iter().enumerate() {
+        for &j in ns {
+            dependents[j].push(i);
+        }
+    }
+    let mut wave: Vec<usize> = (0..needs.len()).filter(|&i| remaining[i] == 0).collect();
+    let mut waves = Vec::new();
+    while !wave.is_empty() {
+        let mut next = Vec::new();
+        for &i in &wave {
+            for &d in &dependents[i] {
+                remaining[d] -= 1;
+                if remaining[d] == 0 {
+                    next.push(d);
+                }
+            }
+        }
+        next.sort_unstable();
+        waves.push(std::mem::replace(&mut wave, next));
+    }
+    waves
+}
+
+/// For each step, every step upstream of it.
+fn upstream_sets(needs: &[Vec<usize>]) -> Vec<BTreeSet<usize>> {
+    let order: Vec<usize> = waves(needs).into_iter().flatten().collect();
+    let mut upstream: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); needs.len()];
+    for i in order {
+        let mut all = BTreeSet::new();
+        for &j in &needs[i] {
+            all.insert(j);
+            all.extend(upstream[j].iter().copied());
+        }
+        upstream[i] = all;
+    }
+    upstream
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn step(name: &str, needs: &[&str]) -> StepShape {
+        StepShape {
+            name: name.into(),
+            needs: needs.iter().map(|n| (*n).to_owned()).collect(),
+            templates: Vec::new(),
+        }
+    }
+
+    fn messages(err: &ValidationErrors) -> Vec<(String, String)> {
+        err.0
+            .iter()
+            .map(|e| (e.pointer.clone(), e.message.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_diamond_runs_in_three_waves() {
+        let dag = Dag::new(&[
+            step("a", &[]),
+            step("b", &["a"]),
+            step("c", &["a"]),
+            step("d", &["b", "c"]),
+        ])
+        .unwrap();
+        assert_eq!(dag.waves(), vec![vec!["a"], vec!["b", "c"], vec!["d"]]);
+        assert_eq!(dag.needs("d"), ["b", "c"]);
+        let again: Vec<String> = dag.downstream_of(&["b"]).into_iter().collect();
+        assert_eq!(again, ["b", "d"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_the_exact_cycle() {
+        let err = Dag::new(&[
+            step("a", &["c"]),
+            step("b", &["a"]),
+            step("c", &["b"]),
+            step("a", &[]),
+            step("d", &["zz", "d"]),
+        ])
+        .unwrap_err();
+        let found = messages(&err);
+        assert!(
+            found.contains(&(
+                "/steps/3/name".into(),
+                "duplicate step name `a` (also /steps/0)".into()
+            )),
+            "{found:?}"
+        );
+        assert!(found.contains(&(
+            "/steps/4/needs/0".into(),
+            "step `d` needs `zz`, which does not exist".into()
+        )));
+        assert!(found.contains(&("/steps/4/needs/1".into(), "step `d` needs itself".into())));
+        assert!(
+            found.contains(&("/steps/0/needs".into(), "cycle: a -> c -> b -> a".into())),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn templates_read_only_upstream_steps() {
+        let mut deploy = step("deploy", &["build"]);
+        deploy.templates = vec![
+            (
+                "/steps/2/spec/args/0".into(),
+                "${{ steps.build.outputs.image }}".into(),
+            ),
+            (
+                "/steps/2/spec/args/1".into(),
+                "${{ steps.lint.outputs.report }}".into(),
+            ),
+            (
+                "/steps/2/spec/args/2".into(),
+                "${{ input.env }}-${{ item }}".into(),
+            ),
+            ("/steps/2/spec/args/3".into(), "${{ nonsense }}".into()),
+            ("/steps/2/spec/args/4".into(), "${{ input.x".into()),
+        ];
+        let err = Dag::new(&[
+            step("build", &["fetch"]),
+            step("lint", &["fetch"]),
+            deploy,
+            step("fetch", &[]),
+        ])
+        .unwrap_err();
+        let pointers: Vec<&str> = err.0.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/steps/2/spec/args/1",
+                "/steps/2/spec/args/3",
+                "/steps/2/spec/args/4"
+            ]
+        );
+        assert!(err.0[0].message.contains("`lint`"));
+    }
+
+    #[test]
+    fn templates_parse_into_text_and_references() {
+        assert_eq!(
+            parse_template("img=${{ steps.build.outputs.image }}:latest").unwrap(),
+            vec![
+                Piece::Text("img=".into()),
+                Piece::Reference(Reference::StepOutput {
+                    step: "build".into(),
+                    path: vec!["image".into()]
+                }),
+                Piece::Text(":latest".into()),
+            ]
+        );
+        assert_eq!(
+            parse_template("plain").unwrap(),
+            vec![Piece::Text("plain".into())]
+        );
+        assert!(parse_template("${{ steps.build }}").is_err());
+    }
+
+    proptest! {
+        /// Graphs whose needs point only backwards are acyclic: they validate, every step lands
+        /// in exactly one wave, and every need is in an earlier wave.
+        #[test]
+        fn backward_graphs_are_valid_and_waves_respect_needs(
+            edges in prop::collection::vec(prop::collection::vec(any::<prop::sample::Index>(), 0..4), 1..40)
+        ) {
+            let steps: Vec<StepShape> = edges.iter().enumerate().map(|(i, picks)| {
+                let needs: Vec<String> = if i == 0 { vec![] } else {
+                    picks.iter().map(|p| format!("s{}", p.index(i))).collect()
+                };
+                StepShape { name: format!("s{i}"), needs, templates: vec![] }
+            }).collect();
+            let dag = Dag::new(&steps).unwrap();
+            let waves = dag.waves();
+            let position: BTreeMap<&str, usize> = waves.iter().enumerate()
+                .flat_map(|(w, names)| names.iter().map(move |n| (*n, w))).collect();
+            prop_assert_eq!(position.len(), steps.len());
+            for s in &steps {
+                for n in &s.needs {
+                    prop_assert!(position[n.as_str()] < position[s.name.as_str()]);
+                }
+            }
+        }
+
+        /// Adding one edge from the first step to the last of a chain always closes a cycle
+        /// through every step, reported as one path.
+        #[test]
+        fn a_closed_chain_is_one_reported_cycle(len in 2usize..30) {
+            let steps: Vec<StepShape> = (0..len).map(|i| {
+                let need = if i == 0 { format!("s{}", len - 1) } else { format!("s{}", i - 1) };
+                StepShape { name: format!("s{i}"), needs: vec![need], templates: vec![] }
+            }).collect();
+            let err = Dag::new(&steps).unwrap_err();
+            prop_assert_eq!(err.0.len(), 1);
+            let expected: Vec<String> = std::iter::once(0).chain((1..len).rev()).chain(std::iter::once(0)).map(|i| format!("s{i}")).collect();
+            prop_assert_eq!(&err.0[0].message, &format!("cycle: {}", expected.join(" -> ")));
+        }
+    }
+}
