@@ -99,6 +99,7 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
     let cpu_before = server.cpu_seconds()?;
     let started = Instant::now();
     let url = format!("{}/api/v1/jobs", server.http);
+    let progress = tokio::spawn(report_progress(client.clone(), server.http.clone(), started));
     let submitted: Vec<anyhow::Result<()>> = futures::stream::iter(0..args.jobs)
         .map(|_| {
             let client = client.clone();
@@ -123,20 +124,8 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
     submitted.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     let submit_secs = started.elapsed().as_secs_f64();
     eprintln!("submitted {} jobs in {submit_secs:.1} s", args.jobs);
-    loop {
-        let s = status(&client, &server).await?;
-        let done = s["jobs"]["succeeded"].as_u64().unwrap_or(0);
-        let failed = s["jobs"]["failed"].as_u64().unwrap_or(0);
-        anyhow::ensure!(failed == 0, "{failed} jobs failed");
-        if done == args.jobs as u64 {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(1800),
-            "jobs did not finish in 30 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_all(&client, &server, args.jobs as u64, started).await?;
+    progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = server.cpu_seconds()? - cpu_before;
     let commits = server.commits().await? - commits_before;
@@ -257,6 +246,60 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
         println!("  orchion / raw         {:.2}", throughput / raw);
     }
     Ok(())
+}
+
+/// Waits until `jobs` jobs have succeeded; fails if any fails.
+async fn wait_for_all(
+    client: &reqwest::Client,
+    server: &BenchServer,
+    jobs: u64,
+    started: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        let s = status(client, server).await?;
+        let done = s["jobs"]["succeeded"].as_u64().unwrap_or(0);
+        let failed = s["jobs"]["failed"].as_u64().unwrap_or(0);
+        anyhow::ensure!(failed == 0, "{failed} jobs failed");
+        if done == jobs {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(3600),
+            "jobs did not finish in an hour"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every 10 s, how many jobs finished in the last 10 s: a long run shows whether throughput
+/// decays as the tables grow.
+async fn report_progress(client: reqwest::Client, http: String, started: Instant) {
+    let mut last = 0u64;
+    let first = started + Duration::from_secs(10);
+    let mut tick = tokio::time::interval_at(first.into(), Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let done = async {
+            let s: Value = client
+                .get(format!("{http}/api/v1/status"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            s["jobs"]["succeeded"].as_u64()
+        }
+        .await;
+        if let Some(done) = done {
+            eprintln!(
+                "… {:>5.0} s: {done} done, {:.0} jobs/s over the last 10 s",
+                started.elapsed().as_secs_f64(),
+                done.saturating_sub(last) as f64 / 10.0
+            );
+            last = done;
+        }
+    }
 }
 
 /// A bare queue on the same database: one transaction per enqueue, claims of up to 64 with
