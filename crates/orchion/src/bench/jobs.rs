@@ -99,7 +99,11 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
     let cpu_before = server.cpu_seconds()?;
     let started = Instant::now();
     let url = format!("{}/api/v1/jobs", server.http);
-    let progress = tokio::spawn(report_progress(client.clone(), server.http.clone(), started));
+    let progress = tokio::spawn(report_progress(
+        client.clone(),
+        server.http.clone(),
+        started,
+    ));
     let submitted: Vec<anyhow::Result<()>> = futures::stream::iter(0..args.jobs)
         .map(|_| {
             let client = client.clone();

@@ -36,9 +36,9 @@ impl Client {
     pub fn new(addr: &str) -> Result<Self, ClientError> {
         let base = url::Url::parse(addr)
             .map_err(|e| ClientError(format!("--addr `{addr}` is not a URL: {e}")))?;
-        if base.scheme() != "http" {
+        if !matches!(base.scheme(), "http" | "https") {
             return Err(ClientError(format!(
-                "--addr `{addr}`: only http:// addresses are supported"
+                "--addr `{addr}` must be an http:// or https:// URL"
             )));
         }
         let http = reqwest::Client::builder()
@@ -71,12 +71,20 @@ impl Client {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
-            let why = if e.is_connect() {
-                "connection refused or unreachable (is `orchion dev` running? set --addr)"
-            } else if e.is_timeout() {
-                "timed out"
+            let why = if e.is_timeout() {
+                "timed out".to_owned()
             } else {
-                "request failed"
+                // The innermost cause says what happened: refused, no route, a bad certificate.
+                let mut cause: &dyn std::error::Error = &e;
+                while let Some(inner) = cause.source() {
+                    cause = inner;
+                }
+                let hint = if e.is_connect() {
+                    " (is `orchion dev` running? set --addr)"
+                } else {
+                    ""
+                };
+                format!("{cause}{hint}")
             };
             ClientError(format!("cannot reach Orchion at {}: {why}", self.base))
         })?;
