@@ -26,4 +26,4 @@ pub use node::{
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};
 pub use schedule::{CronSchedule, Firing, MisfirePolicy, OverlapPolicy, Schedule};
-pub use workflow::{Dag, Piece, Reference, StepShape, parse_template};
+pub use workflow::{Dag, Piece, Reference, StepShape, WorkflowType, parse_template};

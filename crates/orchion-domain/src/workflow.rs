@@ -90,6 +90,18 @@ fn parse_reference(expression: &str) -> Result<Reference, String> {
     }
 }
 
+/// A stored, versioned workflow definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkflowType {
+    pub name: String,
+    /// 1 for the first definition under a name; each different definition adds one.
+    pub version: u32,
+    pub project_id: Option<crate::ProjectId>,
+    /// The definition as canonical JSON, validated when it was stored.
+    pub definition: String,
+    pub created_at: time::OffsetDateTime,
+}
+
 /// A checked workflow graph.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dag {

@@ -1052,6 +1052,98 @@ macro_rules! impl_job_store {
             Ok(moved == 1)
         }
 
+        async fn put_workflow_type(
+            &self,
+            name: &str,
+            project_id: Option<orchion_domain::ProjectId>,
+            definition: &str,
+        ) -> Result<$crate::Created<orchion_domain::WorkflowType>, $crate::StoreError> {
+            let value: serde_json::Value = serde_json::from_str(definition)
+                .map_err(|e| $crate::StoreError::Corrupt(format!("workflow definition: {e}")))?;
+            let mut retried = false;
+            loop {
+                let attempt: Result<$crate::Created<orchion_domain::WorkflowType>, $crate::StoreError> = async {
+                    let mut tx = self.begin().await?;
+                    let latest = sqlx::query_as::<_, $crate::jobs::WorkflowTypeRow>(
+                        "SELECT name, version, project_id, definition, created_at FROM workflow_types \
+                         WHERE name = $1 ORDER BY version DESC LIMIT 1",
+                    )
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some(latest) = &latest {
+                        if latest.definition.0 == value {
+                            tx.rollback().await?;
+                            return Ok($crate::Created { value: latest.clone().into(), created: false });
+                        }
+                    }
+                    let version = latest.map_or(1, |l| l.version + 1);
+                    let now = $crate::now();
+                    sqlx::query(
+                        "INSERT INTO workflow_types (project_id, name, version, definition, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(project_id.map(|p| p.as_uuid()))
+                    .bind(name)
+                    .bind(version)
+                    .bind(sqlx::types::Json(&value))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    append_event(
+                        &mut tx,
+                        $crate::kind::WORKFLOW_TYPE_CREATED,
+                        format!("{name}@{version}"),
+                        project_id,
+                        serde_json::json!({ "name": name, "version": version }),
+                    )
+                    .await?;
+                    self.commit(tx).await?;
+                    Ok($crate::Created {
+                        value: orchion_domain::WorkflowType {
+                            name: name.to_owned(),
+                            version: u32::try_from(version).unwrap_or(0),
+                            project_id,
+                            definition: value.to_string(),
+                            created_at: now,
+                        },
+                        created: true,
+                    })
+                }
+                .await;
+                return match attempt {
+                    // Another replica stored a version meanwhile: look again.
+                    Err(e) if !retried && $crate::is_unique_violation(&e) => {
+                        retried = true;
+                        continue;
+                    }
+                    other => other,
+                };
+            }
+        }
+
+        async fn get_workflow_type(
+            &self,
+            name: &str,
+            version: Option<u32>,
+        ) -> Result<orchion_domain::WorkflowType, $crate::StoreError> {
+            sqlx::query_as::<_, $crate::jobs::WorkflowTypeRow>(
+                "SELECT name, version, project_id, definition, created_at FROM workflow_types \
+                 WHERE name = $1 AND ($2 IS NULL OR version = $2) ORDER BY version DESC LIMIT 1",
+            )
+            .bind(name)
+            .bind(version.map(|v| i32::try_from(v).unwrap_or(i32::MAX)))
+            .fetch_optional(self.read_pool())
+            .await?
+            .map(orchion_domain::WorkflowType::from)
+            .ok_or_else(|| $crate::StoreError::NotFound {
+                kind: "workflow type",
+                id: match version {
+                    Some(v) => format!("{name}@{v}"),
+                    None => name.to_owned(),
+                },
+            })
+        }
+
         async fn job_counts(&self) -> Result<Vec<(String, u64)>, $crate::StoreError> {
             let rows: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT t.status, count(*) FROM tasks t JOIN runs r ON r.id = t.run_id WHERE r.kind = 'job' GROUP BY t.status",
@@ -1258,5 +1350,26 @@ impl TryFrom<ScheduleRow> for orchion_domain::Schedule {
             last_run_id: row.last_run_id.map(RunId::from_uuid),
             created_at: row.created_at,
         })
+    }
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct WorkflowTypeRow {
+    name: String,
+    pub version: i32,
+    project_id: Option<Uuid>,
+    pub definition: sqlx::types::Json<serde_json::Value>,
+    created_at: OffsetDateTime,
+}
+
+impl From<WorkflowTypeRow> for orchion_domain::WorkflowType {
+    fn from(row: WorkflowTypeRow) -> Self {
+        orchion_domain::WorkflowType {
+            name: row.name,
+            version: u32::try_from(row.version).unwrap_or(0),
+            project_id: row.project_id.map(orchion_domain::ProjectId::from_uuid),
+            definition: row.definition.0.to_string(),
+            created_at: row.created_at,
+        }
     }
 }

@@ -348,6 +348,22 @@ pub trait JobStore: Send + Sync {
         fired: Option<(OffsetDateTime, RunId)>,
     ) -> Result<bool, StoreError>;
 
+    /// Stores a workflow definition under `name` as a new version, unless it equals the latest
+    /// version, which is then returned (`created: false`).
+    async fn put_workflow_type(
+        &self,
+        name: &str,
+        project_id: Option<ProjectId>,
+        definition: &str,
+    ) -> Result<Created<orchion_domain::WorkflowType>, StoreError>;
+
+    /// A workflow type: `version`, or the latest when `None`.
+    async fn get_workflow_type(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<orchion_domain::WorkflowType, StoreError>;
+
     /// How many jobs have each status.
     async fn job_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
@@ -463,6 +479,7 @@ pub(crate) mod kind {
     pub const JOB_STATUS_CHANGED: &str = "job.status_changed";
     pub const SCHEDULE_CREATED: &str = "schedule.created";
     pub const SCHEDULE_DELETED: &str = "schedule.deleted";
+    pub const WORKFLOW_TYPE_CREATED: &str = "workflow_type.created";
 }
 
 /// The scope idempotency keys of project creation live in.

@@ -98,6 +98,7 @@ conformance!(
     schedules_round_trip_and_advance_once,
     a_batch_of_jobs_commits_together_with_outcomes_per_job,
     a_batch_of_results_is_fenced_per_report,
+    workflow_types_get_a_version_per_distinct_definition,
 );
 
 fn new_project(name: &str) -> Project {
@@ -1303,4 +1304,55 @@ async fn a_batch_of_results_is_fenced_per_report(db: Db) {
         store.get_job(claimed[1].job_id).await.unwrap().state.status,
         TaskStatus::Running
     );
+}
+
+async fn workflow_types_get_a_version_per_distinct_definition(db: Db) {
+    let store = db.open().await;
+    let v1 = r#"{"steps":[{"name":"a","executor":"noop","spec":{}}]}"#;
+    let first = store.put_workflow_type("deploy", None, v1).await.unwrap();
+    assert!(first.created);
+    assert_eq!(first.value.version, 1);
+    // The same definition, written differently: no new version.
+    let same = store
+        .put_workflow_type(
+            "deploy",
+            None,
+            r#"{ "steps": [ {"spec":{}, "executor":"noop", "name":"a"} ] }"#,
+        )
+        .await
+        .unwrap();
+    assert!(!same.created);
+    assert_eq!(same.value.version, 1);
+    let v2 = r#"{"steps":[{"name":"b","executor":"noop","spec":{}}]}"#;
+    assert_eq!(
+        store
+            .put_workflow_type("deploy", None, v2)
+            .await
+            .unwrap()
+            .value
+            .version,
+        2
+    );
+    let latest = store.get_workflow_type("deploy", None).await.unwrap();
+    assert_eq!(latest.version, 2);
+    assert!(latest.definition.contains("\"b\""));
+    assert_eq!(
+        store
+            .get_workflow_type("deploy", Some(1))
+            .await
+            .unwrap()
+            .version,
+        1
+    );
+    assert!(matches!(
+        store.get_workflow_type("deploy", Some(9)).await,
+        Err(StoreError::NotFound {
+            kind: "workflow type",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.get_workflow_type("nope", None).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
