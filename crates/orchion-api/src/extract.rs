@@ -15,7 +15,7 @@ use crate::problem::ApiError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimit(pub usize);
 
-/// A JSON request body, deserialized strictly, with a digest of its content for idempotency.
+/// A JSON (or YAML) request body, deserialized strictly, with a digest of its content for idempotency.
 #[derive(Debug)]
 pub struct JsonBody<T> {
     pub value: T,
@@ -32,7 +32,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        check_json_content_type(req.headers())?;
+        let format = body_format(req.headers())?;
         let limit = req.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -41,8 +41,12 @@ where
                 ApiError::MalformedJson(rejection.body_text())
             }
         })?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+        let json: serde_json::Value = match format {
+            Format::Json => serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::MalformedJson(e.to_string()))?,
+            Format::Yaml => serde_yaml_ng::from_slice(&bytes)
+                .map_err(|e| ApiError::MalformedJson(format!("(YAML) {e}")))?,
+        };
         let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
         let value = serde_path_to_error::deserialize(json).map_err(|e| {
             let path = e.path().to_string();
@@ -65,7 +69,15 @@ where
     }
 }
 
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+/// How a request body is written.
+enum Format {
+    Json,
+    Yaml,
+}
+
+/// The body's format by its Content-Type: JSON (`application/json`, `…+json`) or YAML
+/// (`application/yaml`, `application/x-yaml`, `text/yaml`).
+fn body_format(headers: &HeaderMap) -> Result<Format, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -76,18 +88,16 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
-    {
-        Ok(())
-    } else if content_type.is_empty() {
-        Err(ApiError::UnsupportedMediaType(
+    match essence.as_str() {
+        "application/json" => Ok(Format::Json),
+        e if e.starts_with("application/") && e.ends_with("+json") => Ok(Format::Json),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => Ok(Format::Yaml),
+        "" => Err(ApiError::UnsupportedMediaType(
             "the request has no Content-Type: send `Content-Type: application/json`".into(),
-        ))
-    } else {
-        Err(ApiError::UnsupportedMediaType(format!(
-            "Content-Type `{content_type}` is not supported: send `application/json`"
-        )))
+        )),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "Content-Type `{content_type}` is not supported: send `application/json` (or `application/yaml`)"
+        ))),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod problem;
 pub mod projects;
 pub mod schedules;
 pub mod status;
+pub mod workflows;
 
 use std::{
     sync::{
@@ -108,6 +109,7 @@ pub struct Limits {
         (name = "projects", description = "Projects: namespaces that own workflows, runs and deployments"),
         (name = "jobs", description = "Jobs: one task run on an agent, retried by policy"),
         (name = "schedules", description = "Cron schedules that start jobs"),
+        (name = "workflows", description = "Workflow types: versioned DAGs of steps"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness"),
@@ -135,6 +137,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             schedules::list_schedules
         ))
         .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
+        .routes(routes!(workflows::put_workflow_type))
+        .routes(routes!(workflows::get_workflow_type))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))
