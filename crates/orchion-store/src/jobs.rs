@@ -318,6 +318,7 @@ macro_rules! job_helpers {
             task: &$crate::jobs::TaskRow,
             outcome: orchion_domain::AttemptOutcome,
             output: Option<String>,
+            events: &mut Vec<$crate::jobs::PendingEvent>,
         ) -> Result<orchion_domain::TaskStatus, $crate::StoreError> {
             use orchion_domain::{AttemptOutcome, AttemptStatus, TaskEvent};
             let state = task.state()?;
@@ -368,14 +369,7 @@ macro_rules! job_helpers {
             .bind(finished_at)
             .execute(&mut *conn)
             .await?;
-            append_event(
-                conn,
-                $crate::kind::JOB_STATUS_CHANGED,
-                orchion_domain::RunId::from_uuid(task.run_id).to_string(),
-                task.project_id.map(orchion_domain::ProjectId::from_uuid),
-                $crate::jobs::status_event(task.run_id, state.status, next.status, state.attempts),
-            )
-            .await?;
+            events.push($crate::jobs::PendingEvent::status(task, state.status, next.status, state.attempts));
             Ok(next.status)
         }
 
@@ -466,6 +460,7 @@ macro_rules! impl_job_store {
                 let attempt: Result<Vec<Enqueued>, $crate::StoreError> = async {
                     let mut tx = self.begin().await?;
                     let mut outcomes = Vec::with_capacity(jobs.len());
+                    let mut events = Vec::with_capacity(jobs.len());
                     for ((job, idempotency), (run_id, task_id)) in jobs.iter().zip(&ids) {
                         if let Some(key) = idempotency {
                             match find_idempotent(&mut tx, $crate::JOB_CREATE_SCOPE, key).await {
@@ -525,16 +520,15 @@ macro_rules! impl_job_store {
                                 .execute(&mut *tx)
                                 .await?;
                         }
-                        append_event(
-                            &mut tx,
-                            $crate::kind::JOB_CREATED,
-                            run_id.to_string(),
-                            job.project_id,
-                            serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
-                        )
-                        .await?;
+                        events.push($crate::jobs::PendingEvent {
+                            kind: $crate::kind::JOB_CREATED,
+                            subject: run_id.to_string(),
+                            project_id: job.project_id,
+                            data: serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
+                        });
                         outcomes.push(Enqueued::New);
                     }
+                    append_events(&mut tx, &events).await?;
                     self.commit(tx).await?;
                     Ok(outcomes)
                 }
@@ -665,6 +659,7 @@ macro_rules! impl_job_store {
             }
             let chosen = select_claims(&candidates, &claim.labels, free, running_per_key, claim.max);
             let mut claimed = Vec::with_capacity(chosen.len());
+            let mut events = Vec::with_capacity(chosen.len());
             for i in chosen {
                 let task = &candidates[i];
                 let state = task.state()?;
@@ -695,14 +690,7 @@ macro_rules! impl_job_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                append_event(
-                    &mut tx,
-                    $crate::kind::JOB_STATUS_CHANGED,
-                    orchion_domain::RunId::from_uuid(task.run_id).to_string(),
-                    task.project_id.map(orchion_domain::ProjectId::from_uuid),
-                    $crate::jobs::status_event(task.run_id, state.status, next.status, next.attempts),
-                )
-                .await?;
+                events.push($crate::jobs::PendingEvent::status(task, state.status, next.status, next.attempts));
                 claimed.push($crate::ClaimedTask {
                     job_id: orchion_domain::RunId::from_uuid(task.run_id),
                     task_id: orchion_domain::TaskId::from_uuid(task.id),
@@ -713,6 +701,7 @@ macro_rules! impl_job_store {
                     lease_expires_at,
                 });
             }
+            append_events(&mut tx, &events).await?;
             self.commit(tx).await?;
             Ok(claimed)
         }
@@ -755,6 +744,7 @@ macro_rules! impl_job_store {
             }
             let mut tx = self.begin().await?;
             let mut results = Vec::with_capacity(reports.len());
+            let mut events = Vec::with_capacity(reports.len());
             for report in reports {
                 let task_id = report.task;
                 let Some(task) = task_row(&mut tx, task_id.as_uuid()).await? else {
@@ -768,8 +758,9 @@ macro_rules! impl_job_store {
                     ))));
                     continue;
                 }
-                results.push(Ok(finish_attempt(&mut tx, &task, report.outcome, report.output).await?));
+                results.push(Ok(finish_attempt(&mut tx, &task, report.outcome, report.output, &mut events).await?));
             }
+            append_events(&mut tx, &events).await?;
             self.commit(tx).await?;
             Ok(results)
         }
@@ -787,9 +778,11 @@ macro_rules! impl_job_store {
                 .bind(now_us)
                 .fetch_all(&mut *tx)
                 .await?;
+            let mut events = Vec::new();
             for task in &expired {
-                finish_attempt(&mut tx, task, AttemptOutcome::Lost, None).await?;
+                finish_attempt(&mut tx, task, AttemptOutcome::Lost, None, &mut events).await?;
             }
+            append_events(&mut tx, &events).await?;
             let sql = format!(
                 "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
                  WHERE t.status = 'queued' AND t.attempts = 0 AND t.schedule_to_start_ms IS NOT NULL \
@@ -841,9 +834,11 @@ macro_rules! impl_job_store {
                 .bind(node.as_uuid())
                 .fetch_all(&mut *tx)
                 .await?;
+            let mut events = Vec::new();
             for task in &running {
-                finish_attempt(&mut tx, task, orchion_domain::AttemptOutcome::Lost, None).await?;
+                finish_attempt(&mut tx, task, orchion_domain::AttemptOutcome::Lost, None, &mut events).await?;
             }
+            append_events(&mut tx, &events).await?;
             self.commit(tx).await?;
             Ok(running.len())
         }
@@ -1173,6 +1168,29 @@ macro_rules! impl_job_store {
     };
 }
 pub(crate) use impl_job_store;
+
+/// An event a transaction writes just before it commits: appending all of a transaction's
+/// events at its end keeps PostgreSQL's `event_sequence` row lock, which orders events by
+/// commit, held for as short a time as possible.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingEvent {
+    pub kind: &'static str,
+    pub subject: String,
+    pub project_id: Option<orchion_domain::ProjectId>,
+    pub data: serde_json::Value,
+}
+
+impl PendingEvent {
+    /// A `job.status_changed` event for `task`.
+    pub fn status(task: &TaskRow, from: TaskStatus, to: TaskStatus, attempt: u32) -> Self {
+        PendingEvent {
+            kind: crate::kind::JOB_STATUS_CHANGED,
+            subject: RunId::from_uuid(task.run_id).to_string(),
+            project_id: task.project_id.map(orchion_domain::ProjectId::from_uuid),
+            data: status_event(task.run_id, from, to, attempt),
+        }
+    }
+}
 
 /// What became of one job of a batch enqueue.
 pub(crate) enum Enqueued {

@@ -96,6 +96,46 @@ async fn append_event(
     Ok(())
 }
 
+/// Appends a transaction's events at its end: one step of `event_sequence` for all of them, so
+/// the row lock that orders events by commit is taken as late, and held as briefly, as it can be.
+async fn append_events(
+    conn: &mut PgConnection,
+    events: &[crate::jobs::PendingEvent],
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let (last,): (i64,) =
+        sqlx::query_as("UPDATE event_sequence SET last = last + $1 RETURNING last")
+            .bind(count)
+            .fetch_one(&mut *conn)
+            .await?;
+    let now = crate::now();
+    let seqs: Vec<i64> = (last - count + 1..=last).collect();
+    let ats: Vec<time::OffsetDateTime> = vec![now; events.len()];
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+    let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+    let projects: Vec<Option<uuid::Uuid>> = events
+        .iter()
+        .map(|e| e.project_id.map(|p| p.as_uuid()))
+        .collect();
+    let data: Vec<Json<&serde_json::Value>> = events.iter().map(|e| Json(&e.data)).collect();
+    sqlx::query(
+        "INSERT INTO events (seq, at, kind, subject, project_id, data) \
+         SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[])",
+    )
+    .bind(seqs)
+    .bind(ats)
+    .bind(kinds)
+    .bind(subjects)
+    .bind(projects)
+    .bind(data)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The resource an idempotency key already names, or `None` when the key is new.
 async fn find_idempotent(
     conn: &mut PgConnection,

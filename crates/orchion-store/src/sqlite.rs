@@ -112,6 +112,24 @@ async fn append_event(
     Ok(())
 }
 
+/// Appends a transaction's events at its end, in order.
+async fn append_events(
+    conn: &mut SqliteConnection,
+    events: &[crate::jobs::PendingEvent],
+) -> Result<(), StoreError> {
+    for event in events {
+        append_event(
+            conn,
+            event.kind,
+            event.subject.clone(),
+            event.project_id,
+            event.data.clone(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// The resource an idempotency key already names, or `None` when the key is new.
 async fn find_idempotent(
     conn: &mut SqliteConnection,
