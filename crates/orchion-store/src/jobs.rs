@@ -459,62 +459,86 @@ macro_rules! impl_job_store {
                     .collect();
                 let attempt: Result<Vec<Enqueued>, $crate::StoreError> = async {
                     let mut tx = self.begin().await?;
+                    // Decide each job's fate first: an earlier job under its key (stored, or
+                    // earlier in this batch), a key conflict, or new.
                     let mut outcomes = Vec::with_capacity(jobs.len());
-                    let mut events = Vec::with_capacity(jobs.len());
-                    for ((job, idempotency), (run_id, task_id)) in jobs.iter().zip(&ids) {
-                        if let Some(key) = idempotency {
-                            match find_idempotent(&mut tx, $crate::JOB_CREATE_SCOPE, key).await {
-                                Ok(Some(existing)) => {
-                                    outcomes.push(Enqueued::Existing(orchion_domain::RunId::from_uuid(existing)));
-                                    continue;
-                                }
-                                Ok(None) => {}
-                                Err($crate::StoreError::IdempotencyConflict { key }) => {
-                                    outcomes.push(Enqueued::Conflict(key));
-                                    continue;
-                                }
-                                Err(e) => return Err(e),
-                            }
+                    let mut batch_keys: std::collections::HashMap<&str, (usize, &[u8])> = std::collections::HashMap::new();
+                    for (i, (_, idempotency)) in jobs.iter().enumerate() {
+                        let Some(key) = idempotency else {
+                            outcomes.push(Enqueued::New);
+                            continue;
+                        };
+                        if let Some(&(first, hash)) = batch_keys.get(key.key.as_str()) {
+                            outcomes.push(if hash == key.request_hash.as_slice() {
+                                Enqueued::Existing(ids[first].0)
+                            } else {
+                                Enqueued::Conflict(key.key.clone())
+                            });
+                            continue;
                         }
-                        sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'job', $3, $4)")
-                            .bind(run_id.as_uuid())
-                            .bind(job.project_id.map(|p| p.as_uuid()))
-                            .bind(job.name.as_str())
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await?;
-                        let resources = job.placement.resources;
-                        let state = orchion_domain::TaskState::new(&job.retry);
-                        sqlx::query(
+                        match find_idempotent(&mut tx, $crate::JOB_CREATE_SCOPE, key).await {
+                            Ok(Some(existing)) => outcomes.push(Enqueued::Existing(orchion_domain::RunId::from_uuid(existing))),
+                            Ok(None) => {
+                                batch_keys.insert(&key.key, (i, &key.request_hash));
+                                outcomes.push(Enqueued::New);
+                            }
+                            Err($crate::StoreError::IdempotencyConflict { key }) => outcomes.push(Enqueued::Conflict(key)),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    let new: Vec<usize> = (0..jobs.len()).filter(|&i| matches!(outcomes[i], Enqueued::New)).collect();
+                    // Then write the new ones, a few statements for the whole batch.
+                    for chunk in new.chunks($crate::jobs::INSERT_CHUNK) {
+                        let mut runs = sqlx::QueryBuilder::new("INSERT INTO runs (id, project_id, kind, name, created_at) ");
+                        runs.push_values(chunk, |mut row, &i| {
+                            let (job, _) = &jobs[i];
+                            row.push_bind(ids[i].0.as_uuid())
+                                .push_bind(job.project_id.map(|p| p.as_uuid()))
+                                .push_bind("job")
+                                .push_bind(job.name.as_str())
+                                .push_bind(now);
+                        });
+                        runs.build().execute(&mut *tx).await?;
+                        let mut tasks = sqlx::QueryBuilder::new(
                             "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
                              memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
                              start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
-                             enqueued_us, created_at) \
-                             VALUES ($1, $2, 'job', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, 0, $17, \
-                             false, $18, $19, $20)",
-                        )
-                        .bind(task_id.as_uuid())
-                        .bind(run_id.as_uuid())
-                        .bind(state.status.as_str())
-                        .bind(job.executor.as_str())
-                        .bind(job.spec.as_str())
-                        .bind(job.priority)
-                        .bind(sqlx::types::Json(&job.placement.labels))
-                        .bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
-                        .bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
-                        .bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
-                        .bind(job.concurrency.as_ref().map(|c| c.key.as_str()))
-                        .bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
-                        .bind(sqlx::types::Json(retry_json(&job.retry)))
-                        .bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                        .bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                        .bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
-                        .bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
-                        .bind(micros(job.run_at.unwrap_or(now).max(now)))
-                        .bind(micros(now))
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                             enqueued_us, created_at) ",
+                        );
+                        tasks.push_values(chunk, |mut row, &i| {
+                            let (job, _) = &jobs[i];
+                            let resources = job.placement.resources;
+                            let state = orchion_domain::TaskState::new(&job.retry);
+                            row.push_bind(ids[i].1.as_uuid())
+                                .push_bind(ids[i].0.as_uuid())
+                                .push_bind("job")
+                                .push_bind(state.status.as_str())
+                                .push_bind(job.executor.as_str())
+                                .push_bind(job.spec.as_str())
+                                .push_bind(job.priority)
+                                .push_bind(sqlx::types::Json(job.placement.labels.clone()))
+                                .push_bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
+                                .push_bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
+                                .push_bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
+                                .push_bind(job.concurrency.as_ref().map(|c| c.key.clone()))
+                                .push_bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
+                                .push_bind(sqlx::types::Json(retry_json(&job.retry)))
+                                .push_bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                                .push_bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                                .push_bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
+                                .push_bind(0i32)
+                                .push_bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
+                                .push_bind(false)
+                                .push_bind(micros(job.run_at.unwrap_or(now).max(now)))
+                                .push_bind(micros(now))
+                                .push_bind(now);
+                        });
+                        tasks.build().execute(&mut *tx).await?;
+                    }
+                    let mut events = Vec::with_capacity(new.len());
+                    for &i in &new {
+                        let (job, idempotency) = &jobs[i];
+                        let run_id = ids[i].0;
                         if let Some(key) = idempotency {
                             $crate::queries::bound::insert_idempotency_key($crate::JOB_CREATE_SCOPE, key, run_id.as_uuid(), now)
                                 .execute(&mut *tx)
@@ -526,7 +550,6 @@ macro_rules! impl_job_store {
                             project_id: job.project_id,
                             data: serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
                         });
-                        outcomes.push(Enqueued::New);
                     }
                     append_events(&mut tx, &events).await?;
                     self.commit(tx).await?;
@@ -1191,6 +1214,9 @@ impl PendingEvent {
         }
     }
 }
+
+/// Rows per multi-row INSERT (23 parameters each stays far below either backend's limit).
+pub(crate) const INSERT_CHUNK: usize = 500;
 
 /// What became of one job of a batch enqueue.
 pub(crate) enum Enqueued {
