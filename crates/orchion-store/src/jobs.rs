@@ -683,7 +683,7 @@ macro_rules! impl_job_store {
             let chosen = select_claims(&candidates, &claim.labels, free, running_per_key, claim.max);
             let mut claimed = Vec::with_capacity(chosen.len());
             let mut events = Vec::with_capacity(chosen.len());
-            for i in chosen {
+            for &i in &chosen {
                 let task = &candidates[i];
                 let state = task.state()?;
                 let next = state
@@ -691,28 +691,6 @@ macro_rules! impl_job_store {
                     .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?
                     .state;
                 let timeouts = task.timeouts();
-                let lease_expires_at = now + timeouts.heartbeat;
-                sqlx::query(
-                    "UPDATE tasks SET status = $2, attempts = $3, node_id = $4, lease_expires_us = $5, \
-                     started_at = COALESCE(started_at, $6) WHERE id = $1",
-                )
-                .bind(task.id)
-                .bind(next.status.as_str())
-                .bind(i32::try_from(next.attempts).unwrap_or(i32::MAX))
-                .bind(claim.node_id.as_uuid())
-                .bind(micros(lease_expires_at))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "INSERT INTO attempts (task_id, number, node_id, status, started_at) VALUES ($1, $2, $3, 'running', $4)",
-                )
-                .bind(task.id)
-                .bind(i32::try_from(next.attempts).unwrap_or(i32::MAX))
-                .bind(claim.node_id.as_uuid())
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
                 events.push($crate::jobs::PendingEvent::status(task, state.status, next.status, next.attempts));
                 claimed.push($crate::ClaimedTask {
                     job_id: orchion_domain::RunId::from_uuid(task.run_id),
@@ -720,10 +698,46 @@ macro_rules! impl_job_store {
                     attempt: next.attempts,
                     executor: task.executor.clone(),
                     spec: task.spec.clone(),
+                    lease_expires_at: now + timeouts.heartbeat,
                     timeouts,
-                    lease_expires_at,
                 });
             }
+            if claimed.is_empty() {
+                tx.rollback().await?;
+                return Ok(claimed);
+            }
+            // One statement for all the claimed tasks, one for their attempts. A claim takes a
+            // queued task to running with one more attempt (`TaskState::next` above); each
+            // lease runs for the task's own heartbeat timeout.
+            let mut update = sqlx::QueryBuilder::new("UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = ");
+            update
+                .push_bind(claim.node_id.as_uuid())
+                .push(", lease_expires_us = ")
+                .push_bind(micros(now))
+                .push(" + heartbeat_ms * 1000, started_at = COALESCE(started_at, ")
+                .push_bind(now)
+                .push(") WHERE status = 'queued' AND id IN (");
+            let mut ids = update.separated(", ");
+            for c in &claimed {
+                ids.push_bind(c.task_id.as_uuid());
+            }
+            update.push(")");
+            let updated = update.build().execute(&mut *tx).await?.rows_affected();
+            if updated != claimed.len() as u64 {
+                return Err($crate::StoreError::Conflict(format!(
+                    "claimed {} tasks but {updated} were still queued",
+                    claimed.len()
+                )));
+            }
+            let mut attempts = sqlx::QueryBuilder::new("INSERT INTO attempts (task_id, number, node_id, status, started_at) ");
+            attempts.push_values(&claimed, |mut row, c| {
+                row.push_bind(c.task_id.as_uuid())
+                    .push_bind(i32::try_from(c.attempt).unwrap_or(i32::MAX))
+                    .push_bind(claim.node_id.as_uuid())
+                    .push_bind("running")
+                    .push_bind(now);
+            });
+            attempts.build().execute(&mut *tx).await?;
             append_events(&mut tx, &events).await?;
             self.commit(tx).await?;
             Ok(claimed)
