@@ -313,64 +313,52 @@ macro_rules! job_helpers {
 
         /// Ends the task's current attempt with `outcome` and applies the transition. The
         /// caller has checked the attempt is the current one.
-        async fn finish_attempt(
+        /// Ends attempts as their plans say, two statements per chunk of tasks. The caller has
+        /// checked each attempt is the current one.
+        async fn finish_attempts(
             conn: &mut $conn,
-            task: &$crate::jobs::TaskRow,
-            outcome: orchion_domain::AttemptOutcome,
-            output: Option<String>,
-            events: &mut Vec<$crate::jobs::PendingEvent>,
-        ) -> Result<orchion_domain::TaskStatus, $crate::StoreError> {
-            use orchion_domain::{AttemptOutcome, AttemptStatus, TaskEvent};
-            let state = task.state()?;
-            let policy = task.policy()?;
-            let random: f64 = rand::random();
-            let transition = state
-                .next(&TaskEvent::Finished(outcome.clone()), &policy, random)
-                .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?;
-            let now = $crate::now();
-            let (exit_code, error) = match &outcome {
-                AttemptOutcome::Failed { exit_code, error } => (*exit_code, Some(error.clone())),
-                AttemptOutcome::Lost => (None, Some("the attempt's lease expired: its node stopped answering".to_owned())),
-                AttemptOutcome::TimedOut => (None, Some("the attempt ran past timeouts.start_to_close".to_owned())),
-                AttemptOutcome::Cancelled => (None, Some("cancelled".to_owned())),
-                AttemptOutcome::Succeeded => (None, None),
-            };
-            sqlx::query(
-                "UPDATE attempts SET status = $3, finished_at = $4, exit_code = $5, error = $6 \
-                 WHERE task_id = $1 AND number = $2",
-            )
-            .bind(task.id)
-            .bind(task.attempts)
-            .bind(AttemptStatus::of(&outcome).as_str())
-            .bind(now)
-            .bind(exit_code)
-            .bind(error.as_deref())
-            .execute(&mut *conn)
-            .await?;
-            let next = transition.state;
-            let run_after = transition
-                .retry_after
-                .map_or(task.run_after_us, |wait| $crate::jobs::micros(now + wait));
-            let finished_at = next.status.is_terminal().then_some(now);
-            let output = output.map(|o| $crate::jobs::truncate(o, $crate::jobs::MAX_OUTPUT_BYTES));
-            sqlx::query(
-                "UPDATE tasks SET status = $2, cancel_requested = $3, attempt_budget = $4, node_id = NULL, \
-                 lease_expires_us = NULL, run_after_us = $5, output = COALESCE($6, output), error = $7, \
-                 exit_code = $8, finished_at = $9 WHERE id = $1",
-            )
-            .bind(task.id)
-            .bind(next.status.as_str())
-            .bind(next.cancel_requested)
-            .bind(i32::try_from(next.attempt_budget).unwrap_or(i32::MAX))
-            .bind(run_after)
-            .bind(output)
-            .bind(error.as_deref())
-            .bind(exit_code)
-            .bind(finished_at)
-            .execute(&mut *conn)
-            .await?;
-            events.push($crate::jobs::PendingEvent::status(task, state.status, next.status, state.attempts));
-            Ok(next.status)
+            plans: &[$crate::jobs::FinishPlan],
+        ) -> Result<(), $crate::StoreError> {
+            for chunk in plans.chunks($crate::jobs::INSERT_CHUNK) {
+                let mut attempts = sqlx::QueryBuilder::new(
+                    "WITH v (task_id, number, status, finished_at, exit_code, error) AS (",
+                );
+                attempts.push_values(chunk, |mut row, p| {
+                    row.push_bind(p.task_id)
+                        .push_bind(p.number)
+                        .push_bind(p.attempt_status)
+                        .push_bind(p.now)
+                        .push_bind(p.exit_code)
+                        .push_bind(p.error.clone());
+                });
+                attempts.push(
+                    ") UPDATE attempts SET status = v.status, finished_at = v.finished_at, exit_code = v.exit_code, \
+                     error = v.error FROM v WHERE attempts.task_id = v.task_id AND attempts.number = v.number",
+                );
+                attempts.build().execute(&mut *conn).await?;
+                let mut tasks = sqlx::QueryBuilder::new(
+                    "WITH v (id, status, cancel_requested, attempt_budget, run_after_us, output, error, exit_code, finished_at) AS (",
+                );
+                tasks.push_values(chunk, |mut row, p| {
+                    row.push_bind(p.task_id)
+                        .push_bind(p.status.as_str())
+                        .push_bind(p.cancel_requested)
+                        .push_bind(p.attempt_budget)
+                        .push_bind(p.run_after_us)
+                        .push_bind(p.output.clone())
+                        .push_bind(p.error.clone())
+                        .push_bind(p.exit_code)
+                        .push_bind(p.finished_at);
+                });
+                tasks.push(
+                    ") UPDATE tasks SET status = v.status, cancel_requested = v.cancel_requested, \
+                     attempt_budget = v.attempt_budget, node_id = NULL, lease_expires_us = NULL, \
+                     run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), error = v.error, \
+                     exit_code = v.exit_code, finished_at = v.finished_at FROM v WHERE tasks.id = v.id",
+                );
+                tasks.build().execute(&mut *conn).await?;
+            }
+            Ok(())
         }
 
         /// Applies an operator's event (cancel, retry) to a job's task.
@@ -781,22 +769,29 @@ macro_rules! impl_job_store {
             }
             let mut tx = self.begin().await?;
             let mut results = Vec::with_capacity(reports.len());
-            let mut events = Vec::with_capacity(reports.len());
+            let mut plans: Vec<$crate::jobs::FinishPlan> = Vec::with_capacity(reports.len());
+            let now = $crate::now();
             for report in reports {
                 let task_id = report.task;
                 let Some(task) = task_row(&mut tx, task_id.as_uuid()).await? else {
                     results.push(Err($crate::StoreError::NotFound { kind: "task", id: task_id.to_string() }));
                     continue;
                 };
-                if !$crate::jobs::holds(&task, report.node, report.attempt) {
+                // A second report for the same attempt in this batch is as stale as a late one.
+                let repeated = plans.iter().any(|p| p.task_id == task.id);
+                if repeated || !$crate::jobs::holds(&task, report.node, report.attempt) {
                     results.push(Err($crate::StoreError::Stale(format!(
                         "attempt {} of task {task_id} is not running on node {}: its result is refused",
                         report.attempt, report.node
                     ))));
                     continue;
                 }
-                results.push(Ok(finish_attempt(&mut tx, &task, report.outcome, report.output, &mut events).await?));
+                let plan = $crate::jobs::plan_finish(&task, report.outcome, report.output, now, rand::random())?;
+                results.push(Ok(plan.status));
+                plans.push(plan);
             }
+            finish_attempts(&mut tx, &plans).await?;
+            let events: Vec<$crate::jobs::PendingEvent> = plans.into_iter().map(|p| p.event).collect();
             append_events(&mut tx, &events).await?;
             self.commit(tx).await?;
             Ok(results)
@@ -815,10 +810,12 @@ macro_rules! impl_job_store {
                 .bind(now_us)
                 .fetch_all(&mut *tx)
                 .await?;
-            let mut events = Vec::new();
-            for task in &expired {
-                finish_attempt(&mut tx, task, AttemptOutcome::Lost, None, &mut events).await?;
-            }
+            let plans = expired
+                .iter()
+                .map(|task| $crate::jobs::plan_finish(task, AttemptOutcome::Lost, None, now, rand::random()))
+                .collect::<Result<Vec<_>, _>>()?;
+            finish_attempts(&mut tx, &plans).await?;
+            let events: Vec<$crate::jobs::PendingEvent> = plans.into_iter().map(|p| p.event).collect();
             append_events(&mut tx, &events).await?;
             let sql = format!(
                 "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
@@ -871,10 +868,13 @@ macro_rules! impl_job_store {
                 .bind(node.as_uuid())
                 .fetch_all(&mut *tx)
                 .await?;
-            let mut events = Vec::new();
-            for task in &running {
-                finish_attempt(&mut tx, task, orchion_domain::AttemptOutcome::Lost, None, &mut events).await?;
-            }
+            let now = $crate::now();
+            let plans = running
+                .iter()
+                .map(|task| $crate::jobs::plan_finish(task, orchion_domain::AttemptOutcome::Lost, None, now, rand::random()))
+                .collect::<Result<Vec<_>, _>>()?;
+            finish_attempts(&mut tx, &plans).await?;
+            let events: Vec<$crate::jobs::PendingEvent> = plans.into_iter().map(|p| p.event).collect();
             append_events(&mut tx, &events).await?;
             self.commit(tx).await?;
             Ok(running.len())
@@ -1227,6 +1227,75 @@ impl PendingEvent {
             data: status_event(task.run_id, from, to, attempt),
         }
     }
+}
+
+/// How an attempt ends: everything its two row updates and its event need.
+#[derive(Debug, Clone)]
+pub(crate) struct FinishPlan {
+    pub task_id: Uuid,
+    pub number: i32,
+    pub attempt_status: &'static str,
+    pub now: OffsetDateTime,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub status: TaskStatus,
+    pub cancel_requested: bool,
+    pub attempt_budget: i32,
+    pub run_after_us: i64,
+    pub output: Option<String>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub event: PendingEvent,
+}
+
+/// Plans the end of `task`'s current attempt with `outcome`: the transition comes from
+/// `TaskState::next`; `random` in `[0, 1)` jitters a retry's backoff.
+pub(crate) fn plan_finish(
+    task: &TaskRow,
+    outcome: orchion_domain::AttemptOutcome,
+    output: Option<String>,
+    now: OffsetDateTime,
+    random: f64,
+) -> Result<FinishPlan, StoreError> {
+    use orchion_domain::{AttemptOutcome, TaskEvent};
+    let state = task.state()?;
+    let transition = state
+        .next(
+            &TaskEvent::Finished(outcome.clone()),
+            &task.policy()?,
+            random,
+        )
+        .map_err(|e| StoreError::Conflict(e.to_string()))?;
+    let (exit_code, error) = match &outcome {
+        AttemptOutcome::Failed { exit_code, error } => (*exit_code, Some(error.clone())),
+        AttemptOutcome::Lost => (
+            None,
+            Some("the attempt's lease expired: its node stopped answering".to_owned()),
+        ),
+        AttemptOutcome::TimedOut => (
+            None,
+            Some("the attempt ran past timeouts.start_to_close".to_owned()),
+        ),
+        AttemptOutcome::Cancelled => (None, Some("cancelled".to_owned())),
+        AttemptOutcome::Succeeded => (None, None),
+    };
+    let next = transition.state;
+    Ok(FinishPlan {
+        task_id: task.id,
+        number: task.attempts,
+        attempt_status: AttemptStatus::of(&outcome).as_str(),
+        now,
+        exit_code,
+        error,
+        status: next.status,
+        cancel_requested: next.cancel_requested,
+        attempt_budget: i32::try_from(next.attempt_budget).unwrap_or(i32::MAX),
+        run_after_us: transition
+            .retry_after
+            .map_or(task.run_after_us, |wait| micros(now + wait)),
+        output: output.map(|o| truncate(o, MAX_OUTPUT_BYTES)),
+        finished_at: next.status.is_terminal().then_some(now),
+        event: PendingEvent::status(task, state.status, next.status, state.attempts),
+    })
 }
 
 /// Rows per multi-row INSERT (23 parameters each stays far below either backend's limit).
