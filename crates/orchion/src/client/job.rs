@@ -5,7 +5,7 @@ use std::{io::Read, process::ExitCode, time::Duration};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Client, ClientError, Table, finish, print, url_segment};
+use super::{Client, ClientError, Listing, Table, finish, print, print_listing, url_segment};
 use crate::cli::{JobArgs, JobCommand, Output};
 
 fn table(jobs: &[Value]) -> Table {
@@ -165,39 +165,16 @@ pub async fn run(args: JobArgs) -> ExitCode {
                 cursor,
                 all,
             } => {
-                let mut items = Vec::new();
-                let mut cursor = cursor;
-                loop {
-                    let mut query = Vec::new();
-                    for (name, value) in [
-                        ("status", &status),
-                        ("executor", &executor),
-                        ("cursor", &cursor),
-                    ] {
-                        if let Some(value) = value {
-                            query.push((name, value.clone()));
-                        }
-                    }
-                    if let Some(l) = limit {
-                        query.push(("limit", l.to_string()));
-                    }
-                    let page: Value = client
-                        .call(Method::GET, "/api/v1/jobs", &query, &[], None)
-                        .await?;
-                    items.extend(page["items"].as_array().cloned().unwrap_or_default());
-                    cursor = page["next_cursor"].as_str().map(str::to_owned);
-                    if !all || cursor.is_none() {
-                        break;
-                    }
-                }
-                let list = json!({"items": items, "next_cursor": cursor});
-                print(output, &list, |l| {
-                    table(l["items"].as_array().map_or(&[][..], Vec::as_slice))
-                })?;
-                if let (Output::Table, Some(next)) = (output, &cursor) {
-                    eprintln!("more: --cursor {next} (or --all)");
-                }
-                Ok(())
+                let listing: Listing<Value> = client
+                    .list(
+                        "/api/v1/jobs",
+                        &[("status", status), ("executor", executor)],
+                        limit,
+                        cursor,
+                        all,
+                    )
+                    .await?;
+                print_listing(output, &listing, table)
             }
             JobCommand::Get { id } => {
                 let job: Value = client

@@ -193,6 +193,63 @@ impl Table {
     }
 }
 
+/// A page of a listing, as every list endpoint answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+impl Client {
+    /// Lists `path` with `filters` from `cursor`: one page, or every page when `all`.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        filters: &[(&str, Option<String>)],
+        limit: Option<u32>,
+        cursor: Option<String>,
+        all: bool,
+    ) -> Result<Listing<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut cursor = cursor;
+        loop {
+            let mut query: Vec<(&str, String)> = filters
+                .iter()
+                .filter_map(|(name, value)| value.clone().map(|v| (*name, v)))
+                .collect();
+            if let Some(limit) = limit {
+                query.push(("limit", limit.to_string()));
+            }
+            if let Some(c) = &cursor {
+                query.push(("cursor", c.clone()));
+            }
+            let page: Listing<T> = self.call(Method::GET, path, &query, &[], None).await?;
+            items.extend(page.items);
+            cursor = page.next_cursor;
+            if !all || cursor.is_none() {
+                return Ok(Listing {
+                    items,
+                    next_cursor: cursor,
+                });
+            }
+        }
+    }
+}
+
+/// Prints a listing, and on a table where the next page starts.
+pub fn print_listing<T: Serialize>(
+    output: Output,
+    listing: &Listing<T>,
+    table: impl FnOnce(&[T]) -> Table,
+) -> Result<(), ClientError> {
+    print(output, listing, |l| table(&l.items))?;
+    if let (Output::Table, Some(next)) = (output, &listing.next_cursor) {
+        eprintln!("more: --cursor {next} (or --all)");
+    }
+    Ok(())
+}
+
 /// Percent-encodes a path segment, so an id with `/` or `?` cannot address another route.
 pub fn url_segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Client, ClientError, Table, finish, print, url_segment};
+use super::{Client, ClientError, Listing, Table, finish, print, print_listing, url_segment};
 use crate::cli::{NodeArgs, NodeCommand, Output};
 
 /// A node as the API returns it.
@@ -29,13 +29,6 @@ struct Capacity {
     cpu_millis: u64,
     memory_bytes: u64,
     gpus: u32,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct NodeList {
-    items: Vec<Node>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<String>,
 }
 
 fn table(nodes: &[Node]) -> Table {
@@ -91,38 +84,16 @@ pub async fn run(args: NodeArgs) -> ExitCode {
                 cursor,
                 all,
             } => {
-                let mut items = Vec::new();
-                let mut cursor = cursor;
-                loop {
-                    let mut query = Vec::new();
-                    for (name, value) in
-                        [("status", &status), ("label", &label), ("cursor", &cursor)]
-                    {
-                        if let Some(value) = value {
-                            query.push((name, value.clone()));
-                        }
-                    }
-                    if let Some(l) = limit {
-                        query.push(("limit", l.to_string()));
-                    }
-                    let page: NodeList = client
-                        .call(Method::GET, "/api/v1/nodes", &query, &[], None)
-                        .await?;
-                    items.extend(page.items);
-                    cursor = page.next_cursor;
-                    if !all || cursor.is_none() {
-                        break;
-                    }
-                }
-                let list = NodeList {
-                    items,
-                    next_cursor: cursor,
-                };
-                print(output, &list, |l| table(&l.items))?;
-                if let (Output::Table, Some(next)) = (output, &list.next_cursor) {
-                    eprintln!("more: --cursor {next} (or --all)");
-                }
-                Ok(())
+                let listing: Listing<Node> = client
+                    .list(
+                        "/api/v1/nodes",
+                        &[("status", status), ("label", label)],
+                        limit,
+                        cursor,
+                        all,
+                    )
+                    .await?;
+                print_listing(output, &listing, table)
             }
             NodeCommand::Get { id } => {
                 let node: Node = client

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{Client, ClientError, Table, finish, print, url_segment};
+use super::{Client, ClientError, Listing, Table, finish, print, print_listing, url_segment};
 use crate::cli::{Output, ProjectArgs, ProjectCommand};
 
 /// A project as the API returns it.
@@ -20,13 +20,6 @@ struct Project {
     status: String,
     created_at: String,
     updated_at: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct ProjectList {
-    items: Vec<Project>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next_cursor: Option<String>,
 }
 
 fn table(projects: &[Project]) -> Table {
@@ -98,37 +91,16 @@ pub async fn run(args: ProjectArgs) -> ExitCode {
                 cursor,
                 all,
             } => {
-                let mut items = Vec::new();
-                let mut cursor = cursor;
-                loop {
-                    let mut query = Vec::new();
-                    if let Some(s) = &status {
-                        query.push(("status", s.clone()));
-                    }
-                    if let Some(l) = limit {
-                        query.push(("limit", l.to_string()));
-                    }
-                    if let Some(c) = &cursor {
-                        query.push(("cursor", c.clone()));
-                    }
-                    let page: ProjectList = client
-                        .call(Method::GET, "/api/v1/projects", &query, &[], None)
-                        .await?;
-                    items.extend(page.items);
-                    cursor = page.next_cursor;
-                    if !all || cursor.is_none() {
-                        break;
-                    }
-                }
-                let list = ProjectList {
-                    items,
-                    next_cursor: cursor,
-                };
-                print(output, &list, |l| table(&l.items))?;
-                if let (Output::Table, Some(next)) = (output, &list.next_cursor) {
-                    eprintln!("more: --cursor {next} (or --all)");
-                }
-                Ok(())
+                let listing: Listing<Project> = client
+                    .list(
+                        "/api/v1/projects",
+                        &[("status", status)],
+                        limit,
+                        cursor,
+                        all,
+                    )
+                    .await?;
+                print_listing(output, &listing, table)
             }
             ProjectCommand::Update {
                 id,

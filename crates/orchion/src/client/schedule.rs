@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::{Client, Table, finish, job::job_document, print, url_segment};
-use crate::cli::{Output, ScheduleArgs, ScheduleCommand};
+use super::{Client, Listing, Table, finish, job::job_document, print, print_listing, url_segment};
+use crate::cli::{ScheduleArgs, ScheduleCommand};
 
 fn table(schedules: &[Value]) -> Table {
     let mut table = Table::new(vec!["ID", "NAME", "CRON", "TIMEZONE", "NEXT", "LAST JOB"]);
@@ -56,23 +56,10 @@ pub async fn run(args: ScheduleArgs) -> ExitCode {
                 print(output, &schedule, |s| table(std::slice::from_ref(s)))
             }
             ScheduleCommand::Ls { limit, cursor } => {
-                let mut query = Vec::new();
-                if let Some(l) = limit {
-                    query.push(("limit", l.to_string()));
-                }
-                if let Some(c) = cursor {
-                    query.push(("cursor", c));
-                }
-                let page: Value = client
-                    .call(Method::GET, "/api/v1/schedules", &query, &[], None)
+                let listing: Listing<Value> = client
+                    .list("/api/v1/schedules", &[], limit, cursor, false)
                     .await?;
-                print(output, &page, |p| {
-                    table(p["items"].as_array().map_or(&[][..], Vec::as_slice))
-                })?;
-                if let (Output::Table, Some(next)) = (output, page["next_cursor"].as_str()) {
-                    eprintln!("more: --cursor {next}");
-                }
-                Ok(())
+                print_listing(output, &listing, table)
             }
             ScheduleCommand::Rm { id } => {
                 let path = format!("/api/v1/schedules/{}", url_segment(&id));
