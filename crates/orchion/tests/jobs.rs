@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Orchion, agent, cluster_server, eventually, free_port, http};
+use common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
 use serde_json::{Value, json};
 
 async fn submit(server: &Orchion, body: Value) -> Value {
@@ -44,14 +44,7 @@ async fn node_id(server: &Orchion, name: &str) -> String {
         &format!("node {name} to join"),
         Duration::from_secs(30),
         || async {
-            let nodes: Value = http()
-                .get(server.url("/api/v1/nodes"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let nodes: Value = get_json(server, "/api/v1/nodes").await?;
             nodes["items"]
                 .as_array()?
                 .iter()
@@ -179,14 +172,7 @@ async fn cancelling_a_running_job_ends_its_process_group() {
         "the job to print its process group",
         Duration::from_secs(30),
         || async {
-            let logs: Value = http()
-                .get(server.url(&format!("/api/v1/jobs/{id}/logs")))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let logs: Value = get_json(&server, &format!("/api/v1/jobs/{id}/logs")).await?;
             logs["lines"][0]["line"].as_str()?.trim().parse().ok()
         },
     )
@@ -347,14 +333,7 @@ async fn a_cron_schedule_fires_jobs_that_run() {
         "two fired jobs to succeed",
         Duration::from_secs(30),
         || async {
-            let jobs: Value = http()
-                .get(server.url("/api/v1/jobs?status=succeeded"))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let jobs: Value = get_json(&server, "/api/v1/jobs?status=succeeded").await?;
             (jobs["items"].as_array()?.len() >= 2).then_some(jobs)
         },
     )

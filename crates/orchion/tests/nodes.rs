@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Orchion, agent, cluster_server, eventually, free_port, http};
+use common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
 use serde_json::Value;
 
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -158,14 +158,7 @@ async fn an_agent_is_restarted_through_the_agents_api() {
         "the agent to pick up the restart",
         Duration::from_secs(10),
         || async {
-            let agent: Value = http()
-                .get(server.url(&format!("/api/v1/agents/{id}")))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let agent: Value = get_json(&server, &format!("/api/v1/agents/{id}")).await?;
             (agent["restart_pending"] == false && agent["status"] == "ready").then_some(())
         },
     )

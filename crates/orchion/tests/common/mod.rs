@@ -207,6 +207,18 @@ where
     }
 }
 
+/// `GET path` as JSON, or `None` when the request or the body fails (for `eventually`).
+pub async fn get_json(server: &Orchion, path: &str) -> Option<serde_json::Value> {
+    http()
+        .get(server.url(path))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 /// A JSON HTTP client for tests.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
