@@ -17,7 +17,7 @@ use std::{
 
 use orchion_executor::{Context, Outcome, OutputLine, Registry};
 use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, transport::Channel};
 
@@ -33,6 +33,8 @@ const LOG_FLUSH: Duration = Duration::from_millis(200);
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// How long a result report is retried while the server is away.
 const REPORT_PATIENCE: Duration = Duration::from_secs(120);
+/// The most results one report carries.
+const REPORT_BATCH: usize = 500;
 
 /// What the loop needs from the agent.
 #[derive(Clone)]
@@ -77,6 +79,7 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
         held.clone(),
         stop.clone(),
     ));
+    let reporter = Reporter::spawn(client.clone(), config.credentials.clone());
     let executors = config.executors.names();
     let mut failures = 0u32;
     loop {
@@ -137,11 +140,12 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
                 },
             };
             let client = client.clone();
+            let reporter = reporter.clone();
             let config = config.clone();
             let held = held.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                run_task(client, config, task, held, stop).await;
+                run_task(client, reporter, config, task, held, stop).await;
                 drop(permit);
             });
         }
@@ -214,6 +218,7 @@ async fn keep_leases(
 
 async fn run_task(
     client: WorkServiceClient<Channel>,
+    reporter: Reporter,
     config: WorkConfig,
     task: pb::TaskAssignment,
     held: HeldMap,
@@ -270,7 +275,7 @@ async fn run_task(
     if lost.load(Ordering::SeqCst) || agent_stop.is_cancelled() {
         return;
     }
-    report(client, &config.credentials, &task, outcome).await;
+    reporter.report(&task, outcome).await;
 }
 
 /// Sends output lines in batches until the execution drops its sender. A refusal
@@ -337,56 +342,120 @@ async fn ship_logs(
     }
 }
 
-/// Reports an outcome, retrying while the server is unreachable.
-async fn report(
-    mut client: WorkServiceClient<Channel>,
+/// A finished attempt waiting to be reported.
+struct Finished {
+    job_id: String,
+    result: pb::TaskResult,
+    /// Told once the result is delivered, refused, or given up on.
+    done: oneshot::Sender<()>,
+}
+
+/// Reports results in batches: whatever finished while the previous call was in flight goes in
+/// the next call, so a busy agent makes one call for many results and an idle one reports each
+/// at once.
+#[derive(Clone)]
+struct Reporter {
+    tx: mpsc::UnboundedSender<Finished>,
+}
+
+impl Reporter {
+    /// Starts the sending task; it ends when every clone of the reporter is dropped.
+    fn spawn(client: WorkServiceClient<Channel>, credentials: Credentials) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
+        tokio::spawn(async move {
+            let mut client = client;
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < REPORT_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                deliver(&mut client, &credentials, batch).await;
+            }
+        });
+        Self { tx }
+    }
+
+    /// Reports how `task` ended, and returns once the server has it (or refused it, or the
+    /// agent gave up).
+    async fn report(&self, task: &pb::TaskAssignment, outcome: Outcome) {
+        let (kind, exit_code, error, output) = match outcome {
+            Outcome::Succeeded { output } => {
+                (pb::TaskOutcome::Succeeded, None, String::new(), output)
+            }
+            Outcome::Failed {
+                exit_code,
+                error,
+                output,
+            } => (pb::TaskOutcome::Failed, exit_code, error, output),
+            Outcome::Cancelled => (pb::TaskOutcome::Cancelled, None, String::new(), None),
+            Outcome::TimedOut => (pb::TaskOutcome::TimedOut, None, String::new(), None),
+        };
+        let (done, delivered) = oneshot::channel();
+        let finished = Finished {
+            job_id: task.job_id.clone(),
+            result: pb::TaskResult {
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                outcome: kind.into(),
+                exit_code,
+                error,
+                output,
+            },
+            done,
+        };
+        if self.tx.send(finished).is_ok() {
+            let _ = delivered.await;
+        }
+    }
+}
+
+/// Sends one batch of results, retrying the whole call while the server is unreachable. A
+/// result the server refuses is final (the attempt is no longer ours); one the agent gives up on
+/// is retried by the server once its lease runs out.
+async fn deliver(
+    client: &mut WorkServiceClient<Channel>,
     credentials: &Credentials,
-    task: &pb::TaskAssignment,
-    outcome: Outcome,
+    batch: Vec<Finished>,
 ) {
-    let (kind, exit_code, error, output) = match outcome {
-        Outcome::Succeeded { output } => (pb::TaskOutcome::Succeeded, None, String::new(), output),
-        Outcome::Failed {
-            exit_code,
-            error,
-            output,
-        } => (pb::TaskOutcome::Failed, exit_code, error, output),
-        Outcome::Cancelled => (pb::TaskOutcome::Cancelled, None, String::new(), None),
-        Outcome::TimedOut => (pb::TaskOutcome::TimedOut, None, String::new(), None),
-    };
-    let message = pb::CompleteTaskRequest {
+    let request = pb::CompleteTasksRequest {
         node_id: credentials.node_id.clone(),
-        task_id: task.task_id.clone(),
-        attempt: task.attempt,
-        outcome: kind.into(),
-        exit_code,
-        error,
-        output,
+        results: batch.iter().map(|f| f.result.clone()).collect(),
     };
     let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
     let mut wait = Duration::from_millis(100);
     loop {
         match client
-            .complete_task(authorized(message.clone(), &credentials.credential))
+            .complete_tasks(authorized(request.clone(), &credentials.credential))
             .await
         {
             Ok(response) => {
-                tracing::info!(job_id = %task.job_id, attempt = task.attempt, status = %response.into_inner().job_status, "task reported");
-                return;
+                for (finished, ack) in batch.iter().zip(response.into_inner().results) {
+                    if ack.refused.is_empty() {
+                        tracing::info!(job_id = %finished.job_id, attempt = ack.attempt, status = %ack.job_status, "task reported");
+                    } else {
+                        tracing::warn!(job_id = %finished.job_id, error = %ack.refused, "the server refused the result: the attempt is no longer ours");
+                    }
+                }
+                break;
             }
-            Err(status) if status.code() == Code::FailedPrecondition => {
-                tracing::warn!(job_id = %task.job_id, error = status.message(), "the server refused the result: the attempt is no longer ours");
-                return;
-            }
-            Err(status) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?wait, "reporting a result failed");
+            Err(status)
+                if status.code() != Code::InvalidArgument
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(code = ?status.code(), error = status.message(), results = batch.len(), retry_in = ?wait, "reporting results failed");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
             Err(status) => {
-                tracing::error!(job_id = %task.job_id, error = status.message(), "giving up reporting a result; the lease will expire and the job be retried");
-                return;
+                tracing::error!(code = ?status.code(), error = status.message(), results = batch.len(), "giving up reporting results; their leases will expire and the jobs be retried");
+                break;
             }
         }
+    }
+    for finished in batch {
+        let _ = finished.done.send(());
     }
 }

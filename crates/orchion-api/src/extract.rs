@@ -47,26 +47,39 @@ where
             Format::Yaml => serde_yaml_ng::from_slice(&bytes)
                 .map_err(|e| ApiError::MalformedJson(format!("(YAML) {e}")))?,
         };
-        let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
-        let value = serde_path_to_error::deserialize(json).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            if path == "." {
-                // serde reports missing and unknown fields at the level that holds them.
-                let field = quoted_name(&inner);
-                ApiError::InvalidBody {
-                    pointer: field.map(|f| format!("/{f}")).unwrap_or_default(),
-                    detail: format!("request body: {inner}"),
-                }
-            } else {
-                ApiError::InvalidBody {
-                    pointer: format!("/{}", path.replace('.', "/")),
-                    detail: format!("field `{path}`: {inner}"),
-                }
-            }
-        })?;
-        Ok(JsonBody { value, digest })
+        decode(json, "")
     }
+}
+
+/// Deserializes `json` strictly into a `T`, with the digest of its canonical form. `prefix` is
+/// the JSON pointer of `json` within the request body ("" for the whole body), so errors name
+/// the field as the client sent it.
+pub fn decode<T: DeserializeOwned>(
+    json: serde_json::Value,
+    prefix: &str,
+) -> Result<JsonBody<T>, ApiError> {
+    let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
+    let value = serde_path_to_error::deserialize(json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            // serde reports missing and unknown fields at the level that holds them.
+            let field = quoted_name(&inner);
+            ApiError::InvalidBody {
+                pointer: format!(
+                    "{prefix}{}",
+                    field.map(|f| format!("/{f}")).unwrap_or_default()
+                ),
+                detail: format!("request body: {inner}"),
+            }
+        } else {
+            ApiError::InvalidBody {
+                pointer: format!("{prefix}/{}", path.replace('.', "/")),
+                detail: format!("field `{path}`: {inner}"),
+            }
+        }
+    })?;
+    Ok(JsonBody { value, digest })
 }
 
 /// How a request body is written.

@@ -1,7 +1,11 @@
 //! `/api/v1/jobs`: enqueue a job (a run of one task), read it with its attempts, list, cancel,
 //! retry, and read or follow its logs.
 
-use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -24,7 +28,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     AppState,
     extract::{
-        JsonBody, QueryParams, idempotency_key, invalid_query, page_request, parse_id, query_value,
+        JsonBody, QueryParams, decode, idempotency_key, invalid_query, page_request, parse_id,
+        query_value,
     },
     problem::{ApiError, Problem},
 };
@@ -393,6 +398,146 @@ pub async fn create_job(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The most jobs one batch may carry.
+pub const MAX_BATCH: usize = 1000;
+
+/// Jobs to enqueue in one request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobs {
+    /// Up to 1000 jobs, each as `POST /api/v1/jobs` takes it (`idempotency_key` per job).
+    #[schema(value_type = Vec<CreateJob>)]
+    pub jobs: Vec<serde_json::Value>,
+}
+
+/// What became of one job of a batch: `id` and `status` when accepted, `error` when refused.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    /// False when an earlier request with the same idempotency key created the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Problem>,
+}
+
+/// The answer to a batch: one item per job, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchBody {
+    /// True when some job was refused (see its `error`).
+    pub errors: bool,
+    pub jobs: Vec<BatchItem>,
+}
+
+/// Orders errors by the job they are about (`/jobs/<n>/…`), then as found.
+fn pointer_order(pointer: &str) -> usize {
+    pointer
+        .strip_prefix("/jobs/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Enqueues up to 1000 jobs in one request. The batch is validated as a whole: if any job is
+/// invalid, the answer is 422 listing every problem (pointers like `/jobs/3/executor`) and
+/// nothing is enqueued. A valid batch is then written job by job in shared transactions: a
+/// job refused by the store (its idempotency key reused with another body) carries its own
+/// `error`, and the others are enqueued.
+#[utoipa::path(post, path = "/api/v1/jobs/batch", tag = "jobs", request_body = CreateJobs,
+    responses((status = 200, body = BatchBody), (status = 400, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_jobs(
+    State(state): State<AppState>,
+    body: JsonBody<CreateJobs>,
+) -> Result<Json<BatchBody>, ApiError> {
+    let items = body.value.jobs;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::Validation(ValidationErrors(vec![
+            FieldError::new(
+                "jobs",
+                format!(
+                    "jobs holds {} jobs; a batch holds 1 to {MAX_BATCH}",
+                    items.len()
+                ),
+            ),
+        ])));
+    }
+    let mut errors = ValidationErrors::default();
+    let mut jobs = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let prefix = format!("/jobs/{i}");
+        let decoded = match decode::<CreateJob>(item, &prefix) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                errors
+                    .0
+                    .extend(e.problem().errors.into_iter().map(|f| FieldError {
+                        pointer: f.pointer,
+                        message: f.detail,
+                    }));
+                continue;
+            }
+        };
+        match decoded.value.into_new_job() {
+            Ok((job, key)) => jobs.push((
+                i,
+                job,
+                key.map(|key| IdempotencyKey {
+                    key,
+                    request_hash: decoded.digest,
+                }),
+            )),
+            Err(e) => errors.0.extend(e.0.into_iter().map(|mut f| {
+                f.pointer = format!("{prefix}{}", f.pointer);
+                f
+            })),
+        }
+    }
+    let projects: BTreeSet<ProjectId> = jobs.iter().filter_map(|(_, j, _)| j.project_id).collect();
+    for project in projects {
+        if let Err(orchion_store::StoreError::NotFound { .. }) =
+            state.store.get_project(project).await
+        {
+            for (i, job, _) in &jobs {
+                if job.project_id == Some(project) {
+                    errors.push(FieldError {
+                        pointer: format!("/jobs/{i}/project_id"),
+                        message: format!("project `{project}` does not exist"),
+                    });
+                }
+            }
+        }
+    }
+    errors.0.sort_by_key(|e| pointer_order(&e.pointer));
+    errors.into_result(())?;
+    let jobs = jobs.into_iter().map(|(_, job, key)| (job, key)).collect();
+    let results = state.work.enqueue_all(jobs).await;
+    let jobs: Vec<BatchItem> = results
+        .into_iter()
+        .map(|result| match result {
+            Ok(created) => BatchItem {
+                id: Some(created.value.id.to_string()),
+                status: Some(created.value.state.status.as_str()),
+                created: Some(created.created),
+                error: None,
+            },
+            Err(e) => BatchItem {
+                id: None,
+                status: None,
+                created: None,
+                error: Some(ApiError::from(e).problem()),
+            },
+        })
+        .collect();
+    Ok(Json(BatchBody {
+        errors: jobs.iter().any(|j| j.error.is_some()),
+        jobs,
+    }))
 }
 
 fn job_id(raw: &str) -> Result<RunId, ApiError> {

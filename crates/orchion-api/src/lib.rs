@@ -128,6 +128,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             projects::delete_project
         ))
         .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .routes(routes!(jobs::create_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))

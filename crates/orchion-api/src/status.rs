@@ -17,8 +17,16 @@ pub struct StatusBody {
     pub store: StoreStatus,
     /// How many nodes have each status.
     pub nodes: BTreeMap<&'static str, usize>,
-    /// How many jobs have each status.
-    pub jobs: BTreeMap<String, u64>,
+    /// Work in flight: tasks of jobs and workflow steps.
+    pub tasks: TaskCounts,
+}
+
+/// Tasks in flight. Finished work is not counted here (it grows without bound); list it with
+/// `GET /api/v1/jobs?status=…`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskCounts {
+    pub queued: u64,
+    pub running: u64,
 }
 
 /// The store's state.
@@ -30,14 +38,10 @@ pub struct StoreStatus {
     pub commits: u64,
 }
 
-/// The server's version, store and node counts.
+/// The server's version, store, node counts and work in flight.
 #[utoipa::path(get, path = "/api/v1/status", tag = "health", responses((status = 200, body = StatusBody)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
-    let mut jobs: BTreeMap<String, u64> = orchion_domain::TaskStatus::ALL
-        .iter()
-        .map(|s| (s.as_str().to_owned(), 0))
-        .collect();
-    jobs.extend(state.store.job_counts().await?);
+    let counts = state.store.active_task_counts().await?;
     Ok(Json(StatusBody {
         version: env!("CARGO_PKG_VERSION"),
         store: StoreStatus {
@@ -48,6 +52,9 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<StatusBody>, A
             commits: state.store.commits(),
         },
         nodes: state.nodes.count_by_status(),
-        jobs,
+        tasks: TaskCounts {
+            queued: counts.queued,
+            running: counts.running,
+        },
     }))
 }

@@ -390,3 +390,106 @@ async fn following_the_logs_of_a_finished_job_ends_the_stream() {
         .await;
     problem(&bad, StatusCode::BAD_REQUEST, "invalid-parameter");
 }
+
+#[tokio::test]
+async fn a_batch_is_enqueued_in_order_with_an_answer_per_job() {
+    let app = app().await;
+    let keyed =
+        json!({"executor": "shell", "spec": {"command": "true"}, "idempotency_key": "batch-key"});
+    // The key was first used by a single request: the batch gets the same job back.
+    let single = app.json("POST", "/api/v1/jobs", keyed.to_string()).await;
+    assert_eq!(single.status, StatusCode::CREATED);
+    let reused =
+        json!({"executor": "shell", "spec": {"command": "false"}, "idempotency_key": "batch-key"});
+    let batch = json!({"jobs": [
+        {"executor": "noop", "spec": {}, "name": "first"},
+        keyed,
+        reused,
+        {"executor": "noop", "spec": {}, "name": "last", "priority": 3},
+    ]});
+    let reply = app
+        .json("POST", "/api/v1/jobs/batch", batch.to_string())
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let items = reply.body["jobs"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    assert_eq!(reply.body["errors"], true);
+    assert_eq!(items[0]["created"], true);
+    assert_eq!(items[0]["status"], "queued");
+    assert_eq!(items[1]["id"], single.body["id"]);
+    assert_eq!(items[1]["created"], false);
+    assert_eq!(items[2]["error"]["code"], "idempotency-key-reused");
+    assert!(items[2].get("id").is_none());
+    let last = app
+        .get(&format!(
+            "/api/v1/jobs/{}",
+            items[3]["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(last.body["name"], "last");
+    assert_eq!(last.body["priority"], 3);
+    // Three jobs exist: the single one and the two new ones; the refused one wrote nothing.
+    let listed = app.get("/api/v1/jobs?limit=10").await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn an_invalid_batch_lists_every_problem_and_enqueues_nothing() {
+    let app = app().await;
+    let batch = json!({"jobs": [
+        {"executor": "noop", "spec": {}},
+        {"executor": "teleport", "spec": {}},
+        {"executor": "noop", "spec": {}, "priorty": 1},
+        {"executor": "shell", "spec": {"command": "true"}, "timeouts": {"heartbeat": "soon"}},
+        {"executor": "noop", "spec": {}, "project_id": "01890000-0000-7000-8000-000000000000"},
+    ]});
+    let reply = app
+        .json("POST", "/api/v1/jobs/batch", batch.to_string())
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(
+        pointers(&reply.body),
+        [
+            "/jobs/1/executor",
+            "/jobs/2/priorty",
+            "/jobs/3/timeouts/heartbeat",
+            "/jobs/4/project_id"
+        ]
+    );
+    let listed = app.get("/api/v1/jobs").await;
+    assert_eq!(listed.body["items"].as_array().unwrap().len(), 0);
+
+    let empty = app
+        .json(
+            "POST",
+            "/api/v1/jobs/batch",
+            json!({"jobs": []}).to_string(),
+        )
+        .await;
+    problem(
+        &empty,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(pointers(&empty.body), ["/jobs"]);
+    // The count is checked before the jobs themselves.
+    let too_many = json!({"jobs": vec![json!({}); 1001]});
+    let reply = app
+        .json("POST", "/api/v1/jobs/batch", too_many.to_string())
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert!(
+        reply.body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1001 jobs")
+    );
+}

@@ -75,15 +75,35 @@ where
     /// Writes one item with whatever else is waiting, and returns its own result.
     pub(crate) async fn submit(&self, item: T) -> Result<R, StoreError> {
         let (reply, result) = oneshot::channel();
-        let closed = || StoreError::Unavailable(sqlx_pool_closed());
         self.tx.send((item, reply)).await.map_err(|_| closed())?;
         result.await.map_err(|_| closed())?
+    }
+
+    /// Writes several items with whatever else is waiting, and returns their results in order.
+    /// The items are queued together, so they share transactions as far as the batch size lets.
+    pub(crate) async fn submit_all(&self, items: Vec<T>) -> Vec<Result<R, StoreError>> {
+        let total = items.len();
+        let mut pending = Vec::with_capacity(total);
+        for item in items {
+            let (reply, result) = oneshot::channel();
+            if self.tx.send((item, reply)).await.is_err() {
+                break;
+            }
+            pending.push(result);
+        }
+        let mut results = Vec::with_capacity(total);
+        for result in pending {
+            results.push(result.await.map_err(|_| closed()).and_then(|r| r));
+        }
+        // Items the writer never took (it stopped) fail as a closing store does.
+        results.resize_with(total, || Err(closed()));
+        results
     }
 }
 
 /// The error of a store that is shutting down.
-fn sqlx_pool_closed() -> orchion_store::sqlx::Error {
-    orchion_store::sqlx::Error::PoolClosed
+fn closed() -> StoreError {
+    StoreError::Unavailable(orchion_store::sqlx::Error::PoolClosed)
 }
 
 #[cfg(test)]

@@ -12,4 +12,4 @@ pub mod work;
 
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use schedules::Scheduler;
-pub use work::{WorkError, WorkQueue};
+pub use work::{AttemptResult, WorkError, WorkQueue};

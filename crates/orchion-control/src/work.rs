@@ -44,6 +44,15 @@ pub enum WorkError {
     Store(#[from] StoreError),
 }
 
+/// How an attempt ended, as its node reports it.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub task: TaskId,
+    pub attempt: u32,
+    pub outcome: AttemptOutcome,
+    pub output: Option<String>,
+}
+
 /// Hands out work and takes results.
 pub struct WorkQueue {
     store: Arc<dyn Store>,
@@ -99,6 +108,19 @@ impl WorkQueue {
             self.work_changed();
         }
         Ok(created)
+    }
+
+    /// Enqueues several jobs, queued together so they share transactions, and wakes waiting
+    /// agents once. Each job is accepted or refused on its own; the results are in order.
+    pub async fn enqueue_all(
+        &self,
+        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+    ) -> Vec<Result<Created<Job>, StoreError>> {
+        let created = self.intake.submit_all(jobs).await;
+        if created.iter().any(|c| c.as_ref().is_ok_and(|c| c.created)) {
+            self.work_changed();
+        }
+        created
     }
 
     /// Tasks for `node`, waiting up to `wait` for some to appear.
@@ -175,27 +197,29 @@ impl WorkQueue {
         Ok(self.store.append_logs(node, task, attempt, lines).await?)
     }
 
-    /// Records how an attempt ended; wakes waiting claims, since capacity was freed.
+    /// Records how attempts ended (sharing transactions with other reports), and wakes waiting
+    /// claims, since capacity was freed. Each result is judged on its own: a stale one gets
+    /// [`StoreError::Stale`] and does not affect the others.
     pub async fn complete(
         &self,
         node: NodeId,
         credential: &str,
-        task: TaskId,
-        attempt: u32,
-        outcome: AttemptOutcome,
-        output: Option<String>,
-    ) -> Result<TaskStatus, WorkError> {
+        results: Vec<AttemptResult>,
+    ) -> Result<Vec<Result<TaskStatus, StoreError>>, WorkError> {
         self.nodes.authenticate(node, credential)?;
-        let report = AttemptReport {
-            node,
-            task,
-            attempt,
-            outcome,
-            output,
-        };
-        let status = self.results.submit(report).await?;
+        let reports = results
+            .into_iter()
+            .map(|r| AttemptReport {
+                node,
+                task: r.task,
+                attempt: r.attempt,
+                outcome: r.outcome,
+                output: r.output,
+            })
+            .collect();
+        let statuses = self.results.submit_all(reports).await;
         self.work_changed();
-        Ok(status)
+        Ok(statuses)
     }
 
     /// One reaper pass: attempts whose lease expired, and attempts on nodes that are no longer

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use orchion_control::{WorkError, WorkQueue};
+use orchion_control::{AttemptResult, WorkError, WorkQueue};
 use orchion_domain::{AttemptOutcome, NodeId, TaskId};
 use orchion_proto::v1::{self as pb, work_service_server::WorkService as WorkServiceApi};
 use orchion_store::{LeaseState, NewLogLine, StoreError};
@@ -12,6 +12,9 @@ use crate::{bearer, parse_node_id, status_of};
 
 /// The most log lines one call may carry.
 const MAX_LINES_PER_CALL: usize = 10_000;
+
+/// The most results one call may carry.
+const MAX_RESULTS_PER_CALL: usize = 1000;
 
 /// The `orchion.v1.WorkService` implementation.
 pub struct WorkService {
@@ -27,6 +30,36 @@ impl WorkService {
 fn parse_task_id(raw: &str) -> Result<TaskId, Status> {
     raw.parse::<TaskId>()
         .map_err(|e| Status::invalid_argument(format!("task_id: {e}")))
+}
+
+/// One reported result, checked; the error names the field.
+fn attempt_result(result: pb::TaskResult) -> Result<AttemptResult, String> {
+    let task = result
+        .task_id
+        .parse::<TaskId>()
+        .map_err(|e| format!("task_id: {e}"))?;
+    let outcome = match pb::TaskOutcome::try_from(result.outcome) {
+        Ok(pb::TaskOutcome::Succeeded) => AttemptOutcome::Succeeded,
+        Ok(pb::TaskOutcome::Failed) => AttemptOutcome::Failed {
+            exit_code: result.exit_code,
+            error: if result.error.is_empty() {
+                "failed".to_owned()
+            } else {
+                result.error.chars().take(4096).collect()
+            },
+        },
+        Ok(pb::TaskOutcome::Cancelled) => AttemptOutcome::Cancelled,
+        Ok(pb::TaskOutcome::TimedOut) => AttemptOutcome::TimedOut,
+        Ok(pb::TaskOutcome::Unspecified) | Err(_) => {
+            return Err(format!("outcome: {} is not a TaskOutcome", result.outcome));
+        }
+    };
+    Ok(AttemptResult {
+        task,
+        attempt: result.attempt,
+        outcome,
+        output: result.output,
+    })
 }
 
 /// The one mapping from work errors to gRPC statuses.
@@ -175,47 +208,55 @@ impl WorkServiceApi for WorkService {
         Ok(Response::new(pb::AppendLogsResponse {}))
     }
 
-    async fn complete_task(
+    async fn complete_tasks(
         &self,
-        request: Request<pb::CompleteTaskRequest>,
-    ) -> Result<Response<pb::CompleteTaskResponse>, Status> {
+        request: Request<pb::CompleteTasksRequest>,
+    ) -> Result<Response<pb::CompleteTasksResponse>, Status> {
         let credential = bearer(request.metadata())?.to_owned();
         let request = request.into_inner();
         let node = parse_node_id(&request.node_id)?;
-        let task = parse_task_id(&request.task_id)?;
-        let outcome = match pb::TaskOutcome::try_from(request.outcome) {
-            Ok(pb::TaskOutcome::Succeeded) => AttemptOutcome::Succeeded,
-            Ok(pb::TaskOutcome::Failed) => AttemptOutcome::Failed {
-                exit_code: request.exit_code,
-                error: if request.error.is_empty() {
-                    "failed".to_owned()
-                } else {
-                    request.error.chars().take(4096).collect()
-                },
-            },
-            Ok(pb::TaskOutcome::Cancelled) => AttemptOutcome::Cancelled,
-            Ok(pb::TaskOutcome::TimedOut) => AttemptOutcome::TimedOut,
-            Ok(pb::TaskOutcome::Unspecified) | Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "outcome: {} is not a TaskOutcome",
-                    request.outcome
-                )));
-            }
-        };
-        let status = self
+        if request.results.len() > MAX_RESULTS_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "results: {} results in one call; at most {MAX_RESULTS_PER_CALL}",
+                request.results.len()
+            )));
+        }
+        let keys: Vec<(String, u32)> = request
+            .results
+            .iter()
+            .map(|r| (r.task_id.clone(), r.attempt))
+            .collect();
+        let results = request
+            .results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                attempt_result(r).map_err(|e| Status::invalid_argument(format!("results[{i}].{e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let statuses = self
             .queue
-            .complete(
-                node,
-                &credential,
-                task,
-                request.attempt,
-                outcome,
-                request.output,
-            )
+            .complete(node, &credential, results)
             .await
             .map_err(work_status)?;
-        Ok(Response::new(pb::CompleteTaskResponse {
-            job_status: status.as_str().to_owned(),
-        }))
+        let mut acks = Vec::with_capacity(statuses.len());
+        for ((task_id, attempt), status) in keys.into_iter().zip(statuses) {
+            let (job_status, refused) = match status {
+                Ok(status) => (status.as_str().to_owned(), String::new()),
+                Err(StoreError::Stale(why) | StoreError::Conflict(why)) => (String::new(), why),
+                Err(StoreError::NotFound { kind, id }) => {
+                    (String::new(), format!("{kind} `{id}` does not exist"))
+                }
+                // Anything else may pass: the whole call fails, and the agent sends it again.
+                Err(e) => return Err(work_status(WorkError::Store(e))),
+            };
+            acks.push(pb::TaskResultAck {
+                task_id,
+                attempt,
+                job_status,
+                refused,
+            });
+        }
+        Ok(Response::new(pb::CompleteTasksResponse { results: acks }))
     }
 }

@@ -376,18 +376,27 @@ async fn results_and_logs_for_a_lost_attempt_are_refused() {
     let later = orchion_store::now() + time::Duration::hours(1);
     assert_eq!(h.store.expire_leases(later).await.unwrap(), 1);
 
-    let late = pb::CompleteTaskRequest {
+    let late = pb::CompleteTasksRequest {
         node_id: node.node_id.clone(),
-        task_id: task.task_id.clone(),
-        attempt: 1,
-        outcome: pb::TaskOutcome::Succeeded.into(),
-        ..Default::default()
+        results: vec![pb::TaskResult {
+            task_id: task.task_id.clone(),
+            attempt: 1,
+            outcome: pb::TaskOutcome::Succeeded.into(),
+            ..Default::default()
+        }],
     };
-    let refused = work
-        .complete_task(with_token(late, &node.credential))
+    let acks = work
+        .complete_tasks(with_token(late, &node.credential))
         .await
-        .unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].job_status, "");
+    assert!(
+        acks[0].refused.contains("is not running on node"),
+        "{acks:?}"
+    );
     let logs = pb::AppendLogsRequest {
         node_id: node.node_id.clone(),
         task_id: task.task_id.clone(),
@@ -419,16 +428,30 @@ async fn results_and_logs_for_a_lost_attempt_are_refused() {
         .into_inner();
     assert!(!extended.leases[0].held);
 
-    let bad = pb::CompleteTaskRequest {
+    let bad = pb::CompleteTasksRequest {
         node_id: node.node_id.clone(),
-        task_id: task.task_id.clone(),
-        attempt: 1,
-        outcome: 42,
-        ..Default::default()
+        results: vec![
+            pb::TaskResult {
+                task_id: task.task_id.clone(),
+                attempt: 1,
+                outcome: pb::TaskOutcome::Succeeded.into(),
+                ..Default::default()
+            },
+            pb::TaskResult {
+                task_id: task.task_id.clone(),
+                attempt: 1,
+                outcome: 42,
+                ..Default::default()
+            },
+        ],
     };
     let invalid = work
-        .complete_task(with_token(bad, &node.credential))
+        .complete_tasks(with_token(bad, &node.credential))
         .await
         .unwrap_err();
     assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert_eq!(
+        invalid.message(),
+        "results[1].outcome: 42 is not a TaskOutcome"
+    );
 }

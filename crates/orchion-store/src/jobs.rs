@@ -240,6 +240,14 @@ pub(crate) struct LogRow {
     pub at: OffsetDateTime,
 }
 
+/// The most queued tasks one claim reads.
+pub(crate) const MAX_CLAIM_SCAN: usize = 8192;
+
+/// A scan size as a SQL limit.
+pub(crate) fn scan_limit(scan: usize) -> i64 {
+    i64::try_from(scan).unwrap_or(i64::MAX)
+}
+
 /// Which candidates a node takes: in the order given (priority, then age), those whose labels
 /// and resources fit what is still free on the node, without passing any concurrency limit,
 /// at most `max`. Pure, so both backends pick alike.
@@ -311,8 +319,34 @@ macro_rules! job_helpers {
                 .await?)
         }
 
-        /// Ends the task's current attempt with `outcome` and applies the transition. The
-        /// caller has checked the attempt is the current one.
+        /// The tasks of `ids` that exist, by id, locked for a change where the backend locks
+        /// rows (in id order, so two transactions cannot deadlock on them).
+        async fn task_rows(
+            conn: &mut $conn,
+            ids: &[uuid::Uuid],
+        ) -> Result<std::collections::HashMap<uuid::Uuid, $crate::jobs::TaskRow>, $crate::StoreError> {
+            let mut rows = std::collections::HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(1000) {
+                let mut query = sqlx::QueryBuilder::new(format!(
+                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id IN (",
+                    $crate::jobs::TASK_COLUMNS
+                ));
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                query.push(format!(") ORDER BY t.id{TASK_LOCK}"));
+                for row in query
+                    .build_query_as::<$crate::jobs::TaskRow>()
+                    .fetch_all(&mut *conn)
+                    .await?
+                {
+                    rows.insert(row.id, row);
+                }
+            }
+            Ok(rows)
+        }
+
         /// Ends attempts as their plans say, two statements per chunk of tasks. The caller has
         /// checked each attempt is the current one.
         async fn finish_attempts(
@@ -630,14 +664,16 @@ macro_rules! impl_job_store {
             claim: &$crate::ClaimRequest,
         ) -> Result<Vec<$crate::ClaimedTask>, $crate::StoreError> {
             use orchion_domain::{Capacity, TaskEvent};
-            use $crate::jobs::{micros, select_claims};
+            use $crate::jobs::{micros, scan_limit, select_claims};
             if claim.max == 0 || claim.executors.is_empty() {
                 return Ok(Vec::new());
             }
             let now = claim.now;
             let mut tx = self.begin().await?;
-            let scan = i64::try_from(claim.max.saturating_mul(4).max(16)).unwrap_or(i64::MAX);
-            let candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan).await?;
+            // Read a little more of the queue than asked for; should placement or concurrency
+            // limits leave the claim short while more of the queue is there, read further.
+            let mut scan = claim.max.saturating_add(8);
+            let mut candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan_limit(scan)).await?;
             if candidates.is_empty() {
                 tx.rollback().await?;
                 return Ok(Vec::new());
@@ -654,21 +690,32 @@ macro_rules! impl_job_store {
                 memory_bytes: claim.capacity.memory_bytes.saturating_sub(used_of(used.1)),
                 gpus: claim.capacity.gpus.saturating_sub(u32::try_from(used_of(used.2)).unwrap_or(u32::MAX)),
             };
-            let mut running_per_key = std::collections::HashMap::new();
-            let mut keys: Vec<&str> = candidates.iter().filter_map(|c| c.concurrency_key.as_deref()).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            for key in keys {
-                lock_concurrency_key(&mut tx, key).await?;
-                let (running,): (i64,) = sqlx::query_as(
-                    "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = $1",
-                )
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
-                running_per_key.insert(key.to_owned(), u32::try_from(running).unwrap_or(u32::MAX));
-            }
-            let chosen = select_claims(&candidates, &claim.labels, free, running_per_key, claim.max);
+            let mut running_per_key: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+            let chosen = loop {
+                let mut keys: Vec<&str> = candidates
+                    .iter()
+                    .filter_map(|c| c.concurrency_key.as_deref())
+                    .filter(|k| !running_per_key.contains_key(*k))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                for key in keys {
+                    lock_concurrency_key(&mut tx, key).await?;
+                    let (running,): (i64,) = sqlx::query_as(
+                        "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = $1",
+                    )
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    running_per_key.insert(key.to_owned(), u32::try_from(running).unwrap_or(u32::MAX));
+                }
+                let chosen = select_claims(&candidates, &claim.labels, free, running_per_key.clone(), claim.max);
+                if chosen.len() >= claim.max || candidates.len() < scan || scan >= $crate::jobs::MAX_CLAIM_SCAN {
+                    break chosen;
+                }
+                scan = scan.saturating_mul(4).min($crate::jobs::MAX_CLAIM_SCAN);
+                candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan_limit(scan)).await?;
+            };
             let mut claimed = Vec::with_capacity(chosen.len());
             let mut events = Vec::with_capacity(chosen.len());
             for &i in &chosen {
@@ -771,22 +818,24 @@ macro_rules! impl_job_store {
             let mut results = Vec::with_capacity(reports.len());
             let mut plans: Vec<$crate::jobs::FinishPlan> = Vec::with_capacity(reports.len());
             let now = $crate::now();
+            let ids: Vec<uuid::Uuid> = reports.iter().map(|r| r.task.as_uuid()).collect();
+            let tasks = task_rows(&mut tx, &ids).await?;
             for report in reports {
                 let task_id = report.task;
-                let Some(task) = task_row(&mut tx, task_id.as_uuid()).await? else {
+                let Some(task) = tasks.get(&task_id.as_uuid()) else {
                     results.push(Err($crate::StoreError::NotFound { kind: "task", id: task_id.to_string() }));
                     continue;
                 };
                 // A second report for the same attempt in this batch is as stale as a late one.
                 let repeated = plans.iter().any(|p| p.task_id == task.id);
-                if repeated || !$crate::jobs::holds(&task, report.node, report.attempt) {
+                if repeated || !$crate::jobs::holds(task, report.node, report.attempt) {
                     results.push(Err($crate::StoreError::Stale(format!(
                         "attempt {} of task {task_id} is not running on node {}: its result is refused",
                         report.attempt, report.node
                     ))));
                     continue;
                 }
-                let plan = $crate::jobs::plan_finish(&task, report.outcome, report.output, now, rand::random())?;
+                let plan = $crate::jobs::plan_finish(task, report.outcome, report.output, now, rand::random())?;
                 results.push(Ok(plan.status));
                 plans.push(plan);
             }
@@ -1176,13 +1225,16 @@ macro_rules! impl_job_store {
             })
         }
 
-        async fn job_counts(&self) -> Result<Vec<(String, u64)>, $crate::StoreError> {
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT t.status, count(*) FROM tasks t JOIN runs r ON r.id = t.run_id WHERE r.kind = 'job' GROUP BY t.status",
+        async fn active_task_counts(&self) -> Result<$crate::ActiveCounts, $crate::StoreError> {
+            let (queued, running): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT CAST(sum(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS BIGINT), \
+                 CAST(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS BIGINT) \
+                 FROM tasks WHERE status IN ('queued', 'running')",
             )
-            .fetch_all(self.read_pool())
+            .fetch_one(self.read_pool())
             .await?;
-            Ok(rows.into_iter().map(|(s, n)| (s, u64::try_from(n).unwrap_or(0))).collect())
+            let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
+            Ok($crate::ActiveCounts { queued: count(queued), running: count(running) })
         }
 
         async fn running_nodes(&self) -> Result<Vec<orchion_domain::NodeId>, $crate::StoreError> {

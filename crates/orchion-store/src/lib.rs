@@ -141,6 +141,13 @@ pub struct NodeStateChange {
     pub last_heartbeat_at: OffsetDateTime,
 }
 
+/// Tasks in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActiveCounts {
+    pub queued: u64,
+    pub running: u64,
+}
+
 /// A node asking for work.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
@@ -364,8 +371,9 @@ pub trait JobStore: Send + Sync {
         version: Option<u32>,
     ) -> Result<orchion_domain::WorkflowType, StoreError>;
 
-    /// How many jobs have each status.
-    async fn job_counts(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// How many tasks (of jobs and of workflow steps) are queued and running. Only work in
+    /// flight is counted, so the cost follows the queue's depth, not the history's length.
+    async fn active_task_counts(&self) -> Result<ActiveCounts, StoreError>;
 
     /// Nodes that have attempts running.
     async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError>;

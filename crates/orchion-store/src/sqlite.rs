@@ -117,15 +117,18 @@ async fn append_events(
     conn: &mut SqliteConnection,
     events: &[crate::jobs::PendingEvent],
 ) -> Result<(), StoreError> {
-    for event in events {
-        append_event(
-            conn,
-            event.kind,
-            event.subject.clone(),
-            event.project_id,
-            event.data.clone(),
-        )
-        .await?;
+    let at = crate::now();
+    for chunk in events.chunks(crate::jobs::INSERT_CHUNK) {
+        let mut insert =
+            sqlx::QueryBuilder::new("INSERT INTO events (at, kind, subject, project_id, data) ");
+        insert.push_values(chunk, |mut row, event| {
+            row.push_bind(at)
+                .push_bind(event.kind)
+                .push_bind(event.subject.as_str())
+                .push_bind(event.project_id.map(|p| p.as_uuid()))
+                .push_bind(Json(&event.data));
+        });
+        insert.build().execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -155,8 +158,10 @@ async fn claim_candidates(
     executors: &[String],
     limit: i64,
 ) -> Result<Vec<crate::jobs::TaskRow>, StoreError> {
+    // Without statistics the planner would take `tasks_status` and sort the whole backlog on
+    // every claim; the queue index reads it in order and stops at the limit.
     let sql = format!(
-        "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+        "SELECT {} FROM tasks t INDEXED BY tasks_queue JOIN runs r ON r.id = t.run_id \
          WHERE t.status = 'queued' AND t.run_after_us <= $1 \
          AND t.executor IN (SELECT value FROM json_each($2)) \
          ORDER BY t.priority DESC, t.enqueued_us, t.id LIMIT $3",

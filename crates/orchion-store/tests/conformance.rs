@@ -84,6 +84,7 @@ conformance!(
     claims_take_priority_then_age_for_offered_executors_only,
     a_delayed_job_is_not_claimed_before_its_time,
     placement_needs_labels_and_free_capacity,
+    a_claim_reads_past_work_that_does_not_fit,
     a_concurrency_key_limits_running_tasks,
     a_result_completes_a_task_once_and_only_from_its_holder,
     failures_are_retried_until_the_budget_is_spent,
@@ -701,6 +702,33 @@ async fn placement_needs_labels_and_free_capacity(db: Db) {
     assert_eq!(
         store.get_job(b.id).await.unwrap().state.status,
         TaskStatus::Queued
+    );
+}
+
+async fn a_claim_reads_past_work_that_does_not_fit(db: Db) {
+    let store = db.open().await;
+    // 200 urgent jobs for another zone fill the head of the queue.
+    let elsewhere = NewJob {
+        priority: 10,
+        placement: Placement {
+            labels: [("zone".to_owned(), "b".to_owned())].into(),
+            resources: Capacity::default(),
+        },
+        ..job("shell")
+    };
+    let batch = (0..200).map(|_| (elsewhere.clone(), None)).collect();
+    for created in store.create_jobs(batch).await.unwrap() {
+        created.unwrap();
+    }
+    let fits = store.create_job(job("shell"), None).await.unwrap().value;
+    let got = store
+        .claim_tasks(&claim(NodeId::new(), &["shell"], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|c| c.job_id).collect::<Vec<_>>(),
+        [fits.id],
+        "the one job this node can run is found behind 200 it cannot"
     );
 }
 

@@ -292,6 +292,10 @@ pub struct JobBenchArgs {
     /// Concurrent API clients submitting jobs.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
+    /// Jobs per request: 1 submits each through `POST /api/v1/jobs`; more submit batches through
+    /// `POST /api/v1/jobs/batch` (at most 1000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub batch: u16,
     /// Run the server on this PostgreSQL database instead of a SQLite file.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
