@@ -381,17 +381,21 @@ impl Reporter {
     /// Reports how `task` ended, and returns once the server has it (or refused it, or the
     /// agent gave up).
     async fn report(&self, task: &pb::TaskAssignment, outcome: Outcome) {
-        let (kind, exit_code, error, output) = match outcome {
-            Outcome::Succeeded { output } => {
-                (pb::TaskOutcome::Succeeded, None, String::new(), output)
-            }
+        let (kind, exit_code, error, output, outputs) = match outcome {
+            Outcome::Succeeded { output, outputs } => (
+                pb::TaskOutcome::Succeeded,
+                None,
+                String::new(),
+                output,
+                outputs,
+            ),
             Outcome::Failed {
                 exit_code,
                 error,
                 output,
-            } => (pb::TaskOutcome::Failed, exit_code, error, output),
-            Outcome::Cancelled => (pb::TaskOutcome::Cancelled, None, String::new(), None),
-            Outcome::TimedOut => (pb::TaskOutcome::TimedOut, None, String::new(), None),
+            } => (pb::TaskOutcome::Failed, exit_code, error, output, None),
+            Outcome::Cancelled => (pb::TaskOutcome::Cancelled, None, String::new(), None, None),
+            Outcome::TimedOut => (pb::TaskOutcome::TimedOut, None, String::new(), None, None),
         };
         let (done, delivered) = oneshot::channel();
         let finished = Finished {
@@ -403,6 +407,7 @@ impl Reporter {
                 exit_code,
                 error,
                 output,
+                outputs,
             },
             done,
         };

@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod problem;
 pub mod projects;
+pub mod runs;
 pub mod schedules;
 pub mod status;
 pub mod workflows;
@@ -30,7 +31,7 @@ use axum::{
     http::HeaderName,
     response::IntoResponse,
 };
-use orchion_control::{NodeRegistry, Scheduler, WorkQueue};
+use orchion_control::{NodeRegistry, Scheduler, WorkQueue, Workflows};
 use orchion_store::Store;
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
@@ -52,6 +53,7 @@ pub struct AppState {
     pub nodes: Arc<NodeRegistry>,
     pub work: Arc<WorkQueue>,
     pub scheduler: Arc<Scheduler>,
+    pub workflows: Arc<Workflows>,
     pub lifecycle: Arc<Lifecycle>,
     /// Where `POST /enqueue` forwards jobs.
     pub enqueue: Arc<enqueue::EnqueueSettings>,
@@ -110,6 +112,7 @@ pub struct Limits {
         (name = "jobs", description = "Jobs: one task run on an agent, retried by policy"),
         (name = "schedules", description = "Cron schedules that start jobs"),
         (name = "workflows", description = "Workflow types: versioned DAGs of steps"),
+        (name = "runs", description = "Workflow runs: a workflow type's steps run in dependency order"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness"),
@@ -140,6 +143,11 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(schedules::get_schedule, schedules::delete_schedule))
         .routes(routes!(workflows::put_workflow_type))
         .routes(routes!(workflows::get_workflow_type))
+        .routes(routes!(runs::start_workflow, runs::list_workflows))
+        .routes(routes!(runs::get_workflow))
+        .routes(routes!(runs::cancel_workflow))
+        .routes(routes!(runs::retry_workflow))
+        .routes(routes!(runs::workflow_metrics))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))

@@ -8,6 +8,7 @@ use axum::{
 use orchion_domain::{
     CronSchedule, FieldError, MisfirePolicy, OverlapPolicy, Schedule, ScheduleId, ValidationErrors,
 };
+use orchion_spec::CreateJob;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -15,7 +16,6 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     AppState,
     extract::{JsonBody, QueryParams, page_request, parse_id},
-    jobs::CreateJob,
     problem::{ApiError, Problem},
 };
 

@@ -4,12 +4,15 @@
 //! - [`nodes::NodeRegistry`]: which nodes exist, whether each is alive, and their credentials.
 //! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
 //! - [`schedules::Scheduler`]: fires cron schedules.
+//! - [`workflows::Workflows`]: starts workflow runs and moves them on as their steps finish.
 
 mod batch;
 pub mod nodes;
 pub mod schedules;
 pub mod work;
+pub mod workflows;
 
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use schedules::Scheduler;
 pub use work::{AttemptResult, WorkError, WorkQueue};
+pub use workflows::{Plan, StartRun, StepState, WorkflowError, Workflows, plan};

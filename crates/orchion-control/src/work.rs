@@ -14,10 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use orchion_domain::{AttemptOutcome, Job, Liveness, NewJob, NodeId, TaskId, TaskStatus};
+use orchion_domain::{AttemptOutcome, Job, Liveness, NewJob, NodeId, RunId, TaskId};
 use orchion_store::{
-    AttemptReport, ClaimRequest, ClaimedTask, Created, IdempotencyKey, LeaseState, NewLogLine,
-    Store, StoreError,
+    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, LeaseState,
+    NewLogLine, Store, StoreError,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +51,8 @@ pub struct AttemptResult {
     pub attempt: u32,
     pub outcome: AttemptOutcome,
     pub output: Option<String>,
+    /// A JSON object, for later workflow steps.
+    pub outputs: Option<String>,
 }
 
 /// Hands out work and takes results.
@@ -60,7 +62,10 @@ pub struct WorkQueue {
     wake: Notify,
     /// Group commit for new jobs and for results.
     intake: Batcher<(NewJob, Option<IdempotencyKey>), Created<Job>>,
-    results: Batcher<AttemptReport, TaskStatus>,
+    results: Batcher<AttemptReport, Completed>,
+    /// Runs one of whose workflow steps just finished: the workflow engine moves them on.
+    steps_finished: tokio::sync::mpsc::UnboundedSender<RunId>,
+    steps_finished_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RunId>>>,
     /// Cancelled at shutdown: waiting claims return at once.
     closing: CancellationToken,
 }
@@ -82,14 +87,26 @@ impl WorkQueue {
                 async move { store.complete_attempts(reports).await }
             })
         };
+        let (steps_finished, steps_finished_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             store,
             nodes,
             intake,
             results,
+            steps_finished,
+            steps_finished_rx: std::sync::Mutex::new(Some(steps_finished_rx)),
             wake: Notify::new(),
             closing: CancellationToken::new(),
         }
+    }
+
+    /// The runs whose workflow steps finish, as they finish; for the workflow engine, which
+    /// takes it once.
+    pub fn take_finished_steps(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RunId>> {
+        self.steps_finished_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     /// Wakes every waiting claim: work may have appeared.
@@ -205,7 +222,7 @@ impl WorkQueue {
         node: NodeId,
         credential: &str,
         results: Vec<AttemptResult>,
-    ) -> Result<Vec<Result<TaskStatus, StoreError>>, WorkError> {
+    ) -> Result<Vec<Result<Completed, StoreError>>, WorkError> {
         self.nodes.authenticate(node, credential)?;
         let reports = results
             .into_iter()
@@ -215,9 +232,15 @@ impl WorkQueue {
                 attempt: r.attempt,
                 outcome: r.outcome,
                 output: r.output,
+                outputs: r.outputs,
             })
             .collect();
         let statuses = self.results.submit_all(reports).await;
+        for done in statuses.iter().flatten() {
+            if done.workflow && done.status.is_terminal() {
+                let _ = self.steps_finished.send(done.run_id);
+            }
+        }
         self.work_changed();
         Ok(statuses)
     }

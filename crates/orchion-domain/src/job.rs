@@ -796,6 +796,8 @@ pub struct Job {
     /// When the current attempt's lease runs out unless extended.
     pub lease_expires_at: Option<time::OffsetDateTime>,
     pub output: Option<String>,
+    /// What the task produced, a JSON object (workflow steps read it).
+    pub outputs: Option<String>,
     pub error: Option<String>,
     pub exit_code: Option<i32>,
     pub created_at: time::OffsetDateTime,

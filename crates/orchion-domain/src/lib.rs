@@ -10,6 +10,7 @@ pub mod job;
 pub mod node;
 pub mod page;
 pub mod project;
+pub mod run;
 pub mod schedule;
 pub mod workflow;
 
@@ -25,5 +26,6 @@ pub use node::{
 };
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};
+pub use run::{RunStatus, StepTask, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord, split_step};
 pub use schedule::{CronSchedule, Firing, MisfirePolicy, OverlapPolicy, Schedule};
-pub use workflow::{Dag, Piece, Reference, StepShape, WorkflowType, parse_template};
+pub use workflow::{Dag, Literal, Piece, Reference, StepShape, WorkflowType, parse_template};

@@ -33,14 +33,42 @@ pub enum Reference {
     Item(Vec<String>),
 }
 
-/// A piece of a parsed template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
-    Text(String),
-    Reference(Reference),
+/// A literal a comparison tests against.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    String(String),
+    Number(f64),
+    Bool(bool),
+    Null,
 }
 
-/// Parses `text` into literal text and `${{ … }}` references.
+/// A piece of a parsed template.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Piece {
+    Text(String),
+    /// `${{ steps.build.outputs.image }}`: the value referred to.
+    Reference(Reference),
+    /// `${{ steps.test.outputs.result == 'ok' }}` (or `!=`): true or false.
+    Comparison {
+        reference: Reference,
+        equal: bool,
+        literal: Literal,
+    },
+}
+
+impl Piece {
+    /// The reference this piece reads, if any.
+    pub fn reference(&self) -> Option<&Reference> {
+        match self {
+            Piece::Text(_) => None,
+            Piece::Reference(r) | Piece::Comparison { reference: r, .. } => Some(r),
+        }
+    }
+}
+
+/// Parses `text` into literal text and `${{ … }}` expressions: a reference, or a reference
+/// compared with `==` or `!=` to a literal (`'text'`, `"text"`, a number, `true`, `false`,
+/// `null`).
 pub fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
     let mut pieces = Vec::new();
     let mut rest = text;
@@ -55,13 +83,51 @@ pub fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
                 text.len() - rest.len() + start
             )
         })?;
-        pieces.push(Piece::Reference(parse_reference(after[..end].trim())?));
+        pieces.push(parse_expression(after[..end].trim())?);
         rest = &after[end + 2..];
     }
     if !rest.is_empty() {
         pieces.push(Piece::Text(rest.to_owned()));
     }
     Ok(pieces)
+}
+
+fn parse_expression(expression: &str) -> Result<Piece, String> {
+    for (operator, equal) in [("==", true), ("!=", false)] {
+        if let Some((left, right)) = expression.split_once(operator) {
+            return Ok(Piece::Comparison {
+                reference: parse_reference(left.trim())?,
+                equal,
+                literal: parse_literal(right.trim())?,
+            });
+        }
+    }
+    Ok(Piece::Reference(parse_reference(expression)?))
+}
+
+fn parse_literal(text: &str) -> Result<Literal, String> {
+    let quoted = |q: char| {
+        text.len() >= 2
+            && text.starts_with(q)
+            && text.ends_with(q)
+            && !text[1..text.len() - 1].contains(q)
+    };
+    if quoted('\'') || quoted('"') {
+        return Ok(Literal::String(text[1..text.len() - 1].to_owned()));
+    }
+    match text {
+        "true" => Ok(Literal::Bool(true)),
+        "false" => Ok(Literal::Bool(false)),
+        "null" => Ok(Literal::Null),
+        _ => text
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite())
+            .map(Literal::Number)
+            .ok_or_else(|| {
+                format!("`{text}` is not a literal: use 'text', a number, true, false or null")
+            }),
+    }
 }
 
 fn parse_reference(expression: &str) -> Result<Reference, String> {
@@ -194,9 +260,8 @@ impl Dag {
                         }),
                         Ok(pieces) => {
                             for piece in pieces {
-                                if let Piece::Reference(Reference::StepOutput {
-                                    step: from, ..
-                                }) = piece
+                                if let Some(Reference::StepOutput { step: from, .. }) =
+                                    piece.reference()
                                 {
                                     let ok = index
                                         .get(from.as_str())
@@ -480,6 +545,37 @@ mod tests {
             vec![Piece::Text("plain".into())]
         );
         assert!(parse_template("${{ steps.build }}").is_err());
+    }
+
+    #[test]
+    fn comparisons_parse_with_their_literals() {
+        let reference = Reference::StepOutput {
+            step: "test".into(),
+            path: vec!["result".into()],
+        };
+        let cases = [
+            ("'ok'", true, Literal::String("ok".into())),
+            ("\"a b\"", true, Literal::String("a b".into())),
+            ("3", false, Literal::Number(3.0)),
+            ("true", true, Literal::Bool(true)),
+            ("null", false, Literal::Null),
+        ];
+        for (literal, equal, expected) in cases {
+            let op = if equal { "==" } else { "!=" };
+            let text = format!("${{{{ steps.test.outputs.result {op} {literal} }}}}");
+            assert_eq!(
+                parse_template(&text).unwrap(),
+                vec![Piece::Comparison {
+                    reference: reference.clone(),
+                    equal,
+                    literal: expected
+                }],
+                "{text}"
+            );
+        }
+        let bad = parse_template("${{ input.x == ok }}").unwrap_err();
+        assert!(bad.contains("`ok` is not a literal"), "{bad}");
+        assert!(parse_template("${{ input.x == 'a'b' }}").is_err());
     }
 
     proptest! {

@@ -185,7 +185,14 @@ impl Executor for Http {
             spec.expected_status.contains(&status.as_u16())
         };
         if expected {
-            Outcome::Succeeded { output: Some(body) }
+            // The body as JSON when it is JSON, else as text.
+            let parsed = serde_json::from_str::<serde_json::Value>(&body)
+                .unwrap_or_else(|_| serde_json::Value::String(body.clone()));
+            let outputs = serde_json::json!({ "status": status.as_u16(), "body": parsed });
+            Outcome::Succeeded {
+                output: Some(body),
+                outputs: Some(outputs.to_string()),
+            }
         } else {
             Outcome::Failed {
                 exit_code: None,

@@ -6,7 +6,8 @@
 //! - `shell`: a process in its own process group; stdout and stderr stream line by line;
 //!   cancellation is SIGTERM to the group, SIGKILL after a grace period.
 //! - `http`: one HTTP request; the response body is the output.
-//! - `noop`: succeeds at once; for smoke tests and benchmarks of Orchion's own overhead.
+//! - `noop`: succeeds at once, with the `outputs` its spec names; for smoke tests and
+//!   benchmarks of Orchion's own overhead.
 
 mod http;
 mod shell;
@@ -43,6 +44,8 @@ pub const MAX_OUTPUT_TAIL: usize = 64 * 1024;
 pub enum Outcome {
     Succeeded {
         output: Option<String>,
+        /// Named results a workflow's later steps can read, a JSON object.
+        outputs: Option<String>,
     },
     Failed {
         exit_code: Option<i32>,
@@ -135,10 +138,13 @@ pub fn validate(executor: &str, spec: &serde_json::Value) -> Result<String, Vali
     }
 }
 
-/// The `noop` executor takes an empty spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// The `noop` executor's spec: nothing, or the outputs it should produce.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NoopSpec {}
+pub struct NoopSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<serde_json::Map<String, serde_json::Value>>,
+}
 
 struct Noop;
 
@@ -148,8 +154,15 @@ impl Executor for Noop {
         "noop"
     }
 
-    async fn run(&self, _spec: &str, _context: Context) -> Outcome {
-        Outcome::Succeeded { output: None }
+    async fn run(&self, spec: &str, _context: Context) -> Outcome {
+        let outputs = parse_checked::<NoopSpec>(spec)
+            .ok()
+            .and_then(|s| s.outputs)
+            .map(|o| serde_json::Value::Object(o).to_string());
+        Outcome::Succeeded {
+            output: None,
+            outputs,
+        }
     }
 }
 

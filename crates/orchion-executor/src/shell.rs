@@ -61,6 +61,81 @@ impl ShellSpec {
 
 pub(crate) struct Shell;
 
+/// The most `$ORCHION_OUTPUTS` may hold.
+const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
+
+/// The file a command writes its outputs to, named by `$ORCHION_OUTPUTS`: `key=value` lines (as
+/// GitHub Actions' `$GITHUB_OUTPUT`), or one JSON object. Removed when dropped.
+struct OutputsFile(std::path::PathBuf);
+
+impl OutputsFile {
+    fn new() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("orchion-outputs-{}-{n}", std::process::id())))
+    }
+
+    /// The outputs as a JSON object, or `None` when the command wrote none.
+    fn read(&self) -> Result<Option<String>, String> {
+        let Ok(meta) = std::fs::metadata(&self.0) else {
+            return Ok(None);
+        };
+        if meta.len() > MAX_OUTPUTS_BYTES {
+            return Err(format!(
+                "$ORCHION_OUTPUTS holds {} bytes; at most {MAX_OUTPUTS_BYTES}",
+                meta.len()
+            ));
+        }
+        let text = std::fs::read_to_string(&self.0)
+            .map_err(|e| format!("cannot read $ORCHION_OUTPUTS: {e}"))?;
+        parse_outputs(&text)
+    }
+}
+
+impl Drop for OutputsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `key=value` lines, or one JSON object, as a JSON object; `None` when empty.
+fn parse_outputs(text: &str) -> Result<Option<String>, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.starts_with('{') {
+        return match serde_json::from_str::<serde_json::Value>(trimmed) {
+            Ok(value @ serde_json::Value::Object(_)) => Ok(Some(value.to_string())),
+            Ok(_) | Err(_) => {
+                Err("$ORCHION_OUTPUTS starts with `{` but is not one JSON object".into())
+            }
+        };
+    }
+    let mut outputs = serde_json::Map::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                outputs.insert(
+                    key.trim().to_owned(),
+                    serde_json::Value::String(value.to_owned()),
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "line {} of $ORCHION_OUTPUTS is not `key=value`: {}",
+                    n + 1,
+                    cut_line(line.to_owned())
+                ));
+            }
+        }
+    }
+    Ok(Some(serde_json::Value::Object(outputs).to_string()))
+}
+
 #[async_trait]
 impl Executor for Shell {
     fn name(&self) -> &'static str {
@@ -78,11 +153,13 @@ impl Executor for Shell {
                 };
             }
         };
+        let outputs_file = OutputsFile::new();
         let mut command = Command::new(&spec.command);
         command
             .args(&spec.args)
             .envs(&spec.env)
             .envs(&context.env)
+            .env("ORCHION_OUTPUTS", &outputs_file.0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -144,7 +221,14 @@ impl Executor for Shell {
         match end {
             End::Cancelled => Outcome::Cancelled,
             End::TimedOut => Outcome::TimedOut,
-            End::Exited(Ok(status)) if status.success() => Outcome::Succeeded { output },
+            End::Exited(Ok(status)) if status.success() => match outputs_file.read() {
+                Ok(outputs) => Outcome::Succeeded { output, outputs },
+                Err(error) => Outcome::Failed {
+                    exit_code: status.code(),
+                    error,
+                    output,
+                },
+            },
             End::Exited(Ok(status)) => Outcome::Failed {
                 exit_code: status.code(),
                 error: match status.code() {

@@ -48,7 +48,8 @@ async fn a_shell_command_streams_its_lines_and_keeps_stdout() {
     assert_eq!(
         outcome,
         Outcome::Succeeded {
-            output: Some("one\njob-1\n".into())
+            output: Some("one\njob-1\n".into()),
+            outputs: None,
         }
     );
     let lines = drain(rx).await;
@@ -171,7 +172,8 @@ async fn http_requests_succeed_on_expected_statuses_only() {
     assert_eq!(
         http.run(&spec, ctx).await,
         Outcome::Succeeded {
-            output: Some("hello".into())
+            output: Some("hello".into()),
+            outputs: Some(r#"{"body":"hello","status":200}"#.into()),
         }
     );
 
@@ -194,7 +196,8 @@ async fn http_requests_succeed_on_expected_statuses_only() {
     assert_eq!(
         http.run(&spec, ctx).await,
         Outcome::Succeeded {
-            output: Some("{\"a\":1}".into())
+            output: Some("{\"a\":1}".into()),
+            outputs: Some(r#"{"body":{"a":1},"status":201}"#.into()),
         }
     );
 }
@@ -231,6 +234,7 @@ async fn huge_output_is_cut_never_held_whole() {
     let outcome = run.await.unwrap();
     let Outcome::Succeeded {
         output: Some(output),
+        ..
     } = outcome
     else {
         panic!("{outcome:?}")
@@ -247,4 +251,67 @@ async fn huge_output_is_cut_never_held_whole() {
     assert!(lines[0].1.len() <= orchion_executor::MAX_LINE_BYTES);
     assert!(lines[0].1.ends_with("cut by orchion]"));
     assert_eq!(lines.len(), 200_001);
+}
+
+#[tokio::test]
+async fn a_command_writes_outputs_to_the_outputs_file() {
+    let shell_executor = Registry::all().get("shell").unwrap();
+    let run = |script: &'static str| {
+        let (ctx, _rx) = context(None);
+        let spec = shell("sh", &["-c", script]);
+        let executor = shell_executor.clone();
+        async move { executor.run(&spec, ctx).await }
+    };
+    let outcome = run(
+        "echo image=reg/app:1 >> \"$ORCHION_OUTPUTS\"; echo 'note=a=b' >> \"$ORCHION_OUTPUTS\"",
+    )
+    .await;
+    assert_eq!(
+        outcome,
+        Outcome::Succeeded {
+            output: None,
+            outputs: Some(r#"{"image":"reg/app:1","note":"a=b"}"#.into()),
+        }
+    );
+    let json = run(r#"echo '{"files": ["a.rs", "b.rs"], "n": 2}' > "$ORCHION_OUTPUTS""#).await;
+    assert_eq!(
+        json,
+        Outcome::Succeeded {
+            output: None,
+            outputs: Some(r#"{"files":["a.rs","b.rs"],"n":2}"#.into()),
+        }
+    );
+    match run("echo 'not a pair' > \"$ORCHION_OUTPUTS\"").await {
+        Outcome::Failed { error, .. } => {
+            assert_eq!(
+                error,
+                "line 1 of $ORCHION_OUTPUTS is not `key=value`: not a pair"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The file is gone afterwards.
+    let (ctx, _rx) = context(None);
+    let spec = shell("sh", &["-c", "echo \"$ORCHION_OUTPUTS\""]);
+    let Outcome::Succeeded {
+        output: Some(path), ..
+    } = shell_executor.run(&spec, ctx).await
+    else {
+        panic!("the command failed");
+    };
+    assert!(!std::path::Path::new(path.trim()).exists());
+}
+
+#[tokio::test]
+async fn noop_produces_the_outputs_its_spec_names() {
+    let noop = Registry::all().get("noop").unwrap();
+    let (ctx, _rx) = context(None);
+    let spec = validate("noop", &json!({"outputs": {"image": "x"}})).unwrap();
+    assert_eq!(
+        noop.run(&spec, ctx).await,
+        Outcome::Succeeded {
+            output: None,
+            outputs: Some(r#"{"image":"x"}"#.into()),
+        }
+    );
 }

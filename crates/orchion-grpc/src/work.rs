@@ -54,11 +54,26 @@ fn attempt_result(result: pb::TaskResult) -> Result<AttemptResult, String> {
             return Err(format!("outcome: {} is not a TaskOutcome", result.outcome));
         }
     };
+    let outputs = match result.outputs {
+        Some(text) if text.len() > orchion_store::MAX_OUTPUT_BYTES => {
+            return Err(format!(
+                "outputs: {} bytes; at most {}",
+                text.len(),
+                orchion_store::MAX_OUTPUT_BYTES
+            ));
+        }
+        Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(_)) => Some(text),
+            _ => return Err("outputs: not a JSON object".to_owned()),
+        },
+        None => None,
+    };
     Ok(AttemptResult {
         task,
         attempt: result.attempt,
         outcome,
         output: result.output,
+        outputs,
     })
 }
 
@@ -242,7 +257,7 @@ impl WorkServiceApi for WorkService {
         let mut acks = Vec::with_capacity(statuses.len());
         for ((task_id, attempt), status) in keys.into_iter().zip(statuses) {
             let (job_status, refused) = match status {
-                Ok(status) => (status.as_str().to_owned(), String::new()),
+                Ok(done) => (done.status.as_str().to_owned(), String::new()),
                 Err(StoreError::Stale(why) | StoreError::Conflict(why)) => (String::new(), why),
                 Err(StoreError::NotFound { kind, id }) => {
                     (String::new(), format!("{kind} `{id}` does not exist"))

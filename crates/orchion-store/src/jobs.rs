@@ -33,7 +33,7 @@ pub(crate) const TASK_COLUMNS: &str = "t.id, t.run_id, r.name, r.project_id, t.s
      t.cpu_millis, t.memory_bytes, t.gpus, t.concurrency_key, t.concurrency_limit, t.retry, \
      t.schedule_to_start_ms, t.start_to_close_ms, t.heartbeat_ms, t.attempts, t.attempt_budget, \
      t.cancel_requested, t.run_after_us, t.enqueued_us, t.node_id, t.lease_expires_us, t.output, t.error, \
-     t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at";
+     t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at, t.outputs, r.kind, t.step";
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn micros(at: OffsetDateTime) -> i64 {
@@ -132,6 +132,12 @@ pub(crate) struct TaskRow {
     pub created_at: OffsetDateTime,
     pub started_at: Option<OffsetDateTime>,
     pub finished_at: Option<OffsetDateTime>,
+    /// What the step produced, a JSON object (workflow steps).
+    pub outputs: Option<String>,
+    /// The run's kind: `job` or `workflow`.
+    pub kind: String,
+    /// `job` for a job; the step's name for a workflow.
+    pub step: String,
 }
 
 impl TaskRow {
@@ -191,6 +197,7 @@ impl TaskRow {
             node_id: self.node_id.map(NodeId::from_uuid),
             lease_expires_at: self.lease_expires_us.map(from_micros),
             output: self.output,
+            outputs: self.outputs,
             error: self.error,
             exit_code: self.exit_code,
             created_at: self.created_at,
@@ -203,13 +210,13 @@ impl TaskRow {
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct AttemptRow {
-    number: i32,
-    node_id: Option<Uuid>,
-    status: String,
-    started_at: OffsetDateTime,
-    finished_at: Option<OffsetDateTime>,
-    exit_code: Option<i32>,
-    error: Option<String>,
+    pub number: i32,
+    pub node_id: Option<Uuid>,
+    pub status: String,
+    pub started_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
 }
 
 impl TryFrom<AttemptRow> for Attempt {
@@ -238,6 +245,20 @@ pub(crate) struct LogRow {
     pub stream: String,
     pub line: String,
     pub at: OffsetDateTime,
+}
+
+/// A task to write: a job's, or a workflow step's.
+pub(crate) struct TaskInsert<'a> {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    /// `job` for a job; the step's name (`name[i]` in a fan-out) for a workflow.
+    pub step: &'a str,
+    pub job: &'a orchion_domain::NewJob,
+    /// `queued`, or a final status for a step that never runs (failed to render, or an empty
+    /// fan-out that succeeds at once).
+    pub status: TaskStatus,
+    pub outputs: Option<&'a str>,
+    pub error: Option<&'a str>,
 }
 
 /// The most queued tasks one claim reads.
@@ -347,6 +368,58 @@ macro_rules! job_helpers {
             Ok(rows)
         }
 
+        /// Inserts tasks, a few statements for any number. A task whose `(run, step)` exists
+        /// already is left as it is, so writing a workflow's ready steps twice is harmless.
+        async fn insert_tasks(
+            conn: &mut $conn,
+            rows: &[$crate::jobs::TaskInsert<'_>],
+            now: time::OffsetDateTime,
+        ) -> Result<(), $crate::StoreError> {
+            use $crate::jobs::{micros, retry_json};
+            for chunk in rows.chunks($crate::jobs::INSERT_CHUNK) {
+                let mut tasks = sqlx::QueryBuilder::new(
+                    "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
+                     memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
+                     start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
+                     enqueued_us, created_at, outputs, error, finished_at) ",
+                );
+                tasks.push_values(chunk, |mut row, task| {
+                    let job = task.job;
+                    let resources = job.placement.resources;
+                    let state = orchion_domain::TaskState::new(&job.retry);
+                    row.push_bind(task.id)
+                        .push_bind(task.run_id)
+                        .push_bind(task.step)
+                        .push_bind(task.status.as_str())
+                        .push_bind(job.executor.as_str())
+                        .push_bind(job.spec.as_str())
+                        .push_bind(job.priority)
+                        .push_bind(sqlx::types::Json(job.placement.labels.clone()))
+                        .push_bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
+                        .push_bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
+                        .push_bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
+                        .push_bind(job.concurrency.as_ref().map(|c| c.key.clone()))
+                        .push_bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
+                        .push_bind(sqlx::types::Json(retry_json(&job.retry)))
+                        .push_bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                        .push_bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+                        .push_bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
+                        .push_bind(0i32)
+                        .push_bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
+                        .push_bind(false)
+                        .push_bind(micros(job.run_at.unwrap_or(now).max(now)))
+                        .push_bind(micros(now))
+                        .push_bind(now)
+                        .push_bind(task.outputs)
+                        .push_bind(task.error)
+                        .push_bind(task.status.is_terminal().then_some(now));
+                });
+                tasks.push(" ON CONFLICT (run_id, step) DO NOTHING");
+                tasks.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        }
+
         /// Ends attempts as their plans say, two statements per chunk of tasks. The caller has
         /// checked each attempt is the current one.
         async fn finish_attempts(
@@ -371,7 +444,7 @@ macro_rules! job_helpers {
                 );
                 attempts.build().execute(&mut *conn).await?;
                 let mut tasks = sqlx::QueryBuilder::new(
-                    "WITH v (id, status, cancel_requested, attempt_budget, run_after_us, output, error, exit_code, finished_at) AS (",
+                    "WITH v (id, status, cancel_requested, attempt_budget, run_after_us, output, outputs, error, exit_code, finished_at) AS (",
                 );
                 tasks.push_values(chunk, |mut row, p| {
                     row.push_bind(p.task_id)
@@ -380,6 +453,7 @@ macro_rules! job_helpers {
                         .push_bind(p.attempt_budget)
                         .push_bind(p.run_after_us)
                         .push_bind(p.output.clone())
+                        .push_bind(p.outputs.clone())
                         .push_bind(p.error.clone())
                         .push_bind(p.exit_code)
                         .push_bind(p.finished_at);
@@ -387,7 +461,7 @@ macro_rules! job_helpers {
                 tasks.push(
                     ") UPDATE tasks SET status = v.status, cancel_requested = v.cancel_requested, \
                      attempt_budget = v.attempt_budget, node_id = NULL, lease_expires_us = NULL, \
-                     run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), error = v.error, \
+                     run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), outputs = COALESCE(v.outputs, tasks.outputs), error = v.error, \
                      exit_code = v.exit_code, finished_at = v.finished_at FROM v WHERE tasks.id = v.id",
                 );
                 tasks.build().execute(&mut *conn).await?;
@@ -401,9 +475,8 @@ macro_rules! job_helpers {
             run: orchion_domain::RunId,
             event: orchion_domain::TaskEvent,
         ) -> Result<(), $crate::StoreError> {
-            use orchion_domain::TaskStatus;
             let sql = format!(
-                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1{TASK_LOCK}",
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1 AND r.kind = 'job'{TASK_LOCK}",
                 $crate::jobs::TASK_COLUMNS
             );
             let task = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
@@ -411,13 +484,30 @@ macro_rules! job_helpers {
                 .fetch_optional(&mut *conn)
                 .await?
                 .ok_or_else(|| $crate::StoreError::NotFound { kind: "job", id: run.to_string() })?;
+            apply_to_task(conn, &task, event)
+                .await
+                .map_err(|e| match e {
+                    $crate::StoreError::Conflict(message) => $crate::StoreError::Conflict(format!("job {run}: {message}")),
+                    other => other,
+                })?;
+            Ok(())
+        }
+
+        /// Applies `event` to `task` (read locked): a cancel request or a retry. Returns whether
+        /// anything changed; a transition the task's state refuses is a conflict.
+        async fn apply_to_task(
+            conn: &mut $conn,
+            task: &$crate::jobs::TaskRow,
+            event: orchion_domain::TaskEvent,
+        ) -> Result<bool, $crate::StoreError> {
+            use orchion_domain::TaskStatus;
             let state = task.state()?;
             let next = state
                 .next(&event, &task.policy()?, 0.0)
-                .map_err(|e| $crate::StoreError::Conflict(format!("job {run}: {e}")))?
+                .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?
                 .state;
             if next == state {
-                return Ok(());
+                return Ok(false);
             }
             let now = $crate::now();
             let requeued = next.status == TaskStatus::Queued && state.status != TaskStatus::Queued;
@@ -447,13 +537,13 @@ macro_rules! job_helpers {
                 append_event(
                     conn,
                     $crate::kind::JOB_STATUS_CHANGED,
-                    run.to_string(),
+                    orchion_domain::RunId::from_uuid(task.run_id).to_string(),
                     task.project_id.map(orchion_domain::ProjectId::from_uuid),
                     $crate::jobs::status_event(task.run_id, state.status, next.status, state.attempts),
                 )
                 .await?;
             }
-            Ok(())
+            Ok(true)
         }
     };
 }
@@ -468,7 +558,7 @@ macro_rules! impl_job_store {
             &self,
             jobs: Vec<(orchion_domain::NewJob, Option<$crate::IdempotencyKey>)>,
         ) -> Result<Vec<Result<$crate::Created<orchion_domain::Job>, $crate::StoreError>>, $crate::StoreError> {
-            use $crate::jobs::{Enqueued, micros, retry_json};
+            use $crate::jobs::Enqueued;
             if jobs.is_empty() {
                 return Ok(Vec::new());
             }
@@ -521,41 +611,19 @@ macro_rules! impl_job_store {
                                 .push_bind(now);
                         });
                         runs.build().execute(&mut *tx).await?;
-                        let mut tasks = sqlx::QueryBuilder::new(
-                            "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
-                             memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
-                             start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
-                             enqueued_us, created_at) ",
-                        );
-                        tasks.push_values(chunk, |mut row, &i| {
-                            let (job, _) = &jobs[i];
-                            let resources = job.placement.resources;
-                            let state = orchion_domain::TaskState::new(&job.retry);
-                            row.push_bind(ids[i].1.as_uuid())
-                                .push_bind(ids[i].0.as_uuid())
-                                .push_bind("job")
-                                .push_bind(state.status.as_str())
-                                .push_bind(job.executor.as_str())
-                                .push_bind(job.spec.as_str())
-                                .push_bind(job.priority)
-                                .push_bind(sqlx::types::Json(job.placement.labels.clone()))
-                                .push_bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
-                                .push_bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
-                                .push_bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
-                                .push_bind(job.concurrency.as_ref().map(|c| c.key.clone()))
-                                .push_bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
-                                .push_bind(sqlx::types::Json(retry_json(&job.retry)))
-                                .push_bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                                .push_bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                                .push_bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
-                                .push_bind(0i32)
-                                .push_bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
-                                .push_bind(false)
-                                .push_bind(micros(job.run_at.unwrap_or(now).max(now)))
-                                .push_bind(micros(now))
-                                .push_bind(now);
-                        });
-                        tasks.build().execute(&mut *tx).await?;
+                        let rows: Vec<$crate::jobs::TaskInsert<'_>> = chunk
+                            .iter()
+                            .map(|&i| $crate::jobs::TaskInsert {
+                                id: ids[i].1.as_uuid(),
+                                run_id: ids[i].0.as_uuid(),
+                                step: "job",
+                                job: &jobs[i].0,
+                                status: orchion_domain::TaskStatus::Queued,
+                                outputs: None,
+                                error: None,
+                            })
+                            .collect();
+                        insert_tasks(&mut tx, &rows, now).await?;
                     }
                     let mut events = Vec::with_capacity(new.len());
                     for &i in &new {
@@ -607,7 +675,7 @@ macro_rules! impl_job_store {
 
         async fn get_job(&self, id: orchion_domain::RunId) -> Result<orchion_domain::Job, $crate::StoreError> {
             let sql = format!(
-                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1",
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1 AND r.kind = 'job'",
                 $crate::jobs::TASK_COLUMNS
             );
             let row = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
@@ -810,7 +878,7 @@ macro_rules! impl_job_store {
         async fn complete_attempts(
             &self,
             reports: Vec<$crate::AttemptReport>,
-        ) -> Result<Vec<Result<orchion_domain::TaskStatus, $crate::StoreError>>, $crate::StoreError> {
+        ) -> Result<Vec<Result<$crate::Completed, $crate::StoreError>>, $crate::StoreError> {
             if reports.is_empty() {
                 return Ok(Vec::new());
             }
@@ -835,8 +903,12 @@ macro_rules! impl_job_store {
                     ))));
                     continue;
                 }
-                let plan = $crate::jobs::plan_finish(task, report.outcome, report.output, now, rand::random())?;
-                results.push(Ok(plan.status));
+                let plan = $crate::jobs::plan_finish(task, report.outcome, report.output, report.outputs, now, rand::random())?;
+                results.push(Ok($crate::Completed {
+                    status: plan.status,
+                    run_id: orchion_domain::RunId::from_uuid(task.run_id),
+                    workflow: task.kind == "workflow",
+                }));
                 plans.push(plan);
             }
             finish_attempts(&mut tx, &plans).await?;
@@ -861,7 +933,7 @@ macro_rules! impl_job_store {
                 .await?;
             let plans = expired
                 .iter()
-                .map(|task| $crate::jobs::plan_finish(task, AttemptOutcome::Lost, None, now, rand::random()))
+                .map(|task| $crate::jobs::plan_finish(task, AttemptOutcome::Lost, None, None, now, rand::random()))
                 .collect::<Result<Vec<_>, _>>()?;
             finish_attempts(&mut tx, &plans).await?;
             let events: Vec<$crate::jobs::PendingEvent> = plans.into_iter().map(|p| p.event).collect();
@@ -920,7 +992,7 @@ macro_rules! impl_job_store {
             let now = $crate::now();
             let plans = running
                 .iter()
-                .map(|task| $crate::jobs::plan_finish(task, orchion_domain::AttemptOutcome::Lost, None, now, rand::random()))
+                .map(|task| $crate::jobs::plan_finish(task, orchion_domain::AttemptOutcome::Lost, None, None, now, rand::random()))
                 .collect::<Result<Vec<_>, _>>()?;
             finish_attempts(&mut tx, &plans).await?;
             let events: Vec<$crate::jobs::PendingEvent> = plans.into_iter().map(|p| p.event).collect();
@@ -1295,6 +1367,7 @@ pub(crate) struct FinishPlan {
     pub attempt_budget: i32,
     pub run_after_us: i64,
     pub output: Option<String>,
+    pub outputs: Option<String>,
     pub finished_at: Option<OffsetDateTime>,
     pub event: PendingEvent,
 }
@@ -1305,6 +1378,7 @@ pub(crate) fn plan_finish(
     task: &TaskRow,
     outcome: orchion_domain::AttemptOutcome,
     output: Option<String>,
+    outputs: Option<String>,
     now: OffsetDateTime,
     random: f64,
 ) -> Result<FinishPlan, StoreError> {
@@ -1345,6 +1419,7 @@ pub(crate) fn plan_finish(
             .retry_after
             .map_or(task.run_after_us, |wait| micros(now + wait)),
         output: output.map(|o| truncate(o, MAX_OUTPUT_BYTES)),
+        outputs: outputs.filter(|_| next.status == TaskStatus::Succeeded),
         finished_at: next.status.is_terminal().then_some(now),
         event: PendingEvent::status(task, state.status, next.status, state.attempts),
     })
@@ -1384,6 +1459,7 @@ pub(crate) fn enqueued_job(
         node_id: None,
         lease_expires_at: None,
         output: None,
+        outputs: None,
         error: None,
         exit_code: None,
         created_at: now,

@@ -16,6 +16,8 @@ mod jobs;
 mod postgres;
 mod queries;
 mod rows;
+#[macro_use]
+mod runs;
 mod sqlite;
 
 use std::sync::Arc;
@@ -175,6 +177,16 @@ pub struct ClaimedTask {
     pub lease_expires_at: OffsetDateTime,
 }
 
+/// What a recorded result did to its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completed {
+    /// The task's status after the result.
+    pub status: TaskStatus,
+    pub run_id: RunId,
+    /// The task is a workflow step, so its run may move on.
+    pub workflow: bool,
+}
+
 /// How one attempt ended, as its node reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptReport {
@@ -183,6 +195,8 @@ pub struct AttemptReport {
     pub attempt: u32,
     pub outcome: AttemptOutcome,
     pub output: Option<String>,
+    /// What a succeeded step produced, a JSON object; workflow steps feed it to later steps.
+    pub outputs: Option<String>,
 }
 
 /// Whether a node still holds an attempt's lease.
@@ -265,7 +279,7 @@ pub trait JobStore: Send + Sync {
     async fn complete_attempts(
         &self,
         reports: Vec<AttemptReport>,
-    ) -> Result<Vec<Result<TaskStatus, StoreError>>, StoreError>;
+    ) -> Result<Vec<Result<Completed, StoreError>>, StoreError>;
 
     /// Records how an attempt ended, if `node` still holds it ([`StoreError::Stale`] if not),
     /// and returns the task's new status.
@@ -283,11 +297,13 @@ pub trait JobStore: Send + Sync {
             attempt,
             outcome,
             output,
+            outputs: None,
         };
         self.complete_attempts(vec![report])
             .await?
             .pop()
             .unwrap_or_else(|| Err(StoreError::Corrupt("a batch of one came back empty".into())))
+            .map(|done| done.status)
     }
 
     /// Ends attempts whose lease expired by `now` (lost: retried by policy) and fails tasks
@@ -439,7 +455,7 @@ pub trait CatalogStore: Send + Sync {
 /// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`,
 /// which has the methods of [`CatalogStore`] and [`JobStore`] too.
 #[async_trait]
-pub trait Store: CatalogStore + JobStore + Send + Sync + 'static {
+pub trait Store: CatalogStore + JobStore + RunStore + Send + Sync + 'static {
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
@@ -451,6 +467,78 @@ pub trait Store: CatalogStore + JobStore + Send + Sync + 'static {
 
     /// Closes the store's connections; later calls fail with [`StoreError::Unavailable`].
     async fn close(&self);
+}
+
+/// A workflow run to start.
+#[derive(Debug, Clone)]
+pub struct NewWorkflowRun {
+    pub name: String,
+    pub project_id: Option<ProjectId>,
+    pub workflow: String,
+    pub version: u32,
+    /// The input, a JSON document.
+    pub input: String,
+}
+
+/// A step of a workflow run, written as a task when it becomes ready.
+#[derive(Debug, Clone)]
+pub struct NewStep {
+    /// The step's name, or `name[i]` for element `i` of a fan-out.
+    pub step: String,
+    /// The rendered job: executor, spec, retry, timeouts, placement.
+    pub job: NewJob,
+    /// `Queued` to run it; `Failed` (with `error`) for a step that cannot run, such as one whose
+    /// template reads a missing output; `Succeeded` (with `outputs`) for one with nothing to run.
+    pub status: TaskStatus,
+    pub outputs: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Workflow runs and their steps.
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Starts a run with its first ready steps, in one transaction. With an idempotency key
+    /// already used, returns that run instead (`created: false`).
+    async fn create_workflow_run(
+        &self,
+        run: NewWorkflowRun,
+        steps: Vec<NewStep>,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<orchion_domain::WorkflowRun>, StoreError>;
+
+    /// A run with its tasks and their attempts.
+    async fn get_workflow_run(
+        &self,
+        id: RunId,
+    ) -> Result<orchion_domain::WorkflowRunRecord, StoreError>;
+
+    /// Runs in creation order.
+    async fn list_workflow_runs(
+        &self,
+        filter: &orchion_domain::WorkflowRunFilter,
+        page: PageRequest,
+    ) -> Result<Page<orchion_domain::WorkflowRun>, StoreError>;
+
+    /// Adds steps that became ready and, with `finish`, ends the run — if it is still
+    /// running. Steps already written are left alone. Returns whether the run was running.
+    async fn advance_workflow_run(
+        &self,
+        id: RunId,
+        steps: Vec<NewStep>,
+        finish: Option<orchion_domain::RunStatus>,
+    ) -> Result<bool, StoreError>;
+
+    /// The runs still running, for the engine's periodic pass.
+    async fn running_workflow_runs(&self) -> Result<Vec<RunId>, StoreError>;
+
+    /// Asks a running run to stop: no new steps start, and its queued and running tasks are
+    /// cancelled. [`StoreError::Conflict`] if it has finished.
+    async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
+
+    /// Runs a failed or cancelled run again from where it failed: its failed and cancelled
+    /// steps are tried again (keeping their attempts), and the steps they held back follow.
+    /// [`StoreError::Conflict`] for a run that is running or succeeded.
+    async fn retry_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite:PATH` or `postgres://…`), creating and migrating it.
@@ -488,12 +576,16 @@ pub(crate) mod kind {
     pub const SCHEDULE_CREATED: &str = "schedule.created";
     pub const SCHEDULE_DELETED: &str = "schedule.deleted";
     pub const WORKFLOW_TYPE_CREATED: &str = "workflow_type.created";
+    pub const WORKFLOW_RUN_CREATED: &str = "workflow_run.created";
+    pub const WORKFLOW_RUN_STATUS_CHANGED: &str = "workflow_run.status_changed";
 }
 
 /// The scope idempotency keys of project creation live in.
 pub(crate) const PROJECT_CREATE_SCOPE: &str = "project.create";
 /// The scope idempotency keys of job creation live in.
 pub(crate) const JOB_CREATE_SCOPE: &str = "job.create";
+/// The scope idempotency keys of workflow run creation live in.
+pub(crate) const WORKFLOW_CREATE_SCOPE: &str = "workflow.create";
 
 /// Whether an error is a unique-constraint violation (PostgreSQL `23505`; SQLite extended codes
 /// 1555 and 2067).

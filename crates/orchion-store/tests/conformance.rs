@@ -1306,6 +1306,7 @@ async fn a_batch_of_results_is_fenced_per_report(db: Db) {
         attempt,
         outcome: AttemptOutcome::Succeeded,
         output: None,
+        outputs: Some(r#"{"k":"v"}"#.into()),
     };
     let results = store
         .complete_attempts(vec![
@@ -1315,7 +1316,19 @@ async fn a_batch_of_results_is_fenced_per_report(db: Db) {
         ])
         .await
         .unwrap();
-    assert_eq!(results[0].as_ref().unwrap(), &TaskStatus::Succeeded);
+    let done = results[0].as_ref().unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded);
+    assert_eq!(done.run_id, claimed[0].job_id);
+    assert!(!done.workflow, "a job's task is not a workflow step");
+    assert_eq!(
+        store
+            .get_job(claimed[0].job_id)
+            .await
+            .unwrap()
+            .outputs
+            .as_deref(),
+        Some(r#"{"k":"v"}"#)
+    );
     assert!(
         matches!(results[1], Err(StoreError::Stale(_))),
         "another node's report"

@@ -1,6 +1,6 @@
 //! `orchion server` and `orchion dev`: configuration → [`Server::build`] → [`Server::run`] until
-//! SIGTERM or SIGINT. The server runs three components: the HTTP API, the gRPC API for agents,
-//! and the node liveness reconciler.
+//! SIGTERM or SIGINT. The server runs the HTTP API, the gRPC API for agents, the node liveness
+//! reconciler, the lease reaper, the cron scheduler and the workflow engine.
 //!
 //! Shutdown: on the signal `/readyz` turns 503 at once; the listeners keep accepting for
 //! `server.drain_delay`, then close; in-flight requests get `server.shutdown_grace` to finish;
@@ -14,7 +14,7 @@ use std::{
 use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits};
 use orchion_config::{Config, Sources};
-use orchion_control::{NodeRegistry, RegistrySettings, Scheduler, WorkQueue};
+use orchion_control::{NodeRegistry, RegistrySettings, Scheduler, WorkQueue, Workflows};
 use orchion_domain::LivenessPolicy;
 use orchion_store::Store;
 use rand::RngCore;
@@ -128,12 +128,14 @@ impl Server {
         let lifecycle = Arc::new(Lifecycle::new());
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
         let scheduler = Arc::new(Scheduler::new(store.clone(), work.clone()));
+        let workflows = Arc::new(Workflows::new(store.clone(), work.clone()));
         let app = orchion_api::router(
             AppState {
                 store: store.clone(),
                 nodes: registry.clone(),
                 work: work.clone(),
                 scheduler: scheduler.clone(),
+                workflows: workflows.clone(),
                 lifecycle: lifecycle.clone(),
                 enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
                     worker_url: config.enqueue.worker_url.clone(),
@@ -150,6 +152,7 @@ impl Server {
         let reconciler = tokio::spawn(registry.clone().run(stopping.clone()));
         let reaper = tokio::spawn(work.clone().run(stopping.clone()));
         let firing = tokio::spawn(scheduler.run(stopping.clone()));
+        let engine = tokio::spawn(workflows.run(stopping.clone()));
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
             orchion_grpc::NodeService::new(registry, join_token),
@@ -200,6 +203,9 @@ impl Server {
         }
         if let Err(e) = firing.await {
             tracing::error!(error = %e, "the scheduler panicked");
+        }
+        if let Err(e) = engine.await {
+            tracing::error!(error = %e, "the workflow engine panicked");
         }
         store.close().await;
         tracing::info!("stopped");

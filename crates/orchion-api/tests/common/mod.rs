@@ -40,11 +40,13 @@ pub async fn app() -> App {
         nodes.clone(),
     ));
     let scheduler = Arc::new(orchion_control::Scheduler::new(store.clone(), work.clone()));
+    let workflows = Arc::new(orchion_control::Workflows::new(store.clone(), work.clone()));
     let state = AppState {
         store,
         nodes,
         work,
         scheduler,
+        workflows,
         lifecycle: Arc::new(Lifecycle::new()),
         enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
             worker_url: "http://127.0.0.1:9".into(),

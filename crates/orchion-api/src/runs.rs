@@ -1,0 +1,473 @@
+//! `/api/v1/workflows`: runs of stored workflow types, in the workflow service's shapes — start,
+//! get (with each step's state, tasks, attempts and outputs), list, cancel, metrics — plus retry
+//! from the failed steps.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use orchion_control::{StartRun, StepState, WorkflowError};
+use orchion_domain::{
+    FieldError, ProjectId, RunId, RunStatus, ValidationErrors, WorkflowRun, WorkflowRunFilter,
+    WorkflowRunRecord, split_step,
+};
+use orchion_store::IdempotencyKey;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    AppState,
+    extract::{JsonBody, QueryParams, idempotency_key, page_request, parse_id, query_value},
+    jobs::{AttemptBody, attempt_body},
+    problem::{ApiError, Problem},
+};
+
+/// A request to start a run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartWorkflow {
+    /// The run's name (the workflow type's name when absent).
+    #[schema(example = "Process Intent")]
+    pub name: Option<String>,
+    /// The workflow type to run.
+    #[schema(example = "intent_processing")]
+    #[serde(rename = "type")]
+    pub workflow_type: String,
+    /// The type's version; the latest when absent. The run keeps this version.
+    pub version: Option<u32>,
+    pub project_id: Option<String>,
+    /// The run's input, which templates read as `${{ input.… }}`.
+    #[schema(value_type = Object, example = json!({"intent": "create a REST API"}))]
+    #[serde(default)]
+    pub input: serde_json::Value,
+}
+
+/// One task of a step: the step's only task, or one element of a fan-out.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepTaskBody {
+    pub id: String,
+    /// `build`, or `build[2]` for element 2 of a fan-out.
+    pub name: String,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: &'static str,
+    pub executor: String,
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    pub attempts: Vec<AttemptBody>,
+    #[schema(value_type = Option<Object>)]
+    pub outputs: Option<serde_json::Value>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+/// A step of a run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepBody {
+    pub name: String,
+    pub needs: Vec<String>,
+    /// `pending`, `running`, `succeeded`, `failed`, `cancelled` or `skipped`.
+    pub status: &'static str,
+    pub tasks: Vec<StepTaskBody>,
+}
+
+/// A workflow run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowRunBody {
+    pub id: String,
+    pub name: String,
+    /// The workflow type.
+    #[serde(rename = "type")]
+    pub workflow_type: String,
+    pub version: u32,
+    pub project_id: Option<String>,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: &'static str,
+    pub cancel_requested: bool,
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Present on a single run, absent in listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepBody>>,
+}
+
+fn run_body(run: WorkflowRun, steps: Option<Vec<StepBody>>) -> WorkflowRunBody {
+    WorkflowRunBody {
+        id: run.id.to_string(),
+        name: run.name,
+        workflow_type: run.workflow,
+        version: run.version,
+        project_id: run.project_id.map(|p| p.to_string()),
+        status: run.status.as_str(),
+        cancel_requested: run.cancel_requested,
+        input: serde_json::from_str(&run.input).unwrap_or(serde_json::Value::Null),
+        created_at: run.created_at,
+        finished_at: run.finished_at,
+        steps,
+    }
+}
+
+/// Each step with its state (from the engine's plan) and its tasks, in definition order.
+async fn steps_of(
+    state: &AppState,
+    record: &WorkflowRunRecord,
+) -> Result<Vec<(String, Vec<String>, StepState)>, ApiError> {
+    let workflow = state
+        .workflows
+        .definition(&record.run.workflow, Some(record.run.version))
+        .await
+        .map_err(workflow_error)?;
+    let plan = orchion_control::plan(&workflow, record);
+    Ok(plan
+        .steps
+        .into_iter()
+        .map(|(name, step_state)| {
+            let needs = workflow
+                .step(&name)
+                .map(|s| s.needs.clone())
+                .unwrap_or_default();
+            (name, needs, step_state)
+        })
+        .collect())
+}
+
+async fn full_body(
+    state: &AppState,
+    record: WorkflowRunRecord,
+) -> Result<WorkflowRunBody, ApiError> {
+    let steps = steps_of(state, &record).await?;
+    let mut tasks: BTreeMap<String, Vec<StepTaskBody>> = BTreeMap::new();
+    for task in record.tasks {
+        let (step, _) = split_step(&task.step);
+        let job = task.task;
+        tasks
+            .entry(step.to_owned())
+            .or_default()
+            .push(StepTaskBody {
+                id: job.task_id.to_string(),
+                name: task.step.clone(),
+                status: job.state.status.as_str(),
+                executor: job.executor,
+                spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
+                attempts: job.attempts.into_iter().map(attempt_body).collect(),
+                outputs: job
+                    .outputs
+                    .as_deref()
+                    .and_then(|o| serde_json::from_str(o).ok()),
+                output: job.output,
+                error: job.error,
+                exit_code: job.exit_code,
+                created_at: job.created_at,
+                started_at: job.started_at,
+                finished_at: job.finished_at,
+            });
+    }
+    let steps = steps
+        .into_iter()
+        .map(|(name, needs, step_state)| StepBody {
+            tasks: tasks.remove(&name).unwrap_or_default(),
+            name,
+            needs,
+            status: step_state.as_str(),
+        })
+        .collect();
+    Ok(run_body(record.run, Some(steps)))
+}
+
+/// The one mapping from engine errors to API errors.
+fn workflow_error(error: WorkflowError) -> ApiError {
+    match error {
+        WorkflowError::Store(e) => e.into(),
+        WorkflowError::Invalid(errors) => ApiError::Validation(errors),
+        WorkflowError::Corrupt { .. } => {
+            tracing::error!(error = %error, "a stored workflow type does not compile");
+            ApiError::Internal
+        }
+    }
+}
+
+fn run_id(raw: &str) -> Result<RunId, ApiError> {
+    parse_id("id", raw)
+}
+
+/// Starts a run of a stored workflow type. With an `Idempotency-Key`, repeating the request
+/// returns the same run.
+#[utoipa::path(post, path = "/api/v1/workflows", tag = "runs", request_body = StartWorkflow,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request safe to repeat")),
+    responses((status = 201, body = WorkflowRunBody), (status = 400, body = Problem), (status = 409, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem)))]
+pub async fn start_workflow(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<StartWorkflow>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let request = body.value;
+    let mut errors = ValidationErrors::default();
+    let project_id = request.project_id.as_deref().and_then(|raw| {
+        raw.parse::<ProjectId>()
+            .map_err(|e| errors.push(FieldError::new("project_id", e.to_string())))
+            .ok()
+    });
+    if let Some(name) = &request.name {
+        if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+            errors.push(FieldError::new(
+                "name",
+                "name must be 1 to 200 characters with no control characters",
+            ));
+        }
+    }
+    if !matches!(
+        request.input,
+        serde_json::Value::Object(_) | serde_json::Value::Null
+    ) {
+        errors.push(FieldError::new("input", "input must be a JSON object"));
+    }
+    if let Some(project) = project_id {
+        if let Err(orchion_store::StoreError::NotFound { .. }) =
+            state.store.get_project(project).await
+        {
+            errors.push(FieldError::new(
+                "project_id",
+                format!("project `{project}` does not exist"),
+            ));
+        }
+    }
+    match state
+        .store
+        .get_workflow_type(&request.workflow_type, request.version)
+        .await
+    {
+        Ok(_) => {}
+        Err(orchion_store::StoreError::NotFound { .. }) => errors.push(FieldError::new(
+            if request.version.is_some() {
+                "version"
+            } else {
+                "type"
+            },
+            match request.version {
+                Some(v) => format!(
+                    "workflow type `{}` has no version {v}",
+                    request.workflow_type
+                ),
+                None => format!(
+                    "workflow type `{}` does not exist: store it first with POST /api/v1/workflow-types",
+                    request.workflow_type
+                ),
+            },
+        )),
+        Err(e) => return Err(e.into()),
+    }
+    errors.into_result(())?;
+    let input = match request.input {
+        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
+        other => other,
+    };
+    let created = state
+        .workflows
+        .start(
+            StartRun {
+                name: request.name,
+                workflow: request.workflow_type,
+                version: request.version,
+                project_id,
+                input,
+            },
+            key.map(|key| IdempotencyKey {
+                key,
+                request_hash: body.digest,
+            }),
+        )
+        .await
+        .map_err(workflow_error)?;
+    let id = created.value.id;
+    let record = state.store.get_workflow_run(id).await?;
+    let mut response =
+        (StatusCode::CREATED, Json(full_body(&state, record).await?)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/workflows/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if !created.created {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Gets a run with each step's state, tasks, attempts and outputs.
+#[utoipa::path(get, path = "/api/v1/workflows/{id}", tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses((status = 200, body = WorkflowRunBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_workflow(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowRunBody>, ApiError> {
+    let record = state.store.get_workflow_run(run_id(&id)?).await?;
+    Ok(Json(full_body(&state, record).await?))
+}
+
+/// Filters for listing runs.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListWorkflows {
+    pub project_id: Option<String>,
+    /// `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: Option<String>,
+    /// The workflow type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub workflow_type: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A page of runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowRunList {
+    pub items: Vec<WorkflowRunBody>,
+    pub next_cursor: Option<String>,
+}
+
+/// Lists runs, oldest first.
+#[utoipa::path(get, path = "/api/v1/workflows", tag = "runs", params(ListWorkflows),
+    responses((status = 200, body = WorkflowRunList), (status = 400, body = Problem)))]
+pub async fn list_workflows(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListWorkflows>,
+) -> Result<Json<WorkflowRunList>, ApiError> {
+    let filter = WorkflowRunFilter {
+        project_id: query_value::<ProjectId>("project_id", query.project_id)?,
+        status: query_value::<RunStatus>("status", query.status)?,
+        workflow: query.workflow_type,
+    };
+    let page = page_request(query.limit, query.cursor)?;
+    let page = state.store.list_workflow_runs(&filter, page).await?;
+    Ok(Json(WorkflowRunList {
+        items: page.items.into_iter().map(|r| run_body(r, None)).collect(),
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// Cancels a running run: its queued and running steps are cancelled, and no new step starts.
+#[utoipa::path(post, path = "/api/v1/workflows/{id}/cancel", tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses((status = 200, body = WorkflowRunBody), (status = 400, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn cancel_workflow(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowRunBody>, ApiError> {
+    let id = run_id(&id)?;
+    state.workflows.cancel(id).await.map_err(workflow_error)?;
+    let record = state.store.get_workflow_run(id).await?;
+    Ok(Json(full_body(&state, record).await?))
+}
+
+/// Runs a failed or cancelled run again from its failed steps: those steps are tried again
+/// (keeping their earlier attempts), then the steps that were skipped because of them.
+/// Succeeded steps are not run again.
+#[utoipa::path(post, path = "/api/v1/workflows/{id}/retry", tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses((status = 200, body = WorkflowRunBody), (status = 400, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
+pub async fn retry_workflow(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowRunBody>, ApiError> {
+    let id = run_id(&id)?;
+    state.workflows.retry(id).await.map_err(workflow_error)?;
+    let record = state.store.get_workflow_run(id).await?;
+    Ok(Json(full_body(&state, record).await?))
+}
+
+/// How one step went.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepMetrics {
+    pub name: String,
+    pub status: &'static str,
+    /// Attempts over all the step's tasks.
+    pub attempts: u32,
+    pub tasks: usize,
+    /// From the first task's creation to its first start.
+    pub queue_wait_ms: Option<f64>,
+    /// From the step's first start to its last finish.
+    pub duration_ms: Option<f64>,
+}
+
+/// How a run went, step by step.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowMetrics {
+    pub id: String,
+    pub status: &'static str,
+    /// From the run's start to its end (or to now, while it runs).
+    pub duration_ms: f64,
+    pub attempts: u32,
+    pub steps: Vec<StepMetrics>,
+}
+
+fn millis(d: time::Duration) -> f64 {
+    d.as_seconds_f64() * 1e3
+}
+
+/// Durations per step, queue wait, attempts.
+#[utoipa::path(get, path = "/api/v1/workflows/{id}/metrics", tag = "runs",
+    params(("id" = String, Path, description = "The run's id")),
+    responses((status = 200, body = WorkflowMetrics), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn workflow_metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<WorkflowMetrics>, ApiError> {
+    let record = state.store.get_workflow_run(run_id(&id)?).await?;
+    let steps = steps_of(&state, &record).await?;
+    let now = orchion_store::now();
+    let mut metrics = Vec::with_capacity(steps.len());
+    for (name, _, step_state) in steps {
+        let tasks: Vec<_> = record
+            .tasks
+            .iter()
+            .filter(|t| split_step(&t.step).0 == name)
+            .map(|t| &t.task)
+            .collect();
+        let first_created = tasks.iter().map(|t| t.created_at).min();
+        let first_start = tasks.iter().filter_map(|t| t.started_at).min();
+        let last_finish = tasks.iter().filter_map(|t| t.finished_at).max();
+        metrics.push(StepMetrics {
+            status: step_state.as_str(),
+            attempts: tasks.iter().map(|t| t.state.attempts).sum(),
+            tasks: tasks.len(),
+            queue_wait_ms: first_created.zip(first_start).map(|(c, s)| millis(s - c)),
+            duration_ms: first_start.zip(last_finish).map(|(s, f)| millis(f - s)),
+            name,
+        });
+    }
+    let run = record.run;
+    Ok(Json(WorkflowMetrics {
+        id: run.id.to_string(),
+        status: run.status.as_str(),
+        duration_ms: millis(run.finished_at.unwrap_or(now) - run.created_at),
+        attempts: metrics.iter().map(|m| m.attempts).sum(),
+        steps: metrics,
+    }))
+}

@@ -1,0 +1,521 @@
+//! The workflow engine: starts runs of stored workflow types and moves them on as their steps
+//! finish.
+//!
+//! It is level-triggered. [`plan`] is a pure function of a run's pinned definition, its input
+//! and its tasks: which steps are ready (and their rendered jobs), which are skipped, and
+//! whether the run has ended. [`Workflows::advance`] writes that plan; the store ignores steps
+//! already written and ends a run only by compare-and-set, so advancing twice, or from two
+//! replicas, is harmless. The engine advances a run at once when one of its steps finishes
+//! (through the work queue), and every running run once a second, which also recovers runs
+//! whose step ended by lease expiry or across a restart.
+//!
+//! Step semantics: a step runs when every step it needs succeeded. A step whose `when` is false
+//! is skipped, and so is every step that needs a failed, cancelled or skipped step. A `for_each`
+//! step runs one task per element (`name[i]`) and succeeds when all do; later steps read its
+//! outputs as a list. A step whose templates cannot be resolved fails without running.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use orchion_domain::{
+    NewJob, ProjectId, RunId, RunStatus, StepTask, TaskStatus, ValidationErrors, WorkflowRun,
+    WorkflowRunRecord, split_step,
+};
+use orchion_spec::{Scope, Workflow, WorkflowDefinition};
+use orchion_store::{Created, IdempotencyKey, NewStep, NewWorkflowRun, Store, StoreError};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::WorkQueue;
+
+/// How often every running run is looked at, besides the look each finished step triggers.
+pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What can go wrong starting or changing a run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The run's input or request is invalid.
+    #[error("{0}")]
+    Invalid(ValidationErrors),
+    /// A stored definition no longer compiles: a bug, or a store edited by hand.
+    #[error("workflow type {name} version {version} does not compile: {errors}")]
+    Corrupt {
+        name: String,
+        version: u32,
+        errors: ValidationErrors,
+    },
+}
+
+/// A request to start a run.
+#[derive(Debug, Clone)]
+pub struct StartRun {
+    /// The run's display name; the workflow type's name when `None`.
+    pub name: Option<String>,
+    pub workflow: String,
+    /// The latest when `None`.
+    pub version: Option<u32>,
+    pub project_id: Option<ProjectId>,
+    pub input: Value,
+}
+
+/// Where a step stands, derived from its tasks and those of the steps it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepState {
+    /// Waiting for the steps it needs.
+    Pending,
+    /// Its tasks are queued or running.
+    Active,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Will not run: its `when` is false, or a step it needs did not succeed.
+    Skipped,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Active => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Cancelled => "cancelled",
+            StepState::Skipped => "skipped",
+        }
+    }
+
+    fn is_final(self) -> bool {
+        !matches!(self, StepState::Pending | StepState::Active)
+    }
+
+    fn blocks(self) -> bool {
+        matches!(
+            self,
+            StepState::Failed | StepState::Cancelled | StepState::Skipped
+        )
+    }
+}
+
+/// What to do with a run now.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Each step's state, in definition order.
+    pub steps: Vec<(String, StepState)>,
+    /// Steps that became ready (or that fail or succeed without running).
+    pub create: Vec<NewStep>,
+    /// The run has ended with this status.
+    pub finish: Option<RunStatus>,
+}
+
+/// The outputs a finished task produced (an empty object when none).
+fn outputs_of(task: &StepTask) -> Value {
+    task.task
+        .outputs
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok())
+        .unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// The step's job with `spec` rendered in, checked as its executor checks a job's spec.
+fn render_job(
+    workflow: &Workflow,
+    run: &WorkflowRun,
+    step: &orchion_spec::Step,
+    scope: &Scope<'_>,
+) -> Result<NewJob, String> {
+    let rendered = orchion_spec::render(&step.spec, scope)?;
+    let spec = orchion_executor::validate(&step.executor, &rendered).map_err(|errors| {
+        let messages: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("{}: {}", e.pointer, e.message))
+            .collect();
+        format!("the rendered spec is invalid: {}", messages.join("; "))
+    })?;
+    let mut job = step.job.clone();
+    job.spec = spec;
+    job.project_id = run.project_id;
+    job.name = format!("{}/{}", workflow.name, step.name);
+    Ok(job)
+}
+
+fn failed_step(name: String, step: &orchion_spec::Step, error: String) -> NewStep {
+    NewStep {
+        step: name,
+        job: step.job.clone(),
+        status: TaskStatus::Failed,
+        outputs: None,
+        error: Some(error),
+    }
+}
+
+/// What `run` should do next, given its definition and its tasks. Pure.
+pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
+    let run = &record.run;
+    let input: Value = serde_json::from_str(&run.input).unwrap_or(Value::Null);
+    let mut by_step: HashMap<&str, Vec<(Option<usize>, &StepTask)>> = HashMap::new();
+    for task in &record.tasks {
+        let (name, index) = split_step(&task.step);
+        by_step.entry(name).or_default().push((index, task));
+    }
+    for tasks in by_step.values_mut() {
+        tasks.sort_by_key(|(index, _)| *index);
+    }
+    let mut states: HashMap<&str, StepState> = HashMap::new();
+    let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
+    let mut create = Vec::new();
+    for wave in workflow.dag.waves() {
+        for name in wave {
+            let Some(step) = workflow.step(name) else {
+                continue;
+            };
+            let state = if let Some(tasks) = by_step.get(name) {
+                let statuses: Vec<TaskStatus> =
+                    tasks.iter().map(|(_, t)| t.task.state.status).collect();
+                if statuses.iter().any(|s| !s.is_terminal()) {
+                    StepState::Active
+                } else if statuses.iter().all(|s| *s == TaskStatus::Succeeded) {
+                    let value = if step.for_each.is_some() {
+                        // An empty fan-out is recorded as one task with an empty list.
+                        match tasks.as_slice() {
+                            [(None, task)] => outputs_of(task),
+                            _ => Value::Array(tasks.iter().map(|(_, t)| outputs_of(t)).collect()),
+                        }
+                    } else {
+                        tasks.first().map_or(Value::Null, |(_, t)| outputs_of(t))
+                    };
+                    outputs.insert(name.to_owned(), value);
+                    StepState::Succeeded
+                } else if statuses.contains(&TaskStatus::Failed) {
+                    StepState::Failed
+                } else {
+                    StepState::Cancelled
+                }
+            } else {
+                let needs: Vec<StepState> = step
+                    .needs
+                    .iter()
+                    .map(|n| {
+                        states
+                            .get(n.as_str())
+                            .copied()
+                            .unwrap_or(StepState::Pending)
+                    })
+                    .collect();
+                if needs.iter().any(|s| s.blocks()) || run.cancel_requested {
+                    StepState::Skipped
+                } else if needs.iter().any(|s| !s.is_final()) {
+                    StepState::Pending
+                } else {
+                    ready(workflow, run, step, &input, &outputs, &mut create)
+                }
+            };
+            states.insert(name, state);
+        }
+    }
+    let steps: Vec<(String, StepState)> = workflow
+        .steps
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                states
+                    .get(s.name.as_str())
+                    .copied()
+                    .unwrap_or(StepState::Pending),
+            )
+        })
+        .collect();
+    let finish = (create.is_empty() && steps.iter().all(|(_, s)| s.is_final())).then(|| {
+        if run.cancel_requested {
+            RunStatus::Cancelled
+        } else if steps
+            .iter()
+            .any(|(_, s)| matches!(s, StepState::Failed | StepState::Cancelled))
+        {
+            RunStatus::Failed
+        } else {
+            RunStatus::Succeeded
+        }
+    });
+    Plan {
+        steps,
+        create,
+        finish,
+    }
+}
+
+/// A step whose needs all succeeded: decides `when`, fans out, renders; adds what to write to
+/// `create` and returns the step's state.
+fn ready(
+    workflow: &Workflow,
+    run: &WorkflowRun,
+    step: &orchion_spec::Step,
+    input: &Value,
+    outputs: &BTreeMap<String, Value>,
+    create: &mut Vec<NewStep>,
+) -> StepState {
+    let scope = Scope {
+        input,
+        outputs,
+        item: None,
+    };
+    if let Some(when) = &step.when {
+        match orchion_spec::condition(when, &scope) {
+            Ok(true) => {}
+            Ok(false) => return StepState::Skipped,
+            Err(e) => {
+                create.push(failed_step(step.name.clone(), step, e));
+                return StepState::Failed;
+            }
+        }
+    }
+    let Some(for_each) = &step.for_each else {
+        create.push(match render_job(workflow, run, step, &scope) {
+            Ok(job) => NewStep {
+                step: step.name.clone(),
+                job,
+                status: TaskStatus::Queued,
+                outputs: None,
+                error: None,
+            },
+            Err(e) => failed_step(step.name.clone(), step, e),
+        });
+        return StepState::Active;
+    };
+    let items = match orchion_spec::items(for_each, &scope) {
+        Ok(items) => items,
+        Err(e) => {
+            create.push(failed_step(step.name.clone(), step, e));
+            return StepState::Failed;
+        }
+    };
+    if items.is_empty() {
+        create.push(NewStep {
+            step: step.name.clone(),
+            job: step.job.clone(),
+            status: TaskStatus::Succeeded,
+            outputs: Some("[]".into()),
+            error: None,
+        });
+        return StepState::Succeeded;
+    }
+    for (i, item) in items.iter().enumerate() {
+        let scope = Scope {
+            item: Some(item),
+            ..scope
+        };
+        let name = format!("{}[{i}]", step.name);
+        create.push(match render_job(workflow, run, step, &scope) {
+            Ok(job) => NewStep {
+                step: name,
+                job,
+                status: TaskStatus::Queued,
+                outputs: None,
+                error: None,
+            },
+            Err(e) => failed_step(name, step, e),
+        });
+    }
+    StepState::Active
+}
+
+/// Starts and advances workflow runs.
+pub struct Workflows {
+    store: Arc<dyn Store>,
+    work: Arc<WorkQueue>,
+    /// Compiled definitions by (name, version): stored versions never change.
+    compiled: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+}
+
+impl Workflows {
+    pub fn new(store: Arc<dyn Store>, work: Arc<WorkQueue>) -> Self {
+        Self {
+            store,
+            work,
+            compiled: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The compiled definition of `name` at `version` (the latest when `None`).
+    pub async fn definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<Workflow>, WorkflowError> {
+        if let Some(v) = version {
+            let cached = self
+                .compiled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&(name.to_owned(), v))
+                .cloned();
+            if let Some(workflow) = cached {
+                return Ok(workflow);
+            }
+        }
+        let stored = self.store.get_workflow_type(name, version).await?;
+        let corrupt = |errors| WorkflowError::Corrupt {
+            name: stored.name.clone(),
+            version: stored.version,
+            errors,
+        };
+        let definition: WorkflowDefinition =
+            serde_json::from_str(&stored.definition).map_err(|e| {
+                corrupt(ValidationErrors(vec![orchion_domain::FieldError::new(
+                    "definition",
+                    e.to_string(),
+                )]))
+            })?;
+        let workflow = Arc::new(definition.compile().map_err(corrupt)?);
+        self.compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((stored.name.clone(), stored.version), workflow.clone());
+        Ok(workflow)
+    }
+
+    /// Starts a run of the latest (or the given) version, writing its first ready steps in the
+    /// same transaction.
+    pub async fn start(
+        &self,
+        request: StartRun,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<WorkflowRun>, WorkflowError> {
+        let stored = self
+            .store
+            .get_workflow_type(&request.workflow, request.version)
+            .await?;
+        let workflow = self.definition(&stored.name, Some(stored.version)).await?;
+        let run = WorkflowRun {
+            id: RunId::new(),
+            name: request.name.unwrap_or_else(|| stored.name.clone()),
+            project_id: request.project_id.or(stored.project_id),
+            workflow: stored.name.clone(),
+            version: stored.version,
+            input: request.input.to_string(),
+            status: RunStatus::Running,
+            cancel_requested: false,
+            created_at: orchion_store::now(),
+            finished_at: None,
+        };
+        let first = plan(
+            &workflow,
+            &WorkflowRunRecord {
+                run: run.clone(),
+                tasks: Vec::new(),
+            },
+        );
+        let created = self
+            .store
+            .create_workflow_run(
+                NewWorkflowRun {
+                    name: run.name,
+                    project_id: run.project_id,
+                    workflow: run.workflow,
+                    version: run.version,
+                    input: run.input,
+                },
+                first.create,
+                idempotency,
+            )
+            .await?;
+        if created.created {
+            self.work.work_changed();
+            // Steps that ended without running (or a run with nothing to do) move on now.
+            self.advance(created.value.id).await?;
+        }
+        Ok(created)
+    }
+
+    /// Writes what the run should do next; repeats while that changes something (a step that
+    /// fails without running lets its dependents be skipped at once).
+    pub async fn advance(&self, id: RunId) -> Result<(), WorkflowError> {
+        loop {
+            let record = self.store.get_workflow_run(id).await?;
+            if record.run.status.is_terminal() {
+                return Ok(());
+            }
+            let workflow = self
+                .definition(&record.run.workflow, Some(record.run.version))
+                .await?;
+            let plan = plan(&workflow, &record);
+            if plan.create.is_empty() && plan.finish.is_none() {
+                return Ok(());
+            }
+            let queued = plan.create.iter().any(|s| s.status == TaskStatus::Queued);
+            let settled = plan.create.iter().any(|s| s.status.is_terminal());
+            let finished = plan.finish.is_some();
+            self.store
+                .advance_workflow_run(id, plan.create, plan.finish)
+                .await?;
+            if queued {
+                self.work.work_changed();
+            }
+            if finished || !settled {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Cancels a running run: its queued and running tasks are cancelled, nothing new starts,
+    /// and it ends `cancelled` once its tasks have stopped.
+    pub async fn cancel(&self, id: RunId) -> Result<(), WorkflowError> {
+        self.store.cancel_workflow_run(id).await?;
+        self.advance(id).await
+    }
+
+    /// Runs the failed and cancelled steps of a failed or cancelled run again, and what they
+    /// held back.
+    pub async fn retry(&self, id: RunId) -> Result<(), WorkflowError> {
+        self.store.retry_workflow_run(id).await?;
+        self.work.work_changed();
+        self.advance(id).await
+    }
+
+    /// Advances runs as their steps finish, and every running run each [`PASS_INTERVAL`],
+    /// until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(mut finished) = self.work.take_finished_steps() else {
+            tracing::error!("the workflow engine started twice; this one stops");
+            return;
+        };
+        let mut pass = tokio::time::interval(PASS_INTERVAL);
+        pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(first) = finished.recv() => {
+                    let mut runs = vec![first];
+                    while let Ok(next) = finished.try_recv() {
+                        if !runs.contains(&next) {
+                            runs.push(next);
+                        }
+                    }
+                    for id in runs {
+                        if let Err(e) = self.advance(id).await {
+                            tracing::warn!(run_id = %id, error = %e, "advancing a workflow run failed; the next pass tries again");
+                        }
+                    }
+                }
+                _ = pass.tick() => {
+                    match self.store.running_workflow_runs().await {
+                        Ok(runs) => {
+                            for id in runs {
+                                if let Err(e) = self.advance(id).await {
+                                    tracing::warn!(run_id = %id, error = %e, "advancing a workflow run failed; the next pass tries again");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "listing running workflow runs failed"),
+                    }
+                }
+            }
+        }
+    }
+}

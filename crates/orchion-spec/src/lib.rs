@@ -1,0 +1,14 @@
+//! Orchion's definition language: jobs and workflows as users write them (JSON or YAML),
+//! checked as a whole into domain types with every problem named by its JSON pointer, and the
+//! templates that feed a run's input and upstream outputs into a step's spec.
+//!
+//! The API checks definitions with it when they arrive; the workflow engine renders steps with
+//! it when they become ready. One place, so both read a definition alike.
+
+pub mod job;
+pub mod workflow;
+
+pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
+pub use workflow::{
+    Scope, Step, StepDefinition, Workflow, WorkflowDefinition, condition, items, render,
+};

@@ -1,0 +1,367 @@
+//! Workflow runs in the store: the run (pinned workflow type version, input, status) and its
+//! steps' tasks, which the workflow engine adds as steps become ready.
+//!
+//! Writing the same ready steps twice is harmless (`(run, step)` is unique and a second insert
+//! is ignored), and a run's status moves from `running` only by compare-and-set. So two
+//! replicas, or a replica and its own periodic pass, may advance one run at the same time.
+//! Written once for both backends as [`impl_run_store!`], like the job store.
+
+use orchion_domain::{ProjectId, RunId, RunStatus, WorkflowRun};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// A `workflow_runs` row joined with its `runs` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct WorkflowRunRow {
+    pub run_id: Uuid,
+    pub name: String,
+    pub project_id: Option<Uuid>,
+    pub workflow: String,
+    pub version: i32,
+    pub input: String,
+    pub status: String,
+    pub cancel_requested: bool,
+    pub created_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+pub(crate) const RUN_COLUMNS: &str = "w.run_id, r.name, r.project_id, w.workflow, w.version, w.input, w.status, \
+     w.cancel_requested, w.created_at, w.finished_at";
+
+impl TryFrom<WorkflowRunRow> for WorkflowRun {
+    type Error = StoreError;
+
+    fn try_from(row: WorkflowRunRow) -> Result<Self, StoreError> {
+        Ok(WorkflowRun {
+            id: RunId::from_uuid(row.run_id),
+            name: row.name,
+            project_id: row.project_id.map(ProjectId::from_uuid),
+            workflow: row.workflow,
+            version: u32::try_from(row.version).unwrap_or(0),
+            input: row.input,
+            status: row
+                .status
+                .parse::<RunStatus>()
+                .map_err(StoreError::Corrupt)?,
+            cancel_requested: row.cancel_requested,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+/// The data of a `workflow_run.status_changed` event.
+pub(crate) fn status_event(run: RunId, from: RunStatus, to: RunStatus) -> serde_json::Value {
+    serde_json::json!({ "run_id": run.to_string(), "from": from.as_str(), "to": to.as_str() })
+}
+
+/// `RunStore` for one backend, whose connection type is `$conn`. Expects the backend's
+/// `job_helpers!` in scope.
+macro_rules! impl_run_store {
+    ($store:ty, $conn:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::RunStore for $store {
+            async fn create_workflow_run(
+                &self,
+                run: $crate::NewWorkflowRun,
+                steps: Vec<$crate::NewStep>,
+                idempotency: Option<$crate::IdempotencyKey>,
+            ) -> Result<$crate::Created<orchion_domain::WorkflowRun>, $crate::StoreError> {
+                let id = orchion_domain::RunId::new();
+                let now = $crate::now();
+                let mut tx = self.begin().await?;
+                if let Some(key) = &idempotency {
+                    if let Some(existing) = find_idempotent(&mut tx, $crate::WORKFLOW_CREATE_SCOPE, key).await? {
+                        tx.rollback().await?;
+                        let record = self.get_workflow_run(orchion_domain::RunId::from_uuid(existing)).await?;
+                        return Ok($crate::Created { value: record.run, created: false });
+                    }
+                }
+                sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'workflow', $3, $4)")
+                    .bind(id.as_uuid())
+                    .bind(run.project_id.map(|p| p.as_uuid()))
+                    .bind(run.name.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO workflow_runs (run_id, workflow, version, input, status, cancel_requested, created_at) \
+                     VALUES ($1, $2, $3, $4, 'running', $5, $6)",
+                )
+                .bind(id.as_uuid())
+                .bind(run.workflow.as_str())
+                .bind(i32::try_from(run.version).unwrap_or(i32::MAX))
+                .bind(run.input.as_str())
+                .bind(false)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                insert_steps(&mut tx, id, &steps, now).await?;
+                if let Some(key) = &idempotency {
+                    $crate::queries::bound::insert_idempotency_key($crate::WORKFLOW_CREATE_SCOPE, key, id.as_uuid(), now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                append_event(
+                    &mut tx,
+                    $crate::kind::WORKFLOW_RUN_CREATED,
+                    id.to_string(),
+                    run.project_id,
+                    serde_json::json!({ "run_id": id.to_string(), "workflow": run.workflow, "version": run.version }),
+                )
+                .await?;
+                self.commit(tx).await?;
+                Ok($crate::Created { value: self.get_workflow_run(id).await?.run, created: true })
+            }
+
+            async fn get_workflow_run(
+                &self,
+                id: orchion_domain::RunId,
+            ) -> Result<orchion_domain::WorkflowRunRecord, $crate::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1",
+                    $crate::runs::RUN_COLUMNS
+                );
+                let run: orchion_domain::WorkflowRun = sqlx::query_as::<_, $crate::runs::WorkflowRunRow>(&sql)
+                    .bind(id.as_uuid())
+                    .fetch_optional(self.read_pool())
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?
+                    .try_into()?;
+                let sql = format!(
+                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1 ORDER BY t.id",
+                    $crate::jobs::TASK_COLUMNS
+                );
+                let rows = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                    .bind(id.as_uuid())
+                    .fetch_all(self.read_pool())
+                    .await?;
+                let attempts = sqlx::query_as::<_, (uuid::Uuid, i32, Option<uuid::Uuid>, String, time::OffsetDateTime, Option<time::OffsetDateTime>, Option<i32>, Option<String>)>(
+                    "SELECT a.task_id, a.number, a.node_id, a.status, a.started_at, a.finished_at, a.exit_code, a.error \
+                     FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE t.run_id = $1 ORDER BY a.task_id, a.number",
+                )
+                .bind(id.as_uuid())
+                .fetch_all(self.read_pool())
+                .await?;
+                let mut by_task: std::collections::HashMap<uuid::Uuid, Vec<orchion_domain::Attempt>> = std::collections::HashMap::new();
+                for (task_id, number, node_id, status, started_at, finished_at, exit_code, error) in attempts {
+                    let attempt = orchion_domain::Attempt::try_from($crate::jobs::AttemptRow {
+                        number,
+                        node_id,
+                        status,
+                        started_at,
+                        finished_at,
+                        exit_code,
+                        error,
+                    })?;
+                    by_task.entry(task_id).or_default().push(attempt);
+                }
+                let tasks = rows
+                    .into_iter()
+                    .map(|row| {
+                        let step = row.step.clone();
+                        let attempts = by_task.remove(&row.id).unwrap_or_default();
+                        Ok(orchion_domain::StepTask { step, task: row.into_job(attempts)? })
+                    })
+                    .collect::<Result<Vec<_>, $crate::StoreError>>()?;
+                Ok(orchion_domain::WorkflowRunRecord { run, tasks })
+            }
+
+            async fn list_workflow_runs(
+                &self,
+                filter: &orchion_domain::WorkflowRunFilter,
+                page: orchion_domain::PageRequest,
+            ) -> Result<orchion_domain::Page<orchion_domain::WorkflowRun>, $crate::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM workflow_runs w JOIN runs r ON r.id = w.run_id \
+                     WHERE ($1 IS NULL OR w.status = $1) AND ($2 IS NULL OR r.project_id = $2) \
+                     AND ($3 IS NULL OR w.workflow = $3) AND ($4 IS NULL OR w.run_id > $4) \
+                     ORDER BY w.run_id LIMIT $5",
+                    $crate::runs::RUN_COLUMNS
+                );
+                let rows = sqlx::query_as::<_, $crate::runs::WorkflowRunRow>(&sql)
+                    .bind(filter.status.map(|s| s.as_str()))
+                    .bind(filter.project_id.map(|p| p.as_uuid()))
+                    .bind(filter.workflow.as_deref())
+                    .bind(page.after.map(|c| c.0))
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(self.read_pool())
+                    .await?;
+                let limit = page.limit as usize;
+                let more = rows.len() > limit;
+                let items = rows
+                    .into_iter()
+                    .take(limit)
+                    .map(orchion_domain::WorkflowRun::try_from)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let next = if more { items.last().map(|r| orchion_domain::Cursor(r.id.as_uuid())) } else { None };
+                Ok(orchion_domain::Page { items, next })
+            }
+
+            async fn advance_workflow_run(
+                &self,
+                id: orchion_domain::RunId,
+                steps: Vec<$crate::NewStep>,
+                finish: Option<orchion_domain::RunStatus>,
+            ) -> Result<bool, $crate::StoreError> {
+                if steps.is_empty() && finish.is_none() {
+                    return Ok(false);
+                }
+                let now = $crate::now();
+                let mut tx = self.begin().await?;
+                let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
+                    "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
+                ))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                if status != "running" {
+                    // Finished meanwhile (elsewhere, or cancelled): nothing more to add.
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                insert_steps(&mut tx, id, &steps, now).await?;
+                if let Some(to) = finish {
+                    sqlx::query("UPDATE workflow_runs SET status = $2, finished_at = $3 WHERE run_id = $1 AND status = 'running'")
+                        .bind(id.as_uuid())
+                        .bind(to.as_str())
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    append_event(
+                        &mut tx,
+                        $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
+                        id.to_string(),
+                        project.map(orchion_domain::ProjectId::from_uuid),
+                        $crate::runs::status_event(id, orchion_domain::RunStatus::Running, to),
+                    )
+                    .await?;
+                }
+                self.commit(tx).await?;
+                Ok(true)
+            }
+
+            async fn running_workflow_runs(&self) -> Result<Vec<orchion_domain::RunId>, $crate::StoreError> {
+                let rows: Vec<(uuid::Uuid,)> =
+                    sqlx::query_as("SELECT run_id FROM workflow_runs WHERE status = 'running' ORDER BY run_id")
+                        .fetch_all(self.read_pool())
+                        .await?;
+                Ok(rows.into_iter().map(|(id,)| orchion_domain::RunId::from_uuid(id)).collect())
+            }
+
+            async fn cancel_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let (status,): (String,) = sqlx::query_as(&format!(
+                    "SELECT status FROM workflow_runs WHERE run_id = $1{ROW_LOCK}"
+                ))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                if status != "running" {
+                    tx.rollback().await?;
+                    return Err($crate::StoreError::Conflict(format!(
+                        "workflow run {id} is {status}: only a running run can be cancelled"
+                    )));
+                }
+                sqlx::query("UPDATE workflow_runs SET cancel_requested = $2 WHERE run_id = $1")
+                    .bind(id.as_uuid())
+                    .bind(true)
+                    .execute(&mut *tx)
+                    .await?;
+                let sql = format!(
+                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                     WHERE t.run_id = $1 AND t.status IN ('queued', 'running') ORDER BY t.id{TASK_LOCK}",
+                    $crate::jobs::TASK_COLUMNS
+                );
+                let active = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                    .bind(id.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for task in &active {
+                    apply_to_task(&mut tx, task, orchion_domain::TaskEvent::CancelRequested).await?;
+                }
+                self.commit(tx).await?;
+                Ok(())
+            }
+
+            async fn retry_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
+                    "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
+                ))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                let from: orchion_domain::RunStatus = status.parse().map_err($crate::StoreError::Corrupt)?;
+                if !matches!(from, orchion_domain::RunStatus::Failed | orchion_domain::RunStatus::Cancelled) {
+                    tx.rollback().await?;
+                    return Err($crate::StoreError::Conflict(format!(
+                        "workflow run {id} is {status}: only a failed or cancelled run can be retried"
+                    )));
+                }
+                // Steps that never ran (they could not be rendered, or were cancelled before
+                // starting) are planned afresh; the others are tried again under their policy,
+                // keeping their attempts.
+                sqlx::query("DELETE FROM tasks WHERE run_id = $1 AND status IN ('failed', 'cancelled') AND attempts = 0")
+                    .bind(id.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+                let sql = format!(
+                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                     WHERE t.run_id = $1 AND t.status IN ('failed', 'cancelled') ORDER BY t.id{TASK_LOCK}",
+                    $crate::jobs::TASK_COLUMNS
+                );
+                let ended = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                    .bind(id.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for task in &ended {
+                    apply_to_task(&mut tx, task, orchion_domain::TaskEvent::Retry).await?;
+                }
+                sqlx::query("UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1")
+                    .bind(id.as_uuid())
+                    .bind(false)
+                    .execute(&mut *tx)
+                    .await?;
+                append_event(
+                    &mut tx,
+                    $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
+                    id.to_string(),
+                    project.map(orchion_domain::ProjectId::from_uuid),
+                    $crate::runs::status_event(id, from, orchion_domain::RunStatus::Running),
+                )
+                .await?;
+                self.commit(tx).await?;
+                Ok(())
+            }
+        }
+
+        /// Writes a run's steps as tasks; steps already written are left alone.
+        async fn insert_steps(
+            conn: &mut $conn,
+            run: orchion_domain::RunId,
+            steps: &[$crate::NewStep],
+            now: time::OffsetDateTime,
+        ) -> Result<(), $crate::StoreError> {
+            let rows: Vec<$crate::jobs::TaskInsert<'_>> = steps
+                .iter()
+                .map(|step| $crate::jobs::TaskInsert {
+                    id: orchion_domain::TaskId::new().as_uuid(),
+                    run_id: run.as_uuid(),
+                    step: step.step.as_str(),
+                    job: &step.job,
+                    status: step.status,
+                    outputs: step.outputs.as_deref(),
+                    error: step.error.as_deref(),
+                })
+                .collect();
+            insert_tasks(conn, &rows, now).await
+        }
+    };
+}
+pub(crate) use impl_run_store;
