@@ -303,7 +303,8 @@ fn ready(
             outputs: Some("[]".into()),
             error: None,
         });
-        return StepState::Succeeded;
+        // Succeeded once written; the next pass reads its (empty) outputs from the task.
+        return StepState::Active;
     }
     for (i, item) in items.iter().enumerate() {
         let scope = Scope {

@@ -11,8 +11,8 @@ use orchion_domain::{
     ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy, TaskStatus, Timeouts,
 };
 use orchion_store::{
-    AttemptReport, ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NodeStateChange, Store,
-    StoreError, connect,
+    AttemptReport, ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NewStep, NewWorkflowRun,
+    NodeStateChange, Store, StoreError, connect,
 };
 
 /// Where a test's database lives; keeps a SQLite file's folder alive for the test.
@@ -99,6 +99,8 @@ conformance!(
     schedules_round_trip_and_advance_once,
     a_batch_of_jobs_commits_together_with_outcomes_per_job,
     a_batch_of_results_is_fenced_per_report,
+    workflow_runs_add_steps_once_and_end_once,
+    workflow_runs_cancel_and_retry_from_failed_steps,
     workflow_types_get_a_version_per_distinct_definition,
 );
 
@@ -1396,4 +1398,221 @@ async fn workflow_types_get_a_version_per_distinct_definition(db: Db) {
         store.get_workflow_type("nope", None).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+fn new_run(workflow: &str) -> NewWorkflowRun {
+    NewWorkflowRun {
+        name: "nightly".into(),
+        project_id: None,
+        workflow: workflow.into(),
+        version: 1,
+        input: r#"{"x":1}"#.into(),
+    }
+}
+
+fn step(name: &str) -> NewStep {
+    NewStep {
+        step: name.into(),
+        job: NewJob {
+            name: name.into(),
+            ..job("shell")
+        },
+        status: TaskStatus::Queued,
+        outputs: None,
+        error: None,
+    }
+}
+
+async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
+    use orchion_domain::{PageRequest, RunStatus, WorkflowRunFilter};
+    let store = db.open().await;
+    let key = key("start-1", "body");
+    let created = store
+        .create_workflow_run(new_run("ci"), vec![step("build")], Some(key.clone()))
+        .await
+        .unwrap();
+    assert!(created.created);
+    let id = created.value.id;
+    let again = store
+        .create_workflow_run(new_run("ci"), vec![step("build")], Some(key))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(
+        again.value.id, id,
+        "the idempotency key names the first run"
+    );
+
+    // Two advances writing the same ready steps (two replicas, say) add them once.
+    for _ in 0..2 {
+        assert!(
+            store
+                .advance_workflow_run(id, vec![step("test[0]"), step("test[1]")], None)
+                .await
+                .unwrap()
+        );
+    }
+    let failed = NewStep {
+        status: TaskStatus::Failed,
+        error: Some("spec/x: `input` has no `y`".into()),
+        ..step("lint")
+    };
+    store
+        .advance_workflow_run(id, vec![failed], None)
+        .await
+        .unwrap();
+    let record = store.get_workflow_run(id).await.unwrap();
+    let steps: Vec<&str> = record.tasks.iter().map(|t| t.step.as_str()).collect();
+    assert_eq!(steps, ["build", "test[0]", "test[1]", "lint"]);
+    let lint = &record.tasks[3].task;
+    assert_eq!(lint.state.status, TaskStatus::Failed);
+    assert_eq!(lint.error.as_deref(), Some("spec/x: `input` has no `y`"));
+    assert!(lint.finished_at.is_some());
+    assert_eq!(record.run.input, r#"{"x":1}"#);
+    assert_eq!(record.run.status, RunStatus::Running);
+
+    // The steps are claimable tasks, and their results say they belong to a workflow.
+    let node = NodeId::new();
+    let claimed = store
+        .claim_tasks(&claim(node, &["shell"], 10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let done = store
+        .complete_attempts(vec![AttemptReport {
+            node,
+            task: claimed[0].task_id,
+            attempt: 1,
+            outcome: AttemptOutcome::Succeeded,
+            output: None,
+            outputs: Some(r#"{"image":"x"}"#.into()),
+        }])
+        .await
+        .unwrap();
+    let done = done[0].as_ref().unwrap();
+    assert!(done.workflow);
+    assert_eq!(done.run_id, id);
+    assert!(
+        store.get_job(id).await.is_err(),
+        "a workflow run is not a job"
+    );
+
+    // It ends once: a second finish, or more steps, change nothing.
+    assert!(
+        store
+            .advance_workflow_run(id, Vec::new(), Some(RunStatus::Failed))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_workflow_run(id, vec![step("late")], Some(RunStatus::Succeeded))
+            .await
+            .unwrap()
+    );
+    let record = store.get_workflow_run(id).await.unwrap();
+    assert_eq!(record.run.status, RunStatus::Failed);
+    assert!(record.run.finished_at.is_some());
+    assert!(!record.tasks.iter().any(|t| t.step == "late"));
+    assert_eq!(
+        record.tasks[0].task.outputs.as_deref(),
+        Some(r#"{"image":"x"}"#)
+    );
+
+    let other = store
+        .create_workflow_run(new_run("deploy"), Vec::new(), None)
+        .await
+        .unwrap()
+        .value;
+    let page = PageRequest {
+        limit: 10,
+        after: None,
+    };
+    let failed = store
+        .list_workflow_runs(
+            &WorkflowRunFilter {
+                status: Some(RunStatus::Failed),
+                ..Default::default()
+            },
+            page,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed.items.iter().map(|r| r.id).collect::<Vec<_>>(), [id]);
+    let deploys = store
+        .list_workflow_runs(
+            &WorkflowRunFilter {
+                workflow: Some("deploy".into()),
+                ..Default::default()
+            },
+            page,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        deploys.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [other.id]
+    );
+    assert_eq!(store.running_workflow_runs().await.unwrap(), [other.id]);
+}
+
+async fn workflow_runs_cancel_and_retry_from_failed_steps(db: Db) {
+    use orchion_domain::RunStatus;
+    let store = db.open().await;
+    let id = store
+        .create_workflow_run(new_run("ci"), vec![step("a"), step("b")], None)
+        .await
+        .unwrap()
+        .value
+        .id;
+    assert!(
+        matches!(
+            store.retry_workflow_run(id).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "a running run cannot be retried"
+    );
+    let node = NodeId::new();
+    let claimed = store
+        .claim_tasks(&claim(node, &["shell"], 1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    store.cancel_workflow_run(id).await.unwrap();
+    let record = store.get_workflow_run(id).await.unwrap();
+    assert!(record.run.cancel_requested);
+    let (running, queued) = (&record.tasks[0].task, &record.tasks[1].task);
+    assert_eq!(running.state.status, TaskStatus::Running);
+    assert!(running.state.cancel_requested, "the agent is told to stop");
+    assert_eq!(queued.state.status, TaskStatus::Cancelled);
+    store
+        .complete_attempt(node, claimed[0].task_id, 1, AttemptOutcome::Cancelled, None)
+        .await
+        .unwrap();
+    store
+        .advance_workflow_run(id, Vec::new(), Some(RunStatus::Cancelled))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.cancel_workflow_run(id).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Retry: the step that ran is queued again with its attempt kept; the one that never
+    // started is removed, to be planned afresh.
+    store.retry_workflow_run(id).await.unwrap();
+    let record = store.get_workflow_run(id).await.unwrap();
+    assert_eq!(record.run.status, RunStatus::Running);
+    assert!(!record.run.cancel_requested);
+    assert!(record.run.finished_at.is_none());
+    assert_eq!(record.tasks.len(), 1);
+    assert_eq!(record.tasks[0].step, "a");
+    assert_eq!(record.tasks[0].task.state.status, TaskStatus::Queued);
+    assert_eq!(record.tasks[0].task.attempts.len(), 1);
+    let again = store
+        .claim_tasks(&claim(node, &["shell"], 5))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
 }
