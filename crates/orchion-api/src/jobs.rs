@@ -435,7 +435,7 @@ pub struct LogPage {
     pub next_after: i64,
 }
 
-fn line_body(l: orchion_store::LogLine) -> LogLineBody {
+pub(crate) fn line_body(l: orchion_store::LogLine) -> LogLineBody {
     LogLineBody {
         seq: l.seq,
         attempt: l.attempt,

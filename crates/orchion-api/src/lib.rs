@@ -148,6 +148,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::cancel_workflow))
         .routes(routes!(runs::retry_workflow))
         .routes(routes!(runs::workflow_metrics))
+        .routes(routes!(runs::workflow_logs))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))

@@ -23,7 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     AppState,
     extract::{JsonBody, QueryParams, idempotency_key, page_request, parse_id, query_value},
-    jobs::{AttemptBody, attempt_body},
+    jobs::{AttemptBody, LogLineBody, attempt_body, line_body},
     problem::{ApiError, Problem},
 };
 
@@ -470,4 +470,75 @@ pub async fn workflow_metrics(
         attempts: metrics.iter().map(|m| m.attempts).sum(),
         steps: metrics,
     }))
+}
+
+/// Which step's logs to read.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunLogQuery {
+    /// A step (`build`) or one task of a fan-out (`build[2]`); every task when absent.
+    pub step: Option<String>,
+    /// Lines per task, at most 5000 (default 1000).
+    pub limit: Option<u32>,
+}
+
+/// The log lines of one task of a run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskLogs {
+    /// `build`, or `build[2]`.
+    pub step: String,
+    pub lines: Vec<LogLineBody>,
+}
+
+/// A run's log lines, task by task in the order the tasks were created.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunLogs {
+    pub tasks: Vec<TaskLogs>,
+}
+
+/// Reads the log lines of a run's tasks, or of one step's.
+#[utoipa::path(get, path = "/api/v1/workflows/{id}/logs", tag = "runs",
+    params(("id" = String, Path, description = "The run's id"), RunLogQuery),
+    responses((status = 200, body = RunLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn workflow_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<RunLogQuery>,
+) -> Result<Json<RunLogs>, ApiError> {
+    let record = state.store.get_workflow_run(run_id(&id)?).await?;
+    let limit = query.limit.unwrap_or(1000);
+    if !(1..=5000).contains(&limit) {
+        return Err(crate::extract::invalid_query(
+            "limit",
+            format!("limit must be between 1 and 5000, got {limit}"),
+        ));
+    }
+    let chosen: Vec<_> = record
+        .tasks
+        .iter()
+        .filter(|t| {
+            query
+                .step
+                .as_deref()
+                .is_none_or(|s| t.step == s || split_step(&t.step).0 == s)
+        })
+        .collect();
+    if let Some(step) = &query.step {
+        if chosen.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "run {} has no task for step `{step}`",
+                record.run.id
+            )));
+        }
+    }
+    let mut tasks = Vec::with_capacity(chosen.len());
+    for task in chosen {
+        let lines = state.store.read_logs(task.task.task_id, 0, limit).await?;
+        tasks.push(TaskLogs {
+            step: task.step.clone(),
+            lines: lines.into_iter().map(line_body).collect(),
+        });
+    }
+    Ok(Json(RunLogs { tasks }))
 }

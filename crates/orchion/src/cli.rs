@@ -26,6 +26,10 @@ pub enum Command {
     Job(JobArgs),
     /// Manage cron schedules.
     Schedule(ScheduleArgs),
+    /// Store and read workflow types: versioned DAGs of steps.
+    WorkflowType(WorkflowTypeArgs),
+    /// Start and manage workflow runs.
+    Run(RunArgs),
     /// Measure Orchion: starts a real server and drives it over its public interfaces.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -225,6 +229,101 @@ pub enum JobCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct WorkflowTypeArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: WorkflowTypeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowTypeCommand {
+    /// Store a workflow definition (JSON or YAML) as a new version of its name; an unchanged
+    /// definition keeps its version.
+    Apply {
+        /// The definition; `-` reads stdin.
+        #[arg(short, long, value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show a workflow type: its latest version, or `--type-version N`.
+    Get {
+        name: String,
+        #[arg(long, value_name = "N")]
+        type_version: Option<u32>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: RunCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommand {
+    /// Start a run of a stored workflow type.
+    Start {
+        /// The workflow type.
+        #[arg(value_name = "TYPE")]
+        workflow_type: String,
+        /// The run's input: a JSON object, or `@FILE` for a JSON or YAML file (`@-` for stdin).
+        #[arg(long, value_name = "JSON|@FILE")]
+        input: Option<String>,
+        /// The run's name (the type's name by default).
+        #[arg(long)]
+        name: Option<String>,
+        /// The type's version (the latest by default).
+        #[arg(long, value_name = "N")]
+        type_version: Option<u32>,
+        #[arg(long, value_name = "ID")]
+        project: Option<String>,
+        /// Makes the command safe to repeat: the same key returns the same run.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until the run ends, showing each step as it moves; exit 1 unless it succeeded.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List runs.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs of this workflow type.
+        #[arg(long = "type", value_name = "TYPE")]
+        workflow_type: Option<String>,
+        #[arg(long, value_name = "ID")]
+        project: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, conflicts_with = "cursor")]
+        all: bool,
+    },
+    /// Show a run with each step's state.
+    Get { id: String },
+    /// Cancel a running run.
+    Cancel { id: String },
+    /// Run a failed or cancelled run again from its failed steps.
+    Retry {
+        id: String,
+        /// Wait until the run ends, showing each step as it moves.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print the log lines of a run's steps.
+    Logs {
+        id: String,
+        /// Only this step (`build`, or `build[2]` in a fan-out).
+        #[arg(long)]
+        step: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
 pub struct ScheduleArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -404,4 +503,17 @@ pub enum ProjectCommand {
     /// Delete a project.
     #[command(alias = "delete")]
     Rm { id: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand's flags are consistent (clap checks names, conflicts and defaults).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
 }

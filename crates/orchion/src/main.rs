@@ -39,6 +39,8 @@ fn main() -> ExitCode {
             Command::Node(args) => client::node::run(args).await,
             Command::Job(args) => client::job::run(args).await,
             Command::Schedule(args) => client::schedule::run(args).await,
+            Command::WorkflowType(args) => client::workflow::run_types(args).await,
+            Command::Run(args) => client::workflow::run_runs(args).await,
         }
     })
 }

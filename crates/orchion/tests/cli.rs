@@ -330,3 +330,91 @@ fn schedules_are_managed_from_the_command_line() {
         Some(1)
     );
 }
+
+#[test]
+fn workflows_are_stored_started_and_followed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(dir.path(), &["dev"], &[]);
+    let definition = dir.path().join("greet.yaml");
+    std::fs::write(
+        &definition,
+        r#"
+name: greet
+steps:
+  - name: hello
+    executor: shell
+    spec:
+      command: sh
+      args: ["-c", "echo hello ${{ input.who }}; echo who=${{ input.who }} >> $ORCHION_OUTPUTS"]
+  - name: shout
+    needs: [hello]
+    executor: shell
+    spec:
+      command: sh
+      args: ["-c", "echo ${{ steps.hello.outputs.who }}! >&2; test ${{ input.who }} != nobody"]
+"#,
+    )
+    .unwrap();
+    let out = orchion(
+        &server,
+        &["workflow-type", "apply", "-f", definition.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("hello → shout"), "{}", stdout(&out));
+
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"who": "world"}"#).unwrap();
+    let at_input = format!("@{}", input.display());
+    let out = orchion(
+        &server,
+        &["run", "start", "greet", "--input", &at_input, "--wait"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let progress = stderr(&out);
+    assert!(
+        progress.contains("hello: succeeded") && progress.contains("run succeeded"),
+        "live per-step view: {progress}"
+    );
+    assert!(stdout(&out).contains("shout"), "{}", stdout(&out));
+
+    let out = orchion(
+        &server,
+        &["run", "ls", "-o", "json", "--status", "succeeded"],
+    );
+    let listed: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    let out = orchion(&server, &["run", "logs", &id]);
+    assert_eq!(stdout(&out), "[hello] hello world\n");
+    assert_eq!(stderr(&out), "[shout] world!\n");
+
+    // A run that fails exits 1, and says which step failed.
+    let out = orchion(
+        &server,
+        &[
+            "run",
+            "start",
+            "greet",
+            "--input",
+            r#"{"who": "nobody"}"#,
+            "--wait",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("shout: failed"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("exit status 1"), "{}", stdout(&out));
+
+    let out = orchion(&server, &["run", "start", "greet", "--input", "{oops"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--input is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let out = orchion(&server, &["run", "start", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("workflow type `nope` does not exist"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -6,6 +6,7 @@ pub mod job;
 pub mod node;
 pub mod project;
 pub mod schedule;
+pub mod workflow;
 
 use std::{process::ExitCode, time::Duration};
 
