@@ -60,23 +60,16 @@ pub fn decode<T: DeserializeOwned>(
 ) -> Result<JsonBody<T>, ApiError> {
     let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
     let value = serde_path_to_error::deserialize(json).map_err(|e| {
+        let inner = e.inner().to_string();
+        let pointer = format!("{prefix}{}", orchion_executor::pointer_of(e.path(), &inner));
         let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." {
-            // serde reports missing and unknown fields at the level that holds them.
-            let field = quoted_name(&inner);
-            ApiError::InvalidBody {
-                pointer: format!(
-                    "{prefix}{}",
-                    field.map(|f| format!("/{f}")).unwrap_or_default()
-                ),
-                detail: format!("request body: {inner}"),
-            }
-        } else {
-            ApiError::InvalidBody {
-                pointer: format!("{prefix}/{}", path.replace('.', "/")),
-                detail: format!("field `{path}`: {inner}"),
-            }
+        ApiError::InvalidBody {
+            pointer,
+            detail: if path == "." {
+                format!("request body: {inner}")
+            } else {
+                format!("field `{path}`: {inner}")
+            },
         }
     })?;
     Ok(JsonBody { value, digest })

@@ -65,19 +65,9 @@ pub async fn put_workflow_type(
 ) -> Result<(StatusCode, Json<WorkflowTypeBody>), ApiError> {
     let raw = body_in.value;
     let definition: WorkflowDefinition = serde_path_to_error::deserialize(&raw).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let pointer = if path == "." {
-            inner
-                .split('`')
-                .nth(1)
-                .map(|f| format!("/{f}"))
-                .unwrap_or_default()
-        } else {
-            format!("/{}", path.replace('.', "/"))
-        };
+        let inner = e.inner().to_string();
         ApiError::InvalidBody {
-            pointer,
+            pointer: orchion_executor::pointer_of(e.path(), &inner),
             detail: format!("workflow definition: {inner}"),
         }
     })?;

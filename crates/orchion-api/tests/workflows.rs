@@ -193,3 +193,31 @@ async fn templates_must_read_upstream_steps_and_malformed_bodies_are_named() {
         "validation-failed",
     );
 }
+
+#[tokio::test]
+async fn a_malformed_step_is_named_by_its_pointer() {
+    let app = app().await;
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/workflow-types",
+            json!({"name": "x", "steps": [
+                {"name": "a", "executor": "noop", "spec": {}},
+                {"name": "b", "spec": {}},
+            ]})
+            .to_string(),
+        )
+        .await;
+    problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
+    assert_eq!(reply.body["errors"][0]["pointer"], "/steps/1/executor");
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/workflow-types",
+            json!({"name": "x", "steps": [{"name": "a", "executor": "noop", "spec": {}, "needs": "a"}]})
+                .to_string(),
+        )
+        .await;
+    problem(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid-body");
+    assert_eq!(reply.body["errors"][0]["pointer"], "/steps/0/needs");
+}

@@ -22,6 +22,9 @@ pub struct HttpSpec {
     /// The request body, sent as is.
     #[serde(default)]
     pub body: Option<String>,
+    /// A JSON request body, sent with `content-type: application/json`; instead of `body`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<serde_json::Value>,
     /// Status codes that mean success (default: any 2xx).
     #[serde(default)]
     pub expected_status: Vec<u16>,
@@ -54,6 +57,12 @@ impl HttpSpec {
                 ),
             )),
             Err(e) => errors.push(field("url", format!("spec.url is not a URL: {e}"))),
+        }
+        if self.body.is_some() && self.json.is_some() {
+            errors.push(field(
+                "json",
+                "spec.json and spec.body are two ways to send a body: give one".into(),
+            ));
         }
         if reqwest::Method::from_bytes(self.method.as_bytes()).is_err() || self.method.is_empty() {
             errors.push(field(
@@ -139,6 +148,9 @@ impl Executor for Http {
         }
         if let Some(traceparent) = context.env.get("TRACEPARENT") {
             request = request.header("traceparent", traceparent);
+        }
+        if let Some(json) = &spec.json {
+            request = request.json(json);
         }
         if let Some(body) = spec.body {
             request = request.body(body);

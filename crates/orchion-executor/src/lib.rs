@@ -172,21 +172,36 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 
 fn parse<T: DeserializeOwned>(spec: &serde_json::Value) -> Result<T, ValidationErrors> {
     serde_path_to_error::deserialize(spec).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.into_inner().to_string();
-        let pointer = if path == "." {
-            message
-                .split('`')
-                .nth(1)
-                .map_or_else(|| "/spec".to_owned(), |f| format!("/spec/{f}"))
-        } else {
-            format!("/spec/{}", path.replace('.', "/"))
-        };
+        let pointer = format!("/spec{}", pointer_of(e.path(), &e.inner().to_string()));
         ValidationErrors(vec![FieldError {
             pointer,
-            message: format!("spec: {message}"),
+            message: format!("spec: {}", e.into_inner()),
         }])
     })
+}
+
+/// The JSON pointer (RFC 6901) a deserialization error is about: its path (`steps[2].name` is
+/// `/steps/2/name`), plus the field a "missing field" message names, since serde reports a
+/// missing field at the object that should hold it. `""` for the whole document.
+pub fn pointer_of(path: &serde_path_to_error::Path, message: &str) -> String {
+    use serde_path_to_error::Segment;
+    let escape = |s: &str| s.replace('~', "~0").replace('/', "~1");
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } => pointer.push_str(&format!("/{}", escape(key))),
+            Segment::Enum { variant } => pointer.push_str(&format!("/{}", escape(variant))),
+            Segment::Unknown => {}
+        }
+    }
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        pointer.push_str(&format!("/{}", escape(field)));
+    }
+    pointer
 }
 
 /// Parses a spec the server validated (the agent side).
@@ -230,6 +245,30 @@ mod tests {
         assert_eq!(err.0[0].pointer, "/spec/colour");
         let err = validate("shell", &json!({})).unwrap_err();
         assert_eq!(err.0[0].pointer, "/spec/command");
+        let err = validate("shell", &json!({"command": "ls", "args": [["nested"]]})).unwrap_err();
+        assert_eq!(err.0[0].pointer, "/spec/args/0");
+    }
+
+    #[test]
+    fn scalar_args_and_env_values_count_as_text() {
+        let spec = validate(
+            "shell",
+            &json!({"command": "sleep", "args": [3, true], "env": {"N": 2.5}}),
+        )
+        .unwrap();
+        assert_eq!(
+            spec,
+            r#"{"command":"sleep","args":["3","true"],"env":{"N":"2.5"},"working_dir":null}"#
+        );
+    }
+
+    #[test]
+    fn an_http_body_is_text_or_json_not_both() {
+        let spec = validate("http", &json!({"url": "http://x", "json": {"a": [1]}})).unwrap();
+        assert!(spec.contains(r#""json":{"a":[1]}"#), "{spec}");
+        let err =
+            validate("http", &json!({"url": "http://x", "json": {}, "body": "x"})).unwrap_err();
+        assert_eq!(err.0[0].pointer, "/spec/json");
     }
 
     #[test]

@@ -19,14 +19,48 @@ use crate::{Context, Executor, MAX_OUTPUT_TAIL, Outcome, OutputLine, cut_line, p
 pub struct ShellSpec {
     /// The program, found on `PATH` when it has no `/`.
     pub command: String,
-    #[serde(default)]
+    /// Arguments; numbers and booleans (a workflow template's value, say) count as their text.
+    #[serde(default, deserialize_with = "texts")]
     pub args: Vec<String>,
-    /// Added to the agent's environment.
-    #[serde(default)]
+    /// Added to the agent's environment; numbers and booleans count as their text.
+    #[serde(default, deserialize_with = "text_map")]
     pub env: BTreeMap<String, String>,
     /// Where the process starts; the agent's working directory when absent.
     #[serde(default)]
     pub working_dir: Option<String>,
+}
+
+/// A string, or a number or boolean as its text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Text {
+    String(String),
+    Number(serde_json::Number),
+    Bool(bool),
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> String {
+        match text {
+            Text::String(s) => s,
+            Text::Number(n) => n.to_string(),
+            Text::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+fn texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<Text>::deserialize(d)?
+        .into_iter()
+        .map(String::from)
+        .collect())
+}
+
+fn text_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(BTreeMap::<String, Text>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| (k, String::from(v)))
+        .collect())
 }
 
 impl ShellSpec {
