@@ -173,11 +173,24 @@ impl WorkflowDefinition {
                     ),
                 });
             }
+            // The spec is checked by its executor with templates as placeholders; an error at
+            // a templated field waits for the value the field gets when the step runs.
+            if let Err(e) =
+                orchion_executor::validate(&step.executor, &without_templates(&step.spec))
+            {
+                for mut error in e.0 {
+                    error.pointer = format!("{prefix}{}", error.pointer);
+                    if !found.iter().any(|(pointer, _)| *pointer == error.pointer) {
+                        errors.push(error);
+                    }
+                }
+            }
+            // Everything else is checked as a job's, with an empty spec in the spec's place.
             let job = CreateJob {
                 name: Some(step.name.clone()),
                 project_id: None,
-                executor: step.executor.clone(),
-                spec: without_templates(&step.spec),
+                executor: "noop".into(),
+                spec: Value::Object(Default::default()),
                 priority: None,
                 idempotency_key: None,
                 retry: step.retry,
@@ -187,14 +200,14 @@ impl WorkflowDefinition {
                 run_at: None,
             };
             let job = match job.into_new_job() {
-                Ok((job, _)) => Some(job),
+                Ok((mut job, _)) => {
+                    job.executor = step.executor.clone();
+                    Some(job)
+                }
                 Err(e) => {
                     for mut error in e.0 {
                         error.pointer = format!("{prefix}{}", error.pointer);
-                        // A templated field's value is known only when the step runs.
-                        if !found.iter().any(|(pointer, _)| *pointer == error.pointer) {
-                            errors.push(error);
-                        }
+                        errors.push(error);
                     }
                     None
                 }
@@ -484,5 +497,20 @@ mod tests {
         let workflow = ok.compile().unwrap();
         assert_eq!(workflow.dag.waves(), [vec!["fetch"], vec!["check"]]);
         assert_eq!(workflow.step("check").unwrap().job.name, "check");
+        // A step whose spec is invalid until its templates are filled in is kept, unchecked
+        // where it is templated.
+        let templated: WorkflowDefinition = serde_json::from_value(json!({
+            "name": "call",
+            "steps": [{"name": "get", "executor": "http", "spec": {"url": "${{ input.url }}"},
+                       "retry": {"max_attempts": 2}}]
+        }))
+        .unwrap();
+        let workflow = templated.compile().unwrap();
+        assert_eq!(workflow.steps.len(), 1);
+        let get = workflow.step("get").unwrap();
+        assert_eq!(
+            (get.job.executor.as_str(), get.job.retry.max_attempts),
+            ("http", 2)
+        );
     }
 }
