@@ -375,6 +375,8 @@ pub enum BenchCommand {
     Heartbeats(HeartbeatBenchArgs),
     /// No-op jobs submitted over the REST API and run by real agents over gRPC.
     Jobs(JobBenchArgs),
+    /// Workflow runs of no-op steps: a chain (step→step latency) or a wide fan-out.
+    Dag(DagBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -401,6 +403,28 @@ pub struct JobBenchArgs {
     /// Also run a raw SQL enqueue→claim→complete loop on the same store, and print the ratio.
     #[arg(long)]
     pub baseline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DagBenchArgs {
+    /// Run a chain of this many steps, each needing the one before.
+    #[arg(long, value_name = "N")]
+    pub steps: Option<usize>,
+    /// Run a root, this many parallel steps, and a join.
+    #[arg(long, value_name = "N")]
+    pub fanout: Option<usize>,
+    /// Runs to measure, one after another.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// How many agent processes run the steps.
+    #[arg(long, default_value_t = 1)]
+    pub agents: usize,
+    /// Tasks each agent runs at once.
+    #[arg(long, default_value_t = 128)]
+    pub slots: u16,
+    /// Run the server on this PostgreSQL database instead of a SQLite file.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

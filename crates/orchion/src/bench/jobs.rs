@@ -4,7 +4,7 @@
 //! `--baseline`, a raw SQL enqueue→claim→complete loop on the same store for comparison.
 
 use std::{
-    process::{ExitCode, Stdio},
+    process::ExitCode,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -19,8 +19,6 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{BenchServer, quantile};
 use crate::cli::JobBenchArgs;
-
-const TOKEN: &str = "orchion-bench-join-token";
 
 pub async fn run(args: JobBenchArgs) -> ExitCode {
     match bench(args).await {
@@ -54,7 +52,7 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
         args.jobs > 0 && args.agents > 0 && args.clients > 0,
         "--jobs, --agents and --clients must be at least 1"
     );
-    let mut extra = vec!["--join-token", TOKEN];
+    let mut extra = vec!["--join-token", super::TOKEN];
     if let Some(url) = &args.database_url {
         extra.extend(["--database-url", url.as_str()]);
     }
@@ -68,38 +66,10 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
         "server: {} (gRPC {}), store {store_name}",
         server.http, server.grpc
     );
-    let exe = std::env::current_exe()?;
-    let mut agents = Vec::new();
-    for i in 0..args.agents {
-        let state = server.dir().join(format!("agent-{i}"));
-        agents.push(
-            tokio::process::Command::new(&exe)
-                .args(["agent", "--server", &server.grpc, "--join-token", TOKEN])
-                .args([
-                    "--name",
-                    &format!("bench-{i}"),
-                    "--slots",
-                    &args.slots.to_string(),
-                ])
-                .arg("--state-dir")
-                .arg(&state)
-                .env("ORCHION_LOG", "warn")
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("cannot start an agent")?,
-        );
-    }
+    let agents = server.start_agents(args.agents, args.slots).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while status(&client, &server.http).await?["nodes"]["ready"].as_u64()
-        != Some(args.agents as u64)
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the agents did not join in 60 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let commits_before = server.commits().await?;
     let cpu_before = server.cpu_seconds()?;

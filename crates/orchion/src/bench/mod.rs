@@ -2,6 +2,7 @@
 //! its public interfaces, reporting medians and tails measured in one run. Figures and the exact
 //! commands are recorded in BENCHMARKS.md.
 
+pub mod dag;
 pub mod heartbeats;
 pub mod jobs;
 
@@ -12,6 +13,9 @@ use std::{
 };
 
 use anyhow::Context;
+
+/// The join token bench servers and their agents share.
+pub const TOKEN: &str = "orchion-bench-join-token";
 
 /// A server started for a benchmark, killed when dropped.
 pub struct BenchServer {
@@ -133,6 +137,52 @@ impl BenchServer {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Starts `count` real `orchion agent` processes with `slots` each (the server must have
+    /// been started with `--join-token TOKEN`), and waits until all have joined. They are
+    /// killed when the returned handles drop.
+    pub async fn start_agents(
+        &self,
+        count: usize,
+        slots: u16,
+    ) -> anyhow::Result<Vec<tokio::process::Child>> {
+        let exe = std::env::current_exe()?;
+        let mut agents = Vec::with_capacity(count);
+        for i in 0..count {
+            agents.push(
+                tokio::process::Command::new(&exe)
+                    .args(["agent", "--server", &self.grpc, "--join-token", TOKEN])
+                    .args([
+                        "--name",
+                        &format!("bench-{i}"),
+                        "--slots",
+                        &slots.to_string(),
+                    ])
+                    .arg("--state-dir")
+                    .arg(self.dir.join(format!("agent-{i}")))
+                    .env("ORCHION_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .context("cannot start an agent")?,
+            );
+        }
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status: serde_json::Value = client
+                .get(format!("{}/api/v1/status", self.http))
+                .send()
+                .await?
+                .json()
+                .await?;
+            if status["nodes"]["ready"].as_u64() == Some(count as u64) {
+                return Ok(agents);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the agents did not join in 60 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
