@@ -106,6 +106,9 @@ impl StepState {
 pub struct Plan {
     /// Each step's state, in definition order.
     pub steps: Vec<(String, StepState)>,
+    /// While a failed or cancelled run is rolled back: the state of each succeeded step's
+    /// rollback, in definition order.
+    pub rollbacks: Vec<(String, StepState)>,
     /// Steps that became ready (or that fail or succeed without running).
     pub create: Vec<NewStep>,
     /// The run has ended with this status.
@@ -121,15 +124,17 @@ fn outputs_of(task: &StepTask) -> Value {
         .unwrap_or_else(|| Value::Object(Default::default()))
 }
 
-/// The step's job with `spec` rendered in, checked as its executor checks a job's spec.
+/// `base` with `spec` rendered in (checked as its executor checks a job's spec), named `name`
+/// and owned by the run's project.
 fn render_job(
-    workflow: &Workflow,
+    base: &NewJob,
+    spec: &Value,
+    name: String,
     run: &WorkflowRun,
-    step: &orchion_spec::Step,
     scope: &Scope<'_>,
 ) -> Result<NewJob, String> {
-    let rendered = orchion_spec::render(&step.spec, scope)?;
-    let spec = orchion_executor::validate(&step.executor, &rendered).map_err(|errors| {
+    let rendered = orchion_spec::render(spec, scope)?;
+    let spec = orchion_executor::validate(&base.executor, &rendered).map_err(|errors| {
         let messages: Vec<String> = errors
             .0
             .iter()
@@ -137,10 +142,10 @@ fn render_job(
             .collect();
         format!("the rendered spec is invalid: {}", messages.join("; "))
     })?;
-    let mut job = step.job.clone();
+    let mut job = base.clone();
     job.spec = spec;
     job.project_id = run.project_id;
-    job.name = format!("{}/{}", workflow.name, step.name);
+    job.name = name;
     Ok(job)
 }
 
@@ -231,23 +236,135 @@ pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
             )
         })
         .collect();
-    let finish = (create.is_empty() && steps.iter().all(|(_, s)| s.is_final())).then(|| {
-        if run.cancel_requested {
-            RunStatus::Cancelled
-        } else if steps
+    let forward_done = create.is_empty() && steps.iter().all(|(_, s)| s.is_final());
+    let went_wrong = run.cancel_requested
+        || steps
             .iter()
-            .any(|(_, s)| matches!(s, StepState::Failed | StepState::Cancelled))
-        {
-            RunStatus::Failed
-        } else {
-            RunStatus::Succeeded
-        }
-    });
+            .any(|(_, s)| matches!(s, StepState::Failed | StepState::Cancelled));
+    let rollbacks = if forward_done && went_wrong && workflow.rollback {
+        roll_back(
+            workflow,
+            run,
+            &input,
+            &outputs,
+            &states,
+            &by_step,
+            &mut create,
+        )
+    } else {
+        Vec::new()
+    };
+    let finish = (create.is_empty() && forward_done && rollbacks.iter().all(|(_, s)| s.is_final()))
+        .then(|| {
+            if run.cancel_requested {
+                RunStatus::Cancelled
+            } else if went_wrong {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            }
+        });
     Plan {
         steps,
+        rollbacks,
         create,
         finish,
     }
+}
+
+/// The task name of a step's rollback.
+pub fn rollback_step(name: &str) -> String {
+    format!("{name}:rollback")
+}
+
+/// The rollback phase of a run that failed or was cancelled: each succeeded step with a
+/// rollback is undone once every step that needs it has been undone (reverse dependency
+/// order). Adds ready rollbacks to `create`; returns each one's state, in definition order.
+fn roll_back(
+    workflow: &Workflow,
+    run: &WorkflowRun,
+    input: &Value,
+    outputs: &BTreeMap<String, Value>,
+    states: &HashMap<&str, StepState>,
+    by_step: &HashMap<&str, Vec<(Option<usize>, &StepTask)>>,
+    create: &mut Vec<NewStep>,
+) -> Vec<(String, StepState)> {
+    let undoable = |name: &str| {
+        workflow.step(name).is_some_and(|s| s.rollback.is_some())
+            && states.get(name) == Some(&StepState::Succeeded)
+    };
+    let mut undo: HashMap<String, StepState> = HashMap::new();
+    let mut waves = workflow.dag.waves();
+    waves.reverse();
+    for wave in waves {
+        for name in wave {
+            if !undoable(name) {
+                continue;
+            }
+            let Some(rollback) = workflow.step(name).and_then(|s| s.rollback.as_ref()) else {
+                continue;
+            };
+            let task_name = rollback_step(name);
+            let state = if let Some(tasks) = by_step.get(task_name.as_str()) {
+                match tasks.first().map(|(_, t)| t.task.state.status) {
+                    Some(TaskStatus::Succeeded) => StepState::Succeeded,
+                    Some(TaskStatus::Failed) => StepState::Failed,
+                    Some(TaskStatus::Cancelled) => StepState::Cancelled,
+                    _ => StepState::Active,
+                }
+            } else {
+                // Wait for every step that needs this one and was itself undoable.
+                let dependents: Vec<StepState> = workflow
+                    .steps
+                    .iter()
+                    .filter(|d| d.needs.iter().any(|n| n == name) && undoable(&d.name))
+                    .map(|d| undo.get(&d.name).copied().unwrap_or(StepState::Pending))
+                    .collect();
+                if dependents.iter().any(|s| s.blocks()) {
+                    StepState::Skipped
+                } else if dependents.iter().any(|s| !s.is_final()) {
+                    StepState::Pending
+                } else {
+                    let scope = Scope {
+                        input,
+                        outputs,
+                        item: None,
+                    };
+                    create.push(
+                        match render_job(
+                            &rollback.job,
+                            &rollback.spec,
+                            format!("{}/{task_name}", workflow.name),
+                            run,
+                            &scope,
+                        ) {
+                            Ok(job) => NewStep {
+                                step: task_name,
+                                job,
+                                status: TaskStatus::Queued,
+                                outputs: None,
+                                error: None,
+                            },
+                            Err(e) => NewStep {
+                                step: task_name,
+                                job: rollback.job.clone(),
+                                status: TaskStatus::Failed,
+                                outputs: None,
+                                error: Some(e),
+                            },
+                        },
+                    );
+                    StepState::Active
+                }
+            };
+            undo.insert(name.to_owned(), state);
+        }
+    }
+    workflow
+        .steps
+        .iter()
+        .filter_map(|s| undo.get(&s.name).map(|state| (s.name.clone(), *state)))
+        .collect()
 }
 
 /// A step whose needs all succeeded: decides `when`, fans out, renders; adds what to write to
@@ -276,16 +393,24 @@ fn ready(
         }
     }
     let Some(for_each) = &step.for_each else {
-        create.push(match render_job(workflow, run, step, &scope) {
-            Ok(job) => NewStep {
-                step: step.name.clone(),
-                job,
-                status: TaskStatus::Queued,
-                outputs: None,
-                error: None,
+        create.push(
+            match render_job(
+                &step.job,
+                &step.spec,
+                format!("{}/{}", workflow.name, step.name),
+                run,
+                &scope,
+            ) {
+                Ok(job) => NewStep {
+                    step: step.name.clone(),
+                    job,
+                    status: TaskStatus::Queued,
+                    outputs: None,
+                    error: None,
+                },
+                Err(e) => failed_step(step.name.clone(), step, e),
             },
-            Err(e) => failed_step(step.name.clone(), step, e),
-        });
+        );
         return StepState::Active;
     };
     let items = match orchion_spec::items(for_each, &scope) {
@@ -312,16 +437,24 @@ fn ready(
             ..scope
         };
         let name = format!("{}[{i}]", step.name);
-        create.push(match render_job(workflow, run, step, &scope) {
-            Ok(job) => NewStep {
-                step: name,
-                job,
-                status: TaskStatus::Queued,
-                outputs: None,
-                error: None,
+        create.push(
+            match render_job(
+                &step.job,
+                &step.spec,
+                format!("{}/{name}", workflow.name),
+                run,
+                &scope,
+            ) {
+                Ok(job) => NewStep {
+                    step: name,
+                    job,
+                    status: TaskStatus::Queued,
+                    outputs: None,
+                    error: None,
+                },
+                Err(e) => failed_step(name, step, e),
             },
-            Err(e) => failed_step(name, step, e),
-        });
+        );
     }
     StepState::Active
 }
@@ -468,6 +601,14 @@ impl Workflows {
     /// and it ends `cancelled` once its tasks have stopped.
     pub async fn cancel(&self, id: RunId) -> Result<(), WorkflowError> {
         self.store.cancel_workflow_run(id).await?;
+        self.advance(id).await
+    }
+
+    /// Undoes a run: cancels it if it runs, reopens it if it has finished, and rolls back its
+    /// succeeded steps (those with a rollback) in reverse order. It ends `cancelled`.
+    pub async fn undo(&self, id: RunId) -> Result<(), WorkflowError> {
+        self.store.undo_workflow_run(id).await?;
+        self.work.work_changed();
         self.advance(id).await
     }
 

@@ -408,3 +408,108 @@ async fn cancelling_a_run_cancels_its_queued_steps_and_starts_nothing_new() {
     );
     assert!(h.workflows.cancel(run).await.is_err(), "it has ended");
 }
+
+/// A step with a rollback: noop steps whose rollback is a noop naming the step.
+fn undoable(name: &str, needs: &[&str]) -> Value {
+    json!({"name": name, "needs": needs, "executor": "noop", "spec": {"outputs": {"step": name}},
+           "rollback": {"executor": "noop", "spec": {"outputs": {"undo": name}}}})
+}
+
+#[tokio::test]
+async fn a_failed_run_undoes_its_succeeded_steps_in_reverse_order() {
+    let h = Harness::new().await;
+    // A diamond of five: network → (db, cache) → app → dns. app fails.
+    let once = json!({"max_attempts": 1});
+    let mut app = undoable("app", &["db", "cache"]);
+    app["retry"] = once;
+    let run = h
+        .start(
+            json!({"name": "stack", "steps": [
+                undoable("network", &[]),
+                undoable("db", &["network"]),
+                undoable("cache", &["network"]),
+                app,
+                undoable("dns", &["app"]),
+            ]}),
+            json!({}),
+        )
+        .await;
+    let step = |tasks: &[ClaimedTask], name: &str| step_of(tasks, &format!("\"{name}\""));
+    let network = h.claim().await;
+    h.finish(&network[0], AttemptOutcome::Succeeded, None).await;
+    let wave = h.claim().await;
+    assert_eq!(wave.len(), 2);
+    for task in &wave {
+        h.finish(task, AttemptOutcome::Succeeded, None).await;
+    }
+    let app = h.claim().await;
+    h.finish(
+        &app[0],
+        AttemptOutcome::Failed {
+            exit_code: None,
+            error: "quota exceeded".into(),
+        },
+        None,
+    )
+    .await;
+    // Rollback: db and cache first (both need network), in parallel; then network.
+    let undo = h.claim().await;
+    assert_eq!(undo.len(), 2, "{undo:?}");
+    let (db, cache) = (step(&undo, "db"), step(&undo, "cache"));
+    assert!(db.spec.contains("undo"));
+    assert_eq!(
+        h.record(run).await.run.status,
+        RunStatus::Running,
+        "rolling back"
+    );
+    h.finish(&db, AttemptOutcome::Succeeded, None).await;
+    assert!(
+        h.claim().await.is_empty(),
+        "network waits for cache's rollback too"
+    );
+    h.finish(&cache, AttemptOutcome::Succeeded, None).await;
+    let last = h.claim().await;
+    assert_eq!(last.len(), 1);
+    assert!(last[0].spec.contains(r#""undo":"network""#));
+    h.finish(&last[0], AttemptOutcome::Succeeded, None).await;
+    let record = h.record(run).await;
+    assert_eq!(record.run.status, RunStatus::Failed);
+    let order: Vec<&str> = record
+        .tasks
+        .iter()
+        .filter(|t| t.step.ends_with(":rollback"))
+        .map(|t| t.step.as_str())
+        .collect();
+    assert_eq!(order[2], "network:rollback");
+    assert!(
+        h.workflows.retry(run).await.is_err(),
+        "a rolled-back run is not retried"
+    );
+}
+
+#[tokio::test]
+async fn undoing_a_succeeded_run_rolls_all_of_it_back() {
+    let h = Harness::new().await;
+    let run = h
+        .start(
+            json!({"name": "pair", "steps": [undoable("a", &[]), undoable("b", &["a"])]}),
+            json!({}),
+        )
+        .await;
+    for _ in 0..2 {
+        let tasks = h.claim().await;
+        h.finish(&tasks[0], AttemptOutcome::Succeeded, None).await;
+    }
+    assert_eq!(h.record(run).await.run.status, RunStatus::Succeeded);
+    h.workflows.undo(run).await.unwrap();
+    let first = h.claim().await;
+    assert!(
+        first[0].spec.contains(r#""undo":"b""#),
+        "b is undone before a"
+    );
+    h.finish(&first[0], AttemptOutcome::Succeeded, None).await;
+    let second = h.claim().await;
+    assert!(second[0].spec.contains(r#""undo":"a""#));
+    h.finish(&second[0], AttemptOutcome::Succeeded, None).await;
+    assert_eq!(h.record(run).await.run.status, RunStatus::Cancelled);
+}

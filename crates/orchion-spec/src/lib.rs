@@ -10,5 +10,6 @@ pub mod workflow;
 
 pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
 pub use workflow::{
-    Scope, Step, StepDefinition, Workflow, WorkflowDefinition, condition, items, render,
+    Rollback, RollbackDefinition, Scope, Step, StepDefinition, Workflow, WorkflowDefinition,
+    condition, items, render,
 };

@@ -39,6 +39,22 @@ pub struct StepDefinition {
     pub when: Option<String>,
     /// Fan out: one task per element of this template's list.
     pub for_each: Option<String>,
+    /// What undoes this step once it succeeded, should the run fail or be cancelled (a saga's
+    /// compensation): run in reverse order of `needs`, after every step that needs this one
+    /// has been undone.
+    pub rollback: Option<RollbackDefinition>,
+}
+
+/// The task that undoes a succeeded step.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackDefinition {
+    pub executor: String,
+    /// Templates read the run input and the outputs of the step's upstream steps.
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+    pub retry: Option<RetryBody>,
+    pub timeouts: Option<TimeoutsBody>,
 }
 
 /// A workflow definition, JSON or YAML.
@@ -50,6 +66,9 @@ pub struct WorkflowDefinition {
     pub description: Option<String>,
     pub project_id: Option<String>,
     pub steps: Vec<StepDefinition>,
+    /// Whether a failed or cancelled run undoes its succeeded steps (those with a `rollback`).
+    /// Default true.
+    pub rollback: Option<bool>,
 }
 
 /// A checked workflow: its graph, and each step ready to be rendered into a job.
@@ -60,6 +79,8 @@ pub struct Workflow {
     pub dag: Dag,
     /// In definition order.
     pub steps: Vec<Step>,
+    /// A failed or cancelled run runs its succeeded steps' rollbacks.
+    pub rollback: bool,
 }
 
 /// One checked step.
@@ -74,6 +95,15 @@ pub struct Step {
     pub job: NewJob,
     pub when: Option<String>,
     pub for_each: Option<String>,
+    pub rollback: Option<Rollback>,
+}
+
+/// A checked rollback: its job (everything but the spec), and the spec as written.
+#[derive(Debug, Clone)]
+pub struct Rollback {
+    pub executor: String,
+    pub spec: Value,
+    pub job: NewJob,
 }
 
 impl Workflow {
@@ -173,45 +203,52 @@ impl WorkflowDefinition {
                     ),
                 });
             }
-            // The spec is checked by its executor with templates as placeholders; an error at
-            // a templated field waits for the value the field gets when the step runs.
-            if let Err(e) =
-                orchion_executor::validate(&step.executor, &without_templates(&step.spec))
-            {
-                for mut error in e.0 {
-                    error.pointer = format!("{prefix}{}", error.pointer);
-                    if !found.iter().any(|(pointer, _)| *pointer == error.pointer) {
-                        errors.push(error);
-                    }
+            let job = check_job(
+                &prefix,
+                &step.name,
+                JobParts {
+                    executor: &step.executor,
+                    spec: &step.spec,
+                    retry: step.retry,
+                    timeouts: step.timeouts,
+                    placement: step.placement,
+                },
+                &found,
+                &mut errors,
+            );
+            let rollback = step.rollback.and_then(|r| {
+                let prefix = format!("{prefix}/rollback");
+                let mut own = Vec::new();
+                templates(&r.spec, &format!("{prefix}/spec"), &mut own);
+                if step.for_each.is_some() {
+                    errors.push(FieldError {
+                        pointer: prefix.clone(),
+                        message: format!(
+                            "step `{}` fans out with for_each and cannot have a rollback",
+                            step.name
+                        ),
+                    });
                 }
-            }
-            // Everything else is checked as a job's, with an empty spec in the spec's place.
-            let job = CreateJob {
-                name: Some(step.name.clone()),
-                project_id: None,
-                executor: "noop".into(),
-                spec: Value::Object(Default::default()),
-                priority: None,
-                idempotency_key: None,
-                retry: step.retry,
-                timeouts: step.timeouts,
-                placement: step.placement,
-                concurrency: None,
-                run_at: None,
-            };
-            let job = match job.into_new_job() {
-                Ok((mut job, _)) => {
-                    job.executor = step.executor.clone();
-                    Some(job)
-                }
-                Err(e) => {
-                    for mut error in e.0 {
-                        error.pointer = format!("{prefix}{}", error.pointer);
-                        errors.push(error);
-                    }
-                    None
-                }
-            };
+                let job = check_job(
+                    &prefix,
+                    &step.name,
+                    JobParts {
+                        executor: &r.executor,
+                        spec: &r.spec,
+                        retry: r.retry,
+                        timeouts: r.timeouts,
+                        placement: None,
+                    },
+                    &own,
+                    &mut errors,
+                );
+                found.extend(own);
+                job.map(|job| Rollback {
+                    executor: r.executor,
+                    spec: r.spec,
+                    job,
+                })
+            });
             shapes.push(StepShape {
                 name: step.name.clone(),
                 needs: step.needs.clone(),
@@ -226,6 +263,7 @@ impl WorkflowDefinition {
                     job,
                     when: step.when,
                     for_each: step.for_each,
+                    rollback,
                 });
             }
         }
@@ -235,12 +273,72 @@ impl WorkflowDefinition {
                 project_id,
                 dag,
                 steps,
+                rollback: self.rollback.unwrap_or(true),
             }),
             Ok(_) => Err(errors),
             Err(e) => {
                 errors.0.extend(e.0);
                 Err(errors)
             }
+        }
+    }
+}
+
+/// A job as a step or a rollback declares it.
+struct JobParts<'a> {
+    executor: &'a str,
+    spec: &'a Value,
+    retry: Option<RetryBody>,
+    timeouts: Option<TimeoutsBody>,
+    placement: Option<PlacementBody>,
+}
+
+/// Checks a step's (or rollback's) job; errors go to `errors` with pointers under `prefix`.
+/// The spec is checked by its executor with templates as placeholders, so an error at a
+/// templated field (one of `templated`) waits for the value it gets when the step runs;
+/// everything else is checked as a job's.
+fn check_job(
+    prefix: &str,
+    name: &str,
+    parts: JobParts<'_>,
+    templated: &[(String, String)],
+    errors: &mut ValidationErrors,
+) -> Option<NewJob> {
+    if let Err(e) = orchion_executor::validate(parts.executor, &without_templates(parts.spec)) {
+        for mut error in e.0 {
+            error.pointer = format!("{prefix}{}", error.pointer);
+            if !templated
+                .iter()
+                .any(|(pointer, _)| *pointer == error.pointer)
+            {
+                errors.push(error);
+            }
+        }
+    }
+    let job = CreateJob {
+        name: Some(name.to_owned()),
+        project_id: None,
+        executor: "noop".into(),
+        spec: Value::Object(Default::default()),
+        priority: None,
+        idempotency_key: None,
+        retry: parts.retry,
+        timeouts: parts.timeouts,
+        placement: parts.placement,
+        concurrency: None,
+        run_at: None,
+    };
+    match job.into_new_job() {
+        Ok((mut job, _)) => {
+            job.executor = parts.executor.to_owned();
+            Some(job)
+        }
+        Err(e) => {
+            for mut error in e.0 {
+                error.pointer = format!("{prefix}{}", error.pointer);
+                errors.push(error);
+            }
+            None
         }
     }
 }

@@ -535,9 +535,13 @@ pub trait RunStore: Send + Sync {
     /// cancelled. [`StoreError::Conflict`] if it has finished.
     async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
 
+    /// Undoes a run: a running one is cancelled, a finished one reopened as cancelled, so the
+    /// engine rolls back its succeeded steps. A cancelled run is left as it is.
+    async fn undo_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
+
     /// Runs a failed or cancelled run again from where it failed: its failed and cancelled
     /// steps are tried again (keeping their attempts), and the steps they held back follow.
-    /// [`StoreError::Conflict`] for a run that is running or succeeded.
+    /// [`StoreError::Conflict`] for a run that is running or succeeded, or was rolled back.
     async fn retry_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
 }
 

@@ -288,6 +288,51 @@ macro_rules! impl_run_store {
                 Ok(())
             }
 
+            async fn undo_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
+                let mut tx = self.begin().await?;
+                let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
+                    "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
+                ))
+                .bind(id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                let from: orchion_domain::RunStatus = status.parse().map_err($crate::StoreError::Corrupt)?;
+                if from == orchion_domain::RunStatus::Cancelled {
+                    tx.rollback().await?;
+                    return Ok(());
+                }
+                sqlx::query("UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1")
+                    .bind(id.as_uuid())
+                    .bind(true)
+                    .execute(&mut *tx)
+                    .await?;
+                let sql = format!(
+                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                     WHERE t.run_id = $1 AND t.status IN ('queued', 'running') ORDER BY t.id{TASK_LOCK}",
+                    $crate::jobs::TASK_COLUMNS
+                );
+                let active = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                    .bind(id.as_uuid())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for task in &active {
+                    apply_to_task(&mut tx, task, orchion_domain::TaskEvent::CancelRequested).await?;
+                }
+                if from != orchion_domain::RunStatus::Running {
+                    append_event(
+                        &mut tx,
+                        $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
+                        id.to_string(),
+                        project.map(orchion_domain::ProjectId::from_uuid),
+                        $crate::runs::status_event(id, from, orchion_domain::RunStatus::Running),
+                    )
+                    .await?;
+                }
+                self.commit(tx).await?;
+                Ok(())
+            }
+
             async fn retry_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
@@ -302,6 +347,18 @@ macro_rules! impl_run_store {
                     tx.rollback().await?;
                     return Err($crate::StoreError::Conflict(format!(
                         "workflow run {id} is {status}: only a failed or cancelled run can be retried"
+                    )));
+                }
+                let (rolled_back,): (i64,) = sqlx::query_as(
+                    "SELECT count(*) FROM tasks WHERE run_id = $1 AND step LIKE '%:rollback'",
+                )
+                .bind(id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await?;
+                if rolled_back > 0 {
+                    tx.rollback().await?;
+                    return Err($crate::StoreError::Conflict(format!(
+                        "workflow run {id} was rolled back: start a new run instead"
                     )));
                 }
                 // Steps that never ran (they could not be rendered, or were cancelled before
