@@ -254,16 +254,15 @@ pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
     } else {
         Vec::new()
     };
+    let status = if run.cancel_requested {
+        RunStatus::Cancelled
+    } else if went_wrong {
+        RunStatus::Failed
+    } else {
+        RunStatus::Succeeded
+    };
     let finish = (create.is_empty() && forward_done && rollbacks.iter().all(|(_, s)| s.is_final()))
-        .then(|| {
-            if run.cancel_requested {
-                RunStatus::Cancelled
-            } else if went_wrong {
-                RunStatus::Failed
-            } else {
-                RunStatus::Succeeded
-            }
-        });
+        .then_some(status);
     Plan {
         steps,
         rollbacks,
