@@ -146,7 +146,8 @@ fn parse_reference(expression: &str) -> Result<Reference, String> {
     match parts.as_slice() {
         ["input", ..] => Ok(Reference::Input(rest(1))),
         ["item", ..] => Ok(Reference::Item(rest(1))),
-        ["steps", step, "outputs", ..] => Ok(Reference::StepOutput {
+        // A deployment's resources are its steps.
+        ["steps" | "resources", step, "outputs", ..] => Ok(Reference::StepOutput {
             step: (*step).to_owned(),
             path: rest(3),
         }),

@@ -8,7 +8,10 @@
 //! - `http`: one HTTP request; the response body is the output.
 //! - `noop`: succeeds at once, with the `outputs` its spec names; for smoke tests and
 //!   benchmarks of Orchion's own overhead.
+//! - `terraform`, `helm`, `pulumi`, `crossplane`: deployment engines; their spec
+//!   ([`EngineSpec`]) is checked here, and they run from `orchion-engines`.
 
+mod engine;
 mod http;
 mod shell;
 
@@ -20,10 +23,22 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::{http::HttpSpec, shell::ShellSpec};
+pub use crate::{
+    engine::{ENGINES, EngineAction, EngineSpec},
+    http::HttpSpec,
+    shell::ShellSpec,
+};
 
-/// The executors Orchion has, by name.
-pub const KNOWN: &[&str] = &["shell", "http", "noop"];
+/// The executors Orchion has, by name: the built-in ones and the deployment engines.
+pub const KNOWN: &[&str] = &[
+    "shell",
+    "http",
+    "noop",
+    "terraform",
+    "helm",
+    "pulumi",
+    "crossplane",
+];
 
 /// One line of a task's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +143,7 @@ pub fn validate(executor: &str, spec: &serde_json::Value) -> Result<String, Vali
             .and_then(|s| s.check().map(|()| s))
             .map(|s| to_json(&s)),
         "noop" => parse::<NoopSpec>(spec).map(|s| to_json(&s)),
+        engine if ENGINES.contains(&engine) => parse::<EngineSpec>(spec).map(|s| to_json(&s)),
         other => Err(ValidationErrors(vec![FieldError::new(
             "executor",
             format!(

@@ -8,12 +8,12 @@ use orchion_domain::{
     Capacity, Concurrency, FieldError, NewJob, Placement, ProjectId, RetryPolicy, Timeouts,
     ValidationErrors,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use utoipa::ToSchema;
 
 /// How a failed job is tried again. Durations are like `1s`, `500ms`, `2m`.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBody {
     /// Tries in all, the first included (default 3).
@@ -31,7 +31,7 @@ pub struct RetryBody {
 }
 
 /// Time limits.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsBody {
     /// From enqueue to first start; the job fails past it.
@@ -43,7 +43,7 @@ pub struct TimeoutsBody {
 }
 
 /// Resources a node must have free.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesBody {
     pub cpu_millis: Option<u64>,
@@ -52,7 +52,7 @@ pub struct ResourcesBody {
 }
 
 /// Where the job may run.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlacementBody {
     /// Labels the node must carry.
@@ -61,7 +61,7 @@ pub struct PlacementBody {
 }
 
 /// At most `limit` jobs with this key run at once.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyBody {
     pub key: String,
@@ -70,7 +70,7 @@ pub struct ConcurrencyBody {
 }
 
 /// A request to run a job.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJob {
     pub name: Option<String>,

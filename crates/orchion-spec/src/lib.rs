@@ -5,9 +5,11 @@
 //! The API checks definitions with it when they arrive; the workflow engine renders steps with
 //! it when they become ready. One place, so both read a definition alike.
 
+pub mod deployment;
 pub mod job;
 pub mod workflow;
 
+pub use deployment::{DependencyRequest, DeploymentRequest, ENGINES, ResourceRequest};
 pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
 pub use workflow::{
     Rollback, RollbackDefinition, Scope, Step, StepDefinition, Workflow, WorkflowDefinition,

@@ -12,14 +12,14 @@ use orchion_domain::{
     Dag, FieldError, Literal, NewJob, Piece, ProjectId, Reference, StepShape, ValidationErrors,
     parse_template,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::job::{CreateJob, PlacementBody, RetryBody, TimeoutsBody};
 
 /// One step of a workflow.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepDefinition {
     /// Unique in the workflow: letters, digits, `_`, `-`.
@@ -46,7 +46,7 @@ pub struct StepDefinition {
 }
 
 /// The task that undoes a succeeded step.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackDefinition {
     pub executor: String,
@@ -58,7 +58,7 @@ pub struct RollbackDefinition {
 }
 
 /// A workflow definition, JSON or YAML.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowDefinition {
     #[schema(example = "code_review")]
