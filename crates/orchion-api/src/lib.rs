@@ -5,6 +5,7 @@
 //! validate through the domain's constructors and talk to the store through `Arc<dyn Store>`.
 //! Every error leaves through [`problem::ApiError`], the one mapping to problem+json.
 
+pub mod deployments;
 pub mod enqueue;
 pub mod extract;
 pub mod health;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub work: Arc<WorkQueue>,
     pub scheduler: Arc<Scheduler>,
     pub workflows: Arc<Workflows>,
+    /// Whether each deployment engine is enabled (`engines.<name>.enabled`); absent: enabled.
+    pub engines: Arc<std::collections::BTreeMap<String, bool>>,
     pub lifecycle: Arc<Lifecycle>,
     /// Where `POST /enqueue` forwards jobs.
     pub enqueue: Arc<enqueue::EnqueueSettings>,
@@ -113,6 +116,7 @@ pub struct Limits {
         (name = "schedules", description = "Cron schedules that start jobs"),
         (name = "workflows", description = "Workflow types: versioned DAGs of steps"),
         (name = "runs", description = "Workflow runs: a workflow type's steps run in dependency order"),
+        (name = "deployments", description = "Deployments: resources applied by engines in dependency order, rolled back on failure"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness"),
@@ -149,6 +153,15 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(runs::retry_workflow))
         .routes(routes!(runs::workflow_metrics))
         .routes(routes!(runs::workflow_logs))
+        .routes(routes!(
+            deployments::create_deployment,
+            deployments::list_deployments
+        ))
+        .routes(routes!(
+            deployments::get_deployment,
+            deployments::delete_deployment
+        ))
+        .routes(routes!(deployments::list_engines))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))

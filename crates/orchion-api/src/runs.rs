@@ -134,7 +134,7 @@ async fn steps_of(
 ) -> Result<Vec<(String, Vec<String>, StepState)>, ApiError> {
     let workflow = state
         .workflows
-        .definition(&record.run.workflow, Some(record.run.version))
+        .definition_of(&record.run)
         .await
         .map_err(workflow_error)?;
     let plan = orchion_control::plan(&workflow, record);
@@ -195,7 +195,7 @@ async fn full_body(
 }
 
 /// The one mapping from engine errors to API errors.
-fn workflow_error(error: WorkflowError) -> ApiError {
+pub(crate) fn workflow_error(error: WorkflowError) -> ApiError {
     match error {
         WorkflowError::Store(e) => e.into(),
         WorkflowError::Invalid(errors) => ApiError::Validation(errors),

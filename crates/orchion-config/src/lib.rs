@@ -36,6 +36,9 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub database: DatabaseConfig,
     pub enqueue: EnqueueConfig,
+    /// Deployment engines by name (`terraform`, `helm`, `pulumi`, `crossplane`), as in the
+    /// deployment service's configuration. An engine not listed is enabled.
+    pub engines: std::collections::BTreeMap<String, EngineConfig>,
     pub log: LogConfig,
     /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
     /// Orchion needs no Redis. A warning says so at start.
@@ -139,6 +142,28 @@ impl Default for EnqueueConfig {
             worker_url: "http://localhost:3000".into(),
             max_attempts: 5,
         }
+    }
+}
+
+/// One deployment engine. Engines run on the agents that have their tool installed; the server
+/// uses `enabled` to accept or refuse deployments that name the engine. Other keys (the
+/// deployment service's `endpoint`, `timeout`, `backend`, `parallelism`, …) are kept and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub settings: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+impl Config {
+    /// Whether deployments may use `engine`.
+    pub fn engine_enabled(&self, engine: &str) -> bool {
+        self.engines.get(engine).is_none_or(|e| e.enabled)
     }
 }
 

@@ -300,6 +300,19 @@ impl NodeRegistry {
         counts
     }
 
+    /// How many alive nodes offer each executor.
+    pub fn executors_offered(&self) -> BTreeMap<String, usize> {
+        let mut offered: BTreeMap<String, usize> = BTreeMap::new();
+        for entry in self.nodes().values() {
+            if entry.node.liveness == Liveness::Alive {
+                for executor in &entry.node.executors {
+                    *offered.entry(executor.clone()).or_default() += 1;
+                }
+            }
+        }
+        offered
+    }
+
     /// Whether `credential` belongs to some registered node.
     pub fn is_node_credential(&self, credential: &str) -> bool {
         let presented = digest(credential);

@@ -513,6 +513,95 @@ impl Workflows {
         Ok(workflow)
     }
 
+    /// The compiled definition `run` follows: its own (a deployment's), or its pinned
+    /// workflow type version.
+    pub async fn definition_of(&self, run: &WorkflowRun) -> Result<Arc<Workflow>, WorkflowError> {
+        let Some(definition) = &run.definition else {
+            return self.definition(&run.workflow, Some(run.version)).await;
+        };
+        let key = (format!("run:{}", run.id), 0);
+        let cached = self
+            .compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
+        if let Some(workflow) = cached {
+            return Ok(workflow);
+        }
+        let corrupt = |errors| WorkflowError::Corrupt {
+            name: run.workflow.clone(),
+            version: run.version,
+            errors,
+        };
+        let parsed: WorkflowDefinition = serde_json::from_str(definition).map_err(|e| {
+            corrupt(ValidationErrors(vec![orchion_domain::FieldError::new(
+                "definition",
+                e.to_string(),
+            )]))
+        })?;
+        let workflow = Arc::new(parsed.compile().map_err(corrupt)?);
+        self.compiled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, workflow.clone());
+        Ok(workflow)
+    }
+
+    /// Starts a deployment: a run of the workflow its resources make (checked by the caller
+    /// with [`orchion_spec::DeploymentRequest::compile`]), with its first resources.
+    pub async fn start_deployment(
+        &self,
+        request: &orchion_spec::DeploymentRequest,
+        workflow: &Workflow,
+        definition: &Value,
+        raw: &Value,
+    ) -> Result<orchion_domain::Deployment, WorkflowError> {
+        let run = WorkflowRun {
+            id: RunId::new(),
+            name: request.id.clone(),
+            project_id: None,
+            workflow: "deployment".into(),
+            version: 0,
+            input: "{}".into(),
+            definition: Some(definition.to_string()),
+            status: RunStatus::Running,
+            cancel_requested: false,
+            created_at: orchion_store::now(),
+            finished_at: None,
+        };
+        let first = plan(
+            workflow,
+            &WorkflowRunRecord {
+                run: run.clone(),
+                tasks: Vec::new(),
+            },
+        );
+        let deployment = self
+            .store
+            .create_deployment(
+                orchion_store::NewDeployment {
+                    id: request.id.clone(),
+                    composer: request.composer.clone(),
+                    environment: request.environment.clone(),
+                    request: raw.to_string(),
+                },
+                NewWorkflowRun {
+                    name: run.name,
+                    project_id: None,
+                    workflow: run.workflow,
+                    version: run.version,
+                    input: run.input,
+                    definition: run.definition,
+                },
+                first.create,
+            )
+            .await?;
+        self.work.work_changed();
+        self.advance(deployment.run_id).await?;
+        Ok(deployment)
+    }
+
     /// Starts a run of the latest (or the given) version, writing its first ready steps in the
     /// same transaction.
     pub async fn start(
@@ -532,6 +621,7 @@ impl Workflows {
             workflow: stored.name.clone(),
             version: stored.version,
             input: request.input.to_string(),
+            definition: None,
             status: RunStatus::Running,
             cancel_requested: false,
             created_at: orchion_store::now(),
@@ -553,6 +643,7 @@ impl Workflows {
                     workflow: run.workflow,
                     version: run.version,
                     input: run.input,
+                    definition: None,
                 },
                 first.create,
                 idempotency,
@@ -574,9 +665,7 @@ impl Workflows {
             if record.run.status.is_terminal() {
                 return Ok(());
             }
-            let workflow = self
-                .definition(&record.run.workflow, Some(record.run.version))
-                .await?;
+            let workflow = self.definition_of(&record.run).await?;
             let plan = plan(&workflow, &record);
             if plan.create.is_empty() && plan.finish.is_none() {
                 return Ok(());

@@ -26,6 +26,9 @@ pub use node::{
 };
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};
-pub use run::{RunStatus, StepTask, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord, split_step};
+pub use run::{
+    Deployment, DeploymentFilter, RunStatus, StepTask, WorkflowRun, WorkflowRunFilter,
+    WorkflowRunRecord, split_step,
+};
 pub use schedule::{CronSchedule, Firing, MisfirePolicy, OverlapPolicy, Schedule};
 pub use workflow::{Dag, Literal, Piece, Reference, StepShape, WorkflowType, parse_template};

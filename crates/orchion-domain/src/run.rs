@@ -68,6 +68,8 @@ pub struct WorkflowRun {
     pub version: u32,
     /// The input, a JSON document.
     pub input: String,
+    /// The definition itself, for a run not made from a stored workflow type (a deployment).
+    pub definition: Option<String>,
     pub status: RunStatus,
     pub cancel_requested: bool,
     pub created_at: time::OffsetDateTime,
@@ -104,6 +106,28 @@ pub struct WorkflowRunRecord {
     pub run: WorkflowRun,
     /// In creation order.
     pub tasks: Vec<StepTask>,
+}
+
+/// A deployment: the run that applies its resources, and the request as the client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployment {
+    /// Chosen by the client.
+    pub id: String,
+    pub run_id: RunId,
+    pub composer: String,
+    pub environment: String,
+    /// The request, a JSON document.
+    pub request: String,
+    /// Still running: no other deployment for its composer and environment may start.
+    pub active: bool,
+    pub created_at: time::OffsetDateTime,
+}
+
+/// Which deployments a listing returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeploymentFilter {
+    pub composer: Option<String>,
+    pub environment: Option<String>,
 }
 
 /// Which workflow runs a listing returns.

@@ -478,6 +478,18 @@ pub struct NewWorkflowRun {
     pub version: u32,
     /// The input, a JSON document.
     pub input: String,
+    /// The definition, for a run not made from a stored workflow type (a deployment).
+    pub definition: Option<String>,
+}
+
+/// A deployment to record with its run.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub id: String,
+    pub composer: String,
+    pub environment: String,
+    /// The request, a JSON document.
+    pub request: String,
 }
 
 /// A step of a workflow run, written as a task when it becomes ready.
@@ -534,6 +546,24 @@ pub trait RunStore: Send + Sync {
     /// Asks a running run to stop: no new steps start, and its queued and running tasks are
     /// cancelled. [`StoreError::Conflict`] if it has finished.
     async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
+
+    /// Starts a deployment's run. [`StoreError::Conflict`] when the id is taken, or when
+    /// another deployment for the same composer and environment is still running.
+    async fn create_deployment(
+        &self,
+        deployment: NewDeployment,
+        run: NewWorkflowRun,
+        steps: Vec<NewStep>,
+    ) -> Result<orchion_domain::Deployment, StoreError>;
+
+    async fn get_deployment(&self, id: &str) -> Result<orchion_domain::Deployment, StoreError>;
+
+    /// Deployments in creation order.
+    async fn list_deployments(
+        &self,
+        filter: &orchion_domain::DeploymentFilter,
+        page: PageRequest,
+    ) -> Result<Page<orchion_domain::Deployment>, StoreError>;
 
     /// Undoes a run: a running one is cancelled, a finished one reopened as cancelled, so the
     /// engine rolls back its succeeded steps. A cancelled run is left as it is.

@@ -21,14 +21,15 @@ pub(crate) struct WorkflowRunRow {
     pub workflow: String,
     pub version: i32,
     pub input: String,
+    pub definition: Option<String>,
     pub status: String,
     pub cancel_requested: bool,
     pub created_at: OffsetDateTime,
     pub finished_at: Option<OffsetDateTime>,
 }
 
-pub(crate) const RUN_COLUMNS: &str = "w.run_id, r.name, r.project_id, w.workflow, w.version, w.input, w.status, \
-     w.cancel_requested, w.created_at, w.finished_at";
+pub(crate) const RUN_COLUMNS: &str = "w.run_id, r.name, r.project_id, w.workflow, w.version, w.input, w.definition, \
+     w.status, w.cancel_requested, w.created_at, w.finished_at";
 
 impl TryFrom<WorkflowRunRow> for WorkflowRun {
     type Error = StoreError;
@@ -41,6 +42,7 @@ impl TryFrom<WorkflowRunRow> for WorkflowRun {
             workflow: row.workflow,
             version: u32::try_from(row.version).unwrap_or(0),
             input: row.input,
+            definition: row.definition,
             status: row
                 .status
                 .parse::<RunStatus>()
@@ -51,6 +53,35 @@ impl TryFrom<WorkflowRunRow> for WorkflowRun {
         })
     }
 }
+
+/// A `deployments` row.
+#[derive(sqlx::FromRow)]
+pub(crate) struct DeploymentRow {
+    pub id: String,
+    pub run_id: Uuid,
+    pub composer: String,
+    pub environment: String,
+    pub request: String,
+    pub active: bool,
+    pub created_at: OffsetDateTime,
+}
+
+impl From<DeploymentRow> for orchion_domain::Deployment {
+    fn from(row: DeploymentRow) -> Self {
+        orchion_domain::Deployment {
+            id: row.id,
+            run_id: RunId::from_uuid(row.run_id),
+            composer: row.composer,
+            environment: row.environment,
+            request: row.request,
+            active: row.active,
+            created_at: row.created_at,
+        }
+    }
+}
+
+pub(crate) const DEPLOYMENT_COLUMNS: &str =
+    "id, run_id, composer, environment, request, active, created_at";
 
 /// The data of a `workflow_run.status_changed` event.
 pub(crate) fn status_event(run: RunId, from: RunStatus, to: RunStatus) -> serde_json::Value {
@@ -79,39 +110,12 @@ macro_rules! impl_run_store {
                         return Ok($crate::Created { value: record.run, created: false });
                     }
                 }
-                sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'workflow', $3, $4)")
-                    .bind(id.as_uuid())
-                    .bind(run.project_id.map(|p| p.as_uuid()))
-                    .bind(run.name.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO workflow_runs (run_id, workflow, version, input, status, cancel_requested, created_at) \
-                     VALUES ($1, $2, $3, $4, 'running', $5, $6)",
-                )
-                .bind(id.as_uuid())
-                .bind(run.workflow.as_str())
-                .bind(i32::try_from(run.version).unwrap_or(i32::MAX))
-                .bind(run.input.as_str())
-                .bind(false)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                insert_steps(&mut tx, id, &steps, now).await?;
+                insert_run(&mut tx, id, &run, &steps, now).await?;
                 if let Some(key) = &idempotency {
                     $crate::queries::bound::insert_idempotency_key($crate::WORKFLOW_CREATE_SCOPE, key, id.as_uuid(), now)
                         .execute(&mut *tx)
                         .await?;
                 }
-                append_event(
-                    &mut tx,
-                    $crate::kind::WORKFLOW_RUN_CREATED,
-                    id.to_string(),
-                    run.project_id,
-                    serde_json::json!({ "run_id": id.to_string(), "workflow": run.workflow, "version": run.version }),
-                )
-                .await?;
                 self.commit(tx).await?;
                 Ok($crate::Created { value: self.get_workflow_run(id).await?.run, created: true })
             }
@@ -231,6 +235,12 @@ macro_rules! impl_run_store {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
+                    // A finished deployment frees its composer and environment.
+                    sqlx::query("UPDATE deployments SET active = $2 WHERE run_id = $1")
+                        .bind(id.as_uuid())
+                        .bind(false)
+                        .execute(&mut *tx)
+                        .await?;
                     append_event(
                         &mut tx,
                         $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
@@ -286,6 +296,99 @@ macro_rules! impl_run_store {
                 }
                 self.commit(tx).await?;
                 Ok(())
+            }
+
+            async fn create_deployment(
+                &self,
+                deployment: $crate::NewDeployment,
+                run: $crate::NewWorkflowRun,
+                steps: Vec<$crate::NewStep>,
+            ) -> Result<orchion_domain::Deployment, $crate::StoreError> {
+                let id = orchion_domain::RunId::new();
+                let now = $crate::now();
+                let mut tx = self.begin().await?;
+                let existing: Option<(String,)> = sqlx::query_as("SELECT id FROM deployments WHERE id = $1")
+                    .bind(deployment.id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if existing.is_some() {
+                    tx.rollback().await?;
+                    return Err($crate::StoreError::Conflict(format!(
+                        "deployment `{}` exists: choose another id, or DELETE it first",
+                        deployment.id
+                    )));
+                }
+                let active: Option<(String,)> = sqlx::query_as(
+                    "SELECT id FROM deployments WHERE composer = $1 AND environment = $2 AND active = $3",
+                )
+                .bind(deployment.composer.as_str())
+                .bind(deployment.environment.as_str())
+                .bind(true)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((other,)) = active {
+                    tx.rollback().await?;
+                    return Err(busy(&deployment, &other));
+                }
+                insert_run(&mut tx, id, &run, &steps, now).await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO deployments (id, run_id, composer, environment, request, active, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(deployment.id.as_str())
+                .bind(id.as_uuid())
+                .bind(deployment.composer.as_str())
+                .bind(deployment.environment.as_str())
+                .bind(deployment.request.as_str())
+                .bind(true)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::StoreError::from);
+                match inserted {
+                    Ok(_) => {}
+                    // Another replica started one for the same composer and environment.
+                    Err(e) if $crate::is_unique_violation(&e) => {
+                        return Err(busy(&deployment, "another deployment"));
+                    }
+                    Err(e) => return Err(e),
+                }
+                self.commit(tx).await?;
+                self.get_deployment(&deployment.id).await
+            }
+
+            async fn get_deployment(&self, id: &str) -> Result<orchion_domain::Deployment, $crate::StoreError> {
+                let sql = format!("SELECT {} FROM deployments WHERE id = $1", $crate::runs::DEPLOYMENT_COLUMNS);
+                sqlx::query_as::<_, $crate::runs::DeploymentRow>(&sql)
+                    .bind(id)
+                    .fetch_optional(self.read_pool())
+                    .await?
+                    .map(Into::into)
+                    .ok_or_else(|| $crate::StoreError::NotFound { kind: "deployment", id: id.to_owned() })
+            }
+
+            async fn list_deployments(
+                &self,
+                filter: &orchion_domain::DeploymentFilter,
+                page: orchion_domain::PageRequest,
+            ) -> Result<orchion_domain::Page<orchion_domain::Deployment>, $crate::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM deployments WHERE ($1 IS NULL OR composer = $1) AND ($2 IS NULL OR environment = $2) \
+                     AND ($3 IS NULL OR run_id > $3) ORDER BY run_id LIMIT $4",
+                    $crate::runs::DEPLOYMENT_COLUMNS
+                );
+                let rows = sqlx::query_as::<_, $crate::runs::DeploymentRow>(&sql)
+                    .bind(filter.composer.as_deref())
+                    .bind(filter.environment.as_deref())
+                    .bind(page.after.map(|c| c.0))
+                    .bind(i64::from(page.limit) + 1)
+                    .fetch_all(self.read_pool())
+                    .await?;
+                let limit = page.limit as usize;
+                let more = rows.len() > limit;
+                let items: Vec<orchion_domain::Deployment> = rows.into_iter().take(limit).map(Into::into).collect();
+                let next = if more { items.last().map(|d| orchion_domain::Cursor(d.run_id.as_uuid())) } else { None };
+                Ok(orchion_domain::Page { items, next })
             }
 
             async fn undo_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
@@ -396,6 +499,52 @@ macro_rules! impl_run_store {
                 self.commit(tx).await?;
                 Ok(())
             }
+        }
+
+        fn busy(deployment: &$crate::NewDeployment, other: &str) -> $crate::StoreError {
+            $crate::StoreError::Conflict(format!(
+                "deployment `{other}` for composer `{}` in environment `{}` is still in progress: one runs at a time",
+                deployment.composer, deployment.environment
+            ))
+        }
+
+        /// Writes a new workflow run with its first steps, and its event.
+        async fn insert_run(
+            conn: &mut $conn,
+            id: orchion_domain::RunId,
+            run: &$crate::NewWorkflowRun,
+            steps: &[$crate::NewStep],
+            now: time::OffsetDateTime,
+        ) -> Result<(), $crate::StoreError> {
+            sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'workflow', $3, $4)")
+                .bind(id.as_uuid())
+                .bind(run.project_id.map(|p| p.as_uuid()))
+                .bind(run.name.as_str())
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO workflow_runs (run_id, workflow, version, input, definition, status, cancel_requested, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+            )
+            .bind(id.as_uuid())
+            .bind(run.workflow.as_str())
+            .bind(i32::try_from(run.version).unwrap_or(i32::MAX))
+            .bind(run.input.as_str())
+            .bind(run.definition.as_deref())
+            .bind(false)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            insert_steps(conn, id, steps, now).await?;
+            append_event(
+                conn,
+                $crate::kind::WORKFLOW_RUN_CREATED,
+                id.to_string(),
+                run.project_id,
+                serde_json::json!({ "run_id": id.to_string(), "workflow": run.workflow, "version": run.version }),
+            )
+            .await
         }
 
         /// Writes a run's steps as tasks; steps already written are left alone.

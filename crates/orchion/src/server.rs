@@ -43,6 +43,16 @@ impl Server {
     /// Opens the store (creating the data directory for SQLite), loads the node registry and
     /// binds both listeners.
     pub async fn build(config: Config) -> anyhow::Result<Server> {
+        if let Some(unknown) = config
+            .engines
+            .keys()
+            .find(|name| !orchion_executor::ENGINES.contains(&name.as_str()))
+        {
+            anyhow::bail!(
+                "configuration: engines.{unknown} is not an engine; expected one of {}",
+                orchion_executor::ENGINES.join(", ")
+            );
+        }
         let data_dir = &config.server.data_dir;
         if config.database.url.is_none() {
             std::fs::create_dir_all(data_dir)
@@ -136,6 +146,13 @@ impl Server {
                 work: work.clone(),
                 scheduler: scheduler.clone(),
                 workflows: workflows.clone(),
+                engines: Arc::new(
+                    config
+                        .engines
+                        .iter()
+                        .map(|(name, engine)| (name.clone(), engine.enabled))
+                        .collect(),
+                ),
                 lifecycle: lifecycle.clone(),
                 enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
                     worker_url: config.enqueue.worker_url.clone(),

@@ -47,6 +47,7 @@ pub async fn app() -> App {
         work,
         scheduler,
         workflows,
+        engines: Arc::new([("pulumi".to_owned(), false)].into()),
         lifecycle: Arc::new(Lifecycle::new()),
         enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
             worker_url: "http://127.0.0.1:9".into(),

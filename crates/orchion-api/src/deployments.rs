@@ -1,0 +1,335 @@
+//! `/api/v1/deployments` and `/api/v1/engines`, in the deployment service's shapes: resources
+//! with dependencies, applied in dependency order by their engines, rolled back in reverse
+//! order when one fails or the deployment is deleted.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use orchion_control::StepState;
+use orchion_domain::{Deployment, DeploymentFilter, RunStatus};
+use orchion_spec::DeploymentRequest;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    AppState,
+    extract::{JsonBody, QueryParams, decode, page_request},
+    problem::{ApiError, Problem},
+};
+
+/// One resource of a deployment.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceStatus {
+    pub name: String,
+    pub engine: String,
+    #[serde(rename = "catalogRef")]
+    pub catalog_ref: String,
+    /// `pending`, `in_progress`, `ready`, `failed`, `skipped`, `cancelled`, `rolling_back`,
+    /// `rolled_back` or `rollback_failed`.
+    pub status: &'static str,
+    /// `0%` before it starts, `50%` while its engine works, `100%` once it is done.
+    pub progress: &'static str,
+    /// What the engine reported once it was applied (endpoints, ids, …).
+    #[schema(value_type = Option<Object>)]
+    pub outputs: Option<serde_json::Value>,
+    /// Why it failed, or why its rollback failed.
+    pub error: Option<String>,
+    /// Tries of its apply (and rollback) so far.
+    pub attempts: u32,
+}
+
+/// A deployment and where it stands.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentBody {
+    pub id: String,
+    pub composer: String,
+    pub environment: String,
+    /// `in_progress`, `ready`, `failed`, `rolling_back`, `rolled_back`, `rollback_failed` or
+    /// `cancelled`.
+    pub status: &'static str,
+    /// `deploying`, `rolling_back` or `complete`.
+    pub phase: &'static str,
+    /// Which resource failed, and why.
+    pub error: Option<String>,
+    /// The workflow run that carries it out (`GET /api/v1/workflows/{run_id}`).
+    pub run_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+    /// Present on a single deployment, absent in listings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Vec<ResourceStatus>>,
+}
+
+async fn deployment_body(
+    state: &AppState,
+    deployment: Deployment,
+    with_resources: bool,
+) -> Result<DeploymentBody, ApiError> {
+    let record = state.store.get_workflow_run(deployment.run_id).await?;
+    let workflow = state
+        .workflows
+        .definition_of(&record.run)
+        .await
+        .map_err(crate::runs::workflow_error)?;
+    let plan = orchion_control::plan(&workflow, &record);
+    let rollbacks: BTreeMap<&str, StepState> = plan
+        .rollbacks
+        .iter()
+        .map(|(n, s)| (n.as_str(), *s))
+        .collect();
+    let run = &record.run;
+    let rolling_back =
+        run.status == RunStatus::Running && (run.cancel_requested || !plan.rollbacks.is_empty());
+    // How a failed or cancelled deployment ended: undone, partly undone, or left as it was.
+    let undone = |otherwise: &'static str| -> &'static str {
+        if plan.rollbacks.is_empty() {
+            otherwise
+        } else if plan
+            .rollbacks
+            .iter()
+            .all(|(_, s)| *s == StepState::Succeeded)
+        {
+            "rolled_back"
+        } else {
+            "rollback_failed"
+        }
+    };
+    let (status, phase) = match run.status {
+        RunStatus::Running if rolling_back => ("rolling_back", "rolling_back"),
+        RunStatus::Running => ("in_progress", "deploying"),
+        RunStatus::Succeeded => ("ready", "complete"),
+        RunStatus::Failed => (undone("failed"), "complete"),
+        RunStatus::Cancelled => (undone("cancelled"), "complete"),
+    };
+    let request: DeploymentRequest = serde_json::from_str(&deployment.request).map_err(|e| {
+        tracing::error!(error = %e, id = %deployment.id, "a stored deployment request does not parse");
+        ApiError::Internal
+    })?;
+    let mut error = None;
+    let mut resources = Vec::with_capacity(plan.steps.len());
+    for (name, step_state) in &plan.steps {
+        let apply = record.tasks.iter().find(|t| t.step == *name);
+        let rollback = record
+            .tasks
+            .iter()
+            .find(|t| t.step == orchion_control::workflows::rollback_step(name));
+        let resource_status = match rollbacks.get(name.as_str()) {
+            Some(StepState::Active) => "rolling_back",
+            Some(StepState::Succeeded) => "rolled_back",
+            Some(StepState::Failed | StepState::Cancelled | StepState::Skipped) => {
+                "rollback_failed"
+            }
+            Some(StepState::Pending) | None => match step_state {
+                StepState::Pending => "pending",
+                StepState::Active => "in_progress",
+                StepState::Succeeded => "ready",
+                StepState::Failed => "failed",
+                StepState::Cancelled => "cancelled",
+                StepState::Skipped => "skipped",
+            },
+        };
+        let failed_task = [apply, rollback]
+            .into_iter()
+            .flatten()
+            .find(|t| t.task.error.is_some() && t.task.state.status.is_terminal());
+        let resource_error = failed_task.and_then(|t| t.task.error.clone());
+        if error.is_none() && *step_state == StepState::Failed {
+            error = Some(format!(
+                "resource `{name}` failed: {}",
+                resource_error.as_deref().unwrap_or("no reason given")
+            ));
+        }
+        let spec = request.resources.iter().find(|r| r.name == *name);
+        resources.push(ResourceStatus {
+            name: name.clone(),
+            engine: spec.map(|r| r.engine.clone()).unwrap_or_default(),
+            catalog_ref: spec.map(|r| r.catalog_ref.clone()).unwrap_or_default(),
+            progress: match resource_status {
+                "pending" => "0%",
+                "in_progress" | "rolling_back" => "50%",
+                _ => "100%",
+            },
+            status: resource_status,
+            outputs: apply
+                .filter(|t| t.task.state.status == orchion_domain::TaskStatus::Succeeded)
+                .and_then(|t| t.task.outputs.as_deref())
+                .and_then(|o| serde_json::from_str(o).ok()),
+            error: resource_error,
+            attempts: [apply, rollback]
+                .into_iter()
+                .flatten()
+                .map(|t| t.task.state.attempts)
+                .sum(),
+        });
+    }
+    Ok(DeploymentBody {
+        id: deployment.id,
+        composer: deployment.composer,
+        environment: deployment.environment,
+        status,
+        phase,
+        error,
+        run_id: deployment.run_id.to_string(),
+        created_at: deployment.created_at,
+        finished_at: run.finished_at,
+        resources: with_resources.then_some(resources),
+    })
+}
+
+/// Starts a deployment. Every problem with it is reported at once (422), and nothing is
+/// deployed; a second deployment for a composer and environment whose deployment still runs
+/// is refused (409).
+#[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body = DeploymentRequest,
+    responses((status = 201, body = DeploymentBody), (status = 400, body = Problem), (status = 409, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem)))]
+pub async fn create_deployment(
+    State(state): State<AppState>,
+    body: JsonBody<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let raw = body.value;
+    let request: DeploymentRequest = decode(raw.clone(), "")?.value;
+    let (workflow, definition) = request
+        .compile(|engine| state.engines.get(engine).copied().unwrap_or(true))
+        .map_err(ApiError::Validation)?;
+    let deployment = state
+        .workflows
+        .start_deployment(&request, &workflow, &definition, &raw)
+        .await
+        .map_err(crate::runs::workflow_error)?;
+    let location = format!("/api/v1/deployments/{}", deployment.id);
+    let body = deployment_body(&state, deployment, true).await?;
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// A deployment, its overall status and phase, and each resource's status, engine, progress
+/// and outputs.
+#[utoipa::path(get, path = "/api/v1/deployments/{id}", tag = "deployments",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses((status = 200, body = DeploymentBody), (status = 404, body = Problem)))]
+pub async fn get_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeploymentBody>, ApiError> {
+    let deployment = state.store.get_deployment(&id).await?;
+    Ok(Json(deployment_body(&state, deployment, true).await?))
+}
+
+/// Cancels a deployment and rolls back what it applied, in reverse dependency order. On a
+/// finished deployment, this destroys its resources.
+#[utoipa::path(delete, path = "/api/v1/deployments/{id}", tag = "deployments",
+    params(("id" = String, Path, description = "The deployment's id")),
+    responses((status = 202, body = DeploymentBody), (status = 404, body = Problem)))]
+pub async fn delete_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<DeploymentBody>), ApiError> {
+    let deployment = state.store.get_deployment(&id).await?;
+    state
+        .workflows
+        .undo(deployment.run_id)
+        .await
+        .map_err(crate::runs::workflow_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(deployment_body(&state, deployment, true).await?),
+    ))
+}
+
+/// Filters for listing deployments.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListDeployments {
+    pub composer: Option<String>,
+    pub environment: Option<String>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A page of deployments.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeploymentList {
+    pub items: Vec<DeploymentBody>,
+    pub next_cursor: Option<String>,
+}
+
+/// Lists deployments, oldest first.
+#[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", params(ListDeployments),
+    responses((status = 200, body = DeploymentList), (status = 400, body = Problem)))]
+pub async fn list_deployments(
+    State(state): State<AppState>,
+    QueryParams(query): QueryParams<ListDeployments>,
+) -> Result<Json<DeploymentList>, ApiError> {
+    let page = page_request(query.limit, query.cursor)?;
+    let filter = DeploymentFilter {
+        composer: query.composer,
+        environment: query.environment,
+    };
+    let page = state.store.list_deployments(&filter, page).await?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for deployment in page.items {
+        items.push(deployment_body(&state, deployment, false).await?);
+    }
+    Ok(Json(DeploymentList {
+        items,
+        next_cursor: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// A deployment engine and whether it can work.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EngineBody {
+    pub name: &'static str,
+    /// Enabled in this server's configuration (`engines.<name>.enabled`).
+    pub enabled: bool,
+    /// Live agents that offer it (its tool is installed there).
+    pub agents: usize,
+    /// `healthy` (enabled, and at least one live agent offers it), `unavailable` (enabled, no
+    /// agent offers it: its resources wait), or `disabled`.
+    pub health: &'static str,
+}
+
+/// The engines and their health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EngineList {
+    pub items: Vec<EngineBody>,
+}
+
+/// Each deployment engine: enabled or not, and how many live agents can run it.
+#[utoipa::path(get, path = "/api/v1/engines", tag = "deployments",
+    responses((status = 200, body = EngineList)))]
+pub async fn list_engines(State(state): State<AppState>) -> Json<EngineList> {
+    let offering = state.nodes.executors_offered();
+    let items = orchion_spec::ENGINES
+        .iter()
+        .map(|name| {
+            let enabled = state.engines.get(*name).copied().unwrap_or(true);
+            let agents = offering.get(*name).copied().unwrap_or(0);
+            EngineBody {
+                name,
+                enabled,
+                agents,
+                health: match (enabled, agents) {
+                    (false, _) => "disabled",
+                    (true, 0) => "unavailable",
+                    (true, _) => "healthy",
+                },
+            }
+        })
+        .collect();
+    Json(EngineList { items })
+}
