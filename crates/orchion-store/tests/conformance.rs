@@ -101,6 +101,7 @@ conformance!(
     a_batch_of_results_is_fenced_per_report,
     workflow_runs_add_steps_once_and_end_once,
     workflow_runs_cancel_and_retry_from_failed_steps,
+    one_deployment_per_composer_and_environment_runs_at_a_time,
     workflow_types_get_a_version_per_distinct_definition,
 );
 
@@ -1407,6 +1408,7 @@ fn new_run(workflow: &str) -> NewWorkflowRun {
         workflow: workflow.into(),
         version: 1,
         input: r#"{"x":1}"#.into(),
+        definition: None,
     }
 }
 
@@ -1615,4 +1617,81 @@ async fn workflow_runs_cancel_and_retry_from_failed_steps(db: Db) {
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempt, 2);
+}
+
+async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
+    use orchion_domain::{DeploymentFilter, PageRequest, RunStatus};
+    use orchion_store::NewDeployment;
+    let store = db.open().await;
+    let deployment = |id: &str, environment: &str| NewDeployment {
+        id: id.into(),
+        composer: "team-alpha".into(),
+        environment: environment.into(),
+        request: "{}".into(),
+    };
+    let first = store
+        .create_deployment(
+            deployment("v1", "prod"),
+            new_run("deployment"),
+            vec![step("db")],
+        )
+        .await
+        .unwrap();
+    assert!(first.active);
+    let record = store.get_workflow_run(first.run_id).await.unwrap();
+    assert_eq!(record.tasks.len(), 1);
+    let busy = store
+        .create_deployment(deployment("v2", "prod"), new_run("deployment"), Vec::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&busy, StoreError::Conflict(m) if m.contains("`v1`")),
+        "{busy:?}"
+    );
+    let taken = store
+        .create_deployment(
+            deployment("v1", "staging"),
+            new_run("deployment"),
+            Vec::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(taken, StoreError::Conflict(_)));
+    store
+        .create_deployment(
+            deployment("v2", "staging"),
+            new_run("deployment"),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    // Once the first run ends, its composer and environment are free again.
+    store
+        .advance_workflow_run(first.run_id, Vec::new(), Some(RunStatus::Succeeded))
+        .await
+        .unwrap();
+    assert!(!store.get_deployment("v1").await.unwrap().active);
+    store
+        .create_deployment(deployment("v3", "prod"), new_run("deployment"), Vec::new())
+        .await
+        .unwrap();
+    let prod = store
+        .list_deployments(
+            &DeploymentFilter {
+                environment: Some("prod".into()),
+                ..Default::default()
+            },
+            PageRequest {
+                limit: 10,
+                after: None,
+            },
+        )
+        .await
+        .unwrap();
+    let ids: Vec<&str> = prod.items.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["v1", "v3"]);
+    assert!(matches!(
+        store.get_deployment("nope").await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
