@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::{
     engine::{ENGINES, EngineAction, EngineSpec},
     http::HttpSpec,
-    shell::ShellSpec,
+    shell::{ShellSpec, run_command},
 };
 
 /// The executors Orchion has, by name: the built-in ones and the deployment engines.

@@ -177,106 +177,111 @@ impl Executor for Shell {
     }
 
     async fn run(&self, spec: &str, context: Context) -> Outcome {
-        let spec: ShellSpec = match parse_checked(spec) {
-            Ok(spec) => spec,
-            Err(error) => {
-                return Outcome::Failed {
-                    exit_code: None,
-                    error,
-                    output: None,
-                };
-            }
-        };
-        let outputs_file = OutputsFile::new();
-        let mut command = Command::new(&spec.command);
-        command
-            .args(&spec.args)
-            .envs(&spec.env)
-            .envs(&context.env)
-            .env("ORCHION_OUTPUTS", &outputs_file.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some(dir) = &spec.working_dir {
-            command.current_dir(dir);
-        }
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                return Outcome::Failed {
-                    exit_code: None,
-                    error: format!("cannot start `{}`: {e}", spec.command),
-                    output: None,
-                };
-            }
-        };
-        let group = child
-            .id()
-            .and_then(|id| i32::try_from(id).ok())
-            .map(Pid::from_raw);
-        let stdout = child
-            .stdout
-            .take()
-            .map(|s| forward(s, "stdout", context.output.clone(), true));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|s| forward(s, "stderr", context.output.clone(), false));
-
-        enum End {
-            Exited(std::io::Result<std::process::ExitStatus>),
-            Cancelled,
-            TimedOut,
-        }
-        let deadline = async {
-            match context.deadline {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
-            }
-        };
-        let end = tokio::select! {
-            status = child.wait() => End::Exited(status),
-            () = context.cancel.cancelled() => End::Cancelled,
-            () = deadline => End::TimedOut,
-        };
-        if !matches!(end, End::Exited(_)) {
-            stop_group(group, &mut child, context.kill_grace).await;
-        }
-        let tail = match stdout {
-            Some(task) => task.await.unwrap_or_default(),
-            None => String::new(),
-        };
-        if let Some(task) = stderr {
-            let _ = task.await;
-        }
-        let output = (!tail.is_empty()).then_some(tail);
-        match end {
-            End::Cancelled => Outcome::Cancelled,
-            End::TimedOut => Outcome::TimedOut,
-            End::Exited(Ok(status)) if status.success() => match outputs_file.read() {
-                Ok(outputs) => Outcome::Succeeded { output, outputs },
-                Err(error) => Outcome::Failed {
-                    exit_code: status.code(),
-                    error,
-                    output,
-                },
-            },
-            End::Exited(Ok(status)) => Outcome::Failed {
-                exit_code: status.code(),
-                error: match status.code() {
-                    Some(code) => format!("exit status {code}"),
-                    None => format!("killed by a signal ({status})"),
-                },
-                output,
-            },
-            End::Exited(Err(e)) => Outcome::Failed {
+        match parse_checked::<ShellSpec>(spec) {
+            Ok(spec) => run_command(&spec, context).await,
+            Err(error) => Outcome::Failed {
                 exit_code: None,
-                error: format!("waiting for the process failed: {e}"),
-                output,
+                error,
+                output: None,
             },
         }
+    }
+}
+
+/// Runs a command as the `shell` executor does: in its own process group, lines streamed to
+/// `context.output`, stopped on cancel or deadline (SIGTERM to the group, SIGKILL after the
+/// grace), stdout's tail kept as output, `$ORCHION_OUTPUTS` read as outputs. Other executors
+/// that drive a command-line tool (the deployment engines) run it through here.
+pub async fn run_command(spec: &ShellSpec, context: Context) -> Outcome {
+    let outputs_file = OutputsFile::new();
+    let mut command = Command::new(&spec.command);
+    command
+        .args(&spec.args)
+        .envs(&spec.env)
+        .envs(&context.env)
+        .env("ORCHION_OUTPUTS", &outputs_file.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.working_dir {
+        command.current_dir(dir);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Outcome::Failed {
+                exit_code: None,
+                error: format!("cannot start `{}`: {e}", spec.command),
+                output: None,
+            };
+        }
+    };
+    let group = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| forward(s, "stdout", context.output.clone(), true));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| forward(s, "stderr", context.output.clone(), false));
+
+    enum End {
+        Exited(std::io::Result<std::process::ExitStatus>),
+        Cancelled,
+        TimedOut,
+    }
+    let deadline = async {
+        match context.deadline {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
+    let end = tokio::select! {
+        status = child.wait() => End::Exited(status),
+        () = context.cancel.cancelled() => End::Cancelled,
+        () = deadline => End::TimedOut,
+    };
+    if !matches!(end, End::Exited(_)) {
+        stop_group(group, &mut child, context.kill_grace).await;
+    }
+    let tail = match stdout {
+        Some(task) => task.await.unwrap_or_default(),
+        None => String::new(),
+    };
+    if let Some(task) = stderr {
+        let _ = task.await;
+    }
+    let output = (!tail.is_empty()).then_some(tail);
+    match end {
+        End::Cancelled => Outcome::Cancelled,
+        End::TimedOut => Outcome::TimedOut,
+        End::Exited(Ok(status)) if status.success() => match outputs_file.read() {
+            Ok(outputs) => Outcome::Succeeded { output, outputs },
+            Err(error) => Outcome::Failed {
+                exit_code: status.code(),
+                error,
+                output,
+            },
+        },
+        End::Exited(Ok(status)) => Outcome::Failed {
+            exit_code: status.code(),
+            error: match status.code() {
+                Some(code) => format!("exit status {code}"),
+                None => format!("killed by a signal ({status})"),
+            },
+            output,
+        },
+        End::Exited(Err(e)) => Outcome::Failed {
+            exit_code: None,
+            error: format!("waiting for the process failed: {e}"),
+            output,
+        },
     }
 }
 

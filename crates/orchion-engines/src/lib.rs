@@ -1,0 +1,290 @@
+//! Deployment engines: what applies and destroys one resource of a deployment. One [`Engine`]
+//! trait (plan, apply, outputs, destroy); [`EngineExecutor`] runs an engine as an agent
+//! executor of the same name, so a deployment's resources are tasks claimed by the agents that
+//! offer the engine — those with its tool installed ([`available`]).
+//!
+//! - `terraform`: a working dir per resource holding `main.tf.json` (the resource's config);
+//!   `init`, `plan -out`, `apply -json`, `output -json`, `destroy`; `TF_IN_AUTOMATION=1`.
+//! - `helm`: `upgrade --install --wait -o json` of the catalog entry's chart, `uninstall`.
+//! - `pulumi`: a YAML program (the config) per resource, a stack per environment;
+//!   `up --yes --json`, `stack output --json`, `destroy`.
+//!
+//! Every tool's lines stream into the task's log. Outputs a tool marks sensitive are replaced
+//! by `"(sensitive)"`: they never reach the server.
+
+mod helm;
+mod pulumi;
+mod terraform;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use orchion_executor::{
+    Context, EngineAction, EngineSpec, Executor, Outcome, OutputLine, ShellSpec,
+};
+use serde_json::{Map, Value};
+
+pub use crate::{helm::Helm, pulumi::Pulumi, terraform::Terraform};
+
+/// How an engine step went wrong: what the tool said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError(pub String);
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The resource an engine works on, and where.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub spec: EngineSpec,
+    /// The resource's own working directory, kept between apply and destroy.
+    pub dir: PathBuf,
+}
+
+/// A deployment engine.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// The engine's name, which is also the executor's.
+    fn name(&self) -> &'static str;
+    /// The command-line tool it drives.
+    fn tool(&self) -> &'static str;
+    /// Checks what applying would do; the default does nothing.
+    async fn plan(&self, _resource: &Resource, _tools: &Tools) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// Creates or updates the resource.
+    async fn apply(&self, resource: &Resource, tools: &Tools) -> Result<(), EngineError>;
+    /// What the applied resource exposes (endpoints, ids, …).
+    async fn outputs(
+        &self,
+        resource: &Resource,
+        tools: &Tools,
+    ) -> Result<Map<String, Value>, EngineError>;
+    /// Removes the resource.
+    async fn destroy(&self, resource: &Resource, tools: &Tools) -> Result<(), EngineError>;
+}
+
+/// Runs an engine's tool for one task: each command through the shell executor's machinery,
+/// with the task's context (log lines, cancellation, deadline).
+pub struct Tools {
+    context: Context,
+    env: BTreeMap<String, String>,
+}
+
+impl Tools {
+    /// Runs `program args…` in `dir`; returns its stdout (tail) or what went wrong.
+    pub async fn run(
+        &self,
+        dir: &Path,
+        program: &str,
+        args: &[&str],
+    ) -> Result<String, EngineError> {
+        self.run_with(dir, program, args, &[]).await
+    }
+
+    /// [`Tools::run`] with variables added to the environment.
+    pub async fn run_with(
+        &self,
+        dir: &Path,
+        program: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<String, EngineError> {
+        let mut vars = self.env.clone();
+        vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let spec = ShellSpec {
+            command: program.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env: vars,
+            working_dir: Some(dir.display().to_string()),
+        };
+        // Lines go on to the task's log; the last stderr lines also explain a failure.
+        let (lines, mut seen) = tokio::sync::mpsc::channel::<OutputLine>(1024);
+        let log = self.context.output.clone();
+        let keeper = tokio::spawn(async move {
+            let mut stderr: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+            while let Some(line) = seen.recv().await {
+                if line.stream == "stderr" {
+                    if stderr.len() == ERROR_LINES {
+                        stderr.pop_front();
+                    }
+                    stderr.push_back(line.line.clone());
+                }
+                let _ = log.send(line).await;
+            }
+            stderr.into_iter().collect::<Vec<_>>().join("\n")
+        });
+        let context = Context {
+            output: lines,
+            ..self.context.clone()
+        };
+        let outcome = orchion_executor::run_command(&spec, context).await;
+        let stderr = keeper.await.unwrap_or_default();
+        let what = format!("`{program} {}`", args.first().copied().unwrap_or_default());
+        match outcome {
+            Outcome::Succeeded { output, .. } => Ok(output.unwrap_or_default()),
+            Outcome::Failed { error, .. } if stderr.is_empty() => {
+                Err(EngineError(format!("{what} failed: {error}")))
+            }
+            Outcome::Failed { error, .. } => {
+                Err(EngineError(format!("{what} failed ({error}): {stderr}")))
+            }
+            Outcome::Cancelled => Err(EngineError(format!("{what} was cancelled"))),
+            Outcome::TimedOut => Err(EngineError(format!(
+                "{what} ran past the step's time limit"
+            ))),
+        }
+    }
+}
+
+/// How many of a failed tool's last stderr lines its error quotes.
+const ERROR_LINES: usize = 5;
+
+/// Writes `value` as pretty JSON to `path`.
+pub(crate) fn write_json(path: &Path, value: &Value) -> Result<(), EngineError> {
+    let text = serde_json::to_string_pretty(value).unwrap_or_default();
+    std::fs::write(path, text)
+        .map_err(|e| EngineError(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Parses a tool's JSON output.
+pub(crate) fn parse_json(tool: &str, text: &str) -> Result<Value, EngineError> {
+    serde_json::from_str(text.trim())
+        .map_err(|e| EngineError(format!("{tool} printed output that is not JSON: {e}")))
+}
+
+/// `name:version` → (`name`, `Some(version)`).
+pub(crate) fn catalog_parts(catalog_ref: &str) -> (&str, Option<&str>) {
+    match catalog_ref.rsplit_once(':') {
+        Some((name, version)) if !version.is_empty() => (name, Some(version)),
+        _ => (catalog_ref, None),
+    }
+}
+
+/// A name tools accept (DNS-1123 label): lowercase letters, digits and `-`, at most `max`.
+pub(crate) fn tool_name(parts: &[&str], max: usize) -> String {
+    let mut name: String = parts
+        .join("-")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(max);
+    name.trim_matches('-').to_owned()
+}
+
+/// An engine as an executor: parses the [`EngineSpec`], prepares the resource's working dir
+/// under `root`, and applies (plan, apply, outputs) or destroys.
+pub struct EngineExecutor {
+    engine: Arc<dyn Engine>,
+    root: PathBuf,
+}
+
+impl EngineExecutor {
+    pub fn new(engine: Arc<dyn Engine>, root: PathBuf) -> Self {
+        Self { engine, root }
+    }
+}
+
+#[async_trait]
+impl Executor for EngineExecutor {
+    fn name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    async fn run(&self, spec: &str, context: Context) -> Outcome {
+        let failed = |error: String| Outcome::Failed {
+            exit_code: None,
+            error,
+            output: None,
+        };
+        let spec: EngineSpec = match serde_json::from_str(spec) {
+            Ok(spec) => spec,
+            Err(e) => return failed(format!("the engine spec cannot be read: {e}")),
+        };
+        let dir = self
+            .root
+            .join(self.engine.name())
+            .join(tool_name(&[&spec.deployment], 200))
+            .join(tool_name(&[&spec.resource], 100));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            return failed(format!("cannot create {}: {e}", dir.display()));
+        }
+        let resource = Resource { spec, dir };
+        let tools = Tools {
+            env: context.env.clone(),
+            context,
+        };
+        let engine = &self.engine;
+        let result = match resource.spec.action {
+            EngineAction::Apply => async {
+                engine.plan(&resource, &tools).await?;
+                engine.apply(&resource, &tools).await?;
+                engine.outputs(&resource, &tools).await
+            }
+            .await
+            .map(Some),
+            EngineAction::Destroy => engine.destroy(&resource, &tools).await.map(|()| None),
+        };
+        match result {
+            Ok(outputs) => Outcome::Succeeded {
+                output: None,
+                outputs: outputs.map(|o| Value::Object(o).to_string()),
+            },
+            Err(e) => failed(e.0),
+        }
+    }
+}
+
+/// Every engine Orchion has.
+pub fn all() -> Vec<Arc<dyn Engine>> {
+    vec![Arc::new(Terraform), Arc::new(Helm), Arc::new(Pulumi)]
+}
+
+/// The engines whose tool is on `PATH` (as given), so this agent can offer them.
+pub fn available(path: Option<&std::ffi::OsStr>) -> Vec<Arc<dyn Engine>> {
+    all()
+        .into_iter()
+        .filter(|engine| {
+            path.is_some_and(|path| {
+                std::env::split_paths(path).any(|dir| is_executable(&dir.join(engine.tool())))
+            })
+        })
+        .collect()
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_refs_and_tool_names() {
+        assert_eq!(
+            catalog_parts("k8s-deployment:2.1.0"),
+            ("k8s-deployment", Some("2.1.0"))
+        );
+        assert_eq!(catalog_parts("plain"), ("plain", None));
+        assert_eq!(
+            tool_name(&["Team_Alpha.web-app-v1", "database"], 53),
+            "team-alpha-web-app-v1-database"
+        );
+        assert_eq!(tool_name(&["x"; 40], 10), "x-x-x-x-x");
+    }
+}
