@@ -193,7 +193,10 @@ pub struct EngineExecutor {
 }
 
 impl EngineExecutor {
+    /// An executor for `engine` working under `root` (made absolute: tools run in the
+    /// resource's own directory).
     pub fn new(engine: Arc<dyn Engine>, root: PathBuf) -> Self {
+        let root = std::path::absolute(&root).unwrap_or(root);
         Self { engine, root }
     }
 }
@@ -263,6 +266,20 @@ pub fn available(path: Option<&std::ffi::OsStr>) -> Vec<Arc<dyn Engine>> {
             })
         })
         .collect()
+}
+
+/// Every executor an agent can offer: the built-in ones, and each engine whose tool is on this
+/// process's `PATH`, working under `root` (a directory per engine, deployment and resource).
+pub fn executors(root: &Path) -> orchion_executor::Registry {
+    let mut registry = orchion_executor::Registry::all();
+    for engine in available(std::env::var_os("PATH").as_deref()) {
+        tracing::info!(
+            engine = engine.name(),
+            "offering a deployment engine: its tool is installed"
+        );
+        registry.add(Arc::new(EngineExecutor::new(engine, root.to_owned())));
+    }
+    registry
 }
 
 fn is_executable(path: &Path) -> bool {

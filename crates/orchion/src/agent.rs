@@ -39,8 +39,8 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         join_token: args.join_token,
         name: args.name.unwrap_or_else(host_name),
         labels: args.labels.into_iter().collect(),
+        executors: orchion_engines::executors(&args.state_dir.join("engines")),
         state_dir: args.state_dir,
-        executors: orchion_executor::Registry::all(),
         slots: usize::from(args.slots),
     };
     let agent = match Agent::new(config) {

@@ -431,7 +431,7 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
         name: crate::agent::host_name(),
         labels: Default::default(),
         state_dir: data_dir.join("agent"),
-        executors: orchion_executor::Registry::all(),
+        executors: orchion_engines::executors(&data_dir.join("agent").join("engines")),
         slots: usize::from(crate::cli::DEFAULT_SLOTS),
     };
     let agent = orchion_agent::Agent::new(config).context("cannot start the local agent")?;
