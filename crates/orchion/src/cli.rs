@@ -30,6 +30,8 @@ pub enum Command {
     WorkflowType(WorkflowTypeArgs),
     /// Start and manage workflow runs.
     Run(RunArgs),
+    /// Deploy resources through engines, in dependency order, rolled back on failure.
+    Deploy(DeployArgs),
     /// Measure Orchion: starts a real server and drives it over its public interfaces.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -320,6 +322,51 @@ pub enum RunCommand {
         /// Only this step (`build`, or `build[2]` in a fan-out).
         #[arg(long)]
         step: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: DeployCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Start a deployment from a JSON or YAML file (`POST /api/v1/deployments`).
+    Apply {
+        /// The deployment; `-` reads stdin.
+        #[arg(short, long, value_name = "FILE")]
+        file: PathBuf,
+        /// Wait until it ends, showing each resource as it moves; exit 1 unless it is ready.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a deployment and its resources.
+    Get { id: String },
+    /// List deployments.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        composer: Option<String>,
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long, conflicts_with = "cursor")]
+        all: bool,
+    },
+    /// Cancel a deployment and roll back (destroy) what it applied.
+    #[command(alias = "delete")]
+    Rm {
+        id: String,
+        /// Wait until the rollback ends.
+        #[arg(long)]
+        wait: bool,
     },
 }
 

@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             Command::Schedule(args) => client::schedule::run(args).await,
             Command::WorkflowType(args) => client::workflow::run_types(args).await,
             Command::Run(args) => client::workflow::run_runs(args).await,
+            Command::Deploy(args) => client::deploy::run(args).await,
         }
     })
 }

@@ -185,3 +185,89 @@ async fn a_failed_resource_rolls_back_what_was_applied_in_reverse_order() {
         "{gone:#}"
     );
 }
+
+#[test]
+fn deployments_are_applied_followed_and_removed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    fake_tools(&tools);
+    let path = format!(
+        "{}:{}",
+        tools.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let server = Orchion::start(dir.path(), &["dev"], &[("PATH", path.as_str())]);
+    let cli = |args: &[&str]| {
+        common::command(args)
+            .env("ORCHION_ADDR", format!("http://{}", server.addr))
+            .output()
+            .unwrap()
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let file = dir.path().join("deployment.yaml");
+    std::fs::write(
+        &file,
+        r#"
+id: cli-v1
+composer: team-beta
+environment: staging
+resources:
+  - name: bucket
+    catalogRef: s3-bucket:1.0.0
+    engine: terraform
+    config:
+      resource: {terraform_data: {bucket: {}}}
+      output: {name: {value: assets}}
+"#,
+    )
+    .unwrap();
+    let out = cli(&["deploy", "apply", "-f", file.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("bucket (terraform): ready"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(text(&out.stderr).contains("deployment ready"));
+    let out = cli(&["deploy", "ls", "-o", "json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["items"][0]["id"], "cli-v1");
+    let out = cli(&["deploy", "rm", "cli-v1", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("rolled_back"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A deployment that fails exits 1 and says which resource failed and why.
+    std::fs::write(
+        &file,
+        r#"{"id": "cli-v2", "composer": "team-beta", "environment": "staging",
+            "resources": [{"name": "web", "catalogRef": "chart:1", "engine": "helm",
+                           "config": {"values": {"//": "fail"}}}]}"#,
+    )
+    .unwrap();
+    let out = cli(&["deploy", "apply", "-f", file.to_str().unwrap(), "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("resource `web` failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    // An unknown engine is refused before anything starts, naming the field.
+    std::fs::write(
+        &file,
+        r#"{"id": "cli-v3", "composer": "c", "environment": "e",
+            "resources": [{"name": "x", "catalogRef": "y:1", "engine": "ansible"}]}"#,
+    )
+    .unwrap();
+    let out = cli(&["deploy", "apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("unknown engine `ansible`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -2,6 +2,7 @@
 //! errors go to stderr as one line (plus one per field problem). Exit 0 on success, 1 when the
 //! server refuses or cannot be reached.
 
+pub mod deploy;
 pub mod job;
 pub mod node;
 pub mod project;
