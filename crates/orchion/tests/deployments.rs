@@ -112,8 +112,17 @@ async fn a_failed_resource_rolls_back_what_was_applied_in_reverse_order() {
             ("ORCHION_FAKE_LOG", log.to_str().unwrap()),
         ],
     );
-    let engines = get_json(&server, "/api/v1/engines").await.unwrap();
-    assert_eq!(engines["items"][0]["health"], "healthy", "{engines}");
+    // The agent offers the engines whose tools it finds, once it has joined.
+    eventually(
+        "the engines to be healthy",
+        Duration::from_secs(30),
+        || async {
+            let engines = get_json(&server, "/api/v1/engines").await?;
+            (engines["items"][0]["health"] == "healthy" && engines["items"][2]["agents"] == 1)
+                .then_some(())
+        },
+    )
+    .await;
 
     let created = http()
         .post(server.url("/api/v1/deployments"))
