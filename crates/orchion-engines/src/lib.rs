@@ -8,10 +8,13 @@
 //! - `helm`: `upgrade --install --wait -o json` of the catalog entry's chart, `uninstall`.
 //! - `pulumi`: a YAML program (the config) per resource, a stack per environment;
 //!   `up --yes --json`, `stack output --json`, `destroy`.
+//! - `crossplane`: a claim (the config) applied through the Kubernetes API with `kubectl`
+//!   (server-side apply), waited on until `Ready`, deleted on rollback.
 //!
 //! Every tool's lines stream into the task's log. Outputs a tool marks sensitive are replaced
 //! by `"(sensitive)"`: they never reach the server.
 
+mod crossplane;
 mod helm;
 mod pulumi;
 mod terraform;
@@ -28,7 +31,7 @@ use orchion_executor::{
 };
 use serde_json::{Map, Value};
 
-pub use crate::{helm::Helm, pulumi::Pulumi, terraform::Terraform};
+pub use crate::{crossplane::Crossplane, helm::Helm, pulumi::Pulumi, terraform::Terraform};
 
 /// How an engine step went wrong: what the tool said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,7 +256,12 @@ impl Executor for EngineExecutor {
 
 /// Every engine Orchion has.
 pub fn all() -> Vec<Arc<dyn Engine>> {
-    vec![Arc::new(Terraform), Arc::new(Helm), Arc::new(Pulumi)]
+    vec![
+        Arc::new(Terraform),
+        Arc::new(Helm),
+        Arc::new(Pulumi),
+        Arc::new(Crossplane),
+    ]
 }
 
 /// The engines whose tool is on `PATH` (as given), so this agent can offer them.

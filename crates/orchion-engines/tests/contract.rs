@@ -7,7 +7,7 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use orchion_engines::{Engine, EngineExecutor, Helm, Pulumi, Terraform};
+use orchion_engines::{Crossplane, Engine, EngineExecutor, Helm, Pulumi, Terraform};
 use orchion_executor::{Context, Executor, Outcome};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -21,7 +21,7 @@ struct Fakes {
 impl Fakes {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        for tool in ["terraform", "helm", "pulumi"] {
+        for tool in ["terraform", "helm", "pulumi", "kubectl"] {
             std::os::unix::fs::symlink(
                 env!("CARGO_BIN_EXE_orchion-fake-tool"),
                 dir.path().join(tool),
@@ -296,13 +296,90 @@ async fn pulumi_runs_a_stack_per_environment() {
 }
 
 #[tokio::test]
+async fn crossplane_applies_a_claim_waits_until_ready_and_deletes_it() {
+    let fakes = Fakes::new();
+    let root = tempfile::tempdir().unwrap();
+    let claim = json!({"apiVersion": "database.example.org/v1alpha1", "kind": "MySQLInstance",
+                       "spec": {"parameters": {"storageGB": 20}, "writeConnectionSecretToRef": {"name": "db-conn"}}});
+    let applied = run(
+        Arc::new(Crossplane),
+        root.path(),
+        fakes.env(),
+        spec("apply", "database", "aws-rds-mysql:1.0.0", claim.clone()),
+    )
+    .await;
+    assert_eq!(
+        outputs(&applied),
+        json!({"endpoint": "team-alpha-web-app-v1-database.production.example.internal",
+               "name": "team-alpha-web-app-v1-database", "namespace": "production", "kind": "MySQLInstance"})
+    );
+    let stored: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root.path()
+                .join("crossplane/team-alpha-web-app-v1/database/claim.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stored["metadata"]["labels"]["orchion.io/resource"],
+        "database"
+    );
+    let destroyed = run(
+        Arc::new(Crossplane),
+        root.path(),
+        fakes.env(),
+        spec("destroy", "database", "aws-rds-mysql:1.0.0", claim),
+    )
+    .await;
+    assert!(
+        matches!(destroyed, Outcome::Succeeded { .. }),
+        "{destroyed:?}"
+    );
+    assert_eq!(
+        fakes.log(),
+        [
+            "kubectl apply --server-side --field-manager=orchion -f claim.json -o json",
+            "kubectl wait --for=condition=Ready --timeout=300s -f claim.json",
+            "kubectl get -f claim.json -o json",
+            "kubectl delete -f claim.json --wait=true --ignore-not-found=true",
+        ]
+    );
+    let failing =
+        json!({"apiVersion": "x/v1", "kind": "Bucket", "spec": {"//": "fail"}, "timeout": "5s"});
+    let failed = error(
+        run(
+            Arc::new(Crossplane),
+            root.path(),
+            fakes.env(),
+            spec("apply", "bucket", "s3:1", failing),
+        )
+        .await,
+    );
+    assert!(
+        failed.contains("timed out waiting for the condition on bucket/"),
+        "{failed}"
+    );
+    let bad = error(
+        run(
+            Arc::new(Crossplane),
+            root.path(),
+            fakes.env(),
+            spec("apply", "x", "s3:1", json!({"spec": {}})),
+        )
+        .await,
+    );
+    assert!(bad.contains("the claim has no apiVersion"), "{bad}");
+}
+
+#[tokio::test]
 async fn only_engines_whose_tool_is_installed_are_offered() {
     let fakes = Fakes::new();
     let names: Vec<&str> = orchion_engines::available(Some(std::ffi::OsStr::new(&fakes.path())))
         .iter()
         .map(|e| e.name())
         .collect();
-    assert_eq!(names, ["terraform", "helm", "pulumi"]);
+    assert_eq!(names, ["terraform", "helm", "pulumi", "crossplane"]);
     let empty = tempfile::tempdir().unwrap();
     assert!(orchion_engines::available(Some(empty.path().as_os_str())).is_empty());
 }

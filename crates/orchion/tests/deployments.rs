@@ -29,7 +29,7 @@ fn fake_tools(dir: &std::path::Path) {
             .unwrap();
         assert!(status.success(), "cannot build the fake engine tools");
     }
-    for tool in ["terraform", "helm", "pulumi"] {
+    for tool in ["terraform", "helm", "pulumi", "kubectl"] {
         std::os::unix::fs::symlink(&bin, dir.join(tool)).unwrap();
     }
 }

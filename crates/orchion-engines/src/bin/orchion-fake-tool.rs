@@ -1,4 +1,5 @@
-//! Test support: faithful stand-ins for `terraform`, `helm` and `pulumi`, chosen by the name
+//! Test support: faithful stand-ins for `terraform`, `helm`, `pulumi` and `kubectl` (with a
+//! Crossplane claim's lifecycle), chosen by the name
 //! this program is called by (tests put symlinks named after the tools first on `PATH`).
 //!
 //! Each checks its arguments as the real tool does (an unknown flag or subcommand is an error),
@@ -37,6 +38,7 @@ fn main() -> ExitCode {
         "terraform" => terraform(&args),
         "helm" => helm(&args),
         "pulumi" => pulumi(&args),
+        "kubectl" => kubectl(&args),
         other => Err(format!(
             "orchion-fake-tool: called as `{other}`; link it as terraform, helm or pulumi"
         )),
@@ -65,7 +67,7 @@ fn check(args: &[&str], allowed: &[&str], positional: usize) -> Result<Vec<Strin
             if !arg.contains('=')
                 && matches!(
                     name,
-                    "--namespace" | "--values" | "-o" | "--version" | "--stack"
+                    "--namespace" | "--values" | "-o" | "--version" | "--stack" | "-f"
                 )
             {
                 i += 1;
@@ -301,6 +303,97 @@ fn pulumi(args: &[&str]) -> Result<(), String> {
         _ => Err(format!(
             "error: unknown command {:?} for \"pulumi\"",
             args.first()
+        )),
+    }
+}
+
+/// Where the fake cluster keeps a claim: `.fake-kube/<kind>.<namespace>.<name>.json` in the
+/// working directory.
+fn claim_path(claim: &Value) -> String {
+    format!(
+        ".fake-kube/{}.{}.{}.json",
+        claim["kind"].as_str().unwrap_or(""),
+        claim["metadata"]["namespace"].as_str().unwrap_or("default"),
+        claim["metadata"]["name"].as_str().unwrap_or("")
+    )
+}
+
+fn kubectl(args: &[&str]) -> Result<(), String> {
+    let (command, rest) = args
+        .split_first()
+        .ok_or("error: You must specify the type of resource to get.")?;
+    let file = flag_value(rest, "-f").ok_or("error: must specify one of -f and -k")?;
+    let claim = read_json(file)?;
+    for field in ["apiVersion", "kind"] {
+        if !claim[field].is_string() {
+            return Err(format!(
+                "error: error validating \"{file}\": {field} not set"
+            ));
+        }
+    }
+    let path = claim_path(&claim);
+    let kind = claim["kind"].as_str().unwrap_or("").to_lowercase();
+    let name = claim["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    match *command {
+        "apply" => {
+            check(rest, &["--server-side", "--field-manager", "-f", "-o"], 0)?;
+            if !rest.contains(&"--server-side") {
+                return Err("fake kubectl: the engine must use server-side apply".into());
+            }
+            let failing = fails(&claim) || fails(&claim["spec"]);
+            let mut stored = claim.clone();
+            stored["status"] = if failing {
+                json!({"conditions": [
+                    {"type": "Synced", "status": "False", "reason": "ReconcileError", "message": "cannot create instance: quota exceeded"},
+                    {"type": "Ready", "status": "False", "reason": "Creating"},
+                ]})
+            } else {
+                json!({"endpoint": format!("{name}.{}.example.internal", claim["metadata"]["namespace"].as_str().unwrap_or("default")),
+                       "conditions": [{"type": "Synced", "status": "True"}, {"type": "Ready", "status": "True"}]})
+            };
+            std::fs::create_dir_all(".fake-kube").map_err(|e| e.to_string())?;
+            std::fs::write(&path, stored.to_string()).map_err(|e| e.to_string())?;
+            println!("{stored}");
+            Ok(())
+        }
+        "wait" => {
+            check(rest, &["--for", "--timeout", "-f"], 0)?;
+            let stored = read_json(&path).map_err(|_| {
+                format!("Error from server (NotFound): {kind} \"{name}\" not found")
+            })?;
+            let ready = stored["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            if !ready {
+                return Err(format!(
+                    "error: timed out waiting for the condition on {kind}/{name}"
+                ));
+            }
+            println!("{kind}/{name} condition met");
+            Ok(())
+        }
+        "get" => {
+            check(rest, &["-f", "-o"], 0)?;
+            let stored = read_json(&path).map_err(|_| {
+                format!("Error from server (NotFound): {kind} \"{name}\" not found")
+            })?;
+            println!("{stored}");
+            Ok(())
+        }
+        "delete" => {
+            check(rest, &["-f", "--wait", "--ignore-not-found"], 0)?;
+            if std::fs::remove_file(&path).is_err() && !rest.contains(&"--ignore-not-found=true") {
+                return Err(format!(
+                    "Error from server (NotFound): {kind} \"{name}\" not found"
+                ));
+            }
+            println!("{kind} \"{name}\" deleted");
+            Ok(())
+        }
+        other => Err(format!(
+            "error: unknown command \"{other}\" for \"kubectl\""
         )),
     }
 }
