@@ -50,10 +50,11 @@ pub struct DeploymentBody {
     pub id: String,
     pub composer: String,
     pub environment: String,
+    /// `queued` (another deployment for the same composer and environment runs first),
     /// `in_progress`, `ready`, `failed`, `rolling_back`, `rolled_back`, `rollback_failed` or
     /// `cancelled`.
     pub status: &'static str,
-    /// `deploying`, `rolling_back` or `complete`.
+    /// `waiting`, `deploying`, `rolling_back` or `complete`.
     pub phase: &'static str,
     /// Which resource failed, and why.
     pub error: Option<String>,
@@ -105,6 +106,7 @@ async fn deployment_body(
         }
     };
     let (status, phase) = match run.status {
+        RunStatus::Running if run.held => ("queued", "waiting"),
         RunStatus::Running if rolling_back => ("rolling_back", "rolling_back"),
         RunStatus::Running => ("in_progress", "deploying"),
         RunStatus::Succeeded => ("ready", "complete"),
@@ -187,8 +189,8 @@ async fn deployment_body(
 }
 
 /// Starts a deployment. Every problem with it is reported at once (422), and nothing is
-/// deployed; a second deployment for a composer and environment whose deployment still runs
-/// is refused (409).
+/// deployed. One deployment per composer and environment runs at a time: a second one is
+/// accepted as `queued` and starts when the first ends.
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body = DeploymentRequest,
     responses((status = 201, body = DeploymentBody), (status = 400, body = Problem), (status = 409, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem)))]

@@ -59,22 +59,28 @@ async fn a_deployment_starts_in_dependency_order_and_reads_back() {
         .await;
     assert_eq!(run.body["steps"][0]["tasks"][0]["spec"]["action"], "apply");
 
-    // One deployment per composer and environment at a time; another environment is fine.
-    let busy = app
+    // One deployment per composer and environment at a time: a second one waits its turn.
+    let queued = app
         .json(
             "POST",
             "/api/v1/deployments",
             web_app("team-alpha-web-app-v2").to_string(),
         )
         .await;
-    let detail = problem(&busy, StatusCode::CONFLICT, "conflict");
-    assert!(detail.contains("team-alpha-web-app-v1"), "{detail}");
-    let mut staging = web_app("team-alpha-web-app-v2");
+    assert_eq!(queued.status, StatusCode::CREATED, "{:?}", queued.body);
+    assert_eq!(queued.body["status"], "queued");
+    assert_eq!(queued.body["phase"], "waiting");
+    assert_eq!(queued.body["resources"][0]["status"], "pending");
+    let mut staging = web_app("team-alpha-web-app-v3");
     staging["environment"] = json!("staging");
     let other = app
         .json("POST", "/api/v1/deployments", staging.to_string())
         .await;
     assert_eq!(other.status, StatusCode::CREATED, "{:?}", other.body);
+    assert_eq!(
+        other.body["status"], "in_progress",
+        "another environment has its own turn"
+    );
     let taken = app
         .json(
             "POST",
@@ -82,19 +88,30 @@ async fn a_deployment_starts_in_dependency_order_and_reads_back() {
             web_app("team-alpha-web-app-v1").to_string(),
         )
         .await;
-    problem(&taken, StatusCode::CONFLICT, "conflict");
-
+    let detail = problem(&taken, StatusCode::CONFLICT, "conflict");
+    assert!(detail.contains("team-alpha-web-app-v1"), "{detail}");
     let listed = app.get("/api/v1/deployments?environment=staging").await;
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 1);
     assert!(listed.body["items"][0].get("resources").is_none());
 
-    // Deleting cancels it; nothing was applied, so nothing is rolled back.
+    // Deleting cancels it; nothing was applied, so nothing is rolled back. The waiting one
+    // gets its turn.
     let deleted = app
         .json("DELETE", "/api/v1/deployments/team-alpha-web-app-v1", "")
         .await;
     assert_eq!(deleted.status, StatusCode::ACCEPTED, "{:?}", deleted.body);
     assert_eq!(deleted.body["status"], "cancelled");
     assert_eq!(deleted.body["resources"][1]["status"], "skipped");
+    let next = app.get("/api/v1/deployments/team-alpha-web-app-v2").await;
+    let run_id = next.body["run_id"].as_str().unwrap().to_owned();
+    app.state
+        .workflows
+        .advance(run_id.parse().unwrap())
+        .await
+        .unwrap();
+    let next = app.get("/api/v1/deployments/team-alpha-web-app-v2").await;
+    assert_eq!(next.body["status"], "in_progress", "{:?}", next.body);
+    assert_eq!(next.body["resources"][0]["status"], "in_progress");
     let missing = app.get("/api/v1/deployments/nope").await;
     problem(&missing, StatusCode::NOT_FOUND, "not-found");
 }

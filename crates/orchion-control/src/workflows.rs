@@ -162,6 +162,24 @@ fn failed_step(name: String, step: &orchion_spec::Step, error: String) -> NewSte
 /// What `run` should do next, given its definition and its tasks. Pure.
 pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
     let run = &record.run;
+    if run.held {
+        // Waiting for its turn: nothing starts; cancelled, it ends at once.
+        let state = if run.cancel_requested {
+            StepState::Skipped
+        } else {
+            StepState::Pending
+        };
+        return Plan {
+            steps: workflow
+                .steps
+                .iter()
+                .map(|s| (s.name.clone(), state))
+                .collect(),
+            rollbacks: Vec::new(),
+            create: Vec::new(),
+            finish: run.cancel_requested.then_some(RunStatus::Cancelled),
+        };
+    }
     let input: Value = serde_json::from_str(&run.input).unwrap_or(Value::Null);
     let mut by_step: HashMap<&str, Vec<(Option<usize>, &StepTask)>> = HashMap::new();
     for task in &record.tasks {
@@ -567,6 +585,7 @@ impl Workflows {
             definition: Some(definition.to_string()),
             status: RunStatus::Running,
             cancel_requested: false,
+            held: false,
             created_at: orchion_store::now(),
             finished_at: None,
         };
@@ -624,6 +643,7 @@ impl Workflows {
             definition: None,
             status: RunStatus::Running,
             cancel_requested: false,
+            held: false,
             created_at: orchion_store::now(),
             finished_at: None,
         };

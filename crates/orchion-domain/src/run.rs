@@ -72,6 +72,9 @@ pub struct WorkflowRun {
     pub definition: Option<String>,
     pub status: RunStatus,
     pub cancel_requested: bool,
+    /// Waiting for its turn (a deployment queued behind another for the same composer and
+    /// environment): no step starts while held.
+    pub held: bool,
     pub created_at: time::OffsetDateTime,
     pub finished_at: Option<time::OffsetDateTime>,
 }
@@ -118,7 +121,7 @@ pub struct Deployment {
     pub environment: String,
     /// The request, a JSON document.
     pub request: String,
-    /// Still running: no other deployment for its composer and environment may start.
+    /// Holds its composer and environment's slot: while it runs, others for the same pair wait.
     pub active: bool,
     pub created_at: time::OffsetDateTime,
 }

@@ -547,8 +547,9 @@ pub trait RunStore: Send + Sync {
     /// cancelled. [`StoreError::Conflict`] if it has finished.
     async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
 
-    /// Starts a deployment's run. [`StoreError::Conflict`] when the id is taken, or when
-    /// another deployment for the same composer and environment is still running.
+    /// Starts a deployment's run. While another deployment for the same composer and
+    /// environment runs, the new one waits: its run is held, with no step written, until that
+    /// one ends. [`StoreError::Conflict`] when the id is taken.
     async fn create_deployment(
         &self,
         deployment: NewDeployment,

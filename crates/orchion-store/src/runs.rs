@@ -24,12 +24,13 @@ pub(crate) struct WorkflowRunRow {
     pub definition: Option<String>,
     pub status: String,
     pub cancel_requested: bool,
+    pub held: bool,
     pub created_at: OffsetDateTime,
     pub finished_at: Option<OffsetDateTime>,
 }
 
 pub(crate) const RUN_COLUMNS: &str = "w.run_id, r.name, r.project_id, w.workflow, w.version, w.input, w.definition, \
-     w.status, w.cancel_requested, w.created_at, w.finished_at";
+     w.status, w.cancel_requested, w.held, w.created_at, w.finished_at";
 
 impl TryFrom<WorkflowRunRow> for WorkflowRun {
     type Error = StoreError;
@@ -48,6 +49,7 @@ impl TryFrom<WorkflowRunRow> for WorkflowRun {
                 .parse::<RunStatus>()
                 .map_err(StoreError::Corrupt)?,
             cancel_requested: row.cancel_requested,
+            held: row.held,
             created_at: row.created_at,
             finished_at: row.finished_at,
         })
@@ -235,12 +237,40 @@ macro_rules! impl_run_store {
                         .bind(now)
                         .execute(&mut *tx)
                         .await?;
-                    // A finished deployment frees its composer and environment.
-                    sqlx::query("UPDATE deployments SET active = $2 WHERE run_id = $1")
-                        .bind(id.as_uuid())
-                        .bind(false)
-                        .execute(&mut *tx)
+                    // A finished deployment frees its composer and environment's slot for the
+                    // oldest one waiting.
+                    let freed: Option<(String, String)> = sqlx::query_as(
+                        "UPDATE deployments SET active = $2 WHERE run_id = $1 AND active = $3 RETURNING composer, environment",
+                    )
+                    .bind(id.as_uuid())
+                    .bind(false)
+                    .bind(true)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some((composer, environment)) = freed {
+                        let next: Option<(uuid::Uuid,)> = sqlx::query_as(
+                            "SELECT d.run_id FROM deployments d JOIN workflow_runs w ON w.run_id = d.run_id \
+                             WHERE d.composer = $1 AND d.environment = $2 AND w.held = $3 AND w.status = 'running' \
+                             ORDER BY d.run_id LIMIT 1",
+                        )
+                        .bind(composer)
+                        .bind(environment)
+                        .bind(true)
+                        .fetch_optional(&mut *tx)
                         .await?;
+                        if let Some((next,)) = next {
+                            sqlx::query("UPDATE deployments SET active = $2 WHERE run_id = $1")
+                                .bind(next)
+                                .bind(true)
+                                .execute(&mut *tx)
+                                .await?;
+                            sqlx::query("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
+                                .bind(next)
+                                .bind(false)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                    }
                     append_event(
                         &mut tx,
                         $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
@@ -326,11 +356,18 @@ macro_rules! impl_run_store {
                 .bind(true)
                 .fetch_optional(&mut *tx)
                 .await?;
-                if let Some((other,)) = active {
-                    tx.rollback().await?;
-                    return Err(busy(&deployment, &other));
-                }
+                // Another runs for this composer and environment: this one waits its turn,
+                // held, with no step written yet.
+                let waits = active.is_some();
+                let steps = if waits { Vec::new() } else { steps };
                 insert_run(&mut tx, id, &run, &steps, now).await?;
+                if waits {
+                    sqlx::query("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
+                        .bind(id.as_uuid())
+                        .bind(true)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 let inserted = sqlx::query(
                     "INSERT INTO deployments (id, run_id, composer, environment, request, active, created_at) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -340,16 +377,20 @@ macro_rules! impl_run_store {
                 .bind(deployment.composer.as_str())
                 .bind(deployment.environment.as_str())
                 .bind(deployment.request.as_str())
-                .bind(true)
+                .bind(!waits)
                 .bind(now)
                 .execute(&mut *tx)
                 .await
                 .map_err($crate::StoreError::from);
                 match inserted {
                     Ok(_) => {}
-                    // Another replica started one for the same composer and environment.
+                    // Another replica started one for the same composer and environment at
+                    // this moment; the client may simply try again.
                     Err(e) if $crate::is_unique_violation(&e) => {
-                        return Err(busy(&deployment, "another deployment"));
+                        return Err($crate::StoreError::Conflict(format!(
+                            "another deployment for composer `{}` in environment `{}` started at the same moment: try again",
+                            deployment.composer, deployment.environment
+                        )));
                     }
                     Err(e) => return Err(e),
                 }
@@ -499,13 +540,6 @@ macro_rules! impl_run_store {
                 self.commit(tx).await?;
                 Ok(())
             }
-        }
-
-        fn busy(deployment: &$crate::NewDeployment, other: &str) -> $crate::StoreError {
-            $crate::StoreError::Conflict(format!(
-                "deployment `{other}` for composer `{}` in environment `{}` is still in progress: one runs at a time",
-                deployment.composer, deployment.environment
-            ))
         }
 
         /// Writes a new workflow run with its first steps, and its event.

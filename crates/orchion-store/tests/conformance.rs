@@ -1640,14 +1640,19 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
     assert!(first.active);
     let record = store.get_workflow_run(first.run_id).await.unwrap();
     assert_eq!(record.tasks.len(), 1);
-    let busy = store
-        .create_deployment(deployment("v2", "prod"), new_run("deployment"), Vec::new())
+    // A second one for the same composer and environment waits, held, with no step written.
+    let queued = store
+        .create_deployment(
+            deployment("v2", "prod"),
+            new_run("deployment"),
+            vec![step("db")],
+        )
         .await
-        .unwrap_err();
-    assert!(
-        matches!(&busy, StoreError::Conflict(m) if m.contains("`v1`")),
-        "{busy:?}"
-    );
+        .unwrap();
+    assert!(!queued.active);
+    let held = store.get_workflow_run(queued.run_id).await.unwrap();
+    assert!(held.run.held);
+    assert!(held.tasks.is_empty());
     let taken = store
         .create_deployment(
             deployment("v1", "staging"),
@@ -1656,25 +1661,42 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
         )
         .await
         .unwrap_err();
-    assert!(matches!(taken, StoreError::Conflict(_)));
-    store
+    assert!(matches!(taken, StoreError::Conflict(_)), "the id is taken");
+    let staging = store
         .create_deployment(
-            deployment("v2", "staging"),
+            deployment("s1", "staging"),
             new_run("deployment"),
             Vec::new(),
         )
         .await
         .unwrap();
-    // Once the first run ends, its composer and environment are free again.
+    assert!(staging.active, "another environment has its own slot");
+    // When the first ends, the oldest waiting one gets the slot.
     store
         .advance_workflow_run(first.run_id, Vec::new(), Some(RunStatus::Succeeded))
         .await
         .unwrap();
     assert!(!store.get_deployment("v1").await.unwrap().active);
-    store
+    assert!(store.get_deployment("v2").await.unwrap().active);
+    assert!(
+        !store
+            .get_workflow_run(queued.run_id)
+            .await
+            .unwrap()
+            .run
+            .held
+    );
+    let third = store
         .create_deployment(deployment("v3", "prod"), new_run("deployment"), Vec::new())
         .await
         .unwrap();
+    assert!(!third.active, "v2 runs now");
+    // A waiting one that ends (cancelled) hands nothing on.
+    store
+        .advance_workflow_run(third.run_id, Vec::new(), Some(RunStatus::Cancelled))
+        .await
+        .unwrap();
+    assert!(store.get_deployment("v2").await.unwrap().active);
     let prod = store
         .list_deployments(
             &DeploymentFilter {
@@ -1689,7 +1711,7 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
         .await
         .unwrap();
     let ids: Vec<&str> = prod.items.iter().map(|d| d.id.as_str()).collect();
-    assert_eq!(ids, ["v1", "v3"]);
+    assert_eq!(ids, ["v1", "v2", "v3"]);
     assert!(matches!(
         store.get_deployment("nope").await,
         Err(StoreError::NotFound { .. })

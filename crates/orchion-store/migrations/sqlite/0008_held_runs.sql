@@ -1,0 +1,3 @@
+-- A deployment started while another runs for its composer and environment waits: its run is
+-- held (no step starts) until that one ends and hands it the slot.
+ALTER TABLE workflow_runs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
