@@ -217,13 +217,7 @@ macro_rules! impl_run_store {
                 }
                 let now = $crate::now();
                 let mut tx = self.begin().await?;
-                let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
-                    "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
-                ))
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                let (status, project) = locked_run(&mut tx, id).await?;
                 if status != "running" {
                     // Finished meanwhile (elsewhere, or cancelled): nothing more to add.
                     tx.rollback().await?;
@@ -294,13 +288,7 @@ macro_rules! impl_run_store {
 
             async fn cancel_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                let (status,): (String,) = sqlx::query_as(&format!(
-                    "SELECT status FROM workflow_runs WHERE run_id = $1{ROW_LOCK}"
-                ))
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                let (status, _) = locked_run(&mut tx, id).await?;
                 if status != "running" {
                     tx.rollback().await?;
                     return Err($crate::StoreError::Conflict(format!(
@@ -312,18 +300,7 @@ macro_rules! impl_run_store {
                     .bind(true)
                     .execute(&mut *tx)
                     .await?;
-                let sql = format!(
-                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
-                     WHERE t.run_id = $1 AND t.status IN ('queued', 'running') ORDER BY t.id{TASK_LOCK}",
-                    $crate::jobs::TASK_COLUMNS
-                );
-                let active = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
-                    .bind(id.as_uuid())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for task in &active {
-                    apply_to_task(&mut tx, task, orchion_domain::TaskEvent::CancelRequested).await?;
-                }
+                cancel_active_tasks(&mut tx, id).await?;
                 self.commit(tx).await?;
                 Ok(())
             }
@@ -434,13 +411,7 @@ macro_rules! impl_run_store {
 
             async fn undo_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
-                    "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
-                ))
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                let (status, project) = locked_run(&mut tx, id).await?;
                 let from: orchion_domain::RunStatus = status.parse().map_err($crate::StoreError::Corrupt)?;
                 if from == orchion_domain::RunStatus::Cancelled {
                     tx.rollback().await?;
@@ -451,18 +422,7 @@ macro_rules! impl_run_store {
                     .bind(true)
                     .execute(&mut *tx)
                     .await?;
-                let sql = format!(
-                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
-                     WHERE t.run_id = $1 AND t.status IN ('queued', 'running') ORDER BY t.id{TASK_LOCK}",
-                    $crate::jobs::TASK_COLUMNS
-                );
-                let active = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
-                    .bind(id.as_uuid())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for task in &active {
-                    apply_to_task(&mut tx, task, orchion_domain::TaskEvent::CancelRequested).await?;
-                }
+                cancel_active_tasks(&mut tx, id).await?;
                 if from != orchion_domain::RunStatus::Running {
                     append_event(
                         &mut tx,
@@ -479,13 +439,7 @@ macro_rules! impl_run_store {
 
             async fn retry_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
-                    "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
-                ))
-                .bind(id.as_uuid())
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+                let (status, project) = locked_run(&mut tx, id).await?;
                 let from: orchion_domain::RunStatus = status.parse().map_err($crate::StoreError::Corrupt)?;
                 if !matches!(from, orchion_domain::RunStatus::Failed | orchion_domain::RunStatus::Cancelled) {
                     tx.rollback().await?;
@@ -540,6 +494,40 @@ macro_rules! impl_run_store {
                 self.commit(tx).await?;
                 Ok(())
             }
+        }
+
+        /// A run's status (and project), its row locked for a change where the backend locks.
+        async fn locked_run(
+            conn: &mut $conn,
+            id: orchion_domain::RunId,
+        ) -> Result<(String, Option<uuid::Uuid>), $crate::StoreError> {
+            sqlx::query_as(&format!(
+                "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
+            ))
+            .bind(id.as_uuid())
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })
+        }
+
+        /// Asks a run's queued and running tasks to stop.
+        async fn cancel_active_tasks(
+            conn: &mut $conn,
+            id: orchion_domain::RunId,
+        ) -> Result<(), $crate::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
+                 WHERE t.run_id = $1 AND t.status IN ('queued', 'running') ORDER BY t.id{TASK_LOCK}",
+                $crate::jobs::TASK_COLUMNS
+            );
+            let active = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
+                .bind(id.as_uuid())
+                .fetch_all(&mut *conn)
+                .await?;
+            for task in &active {
+                apply_to_task(conn, task, orchion_domain::TaskEvent::CancelRequested).await?;
+            }
+            Ok(())
         }
 
         /// Writes a new workflow run with its first steps, and its event.
