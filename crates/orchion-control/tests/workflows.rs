@@ -513,3 +513,34 @@ async fn undoing_a_succeeded_run_rolls_all_of_it_back() {
     h.finish(&second[0], AttemptOutcome::Succeeded, None).await;
     assert_eq!(h.record(run).await.run.status, RunStatus::Cancelled);
 }
+
+#[tokio::test]
+async fn a_run_keeps_the_version_it_started_on() {
+    let h = Harness::new().await;
+    let v1 = json!({"name": "pinned", "steps": [
+        noop("first", &[], json!({"v": 1})),
+        noop("second", &["first"], json!({"v": 1})),
+    ]});
+    let run = h.start(v1, json!({})).await;
+    // A new version renames the second step and changes what it produces.
+    let v2 = json!({"name": "pinned", "steps": [
+        noop("first", &[], json!({"v": 2})),
+        noop("renamed", &["first"], json!({"v": 2})),
+    ]});
+    let stored = h
+        .store
+        .put_workflow_type("pinned", None, &v2.to_string())
+        .await
+        .unwrap();
+    assert_eq!(stored.value.version, 2);
+    let first = h.claim().await;
+    h.finish(&first[0], AttemptOutcome::Succeeded, None).await;
+    let second = h.claim().await;
+    assert_eq!(second.len(), 1);
+    assert!(second[0].spec.contains(r#""v":1"#), "{}", second[0].spec);
+    h.finish(&second[0], AttemptOutcome::Succeeded, None).await;
+    let record = h.record(run).await;
+    assert_eq!(record.run.version, 1);
+    assert_eq!(record.run.status, RunStatus::Succeeded);
+    assert!(record.tasks.iter().any(|t| t.step == "second"));
+}
