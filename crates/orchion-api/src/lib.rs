@@ -16,6 +16,7 @@ pub mod projects;
 pub mod runs;
 pub mod schedules;
 pub mod status;
+pub mod webhooks;
 pub mod workflows;
 
 use std::{
@@ -55,6 +56,8 @@ pub struct AppState {
     pub work: Arc<WorkQueue>,
     pub scheduler: Arc<Scheduler>,
     pub workflows: Arc<Workflows>,
+    /// `POST /webhook/github`'s secrets and rules.
+    pub webhooks: Arc<orchion_config::GithubWebhooks>,
     /// Whether each deployment engine is enabled (`engines.<name>.enabled`); absent: enabled.
     pub engines: Arc<std::collections::BTreeMap<String, bool>>,
     pub lifecycle: Arc<Lifecycle>,
@@ -116,6 +119,7 @@ pub struct Limits {
         (name = "schedules", description = "Cron schedules that start jobs"),
         (name = "workflows", description = "Workflow types: versioned DAGs of steps"),
         (name = "runs", description = "Workflow runs: a workflow type's steps run in dependency order"),
+        (name = "webhooks", description = "Webhooks: verified GitHub deliveries turned into runs by rules"),
         (name = "deployments", description = "Deployments: resources applied by engines in dependency order, rolled back on failure"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
@@ -162,6 +166,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             deployments::delete_deployment
         ))
         .routes(routes!(deployments::list_engines))
+        .routes(routes!(webhooks::github))
+        .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(nodes::list_nodes))
         .routes(routes!(nodes::list_all_nodes))
         .routes(routes!(nodes::get_node, nodes::delete_node))

@@ -63,6 +63,9 @@ pub enum ApiError {
     InvalidParameter { name: String, detail: String },
     #[error("{0}")]
     NotFound(String),
+    /// A request that is not signed (or not signed right) where a signature is required.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -109,6 +112,7 @@ impl ApiError {
                 "Invalid parameter",
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",

@@ -39,6 +39,7 @@ pub struct Config {
     /// Deployment engines by name (`terraform`, `helm`, `pulumi`, `crossplane`), as in the
     /// deployment service's configuration. An engine not listed is enabled.
     pub engines: std::collections::BTreeMap<String, EngineConfig>,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
     /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
     /// Orchion needs no Redis. A warning says so at start.
@@ -167,6 +168,54 @@ impl Config {
     }
 }
 
+/// Incoming webhooks.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub github: GithubWebhooks,
+}
+
+/// `POST /webhook/github`: verified GitHub deliveries, turned into runs by rules.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GithubWebhooks {
+    /// The secret deliveries are signed with (`GITHUB_WEBHOOK_SECRET`). Without any secret,
+    /// every delivery is refused.
+    pub secret: Option<Secret>,
+    /// Secrets for one repository (`owner/name`) or organisation (`owner`): a delivery
+    /// signed with one of them is accepted only for that repository or organisation.
+    pub secrets: std::collections::BTreeMap<String, Secret>,
+    /// What each event starts, in order; every matching rule starts its run.
+    pub rules: Vec<WebhookRule>,
+}
+
+/// Maps GitHub events to a workflow run or a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookRule {
+    pub name: String,
+    /// The `X-GitHub-Event`: `issues`, `pull_request`, `push`, …
+    pub event: String,
+    /// The payload's `action`s it wants (`opened`, `labeled`, …); any when empty.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// `owner/name` repositories; any when empty.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+    /// Branches (push ref, pull request base, workflow run branch); any when empty.
+    #[serde(default)]
+    pub branches: Vec<String>,
+    /// Labels of the issue or pull request, one of which must be present; any when empty.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Start a run of this workflow type, with `input` (templates read `${{ event.… }}`).
+    pub workflow: Option<String>,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// Or enqueue this job (as `POST /api/v1/jobs` takes it; templates read `${{ event.… }}`).
+    pub job: Option<serde_json::Value>,
+}
+
 /// The store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -240,6 +289,7 @@ pub const SEED_ENV: &[(&str, &str)] = &[
     ("ORCHESTRATOR_SERVER_PORT", "server.http_port"),
     ("ORCHESTRATOR_DATABASE_URL", "database.url"),
     ("WORKER_NODE_URL", "enqueue.worker_url"),
+    ("GITHUB_WEBHOOK_SECRET", "webhooks.github.secret"),
 ];
 
 /// The prefix of Orchion's own configuration variables; `__` separates section and key.
@@ -327,6 +377,14 @@ impl Config {
         {
             problems
                 .push("cluster.heartbeat_persist_interval must be between 1s and 1h".to_owned());
+        }
+        for (i, rule) in self.webhooks.github.rules.iter().enumerate() {
+            if rule.workflow.is_some() == rule.job.is_some() {
+                problems.push(format!(
+                    "webhooks.github.rules[{i}] ({}): give exactly one of workflow or job",
+                    rule.name
+                ));
+            }
         }
         if let Some(token) = &cluster.join_token {
             if let Err(problem) = token.validate_token() {

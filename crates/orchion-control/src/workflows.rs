@@ -346,6 +346,7 @@ fn roll_back(
                         input,
                         outputs,
                         item: None,
+                        event: None,
                     };
                     create.push(
                         match render_job(
@@ -398,6 +399,7 @@ fn ready(
         input,
         outputs,
         item: None,
+        event: None,
     };
     if let Some(when) = &step.when {
         match orchion_spec::condition(when, &scope) {

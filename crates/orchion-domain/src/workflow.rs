@@ -31,6 +31,8 @@ pub enum Reference {
     StepOutput { step: String, path: Vec<String> },
     /// `${{ item }}` / `${{ item.x }}`: the element of a `for_each` fan-out.
     Item(Vec<String>),
+    /// `${{ event.issue.number }}`: the payload of the webhook event a rule turns into a run.
+    Event(Vec<String>),
 }
 
 /// A literal a comparison tests against.
@@ -146,6 +148,7 @@ fn parse_reference(expression: &str) -> Result<Reference, String> {
     match parts.as_slice() {
         ["input", ..] => Ok(Reference::Input(rest(1))),
         ["item", ..] => Ok(Reference::Item(rest(1))),
+        ["event", ..] => Ok(Reference::Event(rest(1))),
         // A deployment's resources are its steps.
         ["steps" | "resources", step, "outputs", ..] => Ok(Reference::StepOutput {
             step: (*step).to_owned(),

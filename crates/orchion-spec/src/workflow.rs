@@ -352,6 +352,8 @@ pub struct Scope<'a> {
     pub outputs: &'a BTreeMap<String, Value>,
     /// The element of a `for_each` fan-out.
     pub item: Option<&'a Value>,
+    /// The webhook event's payload, when a rule renders a run's input.
+    pub event: Option<&'a Value>,
 }
 
 impl Scope<'_> {
@@ -359,6 +361,7 @@ impl Scope<'_> {
         let (root, path, name) = match reference {
             Reference::Input(path) => (Some(self.input), path, "input".to_owned()),
             Reference::Item(path) => (self.item, path, "item".to_owned()),
+            Reference::Event(path) => (self.event, path, "event".to_owned()),
             Reference::StepOutput { step, path } => (
                 self.outputs.get(step),
                 path,
@@ -505,6 +508,7 @@ mod tests {
             input,
             outputs,
             item,
+            event: None,
         }
     }
 

@@ -12,6 +12,8 @@
 
 mod catalog;
 #[macro_use]
+mod deliveries;
+#[macro_use]
 mod jobs;
 mod postgres;
 mod queries;
@@ -34,6 +36,7 @@ use time::OffsetDateTime;
 pub use sqlx;
 
 pub use crate::{
+    deliveries::Delivery,
     jobs::{MAX_LOG_BYTES, MAX_OUTPUT_BYTES, TRUNCATED, truncate},
     postgres::PostgresStore,
     sqlite::SqliteStore,
@@ -455,7 +458,9 @@ pub trait CatalogStore: Send + Sync {
 /// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`,
 /// which has the methods of [`CatalogStore`] and [`JobStore`] too.
 #[async_trait]
-pub trait Store: CatalogStore + JobStore + RunStore + Send + Sync + 'static {
+pub trait Store:
+    CatalogStore + JobStore + RunStore + DeliveryStore + Send + Sync + 'static
+{
     /// Which backend this is.
     fn backend(&self) -> Backend;
 
@@ -574,6 +579,19 @@ pub trait RunStore: Send + Sync {
     /// steps are tried again (keeping their attempts), and the steps they held back follow.
     /// [`StoreError::Conflict`] for a run that is running or succeeded, or was rolled back.
     async fn retry_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
+}
+
+/// Webhook deliveries.
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Records a delivery once per id. If its id was recorded already (a concurrent
+    /// redelivery), returns that record with `created: false`.
+    async fn record_delivery(&self, delivery: Delivery) -> Result<Created<Delivery>, StoreError>;
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
+
+    /// Deliveries in the order received.
+    async fn list_deliveries(&self, page: PageRequest) -> Result<Page<Delivery>, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite:PATH` or `postgres://…`), creating and migrating it.

@@ -188,6 +188,7 @@ async fn lock_concurrency_key(conn: &mut PgConnection, key: &str) -> Result<(), 
 }
 
 crate::jobs::impl_job_store!(PostgresStore);
+crate::deliveries::impl_delivery_store!(PostgresStore);
 crate::runs::impl_run_store!(PostgresStore, PgConnection);
 crate::catalog::impl_catalog_store!(PostgresStore);
 

@@ -181,6 +181,7 @@ async fn lock_concurrency_key(_conn: &mut SqliteConnection, _key: &str) -> Resul
 }
 
 crate::jobs::impl_job_store!(SqliteStore);
+crate::deliveries::impl_delivery_store!(SqliteStore);
 crate::runs::impl_run_store!(SqliteStore, SqliteConnection);
 crate::catalog::impl_catalog_store!(SqliteStore);
 

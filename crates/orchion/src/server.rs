@@ -146,6 +146,7 @@ impl Server {
                 work: work.clone(),
                 scheduler: scheduler.clone(),
                 workflows: workflows.clone(),
+                webhooks: Arc::new(config.webhooks.github.clone()),
                 engines: Arc::new(
                     config
                         .engines

@@ -48,6 +48,7 @@ pub async fn app() -> App {
         scheduler,
         workflows,
         engines: Arc::new([("pulumi".to_owned(), false)].into()),
+        webhooks: Arc::new(webhooks()),
         lifecycle: Arc::new(Lifecycle::new()),
         enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
             worker_url: "http://127.0.0.1:9".into(),
@@ -135,4 +136,47 @@ pub fn problem(reply: &Reply, status: StatusCode, code: &str) -> String {
     assert_eq!(reply.body["code"], code);
     assert_eq!(reply.body["status"], status.as_u16());
     reply.body["detail"].as_str().unwrap().to_owned()
+}
+
+/// The webhook configuration the handler tests use: a default secret, one for the `acme`
+/// organisation, and rules for issues, pushes and pull requests.
+pub fn webhooks() -> orchion_config::GithubWebhooks {
+    use orchion_config::{Secret, WebhookRule};
+    let rule = |name: &str, event: &str, value: Value| -> WebhookRule {
+        let mut rule = serde_json::json!({"name": name, "event": event});
+        for (k, v) in value.as_object().unwrap() {
+            rule[k] = v.clone();
+        }
+        serde_json::from_value(rule).unwrap()
+    };
+    orchion_config::GithubWebhooks {
+        secret: Some(Secret::new("test-webhook-secret")),
+        secrets: [("acme".to_owned(), Secret::new("acme-org-secret"))].into(),
+        rules: vec![
+            rule(
+                "triage",
+                "issues",
+                serde_json::json!({"actions": ["opened", "labeled"], "labels": ["bug"], "workflow": "triage",
+                    "input": {"number": "${{ event.issue.number }}", "repo": "${{ event.repository.full_name }}"}}),
+            ),
+            rule(
+                "ci",
+                "push",
+                serde_json::json!({"branches": ["main"],
+                    "job": {"executor": "noop", "spec": {"outputs": {"sha": "${{ event.after }}"}}}}),
+            ),
+            rule(
+                "reads-a-missing-field",
+                "pull_request",
+                serde_json::json!({"actions": ["opened"],
+                    "job": {"executor": "noop", "spec": {"outputs": {"x": "${{ event.pull_request.nope }}"}}}}),
+            ),
+            rule(
+                "review",
+                "pull_request",
+                serde_json::json!({"actions": ["opened"], "workflow": "triage",
+                    "input": {"number": "${{ event.number }}", "repo": "${{ event.repository.full_name }}"}}),
+            ),
+        ],
+    }
 }
