@@ -311,3 +311,75 @@ fn the_default_store_is_sqlite_in_the_data_dir() {
         "sqlite:.orchion/orchion.db"
     );
 }
+
+#[test]
+fn webhook_secrets_come_from_the_seed_variable_or_orchions_own() {
+    let seed = Config::load(&Sources {
+        env: env(&[("GITHUB_WEBHOOK_SECRET", "from-the-seed")]),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        seed.webhooks.github.secret.unwrap().expose(),
+        "from-the-seed"
+    );
+    let own = Config::load(&Sources {
+        env: env(&[
+            ("GITHUB_WEBHOOK_SECRET", "from-the-seed"),
+            ("ORCHION_WEBHOOKS__GITHUB__SECRET", "orchions-own"),
+        ]),
+        ..Default::default()
+    })
+    .unwrap();
+    let secret = own.webhooks.github.secret.unwrap();
+    assert_eq!(secret.expose(), "orchions-own");
+    assert!(!format!("{secret:?}").contains("orchions-own"));
+}
+
+#[test]
+fn engines_and_webhook_rules_load_from_a_file_and_bad_rules_are_named() {
+    let f = file(
+        ".yaml",
+        r#"
+engines:
+  terraform:
+    enabled: false
+    backend: remote
+    workspace_prefix: "nestor-"
+webhooks:
+  github:
+    rules:
+      - name: triage
+        event: issues
+        actions: [opened]
+        workflow: triage
+        input: {number: "${{ event.issue.number }}"}
+"#,
+    );
+    let config = Config::load(&Sources {
+        file: Some(f.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(!config.engine_enabled("terraform"));
+    assert!(config.engine_enabled("helm"));
+    assert_eq!(
+        config.webhooks.github.rules[0].workflow.as_deref(),
+        Some("triage")
+    );
+    let bad = file(
+        ".yaml",
+        "webhooks:\n  github:\n    rules:\n      - {name: both, event: push, workflow: x, job: {executor: noop, spec: {}}}\n",
+    );
+    let error = Config::load(&Sources {
+        file: Some(bad.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("webhooks.github.rules[0] (both): give exactly one of workflow or job"),
+        "{error}"
+    );
+}
