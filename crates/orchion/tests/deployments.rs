@@ -275,7 +275,7 @@ resources:
     let out = cli(&["deploy", "apply", "-f", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("unknown engine `ansible`"),
+        text(&out.stderr).contains("/resources/0/engine: unknown engine `ansible`"),
         "{}",
         text(&out.stderr)
     );

@@ -120,7 +120,12 @@ fn problem_text(status: StatusCode, bytes: &[u8]) -> String {
         .as_str()
         .map_or_else(|| format!("the server answered {status}"), str::to_owned);
     if let Some(errors) = problem["errors"].as_array() {
-        if errors.len() > 1 {
+        if let [error] = errors.as_slice() {
+            // One problem: its detail is the answer's; say where it is.
+            if let Some(pointer) = error["pointer"].as_str().filter(|p| !p.is_empty()) {
+                text = format!("{pointer}: {text}");
+            }
+        } else {
             for error in errors {
                 text.push_str(&format!(
                     "\n  {}: {}",
