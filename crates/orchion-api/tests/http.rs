@@ -326,6 +326,8 @@ async fn unknown_routes_and_methods_are_problems() {
         )
         .await;
     problem(&reply, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed");
+    let allow = reply.headers["allow"].to_str().unwrap();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
 }
 
 #[tokio::test]
