@@ -478,6 +478,23 @@ fn ready(
     StepState::Active
 }
 
+/// Parses and checks a stored definition; a failure means the store holds what was never
+/// accepted (a bug, or a store edited by hand).
+fn compile(name: &str, version: u32, text: &str) -> Result<Workflow, WorkflowError> {
+    let corrupt = |errors| WorkflowError::Corrupt {
+        name: name.to_owned(),
+        version,
+        errors,
+    };
+    let definition: WorkflowDefinition = serde_json::from_str(text).map_err(|e| {
+        corrupt(ValidationErrors(vec![orchion_domain::FieldError::new(
+            "definition",
+            e.to_string(),
+        )]))
+    })?;
+    definition.compile().map_err(corrupt)
+}
+
 /// Starts and advances workflow runs.
 pub struct Workflows {
     store: Arc<dyn Store>,
@@ -501,31 +518,24 @@ impl Workflows {
         name: &str,
         version: Option<u32>,
     ) -> Result<Arc<Workflow>, WorkflowError> {
-        if let Some(v) = version {
-            let cached = self
-                .compiled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&(name.to_owned(), v))
-                .cloned();
-            if let Some(workflow) = cached {
+        if let Some(version) = version {
+            if let Some(workflow) = self.cached(name, version) {
                 return Ok(workflow);
             }
         }
         let stored = self.store.get_workflow_type(name, version).await?;
-        let corrupt = |errors| WorkflowError::Corrupt {
-            name: stored.name.clone(),
-            version: stored.version,
-            errors,
-        };
-        let definition: WorkflowDefinition =
-            serde_json::from_str(&stored.definition).map_err(|e| {
-                corrupt(ValidationErrors(vec![orchion_domain::FieldError::new(
-                    "definition",
-                    e.to_string(),
-                )]))
-            })?;
-        let workflow = Arc::new(definition.compile().map_err(corrupt)?);
+        self.type_definition(&stored)
+    }
+
+    /// A stored workflow type, compiled; each version is compiled once, since it never changes.
+    fn type_definition(
+        &self,
+        stored: &orchion_domain::WorkflowType,
+    ) -> Result<Arc<Workflow>, WorkflowError> {
+        if let Some(workflow) = self.cached(&stored.name, stored.version) {
+            return Ok(workflow);
+        }
+        let workflow = Arc::new(compile(&stored.name, stored.version, &stored.definition)?);
         self.compiled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -533,39 +543,22 @@ impl Workflows {
         Ok(workflow)
     }
 
-    /// The compiled definition `run` follows: its own (a deployment's), or its pinned
-    /// workflow type version.
-    pub async fn definition_of(&self, run: &WorkflowRun) -> Result<Arc<Workflow>, WorkflowError> {
-        let Some(definition) = &run.definition else {
-            return self.definition(&run.workflow, Some(run.version)).await;
-        };
-        let key = (format!("run:{}", run.id), 0);
-        let cached = self
-            .compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned();
-        if let Some(workflow) = cached {
-            return Ok(workflow);
-        }
-        let corrupt = |errors| WorkflowError::Corrupt {
-            name: run.workflow.clone(),
-            version: run.version,
-            errors,
-        };
-        let parsed: WorkflowDefinition = serde_json::from_str(definition).map_err(|e| {
-            corrupt(ValidationErrors(vec![orchion_domain::FieldError::new(
-                "definition",
-                e.to_string(),
-            )]))
-        })?;
-        let workflow = Arc::new(parsed.compile().map_err(corrupt)?);
+    fn cached(&self, name: &str, version: u32) -> Option<Arc<Workflow>> {
         self.compiled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, workflow.clone());
-        Ok(workflow)
+            .get(&(name.to_owned(), version))
+            .cloned()
+    }
+
+    /// The compiled definition `run` follows: its own (a deployment's, compiled each time:
+    /// it is small, and caching one per run would grow without bound), or its pinned workflow
+    /// type version.
+    pub async fn definition_of(&self, run: &WorkflowRun) -> Result<Arc<Workflow>, WorkflowError> {
+        match &run.definition {
+            Some(definition) => Ok(Arc::new(compile(&run.workflow, run.version, definition)?)),
+            None => self.definition(&run.workflow, Some(run.version)).await,
+        }
     }
 
     /// Starts a deployment: a run of the workflow its resources make (checked by the caller
@@ -634,7 +627,7 @@ impl Workflows {
             .store
             .get_workflow_type(&request.workflow, request.version)
             .await?;
-        let workflow = self.definition(&stored.name, Some(stored.version)).await?;
+        let workflow = self.type_definition(&stored)?;
         let run = WorkflowRun {
             id: RunId::new(),
             name: request.name.unwrap_or_else(|| stored.name.clone()),

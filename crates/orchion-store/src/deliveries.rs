@@ -86,11 +86,7 @@ macro_rules! impl_delivery_store {
                 .bind(i64::from(page.limit) + 1)
                 .fetch_all(self.read_pool())
                 .await?;
-                let limit = page.limit as usize;
-                let more = rows.len() > limit;
-                let items: Vec<$crate::Delivery> = rows.into_iter().take(limit).collect();
-                let next = if more { items.last().map(|d| orchion_domain::Cursor(d.seq)) } else { None };
-                Ok(orchion_domain::Page { items, next })
+$crate::rows::page_of(rows, page, |d: &$crate::Delivery| d.seq)
             }
         }
     };

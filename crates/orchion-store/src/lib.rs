@@ -640,6 +640,13 @@ pub(crate) const JOB_CREATE_SCOPE: &str = "job.create";
 /// The scope idempotency keys of workflow run creation live in.
 pub(crate) const WORKFLOW_CREATE_SCOPE: &str = "workflow.create";
 
+/// A conversion that cannot fail (a row that is already the value), for [`rows::page_of`].
+impl From<std::convert::Infallible> for StoreError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
 /// Whether an error is a unique-constraint violation (PostgreSQL `23505`; SQLite extended codes
 /// 1555 and 2067).
 pub(crate) fn is_unique_violation(error: &StoreError) -> bool {

@@ -73,14 +73,15 @@ pub(crate) fn page_of<R, T>(
     id: impl Fn(&T) -> Uuid,
 ) -> Result<Page<T>, StoreError>
 where
-    T: TryFrom<R, Error = StoreError>,
+    T: TryFrom<R>,
+    StoreError: From<T::Error>,
 {
     let limit = page.limit as usize;
     let more = rows.len() > limit;
     let items = rows
         .into_iter()
         .take(limit)
-        .map(T::try_from)
+        .map(|row| T::try_from(row).map_err(StoreError::from))
         .collect::<Result<Vec<T>, _>>()?;
     let next = if more {
         items.last().map(|last| orchion_domain::Cursor(id(last)))

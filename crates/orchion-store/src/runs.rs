@@ -195,15 +195,7 @@ macro_rules! impl_run_store {
                     .bind(i64::from(page.limit) + 1)
                     .fetch_all(self.read_pool())
                     .await?;
-                let limit = page.limit as usize;
-                let more = rows.len() > limit;
-                let items = rows
-                    .into_iter()
-                    .take(limit)
-                    .map(orchion_domain::WorkflowRun::try_from)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let next = if more { items.last().map(|r| orchion_domain::Cursor(r.id.as_uuid())) } else { None };
-                Ok(orchion_domain::Page { items, next })
+$crate::rows::page_of(rows, page, |r: &orchion_domain::WorkflowRun| r.id.as_uuid())
             }
 
             async fn advance_workflow_run(
@@ -218,7 +210,7 @@ macro_rules! impl_run_store {
                 let now = $crate::now();
                 let mut tx = self.begin().await?;
                 let (status, project) = locked_run(&mut tx, id).await?;
-                if status != "running" {
+                if status != orchion_domain::RunStatus::Running {
                     // Finished meanwhile (elsewhere, or cancelled): nothing more to add.
                     tx.rollback().await?;
                     return Ok(false);
@@ -289,7 +281,7 @@ macro_rules! impl_run_store {
             async fn cancel_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
                 let (status, _) = locked_run(&mut tx, id).await?;
-                if status != "running" {
+                if status != orchion_domain::RunStatus::Running {
                     tx.rollback().await?;
                     return Err($crate::StoreError::Conflict(format!(
                         "workflow run {id} is {status}: only a running run can be cancelled"
@@ -402,49 +394,29 @@ macro_rules! impl_run_store {
                     .bind(i64::from(page.limit) + 1)
                     .fetch_all(self.read_pool())
                     .await?;
-                let limit = page.limit as usize;
-                let more = rows.len() > limit;
-                let items: Vec<orchion_domain::Deployment> = rows.into_iter().take(limit).map(Into::into).collect();
-                let next = if more { items.last().map(|d| orchion_domain::Cursor(d.run_id.as_uuid())) } else { None };
-                Ok(orchion_domain::Page { items, next })
+$crate::rows::page_of(rows, page, |d: &orchion_domain::Deployment| d.run_id.as_uuid())
             }
 
             async fn undo_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                let (status, project) = locked_run(&mut tx, id).await?;
-                let from: orchion_domain::RunStatus = status.parse().map_err($crate::StoreError::Corrupt)?;
+                let (from, project) = locked_run(&mut tx, id).await?;
                 if from == orchion_domain::RunStatus::Cancelled {
                     tx.rollback().await?;
                     return Ok(());
                 }
-                sqlx::query("UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1")
-                    .bind(id.as_uuid())
-                    .bind(true)
-                    .execute(&mut *tx)
-                    .await?;
+                reopen(&mut tx, id, from, project, true).await?;
                 cancel_active_tasks(&mut tx, id).await?;
-                if from != orchion_domain::RunStatus::Running {
-                    append_event(
-                        &mut tx,
-                        $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
-                        id.to_string(),
-                        project.map(orchion_domain::ProjectId::from_uuid),
-                        $crate::runs::status_event(id, from, orchion_domain::RunStatus::Running),
-                    )
-                    .await?;
-                }
                 self.commit(tx).await?;
                 Ok(())
             }
 
             async fn retry_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
                 let mut tx = self.begin().await?;
-                let (status, project) = locked_run(&mut tx, id).await?;
-                let from: orchion_domain::RunStatus = status.parse().map_err($crate::StoreError::Corrupt)?;
+                let (from, project) = locked_run(&mut tx, id).await?;
                 if !matches!(from, orchion_domain::RunStatus::Failed | orchion_domain::RunStatus::Cancelled) {
                     tx.rollback().await?;
                     return Err($crate::StoreError::Conflict(format!(
-                        "workflow run {id} is {status}: only a failed or cancelled run can be retried"
+                        "workflow run {id} is {from}: only a failed or cancelled run can be retried"
                     )));
                 }
                 let (rolled_back,): (i64,) = sqlx::query_as(
@@ -478,19 +450,7 @@ macro_rules! impl_run_store {
                 for task in &ended {
                     apply_to_task(&mut tx, task, orchion_domain::TaskEvent::Retry).await?;
                 }
-                sqlx::query("UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1")
-                    .bind(id.as_uuid())
-                    .bind(false)
-                    .execute(&mut *tx)
-                    .await?;
-                append_event(
-                    &mut tx,
-                    $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
-                    id.to_string(),
-                    project.map(orchion_domain::ProjectId::from_uuid),
-                    $crate::runs::status_event(id, from, orchion_domain::RunStatus::Running),
-                )
-                .await?;
+                reopen(&mut tx, id, from, project, false).await?;
                 self.commit(tx).await?;
                 Ok(())
             }
@@ -500,14 +460,42 @@ macro_rules! impl_run_store {
         async fn locked_run(
             conn: &mut $conn,
             id: orchion_domain::RunId,
-        ) -> Result<(String, Option<uuid::Uuid>), $crate::StoreError> {
-            sqlx::query_as(&format!(
+        ) -> Result<(orchion_domain::RunStatus, Option<uuid::Uuid>), $crate::StoreError> {
+            let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
                 "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
             ))
             .bind(id.as_uuid())
             .fetch_optional(&mut *conn)
             .await?
-            .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })
+            .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
+            Ok((status.parse().map_err($crate::StoreError::Corrupt)?, project))
+        }
+
+        /// Sets a run running again (`cancel_requested` as given) and, if it had ended,
+        /// records the change of status.
+        async fn reopen(
+            conn: &mut $conn,
+            id: orchion_domain::RunId,
+            from: orchion_domain::RunStatus,
+            project: Option<uuid::Uuid>,
+            cancel_requested: bool,
+        ) -> Result<(), $crate::StoreError> {
+            sqlx::query("UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1")
+                .bind(id.as_uuid())
+                .bind(cancel_requested)
+                .execute(&mut *conn)
+                .await?;
+            if from == orchion_domain::RunStatus::Running {
+                return Ok(());
+            }
+            append_event(
+                conn,
+                $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
+                id.to_string(),
+                project.map(orchion_domain::ProjectId::from_uuid),
+                $crate::runs::status_event(id, from, orchion_domain::RunStatus::Running),
+            )
+            .await
         }
 
         /// Asks a run's queued and running tasks to stop.
