@@ -40,6 +40,7 @@ pub struct Config {
     /// deployment service's configuration. An engine not listed is enabled.
     pub engines: std::collections::BTreeMap<String, EngineConfig>,
     pub webhooks: WebhooksConfig,
+    pub kubernetes: KubernetesConfig,
     pub log: LogConfig,
     /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
     /// Orchion needs no Redis. A warning says so at start.
@@ -168,6 +169,79 @@ impl Config {
     }
 }
 
+/// The `kubernetes` executor: steps run as Jobs in the cluster the server reaches in-cluster
+/// (its service account) or through `KUBECONFIG`. The `JOB_*` keys are the defaults a step's
+/// spec may override, named as the webhook service's variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// Whether this server runs Jobs. Without access to a cluster it still serves everything
+    /// else, and reports the executor unhealthy.
+    pub enabled: bool,
+    /// Where Jobs go (`KUBERNETES_NAMESPACE`).
+    pub namespace: String,
+    /// The image of a step that names none (`JOB_IMAGE`).
+    pub image: String,
+    /// How long a finished Job stays (`JOB_TTL_SECONDS`).
+    pub ttl_seconds: u32,
+    /// Quantities such as `2Gi` or `500m` (`JOB_MEMORY_REQUEST`, `JOB_MEMORY_LIMIT`,
+    /// `JOB_CPU_REQUEST`, `JOB_CPU_LIMIT`).
+    #[serde(deserialize_with = "quantity")]
+    pub memory_request: String,
+    #[serde(deserialize_with = "quantity")]
+    pub memory_limit: String,
+    #[serde(deserialize_with = "quantity")]
+    pub cpu_request: String,
+    #[serde(deserialize_with = "quantity")]
+    pub cpu_limit: String,
+    /// How many Jobs this server runs at once; more wait queued.
+    pub max_jobs: u16,
+    /// How long a pod may be unable to pull its image before the task fails.
+    #[serde(with = "humantime_serde")]
+    pub image_pull_timeout: Duration,
+    /// How often a running Job's pods are looked at.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often the cluster is checked for the executor's health.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            namespace: "default".into(),
+            image: "anthropic/claude-code:latest".into(),
+            ttl_seconds: 1800,
+            memory_request: "2Gi".into(),
+            memory_limit: "4Gi".into(),
+            cpu_request: "1".into(),
+            cpu_limit: "2".into(),
+            max_jobs: 100,
+            image_pull_timeout: Duration::from_secs(120),
+            poll_interval: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A quantity: text, or a bare number (`JOB_CPU_REQUEST=1`) as its text.
+fn quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Quantity {
+        Text(String),
+        Integer(u64),
+        Float(f64),
+    }
+    Ok(match Quantity::deserialize(d)? {
+        Quantity::Text(text) => text,
+        Quantity::Integer(n) => n.to_string(),
+        Quantity::Float(n) => n.to_string(),
+    })
+}
+
 /// Incoming webhooks.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -290,6 +364,13 @@ pub const SEED_ENV: &[(&str, &str)] = &[
     ("ORCHESTRATOR_DATABASE_URL", "database.url"),
     ("WORKER_NODE_URL", "enqueue.worker_url"),
     ("GITHUB_WEBHOOK_SECRET", "webhooks.github.secret"),
+    ("KUBERNETES_NAMESPACE", "kubernetes.namespace"),
+    ("JOB_IMAGE", "kubernetes.image"),
+    ("JOB_TTL_SECONDS", "kubernetes.ttl_seconds"),
+    ("JOB_MEMORY_REQUEST", "kubernetes.memory_request"),
+    ("JOB_MEMORY_LIMIT", "kubernetes.memory_limit"),
+    ("JOB_CPU_REQUEST", "kubernetes.cpu_request"),
+    ("JOB_CPU_LIMIT", "kubernetes.cpu_limit"),
 ];
 
 /// The prefix of Orchion's own configuration variables; `__` separates section and key.

@@ -337,6 +337,52 @@ fn webhook_secrets_come_from_the_seed_variable_or_orchions_own() {
 }
 
 #[test]
+fn kubernetes_job_defaults_come_from_the_seed_variables() {
+    let defaults = Config::default().kubernetes;
+    assert_eq!(
+        (
+            defaults.namespace.as_str(),
+            defaults.ttl_seconds,
+            defaults.memory_request.as_str(),
+            defaults.memory_limit.as_str(),
+            defaults.cpu_request.as_str(),
+            defaults.cpu_limit.as_str(),
+        ),
+        ("default", 1800, "2Gi", "4Gi", "1", "2")
+    );
+    let config = Config::load(&Sources {
+        env: env(&[
+            ("KUBERNETES_NAMESPACE", "agents"),
+            ("JOB_IMAGE", "ghcr.io/acme/worker:1"),
+            ("JOB_TTL_SECONDS", "60"),
+            ("JOB_MEMORY_REQUEST", "512Mi"),
+            ("JOB_MEMORY_LIMIT", "1Gi"),
+            ("JOB_CPU_REQUEST", "0.5"),
+            ("JOB_CPU_LIMIT", "4"),
+            ("ORCHION_KUBERNETES__MAX_JOBS", "7"),
+        ]),
+        ..Default::default()
+    })
+    .unwrap();
+    let k = config.kubernetes;
+    assert_eq!(k.namespace, "agents");
+    assert_eq!(k.image, "ghcr.io/acme/worker:1");
+    assert_eq!(k.ttl_seconds, 60);
+    assert_eq!(
+        [k.memory_request, k.memory_limit, k.cpu_request, k.cpu_limit],
+        ["512Mi", "1Gi", "0.5", "4"]
+    );
+    assert_eq!(k.max_jobs, 7);
+    let err = Config::load(&Sources {
+        env: env(&[("JOB_TTL_SECONDS", "soon")]),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("JOB_TTL_SECONDS"), "{err}");
+}
+
+#[test]
 fn engines_and_webhook_rules_load_from_a_file_and_bad_rules_are_named() {
     let f = file(
         ".yaml",

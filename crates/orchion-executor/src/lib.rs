@@ -8,11 +8,14 @@
 //! - `http`: one HTTP request; the response body is the output.
 //! - `noop`: succeeds at once, with the `outputs` its spec names; for smoke tests and
 //!   benchmarks of Orchion's own overhead.
+//! - `kubernetes`: one container as a Kubernetes Job; its spec ([`KubernetesSpec`]) is checked
+//!   here, and it runs from `orchion-kubernetes`.
 //! - `terraform`, `helm`, `pulumi`, `crossplane`: deployment engines; their spec
 //!   ([`EngineSpec`]) is checked here, and they run from `orchion-engines`.
 
 mod engine;
 mod http;
+mod kubernetes;
 mod shell;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -26,6 +29,10 @@ use tokio_util::sync::CancellationToken;
 pub use crate::{
     engine::{ENGINES, EngineAction, EngineSpec},
     http::HttpSpec,
+    kubernetes::{
+        KubernetesSpec, Quantities, Resources, SecretKeyRef, check_image, check_label_name,
+        parse_quantity,
+    },
     shell::{ShellSpec, run_command},
 };
 
@@ -34,6 +41,7 @@ pub const KNOWN: &[&str] = &[
     "shell",
     "http",
     "noop",
+    "kubernetes",
     "terraform",
     "helm",
     "pulumi",
@@ -143,6 +151,9 @@ pub fn validate(executor: &str, spec: &serde_json::Value) -> Result<String, Vali
             .and_then(|s| s.check().map(|()| s))
             .map(|s| to_json(&s)),
         "noop" => parse::<NoopSpec>(spec).map(|s| to_json(&s)),
+        "kubernetes" => parse::<KubernetesSpec>(spec)
+            .and_then(|s| s.check().map(|()| s))
+            .map(|s| to_json(&s)),
         engine if ENGINES.contains(&engine) => parse::<EngineSpec>(spec).map(|s| to_json(&s)),
         other => Err(ValidationErrors(vec![FieldError::new(
             "executor",
@@ -226,7 +237,7 @@ pub(crate) fn parse_checked<T: DeserializeOwned>(spec: &str) -> Result<T, String
 }
 
 /// Cuts a line to [`MAX_LINE_BYTES`] on a character boundary, marking the cut.
-pub(crate) fn cut_line(mut line: String) -> String {
+pub fn cut_line(mut line: String) -> String {
     const MARK: &str = " [… line cut by orchion]";
     if line.len() <= MAX_LINE_BYTES {
         return line;

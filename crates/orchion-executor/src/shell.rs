@@ -49,14 +49,16 @@ impl From<Text> for String {
     }
 }
 
-fn texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn texts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(Vec::<Text>::deserialize(d)?
         .into_iter()
         .map(String::from)
         .collect())
 }
 
-fn text_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+pub(crate) fn text_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
     Ok(BTreeMap::<String, Text>::deserialize(d)?
         .into_iter()
         .map(|(k, v)| (k, String::from(v)))
