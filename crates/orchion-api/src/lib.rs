@@ -7,6 +7,7 @@
 
 pub mod deployments;
 pub mod enqueue;
+pub mod executors;
 pub mod extract;
 pub mod health;
 pub mod jobs;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub webhooks: Arc<orchion_config::GithubWebhooks>,
     /// Whether each deployment engine is enabled (`engines.<name>.enabled`); absent: enabled.
     pub engines: Arc<std::collections::BTreeMap<String, bool>>,
+    /// The latest probe of executors that need something outside Orchion (`kubernetes`).
+    pub probes: executors::Probes,
     pub lifecycle: Arc<Lifecycle>,
     /// Where `POST /enqueue` forwards jobs.
     pub enqueue: Arc<enqueue::EnqueueSettings>,
@@ -166,6 +169,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             deployments::delete_deployment
         ))
         .routes(routes!(deployments::list_engines))
+        .routes(routes!(executors::list_executors))
         .routes(routes!(webhooks::github))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(nodes::list_nodes))

@@ -190,3 +190,62 @@ async fn bad_node_requests_name_what_is_wrong() {
         assert!(detail.contains(&missing.to_string()), "{detail}");
     }
 }
+
+#[tokio::test]
+async fn executors_show_their_agents_and_the_probed_ones_their_health() {
+    use orchion_api::executors::Probe;
+
+    let app = app().await;
+    let health = |body: &Value, name: &str| -> (String, Value) {
+        let item = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} is listed: {body}"))
+            .clone();
+        (
+            item["health"].as_str().unwrap().to_owned(),
+            item["detail"].clone(),
+        )
+    };
+    let reply = app.get("/api/v1/executors").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(health(&reply.body, "shell").0, "unavailable");
+    assert_eq!(health(&reply.body, "pulumi").0, "disabled");
+    assert_eq!(health(&reply.body, "kubernetes").0, "unavailable");
+
+    register(&app, "worker", &[]).await;
+    app.state.probes.set(
+        "kubernetes",
+        Probe::Unhealthy {
+            detail: "no Kubernetes configuration: not running in a cluster".into(),
+        },
+    );
+    let reply = app.get("/api/v1/executors").await;
+    assert_eq!(health(&reply.body, "shell").0, "healthy");
+    let (kubernetes, detail) = health(&reply.body, "kubernetes");
+    assert_eq!(kubernetes, "unhealthy");
+    assert!(
+        detail
+            .as_str()
+            .unwrap()
+            .contains("no Kubernetes configuration")
+    );
+
+    app.state.probes.set(
+        "kubernetes",
+        Probe::Healthy {
+            detail: "namespace `default` reachable".into(),
+        },
+    );
+    let reply = app.get("/api/v1/executors").await;
+    assert_eq!(
+        health(&reply.body, "kubernetes").0,
+        "unavailable",
+        "the cluster answers, but no agent offers the executor yet"
+    );
+    app.state.probes.set("kubernetes", Probe::Disabled);
+    let reply = app.get("/api/v1/executors").await;
+    assert_eq!(health(&reply.body, "kubernetes").0, "disabled");
+}

@@ -18,6 +18,8 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::{Api, api::ListParams};
 use orchion_executor::{Context, Executor, KubernetesSpec, Outcome, check_image, parse_quantity};
 
+pub use kube::Client;
+
 pub use crate::manifest::Attempt;
 
 /// The executor's defaults and pacing, checked once at start.

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context;
-use orchion_api::{AppState, Lifecycle, Limits};
+use orchion_api::{AppState, Lifecycle, Limits, executors::Probes};
 use orchion_config::{Config, Sources};
 use orchion_control::{NodeRegistry, RegistrySettings, Scheduler, WorkQueue, Workflows};
 use orchion_domain::LivenessPolicy;
@@ -37,6 +37,9 @@ pub struct Server {
     join_token: String,
     listener: TcpListener,
     grpc_listener: TcpListener,
+    /// The `kubernetes` executor's defaults, checked at start.
+    kubernetes: orchion_kubernetes::Settings,
+    probes: Probes,
 }
 
 impl Server {
@@ -53,6 +56,7 @@ impl Server {
                 orchion_executor::ENGINES.join(", ")
             );
         }
+        let kubernetes = crate::kubernetes::settings(&config.kubernetes)?;
         let data_dir = &config.server.data_dir;
         if config.database.url.is_none() {
             std::fs::create_dir_all(data_dir)
@@ -104,6 +108,8 @@ impl Server {
             join_token,
             listener,
             grpc_listener,
+            kubernetes,
+            probes: Probes::default(),
         })
     }
 
@@ -115,6 +121,22 @@ impl Server {
     /// The address the gRPC API is bound to.
     pub fn grpc_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.grpc_listener.local_addr()?)
+    }
+
+    /// Starts the `kubernetes` executor's supervisor (see [`crate::kubernetes`]).
+    fn supervise_kubernetes(&self, data_dir: &Path) -> anyhow::Result<LocalAgent> {
+        let supervised = crate::kubernetes::Supervised {
+            config: self.config.kubernetes.clone(),
+            settings: self.kubernetes.clone(),
+            grpc: format!("http://{}", self.grpc_addr()?),
+            join_token: self.join_token.clone(),
+            state_dir: crate::kubernetes::state_dir(data_dir),
+            probes: self.probes.clone(),
+        };
+        Ok(crate::kubernetes::spawn(
+            supervised,
+            CancellationToken::new(),
+        ))
     }
 
     /// The token agents join with.
@@ -134,6 +156,8 @@ impl Server {
             join_token,
             listener,
             grpc_listener,
+            kubernetes: _,
+            probes,
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
@@ -154,6 +178,7 @@ impl Server {
                         .map(|(name, engine)| (name.clone(), engine.enabled))
                         .collect(),
                 ),
+                probes,
                 lifecycle: lifecycle.clone(),
                 enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
                     worker_url: config.enqueue.worker_url.clone(),
@@ -371,22 +396,31 @@ async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if mode == Mode::Server {
-        return finish(server.run(shutdown_signal()).await);
-    }
-    match start_local_agent(&server, &data_dir) {
-        Ok(agent) => {
-            let stop_agent_first = async move {
-                shutdown_signal().await;
-                agent.stop().await;
-            };
-            finish(server.run(stop_agent_first).await)
-        }
+    let mut agents = Vec::new();
+    match server.supervise_kubernetes(&data_dir) {
+        Ok(supervisor) => agents.push(supervisor),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
     }
+    if mode == Mode::Dev {
+        match start_local_agent(&server, &data_dir) {
+            Ok(agent) => agents.push(agent),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    // The local agents leave before the server drains, so their nodes leave cleanly.
+    let stop_agents_first = async move {
+        shutdown_signal().await;
+        for agent in agents {
+            agent.stop().await;
+        }
+    };
+    finish(server.run(stop_agents_first).await)
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {
@@ -399,15 +433,35 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// The agent `orchion dev` runs beside its server.
-struct LocalAgent {
+/// An agent run inside the server's process: `orchion dev`'s, or the `kubernetes` executor's
+/// supervisor with its agent.
+pub struct LocalAgent {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl LocalAgent {
+    /// Runs an agent over the server's own gRPC API until stopped.
+    pub fn spawn(config: orchion_agent::AgentConfig) -> anyhow::Result<Self> {
+        let agent = orchion_agent::Agent::new(config).context("cannot start the local agent")?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                if let Err(e) = agent.run(stop).await {
+                    tracing::error!(error = %e, "the local agent stopped");
+                }
+            }
+        });
+        Ok(Self { stop, task })
+    }
+
+    pub fn from_parts(stop: CancellationToken, task: tokio::task::JoinHandle<()>) -> Self {
+        Self { stop, task }
+    }
+
     /// Stops the agent, which tells the server it leaves.
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.stop.cancel();
         if let Err(e) = self.task.await {
             tracing::error!(error = %e, "the local agent panicked");
@@ -435,15 +489,5 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
         executors: orchion_engines::executors(&data_dir.join("agent").join("engines")),
         slots: usize::from(crate::cli::DEFAULT_SLOTS),
     };
-    let agent = orchion_agent::Agent::new(config).context("cannot start the local agent")?;
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            if let Err(e) = agent.run(stop).await {
-                tracing::error!(error = %e, "the local agent stopped");
-            }
-        }
-    });
-    Ok(LocalAgent { stop, task })
+    LocalAgent::spawn(config)
 }

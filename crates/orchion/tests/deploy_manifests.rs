@@ -92,11 +92,7 @@ fn the_kubernetes_manifests_match_the_server() {
                 "jobs".to_owned(),
                 verbs(&["create", "get", "list", "watch", "delete"])
             ),
-            (
-                String::new(),
-                "pods".to_owned(),
-                verbs(&["get", "list", "watch"])
-            ),
+            (String::new(), "pods".to_owned(), verbs(&["get", "list"])),
             (String::new(), "pods/log".to_owned(), verbs(&["get"])),
         ],
         "exactly what the executor needs"

@@ -49,6 +49,7 @@ pub async fn app() -> App {
         workflows,
         engines: Arc::new([("pulumi".to_owned(), false)].into()),
         webhooks: Arc::new(webhooks()),
+        probes: orchion_api::executors::Probes::default(),
         lifecycle: Arc::new(Lifecycle::new()),
         enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
             worker_url: "http://127.0.0.1:9".into(),

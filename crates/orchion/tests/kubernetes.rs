@@ -1,0 +1,294 @@
+//! The `kubernetes` executor end to end: a real `orchion server` reaching `orchion-fake-kube`
+//! (a fake API server process) through a kubeconfig, jobs submitted over REST running as Jobs,
+//! their logs and cancellation; and a server without any cluster, which still serves and says
+//! why the executor is unhealthy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use common::{Orchion, eventually, get_json, http};
+use serde_json::{Value, json};
+
+/// `orchion-fake-kube`, killed on drop.
+struct FakeApi {
+    child: Child,
+    url: String,
+}
+
+impl FakeApi {
+    fn start() -> Self {
+        let bin = PathBuf::from(common::BIN).with_file_name("orchion-fake-kube");
+        let mut child = Command::new(bin)
+            .args(["--tick-ms", "100"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("orchion-fake-kube is built with the workspace");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// A kubeconfig for the fake, as `kubectl` would write one.
+    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: tester\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: tester\n    namespace: agents\ncurrent-context: fake\n",
+                self.url
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    async fn changes(&self) -> Vec<String> {
+        let body: Value = http()
+            .get(format!("{}/fake/requests", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        serde_json::from_value(body["changes"].clone()).unwrap()
+    }
+}
+
+impl Drop for FakeApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn executor(server: &Orchion, name: &str) -> Option<Value> {
+    let list = get_json(server, "/api/v1/executors").await?;
+    list["items"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .cloned()
+}
+
+async fn submit(server: &Orchion, body: Value) -> reqwest::Response {
+    http()
+        .post(server.url("/api/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn wait_job(server: &Orchion, id: &str, status: &str) -> Value {
+    eventually(
+        &format!("job {id} to be {status}"),
+        Duration::from_secs(30),
+        || async {
+            let job = get_json(server, &format!("/api/v1/jobs/{id}")).await?;
+            (job["status"] == status).then_some(job)
+        },
+    )
+    .await
+}
+
+fn server_with_cluster(dir: &Path, kubeconfig: &Path) -> Orchion {
+    Orchion::start(
+        dir,
+        &["server"],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("KUBERNETES_NAMESPACE", "agents"),
+            ("ORCHION_KUBERNETES__POLL_INTERVAL", "100ms"),
+            ("ORCHION_KUBERNETES__PROBE_INTERVAL", "500ms"),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_as_kubernetes_jobs_with_their_logs_and_cancellation() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeApi::start();
+    let server = server_with_cluster(dir.path(), &fake.kubeconfig(dir.path()));
+    eventually(
+        "the kubernetes executor to be healthy",
+        Duration::from_secs(30),
+        || async {
+            let e = executor(&server, "kubernetes").await?;
+            (e["health"] == "healthy" && e["agents"] == 1).then_some(())
+        },
+    )
+    .await;
+
+    let created = submit(
+        &server,
+        json!({"executor": "kubernetes", "spec": {"image": "ghcr.io/acme/succeed:1", "args": ["review", 42]}}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = wait_job(&server, &id, "succeeded").await;
+    assert_eq!(done["output"], "starting\nworking\ndone\n");
+    let logs = get_json(&server, &format!("/api/v1/jobs/{id}/logs"))
+        .await
+        .unwrap();
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("created Job agents/orchion-")),
+        "{lines:?}"
+    );
+    assert!(lines.contains(&"working"), "{lines:?}");
+
+    let sleeping = submit(
+        &server,
+        json!({"executor": "kubernetes", "spec": {"image": "ghcr.io/acme/sleep:1"}}),
+    )
+    .await;
+    let id = sleeping.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(
+        "the sleeping job to log",
+        Duration::from_secs(30),
+        || async {
+            let logs = get_json(&server, &format!("/api/v1/jobs/{id}/logs")).await?;
+            logs["lines"]
+                .as_array()?
+                .iter()
+                .any(|l| l["line"] == "tick 2")
+                .then_some(())
+        },
+    )
+    .await;
+    let cancel = http()
+        .post(server.url(&format!("/api/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+    wait_job(&server, &id, "cancelled").await;
+    eventually(
+        "the Job to be deleted with its pods",
+        Duration::from_secs(20),
+        || async {
+            fake.changes()
+                .await
+                .iter()
+                .any(|c| {
+                    c.starts_with("DELETE jobs/") && c.ends_with("propagationPolicy=Foreground")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_kubernetes_specs_are_refused_before_anything_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeApi::start();
+    let server = server_with_cluster(dir.path(), &fake.kubeconfig(dir.path()));
+    for (spec, pointer) in [
+        (json!({"image": "Ghcr.io/Acme Worker"}), "/spec/image"),
+        (
+            json!({"image": "busybox", "resources": {"limits": {"memory": "4GB"}}}),
+            "/spec/resources/limits/memory",
+        ),
+    ] {
+        let response = submit(&server, json!({"executor": "kubernetes", "spec": spec})).await;
+        assert_eq!(response.status(), 422);
+        let problem: Value = response.json().await.unwrap();
+        assert!(
+            problem.to_string().contains(pointer),
+            "{pointer} in {problem}"
+        );
+    }
+    let jobs = get_json(&server, "/api/v1/jobs").await.unwrap();
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 0);
+    assert!(fake.changes().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_cluster_serves_and_reports_the_executor_unhealthy() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-kubeconfig");
+    let server = Orchion::start(
+        dir.path(),
+        &["server"],
+        &[("KUBECONFIG", missing.to_str().unwrap())],
+    );
+    let kubernetes = eventually(
+        "the kubernetes executor to be probed",
+        Duration::from_secs(30),
+        || async {
+            let e = executor(&server, "kubernetes").await?;
+            (e["health"] == "unhealthy").then_some(e)
+        },
+    )
+    .await;
+    let detail = kubernetes["detail"].as_str().unwrap();
+    assert!(detail.contains("no Kubernetes configuration"), "{detail}");
+    // Everything else still works, and a kubernetes job waits queued.
+    let queued = submit(
+        &server,
+        json!({"executor": "kubernetes", "spec": {"image": "busybox"}}),
+    )
+    .await;
+    assert_eq!(queued.status(), 201);
+    let id = queued.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = get_json(&server, &format!("/api/v1/jobs/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "queued");
+    let ready = http().get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_kubernetes_default_stops_the_server_at_start_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Orchion::spawn(
+        dir.path(),
+        &["server", "--http-port", "0", "--port", "0"],
+        &[("JOB_MEMORY_LIMIT", "lots")],
+    );
+    let status = server.wait(Duration::from_secs(30));
+    assert!(!status.success());
+    let output = server.output();
+    assert!(
+        output.contains("kubernetes.memory_limit `lots`"),
+        "{output}"
+    );
+}
