@@ -7,6 +7,7 @@
 
 pub mod deployments;
 pub mod enqueue;
+pub mod events;
 pub mod executors;
 pub mod extract;
 pub mod health;
@@ -21,10 +22,7 @@ pub mod webhooks;
 pub mod workflows;
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -63,6 +61,8 @@ pub struct AppState {
     pub engines: Arc<std::collections::BTreeMap<String, bool>>,
     /// The latest probe of executors that need something outside Orchion (`kubernetes`).
     pub probes: executors::Probes,
+    /// The live event log, fanned out to `/api/v1/events` and `/api/v1/ws`.
+    pub events: Arc<events::EventHub>,
     pub lifecycle: Arc<Lifecycle>,
     /// Where `POST /enqueue` forwards jobs.
     pub enqueue: Arc<enqueue::EnqueueSettings>,
@@ -72,7 +72,7 @@ pub struct AppState {
 #[derive(Debug)]
 pub struct Lifecycle {
     started: Instant,
-    draining: AtomicBool,
+    draining: tokio_util::sync::CancellationToken,
 }
 
 impl Lifecycle {
@@ -80,18 +80,24 @@ impl Lifecycle {
     pub fn new() -> Self {
         Self {
             started: Instant::now(),
-            draining: AtomicBool::new(false),
+            draining: tokio_util::sync::CancellationToken::new(),
         }
     }
 
     /// Marks the server as shutting down: readiness checks fail from now on.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.cancel();
     }
 
     /// Whether the server is shutting down.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.draining.is_cancelled()
+    }
+
+    /// Completes when the server starts shutting down: long-lived responses (event streams)
+    /// end then, so they never hold the shutdown up.
+    pub async fn draining(&self) {
+        self.draining.cancelled().await;
     }
 
     /// How long the server has been up.
@@ -124,6 +130,7 @@ pub struct Limits {
         (name = "runs", description = "Workflow runs: a workflow type's steps run in dependency order"),
         (name = "webhooks", description = "Webhooks: verified GitHub deliveries turned into runs by rules"),
         (name = "deployments", description = "Deployments: resources applied by engines in dependency order, rolled back on failure"),
+        (name = "events", description = "The live event log: Server-Sent Events and WebSocket, resumable by sequence number"),
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness"),
@@ -170,6 +177,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(deployments::list_engines))
         .routes(routes!(executors::list_executors))
+        .routes(routes!(events::events))
+        .routes(routes!(events::websocket))
         .routes(routes!(webhooks::github))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(nodes::list_nodes))

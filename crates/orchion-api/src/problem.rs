@@ -76,6 +76,9 @@ pub enum ApiError {
     Unavailable,
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A bounded resource (event streams) is all in use.
+    #[error("{0}")]
+    Busy(String),
     #[error("internal error")]
     Internal,
 }
@@ -138,6 +141,7 @@ impl ApiError {
                 "shutting-down",
                 "Shutting down",
             ),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Too busy"),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

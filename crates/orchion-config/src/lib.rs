@@ -75,6 +75,9 @@ pub struct ServerConfig {
     pub grpc_port: u16,
     /// The largest gRPC message accepted, in bytes.
     pub grpc_max_message_bytes: usize,
+    /// How many event streams (`/api/v1/events`, `/api/v1/ws`) may be open at once; more are
+    /// answered 503.
+    pub max_event_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
             body_limit_bytes: 1024 * 1024,
             grpc_port: 50051,
             grpc_max_message_bytes: 4 * 1024 * 1024,
+            max_event_streams: 1000,
         }
     }
 }

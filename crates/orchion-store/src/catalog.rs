@@ -232,6 +232,12 @@ macro_rules! impl_catalog_store {
         self.commit(tx).await
     }
 
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>(LAST_EVENT_SEQ)
+            .fetch_one(self.read_pool())
+            .await?)
+    }
+
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(EVENTS_AFTER)
             .bind(after)

@@ -453,6 +453,9 @@ pub trait CatalogStore: Send + Sync {
 
     /// Events with a sequence number above `after`, oldest first, at most `limit`.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// The newest event's sequence number; 0 for an empty log.
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
 }
 
 /// The store behind every Orchion server. Object-safe: the server holds an `Arc<dyn Store>`,
@@ -615,6 +618,23 @@ pub fn now() -> OffsetDateTime {
     let micros = now.microsecond();
     now.replace_microsecond(micros).unwrap_or(now)
 }
+
+/// Every event kind the store writes, for clients that filter by kind.
+pub const EVENT_KINDS: &[&str] = &[
+    kind::PROJECT_CREATED,
+    kind::PROJECT_UPDATED,
+    kind::PROJECT_DELETED,
+    kind::NODE_REGISTERED,
+    kind::NODE_STATUS_CHANGED,
+    kind::NODE_DELETED,
+    kind::JOB_CREATED,
+    kind::JOB_STATUS_CHANGED,
+    kind::SCHEDULE_CREATED,
+    kind::SCHEDULE_DELETED,
+    kind::WORKFLOW_TYPE_CREATED,
+    kind::WORKFLOW_RUN_CREATED,
+    kind::WORKFLOW_RUN_STATUS_CHANGED,
+];
 
 /// The event kinds the store writes.
 pub(crate) mod kind {

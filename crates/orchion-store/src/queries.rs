@@ -25,6 +25,8 @@ pub(crate) const INSERT_IDEMPOTENCY_KEY: &str = "INSERT INTO idempotency_keys (s
 pub(crate) const EVENTS_AFTER: &str = "SELECT seq, at, kind, subject, project_id, data FROM events \
      WHERE seq > $1 ORDER BY seq LIMIT $2";
 
+pub(crate) const LAST_EVENT_SEQ: &str = "SELECT COALESCE(MAX(seq), 0) FROM events";
+
 pub(crate) const NODE_COLUMNS_SELECT: &str = "SELECT id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at FROM nodes";
 
 /// Registers a node, or re-registers it under its id: `registered_at` and the drain flag are

@@ -322,6 +322,7 @@ async fn concurrent_writes_all_commit(db: Db) {
 
 async fn every_change_appends_one_event_in_order(db: Db) {
     let store = db.open().await;
+    assert_eq!(store.last_event_seq().await.unwrap(), 0);
     let project = new_project("evented");
     store.create_project(project.clone(), None).await.unwrap();
     store
@@ -343,6 +344,7 @@ async fn every_change_appends_one_event_in_order(db: Db) {
     assert!(events.iter().all(|e| e.project_id == Some(project.id)));
     assert_eq!(events[1].data["name"], "renamed");
 
+    assert_eq!(store.last_event_seq().await.unwrap(), events[2].seq);
     let after_first = store.events_after(events[0].seq, 100).await.unwrap();
     assert_eq!(after_first, events[1..].to_vec());
     assert_eq!(

@@ -163,6 +163,11 @@ impl Server {
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
         let scheduler = Arc::new(Scheduler::new(store.clone(), work.clone()));
         let workflows = Arc::new(Workflows::new(store.clone(), work.clone()));
+        let events = Arc::new(
+            orchion_api::events::EventHub::new(store.clone(), config.server.max_event_streams)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot read the event log: {e}"))?,
+        );
         let app = orchion_api::router(
             AppState {
                 store: store.clone(),
@@ -179,6 +184,7 @@ impl Server {
                         .collect(),
                 ),
                 probes,
+                events: events.clone(),
                 lifecycle: lifecycle.clone(),
                 enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
                     worker_url: config.enqueue.worker_url.clone(),
@@ -196,6 +202,7 @@ impl Server {
         let reaper = tokio::spawn(work.clone().run(stopping.clone()));
         let firing = tokio::spawn(scheduler.run(stopping.clone()));
         let engine = tokio::spawn(workflows.run(stopping.clone()));
+        let event_hub = tokio::spawn(events.run(stopping.clone()));
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
             orchion_grpc::NodeService::new(registry, join_token),
@@ -249,6 +256,9 @@ impl Server {
         }
         if let Err(e) = engine.await {
             tracing::error!(error = %e, "the workflow engine panicked");
+        }
+        if let Err(e) = event_hub.await {
+            tracing::error!(error = %e, "the event hub panicked");
         }
         store.close().await;
         tracing::info!("stopped");

@@ -41,7 +41,13 @@ pub async fn app() -> App {
     ));
     let scheduler = Arc::new(orchion_control::Scheduler::new(store.clone(), work.clone()));
     let workflows = Arc::new(orchion_control::Workflows::new(store.clone(), work.clone()));
+    let events = Arc::new(
+        orchion_api::events::EventHub::new(store.clone(), 3)
+            .await
+            .unwrap(),
+    );
     let state = AppState {
+        events,
         store,
         nodes,
         work,

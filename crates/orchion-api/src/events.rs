@@ -1,0 +1,424 @@
+//! The live event log: `GET /api/v1/events` (Server-Sent Events) and `GET /api/v1/ws`
+//! (WebSocket), both over the store's append-only event log.
+//!
+//! One [`EventHub`] task reads new events from the store (so events written by other replicas
+//! arrive too) and broadcasts them; each stream subscribes, then catches up from the store from
+//! where the client asked (`Last-Event-ID`, or `after`), then follows the broadcast, skipping
+//! what it already sent. Sequence numbers increase in commit order, so a client that resumes
+//! from the last id it saw gets every later event once: no gap, no duplicate. A stream that
+//! falls behind the broadcast catches up from the store again. Streams end when the server
+//! starts shutting down, and their number is bounded (`server.max_event_streams`).
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::{
+        State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    http::HeaderMap,
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, KeepAlive, Sse},
+    },
+};
+use orchion_domain::{NodeId, ProjectId, RunId};
+use orchion_store::{Event, Store};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{AppState, extract::QueryParams, problem::ApiError};
+
+/// How often the hub looks for new events.
+const POLL: Duration = Duration::from_millis(100);
+/// Events read from the store at once.
+const PAGE: u32 = 500;
+/// Events a slow stream may be behind before it catches up from the store instead.
+const BACKLOG: usize = 4096;
+/// How often an idle stream sends a keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The event log, fanned out to every open stream.
+pub struct EventHub {
+    store: Arc<dyn Store>,
+    sender: broadcast::Sender<Arc<Event>>,
+    /// The newest sequence number read from the store.
+    latest: AtomicI64,
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+}
+
+impl EventHub {
+    /// A hub that will broadcast what is appended after the log's current end.
+    pub async fn new(store: Arc<dyn Store>, max_streams: usize) -> Result<Self, ApiError> {
+        let latest = store.last_event_seq().await?;
+        Ok(Self {
+            store,
+            sender: broadcast::channel(BACKLOG).0,
+            latest: AtomicI64::new(latest),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+        })
+    }
+
+    /// Reads and broadcasts new events until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let after = self.latest.load(Ordering::SeqCst);
+            match self.store.events_after(after, PAGE).await {
+                Ok(events) => {
+                    let full = events.len() == PAGE as usize;
+                    for event in events {
+                        self.latest.store(event.seq, Ordering::SeqCst);
+                        // No receivers is fine: nobody is listening.
+                        let _ = self.sender.send(Arc::new(event));
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the event log"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(POLL) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Open streams.
+    pub fn open_streams(&self) -> usize {
+        self.max_streams - self.streams.available_permits()
+    }
+}
+
+/// Which events a stream carries; every given filter must match.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Events of this project.
+    pub project: Option<String>,
+    /// Events of this run (job, workflow run or deployment).
+    pub run: Option<String>,
+    /// Events of this node.
+    pub node: Option<String>,
+    /// Comma-separated kinds (`job.status_changed`), or families (`job.*`).
+    pub kind: Option<String>,
+    /// Start after this sequence number (as `Last-Event-ID` does); without either, the stream
+    /// starts at the log's current end.
+    pub after: Option<i64>,
+}
+
+/// One event, as streams carry it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventBody {
+    pub seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    pub kind: String,
+    pub subject: String,
+    pub project_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+impl From<&Event> for EventBody {
+    fn from(e: &Event) -> Self {
+        Self {
+            seq: e.seq,
+            at: e.at,
+            kind: e.kind.clone(),
+            subject: e.subject.clone(),
+            project_id: e.project_id.map(|p| p.to_string()),
+            data: e.data.clone(),
+        }
+    }
+}
+
+/// The checked filters.
+#[derive(Debug, Clone, Default)]
+struct Filter {
+    project: Option<ProjectId>,
+    run: Option<String>,
+    node: Option<String>,
+    kinds: Vec<String>,
+}
+
+impl Filter {
+    fn matches(&self, event: &Event) -> bool {
+        let names = |id: &str, field: &str| {
+            event.subject == id || event.data.get(field).and_then(|v| v.as_str()) == Some(id)
+        };
+        self.project.is_none_or(|p| event.project_id == Some(p))
+            && self.run.as_deref().is_none_or(|r| names(r, "job_id"))
+            && self.node.as_deref().is_none_or(|n| names(n, "node_id"))
+            && (self.kinds.is_empty()
+                || self.kinds.iter().any(|k| match k.strip_suffix('*') {
+                    Some(family) => event.kind.starts_with(family),
+                    None => event.kind == *k,
+                }))
+    }
+}
+
+fn invalid(name: &str, detail: String) -> ApiError {
+    ApiError::InvalidParameter {
+        name: name.into(),
+        detail,
+    }
+}
+
+/// A stream's filter and starting point, checked: every problem names its parameter.
+async fn prepare(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: EventQuery,
+) -> Result<(Filter, i64, OwnedSemaphorePermit), ApiError> {
+    let mut filter = Filter::default();
+    if let Some(project) = &query.project {
+        filter.project = Some(
+            project
+                .parse()
+                .map_err(|e: orchion_domain::IdParseError| invalid("project", e.to_string()))?,
+        );
+    }
+    if let Some(run) = &query.run {
+        let id: RunId = run
+            .parse()
+            .map_err(|e: orchion_domain::IdParseError| invalid("run", e.to_string()))?;
+        filter.run = Some(id.to_string());
+    }
+    if let Some(node) = &query.node {
+        let id: NodeId = node
+            .parse()
+            .map_err(|e: orchion_domain::IdParseError| invalid("node", e.to_string()))?;
+        filter.node = Some(id.to_string());
+    }
+    if let Some(kinds) = &query.kind {
+        for kind in kinds.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            let known = match kind.strip_suffix(".*") {
+                Some(family) => orchion_store::EVENT_KINDS
+                    .iter()
+                    .any(|k| k.split('.').next() == Some(family)),
+                None => orchion_store::EVENT_KINDS.contains(&kind),
+            };
+            if !known {
+                return Err(invalid(
+                    "kind",
+                    format!(
+                        "unknown event kind `{kind}`: expected one of {}, or a family such as `job.*`",
+                        orchion_store::EVENT_KINDS.join(", ")
+                    ),
+                ));
+            }
+            filter.kinds.push(
+                kind.strip_suffix(".*")
+                    .map_or(kind.to_owned(), |f| format!("{f}.*")),
+            );
+        }
+    }
+    let resume = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    invalid(
+                        "Last-Event-ID",
+                        "header `Last-Event-ID` must be an event sequence number".into(),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    if let Some(after) = query.after
+        && after < 0
+    {
+        return Err(invalid(
+            "after",
+            format!("after must be 0 or more, got {after}"),
+        ));
+    }
+    let last = state.store.last_event_seq().await?;
+    let from = match resume.or(query.after) {
+        Some(from) if from > last => {
+            let name = if resume.is_some() {
+                "Last-Event-ID"
+            } else {
+                "after"
+            };
+            return Err(invalid(
+                name,
+                format!("{name} {from} is ahead of the event log, whose latest event is {last}"),
+            ));
+        }
+        Some(from) => from,
+        None => last,
+    };
+    let permit = state
+        .events
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::Busy(format!(
+                "too many event streams are open: the limit is {} (server.max_event_streams); try again later",
+                state.events.max_streams
+            ))
+        })?;
+    Ok((filter, from, permit))
+}
+
+/// Feeds `out` with the events after `from` that match `filter`, until the client goes away or
+/// the server shuts down.
+async fn pump(
+    state: AppState,
+    filter: Filter,
+    mut last: i64,
+    out: mpsc::Sender<Arc<Event>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut live = state.events.sender.subscribe();
+    let store = state.store.clone();
+    let catch_up = async |last: &mut i64| -> bool {
+        loop {
+            let Ok(events) = store.events_after(*last, PAGE).await else {
+                return false;
+            };
+            let full = events.len() == PAGE as usize;
+            for event in events {
+                *last = event.seq;
+                if filter.matches(&event) && out.send(Arc::new(event)).await.is_err() {
+                    return false;
+                }
+            }
+            if !full {
+                return true;
+            }
+        }
+    };
+    if !catch_up(&mut last).await {
+        return;
+    }
+    loop {
+        let received = tokio::select! {
+            received = live.recv() => received,
+            () = state.lifecycle.draining() => return,
+            () = out.closed() => return,
+        };
+        match received {
+            Ok(event) if event.seq <= last => {}
+            Ok(event) => {
+                last = event.seq;
+                if filter.matches(&event) && out.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if !catch_up(&mut last).await {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Starts a stream's pump; its events arrive on the receiver.
+async fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: EventQuery,
+) -> Result<mpsc::Receiver<Arc<Event>>, ApiError> {
+    let (filter, from, permit) = prepare(state, headers, query).await?;
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(pump(state.clone(), filter, from, tx, permit));
+    Ok(rx)
+}
+
+/// The event log as Server-Sent Events: each event's `id` is its sequence number, so a client
+/// that reconnects with `Last-Event-ID` gets exactly what it missed. Keep-alive comments every
+/// 15 s; the stream ends when the server shuts down.
+#[utoipa::path(get, path = "/api/v1/events", tag = "events",
+    params(EventQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this sequence number")),
+    responses(
+        (status = 200, description = "text/event-stream of EventBody", content_type = "text/event-stream"),
+        (status = 400, body = crate::problem::Problem),
+        (status = 503, body = crate::problem::Problem, description = "Too many open streams"),
+    ))]
+pub async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<EventQuery>,
+) -> Result<Response, ApiError> {
+    let rx = open(&state, &headers, query).await?;
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let sse = SseEvent::default()
+            .id(event.seq.to_string())
+            .json_data(EventBody::from(event.as_ref()))
+            .unwrap_or_default();
+        Some((Ok::<_, Infallible>(sse), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+/// The event log over WebSocket, as JSON text messages, with the same filters and `after`.
+#[utoipa::path(get, path = "/api/v1/ws", tag = "events",
+    params(EventQuery),
+    responses(
+        (status = 101, description = "WebSocket of EventBody messages"),
+        (status = 400, body = crate::problem::Problem),
+        (status = 503, body = crate::problem::Problem, description = "Too many open streams"),
+    ))]
+pub async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    QueryParams(query): QueryParams<EventQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let rx = open(&state, &headers, query).await?;
+    Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, rx, state)))
+}
+
+async fn serve_socket(mut socket: WebSocket, mut rx: mpsc::Receiver<Arc<Event>>, state: AppState) {
+    let mut ping = tokio::time::interval(KEEP_ALIVE);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                let text = serde_json::to_string(&EventBody::from(event.as_ref())).unwrap_or_default();
+                if socket.send(Message::Text(text.into())).await.is_err() {
+                    return;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+            () = state.lifecycle.draining() => break,
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
