@@ -291,6 +291,15 @@ async fn pump(
     out: mpsc::Sender<Arc<Event>>,
     _permit: OwnedSemaphorePermit,
 ) {
+    /// Counts the stream as open while it lives.
+    struct Open;
+    impl Drop for Open {
+        fn drop(&mut self) {
+            orchion_metrics::metrics().event_streams.dec();
+        }
+    }
+    orchion_metrics::metrics().event_streams.inc();
+    let _open = Open;
     let mut live = state.events.sender.subscribe();
     let store = state.store.clone();
     let catch_up = async |last: &mut i64| -> bool {

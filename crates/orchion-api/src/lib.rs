@@ -197,6 +197,29 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// Counts and times each request by method and route template (`/api/v1/jobs/{id}`, never the
+/// raw path, so the label set stays bounded).
+async fn measure(request: Request, next: axum::middleware::Next) -> axum::response::Response {
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = orchion_metrics::metrics();
+    metrics
+        .api_requests
+        .with_label_values(&[&method, &route, response.status().as_str()])
+        .inc();
+    metrics
+        .api_request_duration
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
 /// The OpenAPI document, as served at `/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     api().1
@@ -210,6 +233,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(Extension(BodyLimit(limits.body_limit_bytes)))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

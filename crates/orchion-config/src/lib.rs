@@ -41,6 +41,7 @@ pub struct Config {
     pub engines: std::collections::BTreeMap<String, EngineConfig>,
     pub webhooks: WebhooksConfig,
     pub kubernetes: KubernetesConfig,
+    pub telemetry: TelemetryConfig,
     pub log: LogConfig,
     /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
     /// Orchion needs no Redis. A warning says so at start.
@@ -78,6 +79,10 @@ pub struct ServerConfig {
     /// How many event streams (`/api/v1/events`, `/api/v1/ws`) may be open at once; more are
     /// answered 503.
     pub max_event_streams: usize,
+    /// Whether `/metrics` is served on `metrics_port` (the workflow service's key).
+    pub enable_metrics: bool,
+    /// The port of the Prometheus endpoint (`--metrics-port`; `0` picks a free one).
+    pub metrics_port: u16,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +97,8 @@ impl Default for ServerConfig {
             grpc_port: 50051,
             grpc_max_message_bytes: 4 * 1024 * 1024,
             max_event_streams: 1000,
+            enable_metrics: true,
+            metrics_port: 9090,
         }
     }
 }
@@ -227,6 +234,45 @@ impl Default for KubernetesConfig {
             poll_interval: Duration::from_secs(2),
             probe_interval: Duration::from_secs(30),
         }
+    }
+}
+
+/// Tracing: spans exported over OTLP when an endpoint is set, off otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Whether traces are exported (the workflow service's key); an endpoint is needed too.
+    pub enabled: bool,
+    /// The OTLP/HTTP endpoint, e.g. `http://localhost:4318` (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of the spans.
+    pub service_name: String,
+    /// The `deployment.environment` of the spans.
+    pub environment: Option<String>,
+    /// Accepted for compatibility with the workflow service's `config.yaml`. Orchion exports
+    /// OTLP, which Jaeger accepts; a warning at start says so.
+    #[serde(skip_serializing)]
+    pub jaeger: Option<serde_json::Value>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            otlp_endpoint: None,
+            service_name: "orchion".into(),
+            environment: None,
+            jaeger: None,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Where spans go, if anywhere.
+    pub fn exporting_to(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .filter(|e| self.enabled && !e.trim().is_empty())
     }
 }
 
@@ -368,6 +414,13 @@ pub const SEED_ENV: &[(&str, &str)] = &[
     ("ORCHESTRATOR_DATABASE_URL", "database.url"),
     ("WORKER_NODE_URL", "enqueue.worker_url"),
     ("GITHUB_WEBHOOK_SECRET", "webhooks.github.secret"),
+    ("ORCHESTRATOR_TELEMETRY_ENABLED", "telemetry.enabled"),
+    (
+        "ORCHESTRATOR_TELEMETRY_JAEGER_COLLECTOR_ENDPOINT",
+        "telemetry.jaeger.collector_endpoint",
+    ),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "telemetry.otlp_endpoint"),
+    ("OTEL_SERVICE_NAME", "telemetry.service_name"),
     ("KUBERNETES_NAMESPACE", "kubernetes.namespace"),
     ("JOB_IMAGE", "kubernetes.image"),
     ("JOB_TTL_SECONDS", "kubernetes.ttl_seconds"),
@@ -509,6 +562,14 @@ impl Config {
         self.listen_addr(self.server.http_port)
     }
 
+    /// The Prometheus endpoint's listen address, when metrics are enabled.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        if !self.server.enable_metrics {
+            return Ok(None);
+        }
+        self.listen_addr(self.server.metrics_port).map(Some)
+    }
+
     /// The gRPC listen address.
     pub fn grpc_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen_addr(self.server.grpc_port)
@@ -535,6 +596,11 @@ impl Config {
         }
         if self.temporal.is_some() {
             ignored.push("temporal (Orchion is its own workflow engine)");
+        }
+        if self.telemetry.jaeger.is_some() {
+            ignored.push(
+                "telemetry.jaeger (Orchion exports OTLP, which Jaeger accepts: set telemetry.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)",
+            );
         }
         if self.database.max_idle_conns.is_some() {
             ignored.push("database.max_idle_conns (the pool manages idle connections)");

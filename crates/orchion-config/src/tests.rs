@@ -98,7 +98,7 @@ fn seed_variables_apply_in_documented_order() {
 fn the_workflow_service_config_yaml_loads() {
     let f = file(
         ".yaml",
-        "server:\n  port: 8181\n  host: 0.0.0.0\ndatabase:\n  url: postgres://user:pass@localhost:5432/orchestrator?sslmode=disable\n  max_open_conns: 25\n  max_idle_conns: 5\nredis:\n  addr: localhost:6379\n  db: 0\ntemporal:\n  host_port: localhost:7233\n",
+        "server:\n  port: 8181\n  host: 0.0.0.0\n  enable_metrics: true\n  metrics_port: 9191\ndatabase:\n  url: postgres://user:pass@localhost:5432/orchestrator?sslmode=disable\n  max_open_conns: 25\n  max_idle_conns: 5\nredis:\n  addr: localhost:6379\n  db: 0\ntemporal:\n  host_port: localhost:7233\ntelemetry:\n  enabled: true\n  service_name: orchestrator\n  environment: development\n  jaeger:\n    collector_endpoint: http://localhost:14268/api/traces\n",
     );
     let config = Config::load(&Sources {
         file: Some(f.path().into()),
@@ -107,7 +107,14 @@ fn the_workflow_service_config_yaml_loads() {
     .unwrap();
     assert_eq!(config.server.http_port, 8181);
     assert_eq!(config.database.max_connections, 25);
-    assert_eq!(config.ignored_sections().len(), 3);
+    assert_eq!(config.server.metrics_port, 9191);
+    assert_eq!(config.telemetry.service_name, "orchestrator");
+    assert_eq!(
+        config.telemetry.exporting_to(),
+        None,
+        "Jaeger's endpoint is not OTLP"
+    );
+    assert_eq!(config.ignored_sections().len(), 4);
 }
 
 #[test]

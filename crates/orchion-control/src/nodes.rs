@@ -200,7 +200,11 @@ impl NodeRegistry {
         let (liveness, restart) = {
             let mut nodes = self.nodes();
             let entry = authenticated(&mut nodes, id, credential)?;
-            entry.last_seen = Instant::now();
+            let now = Instant::now();
+            orchion_metrics::metrics()
+                .heartbeat_interval
+                .observe((now - entry.last_seen).as_secs_f64());
+            entry.last_seen = now;
             entry.node.last_heartbeat_at = orchion_store::now();
             (
                 entry.node.liveness,

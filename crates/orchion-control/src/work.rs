@@ -77,14 +77,24 @@ impl WorkQueue {
             let store = store.clone();
             Batcher::spawn(BATCH, move |jobs| {
                 let store = store.clone();
-                async move { store.create_jobs(jobs).await }
+                async move {
+                    let started = std::time::Instant::now();
+                    let created = store.create_jobs(jobs).await;
+                    orchion_metrics::metrics().store_op("create_jobs", started);
+                    created
+                }
             })
         };
         let results = {
             let store = store.clone();
             Batcher::spawn(BATCH, move |reports| {
                 let store = store.clone();
-                async move { store.complete_attempts(reports).await }
+                async move {
+                    let started = std::time::Instant::now();
+                    let completed = store.complete_attempts(reports).await;
+                    orchion_metrics::metrics().store_op("complete_attempts", started);
+                    completed
+                }
             })
         };
         let (steps_finished, steps_finished_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -158,6 +168,7 @@ impl WorkQueue {
 
             let node = self.nodes.authenticate(node_id, credential)?;
             if node.liveness == Liveness::Alive && !node.draining {
+                let started = std::time::Instant::now();
                 let claimed = self
                     .store
                     .claim_tasks(&ClaimRequest {
@@ -169,6 +180,14 @@ impl WorkQueue {
                         now: orchion_store::now(),
                     })
                     .await?;
+                let metrics = orchion_metrics::metrics();
+                metrics.store_op("claim_tasks", started);
+                for task in &claimed {
+                    metrics
+                        .tasks_claimed
+                        .with_label_values(&[task.executor.as_str()])
+                        .inc();
+                }
                 if !claimed.is_empty() {
                     return Ok(claimed);
                 }
@@ -224,6 +243,10 @@ impl WorkQueue {
         results: Vec<AttemptResult>,
     ) -> Result<Vec<Result<Completed, StoreError>>, WorkError> {
         self.nodes.authenticate(node, credential)?;
+        let outcomes: Vec<&'static str> = results
+            .iter()
+            .map(|r| orchion_domain::AttemptStatus::of(&r.outcome).as_str())
+            .collect();
         let reports = results
             .into_iter()
             .map(|r| AttemptReport {
@@ -236,6 +259,12 @@ impl WorkQueue {
             })
             .collect();
         let statuses = self.results.submit_all(reports).await;
+        let attempts = &orchion_metrics::metrics().attempts;
+        for (outcome, status) in outcomes.iter().zip(&statuses) {
+            if status.is_ok() {
+                attempts.with_label_values(&[outcome]).inc();
+            }
+        }
         for done in statuses.iter().flatten() {
             if done.workflow && done.status.is_terminal() {
                 let _ = self.steps_finished.send(done.run_id);
@@ -248,14 +277,21 @@ impl WorkQueue {
     /// One reaper pass: attempts whose lease expired, and attempts on nodes that are no longer
     /// alive, are lost (and retried by policy). Idempotent; tests drive it directly.
     pub async fn tick(&self) -> Result<usize, StoreError> {
-        let mut changed = self.store.expire_leases(orchion_store::now()).await?;
+        let lost = &orchion_metrics::metrics().attempts_lost;
+        let expired = self.store.expire_leases(orchion_store::now()).await?;
+        lost.with_label_values(&["lease_expired"])
+            .inc_by(u64::try_from(expired).unwrap_or(0));
+        let mut changed = expired;
         for node in self.store.running_nodes().await? {
             let alive = self
                 .nodes
                 .get(node)
                 .is_some_and(|n| n.liveness == Liveness::Alive);
             if !alive {
-                changed += self.store.lose_node_attempts(node).await?;
+                let gone = self.store.lose_node_attempts(node).await?;
+                lost.with_label_values(&["node_lost"])
+                    .inc_by(u64::try_from(gone).unwrap_or(0));
+                changed += gone;
             }
         }
         if changed > 0 {

@@ -611,6 +611,10 @@ impl Workflows {
                 first.create,
             )
             .await?;
+        orchion_metrics::metrics()
+            .workflows_started
+            .with_label_values(&["deployment"])
+            .inc();
         self.work.work_changed();
         self.advance(deployment.run_id).await?;
         Ok(deployment)
@@ -665,6 +669,10 @@ impl Workflows {
             )
             .await?;
         if created.created {
+            orchion_metrics::metrics()
+                .workflows_started
+                .with_label_values(&["workflow"])
+                .inc();
             self.work.work_changed();
             // Steps that ended without running (or a run with nothing to do) move on now.
             self.advance(created.value.id).await?;
@@ -687,10 +695,24 @@ impl Workflows {
             }
             let queued = plan.create.iter().any(|s| s.status == TaskStatus::Queued);
             let settled = plan.create.iter().any(|s| s.status.is_terminal());
-            let finished = plan.finish.is_some();
-            self.store
+            let finished = plan.finish;
+            let ended_here = self
+                .store
                 .advance_workflow_run(id, plan.create, plan.finish)
                 .await?;
+            if let (Some(status), true) = (finished, ended_here) {
+                let metrics = orchion_metrics::metrics();
+                metrics
+                    .workflows_finished
+                    .with_label_values(&[status.as_str()])
+                    .inc();
+                let took = orchion_store::now() - record.run.created_at;
+                metrics
+                    .workflows_duration
+                    .with_label_values(&[status.as_str()])
+                    .observe(took.as_seconds_f64().max(0.0));
+            }
+            let finished = finished.is_some();
             if queued {
                 self.work.work_changed();
             }

@@ -1309,6 +1309,29 @@ macro_rules! impl_job_store {
             Ok($crate::ActiveCounts { queued: count(queued), running: count(running) })
         }
 
+        async fn queue_depths(
+            &self,
+            now: time::OffsetDateTime,
+        ) -> Result<Vec<$crate::QueueDepth>, $crate::StoreError> {
+            let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+                "SELECT executor, CAST(labels AS TEXT), COUNT(*), MIN(enqueued_us) FROM tasks \
+                 WHERE status = 'queued' AND run_after_us <= $1 \
+                 GROUP BY executor, CAST(labels AS TEXT) ORDER BY executor, CAST(labels AS TEXT)",
+            )
+            .bind($crate::jobs::micros(now))
+            .fetch_all(self.read_pool())
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(executor, labels, depth, oldest)| $crate::QueueDepth {
+                    executor,
+                    labels,
+                    depth: u64::try_from(depth).unwrap_or(0),
+                    oldest: $crate::jobs::from_micros(oldest),
+                })
+                .collect())
+        }
+
         async fn running_nodes(&self) -> Result<Vec<orchion_domain::NodeId>, $crate::StoreError> {
             let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
                 "SELECT DISTINCT node_id FROM tasks WHERE status = 'running' AND node_id IS NOT NULL",

@@ -153,6 +153,18 @@ pub struct ActiveCounts {
     pub running: u64,
 }
 
+/// The tasks ready to run and waiting for one executor and one set of placement labels: what an
+/// autoscaler reads to add nodes of that kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub executor: String,
+    /// The placement labels the tasks need, as a JSON object.
+    pub labels: String,
+    pub depth: u64,
+    /// When the longest-waiting one was queued.
+    pub oldest: OffsetDateTime,
+}
+
 /// A node asking for work.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
@@ -393,6 +405,9 @@ pub trait JobStore: Send + Sync {
     /// How many tasks (of jobs and of workflow steps) are queued and running. Only work in
     /// flight is counted, so the cost follows the queue's depth, not the history's length.
     async fn active_task_counts(&self) -> Result<ActiveCounts, StoreError>;
+
+    /// Ready tasks (queued, due by `now`) grouped by executor and placement labels.
+    async fn queue_depths(&self, now: OffsetDateTime) -> Result<Vec<QueueDepth>, StoreError>;
 
     /// Nodes that have attempts running.
     async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError>;

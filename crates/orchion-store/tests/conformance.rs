@@ -83,6 +83,7 @@ conformance!(
     a_job_is_created_once_per_key_and_reads_back,
     claims_take_priority_then_age_for_offered_executors_only,
     a_delayed_job_is_not_claimed_before_its_time,
+    queue_depths_group_ready_tasks_by_executor_and_labels,
     placement_needs_labels_and_free_capacity,
     a_claim_reads_past_work_that_does_not_fit,
     a_concurrency_key_limits_running_tasks,
@@ -652,6 +653,42 @@ async fn a_delayed_job_is_not_claimed_before_its_time(db: Db) {
             .is_empty()
     );
     assert_eq!(store.next_run_after().await.unwrap(), Some(later));
+}
+
+async fn queue_depths_group_ready_tasks_by_executor_and_labels(db: Db) {
+    let store = db.open().await;
+    let in_zone = |zone: &str| NewJob {
+        placement: Placement {
+            labels: [("zone".to_owned(), zone.to_owned())].into(),
+            resources: Capacity::default(),
+        },
+        ..job("shell")
+    };
+    let first = store.create_job(in_zone("b"), None).await.unwrap().value;
+    store.create_job(in_zone("b"), None).await.unwrap();
+    store.create_job(job("http"), None).await.unwrap();
+    store
+        .create_job(
+            NewJob {
+                run_at: Some(orchion_store::now() + time::Duration::hours(1)),
+                ..job("http")
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let depths = store.queue_depths(orchion_store::now()).await.unwrap();
+    let summary: Vec<(&str, u64)> = depths
+        .iter()
+        .map(|d| (d.executor.as_str(), d.depth))
+        .collect();
+    assert_eq!(summary, [("http", 1), ("shell", 2)], "{depths:?}");
+    let zone_b = &depths[1];
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&zone_b.labels).unwrap(),
+        serde_json::json!({"zone": "b"})
+    );
+    assert_eq!(zone_b.oldest, first.created_at);
 }
 
 async fn placement_needs_labels_and_free_capacity(db: Db) {

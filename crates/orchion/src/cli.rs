@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// The gRPC port agents connect to (0 picks a free one).
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// The port of the Prometheus endpoint, /metrics (0 picks a free one).
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
     /// A node not heard from for this long becomes unreachable (e.g. 30s, 1m).
     #[arg(long, value_name = "DURATION")]
     pub heartbeat_timeout: Option<String>,

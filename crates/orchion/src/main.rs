@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod client;
 mod kubernetes;
+mod metrics;
 mod server;
 mod telemetry;
 

@@ -37,6 +37,8 @@ pub struct Server {
     join_token: String,
     listener: TcpListener,
     grpc_listener: TcpListener,
+    /// `/metrics`, unless metrics are disabled.
+    metrics_listener: Option<TcpListener>,
     /// The `kubernetes` executor's defaults, checked at start.
     kubernetes: orchion_kubernetes::Settings,
     probes: Probes,
@@ -101,6 +103,12 @@ impl Server {
         let grpc_listener = TcpListener::bind(grpc_addr).await.with_context(|| {
             format!("cannot listen on {grpc_addr} for gRPC (choose another --port)")
         })?;
+        let metrics_listener = match config.metrics_addr()? {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics (choose another --metrics-port, or set server.enable_metrics = false)")
+            })?),
+            None => None,
+        };
         Ok(Server {
             config,
             store,
@@ -108,6 +116,7 @@ impl Server {
             join_token,
             listener,
             grpc_listener,
+            metrics_listener,
             kubernetes,
             probes: Probes::default(),
         })
@@ -139,6 +148,13 @@ impl Server {
         ))
     }
 
+    /// The address `/metrics` is served on, when enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// The token agents join with.
     pub fn join_token(&self) -> &str {
         &self.join_token
@@ -156,6 +172,7 @@ impl Server {
             join_token,
             listener,
             grpc_listener,
+            metrics_listener,
             kubernetes: _,
             probes,
         } = self;
@@ -203,6 +220,16 @@ impl Server {
         let firing = tokio::spawn(scheduler.run(stopping.clone()));
         let engine = tokio::spawn(workflows.run(stopping.clone()));
         let event_hub = tokio::spawn(events.run(stopping.clone()));
+        if let Some(listener) = metrics_listener {
+            let addr = listener.local_addr()?;
+            tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
+            let scrape = crate::metrics::Scrape {
+                store: store.clone(),
+                nodes: registry.clone(),
+                lifecycle: lifecycle.clone(),
+            };
+            tokio::spawn(crate::metrics::serve(listener, scrape, stopping.clone()));
+        }
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
             orchion_grpc::NodeService::new(registry, join_token),
@@ -349,6 +376,9 @@ fn flag_layers(args: &ServeArgs) -> Vec<(&'static str, orchion_config::Value)> {
     if let Some(port) = args.port {
         flags.push(("server.grpc_port", port.into()));
     }
+    if let Some(port) = args.metrics_port {
+        flags.push(("server.metrics_port", port.into()));
+    }
     if let Some(dir) = &args.data_dir {
         flags.push(("server.data_dir", dir.display().to_string().into()));
     }
@@ -485,8 +515,11 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
     let addr = server.http_addr()?;
     let grpc = server.grpc_addr()?;
     let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
+    let metrics = server
+        .metrics_addr()
+        .map_or("off".to_owned(), |a| format!("http://{a}/metrics"));
     eprintln!(
-        "\nOrchion dev server\n  API         http://{addr}/api/v1\n  API docs    http://{addr}/docs\n  Health      http://{addr}/readyz\n  gRPC        {grpc}\n  Join token  {}\n  Data        {}\n\nA local agent has joined. More can join with:\n  orchion agent --server http://{grpc} --join-token <the token above>\n\nPress Ctrl-C to stop.\n",
+        "\nOrchion dev server\n  API         http://{addr}/api/v1\n  API docs    http://{addr}/docs\n  Health      http://{addr}/readyz\n  Events      http://{addr}/api/v1/events\n  Metrics     {metrics}\n  gRPC        {grpc}\n  Join token  {}\n  Data        {}\n\nA local agent has joined. More can join with:\n  orchion agent --server http://{grpc} --join-token <the token above>\n\nPress Ctrl-C to stop.\n",
         server.join_token(),
         data.display()
     );

@@ -281,7 +281,15 @@ async fn a_bad_kubernetes_default_stops_the_server_at_start_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Orchion::spawn(
         dir.path(),
-        &["server", "--http-port", "0", "--port", "0"],
+        &[
+            "server",
+            "--http-port",
+            "0",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
         &[("JOB_MEMORY_LIMIT", "lots")],
     );
     let status = server.wait(Duration::from_secs(30));

@@ -43,6 +43,7 @@ impl BenchServer {
             .arg("server")
             .args(["--http-port", &http_port.to_string()])
             .args(["--port", &grpc_port.to_string()])
+            .args(["--metrics-port", "0"])
             .arg("--data-dir")
             .arg(&dir)
             .args(extra)

@@ -43,6 +43,9 @@ impl Orchion {
         if !args.contains(&"--port") {
             all.extend(["--port", "0"]);
         }
+        if !args.contains(&"--metrics-port") {
+            all.extend(["--metrics-port", "0"]);
+        }
         let mut process = Orchion::spawn(dir, &all, env);
         let line = process.wait_for_line("HTTP API listening on http://", Duration::from_secs(60));
         process.addr = listening_addr(&line, "HTTP API listening on http://").unwrap();
@@ -169,7 +172,7 @@ impl Drop for Orchion {
 }
 
 /// The address after `prefix` in a "listening" log line (JSON or text).
-fn listening_addr(line: &str, prefix: &str) -> Option<SocketAddr> {
+pub fn listening_addr(line: &str, prefix: &str) -> Option<SocketAddr> {
     let rest = line.split(prefix).nth(1)?;
     let addr: String = rest
         .chars()
