@@ -204,3 +204,12 @@ pub fn page_request(
         .map_err(|e| invalid_query("cursor", e.message))?;
     orchion_domain::PageRequest::new(limit, cursor).map_err(|e| invalid_query("limit", e.message))
 }
+
+/// The order of a listing by creation: `oldest` first (the default) or `newest` first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Oldest,
+    Newest,
+}

@@ -338,6 +338,10 @@ pub struct ListJobs {
     pub status: Option<String>,
     pub executor: Option<String>,
     pub project_id: Option<String>,
+    /// Jobs whose name contains this, ignoring case.
+    pub name: Option<String>,
+    /// `oldest` first (the default) or `newest` first.
+    pub order: Option<crate::extract::Order>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -350,7 +354,7 @@ pub struct JobList {
     pub next_cursor: Option<String>,
 }
 
-/// Lists jobs, oldest first, a page at a time.
+/// Lists jobs, oldest first unless `order=newest`, a page at a time.
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListJobs),
     responses((status = 200, body = JobList), (status = 400, body = Problem)))]
 pub async fn list_jobs(
@@ -364,6 +368,8 @@ pub async fn list_jobs(
         status,
         project_id,
         executor: query.executor,
+        name: query.name.filter(|n| !n.is_empty()),
+        newest_first: query.order == Some(crate::extract::Order::Newest),
     };
     let page = state.store.list_jobs(&filter, page).await?;
     Ok(Json(JobList {

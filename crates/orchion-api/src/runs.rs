@@ -339,6 +339,10 @@ pub struct ListWorkflows {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub workflow_type: Option<String>,
+    /// Runs whose name contains this, ignoring case.
+    pub name: Option<String>,
+    /// `oldest` first (the default) or `newest` first.
+    pub order: Option<crate::extract::Order>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -350,7 +354,7 @@ pub struct WorkflowRunList {
     pub next_cursor: Option<String>,
 }
 
-/// Lists runs, oldest first.
+/// Lists runs, oldest first unless `order=newest`.
 #[utoipa::path(get, path = "/api/v1/workflows", tag = "runs", params(ListWorkflows),
     responses((status = 200, body = WorkflowRunList), (status = 400, body = Problem)))]
 pub async fn list_workflows(
@@ -361,6 +365,8 @@ pub async fn list_workflows(
         project_id: query_value::<ProjectId>("project_id", query.project_id)?,
         status: query_value::<RunStatus>("status", query.status)?,
         workflow: query.workflow_type,
+        name: query.name.filter(|n| !n.is_empty()),
+        newest_first: query.order == Some(crate::extract::Order::Newest),
     };
     let page = page_request(query.limit, query.cursor)?;
     let page = state.store.list_workflow_runs(&filter, page).await?;

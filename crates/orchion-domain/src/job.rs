@@ -812,4 +812,8 @@ pub struct JobFilter {
     pub status: Option<TaskStatus>,
     pub project_id: Option<crate::ProjectId>,
     pub executor: Option<String>,
+    /// Jobs whose name contains this, ignoring case.
+    pub name: Option<String>,
+    /// Newest first (the cursor then moves to older ones); oldest first otherwise.
+    pub newest_first: bool,
 }

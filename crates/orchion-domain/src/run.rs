@@ -139,6 +139,10 @@ pub struct WorkflowRunFilter {
     pub project_id: Option<ProjectId>,
     pub status: Option<RunStatus>,
     pub workflow: Option<String>,
+    /// Runs whose name contains this, ignoring case.
+    pub name: Option<String>,
+    /// Newest first (the cursor then moves to older ones); oldest first otherwise.
+    pub newest_first: bool,
 }
 
 #[cfg(test)]

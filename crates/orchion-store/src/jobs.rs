@@ -701,11 +701,13 @@ macro_rules! impl_job_store {
             filter: &orchion_domain::JobFilter,
             page: orchion_domain::PageRequest,
         ) -> Result<orchion_domain::Page<orchion_domain::Job>, $crate::StoreError> {
+            let (after, order) = $crate::rows::direction(filter.newest_first);
             let sql = format!(
                 "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
                  WHERE r.kind = 'job' AND ($1 IS NULL OR t.status = $1) AND ($2 IS NULL OR r.project_id = $2) \
-                 AND ($3 IS NULL OR t.executor = $3) AND ($4 IS NULL OR t.run_id > $4) \
-                 ORDER BY t.run_id LIMIT $5",
+                 AND ($3 IS NULL OR t.executor = $3) AND ($4 IS NULL OR t.run_id {after} $4) \
+                 AND ($6 IS NULL OR lower(r.name) LIKE $6 ESCAPE '\\') \
+                 ORDER BY t.run_id {order} LIMIT $5",
                 $crate::jobs::TASK_COLUMNS
             );
             let rows = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
@@ -714,6 +716,7 @@ macro_rules! impl_job_store {
                 .bind(filter.executor.as_deref())
                 .bind(page.after.map(|c| c.0))
                 .bind(i64::from(page.limit) + 1)
+                .bind(filter.name.as_deref().map($crate::rows::contains_pattern))
                 .fetch_all(self.read_pool())
                 .await?;
             let limit = page.limit as usize;

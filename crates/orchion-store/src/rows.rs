@@ -168,3 +168,25 @@ pub(crate) fn node_registered_event_data(node: &Node) -> serde_json::Value {
         "status": node.status().as_str(),
     })
 }
+
+/// The cursor comparison and the order of a listing by id: oldest first, or newest first.
+pub(crate) fn direction(newest_first: bool) -> (&'static str, &'static str) {
+    if newest_first {
+        ("<", "DESC")
+    } else {
+        (">", "ASC")
+    }
+}
+
+/// A `LIKE` pattern (with `\` as the escape) for names containing `text`, ignoring case.
+pub(crate) fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}

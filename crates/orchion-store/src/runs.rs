@@ -180,11 +180,13 @@ macro_rules! impl_run_store {
                 filter: &orchion_domain::WorkflowRunFilter,
                 page: orchion_domain::PageRequest,
             ) -> Result<orchion_domain::Page<orchion_domain::WorkflowRun>, $crate::StoreError> {
+                let (after, order) = $crate::rows::direction(filter.newest_first);
                 let sql = format!(
                     "SELECT {} FROM workflow_runs w JOIN runs r ON r.id = w.run_id \
                      WHERE ($1 IS NULL OR w.status = $1) AND ($2 IS NULL OR r.project_id = $2) \
-                     AND ($3 IS NULL OR w.workflow = $3) AND ($4 IS NULL OR w.run_id > $4) \
-                     ORDER BY w.run_id LIMIT $5",
+                     AND ($3 IS NULL OR w.workflow = $3) AND ($4 IS NULL OR w.run_id {after} $4) \
+                     AND ($6 IS NULL OR lower(r.name) LIKE $6 ESCAPE '\\') \
+                     ORDER BY w.run_id {order} LIMIT $5",
                     $crate::runs::RUN_COLUMNS
                 );
                 let rows = sqlx::query_as::<_, $crate::runs::WorkflowRunRow>(&sql)
@@ -193,6 +195,7 @@ macro_rules! impl_run_store {
                     .bind(filter.workflow.as_deref())
                     .bind(page.after.map(|c| c.0))
                     .bind(i64::from(page.limit) + 1)
+                    .bind(filter.name.as_deref().map($crate::rows::contains_pattern))
                     .fetch_all(self.read_pool())
                     .await?;
 $crate::rows::page_of(rows, page, |r: &orchion_domain::WorkflowRun| r.id.as_uuid())

@@ -1209,6 +1209,56 @@ async fn jobs_are_listed_with_filters(db: Db) {
         .unwrap();
     assert_eq!(page.items.len(), 1);
     assert!(page.next.is_some());
+
+    // Newest first, a page at a time.
+    let c = store
+        .create_job(
+            NewJob {
+                name: "Nightly 100%_backup".into(),
+                ..job("shell")
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    let newest = JobFilter {
+        newest_first: true,
+        ..Default::default()
+    };
+    let first = store
+        .list_jobs(&newest, PageRequest::new(Some(2), None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.items.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [c.id, b.id]
+    );
+    let rest = store
+        .list_jobs(&newest, PageRequest::new(Some(2), first.next).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(rest.items.iter().map(|j| j.id).collect::<Vec<_>>(), [a.id]);
+    // Names, ignoring case, with LIKE's wildcards taken literally.
+    for (needle, found) in [
+        ("NIGHTLY", 1),
+        ("100%_", 1),
+        ("1000", 0),
+        ("%", 1),
+        ("_", 1),
+    ] {
+        let named = store
+            .list_jobs(
+                &JobFilter {
+                    name: Some(needle.into()),
+                    ..Default::default()
+                },
+                PageRequest::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(named.items.len(), found, "{needle}");
+    }
 }
 
 async fn schedules_round_trip_and_advance_once(db: Db) {
@@ -1595,6 +1645,46 @@ async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
         [other.id]
     );
     assert_eq!(store.running_workflow_runs().await.unwrap(), [other.id]);
+    let renamed = store
+        .create_workflow_run(
+            NewWorkflowRun {
+                name: "Release 2.0".into(),
+                ..new_run("deploy")
+            },
+            Vec::new(),
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    let newest = store
+        .list_workflow_runs(
+            &WorkflowRunFilter {
+                newest_first: true,
+                ..Default::default()
+            },
+            page,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [renamed.id, other.id, id]
+    );
+    let release = store
+        .list_workflow_runs(
+            &WorkflowRunFilter {
+                name: Some("release".into()),
+                ..Default::default()
+            },
+            page,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        release.items.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [renamed.id]
+    );
 }
 
 async fn workflow_runs_cancel_and_retry_from_failed_steps(db: Db) {
