@@ -5,6 +5,7 @@
 //! validate through the domain's constructors and talk to the store through `Arc<dyn Store>`.
 //! Every error leaves through [`problem::ApiError`], the one mapping to problem+json.
 
+pub mod dashboard;
 pub mod deployments;
 pub mod enqueue;
 pub mod events;
@@ -230,6 +231,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let (api, openapi) = api();
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
