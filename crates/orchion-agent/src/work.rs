@@ -20,6 +20,7 @@ use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, transport::Channel};
+use tracing::Instrument;
 
 use crate::state::Credentials;
 
@@ -144,10 +145,24 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
             let config = config.clone();
             let held = held.clone();
             let stop = stop.clone();
-            tokio::spawn(async move {
-                run_task(client, reporter, config, task, held, stop).await;
-                drop(permit);
-            });
+            // The task's span continues the trace of the request that created it.
+            let span = tracing::info_span!(
+                "task",
+                job_id = %task.job_id,
+                task_id = %task.task_id,
+                attempt = task.attempt,
+                executor = %task.executor,
+            );
+            if !task.traceparent.is_empty() {
+                orchion_otel::continue_trace(&span, &task.traceparent);
+            }
+            tokio::spawn(
+                async move {
+                    run_task(client, reporter, config, task, held, stop).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
         }
     }
     // Stop everything still running; the server retries it once this node leaves.
@@ -246,7 +261,7 @@ async fn run_task(
         stop.clone(),
         lost.clone(),
     ));
-    let env: BTreeMap<String, String> = [
+    let mut env: BTreeMap<String, String> = [
         ("ORCHION_JOB_ID", task.job_id.clone()),
         ("ORCHION_TASK_ID", task.task_id.clone()),
         ("ORCHION_ATTEMPT", task.attempt.to_string()),
@@ -254,6 +269,12 @@ async fn run_task(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    // The task's own span when traces are exported, else the trace it was created in.
+    if let Some(parent) = orchion_otel::traceparent()
+        .or_else(|| (!task.traceparent.is_empty()).then(|| task.traceparent.clone()))
+    {
+        env.insert("TRACEPARENT".into(), parent);
+    }
     let context = Context {
         output,
         cancel: stop.clone(),

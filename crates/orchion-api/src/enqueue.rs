@@ -135,6 +135,7 @@ pub async fn enqueue(State(state): State<AppState>, body: Bytes) -> Response {
         placement: Placement::default(),
         concurrency: None,
         run_at: None,
+        trace_parent: None,
     };
     let key = IdempotencyKey {
         key: job_id.clone(),

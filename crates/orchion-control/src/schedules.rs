@@ -162,6 +162,7 @@ mod tests {
                 placement: Default::default(),
                 concurrency: None,
                 run_at: None,
+                trace_parent: None,
             },
             next_fire_at: Some(due),
             last_fire_at: None,

@@ -55,6 +55,13 @@ pub struct AttemptResult {
     pub outputs: Option<String>,
 }
 
+/// Records the trace the job is created in (the API request's), unless it names one.
+fn traced(job: &mut NewJob) {
+    if job.trace_parent.is_none() {
+        job.trace_parent = orchion_otel::traceparent();
+    }
+}
+
 /// Hands out work and takes results.
 pub struct WorkQueue {
     store: Arc<dyn Store>,
@@ -127,9 +134,10 @@ impl WorkQueue {
     /// Enqueues a job (with others waiting, in one transaction) and wakes waiting agents.
     pub async fn enqueue(
         &self,
-        job: NewJob,
+        mut job: NewJob,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Created<Job>, StoreError> {
+        traced(&mut job);
         let created = self.intake.submit((job, idempotency)).await?;
         if created.created {
             self.work_changed();
@@ -141,8 +149,11 @@ impl WorkQueue {
     /// agents once. Each job is accepted or refused on its own; the results are in order.
     pub async fn enqueue_all(
         &self,
-        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+        mut jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
     ) -> Vec<Result<Created<Job>, StoreError>> {
+        for (job, _) in &mut jobs {
+            traced(job);
+        }
         let created = self.intake.submit_all(jobs).await;
         if created.iter().any(|c| c.as_ref().is_ok_and(|c| c.created)) {
             self.work_changed();

@@ -744,6 +744,8 @@ pub struct NewJob {
     pub concurrency: Option<Concurrency>,
     /// Not before this time.
     pub run_at: Option<time::OffsetDateTime>,
+    /// The W3C `traceparent` of the request that created it, so its execution joins that trace.
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {

@@ -146,6 +146,7 @@ impl WorkServiceApi for WorkService {
                     spec: c.spec,
                     lease_ms: millis(c.timeouts.heartbeat),
                     start_to_close_ms: c.timeouts.start_to_close.map_or(0, millis),
+                    traceparent: c.traceparent.unwrap_or_default(),
                 })
                 .collect(),
         }))

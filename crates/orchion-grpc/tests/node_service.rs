@@ -346,6 +346,7 @@ async fn results_and_logs_for_a_lost_attempt_are_refused() {
         placement: Default::default(),
         concurrency: None,
         run_at: None,
+        trace_parent: None,
     };
     h.store.create_job(job, None).await.unwrap();
     let mut work = WorkServiceClient::new(h.channel.clone());

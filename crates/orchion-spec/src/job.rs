@@ -230,6 +230,7 @@ impl CreateJob {
             },
             concurrency,
             run_at,
+            trace_parent: None,
         };
         job.check(&mut errors);
         errors.into_result((job, self.idempotency_key))

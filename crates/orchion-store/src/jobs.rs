@@ -33,7 +33,7 @@ pub(crate) const TASK_COLUMNS: &str = "t.id, t.run_id, r.name, r.project_id, t.s
      t.cpu_millis, t.memory_bytes, t.gpus, t.concurrency_key, t.concurrency_limit, t.retry, \
      t.schedule_to_start_ms, t.start_to_close_ms, t.heartbeat_ms, t.attempts, t.attempt_budget, \
      t.cancel_requested, t.run_after_us, t.enqueued_us, t.node_id, t.lease_expires_us, t.output, t.error, \
-     t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at, t.outputs, r.kind, t.step";
+     t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at, t.outputs, r.kind, t.step, t.traceparent";
 
 /// Microseconds since the Unix epoch.
 pub(crate) fn micros(at: OffsetDateTime) -> i64 {
@@ -138,6 +138,8 @@ pub(crate) struct TaskRow {
     pub kind: String,
     /// `job` for a job; the step's name for a workflow.
     pub step: String,
+    /// The W3C trace context the task was created in.
+    pub traceparent: Option<String>,
 }
 
 impl TaskRow {
@@ -381,7 +383,7 @@ macro_rules! job_helpers {
                     "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
                      memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
                      start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
-                     enqueued_us, created_at, outputs, error, finished_at) ",
+                     enqueued_us, created_at, outputs, error, finished_at, traceparent) ",
                 );
                 tasks.push_values(chunk, |mut row, task| {
                     let job = task.job;
@@ -412,7 +414,8 @@ macro_rules! job_helpers {
                         .push_bind(now)
                         .push_bind(task.outputs)
                         .push_bind(task.error)
-                        .push_bind(task.status.is_terminal().then_some(now));
+                        .push_bind(task.status.is_terminal().then_some(now))
+                        .push_bind(job.trace_parent.as_deref());
                 });
                 tasks.push(" ON CONFLICT (run_id, step) DO NOTHING");
                 tasks.build().execute(&mut *conn).await?;
@@ -806,6 +809,7 @@ macro_rules! impl_job_store {
                     spec: task.spec.clone(),
                     lease_expires_at: now + timeouts.heartbeat,
                     timeouts,
+                    traceparent: task.traceparent.clone(),
                 });
             }
             if claimed.is_empty() {
@@ -1594,6 +1598,7 @@ pub(crate) fn job_from_json(text: &str) -> Result<orchion_domain::NewJob, StoreE
             }),
         },
         run_at: None,
+        trace_parent: None,
     })
 }
 

@@ -190,6 +190,8 @@ pub struct ClaimedTask {
     pub spec: String,
     pub timeouts: Timeouts,
     pub lease_expires_at: OffsetDateTime,
+    /// The W3C trace context the task was created in, for the agent to continue.
+    pub traceparent: Option<String>,
 }
 
 /// What a recorded result did to its task.

@@ -540,6 +540,7 @@ fn job(executor: &str) -> NewJob {
         placement: Placement::default(),
         concurrency: None,
         run_at: None,
+        trace_parent: None,
     }
 }
 

@@ -30,10 +30,22 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         level: args.log.clone(),
         ..Default::default()
     };
-    if let Err(e) = telemetry::init(&log, &[]) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    let export = args
+        .otlp_endpoint
+        .clone()
+        .filter(|e| !e.trim().is_empty())
+        .map(|endpoint| orchion_otel::Export {
+            endpoint,
+            service_name: args.service_name.clone(),
+            environment: None,
+        });
+    let traces = match telemetry::init(&log, &[], export) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = AgentConfig {
         server: server_url(&args.server),
         join_token: args.join_token,
@@ -59,7 +71,11 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         }
     };
     tokio::spawn(signal);
-    match agent.run(shutdown).await {
+    let result = agent.run(shutdown).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "agent stopped");

@@ -120,6 +120,12 @@ pub struct AgentArgs {
     /// Log filter, like RUST_LOG.
     #[arg(long, env = "ORCHION_LOG", default_value = "info")]
     pub log: String,
+    /// Export traces over OTLP/HTTP to this collector, e.g. http://localhost:4318.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// The traces' service.name.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "orchion-agent")]
+    pub service_name: String,
 }
 
 /// How many tasks an agent runs at once unless told otherwise.

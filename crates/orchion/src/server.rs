@@ -420,10 +420,21 @@ async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
             }
         };
     }
-    if let Err(e) = telemetry::init(&config.log, &env) {
-        eprintln!("error: {e}");
-        return ExitCode::from(2);
-    }
+    let export = config
+        .telemetry
+        .exporting_to()
+        .map(|endpoint| orchion_otel::Export {
+            endpoint: endpoint.to_owned(),
+            service_name: config.telemetry.service_name.clone(),
+            environment: config.telemetry.environment.clone(),
+        });
+    let traces = match telemetry::init(&config.log, &env, export) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     for section in config.ignored_sections() {
         tracing::warn!("configuration section ignored: {section}");
     }
@@ -460,7 +471,11 @@ async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
             agent.stop().await;
         }
     };
-    finish(server.run(stop_agents_first).await)
+    let result = server.run(stop_agents_first).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    finish(result)
 }
 
 fn finish(result: anyhow::Result<()>) -> ExitCode {
