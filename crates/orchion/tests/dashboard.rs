@@ -1,5 +1,5 @@
 //! The dashboard in a real headless Chromium (Debian's `chromium`), driven over the DevTools
-//! protocol, against a real server and agents: it loads without console errors, a job submitted
+//! protocol, against a real `orchion dev` and one more agent: it loads without console errors, a job submitted
 //! through the API appears and turns `succeeded` without a reload, a run's graph shows its
 //! steps' states, a killed node turns `unreachable` on the page, 10,000 jobs are paged, and a
 //! screenshot is written as a test artifact.
@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Orchion, agent, cluster_server, free_port, http};
+use common::{Orchion, TOKEN, agent, free_port, http};
 
 /// Headless Chromium with one page, spoken to over the DevTools protocol.
 struct Browser {
@@ -279,8 +279,24 @@ async fn the_dashboard_follows_the_cluster_live() {
     };
     let dir = tempfile::tempdir().unwrap();
     let grpc = free_port();
-    let server = cluster_server(dir.path(), grpc);
-    let _worker = agent(dir.path(), grpc, "worker", 4);
+    let port = grpc.to_string();
+    // `orchion dev` (its own agent runs the jobs), with fast liveness, and one more agent to kill.
+    let server = Orchion::start(
+        dir.path(),
+        &[
+            "dev",
+            "--port",
+            &port,
+            "--join-token",
+            TOKEN,
+            "--heartbeat-timeout",
+            "2s",
+        ],
+        &[
+            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
+            ("ORCHION_CLUSTER__DOWN_AFTER", "30s"),
+        ],
+    );
     let mut doomed = agent(dir.path(), grpc, "doomed", 1);
     let browser = Browser::launch(&binary).await;
     let base = server.url("/");
@@ -349,6 +365,39 @@ async fn the_dashboard_follows_the_cluster_live() {
         )
         .await;
     assert_eq!(browser.eval("window.__notReloaded").await, json!(true));
+
+    // Cancel from the page.
+    let sleeper = post(
+        &server,
+        "/api/v1/jobs",
+        json!({"name": "sleeper", "executor": "shell", "spec": {"command": "sleep", "args": ["60"]}}),
+    )
+    .await;
+    let sleeper = sleeper["id"].as_str().unwrap();
+    let sleeper_status = format!(
+        "document.querySelector('tr[data-job=\"{sleeper}\"] [data-status]')?.dataset.status"
+    );
+    browser
+        .wait_for(
+            "the sleeper to run",
+            &sleeper_status,
+            json!("running"),
+            Duration::from_secs(30),
+        )
+        .await;
+    browser
+        .eval(&format!(
+            "[...document.querySelectorAll('tr[data-job=\"{sleeper}\"] button')].find(b => b.textContent === 'Cancel').click()"
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the sleeper to be cancelled from the page",
+            &sleeper_status,
+            json!("cancelled"),
+            Duration::from_secs(30),
+        )
+        .await;
 
     // Its page: the log, and the output.
     browser.navigate(&format!("{base}#/jobs/{id}")).await;
