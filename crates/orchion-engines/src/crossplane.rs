@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::{Engine, EngineError, Resource, Tools, parse_json, tool_name, write_json};
+use crate::{Engine, EngineError, Resource, Tools, parse_json, write_json};
 
 /// The `crossplane` engine.
 pub struct Crossplane;
@@ -34,12 +34,15 @@ fn write_claim(resource: &Resource) -> Result<(), EngineError> {
         .or_insert_with(|| json!({}))
         .as_object_mut()
         .ok_or_else(|| EngineError("the claim's metadata is not an object".into()))?;
-    metadata
-        .entry("name")
-        .or_insert_with(|| json!(tool_name(&[&spec.deployment, &spec.resource], 63)));
+    metadata.entry("name").or_insert_with(|| {
+        json!(orchion_executor::dns_label(
+            &[&spec.deployment, &spec.resource],
+            63
+        ))
+    });
     metadata
         .entry("namespace")
-        .or_insert_with(|| json!(tool_name(&[&spec.environment], 63)));
+        .or_insert_with(|| json!(orchion_executor::dns_label(&[&spec.environment], 63)));
     let labels = metadata
         .entry("labels")
         .or_insert_with(|| json!({}))
@@ -47,11 +50,11 @@ fn write_claim(resource: &Resource) -> Result<(), EngineError> {
         .ok_or_else(|| EngineError("the claim's labels are not an object".into()))?;
     labels.insert(
         "orchion.io/deployment".into(),
-        json!(tool_name(&[&spec.deployment], 63)),
+        json!(orchion_executor::dns_label(&[&spec.deployment], 63)),
     );
     labels.insert(
         "orchion.io/resource".into(),
-        json!(tool_name(&[&spec.resource], 63)),
+        json!(orchion_executor::dns_label(&[&spec.resource], 63)),
     );
     write_json(&resource.dir.join("claim.json"), &claim)
 }

@@ -5,9 +5,7 @@
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use crate::{
-    Engine, EngineError, Resource, Tools, catalog_parts, parse_json, tool_name, write_json,
-};
+use crate::{Engine, EngineError, Resource, Tools, catalog_parts, parse_json, write_json};
 
 /// The `helm` engine.
 pub struct Helm;
@@ -23,10 +21,11 @@ fn release(resource: &Resource) -> Release {
     let spec = &resource.spec;
     let (chart, version) = catalog_parts(&spec.catalog_ref);
     Release {
-        name: tool_name(&[&spec.deployment, &spec.resource], 53),
-        namespace: spec.config["namespace"]
-            .as_str()
-            .map_or_else(|| tool_name(&[&spec.environment], 63), str::to_owned),
+        name: orchion_executor::dns_label(&[&spec.deployment, &spec.resource], 53),
+        namespace: spec.config["namespace"].as_str().map_or_else(
+            || orchion_executor::dns_label(&[&spec.environment], 63),
+            str::to_owned,
+        ),
         chart: spec.config["chart"].as_str().unwrap_or(chart).to_owned(),
         version: spec.config["version"]
             .as_str()

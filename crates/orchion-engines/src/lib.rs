@@ -171,23 +171,6 @@ pub(crate) fn catalog_parts(catalog_ref: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// A name tools accept (DNS-1123 label): lowercase letters, digits and `-`, at most `max`.
-pub(crate) fn tool_name(parts: &[&str], max: usize) -> String {
-    let mut name: String = parts
-        .join("-")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    name.truncate(max);
-    name.trim_matches('-').to_owned()
-}
-
 /// An engine as an executor: parses the [`EngineSpec`], prepares the resource's working dir
 /// under `root`, and applies (plan, apply, outputs) or destroys.
 pub struct EngineExecutor {
@@ -223,8 +206,8 @@ impl Executor for EngineExecutor {
         let dir = self
             .root
             .join(self.engine.name())
-            .join(tool_name(&[&spec.deployment], 200))
-            .join(tool_name(&[&spec.resource], 100));
+            .join(orchion_executor::dns_label(&[&spec.deployment], 200))
+            .join(orchion_executor::dns_label(&[&spec.resource], 100));
         if let Err(e) = std::fs::create_dir_all(&dir) {
             return failed(format!("cannot create {}: {e}", dir.display()));
         }
@@ -307,9 +290,9 @@ mod tests {
         );
         assert_eq!(catalog_parts("plain"), ("plain", None));
         assert_eq!(
-            tool_name(&["Team_Alpha.web-app-v1", "database"], 53),
+            orchion_executor::dns_label(&["Team_Alpha.web-app-v1", "database"], 53),
             "team-alpha-web-app-v1-database"
         );
-        assert_eq!(tool_name(&["x"; 40], 10), "x-x-x-x-x");
+        assert_eq!(orchion_executor::dns_label(&["x"; 40], 10), "x-x-x-x-x");
     }
 }

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::{Engine, EngineError, Resource, Tools, parse_json, tool_name, write_json};
+use crate::{Engine, EngineError, Resource, Tools, parse_json, write_json};
 
 /// The `pulumi` engine.
 pub struct Pulumi;
@@ -28,7 +28,7 @@ fn pulumi_env(resource: &Resource) -> Result<Vec<(&'static str, String)>, Engine
 }
 
 fn stack(resource: &Resource) -> String {
-    tool_name(&[&resource.spec.environment], 100)
+    orchion_executor::dns_label(&[&resource.spec.environment], 100)
 }
 
 impl Pulumi {
@@ -58,7 +58,7 @@ impl Pulumi {
         let mut project = program.clone();
         project.insert(
             "name".into(),
-            Value::String(tool_name(
+            Value::String(orchion_executor::dns_label(
                 &[&resource.spec.deployment, &resource.spec.resource],
                 100,
             )),

@@ -370,6 +370,24 @@ fn path_component(component: &str) -> bool {
     true
 }
 
+/// `parts` joined by `-` as a name Kubernetes and the tools accept (a DNS-1123 label):
+/// lowercase letters, digits and `-`, at most `max` characters.
+pub fn dns_label(parts: &[&str], max: usize) -> String {
+    let mut name: String = parts
+        .join("-")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(max);
+    name.trim_matches('-').to_owned()
+}
+
 /// A DNS-1123 label: what a namespace is named (at most 63 lowercase letters, digits and `-`).
 pub fn check_label_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {

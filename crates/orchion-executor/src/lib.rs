@@ -31,7 +31,7 @@ pub use crate::{
     http::HttpSpec,
     kubernetes::{
         KubernetesSpec, Quantities, Resources, SecretKeyRef, check_image, check_label_name,
-        parse_quantity,
+        dns_label, parse_quantity,
     },
     shell::{ShellSpec, run_command},
 };

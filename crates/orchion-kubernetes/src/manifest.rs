@@ -62,20 +62,7 @@ impl Attempt {
 
     /// The Job's name: one per attempt, so a retry never meets its predecessor.
     pub fn job_name(&self) -> String {
-        let id: String = self
-            .task_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let mut name = format!("orchion-{id}-{}", self.attempt);
-        name.truncate(63);
-        name.trim_end_matches('-').to_owned()
+        orchion_executor::dns_label(&["orchion", &self.task_id, &self.attempt.to_string()], 63)
     }
 
     /// The label selector of this attempt's pods.

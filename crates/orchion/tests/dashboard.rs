@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Orchion, TOKEN, agent, free_port, http};
+use common::{Orchion, TOKEN, agent, free_port, http, post_json};
 
 /// Headless Chromium with one page, spoken to over the DevTools protocol.
 struct Browser {
@@ -253,21 +253,6 @@ fn decode_base64(text: &str) -> Vec<u8> {
     out
 }
 
-async fn post(server: &Orchion, path: &str, body: Value) -> Value {
-    let response = http()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_follows_the_cluster_live() {
     let Some(binary) = chromium() else {
@@ -346,7 +331,7 @@ async fn the_dashboard_follows_the_cluster_live() {
         )
         .await;
     browser.eval("window.__notReloaded = true").await;
-    let job = post(
+    let job = post_json(
         &server,
         "/api/v1/jobs",
         json!({"name": "from-the-api", "executor": "shell",
@@ -367,7 +352,7 @@ async fn the_dashboard_follows_the_cluster_live() {
     assert_eq!(browser.eval("window.__notReloaded").await, json!(true));
 
     // Cancel from the page.
-    let sleeper = post(
+    let sleeper = post_json(
         &server,
         "/api/v1/jobs",
         json!({"name": "sleeper", "executor": "shell", "spec": {"command": "sleep", "args": ["60"]}}),
@@ -411,7 +396,7 @@ async fn the_dashboard_follows_the_cluster_live() {
         .await;
 
     // A run: its graph shows every step with its state.
-    post(
+    post_json(
         &server,
         "/api/v1/workflow-types",
         json!({"name": "diamond", "steps": [
@@ -423,7 +408,7 @@ async fn the_dashboard_follows_the_cluster_live() {
         ]}),
     )
     .await;
-    let run = post(&server, "/api/v1/workflows", json!({"type": "diamond"})).await;
+    let run = post_json(&server, "/api/v1/workflows", json!({"type": "diamond"})).await;
     let run_id = run["id"].as_str().unwrap();
     browser.navigate(&format!("{base}#/runs/{run_id}")).await;
     browser
@@ -443,7 +428,7 @@ async fn the_dashboard_follows_the_cluster_live() {
         let jobs: Vec<Value> = (0..1000)
             .map(|i| json!({"name": format!("bulk-{i}"), "executor": "noop", "spec": {}, "run_at": later}))
             .collect();
-        post(&server, "/api/v1/jobs/batch", json!({"jobs": jobs})).await;
+        post_json(&server, "/api/v1/jobs/batch", json!({"jobs": jobs})).await;
     }
     browser.navigate(&format!("{base}#/jobs?name=bulk")).await;
     browser

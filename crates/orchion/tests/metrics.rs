@@ -12,8 +12,8 @@ use std::{
     time::Duration,
 };
 
-use common::{Orchion, eventually, get_json, http, listening_addr};
-use serde_json::{Value, json};
+use common::{Orchion, eventually, get_json, http, listening_addr, post_json};
+use serde_json::json;
 
 async fn scrape(server: &mut Orchion) -> String {
     let line = server.wait_for_line("metrics listening on http://", Duration::from_secs(10));
@@ -45,15 +45,12 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 async fn metrics_describe_the_work_and_pass_promtool() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Orchion::start(dir.path(), &["dev"], &[]);
-    let job: Value = http()
-        .post(server.url("/api/v1/jobs"))
-        .json(&json!({"executor": "shell", "spec": {"command": "true"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = post_json(
+        &server,
+        "/api/v1/jobs",
+        json!({"executor": "shell", "spec": {"command": "true"}}),
+    )
+    .await;
     let id = job["id"].as_str().unwrap().to_owned();
     eventually("the job to succeed", Duration::from_secs(30), || async {
         let j = get_json(&server, &format!("/api/v1/jobs/{id}")).await?;
@@ -62,14 +59,13 @@ async fn metrics_describe_the_work_and_pass_promtool() {
     .await;
     // Two jobs no node can take: they wait, labelled by what they need.
     for _ in 0..2 {
-        let response = http()
-            .post(server.url("/api/v1/jobs"))
-            .json(&json!({"executor": "shell", "spec": {"command": "true"},
-                          "placement": {"labels": {"gpu": "a100"}}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
+        post_json(
+            &server,
+            "/api/v1/jobs",
+            json!({"executor": "shell", "spec": {"command": "true"},
+                   "placement": {"labels": {"gpu": "a100"}}}),
+        )
+        .await;
     }
     let text = scrape(&mut server).await;
     for name in [

@@ -11,10 +11,10 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use common::{Orchion, TOKEN, eventually, free_port, get_json, http};
+use common::{Orchion, TOKEN, eventually, free_port, get_json, post_json};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A span as the collector got it.
 #[derive(Debug, Clone)]
@@ -93,15 +93,12 @@ async fn a_job_is_one_trace_from_the_request_to_its_process() {
         ],
         &otel,
     );
-    let job: Value = http()
-        .post(server.url("/api/v1/jobs"))
-        .json(&json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", "printf %s \"$TRACEPARENT\""]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = post_json(
+        &server,
+        "/api/v1/jobs",
+        json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", "printf %s \"$TRACEPARENT\""]}}),
+    )
+    .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let done = eventually("the job to succeed", Duration::from_secs(30), || async {
         let j = get_json(&server, &format!("/api/v1/jobs/{id}")).await?;

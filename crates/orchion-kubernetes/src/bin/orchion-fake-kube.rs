@@ -193,17 +193,28 @@ async fn jobs(State(fake): State<Fake>, Path(ns): Path<String>, Query(q): Params
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return watch_jobs(fake, ns, q);
     }
+    list(&fake, "batch/v1", "JobList", |w| &w.jobs, &ns, &q)
+}
+
+/// A list answer: the objects of `ns` the selectors pick, at the current resource version.
+fn list(
+    fake: &Fake,
+    api_version: &str,
+    kind: &str,
+    objects: impl Fn(&World) -> &BTreeMap<(String, String), Value>,
+    ns: &str,
+    q: &BTreeMap<String, String>,
+) -> Response {
     let (items, rv) = fake.read(|w| {
-        let items: Vec<Value> = w
-            .jobs
+        let items: Vec<Value> = objects(w)
             .iter()
-            .filter(|((n, _), job)| *n == ns && selected(job, &q))
-            .map(|(_, job)| job.clone())
+            .filter(|((n, _), object)| n == ns && selected(object, q))
+            .map(|(_, object)| object.clone())
             .collect();
         (items, w.rv)
     });
     Json(json!({
-        "apiVersion": "batch/v1", "kind": "JobList",
+        "apiVersion": api_version, "kind": kind,
         "metadata": {"resourceVersion": rv.to_string()},
         "items": items,
     }))
@@ -357,21 +368,7 @@ async fn delete_job(
 }
 
 async fn pods(State(fake): State<Fake>, Path(ns): Path<String>, Query(q): Params) -> Response {
-    let (items, rv) = fake.read(|w| {
-        let items: Vec<Value> = w
-            .pods
-            .iter()
-            .filter(|((n, _), pod)| *n == ns && selected(pod, &q))
-            .map(|(_, pod)| pod.clone())
-            .collect();
-        (items, w.rv)
-    });
-    Json(json!({
-        "apiVersion": "v1", "kind": "PodList",
-        "metadata": {"resourceVersion": rv.to_string()},
-        "items": items,
-    }))
-    .into_response()
+    list(&fake, "v1", "PodList", |w| &w.pods, &ns, &q)
 }
 
 async fn get_pod(State(fake): State<Fake>, Path((ns, name)): Path<(String, String)>) -> Response {

@@ -230,6 +230,20 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// POSTs `body` as JSON and returns the answer's JSON, failing the test on an error status.
+pub async fn post_json(server: &Orchion, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let response = http()
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap_or_default();
+    assert!(status.is_success(), "POST {path}: {status} {answer}");
+    answer
+}
+
 /// The join token test clusters use.
 pub const TOKEN: &str = "test-join-token-0123456789";
 
