@@ -30,7 +30,10 @@ fn main() -> ExitCode {
             .append(true)
             .open(log)
         {
-            let _ = writeln!(file, "{tool} {}", args.join(" "));
+            // One write per line: tools running at once (a parallel rollback) append whole
+            // lines, never interleaved pieces.
+            let line = format!("{tool} {}\n", args.join(" "));
+            let _ = file.write_all(line.as_bytes());
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
