@@ -181,13 +181,21 @@ pub fn listening_addr(line: &str, prefix: &str) -> Option<SocketAddr> {
     addr.parse().ok()
 }
 
-/// A port that was free a moment ago, for a server that must come back on the same port.
+/// A port that was free a moment ago, for a server that must come back on the same port. It
+/// is picked below the kernel's ephemeral range (32768 and up), where the port-0 listeners of
+/// tests running at the same time never land, so nothing takes it between now and its use.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread across test processes, then walk.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1000) as u16 * 12;
+    loop {
+        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (port - 20_000) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some`, failing with `what` after `limit`. For conditions
