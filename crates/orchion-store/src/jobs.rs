@@ -800,7 +800,13 @@ macro_rules! impl_job_store {
                     .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?
                     .state;
                 let timeouts = task.timeouts();
-                events.push($crate::jobs::PendingEvent::status(task, state.status, next.status, next.attempts));
+                events.push($crate::jobs::PendingEvent::claimed(
+                    task,
+                    state.status,
+                    next.status,
+                    next.attempts,
+                    claim.node_id.as_uuid(),
+                ));
                 claimed.push($crate::ClaimedTask {
                     job_id: orchion_domain::RunId::from_uuid(task.run_id),
                     task_id: orchion_domain::TaskId::from_uuid(task.id),
@@ -1372,14 +1378,33 @@ pub(crate) struct PendingEvent {
 }
 
 impl PendingEvent {
-    /// A `job.status_changed` event for `task`.
+    /// A `job.status_changed` event for `task`, naming its step and the node that holds it.
     pub fn status(task: &TaskRow, from: TaskStatus, to: TaskStatus, attempt: u32) -> Self {
+        let mut data = status_event(task.run_id, from, to, attempt);
+        data["task_id"] = serde_json::json!(task.id.to_string());
+        data["step"] = serde_json::json!(task.step);
+        if let Some(node) = task.node_id {
+            data["node_id"] = serde_json::json!(node.to_string());
+        }
         PendingEvent {
             kind: crate::kind::JOB_STATUS_CHANGED,
             subject: RunId::from_uuid(task.run_id).to_string(),
             project_id: task.project_id.map(orchion_domain::ProjectId::from_uuid),
-            data: status_event(task.run_id, from, to, attempt),
+            data,
         }
+    }
+
+    /// The same, for a task `node` has just claimed.
+    pub fn claimed(
+        task: &TaskRow,
+        from: TaskStatus,
+        to: TaskStatus,
+        attempt: u32,
+        node: Uuid,
+    ) -> Self {
+        let mut event = Self::status(task, from, to, attempt);
+        event.data["node_id"] = serde_json::json!(node.to_string());
+        event
     }
 }
 

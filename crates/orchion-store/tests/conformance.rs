@@ -814,6 +814,15 @@ async fn a_result_completes_a_task_once_and_only_from_its_holder(db: Db) {
         .await
         .unwrap()
         .remove(0);
+    let claimed = store.events_after(0, 100).await.unwrap().pop().unwrap();
+    assert_eq!(claimed.kind, "job.status_changed");
+    assert_eq!(claimed.data["to"], "running");
+    assert_eq!(
+        claimed.data["node_id"],
+        node.to_string(),
+        "the event names the node"
+    );
+    assert_eq!(claimed.data["task_id"], c.task_id.to_string());
     assert!(
         matches!(
             store
