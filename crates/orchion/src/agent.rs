@@ -65,8 +65,9 @@ pub async fn run(args: AgentArgs) -> ExitCode {
     let shutdown = CancellationToken::new();
     let signal = {
         let shutdown = shutdown.clone();
+        let signal = shutdown_signal();
         async move {
-            shutdown_signal().await;
+            signal.await;
             shutdown.cancel();
         }
     };

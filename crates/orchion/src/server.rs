@@ -328,22 +328,26 @@ async fn deadline(closing: &Notify, grace: Duration) {
     tokio::time::sleep(grace).await;
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Completes on SIGTERM or SIGINT. The handlers are installed by this call, not when the
+/// future is first polled: call it before announcing readiness, so a signal that follows the
+/// announcement at once is never missed (and never kills the process with the default action).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGINT and SIGTERM");
                 std::future::pending::<()>().await;
             }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
 
@@ -439,6 +443,8 @@ async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
         tracing::warn!("configuration section ignored: {section}");
     }
     let data_dir = config.server.data_dir.clone();
+    // Installed before anything is announced.
+    let signal = shutdown_signal();
     let server = match Server::build(config).await {
         Ok(server) => server,
         Err(e) => {
@@ -466,7 +472,7 @@ async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
     }
     // The local agents leave before the server drains, so their nodes leave cleanly.
     let stop_agents_first = async move {
-        shutdown_signal().await;
+        signal.await;
         for agent in agents {
             agent.stop().await;
         }
