@@ -146,6 +146,7 @@ fn render_job(
     job.spec = spec;
     job.project_id = run.project_id;
     job.name = name;
+    job.trace_parent = run.trace_parent.clone();
     Ok(job)
 }
 
@@ -583,6 +584,7 @@ impl Workflows {
             held: false,
             created_at: orchion_store::now(),
             finished_at: None,
+            trace_parent: orchion_otel::traceparent(),
         };
         let first = plan(
             workflow,
@@ -607,6 +609,7 @@ impl Workflows {
                     version: run.version,
                     input: run.input,
                     definition: run.definition,
+                    trace_parent: run.trace_parent,
                 },
                 first.create,
             )
@@ -645,6 +648,7 @@ impl Workflows {
             held: false,
             created_at: orchion_store::now(),
             finished_at: None,
+            trace_parent: orchion_otel::traceparent(),
         };
         let first = plan(
             &workflow,
@@ -663,6 +667,7 @@ impl Workflows {
                     version: run.version,
                     input: run.input,
                     definition: None,
+                    trace_parent: run.trace_parent,
                 },
                 first.create,
                 idempotency,

@@ -77,6 +77,8 @@ pub struct WorkflowRun {
     pub held: bool,
     pub created_at: time::OffsetDateTime,
     pub finished_at: Option<time::OffsetDateTime>,
+    /// The W3C `traceparent` of the request that started it; its steps join that trace.
+    pub trace_parent: Option<String>,
 }
 
 /// A step's task: `step` is the step's name, or `name[i]` for element `i` of a fan-out.

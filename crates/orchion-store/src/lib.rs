@@ -505,6 +505,8 @@ pub struct NewWorkflowRun {
     pub input: String,
     /// The definition, for a run not made from a stored workflow type (a deployment).
     pub definition: Option<String>,
+    /// The W3C `traceparent` of the request that started it.
+    pub trace_parent: Option<String>,
 }
 
 /// A deployment to record with its run.

@@ -27,10 +27,11 @@ pub(crate) struct WorkflowRunRow {
     pub held: bool,
     pub created_at: OffsetDateTime,
     pub finished_at: Option<OffsetDateTime>,
+    pub traceparent: Option<String>,
 }
 
 pub(crate) const RUN_COLUMNS: &str = "w.run_id, r.name, r.project_id, w.workflow, w.version, w.input, w.definition, \
-     w.status, w.cancel_requested, w.held, w.created_at, w.finished_at";
+     w.status, w.cancel_requested, w.held, w.created_at, w.finished_at, w.traceparent";
 
 impl TryFrom<WorkflowRunRow> for WorkflowRun {
     type Error = StoreError;
@@ -52,6 +53,7 @@ impl TryFrom<WorkflowRunRow> for WorkflowRun {
             held: row.held,
             created_at: row.created_at,
             finished_at: row.finished_at,
+            trace_parent: row.traceparent,
         })
     }
 }
@@ -537,8 +539,8 @@ $crate::rows::page_of(rows, page, |d: &orchion_domain::Deployment| d.run_id.as_u
                 .execute(&mut *conn)
                 .await?;
             sqlx::query(
-                "INSERT INTO workflow_runs (run_id, workflow, version, input, definition, status, cancel_requested, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7)",
+                "INSERT INTO workflow_runs (run_id, workflow, version, input, definition, status, cancel_requested, created_at, traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8)",
             )
             .bind(id.as_uuid())
             .bind(run.workflow.as_str())
@@ -547,6 +549,7 @@ $crate::rows::page_of(rows, page, |d: &orchion_domain::Deployment| d.run_id.as_u
             .bind(run.definition.as_deref())
             .bind(false)
             .bind(now)
+            .bind(run.trace_parent.as_deref())
             .execute(&mut *conn)
             .await?;
             insert_steps(conn, id, steps, now).await?;

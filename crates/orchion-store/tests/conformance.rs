@@ -1508,6 +1508,7 @@ fn new_run(workflow: &str) -> NewWorkflowRun {
         version: 1,
         input: r#"{"x":1}"#.into(),
         definition: None,
+        trace_parent: None,
     }
 }
 

@@ -135,4 +135,41 @@ async fn a_job_is_one_trace_from_the_request_to_its_process() {
         task.span_id, task_span,
         "the process's TRACEPARENT is the task's span"
     );
+
+    // A workflow run's steps join the trace of the request that started the run.
+    post_json(
+        &server,
+        "/api/v1/workflow-types",
+        json!({"name": "traced", "steps": [
+            {"name": "first", "executor": "noop", "spec": {}},
+            {"name": "second", "needs": ["first"], "executor": "shell",
+             "spec": {"command": "sh", "args": ["-c", "printf %s \"$TRACEPARENT\""]}}
+        ]}),
+    )
+    .await;
+    let run = post_json(&server, "/api/v1/workflows", json!({"type": "traced"})).await;
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let done = eventually("the run to succeed", Duration::from_secs(30), || async {
+        let r = get_json(&server, &format!("/api/v1/workflows/{run_id}")).await?;
+        (r["status"] == "succeeded").then_some(r)
+    })
+    .await;
+    let step_parent = done["steps"][1]["tasks"][0]["output"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let step_trace = step_parent.split('-').nth(1).unwrap().to_owned();
+    assert_ne!(step_trace, trace_id, "a run is a trace of its own");
+    eventually(
+        "the request that started the run to be in the step's trace",
+        Duration::from_secs(30),
+        || async {
+            let spans = spans.lock().unwrap().clone();
+            spans
+                .iter()
+                .any(|s| s.trace_id == step_trace && s.name == "http")
+                .then_some(())
+        },
+    )
+    .await;
 }
