@@ -493,3 +493,43 @@ async fn an_invalid_batch_lists_every_problem_and_enqueues_nothing() {
             .contains("1001 jobs")
     );
 }
+
+#[tokio::test]
+async fn jobs_and_runs_are_listed_newest_first_and_by_name() {
+    let app = app().await;
+    let mut ids = Vec::new();
+    for name in ["nightly backup", "deploy web", "Nightly report"] {
+        let reply = app
+            .json(
+                "POST",
+                "/api/v1/jobs",
+                json!({"name": name, "executor": "noop", "spec": {}}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+        ids.push(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    let listed = |body: &serde_json::Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let newest = app.get("/api/v1/jobs?order=newest").await;
+    assert_eq!(
+        listed(&newest.body),
+        [ids[2].clone(), ids[1].clone(), ids[0].clone()]
+    );
+    let nightly = app.get("/api/v1/jobs?name=NIGHTLY&order=newest").await;
+    assert_eq!(listed(&nightly.body), [ids[2].clone(), ids[0].clone()]);
+    for uri in ["/api/v1/jobs?order=sideways", "/api/v1/workflows?order=up"] {
+        let detail = problem(
+            &app.get(uri).await,
+            StatusCode::BAD_REQUEST,
+            "invalid-parameter",
+        );
+        assert!(detail.contains("`order`"), "{uri}: {detail}");
+    }
+}

@@ -107,26 +107,20 @@ impl KubernetesSpec {
         {
             problem("image".into(), format!("image `{image}` {why}"));
         }
-        for (i, part) in self.command.iter().chain(&self.args).enumerate() {
-            if part.contains('\0') {
-                let (field, index) = if i < self.command.len() {
-                    ("command", i)
-                } else {
-                    ("args", i - self.command.len())
-                };
-                problem(
-                    format!("{field}/{index}"),
-                    format!("{field}[{index}] contains a NUL character"),
-                );
+        for (field, parts) in [("command", &self.command), ("args", &self.args)] {
+            for (index, part) in parts.iter().enumerate() {
+                if part.contains('\0') {
+                    problem(
+                        format!("{field}/{index}"),
+                        format!("{field}[{index}] contains a NUL character"),
+                    );
+                }
             }
         }
-        for name in self.env.keys().chain(self.secret_env.keys()) {
+        let env_names = self.env.keys().map(|name| ("env", name));
+        let secret_names = self.secret_env.keys().map(|name| ("secret_env", name));
+        for (field, name) in env_names.chain(secret_names) {
             if let Err(why) = check_env_name(name) {
-                let field = if self.env.contains_key(name) {
-                    "env"
-                } else {
-                    "secret_env"
-                };
                 problem(
                     format!("{field}/{}", escape(name)),
                     format!("{field} name `{}` {why}", name.escape_debug()),

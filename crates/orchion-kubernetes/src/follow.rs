@@ -369,7 +369,7 @@ impl Follow {
                         exit_code: None,
                         error: format!(
                             "the pod could not start within {}: {reason}: {message}",
-                            humanize(self.image_pull_timeout)
+                            humantime::format_duration(self.image_pull_timeout)
                         ),
                         output: None,
                     });
@@ -576,14 +576,5 @@ fn split_timestamp(raw: &str) -> (Option<Timestamp>, &str) {
             Ok(at) => (Some(at), ""),
             Err(_) => (None, raw),
         },
-    }
-}
-
-fn humanize(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    if secs >= 60 && secs % 60 == 0 {
-        format!("{}m", secs / 60)
-    } else {
-        format!("{}s", duration.as_secs_f64())
     }
 }

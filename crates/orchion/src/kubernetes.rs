@@ -55,13 +55,13 @@ async fn supervise(s: Supervised, stop: CancellationToken) {
         let result = match checked {
             Ok(c) => {
                 let probed = orchion_kubernetes::probe(&c, &s.settings.namespace).await;
-                client = Some(c);
-                probed
+                client = Some(c.clone());
+                probed.map(|()| c)
             }
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {
+            Ok(reachable) => {
                 if was_healthy != Some(true) {
                     tracing::info!(namespace = %s.settings.namespace, "the kubernetes executor's cluster answers");
                 }
@@ -76,7 +76,7 @@ async fn supervise(s: Supervised, stop: CancellationToken) {
                     },
                 );
                 if agent.is_none() {
-                    match start_agent(&s, client.clone()) {
+                    match start_agent(&s, reachable) {
                         Ok(started) => agent = Some(started),
                         Err(e) => tracing::error!(
                             error = format!("{e:#}"),
@@ -103,11 +103,7 @@ async fn supervise(s: Supervised, stop: CancellationToken) {
     }
 }
 
-fn start_agent(
-    s: &Supervised,
-    client: Option<orchion_kubernetes::Client>,
-) -> anyhow::Result<LocalAgent> {
-    let client = client.ok_or_else(|| anyhow::anyhow!("no Kubernetes client"))?;
+fn start_agent(s: &Supervised, client: orchion_kubernetes::Client) -> anyhow::Result<LocalAgent> {
     let mut executors = orchion_executor::Registry::default();
     executors.add(Arc::new(orchion_kubernetes::Kubernetes::new(
         client,

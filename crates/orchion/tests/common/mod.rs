@@ -188,10 +188,9 @@ pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     // Spread across test processes, then walk.
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let start = 20_000 + (std::process::id() % 1000) as u16 * 12;
+    let offset = (std::process::id() % 1000) as u16 * 12;
     loop {
-        let port = start + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
-        let port = 20_000 + (port - 20_000) % 12_000;
+        let port = 20_000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000) % 12_000;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
