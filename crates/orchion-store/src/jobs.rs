@@ -263,6 +263,80 @@ pub(crate) struct TaskInsert<'a> {
     pub error: Option<&'a str>,
 }
 
+/// The columns a new task is written with, in the order both backends bind [`TaskValues`];
+/// `attempts` starts at 0 and `cancel_requested` false.
+pub(crate) const TASK_INSERT_COLUMNS: &str = "id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
+     memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
+     start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
+     enqueued_us, created_at, outputs, error, finished_at, traceparent";
+
+/// A new task's column values, as stored.
+pub(crate) struct TaskValues<'a> {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub step: &'a str,
+    pub status: &'static str,
+    pub executor: &'a str,
+    pub spec: &'a str,
+    pub priority: i32,
+    pub labels: serde_json::Value,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub gpus: i32,
+    pub concurrency_key: Option<&'a str>,
+    pub concurrency_limit: Option<i32>,
+    pub retry: serde_json::Value,
+    pub schedule_to_start_ms: Option<i64>,
+    pub start_to_close_ms: Option<i64>,
+    pub heartbeat_ms: i64,
+    pub attempt_budget: i32,
+    pub run_after_us: i64,
+    pub enqueued_us: i64,
+    pub outputs: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub traceparent: Option<&'a str>,
+}
+
+impl<'a> TaskInsert<'a> {
+    /// The row to write for this task, created at `now`.
+    pub fn values(&self, now: OffsetDateTime) -> TaskValues<'a> {
+        let job = self.job;
+        let resources = job.placement.resources;
+        let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        TaskValues {
+            id: self.id,
+            run_id: self.run_id,
+            step: self.step,
+            status: self.status.as_str(),
+            executor: &job.executor,
+            spec: &job.spec,
+            priority: job.priority,
+            labels: serde_json::json!(job.placement.labels),
+            cpu_millis: i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX),
+            memory_bytes: i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX),
+            gpus: i32::try_from(resources.gpus).unwrap_or(i32::MAX),
+            concurrency_key: job.concurrency.as_ref().map(|c| c.key.as_str()),
+            concurrency_limit: job
+                .concurrency
+                .as_ref()
+                .map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)),
+            retry: retry_json(&job.retry),
+            schedule_to_start_ms: job.timeouts.schedule_to_start.map(millis),
+            start_to_close_ms: job.timeouts.start_to_close.map(millis),
+            heartbeat_ms: millis(job.timeouts.heartbeat),
+            attempt_budget: i32::try_from(TaskState::new(&job.retry).attempt_budget)
+                .unwrap_or(i32::MAX),
+            run_after_us: micros(job.run_at.unwrap_or(now).max(now)),
+            enqueued_us: micros(now),
+            outputs: self.outputs,
+            error: self.error,
+            finished_at: self.status.is_terminal().then_some(now),
+            traceparent: job.trace_parent.as_deref(),
+        }
+    }
+}
+
 /// The most queued tasks one claim reads.
 pub(crate) const MAX_CLAIM_SCAN: usize = 8192;
 
@@ -342,34 +416,6 @@ macro_rules! job_helpers {
                 .await?)
         }
 
-        /// The tasks of `ids` that exist, by id, locked for a change where the backend locks
-        /// rows (in id order, so two transactions cannot deadlock on them).
-        async fn task_rows(
-            conn: &mut $conn,
-            ids: &[uuid::Uuid],
-        ) -> Result<std::collections::HashMap<uuid::Uuid, $crate::jobs::TaskRow>, $crate::StoreError> {
-            let mut rows = std::collections::HashMap::with_capacity(ids.len());
-            for chunk in ids.chunks(1000) {
-                let mut query = sqlx::QueryBuilder::new(format!(
-                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id IN (",
-                    $crate::jobs::TASK_COLUMNS
-                ));
-                let mut list = query.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
-                }
-                query.push(format!(") ORDER BY t.id{TASK_LOCK}"));
-                for row in query
-                    .build_query_as::<$crate::jobs::TaskRow>()
-                    .fetch_all(&mut *conn)
-                    .await?
-                {
-                    rows.insert(row.id, row);
-                }
-            }
-            Ok(rows)
-        }
-
         /// Inserts tasks, a few statements for any number. A task whose `(run, step)` exists
         /// already is left as it is, so writing a workflow's ready steps twice is harmless.
         async fn insert_tasks(
@@ -377,45 +423,37 @@ macro_rules! job_helpers {
             rows: &[$crate::jobs::TaskInsert<'_>],
             now: time::OffsetDateTime,
         ) -> Result<(), $crate::StoreError> {
-            use $crate::jobs::{micros, retry_json};
             for chunk in rows.chunks($crate::jobs::INSERT_CHUNK) {
-                let mut tasks = sqlx::QueryBuilder::new(
-                    "INSERT INTO tasks (id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
-                     memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
-                     start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
-                     enqueued_us, created_at, outputs, error, finished_at, traceparent) ",
-                );
+                let mut tasks = sqlx::QueryBuilder::new(format!("INSERT INTO tasks ({}) ", $crate::jobs::TASK_INSERT_COLUMNS));
                 tasks.push_values(chunk, |mut row, task| {
-                    let job = task.job;
-                    let resources = job.placement.resources;
-                    let state = orchion_domain::TaskState::new(&job.retry);
-                    row.push_bind(task.id)
-                        .push_bind(task.run_id)
-                        .push_bind(task.step)
-                        .push_bind(task.status.as_str())
-                        .push_bind(job.executor.as_str())
-                        .push_bind(job.spec.as_str())
-                        .push_bind(job.priority)
-                        .push_bind(sqlx::types::Json(job.placement.labels.clone()))
-                        .push_bind(i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX))
-                        .push_bind(i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX))
-                        .push_bind(i32::try_from(resources.gpus).unwrap_or(i32::MAX))
-                        .push_bind(job.concurrency.as_ref().map(|c| c.key.clone()))
-                        .push_bind(job.concurrency.as_ref().map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)))
-                        .push_bind(sqlx::types::Json(retry_json(&job.retry)))
-                        .push_bind(job.timeouts.schedule_to_start.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                        .push_bind(job.timeouts.start_to_close.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-                        .push_bind(i64::try_from(job.timeouts.heartbeat.as_millis()).unwrap_or(i64::MAX))
+                    let v = task.values(now);
+                    row.push_bind(v.id)
+                        .push_bind(v.run_id)
+                        .push_bind(v.step.to_owned())
+                        .push_bind(v.status)
+                        .push_bind(v.executor.to_owned())
+                        .push_bind(v.spec.to_owned())
+                        .push_bind(v.priority)
+                        .push_bind(sqlx::types::Json(v.labels))
+                        .push_bind(v.cpu_millis)
+                        .push_bind(v.memory_bytes)
+                        .push_bind(v.gpus)
+                        .push_bind(v.concurrency_key.map(str::to_owned))
+                        .push_bind(v.concurrency_limit)
+                        .push_bind(sqlx::types::Json(v.retry))
+                        .push_bind(v.schedule_to_start_ms)
+                        .push_bind(v.start_to_close_ms)
+                        .push_bind(v.heartbeat_ms)
                         .push_bind(0i32)
-                        .push_bind(i32::try_from(state.attempt_budget).unwrap_or(i32::MAX))
+                        .push_bind(v.attempt_budget)
                         .push_bind(false)
-                        .push_bind(micros(job.run_at.unwrap_or(now).max(now)))
-                        .push_bind(micros(now))
+                        .push_bind(v.run_after_us)
+                        .push_bind(v.enqueued_us)
                         .push_bind(now)
-                        .push_bind(task.outputs)
-                        .push_bind(task.error)
-                        .push_bind(task.status.is_terminal().then_some(now))
-                        .push_bind(job.trace_parent.as_deref());
+                        .push_bind(v.outputs.map(str::to_owned))
+                        .push_bind(v.error.map(str::to_owned))
+                        .push_bind(v.finished_at)
+                        .push_bind(v.traceparent.map(str::to_owned));
                 });
                 tasks.push(" ON CONFLICT (run_id, step) DO NOTHING");
                 tasks.build().execute(&mut *conn).await?;
@@ -561,119 +599,7 @@ macro_rules! impl_job_store {
             &self,
             jobs: Vec<(orchion_domain::NewJob, Option<$crate::IdempotencyKey>)>,
         ) -> Result<Vec<Result<$crate::Created<orchion_domain::Job>, $crate::StoreError>>, $crate::StoreError> {
-            use $crate::jobs::Enqueued;
-            if jobs.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut retried = false;
-            loop {
-                let now = $crate::now();
-                let ids: Vec<(orchion_domain::RunId, orchion_domain::TaskId)> = jobs
-                    .iter()
-                    .map(|_| (orchion_domain::RunId::new(), orchion_domain::TaskId::new()))
-                    .collect();
-                let attempt: Result<Vec<Enqueued>, $crate::StoreError> = async {
-                    let mut tx = self.begin().await?;
-                    // Decide each job's fate first: an earlier job under its key (stored, or
-                    // earlier in this batch), a key conflict, or new.
-                    let mut outcomes = Vec::with_capacity(jobs.len());
-                    let mut batch_keys: std::collections::HashMap<&str, (usize, &[u8])> = std::collections::HashMap::new();
-                    for (i, (_, idempotency)) in jobs.iter().enumerate() {
-                        let Some(key) = idempotency else {
-                            outcomes.push(Enqueued::New);
-                            continue;
-                        };
-                        if let Some(&(first, hash)) = batch_keys.get(key.key.as_str()) {
-                            outcomes.push(if hash == key.request_hash.as_slice() {
-                                Enqueued::Existing(ids[first].0)
-                            } else {
-                                Enqueued::Conflict(key.key.clone())
-                            });
-                            continue;
-                        }
-                        match find_idempotent(&mut tx, $crate::JOB_CREATE_SCOPE, key).await {
-                            Ok(Some(existing)) => outcomes.push(Enqueued::Existing(orchion_domain::RunId::from_uuid(existing))),
-                            Ok(None) => {
-                                batch_keys.insert(&key.key, (i, &key.request_hash));
-                                outcomes.push(Enqueued::New);
-                            }
-                            Err($crate::StoreError::IdempotencyConflict { key }) => outcomes.push(Enqueued::Conflict(key)),
-                            Err(e) => return Err(e),
-                        }
-                    }
-                    let new: Vec<usize> = (0..jobs.len()).filter(|&i| matches!(outcomes[i], Enqueued::New)).collect();
-                    // Then write the new ones, a few statements for the whole batch.
-                    for chunk in new.chunks($crate::jobs::INSERT_CHUNK) {
-                        let mut runs = sqlx::QueryBuilder::new("INSERT INTO runs (id, project_id, kind, name, created_at) ");
-                        runs.push_values(chunk, |mut row, &i| {
-                            let (job, _) = &jobs[i];
-                            row.push_bind(ids[i].0.as_uuid())
-                                .push_bind(job.project_id.map(|p| p.as_uuid()))
-                                .push_bind("job")
-                                .push_bind(job.name.as_str())
-                                .push_bind(now);
-                        });
-                        runs.build().execute(&mut *tx).await?;
-                        let rows: Vec<$crate::jobs::TaskInsert<'_>> = chunk
-                            .iter()
-                            .map(|&i| $crate::jobs::TaskInsert {
-                                id: ids[i].1.as_uuid(),
-                                run_id: ids[i].0.as_uuid(),
-                                step: "job",
-                                job: &jobs[i].0,
-                                status: orchion_domain::TaskStatus::Queued,
-                                outputs: None,
-                                error: None,
-                            })
-                            .collect();
-                        insert_tasks(&mut tx, &rows, now).await?;
-                    }
-                    let mut events = Vec::with_capacity(new.len());
-                    for &i in &new {
-                        let (job, idempotency) = &jobs[i];
-                        let run_id = ids[i].0;
-                        if let Some(key) = idempotency {
-                            $crate::queries::bound::insert_idempotency_key($crate::JOB_CREATE_SCOPE, key, run_id.as_uuid(), now)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                        events.push($crate::jobs::PendingEvent {
-                            kind: $crate::kind::JOB_CREATED,
-                            subject: run_id.to_string(),
-                            project_id: job.project_id,
-                            data: serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
-                        });
-                    }
-                    append_events(&mut tx, &events).await?;
-                    self.commit(tx).await?;
-                    Ok(outcomes)
-                }
-                .await;
-                let outcomes = match attempt {
-                    Ok(outcomes) => outcomes,
-                    // Another replica committed one of the keys meanwhile: the retry finds it.
-                    Err(e) if !retried && jobs.iter().any(|(_, k)| k.is_some()) && $crate::is_unique_violation(&e) => {
-                        retried = true;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let mut results = Vec::with_capacity(jobs.len());
-                for ((outcome, (job, _)), (run_id, task_id)) in outcomes.into_iter().zip(jobs).zip(ids) {
-                    results.push(match outcome {
-                        Enqueued::New => Ok($crate::Created {
-                            value: $crate::jobs::enqueued_job(run_id, task_id, job, now),
-                            created: true,
-                        }),
-                        Enqueued::Existing(existing) => self
-                            .get_job(existing)
-                            .await
-                            .map(|value| $crate::Created { value, created: false }),
-                        Enqueued::Conflict(key) => Err($crate::StoreError::IdempotencyConflict { key }),
-                    });
-                }
-                return Ok(results);
-            }
+            self.enqueue(jobs).await
         }
 
         async fn get_job(&self, id: orchion_domain::RunId) -> Result<orchion_domain::Job, $crate::StoreError> {
@@ -737,126 +663,7 @@ macro_rules! impl_job_store {
             &self,
             claim: &$crate::ClaimRequest,
         ) -> Result<Vec<$crate::ClaimedTask>, $crate::StoreError> {
-            use orchion_domain::{Capacity, TaskEvent};
-            use $crate::jobs::{micros, scan_limit, select_claims};
-            if claim.max == 0 || claim.executors.is_empty() {
-                return Ok(Vec::new());
-            }
-            let now = claim.now;
-            let mut tx = self.begin().await?;
-            // Read a little more of the queue than asked for; should placement or concurrency
-            // limits leave the claim short while more of the queue is there, read further.
-            let mut scan = claim.max.saturating_add(8);
-            let mut candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan_limit(scan)).await?;
-            if candidates.is_empty() {
-                tx.rollback().await?;
-                return Ok(Vec::new());
-            }
-            let used: (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT CAST(sum(cpu_millis) AS BIGINT), CAST(sum(memory_bytes) AS BIGINT), CAST(sum(gpus) AS BIGINT) FROM tasks WHERE status = 'running' AND node_id = $1",
-            )
-            .bind(claim.node_id.as_uuid())
-            .fetch_one(&mut *tx)
-            .await?;
-            let used_of = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
-            let free = Capacity {
-                cpu_millis: claim.capacity.cpu_millis.saturating_sub(used_of(used.0)),
-                memory_bytes: claim.capacity.memory_bytes.saturating_sub(used_of(used.1)),
-                gpus: claim.capacity.gpus.saturating_sub(u32::try_from(used_of(used.2)).unwrap_or(u32::MAX)),
-            };
-            let mut running_per_key: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
-            let chosen = loop {
-                let mut keys: Vec<&str> = candidates
-                    .iter()
-                    .filter_map(|c| c.concurrency_key.as_deref())
-                    .filter(|k| !running_per_key.contains_key(*k))
-                    .collect();
-                keys.sort_unstable();
-                keys.dedup();
-                for key in keys {
-                    lock_concurrency_key(&mut tx, key).await?;
-                    let (running,): (i64,) = sqlx::query_as(
-                        "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = $1",
-                    )
-                    .bind(key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    running_per_key.insert(key.to_owned(), u32::try_from(running).unwrap_or(u32::MAX));
-                }
-                let chosen = select_claims(&candidates, &claim.labels, free, running_per_key.clone(), claim.max);
-                if chosen.len() >= claim.max || candidates.len() < scan || scan >= $crate::jobs::MAX_CLAIM_SCAN {
-                    break chosen;
-                }
-                scan = scan.saturating_mul(4).min($crate::jobs::MAX_CLAIM_SCAN);
-                candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan_limit(scan)).await?;
-            };
-            let mut claimed = Vec::with_capacity(chosen.len());
-            let mut events = Vec::with_capacity(chosen.len());
-            for &i in &chosen {
-                let task = &candidates[i];
-                let state = task.state()?;
-                let next = state
-                    .next(&TaskEvent::Claimed, &task.policy()?, 0.0)
-                    .map_err(|e| $crate::StoreError::Conflict(e.to_string()))?
-                    .state;
-                let timeouts = task.timeouts();
-                events.push($crate::jobs::PendingEvent::claimed(
-                    task,
-                    state.status,
-                    next.status,
-                    next.attempts,
-                    claim.node_id.as_uuid(),
-                ));
-                claimed.push($crate::ClaimedTask {
-                    job_id: orchion_domain::RunId::from_uuid(task.run_id),
-                    task_id: orchion_domain::TaskId::from_uuid(task.id),
-                    attempt: next.attempts,
-                    executor: task.executor.clone(),
-                    spec: task.spec.clone(),
-                    lease_expires_at: now + timeouts.heartbeat,
-                    timeouts,
-                    traceparent: task.traceparent.clone(),
-                });
-            }
-            if claimed.is_empty() {
-                tx.rollback().await?;
-                return Ok(claimed);
-            }
-            // One statement for all the claimed tasks, one for their attempts. A claim takes a
-            // queued task to running with one more attempt (`TaskState::next` above); each
-            // lease runs for the task's own heartbeat timeout.
-            let mut update = sqlx::QueryBuilder::new("UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = ");
-            update
-                .push_bind(claim.node_id.as_uuid())
-                .push(", lease_expires_us = ")
-                .push_bind(micros(now))
-                .push(" + heartbeat_ms * 1000, started_at = COALESCE(started_at, ")
-                .push_bind(now)
-                .push(") WHERE status = 'queued' AND id IN (");
-            let mut ids = update.separated(", ");
-            for c in &claimed {
-                ids.push_bind(c.task_id.as_uuid());
-            }
-            update.push(")");
-            let updated = update.build().execute(&mut *tx).await?.rows_affected();
-            if updated != claimed.len() as u64 {
-                return Err($crate::StoreError::Conflict(format!(
-                    "claimed {} tasks but {updated} were still queued",
-                    claimed.len()
-                )));
-            }
-            let mut attempts = sqlx::QueryBuilder::new("INSERT INTO attempts (task_id, number, node_id, status, started_at) ");
-            attempts.push_values(&claimed, |mut row, c| {
-                row.push_bind(c.task_id.as_uuid())
-                    .push_bind(i32::try_from(c.attempt).unwrap_or(i32::MAX))
-                    .push_bind(claim.node_id.as_uuid())
-                    .push_bind("running")
-                    .push_bind(now);
-            });
-            attempts.build().execute(&mut *tx).await?;
-            append_events(&mut tx, &events).await?;
-            self.commit(tx).await?;
-            Ok(claimed)
+            self.claim(claim).await
         }
 
         async fn extend_leases(
@@ -892,43 +699,7 @@ macro_rules! impl_job_store {
             &self,
             reports: Vec<$crate::AttemptReport>,
         ) -> Result<Vec<Result<$crate::Completed, $crate::StoreError>>, $crate::StoreError> {
-            if reports.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut tx = self.begin().await?;
-            let mut results = Vec::with_capacity(reports.len());
-            let mut plans: Vec<$crate::jobs::FinishPlan> = Vec::with_capacity(reports.len());
-            let now = $crate::now();
-            let ids: Vec<uuid::Uuid> = reports.iter().map(|r| r.task.as_uuid()).collect();
-            let tasks = task_rows(&mut tx, &ids).await?;
-            for report in reports {
-                let task_id = report.task;
-                let Some(task) = tasks.get(&task_id.as_uuid()) else {
-                    results.push(Err($crate::StoreError::NotFound { kind: "task", id: task_id.to_string() }));
-                    continue;
-                };
-                // A second report for the same attempt in this batch is as stale as a late one.
-                let repeated = plans.iter().any(|p| p.task_id == task.id);
-                if repeated || !$crate::jobs::holds(task, report.node, report.attempt) {
-                    results.push(Err($crate::StoreError::Stale(format!(
-                        "attempt {} of task {task_id} is not running on node {}: its result is refused",
-                        report.attempt, report.node
-                    ))));
-                    continue;
-                }
-                let plan = $crate::jobs::plan_finish(task, report.outcome, report.output, report.outputs, now, rand::random())?;
-                results.push(Ok($crate::Completed {
-                    status: plan.status,
-                    run_id: orchion_domain::RunId::from_uuid(task.run_id),
-                    workflow: task.kind == "workflow",
-                }));
-                plans.push(plan);
-            }
-            finish_attempts(&mut tx, &plans).await?;
-            let events: Vec<$crate::jobs::PendingEvent> = plans.into_iter().map(|p| p.event).collect();
-            append_events(&mut tx, &events).await?;
-            self.commit(tx).await?;
-            Ok(results)
+            self.finish(reports).await
         }
 
         async fn expire_leases(&self, now: time::OffsetDateTime) -> Result<usize, $crate::StoreError> {
@@ -1366,6 +1137,224 @@ macro_rules! impl_job_store {
 }
 pub(crate) use impl_job_store;
 
+/// The work queue's three hot writes — enqueue, claim, finish — in SQL through sqlx, as inherent
+/// methods [`impl_job_store!`] calls. PostgreSQL uses these; SQLite runs the same steps on its
+/// writer thread (`sqlite/queue.rs`).
+macro_rules! sql_queue {
+    ($store:ty) => {
+        impl $store {
+        pub(crate) async fn enqueue(
+            &self,
+            jobs: Vec<(orchion_domain::NewJob, Option<$crate::IdempotencyKey>)>,
+        ) -> Result<Vec<Result<$crate::Created<orchion_domain::Job>, $crate::StoreError>>, $crate::StoreError> {
+            use $crate::jobs::Enqueued;
+            if jobs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut retried = false;
+            loop {
+                let now = $crate::now();
+                let ids: Vec<(orchion_domain::RunId, orchion_domain::TaskId)> = jobs
+                    .iter()
+                    .map(|_| (orchion_domain::RunId::new(), orchion_domain::TaskId::new()))
+                    .collect();
+                let attempt: Result<Vec<Enqueued>, $crate::StoreError> = async {
+                    let mut tx = self.begin().await?;
+                    // Decide each job's fate first: an earlier job under its key (stored, or
+                    // earlier in this batch), a key conflict, or new.
+                    let mut stored = std::collections::HashMap::new();
+                    for key in jobs.iter().filter_map(|(_, k)| k.as_ref()) {
+                        if !stored.contains_key(key.key.as_str()) {
+                            let row: Option<(Vec<u8>, uuid::Uuid)> = sqlx::query_as($crate::queries::FIND_IDEMPOTENCY_KEY)
+                                .bind($crate::JOB_CREATE_SCOPE)
+                                .bind(&key.key)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            stored.insert(key.key.as_str(), row);
+                        }
+                    }
+                    let outcomes = $crate::jobs::enqueue_outcomes(&jobs, &ids, |key| {
+                        $crate::queries::bound::resolve_idempotency(stored.get(key.key.as_str()).cloned().flatten(), key)
+                    })?;
+                    let new: Vec<usize> = (0..jobs.len()).filter(|&i| matches!(outcomes[i], Enqueued::New)).collect();
+                    // Then write the new ones, a few statements for the whole batch.
+                    for chunk in new.chunks($crate::jobs::INSERT_CHUNK) {
+                        let mut runs = sqlx::QueryBuilder::new("INSERT INTO runs (id, project_id, kind, name, created_at) ");
+                        runs.push_values(chunk, |mut row, &i| {
+                            let (job, _) = &jobs[i];
+                            row.push_bind(ids[i].0.as_uuid())
+                                .push_bind(job.project_id.map(|p| p.as_uuid()))
+                                .push_bind("job")
+                                .push_bind(job.name.as_str())
+                                .push_bind(now);
+                        });
+                        runs.build().execute(&mut *tx).await?;
+                        let rows: Vec<$crate::jobs::TaskInsert<'_>> = chunk
+                            .iter()
+                            .map(|&i| $crate::jobs::TaskInsert {
+                                id: ids[i].1.as_uuid(),
+                                run_id: ids[i].0.as_uuid(),
+                                step: "job",
+                                job: &jobs[i].0,
+                                status: orchion_domain::TaskStatus::Queued,
+                                outputs: None,
+                                error: None,
+                            })
+                            .collect();
+                        insert_tasks(&mut tx, &rows, now).await?;
+                    }
+                    let mut events = Vec::with_capacity(new.len());
+                    for &i in &new {
+                        let (job, idempotency) = &jobs[i];
+                        let run_id = ids[i].0;
+                        if let Some(key) = idempotency {
+                            $crate::queries::bound::insert_idempotency_key($crate::JOB_CREATE_SCOPE, key, run_id.as_uuid(), now)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        events.push($crate::jobs::PendingEvent::job_created(run_id, job));
+                    }
+                    append_events(&mut tx, &events).await?;
+                    self.commit(tx).await?;
+                    Ok(outcomes)
+                }
+                .await;
+                let outcomes = match attempt {
+                    Ok(outcomes) => outcomes,
+                    // Another replica committed one of the keys meanwhile: the retry finds it.
+                    Err(e) if !retried && jobs.iter().any(|(_, k)| k.is_some()) && $crate::is_unique_violation(&e) => {
+                        retried = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                return Ok($crate::jobs::enqueue_results(self, outcomes, jobs, ids, now).await);
+            }
+        }
+
+        pub(crate) async fn claim(
+            &self,
+            claim: &$crate::ClaimRequest,
+        ) -> Result<Vec<$crate::ClaimedTask>, $crate::StoreError> {
+            use orchion_domain::Capacity;
+            use $crate::jobs::{micros, scan_limit, select_claims};
+            if claim.max == 0 || claim.executors.is_empty() {
+                return Ok(Vec::new());
+            }
+            let now = claim.now;
+            let mut tx = self.begin().await?;
+            // Read a little more of the queue than asked for; should placement or concurrency
+            // limits leave the claim short while more of the queue is there, read further.
+            let mut scan = claim.max.saturating_add(8);
+            let mut candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan_limit(scan)).await?;
+            if candidates.is_empty() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            let used: (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT CAST(sum(cpu_millis) AS BIGINT), CAST(sum(memory_bytes) AS BIGINT), CAST(sum(gpus) AS BIGINT) FROM tasks WHERE status = 'running' AND node_id = $1",
+            )
+            .bind(claim.node_id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await?;
+            let used_of = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+            let free = Capacity {
+                cpu_millis: claim.capacity.cpu_millis.saturating_sub(used_of(used.0)),
+                memory_bytes: claim.capacity.memory_bytes.saturating_sub(used_of(used.1)),
+                gpus: claim.capacity.gpus.saturating_sub(u32::try_from(used_of(used.2)).unwrap_or(u32::MAX)),
+            };
+            let mut running_per_key: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+            let chosen = loop {
+                let mut keys: Vec<&str> = candidates
+                    .iter()
+                    .filter_map(|c| c.concurrency_key.as_deref())
+                    .filter(|k| !running_per_key.contains_key(*k))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                for key in keys {
+                    lock_concurrency_key(&mut tx, key).await?;
+                    let (running,): (i64,) = sqlx::query_as(
+                        "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = $1",
+                    )
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    running_per_key.insert(key.to_owned(), u32::try_from(running).unwrap_or(u32::MAX));
+                }
+                let chosen = select_claims(&candidates, &claim.labels, free, running_per_key.clone(), claim.max);
+                if chosen.len() >= claim.max || candidates.len() < scan || scan >= $crate::jobs::MAX_CLAIM_SCAN {
+                    break chosen;
+                }
+                scan = scan.saturating_mul(4).min($crate::jobs::MAX_CLAIM_SCAN);
+                candidates = claim_candidates(&mut tx, micros(now), &claim.executors, scan_limit(scan)).await?;
+            };
+            let (claimed, events) = $crate::jobs::plan_claims(&candidates, &chosen, claim)?;
+            if claimed.is_empty() {
+                tx.rollback().await?;
+                return Ok(claimed);
+            }
+            // One statement for all the claimed tasks, one for their attempts. A claim takes a
+            // queued task to running with one more attempt (`TaskState::next` above); each
+            // lease runs for the task's own heartbeat timeout.
+            let mut update = sqlx::QueryBuilder::new("UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = ");
+            update
+                .push_bind(claim.node_id.as_uuid())
+                .push(", lease_expires_us = ")
+                .push_bind(micros(now))
+                .push(" + heartbeat_ms * 1000, started_at = COALESCE(started_at, ")
+                .push_bind(now)
+                .push(") WHERE status = 'queued' AND id IN (");
+            let mut ids = update.separated(", ");
+            for c in &claimed {
+                ids.push_bind(c.task_id.as_uuid());
+            }
+            update.push(")");
+            let updated = update.build().execute(&mut *tx).await?.rows_affected();
+            if updated != claimed.len() as u64 {
+                return Err($crate::StoreError::Conflict(format!(
+                    "claimed {} tasks but {updated} were still queued",
+                    claimed.len()
+                )));
+            }
+            let mut attempts = sqlx::QueryBuilder::new("INSERT INTO attempts (task_id, number, node_id, status, started_at) ");
+            attempts.push_values(&claimed, |mut row, c| {
+                row.push_bind(c.task_id.as_uuid())
+                    .push_bind(i32::try_from(c.attempt).unwrap_or(i32::MAX))
+                    .push_bind(claim.node_id.as_uuid())
+                    .push_bind("running")
+                    .push_bind(now);
+            });
+            attempts.build().execute(&mut *tx).await?;
+            append_events(&mut tx, &events).await?;
+            self.commit(tx).await?;
+            Ok(claimed)
+        }
+
+        pub(crate) async fn finish(
+            &self,
+            reports: Vec<$crate::AttemptReport>,
+        ) -> Result<Vec<Result<$crate::Completed, $crate::StoreError>>, $crate::StoreError> {
+            if reports.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = self.begin().await?;
+            let now = $crate::now();
+            let ids: Vec<uuid::Uuid> = reports.iter().map(|r| r.task.as_uuid()).collect();
+            let tasks = task_rows(&mut tx, &ids).await?;
+            let (results, plans) = $crate::jobs::judge_reports(&tasks, reports, now)?;
+            finish_attempts(&mut tx, &plans).await?;
+            let events: Vec<$crate::jobs::PendingEvent> = plans.into_iter().map(|p| p.event).collect();
+            append_events(&mut tx, &events).await?;
+            self.commit(tx).await?;
+            Ok(results)
+        }
+
+        }
+    };
+}
+pub(crate) use sql_queue;
+
 /// An event a transaction writes just before it commits: appending all of a transaction's
 /// events at its end keeps PostgreSQL's `event_sequence` row lock, which orders events by
 /// commit, held for as short a time as possible.
@@ -1478,6 +1467,173 @@ pub(crate) fn plan_finish(
         finished_at: next.status.is_terminal().then_some(now),
         event: PendingEvent::status(task, state.status, next.status, state.attempts),
     })
+}
+
+/// The tasks a claim takes (`chosen` indexes `candidates`), each moved from queued to running
+/// with one more attempt by `TaskState::next`, and their events. Each lease runs for the task's
+/// own heartbeat timeout from the claim's time.
+pub(crate) fn plan_claims(
+    candidates: &[TaskRow],
+    chosen: &[usize],
+    claim: &crate::ClaimRequest,
+) -> Result<(Vec<crate::ClaimedTask>, Vec<PendingEvent>), StoreError> {
+    use orchion_domain::TaskEvent;
+    let mut claimed = Vec::with_capacity(chosen.len());
+    let mut events = Vec::with_capacity(chosen.len());
+    for &i in chosen {
+        let task = &candidates[i];
+        let state = task.state()?;
+        let next = state
+            .next(&TaskEvent::Claimed, &task.policy()?, 0.0)
+            .map_err(|e| StoreError::Conflict(e.to_string()))?
+            .state;
+        let timeouts = task.timeouts();
+        events.push(PendingEvent::claimed(
+            task,
+            state.status,
+            next.status,
+            next.attempts,
+            claim.node_id.as_uuid(),
+        ));
+        claimed.push(crate::ClaimedTask {
+            job_id: RunId::from_uuid(task.run_id),
+            task_id: TaskId::from_uuid(task.id),
+            attempt: next.attempts,
+            executor: task.executor.clone(),
+            spec: task.spec.clone(),
+            lease_expires_at: claim.now + timeouts.heartbeat,
+            timeouts,
+            traceparent: task.traceparent.clone(),
+        });
+    }
+    Ok((claimed, events))
+}
+
+/// Each report's result, in order, and the plans to write.
+pub(crate) type Judged = (Vec<Result<crate::Completed, StoreError>>, Vec<FinishPlan>);
+
+/// Judges a batch of attempt reports against the tasks they name (read in the same
+/// transaction): each is refused if its task is unknown or its attempt is not the one running
+/// on its node (fencing), or planned to end otherwise. Returns each report's result, in order,
+/// and the plans to write.
+pub(crate) fn judge_reports(
+    tasks: &HashMap<Uuid, TaskRow>,
+    reports: Vec<crate::AttemptReport>,
+    now: OffsetDateTime,
+) -> Result<Judged, StoreError> {
+    let mut results = Vec::with_capacity(reports.len());
+    let mut plans: Vec<FinishPlan> = Vec::with_capacity(reports.len());
+    let mut planned = std::collections::HashSet::with_capacity(reports.len());
+    for report in reports {
+        let task_id = report.task;
+        let Some(task) = tasks.get(&task_id.as_uuid()) else {
+            results.push(Err(StoreError::NotFound {
+                kind: "task",
+                id: task_id.to_string(),
+            }));
+            continue;
+        };
+        // A second report for the same attempt in this batch is as stale as a late one.
+        if planned.contains(&task.id) || !holds(task, report.node, report.attempt) {
+            results.push(Err(StoreError::Stale(format!(
+                "attempt {} of task {task_id} is not running on node {}: its result is refused",
+                report.attempt, report.node
+            ))));
+            continue;
+        }
+        let plan = plan_finish(
+            task,
+            report.outcome,
+            report.output,
+            report.outputs,
+            now,
+            rand::random(),
+        )?;
+        results.push(Ok(crate::Completed {
+            status: plan.status,
+            run_id: RunId::from_uuid(task.run_id),
+            workflow: task.kind == "workflow",
+        }));
+        planned.insert(task.id);
+        plans.push(plan);
+    }
+    Ok((results, plans))
+}
+
+/// Decides each job of a batch enqueue: new, an earlier job under its idempotency key (stored,
+/// or earlier in this batch), or a key conflict. `stored` looks a key up in the store, as
+/// `find_idempotent` does.
+pub(crate) fn enqueue_outcomes(
+    jobs: &[(orchion_domain::NewJob, Option<crate::IdempotencyKey>)],
+    ids: &[(RunId, TaskId)],
+    mut stored: impl FnMut(&crate::IdempotencyKey) -> Result<Option<Uuid>, StoreError>,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut batch_keys: HashMap<&str, (usize, &[u8])> = HashMap::new();
+    for (i, (_, idempotency)) in jobs.iter().enumerate() {
+        let Some(key) = idempotency else {
+            outcomes.push(Enqueued::New);
+            continue;
+        };
+        if let Some(&(first, hash)) = batch_keys.get(key.key.as_str()) {
+            outcomes.push(if hash == key.request_hash.as_slice() {
+                Enqueued::Existing(ids[first].0)
+            } else {
+                Enqueued::Conflict(key.key.clone())
+            });
+            continue;
+        }
+        match stored(key) {
+            Ok(Some(existing)) => outcomes.push(Enqueued::Existing(RunId::from_uuid(existing))),
+            Ok(None) => {
+                batch_keys.insert(&key.key, (i, &key.request_hash));
+                outcomes.push(Enqueued::New);
+            }
+            Err(StoreError::IdempotencyConflict { key }) => outcomes.push(Enqueued::Conflict(key)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The results of a batch enqueue, in order: a job created now is built without reading it
+/// back; one an idempotency key returned is read.
+pub(crate) async fn enqueue_results(
+    store: &(dyn crate::JobStore + Sync),
+    outcomes: Vec<Enqueued>,
+    jobs: Vec<(orchion_domain::NewJob, Option<crate::IdempotencyKey>)>,
+    ids: Vec<(RunId, TaskId)>,
+    now: OffsetDateTime,
+) -> Vec<Result<crate::Created<Job>, StoreError>> {
+    let mut results = Vec::with_capacity(jobs.len());
+    for ((outcome, (job, _)), (run_id, task_id)) in outcomes.into_iter().zip(jobs).zip(ids) {
+        results.push(match outcome {
+            Enqueued::New => Ok(crate::Created {
+                value: enqueued_job(run_id, task_id, job, now),
+                created: true,
+            }),
+            Enqueued::Existing(existing) => {
+                store.get_job(existing).await.map(|value| crate::Created {
+                    value,
+                    created: false,
+                })
+            }
+            Enqueued::Conflict(key) => Err(StoreError::IdempotencyConflict { key }),
+        });
+    }
+    results
+}
+
+impl PendingEvent {
+    /// The `job.created` event of a job just enqueued.
+    pub fn job_created(run_id: RunId, job: &orchion_domain::NewJob) -> Self {
+        PendingEvent {
+            kind: crate::kind::JOB_CREATED,
+            subject: run_id.to_string(),
+            project_id: job.project_id,
+            data: serde_json::json!({ "job_id": run_id.to_string(), "executor": job.executor, "status": "queued" }),
+        }
+    }
 }
 
 /// Rows per multi-row INSERT (23 parameters each stays far below either backend's limit).

@@ -187,7 +187,36 @@ async fn lock_concurrency_key(conn: &mut PgConnection, key: &str) -> Result<(), 
     Ok(())
 }
 
+/// The tasks of `ids` that exist, by id, locked for a change where the backend locks
+/// rows (in id order, so two transactions cannot deadlock on them).
+async fn task_rows(
+    conn: &mut PgConnection,
+    ids: &[uuid::Uuid],
+) -> Result<std::collections::HashMap<uuid::Uuid, crate::jobs::TaskRow>, crate::StoreError> {
+    let mut rows = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(1000) {
+        let mut query = sqlx::QueryBuilder::new(format!(
+            "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id IN (",
+            crate::jobs::TASK_COLUMNS
+        ));
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        query.push(format!(") ORDER BY t.id{TASK_LOCK}"));
+        for row in query
+            .build_query_as::<crate::jobs::TaskRow>()
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            rows.insert(row.id, row);
+        }
+    }
+    Ok(rows)
+}
+
 crate::jobs::impl_job_store!(PostgresStore);
+crate::jobs::sql_queue!(PostgresStore);
 crate::deliveries::impl_delivery_store!(PostgresStore);
 crate::runs::impl_run_store!(PostgresStore, PgConnection);
 crate::catalog::impl_catalog_store!(PostgresStore);

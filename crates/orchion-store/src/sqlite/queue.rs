@@ -1,0 +1,503 @@
+//! The work queue's hot writes on SQLite — enqueue, claim, finish — each one transaction on the
+//! writer thread (`writer.rs`), with prepared statements run row by row.
+//!
+//! They take the same steps as the sqlx versions PostgreSQL runs (`jobs::sql_queue!`) and share
+//! every decision with them: which jobs are new (`enqueue_outcomes`), which tasks a node takes
+//! (`select_claims`, `plan_claims`) and how reported attempts end (`judge_reports`). Only the
+//! statements differ.
+
+use std::collections::HashMap;
+
+use orchion_domain::{Capacity, Job, NewJob, RunId, TaskId, TaskStatus};
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use uuid::Uuid;
+
+use super::{SqliteStore, writer::database};
+use crate::{
+    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, StoreError,
+    jobs::{
+        Enqueued, FinishPlan, MAX_CLAIM_SCAN, PendingEvent, TASK_COLUMNS, TASK_INSERT_COLUMNS,
+        TaskInsert, TaskRow, enqueue_outcomes, enqueue_results, judge_reports, micros, plan_claims,
+        scan_limit, select_claims,
+    },
+    queries::{FIND_IDEMPOTENCY_KEY, INSERT_IDEMPOTENCY_KEY, bound::resolve_idempotency},
+};
+
+type Jobs = Vec<(NewJob, Option<IdempotencyKey>)>;
+
+impl SqliteStore {
+    pub(crate) async fn enqueue(
+        &self,
+        jobs: Jobs,
+    ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = crate::now();
+        let ids: Vec<(RunId, TaskId)> =
+            jobs.iter().map(|_| (RunId::new(), TaskId::new())).collect();
+        let (outcomes, jobs, ids) = self
+            .queue
+            .write(move |tx| {
+                let outcomes = enqueue_in(tx, &jobs, &ids, now)?;
+                let wrote = outcomes.iter().any(|o| matches!(o, Enqueued::New));
+                Ok(((outcomes, jobs, ids), wrote))
+            })
+            .await?;
+        Ok(enqueue_results(self, outcomes, jobs, ids, now).await)
+    }
+
+    pub(crate) async fn claim(&self, claim: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        if claim.max == 0 || claim.executors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claim = claim.clone();
+        self.queue
+            .write(move |tx| {
+                let claimed = claim_in(tx, &claim)?;
+                let wrote = !claimed.is_empty();
+                Ok((claimed, wrote))
+            })
+            .await
+    }
+
+    pub(crate) async fn finish(
+        &self,
+        reports: Vec<AttemptReport>,
+    ) -> Result<Vec<Result<Completed, StoreError>>, StoreError> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.queue
+            .write(move |tx| {
+                let results = finish_in(tx, reports)?;
+                let wrote = results.iter().any(Result::is_ok);
+                Ok((results, wrote))
+            })
+            .await
+    }
+}
+
+fn enqueue_in(
+    tx: &Transaction<'_>,
+    jobs: &Jobs,
+    ids: &[(RunId, TaskId)],
+    now: OffsetDateTime,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let outcomes = {
+        let mut find = tx.prepare_cached(FIND_IDEMPOTENCY_KEY).map_err(database)?;
+        enqueue_outcomes(jobs, ids, |key| {
+            let row = find
+                .query_row(params![crate::JOB_CREATE_SCOPE, key.key], |row| {
+                    Ok((row.get::<_, Vec<u8>>(0)?, uuid(row, 1)?))
+                })
+                .optional()
+                .map_err(database)?;
+            resolve_idempotency(row, key)
+        })?
+    };
+    let at = timestamp(now)?;
+    let mut runs = tx
+        .prepare_cached(
+            "INSERT INTO runs (id, project_id, kind, name, created_at) VALUES (?1, ?2, 'job', ?3, ?4)",
+        )
+        .map_err(database)?;
+    let mut tasks = tx
+        .prepare_cached(&format!(
+            "INSERT INTO tasks ({TASK_INSERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18, 0, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+        ))
+        .map_err(database)?;
+    let mut keys = tx
+        .prepare_cached(INSERT_IDEMPOTENCY_KEY)
+        .map_err(database)?;
+    let mut events = Vec::new();
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if !matches!(outcome, Enqueued::New) {
+            continue;
+        }
+        let ((job, idempotency), (run_id, task_id)) = (&jobs[i], ids[i]);
+        runs.execute(params![
+            run_id.as_uuid().as_bytes(),
+            job.project_id.map(|p| *p.as_uuid().as_bytes()),
+            job.name,
+            at,
+        ])
+        .map_err(database)?;
+        let v = TaskInsert {
+            id: task_id.as_uuid(),
+            run_id: run_id.as_uuid(),
+            step: "job",
+            job,
+            status: TaskStatus::Queued,
+            outputs: None,
+            error: None,
+        }
+        .values(now);
+        tasks
+            .execute(params![
+                v.id.as_bytes(),
+                v.run_id.as_bytes(),
+                v.step,
+                v.status,
+                v.executor,
+                v.spec,
+                v.priority,
+                v.labels.to_string(),
+                v.cpu_millis,
+                v.memory_bytes,
+                v.gpus,
+                v.concurrency_key,
+                v.concurrency_limit,
+                v.retry.to_string(),
+                v.schedule_to_start_ms,
+                v.start_to_close_ms,
+                v.heartbeat_ms,
+                v.attempt_budget,
+                v.run_after_us,
+                v.enqueued_us,
+                at,
+                v.outputs,
+                v.error,
+                v.finished_at.map(timestamp).transpose()?,
+                v.traceparent,
+            ])
+            .map_err(database)?;
+        if let Some(key) = idempotency {
+            keys.execute(params![
+                crate::JOB_CREATE_SCOPE,
+                key.key,
+                key.request_hash,
+                run_id.as_uuid().as_bytes(),
+                at,
+            ])
+            .map_err(database)?;
+        }
+        events.push(PendingEvent::job_created(run_id, job));
+    }
+    append_events(tx, &events, now)?;
+    Ok(outcomes)
+}
+
+fn claim_in(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+    let now_us = micros(claim.now);
+    let executors =
+        serde_json::to_string(&claim.executors).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    // Read a little more of the queue than asked for; should placement or concurrency limits
+    // leave the claim short while more of the queue is there, read further.
+    let mut scan = claim.max.saturating_add(8);
+    let mut candidates = candidates(tx, now_us, &executors, scan)?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    // What the node's running tasks use, read only once a candidate needs resources.
+    let mut free: Option<Capacity> = None;
+    let mut running_per_key: HashMap<String, u32> = HashMap::new();
+    let chosen = loop {
+        if free.is_none()
+            && candidates
+                .iter()
+                .any(|c| c.resources() != Capacity::default())
+        {
+            free = Some(free_capacity(tx, claim)?);
+        }
+        for task in &candidates {
+            let Some(key) = task.concurrency_key.as_deref() else {
+                continue;
+            };
+            if !running_per_key.contains_key(key) {
+                let running: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = ?1",
+                    )
+                    .and_then(|mut count| count.query_row([key], |row| row.get(0)))
+                    .map_err(database)?;
+                running_per_key.insert(key.to_owned(), u32::try_from(running).unwrap_or(u32::MAX));
+            }
+        }
+        let chosen = select_claims(
+            &candidates,
+            &claim.labels,
+            free.unwrap_or(claim.capacity),
+            running_per_key.clone(),
+            claim.max,
+        );
+        if chosen.len() >= claim.max || candidates.len() < scan || scan >= MAX_CLAIM_SCAN {
+            break chosen;
+        }
+        scan = scan.saturating_mul(4).min(MAX_CLAIM_SCAN);
+        candidates = self::candidates(tx, now_us, &executors, scan)?;
+    };
+    let (claimed, events) = plan_claims(&candidates, &chosen, claim)?;
+    let node = claim.node_id.as_uuid();
+    let started_at = timestamp(claim.now)?;
+    let mut update = tx
+        .prepare_cached(
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = ?1, \
+             lease_expires_us = ?2 + heartbeat_ms * 1000, started_at = COALESCE(started_at, ?3) \
+             WHERE id = ?4 AND status = 'queued'",
+        )
+        .map_err(database)?;
+    let mut attempt = tx
+        .prepare_cached(
+            "INSERT INTO attempts (task_id, number, node_id, status, started_at) \
+             VALUES (?1, ?2, ?3, 'running', ?4)",
+        )
+        .map_err(database)?;
+    for task in &claimed {
+        let id = task.task_id.as_uuid();
+        let updated = update
+            .execute(params![node.as_bytes(), now_us, started_at, id.as_bytes()])
+            .map_err(database)?;
+        if updated != 1 {
+            return Err(StoreError::Conflict(format!(
+                "task {} was claimed but is no longer queued",
+                task.task_id
+            )));
+        }
+        attempt
+            .execute(params![
+                id.as_bytes(),
+                i64::from(task.attempt),
+                node.as_bytes(),
+                started_at
+            ])
+            .map_err(database)?;
+    }
+    append_events(tx, &events, claim.now)?;
+    Ok(claimed)
+}
+
+/// Queued tasks due by `now_us` that one of `executors` runs, by priority then age.
+fn candidates(
+    tx: &Transaction<'_>,
+    now_us: i64,
+    executors: &str,
+    limit: usize,
+) -> Result<Vec<TaskRow>, StoreError> {
+    // Without statistics the planner would take `tasks_status` and sort the whole backlog on
+    // every claim; the queue index reads it in order and stops at the limit.
+    let mut select = tx
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t INDEXED BY tasks_queue JOIN runs r ON r.id = t.run_id \
+             WHERE t.status = 'queued' AND t.run_after_us <= ?1 \
+             AND t.executor IN (SELECT value FROM json_each(?2)) \
+             ORDER BY t.priority DESC, t.enqueued_us, t.id LIMIT ?3"
+        ))
+        .map_err(database)?;
+    let rows = select
+        .query_map(params![now_us, executors, scan_limit(limit)], task_row)
+        .map_err(database)?;
+    rows.collect::<Result<_, _>>().map_err(database)
+}
+
+/// What of the node's capacity its running tasks leave free.
+fn free_capacity(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Capacity, StoreError> {
+    let (cpu, memory, gpus): (Option<i64>, Option<i64>, Option<i64>) = tx
+        .prepare_cached(
+            "SELECT sum(cpu_millis), sum(memory_bytes), sum(gpus) FROM tasks \
+             WHERE status = 'running' AND node_id = ?1",
+        )
+        .and_then(|mut used| {
+            used.query_row([claim.node_id.as_uuid().as_bytes()], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
+        })
+        .map_err(database)?;
+    let used = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+    Ok(Capacity {
+        cpu_millis: claim.capacity.cpu_millis.saturating_sub(used(cpu)),
+        memory_bytes: claim.capacity.memory_bytes.saturating_sub(used(memory)),
+        gpus: claim
+            .capacity
+            .gpus
+            .saturating_sub(u32::try_from(used(gpus)).unwrap_or(u32::MAX)),
+    })
+}
+
+fn finish_in(
+    tx: &Transaction<'_>,
+    reports: Vec<AttemptReport>,
+) -> Result<Vec<Result<Completed, StoreError>>, StoreError> {
+    let now = crate::now();
+    let mut tasks = HashMap::with_capacity(reports.len());
+    {
+        let mut select = tx
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ?1"
+            ))
+            .map_err(database)?;
+        for report in &reports {
+            let id = report.task.as_uuid();
+            if let Some(task) = select
+                .query_row([id.as_bytes()], task_row)
+                .optional()
+                .map_err(database)?
+            {
+                tasks.insert(id, task);
+            }
+        }
+    }
+    let (results, plans) = judge_reports(&tasks, reports, now)?;
+    finish_attempts(tx, &plans)?;
+    let events: Vec<PendingEvent> = plans.into_iter().map(|p| p.event).collect();
+    append_events(tx, &events, now)?;
+    Ok(results)
+}
+
+/// Ends attempts as their plans say. The caller has checked each attempt is the current one.
+fn finish_attempts(tx: &Transaction<'_>, plans: &[FinishPlan]) -> Result<(), StoreError> {
+    let mut attempt = tx
+        .prepare_cached(
+            "UPDATE attempts SET status = ?3, finished_at = ?4, exit_code = ?5, error = ?6 \
+             WHERE task_id = ?1 AND number = ?2",
+        )
+        .map_err(database)?;
+    let mut task = tx
+        .prepare_cached(
+            "UPDATE tasks SET status = ?2, cancel_requested = ?3, attempt_budget = ?4, node_id = NULL, \
+             lease_expires_us = NULL, run_after_us = ?5, output = COALESCE(?6, output), \
+             outputs = COALESCE(?7, outputs), error = ?8, exit_code = ?9, finished_at = ?10 WHERE id = ?1",
+        )
+        .map_err(database)?;
+    for p in plans {
+        let id = p.task_id.as_bytes();
+        attempt
+            .execute(params![
+                id,
+                p.number,
+                p.attempt_status,
+                timestamp(p.now)?,
+                p.exit_code,
+                p.error
+            ])
+            .map_err(database)?;
+        task.execute(params![
+            id,
+            p.status.as_str(),
+            p.cancel_requested,
+            p.attempt_budget,
+            p.run_after_us,
+            p.output,
+            p.outputs,
+            p.error,
+            p.exit_code,
+            p.finished_at.map(timestamp).transpose()?,
+        ])
+        .map_err(database)?;
+    }
+    Ok(())
+}
+
+/// Appends a transaction's events at its end, in order.
+fn append_events(
+    tx: &Transaction<'_>,
+    events: &[PendingEvent],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let at = timestamp(now)?;
+    let mut insert = tx
+        .prepare_cached(
+            "INSERT INTO events (at, kind, subject, project_id, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(database)?;
+    for event in events {
+        insert
+            .execute(params![
+                at,
+                event.kind,
+                event.subject,
+                event.project_id.map(|p| *p.as_uuid().as_bytes()),
+                event.data.to_string(),
+            ])
+            .map_err(database)?;
+    }
+    Ok(())
+}
+
+/// A time as sqlx stores it in SQLite: RFC 3339 text.
+fn timestamp(at: OffsetDateTime) -> Result<String, StoreError> {
+    at.format(&Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("cannot format {at}: {e}")))
+}
+
+fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
+    let bytes = row.get_ref(i)?.as_blob()?;
+    Uuid::from_slice(bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn optional_uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
+    match row.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => uuid(row, i).map(Some),
+    }
+}
+
+fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<OffsetDateTime> {
+    let text = row.get_ref(i)?.as_str()?;
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn optional_time(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<OffsetDateTime>> {
+    match row.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => time_at(row, i).map(Some),
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(row: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+    serde_json::from_str(row.get_ref(i)?.as_str()?).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// A row of [`TASK_COLUMNS`].
+fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        id: uuid(row, 0)?,
+        run_id: uuid(row, 1)?,
+        name: row.get(2)?,
+        project_id: optional_uuid(row, 3)?,
+        status: row.get(4)?,
+        executor: row.get(5)?,
+        spec: row.get(6)?,
+        priority: row.get(7)?,
+        labels: sqlx::types::Json(json(row, 8)?),
+        cpu_millis: row.get(9)?,
+        memory_bytes: row.get(10)?,
+        gpus: row.get(11)?,
+        concurrency_key: row.get(12)?,
+        concurrency_limit: row.get(13)?,
+        retry: sqlx::types::Json(json(row, 14)?),
+        schedule_to_start_ms: row.get(15)?,
+        start_to_close_ms: row.get(16)?,
+        heartbeat_ms: row.get(17)?,
+        attempts: row.get(18)?,
+        attempt_budget: row.get(19)?,
+        cancel_requested: row.get(20)?,
+        run_after_us: row.get(21)?,
+        enqueued_us: row.get(22)?,
+        node_id: optional_uuid(row, 23)?,
+        lease_expires_us: row.get(24)?,
+        output: row.get(25)?,
+        error: row.get(26)?,
+        exit_code: row.get(27)?,
+        log_bytes: row.get(28)?,
+        log_seq: row.get(29)?,
+        created_at: time_at(row, 30)?,
+        started_at: optional_time(row, 31)?,
+        finished_at: optional_time(row, 32)?,
+        outputs: row.get(33)?,
+        kind: row.get(34)?,
+        step: row.get(35)?,
+        traceparent: row.get(36)?,
+    })
+}

@@ -1,0 +1,134 @@
+//! The SQLite writer thread: one connection that runs whole transactions on a thread of its
+//! own, for the work queue's hot writes (enqueue, claim, finish).
+//!
+//! sqlx runs each SQLite statement on its connection's thread and hands it, and every row it
+//! returns, across threads; a claim or a batch of results cost a dozen hand-offs, and the
+//! single writer was idle between them. Here a transaction is one closure, sent once, that runs
+//! its prepared statements back to back.
+//!
+//! Invariant: the sqlx writer connection and this one never hold SQLite's write lock at the same
+//! time. Both take their turn from one async mutex (`WriteTurn`) before `BEGIN IMMEDIATE`, so
+//! neither ever waits in SQLite's busy handler, which sleeps in steps of milliseconds.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::Duration,
+};
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+
+/// The turn to write, shared by the two writer connections.
+pub(super) type WriteTurn = Arc<tokio::sync::Mutex<()>>;
+
+type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Runs transactions on the writer thread.
+pub(super) struct Writer {
+    /// Taken at close: the thread ends when its last sender is gone.
+    work: Mutex<Option<mpsc::Sender<Work>>>,
+    turn: WriteTurn,
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Opens the database at `path` (created and migrated already) on a new thread. `cache_kib`
+    /// is the page cache's size.
+    pub(super) fn open(
+        path: &Path,
+        cache_kib: i64,
+        turn: WriteTurn,
+        commits: Arc<AtomicU64>,
+    ) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(database)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(database)?;
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+             PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{cache_kib};"
+        ))
+        .map_err(database)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (work, queue) = mpsc::channel::<Work>();
+        std::thread::Builder::new()
+            .name("orchion-sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = conn;
+                while let Ok(work) = queue.recv() {
+                    work(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        Ok(Self {
+            work: Mutex::new(Some(work)),
+            turn,
+            commits,
+        })
+    }
+
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction on the writer thread. `body` returns its
+    /// value and whether it wrote anything: a transaction that wrote is committed (and counted),
+    /// one that did not is rolled back. An error rolls everything back.
+    pub(super) async fn write<R, F>(&self, body: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<(R, bool), StoreError> + Send + 'static,
+    {
+        let _turn = self.turn.lock().await;
+        let (reply, result) = oneshot::channel();
+        let commits = self.commits.clone();
+        let work: Work = Box::new(move |conn| {
+            let outcome = (|| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
+                    .map_err(database)?;
+                let (value, wrote) = body(&tx)?;
+                if wrote {
+                    tx.commit().map_err(database)?;
+                    commits.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tx.rollback().map_err(database)?;
+                }
+                Ok(value)
+            })();
+            let _ = reply.send(outcome);
+        });
+        let sender = self
+            .work
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(closed)?;
+        sender.send(work).map_err(|_| closed())?;
+        result.await.map_err(|_| closed())?
+    }
+
+    /// Stops the thread once the work sent so far is done; later writes fail as a closed store.
+    pub(super) fn close(&self) {
+        self.work
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+}
+
+/// A rusqlite error as the store reports database errors.
+pub(super) fn database(error: rusqlite::Error) -> StoreError {
+    StoreError::Database(sqlx::Error::AnyDriverError(Box::new(error)))
+}
+
+/// The error of a store that is shutting down.
+fn closed() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
