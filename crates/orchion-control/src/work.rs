@@ -203,13 +203,14 @@ impl WorkQueue {
                     return Ok(claimed);
                 }
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return Ok(Vec::new());
             }
-            let mut nap = (deadline - now).min(RECHECK);
-            if let Some(due) = self.store.next_run_after().await? {
-                let until = (due - orchion_store::now()).max(time::Duration::ZERO);
+            let mut nap = left.min(RECHECK);
+            let now = orchion_store::now();
+            if let Some(due) = self.store.next_run_after(now).await? {
+                let until = (due - now).max(time::Duration::ZERO);
                 nap = nap.min(Duration::try_from(until).unwrap_or(nap));
             }
             tokio::select! {

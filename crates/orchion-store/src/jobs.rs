@@ -1125,9 +1125,10 @@ macro_rules! impl_job_store {
             Ok(rows.into_iter().map(|(id,)| orchion_domain::NodeId::from_uuid(id)).collect())
         }
 
-        async fn next_run_after(&self) -> Result<Option<time::OffsetDateTime>, $crate::StoreError> {
+        async fn next_run_after(&self, now: time::OffsetDateTime) -> Result<Option<time::OffsetDateTime>, $crate::StoreError> {
             let (next,): (Option<i64>,) =
-                sqlx::query_as("SELECT min(run_after_us) FROM tasks WHERE status = 'queued'")
+                sqlx::query_as("SELECT min(run_after_us) FROM tasks WHERE status = 'queued' AND run_after_us > $1")
+                    .bind($crate::jobs::micros(now))
                     .fetch_one(self.read_pool())
                     .await?;
             Ok(next.map($crate::jobs::from_micros))

@@ -414,8 +414,13 @@ pub trait JobStore: Send + Sync {
     /// Nodes that have attempts running.
     async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
 
-    /// When the earliest queued task may start.
-    async fn next_run_after(&self) -> Result<Option<OffsetDateTime>, StoreError>;
+    /// When the earliest queued task that is not yet due at `now` becomes due: what a claim
+    /// that found nothing sleeps until. A task due already is not counted — if the claim did
+    /// not take it, its node cannot run it, and waiting for it would be a busy loop.
+    async fn next_run_after(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Option<OffsetDateTime>, StoreError>;
 }
 
 /// Projects, nodes and the event log. A supertrait of [`Store`].

@@ -653,7 +653,12 @@ async fn a_delayed_job_is_not_claimed_before_its_time(db: Db) {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(store.next_run_after().await.unwrap(), Some(later));
+    // A task that is due already but that this node cannot run (another executor) is not
+    // what a waiting claim sleeps until: only a task not yet due is.
+    store.create_job(job("http"), None).await.unwrap();
+    let now = orchion_store::now();
+    assert_eq!(store.next_run_after(now).await.unwrap(), Some(later));
+    assert_eq!(store.next_run_after(later).await.unwrap(), None);
 }
 
 async fn queue_depths_group_ready_tasks_by_executor_and_labels(db: Db) {
@@ -902,7 +907,7 @@ async fn failures_are_retried_until_the_budget_is_spent(db: Db) {
             .is_empty()
     );
     assert_eq!(
-        store.next_run_after().await.unwrap(),
+        store.next_run_after(orchion_store::now()).await.unwrap(),
         Some(waiting.run_after)
     );
     // …but after it; and when the second attempt fails too, the budget of 2 is spent.
