@@ -345,6 +345,30 @@ pub(crate) fn scan_limit(scan: usize) -> i64 {
     i64::try_from(scan).unwrap_or(i64::MAX)
 }
 
+/// Whether any of `candidates` needs cpu, memory or GPUs: only then does a claim read what the
+/// node's running tasks use.
+pub(crate) fn need_resources(candidates: &[TaskRow]) -> bool {
+    candidates
+        .iter()
+        .any(|c| c.resources() != Capacity::default())
+}
+
+/// What of a node's `capacity` is free while its running tasks use `used` (the sums of their
+/// cpu, memory and GPUs; `None` when nothing runs).
+pub(crate) fn free_capacity(
+    capacity: Capacity,
+    (cpu, memory, gpus): (Option<i64>, Option<i64>, Option<i64>),
+) -> Capacity {
+    let used = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
+    Capacity {
+        cpu_millis: capacity.cpu_millis.saturating_sub(used(cpu)),
+        memory_bytes: capacity.memory_bytes.saturating_sub(used(memory)),
+        gpus: capacity
+            .gpus
+            .saturating_sub(u32::try_from(used(gpus)).unwrap_or(u32::MAX)),
+    }
+}
+
 /// Which candidates a node takes: in the order given (priority, then age), those whose labels
 /// and resources fit what is still free on the node, without passing any concurrency limit,
 /// at most `max`. Pure, so both backends pick alike.
@@ -1127,7 +1151,7 @@ macro_rules! impl_job_store {
 
         async fn next_run_after(&self, now: time::OffsetDateTime) -> Result<Option<time::OffsetDateTime>, $crate::StoreError> {
             let (next,): (Option<i64>,) =
-                sqlx::query_as("SELECT min(run_after_us) FROM tasks WHERE status = 'queued' AND run_after_us > $1")
+                sqlx::query_as("SELECT min(run_after_us) FROM tasks WHERE status = 'queued' AND run_after_us > enqueued_us AND run_after_us > $1")
                     .bind($crate::jobs::micros(now))
                     .fetch_one(self.read_pool())
                     .await?;
@@ -1252,20 +1276,19 @@ macro_rules! sql_queue {
                 tx.rollback().await?;
                 return Ok(Vec::new());
             }
-            let used: (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-                "SELECT CAST(sum(cpu_millis) AS BIGINT), CAST(sum(memory_bytes) AS BIGINT), CAST(sum(gpus) AS BIGINT) FROM tasks WHERE status = 'running' AND node_id = $1",
-            )
-            .bind(claim.node_id.as_uuid())
-            .fetch_one(&mut *tx)
-            .await?;
-            let used_of = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
-            let free = Capacity {
-                cpu_millis: claim.capacity.cpu_millis.saturating_sub(used_of(used.0)),
-                memory_bytes: claim.capacity.memory_bytes.saturating_sub(used_of(used.1)),
-                gpus: claim.capacity.gpus.saturating_sub(u32::try_from(used_of(used.2)).unwrap_or(u32::MAX)),
-            };
+            // What the node's running tasks use, read only once a candidate needs resources.
+            let mut free: Option<Capacity> = None;
             let mut running_per_key: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
             let chosen = loop {
+                if free.is_none() && $crate::jobs::need_resources(&candidates) {
+                    let used = sqlx::query_as(
+                        "SELECT CAST(sum(cpu_millis) AS BIGINT), CAST(sum(memory_bytes) AS BIGINT), CAST(sum(gpus) AS BIGINT) FROM tasks WHERE status = 'running' AND node_id = $1",
+                    )
+                    .bind(claim.node_id.as_uuid())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    free = Some($crate::jobs::free_capacity(claim.capacity, used));
+                }
                 let mut keys: Vec<&str> = candidates
                     .iter()
                     .filter_map(|c| c.concurrency_key.as_deref())
@@ -1283,7 +1306,7 @@ macro_rules! sql_queue {
                     .await?;
                     running_per_key.insert(key.to_owned(), u32::try_from(running).unwrap_or(u32::MAX));
                 }
-                let chosen = select_claims(&candidates, &claim.labels, free, running_per_key.clone(), claim.max);
+                let chosen = select_claims(&candidates, &claim.labels, free.unwrap_or(claim.capacity), running_per_key.clone(), claim.max);
                 if chosen.len() >= claim.max || candidates.len() < scan || scan >= $crate::jobs::MAX_CLAIM_SCAN {
                     break chosen;
                 }
@@ -1297,7 +1320,10 @@ macro_rules! sql_queue {
             }
             // One statement for all the claimed tasks, one for their attempts. A claim takes a
             // queued task to running with one more attempt (`TaskState::next` above); each
-            // lease runs for the task's own heartbeat timeout.
+            // lease runs for the task's own heartbeat timeout. The tasks are found by id alone:
+            // the candidate query locked them, so they are still queued, and a `status`
+            // condition here let a planner with stale statistics scan the whole queue through a
+            // partial index instead of looking the ids up.
             let mut update = sqlx::QueryBuilder::new("UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = ");
             update
                 .push_bind(claim.node_id.as_uuid())
@@ -1305,7 +1331,7 @@ macro_rules! sql_queue {
                 .push_bind(micros(now))
                 .push(" + heartbeat_ms * 1000, started_at = COALESCE(started_at, ")
                 .push_bind(now)
-                .push(") WHERE status = 'queued' AND id IN (");
+                .push(") WHERE id IN (");
             let mut ids = update.separated(", ");
             for c in &claimed {
                 ids.push_bind(c.task_id.as_uuid());

@@ -105,15 +105,10 @@ async fn append_events(
     if events.is_empty() {
         return Ok(());
     }
+    // One statement takes the sequence numbers and writes the events: the row lock on
+    // `event_sequence`, which orders events by commit, is held from here to the commit, so the
+    // less that follows it the better.
     let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    let (last,): (i64,) =
-        sqlx::query_as("UPDATE event_sequence SET last = last + $1 RETURNING last")
-            .bind(count)
-            .fetch_one(&mut *conn)
-            .await?;
-    let now = crate::now();
-    let seqs: Vec<i64> = (last - count + 1..=last).collect();
-    let ats: Vec<time::OffsetDateTime> = vec![now; events.len()];
     let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
     let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
     let projects: Vec<Option<uuid::Uuid>> = events
@@ -122,11 +117,13 @@ async fn append_events(
         .collect();
     let data: Vec<Json<&serde_json::Value>> = events.iter().map(|e| Json(&e.data)).collect();
     sqlx::query(
-        "INSERT INTO events (seq, at, kind, subject, project_id, data) \
-         SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::uuid[], $6::jsonb[])",
+        "WITH s AS (UPDATE event_sequence SET last = last + $1 RETURNING last) \
+         INSERT INTO events (seq, at, kind, subject, project_id, data) \
+         SELECT s.last - $1 + e.n, $2, e.kind, e.subject, e.project_id, e.data FROM s, \
+         UNNEST($3::text[], $4::text[], $5::uuid[], $6::jsonb[]) WITH ORDINALITY AS e (kind, subject, project_id, data, n)",
     )
-    .bind(seqs)
-    .bind(ats)
+    .bind(count)
+    .bind(crate::now())
     .bind(kinds)
     .bind(subjects)
     .bind(projects)

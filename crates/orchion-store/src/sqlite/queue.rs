@@ -17,9 +17,9 @@ use super::{SqliteStore, writer::database};
 use crate::{
     AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, StoreError,
     jobs::{
-        Enqueued, FinishPlan, MAX_CLAIM_SCAN, PendingEvent, TASK_COLUMNS, TASK_INSERT_COLUMNS,
-        TaskInsert, TaskRow, enqueue_outcomes, enqueue_results, judge_reports, micros, plan_claims,
-        scan_limit, select_claims,
+        self, Enqueued, FinishPlan, MAX_CLAIM_SCAN, PendingEvent, TASK_COLUMNS,
+        TASK_INSERT_COLUMNS, TaskInsert, TaskRow, enqueue_outcomes, enqueue_results, judge_reports,
+        micros, plan_claims, scan_limit, select_claims,
     },
     queries::{FIND_IDEMPOTENCY_KEY, INSERT_IDEMPOTENCY_KEY, bound::resolve_idempotency},
 };
@@ -294,7 +294,7 @@ fn candidates(
 
 /// What of the node's capacity its running tasks leave free.
 fn free_capacity(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Capacity, StoreError> {
-    let (cpu, memory, gpus): (Option<i64>, Option<i64>, Option<i64>) = tx
+    let used = tx
         .prepare_cached(
             "SELECT sum(cpu_millis), sum(memory_bytes), sum(gpus) FROM tasks \
              WHERE status = 'running' AND node_id = ?1",
@@ -305,15 +305,7 @@ fn free_capacity(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Capacity,
             })
         })
         .map_err(database)?;
-    let used = |v: Option<i64>| u64::try_from(v.unwrap_or(0)).unwrap_or(0);
-    Ok(Capacity {
-        cpu_millis: claim.capacity.cpu_millis.saturating_sub(used(cpu)),
-        memory_bytes: claim.capacity.memory_bytes.saturating_sub(used(memory)),
-        gpus: claim
-            .capacity
-            .gpus
-            .saturating_sub(u32::try_from(used(gpus)).unwrap_or(u32::MAX)),
-    })
+    Ok(jobs::free_capacity(claim.capacity, used))
 }
 
 fn finish_in(

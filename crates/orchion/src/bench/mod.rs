@@ -39,6 +39,9 @@ impl BenchServer {
         std::fs::create_dir_all(&dir)?;
         let (http_port, grpc_port) = (free_port()?, free_port()?);
         let exe = std::env::current_exe().context("cannot find the orchion binary")?;
+        // `ORCHION_BENCH_SERVER_LOG=sqlx::query=debug` shows every statement the server runs,
+        // with its time, on standard output.
+        let server_log = std::env::var("ORCHION_BENCH_SERVER_LOG").ok();
         let child = tokio::process::Command::new(exe)
             .arg("server")
             .args(["--http-port", &http_port.to_string()])
@@ -47,9 +50,13 @@ impl BenchServer {
             .arg("--data-dir")
             .arg(&dir)
             .args(extra)
-            .env("ORCHION_LOG", "warn")
+            .env("ORCHION_LOG", server_log.as_deref().unwrap_or("warn"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(if server_log.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .kill_on_drop(true)
             .spawn()
             .context("cannot start orchion server")?;
