@@ -39,11 +39,9 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Opens the database at `path` (created and migrated already) on a new thread. `cache_kib`
-    /// is the page cache's size.
+    /// Opens the database at `path` (created and migrated already) on a new thread.
     pub(super) fn open(
         path: &Path,
-        cache_kib: i64,
         turn: WriteTurn,
         commits: Arc<AtomicU64>,
     ) -> Result<Self, StoreError> {
@@ -54,10 +52,10 @@ impl Writer {
         .map_err(database)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(database)?;
-        conn.execute_batch(&format!(
+        conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-             PRAGMA wal_autocheckpoint = 0; PRAGMA cache_size = -{cache_kib};"
-        ))
+             PRAGMA wal_autocheckpoint = 0;",
+        )
         .map_err(database)?;
         conn.set_prepared_statement_cache_capacity(64);
         let (work, queue) = mpsc::channel::<Work>();
