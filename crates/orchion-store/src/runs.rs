@@ -186,7 +186,7 @@ macro_rules! impl_run_store {
                 let sql = format!(
                     "SELECT {} FROM workflow_runs w JOIN runs r ON r.id = w.run_id \
                      WHERE ($1 IS NULL OR w.status = $1) AND ($2 IS NULL OR r.project_id = $2) \
-                     AND ($3 IS NULL OR w.workflow = $3) AND ($4 IS NULL OR w.run_id {after} $4) \
+                     AND ($3 IS NULL OR w.workflow = $3) AND ($4 IS NULL OR w.run_id {after} $4) AND ($4 IS NULL OR r.id {after} $4) \
                      AND ($6 IS NULL OR lower(r.name) LIKE $6 ESCAPE '\\') \
                      ORDER BY w.run_id {order} LIMIT $5",
                     $crate::runs::RUN_COLUMNS

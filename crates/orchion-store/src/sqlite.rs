@@ -77,7 +77,10 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// A transaction on the sqlx writer connection; it holds the write turn until it ends.
+/// A transaction on the sqlx writer connection; it holds the write turn until it ends. Dropped
+/// without a commit (an error), it lets go of the turn at once while sqlx rolls back on the
+/// connection's next use: a write that takes the turn meanwhile waits for that rollback in
+/// SQLite's busy handler, which only errors cause.
 pub(crate) struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
