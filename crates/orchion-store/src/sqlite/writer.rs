@@ -64,7 +64,10 @@ impl Writer {
             .spawn(move || {
                 let mut conn = conn;
                 while let Ok(work) = queue.recv() {
-                    work(&mut conn);
+                    // A panic in one transaction (a bug) rolls it back as the stack unwinds and
+                    // fails only its caller, whose reply is dropped; the writer goes on.
+                    let _ =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut conn)));
                 }
             })
             .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
@@ -109,7 +112,10 @@ impl Writer {
             .clone()
             .ok_or_else(closed)?;
         sender.send(work).map_err(|_| closed())?;
-        result.await.map_err(|_| closed())?
+        // No reply: the transaction panicked (see the thread's loop).
+        result
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?
     }
 
     /// Stops the thread once the work sent so far is done; later writes fail as a closed store.
@@ -129,4 +135,67 @@ pub(super) fn database(error: rusqlite::Error) -> StoreError {
 /// The error of a store that is shutting down.
 fn closed() -> StoreError {
     StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer(dir: &tempfile::TempDir) -> Writer {
+        let path = dir.path().join("w.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL);")
+            .unwrap();
+        Writer::open(&path, WriteTurn::default(), Arc::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_that_panics_fails_alone_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        let crashed = writer
+            .write(|tx: &Transaction<'_>| -> Result<((), bool), StoreError> {
+                tx.execute("INSERT INTO t (v) VALUES (1)", [])
+                    .map_err(database)?;
+                panic!("a bug in a transaction");
+            })
+            .await;
+        assert!(
+            matches!(
+                crashed,
+                Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))
+            ),
+            "{crashed:?}"
+        );
+        // The writer goes on, and the panicked transaction was rolled back.
+        let rows = writer
+            .write(|tx| {
+                tx.execute("INSERT INTO t (v) VALUES (2)", [])
+                    .map_err(database)?;
+                let rows: Vec<i64> = tx
+                    .prepare("SELECT v FROM t ORDER BY v")
+                    .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                    .map_err(database)?;
+                Ok((rows, true))
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_writer_refuses_new_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = writer(&dir);
+        writer.close();
+        let refused = writer.write(|_| Ok(((), false))).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::Unavailable(sqlx::Error::PoolClosed))
+            ),
+            "{refused:?}"
+        );
+    }
 }
