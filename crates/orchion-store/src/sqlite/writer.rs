@@ -86,10 +86,13 @@ impl Writer {
         R: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<(R, bool), StoreError> + Send + 'static,
     {
-        let _turn = self.turn.lock().await;
+        // The turn goes with the work and is let go on the writer thread when the transaction
+        // has ended, so a caller that stops waiting cannot hand it on early.
+        let turn = self.turn.clone().lock_owned().await;
         let (reply, result) = oneshot::channel();
         let commits = self.commits.clone();
         let work: Work = Box::new(move |conn| {
+            let _turn = turn;
             let outcome = (|| {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
