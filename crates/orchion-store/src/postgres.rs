@@ -3,6 +3,8 @@
 //! Replicas race, so every read-modify-write locks what it reads (`FOR UPDATE`), and a create
 //! that loses an idempotency-key race to another replica returns the winner's resource.
 
+mod queue;
+
 use std::{
     str::FromStr,
     sync::atomic::{AtomicU64, Ordering},
@@ -152,75 +154,7 @@ async fn find_idempotent(
 const TASK_LOCK: &str = " FOR UPDATE OF t";
 const TASK_LOCK_SKIP: &str = " FOR UPDATE OF t SKIP LOCKED";
 
-/// Queued tasks due by `now_us` that one of `executors` runs, by priority then age, skipping
-/// any another replica is claiming.
-async fn claim_candidates(
-    conn: &mut PgConnection,
-    now_us: i64,
-    executors: &[String],
-    limit: i64,
-) -> Result<Vec<crate::jobs::TaskRow>, StoreError> {
-    // Read the queue in the queue index's order and stop at the limit, whatever the planner's
-    // statistics say. A queue's size swings faster than autovacuum analyzes: planned with
-    // statistics from when the queue was empty, this query sorted the whole backlog on every
-    // claim (260 ms with 40,000 queued) until the next ANALYZE, up to a minute later.
-    sqlx::query("SET LOCAL enable_sort = off")
-        .execute(&mut *conn)
-        .await?;
-    let sql = format!(
-        "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
-         WHERE t.status = 'queued' AND t.run_after_us <= $1 AND t.executor = ANY($2) \
-         ORDER BY t.priority DESC, t.enqueued_us, t.id LIMIT $3{TASK_LOCK_SKIP}",
-        crate::jobs::TASK_COLUMNS
-    );
-    Ok(sqlx::query_as::<_, crate::jobs::TaskRow>(&sql)
-        .bind(now_us)
-        .bind(executors)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?)
-}
-
-/// Serializes claims of one concurrency key across replicas until the transaction ends, so two
-/// replicas cannot both see room under the limit.
-async fn lock_concurrency_key(conn: &mut PgConnection, key: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(key)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// The tasks of `ids` that exist, by id, locked for a change where the backend locks
-/// rows (in id order, so two transactions cannot deadlock on them).
-async fn task_rows(
-    conn: &mut PgConnection,
-    ids: &[uuid::Uuid],
-) -> Result<std::collections::HashMap<uuid::Uuid, crate::jobs::TaskRow>, crate::StoreError> {
-    let mut rows = std::collections::HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(1000) {
-        let mut query = sqlx::QueryBuilder::new(format!(
-            "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id IN (",
-            crate::jobs::TASK_COLUMNS
-        ));
-        let mut list = query.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
-        }
-        query.push(format!(") ORDER BY t.id{TASK_LOCK}"));
-        for row in query
-            .build_query_as::<crate::jobs::TaskRow>()
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            rows.insert(row.id, row);
-        }
-    }
-    Ok(rows)
-}
-
 crate::jobs::impl_job_store!(PostgresStore);
-crate::jobs::sql_queue!(PostgresStore);
 crate::deliveries::impl_delivery_store!(PostgresStore);
 crate::runs::impl_run_store!(PostgresStore, PgConnection);
 crate::catalog::impl_catalog_store!(PostgresStore);

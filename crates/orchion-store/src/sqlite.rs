@@ -67,8 +67,6 @@ pub struct SqliteStore {
     readers: SqlitePool,
     checkpointer: SqlitePool,
     commits: Arc<AtomicU64>,
-    /// The checkpoint task runs while a clone of the store exists.
-    _alive: Arc<()>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -137,19 +135,21 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        let alive = Arc::new(());
-        tokio::spawn(checkpoint(checkpointer.clone(), Arc::downgrade(&alive)));
         let commits = Arc::new(AtomicU64::new(0));
         let turn = writer::WriteTurn::default();
-        let queue = writer::Writer::open(options.get_filename(), turn.clone(), commits.clone())?;
+        let queue = Arc::new(writer::Writer::open(
+            options.get_filename(),
+            turn.clone(),
+            commits.clone(),
+        )?);
+        tokio::spawn(checkpoint(checkpointer.clone(), Arc::downgrade(&queue)));
         Ok(Self {
             writer,
-            queue: Arc::new(queue),
+            queue,
             turn,
             readers,
             checkpointer,
             commits,
-            _alive: alive,
         })
     }
 
@@ -172,15 +172,16 @@ impl SqliteStore {
     }
 }
 
-/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until the store is closed or dropped.
-/// `PASSIVE` copies what no reader still needs and never blocks the writer.
-async fn checkpoint(pool: SqlitePool, alive: Weak<()>) {
+/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until the store is closed, or dropped: the
+/// store's writer, held weakly, goes with its last clone. `PASSIVE` copies what no reader still
+/// needs and never blocks the writer.
+async fn checkpoint(pool: SqlitePool, store: Weak<writer::Writer>) {
     let mut interval = tokio::time::interval(CHECKPOINT_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mode = "PASSIVE";
     loop {
         interval.tick().await;
-        if alive.strong_count() == 0 || pool.is_closed() {
+        if store.strong_count() == 0 || pool.is_closed() {
             return;
         }
         let done: Result<(i64, i64, i64), sqlx::Error> =

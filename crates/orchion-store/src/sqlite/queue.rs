@@ -1,7 +1,7 @@
 //! The work queue's hot writes on SQLite — enqueue, claim, finish — each one transaction on the
 //! writer thread (`writer.rs`), with prepared statements run row by row.
 //!
-//! They take the same steps as the sqlx versions PostgreSQL runs (`jobs::sql_queue!`) and share
+//! They take the same steps as the sqlx versions PostgreSQL runs (`postgres/queue.rs`) and share
 //! every decision with them: which jobs are new (`enqueue_outcomes`), which tasks a node takes
 //! (`select_claims`, `plan_claims`) and how reported attempts end (`judge_reports`). Only the
 //! statements differ.
@@ -19,7 +19,7 @@ use crate::{
     jobs::{
         self, Enqueued, FinishPlan, MAX_CLAIM_SCAN, PendingEvent, TASK_COLUMNS,
         TASK_INSERT_COLUMNS, TaskInsert, TaskRow, enqueue_outcomes, enqueue_results, judge_reports,
-        micros, plan_claims, scan_limit, select_claims,
+        micros, need_resources, plan_claims, scan_limit, select_claims,
     },
     queries::{FIND_IDEMPOTENCY_KEY, INSERT_IDEMPOTENCY_KEY, bound::resolve_idempotency},
 };
@@ -195,11 +195,7 @@ fn claim_in(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Vec<ClaimedTas
     let mut free: Option<Capacity> = None;
     let mut running_per_key: HashMap<String, u32> = HashMap::new();
     let chosen = loop {
-        if free.is_none()
-            && candidates
-                .iter()
-                .any(|c| c.resources() != Capacity::default())
-        {
+        if free.is_none() && need_resources(&candidates) {
             free = Some(free_capacity(tx, claim)?);
         }
         for task in &candidates {
@@ -424,13 +420,6 @@ fn uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
     })
 }
 
-fn optional_uuid(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Uuid>> {
-    match row.get_ref(i)? {
-        rusqlite::types::ValueRef::Null => Ok(None),
-        _ => uuid(row, i).map(Some),
-    }
-}
-
 fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<OffsetDateTime> {
     let text = row.get_ref(i)?.as_str()?;
     OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
@@ -438,10 +427,15 @@ fn time_at(row: &Row<'_>, i: usize) -> rusqlite::Result<OffsetDateTime> {
     })
 }
 
-fn optional_time(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<OffsetDateTime>> {
+/// Column `i` read by `read`, or `None` when it is NULL.
+fn optional<T>(
+    row: &Row<'_>,
+    i: usize,
+    read: fn(&Row<'_>, usize) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Option<T>> {
     match row.get_ref(i)? {
         rusqlite::types::ValueRef::Null => Ok(None),
-        _ => time_at(row, i).map(Some),
+        _ => read(row, i).map(Some),
     }
 }
 
@@ -457,7 +451,7 @@ fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRow> {
         id: uuid(row, 0)?,
         run_id: uuid(row, 1)?,
         name: row.get(2)?,
-        project_id: optional_uuid(row, 3)?,
+        project_id: optional(row, 3, uuid)?,
         status: row.get(4)?,
         executor: row.get(5)?,
         spec: row.get(6)?,
@@ -477,7 +471,7 @@ fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRow> {
         cancel_requested: row.get(20)?,
         run_after_us: row.get(21)?,
         enqueued_us: row.get(22)?,
-        node_id: optional_uuid(row, 23)?,
+        node_id: optional(row, 23, uuid)?,
         lease_expires_us: row.get(24)?,
         output: row.get(25)?,
         error: row.get(26)?,
@@ -485,8 +479,8 @@ fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRow> {
         log_bytes: row.get(28)?,
         log_seq: row.get(29)?,
         created_at: time_at(row, 30)?,
-        started_at: optional_time(row, 31)?,
-        finished_at: optional_time(row, 32)?,
+        started_at: optional(row, 31, time_at)?,
+        finished_at: optional(row, 32, time_at)?,
         outputs: row.get(33)?,
         kind: row.get(34)?,
         step: row.get(35)?,
