@@ -1,71 +1,194 @@
-//! Projects, nodes and the event log in the store, written once for both backends as
-//! [`impl_catalog_store!`], expanded in each backend module beside what differs there:
-//! `begin`/`commit`, the read pool, `append_event`, `find_idempotent`, and `ROW_LOCK` (how a row
-//! read for a change is locked: `FOR UPDATE` on PostgreSQL, nothing on SQLite, whose one writer
-//! connection serializes changes). Names in the macro resolve in the backend module.
+//! Projects, nodes and the event log: the [`CatalogStore`] half of the store, written once for
+//! every backend.
 
-/// `CatalogStore` for one backend. See the module documentation.
-macro_rules! impl_catalog_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::CatalogStore for $store {
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use orchion_domain::{
+    Capacity, Labels, Liveness, Node, NodeId, NodeStatus, Page, PageRequest, Project,
+    ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    Created, IdempotencyKey, StoreError,
+    backend::{Statement, StoreBackend, Tx},
+    codec::{page_limit, page_of},
+    events::{PendingEvent, kind},
+    idempotency::{PROJECT_CREATE_SCOPE, find_idempotent, insert_key, retry_lost_race},
+};
+
+/// One entry of the append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Position in the log; strictly increasing in commit order, never reused.
+    pub seq: i64,
+    pub at: OffsetDateTime,
+    /// What happened, such as `project.created`.
+    pub kind: String,
+    /// The id of the resource it happened to.
+    pub subject: String,
+    /// The project it belongs to, if any.
+    pub project_id: Option<ProjectId>,
+    /// Details of the change.
+    pub data: serde_json::Value,
+}
+
+/// A node as stored, with the hash of its credential.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredNode {
+    pub node: Node,
+    pub credential_hash: Vec<u8>,
+}
+
+/// A change of a node's liveness or drain flag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStateChange {
+    pub id: NodeId,
+    /// The status before the change, for the event.
+    pub from: NodeStatus,
+    pub liveness: Liveness,
+    pub draining: bool,
+    pub last_heartbeat_at: OffsetDateTime,
+}
+
+/// Projects, nodes and the event log. A supertrait of [`crate::Store`].
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
+    /// Stores a new project, or returns the one an earlier call with the same key created.
+    async fn create_project(
+        &self,
+        project: Project,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<Project>, StoreError>;
+
+    /// The project with this id.
+    async fn get_project(&self, id: ProjectId) -> Result<Project, StoreError>;
+
+    /// Projects matching the filter, in id (creation) order.
+    async fn list_projects(
+        &self,
+        filter: ProjectFilter,
+        page: PageRequest,
+    ) -> Result<Page<Project>, StoreError>;
+
+    /// Applies an update and returns the project as it now is.
+    async fn update_project(
+        &self,
+        id: ProjectId,
+        update: ProjectUpdate,
+    ) -> Result<Project, StoreError>;
+
+    /// Removes a project.
+    async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError>;
+
+    /// Records a node's registration: inserts it, or updates a node registering again under
+    /// its id (keeping `registered_at` and the drain flag). The node is alive afterwards.
+    /// Returns the node as stored.
+    async fn register_node(&self, node: &Node, credential_hash: &[u8]) -> Result<Node, StoreError>;
+
+    /// Every node with its credential hash, in id order.
+    async fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError>;
+
+    /// Applies liveness and drain changes in one transaction, with a `node.status_changed`
+    /// event for each change of status. Changes to nodes that no longer exist are skipped.
+    async fn update_node_states(&self, changes: &[NodeStateChange]) -> Result<(), StoreError>;
+
+    /// Records when nodes were last heard from. No events: this is the coarse, periodic write
+    /// that keeps heartbeats cheap.
+    async fn record_heartbeats(&self, beats: &[(NodeId, OffsetDateTime)])
+    -> Result<(), StoreError>;
+
+    /// Removes a node.
+    async fn delete_node(&self, id: NodeId) -> Result<(), StoreError>;
+
+    /// Events with a sequence number above `after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// The newest event's sequence number; 0 for an empty log.
+    async fn last_event_seq(&self) -> Result<i64, StoreError>;
+}
+
+const PROJECT_COLUMNS: &str = "id, name, description, type, status, created_at, updated_at";
+
+const NODE_COLUMNS: &str = "id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at";
+
+/// Registers a node, or re-registers it under its id: `registered_at` and the drain flag are
+/// kept, and the status follows from being alive and (maybe) drained.
+const UPSERT_NODE: &str = "INSERT INTO nodes (id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', false, $10, $11, $11) \
+     ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, labels = excluded.labels, \
+     cpu_millis = excluded.cpu_millis, memory_bytes = excluded.memory_bytes, gpus = excluded.gpus, \
+     executors = excluded.executors, version = excluded.version, credential_hash = excluded.credential_hash, \
+     last_heartbeat_at = excluded.last_heartbeat_at, \
+     status = CASE WHEN nodes.draining THEN 'draining' ELSE 'ready' END";
+
+fn project_not_found(id: ProjectId) -> StoreError {
+    StoreError::NotFound {
+        kind: "project",
+        id: id.to_string(),
+    }
+}
+
+fn select_project(lock: &str) -> String {
+    format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1{lock}")
+}
+
+#[async_trait]
+impl<B: StoreBackend> CatalogStore for B {
     async fn create_project(
         &self,
         project: Project,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Created<Project>, StoreError> {
-        let mut retried = false;
-        loop {
-            let attempt: Result<Option<uuid::Uuid>, StoreError> = async {
-                let mut tx = self.begin().await?;
-                if let Some(key) = &idempotency {
-                    if let Some(existing) = find_idempotent(&mut tx, PROJECT_CREATE_SCOPE, key).await? {
-                        return Ok(Some(existing));
-                    }
+        let (project, idempotency) = (&project, idempotency.as_ref());
+        let existing = retry_lost_race(idempotency.is_some(), || async move {
+            let mut tx = self.begin().await?;
+            if let Some(key) = idempotency {
+                if let Some(existing) = find_idempotent(&mut tx, PROJECT_CREATE_SCOPE, key).await? {
+                    return Ok(Some(existing));
                 }
-                bound::insert_project(&project).execute(&mut *tx).await?;
-                if let Some(key) = &idempotency {
-                    bound::insert_idempotency_key(
-                        PROJECT_CREATE_SCOPE,
-                        key,
-                        project.id.as_uuid(),
-                        project.created_at,
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                append_event(
-                    &mut tx,
-                    kind::PROJECT_CREATED,
-                    project.id.to_string(),
-                    Some(project.id),
-                    project_event_data(&project),
-                )
-                .await?;
-                self.commit(tx).await?;
-                Ok(None)
             }
-            .await;
-            return match attempt {
-                Ok(None) => Ok(Created { value: project, created: true }),
-                Ok(Some(existing)) => Ok(Created {
-                    value: self.get_project(ProjectId::from_uuid(existing)).await?,
-                    created: false,
-                }),
-                // Another replica committed the same key meanwhile: the retry finds it.
-                Err(e) if idempotency.is_some() && !retried && crate::is_unique_violation(&e) => {
-                    retried = true;
-                    continue;
-                }
-                Err(e) => Err(e),
-            };
-        }
+            tx.execute(
+                Statement::new(
+                    "INSERT INTO projects (id, name, description, type, status, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(project.id.as_uuid())
+                .bind(project.name.as_str())
+                .bind(project.description.as_str())
+                .bind(project.kind.as_str())
+                .bind(project.status.as_str())
+                .bind(project.created_at)
+                .bind(project.updated_at),
+            )
+            .await?;
+            if let Some(key) = idempotency {
+                let id = project.id.as_uuid();
+                tx.execute(insert_key(PROJECT_CREATE_SCOPE, key, id, project.created_at))
+                    .await?;
+            }
+            tx.append_event(PendingEvent::project(kind::PROJECT_CREATED, project))
+                .await?;
+            tx.commit().await?;
+            Ok(None)
+        })
+        .await?;
+        Ok(match existing {
+            None => Created {
+                value: project.clone(),
+                created: true,
+            },
+            Some(existing) => Created {
+                value: self.get_project(ProjectId::from_uuid(existing)).await?,
+                created: false,
+            },
+        })
     }
 
     async fn get_project(&self, id: ProjectId) -> Result<Project, StoreError> {
-        sqlx::query_as::<_, ProjectRow>(SELECT_PROJECT)
-            .bind(id.as_uuid())
-            .fetch_optional(self.read_pool())
+        self.read_optional::<ProjectRow>(Statement::new(select_project("")).bind(id.as_uuid()))
             .await?
             .ok_or_else(|| project_not_found(id))?
             .try_into()
@@ -76,11 +199,16 @@ macro_rules! impl_catalog_store {
         filter: ProjectFilter,
         page: PageRequest,
     ) -> Result<Page<Project>, StoreError> {
-        let rows = sqlx::query_as::<_, ProjectRow>(LIST_PROJECTS)
-            .bind(filter.status.map(|s| s.as_str()))
-            .bind(page.after.map(|c| c.0))
-            .bind(i64::from(page.limit) + 1)
-            .fetch_all(self.read_pool())
+        let rows: Vec<ProjectRow> = self
+            .read_all(
+                Statement::new(format!(
+                    "SELECT {PROJECT_COLUMNS} FROM projects WHERE ($1 IS NULL OR status = $1) \
+                     AND ($2 IS NULL OR id > $2) ORDER BY id LIMIT $3"
+                ))
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(page.after.map(|c| c.0))
+                .bind(page_limit(page)),
+            )
             .await?;
         page_of(rows, page, |p: &Project| p.id.as_uuid())
     }
@@ -91,78 +219,86 @@ macro_rules! impl_catalog_store {
         update: ProjectUpdate,
     ) -> Result<Project, StoreError> {
         let mut tx = self.begin().await?;
-        let current: Project = sqlx::query_as::<_, ProjectRow>(&format!("{SELECT_PROJECT}{ROW_LOCK}"))
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *tx)
+        let current: Project = tx
+            .fetch_optional::<ProjectRow>(
+                Statement::new(select_project(B::Tx::ROW_LOCK)).bind(id.as_uuid()),
+            )
             .await?
             .ok_or_else(|| project_not_found(id))?
             .try_into()?;
         let project = current.updated(update, crate::now());
-        bound::update_project(&project).execute(&mut *tx).await?;
-        append_event(
-            &mut tx,
-            kind::PROJECT_UPDATED,
-            id.to_string(),
-            Some(id),
-            project_event_data(&project),
+        tx.execute(
+            Statement::new(
+                "UPDATE projects SET name = $2, description = $3, type = $4, status = $5, updated_at = $6 \
+                 WHERE id = $1",
+            )
+            .bind(project.id.as_uuid())
+            .bind(project.name.as_str())
+            .bind(project.description.as_str())
+            .bind(project.kind.as_str())
+            .bind(project.status.as_str())
+            .bind(project.updated_at),
         )
         .await?;
-        self.commit(tx).await?;
+        tx.append_event(PendingEvent::project(kind::PROJECT_UPDATED, &project))
+            .await?;
+        tx.commit().await?;
         Ok(project)
     }
 
     async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let deleted = sqlx::query(DELETE_PROJECT)
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted = tx
+            .execute(Statement::new("DELETE FROM projects WHERE id = $1").bind(id.as_uuid()))
+            .await?;
         if deleted == 0 {
             return Err(project_not_found(id));
         }
-        append_event(
-            &mut tx,
-            kind::PROJECT_DELETED,
-            id.to_string(),
-            Some(id),
-            serde_json::json!({}),
-        )
-        .await?;
-        self.commit(tx).await?;
-        Ok(())
+        tx.append_event(PendingEvent::project_deleted(id)).await?;
+        tx.commit().await
     }
 
     async fn register_node(&self, node: &Node, credential_hash: &[u8]) -> Result<Node, StoreError> {
         let mut tx = self.begin().await?;
-        bound::upsert_node(node, credential_hash)
-            .execute(&mut *tx)
-            .await?;
-        let stored: StoredNode =
-            sqlx::query_as::<_, NodeRow>(&format!("{NODE_COLUMNS_SELECT} WHERE id = $1"))
+        // Capacity is validated to fit (64 TiB, 4096 cores, 256 GPUs), so these casts are exact.
+        let labels = serde_json::json!(node.labels.as_map());
+        let executors = serde_json::json!(node.executors);
+        tx.execute(
+            Statement::new(UPSERT_NODE)
                 .bind(node.id.as_uuid())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_into()?;
-        append_event(
-            &mut tx,
-            kind::NODE_REGISTERED,
-            node.id.to_string(),
-            None,
-            node_registered_event_data(&stored.node),
+                .bind(node.name.as_str())
+                .bind(node.address.as_str())
+                .bind(&labels)
+                .bind(node.capacity.cpu_millis as i64)
+                .bind(node.capacity.memory_bytes as i64)
+                .bind(node.capacity.gpus as i32)
+                .bind(&executors)
+                .bind(node.version.as_str())
+                .bind(credential_hash)
+                .bind(node.last_heartbeat_at),
         )
         .await?;
-        self.commit(tx).await?;
+        let stored: StoredNode = tx
+            .fetch_one::<NodeRow>(
+                Statement::new(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+                    .bind(node.id.as_uuid()),
+            )
+            .await?
+            .try_into()?;
+        tx.append_event(PendingEvent::node_registered(&stored.node))
+            .await?;
+        tx.commit().await?;
         Ok(stored.node)
     }
 
     async fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError> {
-        sqlx::query_as::<_, NodeRow>(&format!("{NODE_COLUMNS_SELECT} ORDER BY id"))
-            .fetch_all(self.read_pool())
-            .await?
-            .into_iter()
-            .map(StoredNode::try_from)
-            .collect()
+        self.read_all::<NodeRow>(Statement::new(format!(
+            "SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"
+        )))
+        .await?
+        .into_iter()
+        .map(StoredNode::try_from)
+        .collect()
     }
 
     async fn update_node_states(&self, changes: &[NodeStateChange]) -> Result<(), StoreError> {
@@ -170,24 +306,26 @@ macro_rules! impl_catalog_store {
             return Ok(());
         }
         let mut tx = self.begin().await?;
+        let mut events = Vec::new();
         for change in changes {
-            let updated = bound::update_node_state(change)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
             let to = NodeStatus::of(change.liveness, change.draining);
-            if updated > 0 && to != change.from {
-                append_event(
-                    &mut tx,
-                    kind::NODE_STATUS_CHANGED,
-                    change.id.to_string(),
-                    None,
-                    node_status_event_data(change.id, change.from, to),
+            let updated = tx
+                .execute(
+                    Statement::new(
+                        "UPDATE nodes SET status = $2, draining = $3, last_heartbeat_at = $4 WHERE id = $1",
+                    )
+                    .bind(change.id.as_uuid())
+                    .bind(to.as_str())
+                    .bind(change.draining)
+                    .bind(change.last_heartbeat_at),
                 )
                 .await?;
+            if updated > 0 && to != change.from {
+                events.push(PendingEvent::node_status(change.id, change.from, to));
             }
         }
-        self.commit(tx).await
+        tx.append_events(&events).await?;
+        tx.commit().await
     }
 
     async fn record_heartbeats(
@@ -199,55 +337,153 @@ macro_rules! impl_catalog_store {
         }
         let mut tx = self.begin().await?;
         for (id, at) in beats {
-            sqlx::query(UPDATE_NODE_HEARTBEAT)
-                .bind(id.as_uuid())
-                .bind(*at)
-                .execute(&mut *tx)
-                .await?;
+            tx.execute(
+                Statement::new("UPDATE nodes SET last_heartbeat_at = $2 WHERE id = $1")
+                    .bind(id.as_uuid())
+                    .bind(*at),
+            )
+            .await?;
         }
-        self.commit(tx).await
+        tx.commit().await
     }
 
     async fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let deleted = sqlx::query(DELETE_NODE)
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted = tx
+            .execute(Statement::new("DELETE FROM nodes WHERE id = $1").bind(id.as_uuid()))
+            .await?;
         if deleted == 0 {
             return Err(StoreError::NotFound {
                 kind: "node",
                 id: id.to_string(),
             });
         }
-        append_event(
-            &mut tx,
-            kind::NODE_DELETED,
-            id.to_string(),
-            None,
-            serde_json::json!({ "node_id": id.to_string() }),
-        )
-        .await?;
-        self.commit(tx).await
-    }
-
-    async fn last_event_seq(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar::<_, i64>(LAST_EVENT_SEQ)
-            .fetch_one(self.read_pool())
-            .await?)
+        tx.append_event(PendingEvent::node_deleted(id)).await?;
+        tx.commit().await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query_as::<_, EventRow>(EVENTS_AFTER)
-            .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(self.read_pool())
+        let rows: Vec<EventRow> = self
+            .read_all(
+                Statement::new(
+                    "SELECT seq, at, kind, subject, project_id, data FROM events \
+                     WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::from(limit)),
+            )
             .await?;
         Ok(rows.into_iter().map(Event::from).collect())
     }
 
-        }
-    };
+    async fn last_event_seq(&self) -> Result<i64, StoreError> {
+        let (seq,): (i64,) = self
+            .read_one(Statement::new("SELECT COALESCE(MAX(seq), 0) FROM events"))
+            .await?;
+        Ok(seq)
+    }
 }
-pub(crate) use impl_catalog_store;
+
+#[derive(Debug, sqlx::FromRow)]
+struct ProjectRow {
+    id: Uuid,
+    name: String,
+    description: String,
+    #[sqlx(rename = "type")]
+    kind: String,
+    status: String,
+    created_at: OffsetDateTime,
+    updated_at: OffsetDateTime,
+}
+
+impl TryFrom<ProjectRow> for Project {
+    type Error = StoreError;
+
+    fn try_from(row: ProjectRow) -> Result<Self, Self::Error> {
+        Ok(Project {
+            id: ProjectId::from_uuid(row.id),
+            status: row
+                .status
+                .parse::<ProjectStatus>()
+                .map_err(StoreError::Corrupt)?,
+            name: row.name,
+            description: row.description,
+            kind: row.kind,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    at: OffsetDateTime,
+    kind: String,
+    subject: String,
+    project_id: Option<Uuid>,
+    data: sqlx::types::Json<serde_json::Value>,
+}
+
+impl From<EventRow> for Event {
+    fn from(row: EventRow) -> Self {
+        Event {
+            seq: row.seq,
+            at: row.at,
+            kind: row.kind,
+            subject: row.subject,
+            project_id: row.project_id.map(ProjectId::from_uuid),
+            data: row.data.0,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct NodeRow {
+    id: Uuid,
+    name: String,
+    address: String,
+    labels: sqlx::types::Json<BTreeMap<String, String>>,
+    cpu_millis: i64,
+    memory_bytes: i64,
+    gpus: i32,
+    executors: sqlx::types::Json<Vec<String>>,
+    version: String,
+    status: String,
+    draining: bool,
+    credential_hash: Option<Vec<u8>>,
+    registered_at: OffsetDateTime,
+    last_heartbeat_at: OffsetDateTime,
+}
+
+impl TryFrom<NodeRow> for StoredNode {
+    type Error = StoreError;
+
+    fn try_from(row: NodeRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("node {}: {what}", row.id));
+        let status: NodeStatus = row.status.parse().map_err(StoreError::Corrupt)?;
+        let labels = Labels::new(row.labels.0.clone()).map_err(|e| corrupt(&e.to_string()))?;
+        let capacity = Capacity::new(
+            u64::try_from(row.cpu_millis).map_err(|_| corrupt("negative cpu"))?,
+            u64::try_from(row.memory_bytes).map_err(|_| corrupt("negative memory"))?,
+            u32::try_from(row.gpus).map_err(|_| corrupt("negative gpus"))?,
+        )
+        .map_err(|e| corrupt(&e.to_string()))?;
+        Ok(StoredNode {
+            node: Node {
+                id: NodeId::from_uuid(row.id),
+                name: row.name,
+                address: row.address,
+                labels,
+                capacity,
+                executors: row.executors.0,
+                version: row.version,
+                liveness: status.liveness(),
+                draining: row.draining,
+                registered_at: row.registered_at,
+                last_heartbeat_at: row.last_heartbeat_at,
+            },
+            credential_hash: row.credential_hash.unwrap_or_default(),
+        })
+    }
+}

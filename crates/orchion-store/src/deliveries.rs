@@ -1,7 +1,16 @@
-//! Webhook deliveries: each one recorded with its verdict and answer, once per delivery id.
+//! Webhook deliveries: each one recorded with its verdict and answer, once per delivery id —
+//! the [`DeliveryStore`] half of the store, written once for every backend.
 
+use async_trait::async_trait;
+use orchion_domain::{Page, PageRequest};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::{
+    Created, StoreError,
+    backend::{Statement, StoreBackend, Tx},
+    codec::{page_limit, page_of},
+};
 
 /// A `webhook_deliveries` row.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -27,20 +36,31 @@ pub struct Delivery {
     pub received_at: OffsetDateTime,
 }
 
-/// `DeliveryStore` for one backend.
-macro_rules! impl_delivery_store {
-    ($store:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::DeliveryStore for $store {
-            async fn record_delivery(
-                &self,
-                delivery: $crate::Delivery,
-            ) -> Result<$crate::Created<$crate::Delivery>, $crate::StoreError> {
-                let mut tx = self.begin().await?;
-                let inserted = sqlx::query(
-                    "INSERT INTO webhook_deliveries (id, seq, source, event, action, repository, verdict, reason, runs, status, response, received_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
-                )
+/// Webhook deliveries. A supertrait of [`crate::Store`].
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
+    /// Records a delivery once per id. If its id was recorded already (a concurrent
+    /// redelivery), returns that record with `created: false`.
+    async fn record_delivery(&self, delivery: Delivery) -> Result<Created<Delivery>, StoreError>;
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
+
+    /// Deliveries in the order received.
+    async fn list_deliveries(&self, page: PageRequest) -> Result<Page<Delivery>, StoreError>;
+}
+
+const DELIVERY_COLUMNS: &str = "id, seq, source, event, action, repository, verdict, reason, runs, status, response, received_at";
+
+#[async_trait]
+impl<B: StoreBackend> DeliveryStore for B {
+    async fn record_delivery(&self, delivery: Delivery) -> Result<Created<Delivery>, StoreError> {
+        let mut tx = self.begin().await?;
+        let inserted = tx
+            .execute(
+                Statement::new(format!(
+                    "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING"
+                ))
                 .bind(delivery.id.as_str())
                 .bind(delivery.seq)
                 .bind(delivery.source.as_str())
@@ -52,43 +72,48 @@ macro_rules! impl_delivery_store {
                 .bind(delivery.runs.as_str())
                 .bind(delivery.status)
                 .bind(delivery.response.as_str())
-                .bind(delivery.received_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                self.commit(tx).await?;
-                if inserted == 1 {
-                    return Ok($crate::Created { value: delivery, created: true });
-                }
-                // Recorded meanwhile by a concurrent redelivery: that one stands.
-                let first = self
-                    .get_delivery(&delivery.id)
-                    .await?
-                    .ok_or_else(|| $crate::StoreError::Corrupt(format!("delivery {} vanished", delivery.id)))?;
-                Ok($crate::Created { value: first, created: false })
-            }
-
-            async fn get_delivery(&self, id: &str) -> Result<Option<$crate::Delivery>, $crate::StoreError> {
-                Ok(sqlx::query_as::<_, $crate::Delivery>("SELECT * FROM webhook_deliveries WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(self.read_pool())
-                    .await?)
-            }
-
-            async fn list_deliveries(
-                &self,
-                page: orchion_domain::PageRequest,
-            ) -> Result<orchion_domain::Page<$crate::Delivery>, $crate::StoreError> {
-                let rows = sqlx::query_as::<_, $crate::Delivery>(
-                    "SELECT * FROM webhook_deliveries WHERE ($1 IS NULL OR seq > $1) ORDER BY seq LIMIT $2",
-                )
-                .bind(page.after.map(|c| c.0))
-                .bind(i64::from(page.limit) + 1)
-                .fetch_all(self.read_pool())
-                .await?;
-$crate::rows::page_of(rows, page, |d: &$crate::Delivery| d.seq)
-            }
+                .bind(delivery.received_at),
+            )
+            .await?;
+        tx.commit().await?;
+        if inserted == 1 {
+            return Ok(Created {
+                value: delivery,
+                created: true,
+            });
         }
-    };
+        // Recorded meanwhile by a concurrent redelivery: that one stands.
+        let first = self
+            .get_delivery(&delivery.id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery {} vanished", delivery.id)))?;
+        Ok(Created {
+            value: first,
+            created: false,
+        })
+    }
+
+    async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.read_optional(
+            Statement::new(format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"
+            ))
+            .bind(id),
+        )
+        .await
+    }
+
+    async fn list_deliveries(&self, page: PageRequest) -> Result<Page<Delivery>, StoreError> {
+        let rows: Vec<Delivery> = self
+            .read_all(
+                Statement::new(format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE ($1 IS NULL OR seq > $1) \
+                     ORDER BY seq LIMIT $2"
+                ))
+                .bind(page.after.map(|c| c.0))
+                .bind(page_limit(page)),
+            )
+            .await?;
+        page_of(rows, page, |d: &Delivery| d.seq)
+    }
 }
-pub(crate) use impl_delivery_store;

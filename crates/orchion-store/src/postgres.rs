@@ -1,43 +1,45 @@
 //! The PostgreSQL backend: a connection pool shared by any number of server replicas.
 //!
-//! Replicas race, so every read-modify-write locks what it reads (`FOR UPDATE`), and a create
-//! that loses an idempotency-key race to another replica returns the winner's resource.
+//! Replicas race, so every read-modify-write locks what it reads (`FOR UPDATE`: the `*_LOCK`
+//! items of [`Tx`]), a scan that takes work skips rows another replica holds (`SKIP LOCKED`),
+//! and a create that loses an idempotency-key race to another replica returns the winner's
+//! resource. Events take their sequence numbers from the row lock on `event_sequence`, held to
+//! the commit, so they follow commit order. The work queue's hot writes are in `postgres/queue.rs`.
 
 mod queue;
 
 use std::{
+    ops::{Deref, DerefMut},
     str::FromStr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use async_trait::async_trait;
-use orchion_domain::{
-    Node, NodeId, NodeStatus, Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate,
-};
+use orchion_domain::{Job, NewJob};
 use sqlx::{
-    PgConnection,
-    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+    Arguments, PgConnection,
+    postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions},
     types::Json,
 };
-use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::{
-    Backend, Created, Event, IdempotencyKey, NodeStateChange, PROJECT_CREATE_SCOPE, Store,
-    StoreError, StoredNode, kind,
-    queries::*,
-    rows::{
-        EventRow, NodeRow, ProjectRow, node_registered_event_data, node_status_event_data, page_of,
-        project_event_data,
-    },
+    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, Store,
+    StoreError,
+    backend::{Row, Statement, StoreBackend, Tx, Value},
+    codec::sql_int,
+    error::encode,
+    events::PendingEvent,
 };
 
 /// A store in a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-    commits: std::sync::Arc<AtomicU64>,
+    commits: Arc<AtomicU64>,
 }
 
 impl PostgresStore {
@@ -57,117 +59,165 @@ impl PostgresStore {
             commits: Default::default(),
         })
     }
+}
 
-    fn read_pool(&self) -> &PgPool {
-        &self.pool
+/// A statement's arguments as sqlx's PostgreSQL driver takes them (it encodes them at once).
+fn arguments(values: &[Value<'_>]) -> Result<PgArguments, StoreError> {
+    let mut args = PgArguments::default();
+    for value in values {
+        match value {
+            Value::Bool(v) => args.add(*v),
+            Value::I32(v) => args.add(*v),
+            Value::I64(v) => args.add(*v),
+            Value::Text(v) => args.add(v.as_deref()),
+            Value::Bytes(v) => args.add(v.as_ref()),
+            Value::Uuid(v) => args.add(*v),
+            Value::Time(v) => args.add(*v),
+            Value::Json(v) => args.add(Json(v.as_ref())),
+        }
+        .map_err(encode)?;
+    }
+    Ok(args)
+}
+
+/// A transaction on a pooled connection. It derefs to the connection, for the statements only
+/// PostgreSQL runs (`postgres/queue.rs`).
+pub(crate) struct PgTx {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Deref for PgTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for PgTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+/// Row locks: replicas change rows concurrently, so a row is locked before it changes, and
+/// scans that take work skip rows another replica holds.
+impl Tx for PgTx {
+    const ROW_LOCK: &'static str = " FOR UPDATE";
+    const TASK_LOCK: &'static str = " FOR UPDATE OF t";
+    const TASK_LOCK_SKIP: &'static str = " FOR UPDATE OF t SKIP LOCKED";
+
+    async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_with(statement.sql(), args)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected())
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
-        Ok(self.pool.begin().await?)
+    async fn fetch_all<R: Row>(&mut self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_all(&mut *self.tx)
+            .await?)
     }
 
-    async fn commit(
-        &self,
-        tx: sqlx::Transaction<'static, sqlx::Postgres>,
-    ) -> Result<(), StoreError> {
-        tx.commit().await?;
+    async fn fetch_optional<R: Row>(
+        &mut self,
+        statement: Statement<'_>,
+    ) -> Result<Option<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_optional(&mut *self.tx)
+            .await?)
+    }
+
+    /// One statement takes the sequence numbers and writes the events: the row lock on
+    /// `event_sequence`, which orders events by commit, is held from here to the commit, so the
+    /// less that follows it the better.
+    async fn append_events(&mut self, events: &[PendingEvent]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
+        let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
+        let projects: Vec<Option<uuid::Uuid>> = events
+            .iter()
+            .map(|e| e.project_id.map(|p| p.as_uuid()))
+            .collect();
+        let data: Vec<Json<&serde_json::Value>> = events.iter().map(|e| Json(&e.data)).collect();
+        sqlx::query(
+            "WITH s AS (UPDATE event_sequence SET last = last + $1 RETURNING last) \
+             INSERT INTO events (seq, at, kind, subject, project_id, data) \
+             SELECT s.last - $1 + e.n, $2, e.kind, e.subject, e.project_id, e.data FROM s, \
+             UNNEST($3::text[], $4::text[], $5::uuid[], $6::jsonb[]) WITH ORDINALITY AS e (kind, subject, project_id, data, n)",
+        )
+        .bind(sql_int(events.len()))
+        .bind(crate::now())
+        .bind(kinds)
+        .bind(subjects)
+        .bind(projects)
+        .bind(data)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
-}
 
-async fn append_event(
-    conn: &mut PgConnection,
-    kind: &str,
-    subject: String,
-    project: Option<ProjectId>,
-    data: serde_json::Value,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "WITH s AS (UPDATE event_sequence SET last = last + 1 RETURNING last) \
-         INSERT INTO events (seq, at, kind, subject, project_id, data) \
-         SELECT last, $1, $2, $3, $4, $5 FROM s",
-    )
-    .bind(crate::now())
-    .bind(kind)
-    .bind(subject)
-    .bind(project.map(|p| p.as_uuid()))
-    .bind(Json(data))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Appends a transaction's events at its end: one step of `event_sequence` for all of them, so
-/// the row lock that orders events by commit is taken as late, and held as briefly, as it can be.
-async fn append_events(
-    conn: &mut PgConnection,
-    events: &[crate::jobs::PendingEvent],
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
+    async fn rollback(self) -> Result<(), StoreError> {
+        Ok(self.tx.rollback().await?)
     }
-    // One statement takes the sequence numbers and writes the events: the row lock on
-    // `event_sequence`, which orders events by commit, is held from here to the commit, so the
-    // less that follows it the better.
-    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
-    let subjects: Vec<&str> = events.iter().map(|e| e.subject.as_str()).collect();
-    let projects: Vec<Option<uuid::Uuid>> = events
-        .iter()
-        .map(|e| e.project_id.map(|p| p.as_uuid()))
-        .collect();
-    let data: Vec<Json<&serde_json::Value>> = events.iter().map(|e| Json(&e.data)).collect();
-    sqlx::query(
-        "WITH s AS (UPDATE event_sequence SET last = last + $1 RETURNING last) \
-         INSERT INTO events (seq, at, kind, subject, project_id, data) \
-         SELECT s.last - $1 + e.n, $2, e.kind, e.subject, e.project_id, e.data FROM s, \
-         UNNEST($3::text[], $4::text[], $5::uuid[], $6::jsonb[]) WITH ORDINALITY AS e (kind, subject, project_id, data, n)",
-    )
-    .bind(count)
-    .bind(crate::now())
-    .bind(kinds)
-    .bind(subjects)
-    .bind(projects)
-    .bind(data)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
-/// The resource an idempotency key already names, or `None` when the key is new.
-async fn find_idempotent(
-    conn: &mut PgConnection,
-    scope: &str,
-    key: &IdempotencyKey,
-) -> Result<Option<Uuid>, StoreError> {
-    let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(FIND_IDEMPOTENCY_KEY)
-        .bind(scope)
-        .bind(&key.key)
-        .fetch_optional(conn)
-        .await?;
-    bound::resolve_idempotency(row, key)
-}
+impl StoreBackend for PostgresStore {
+    type Tx = PgTx;
 
-/// Row locks: replicas change tasks concurrently, so a task is locked before it changes, and
-/// scans that take work skip rows another replica holds.
-const TASK_LOCK: &str = " FOR UPDATE OF t";
-const TASK_LOCK_SKIP: &str = " FOR UPDATE OF t SKIP LOCKED";
+    async fn begin(&self) -> Result<PgTx, StoreError> {
+        Ok(PgTx {
+            tx: self.pool.begin().await?,
+            commits: self.commits.clone(),
+        })
+    }
 
-crate::jobs::impl_job_store!(PostgresStore);
-crate::deliveries::impl_delivery_store!(PostgresStore);
-crate::runs::impl_run_store!(PostgresStore, PgConnection);
-crate::catalog::impl_catalog_store!(PostgresStore);
+    async fn read_all<R: Row>(&self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_all(&self.pool)
+            .await?)
+    }
 
-/// How a row read for a change is locked.
-const ROW_LOCK: &str = " FOR UPDATE";
+    async fn read_optional<R: Row>(
+        &self,
+        statement: Statement<'_>,
+    ) -> Result<Option<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
 
-crate::jobs::job_helpers!(PgConnection);
+    async fn enqueue(
+        &self,
+        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+    ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
+        queue::enqueue(self, jobs).await
+    }
 
-fn project_not_found(id: ProjectId) -> StoreError {
-    StoreError::NotFound {
-        kind: "project",
-        id: id.to_string(),
+    async fn claim(&self, claim: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        queue::claim(self, claim).await
+    }
+
+    async fn finish(
+        &self,
+        reports: Vec<AttemptReport>,
+    ) -> Result<Vec<Result<Completed, StoreError>>, StoreError> {
+        queue::finish(self, reports).await
     }
 }
 

@@ -1,37 +1,692 @@
-//! Workflow runs in the store: the run (pinned workflow type version, input, status) and its
-//! steps' tasks, which the workflow engine adds as steps become ready.
+//! Workflow runs and deployments: the run (pinned workflow type version, input, status) and
+//! its steps' tasks, which the workflow engine adds as steps become ready — the [`RunStore`]
+//! half of the store, written once for every backend.
 //!
 //! Writing the same ready steps twice is harmless (`(run, step)` is unique and a second insert
 //! is ignored), and a run's status moves from `running` only by compare-and-set. So two
 //! replicas, or a replica and its own periodic pass, may advance one run at the same time.
-//! Written once for both backends as [`impl_run_store!`], like the job store.
+//! Deployments: a partial unique index lets one deployment per composer and environment be
+//! `active`; one started meanwhile gets a `held` run, released to the oldest waiting one in the
+//! transaction that ends the active one.
 
-use orchion_domain::{ProjectId, RunId, RunStatus, WorkflowRun};
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use orchion_domain::{
+    Attempt, Deployment, DeploymentFilter, NewJob, Page, PageRequest, ProjectId, RunId, RunStatus,
+    StepTask, TaskEvent, TaskId, TaskStatus, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord,
+};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{
+    Created, IdempotencyKey, StoreError,
+    backend::{Statement, StoreBackend, Tx},
+    codec::{contains_pattern, direction, page_limit, page_of},
+    error::is_unique_violation,
+    events::PendingEvent,
+    idempotency::{WORKFLOW_CREATE_SCOPE, find_idempotent, insert_key, retry_lost_race},
+    tasks::{TaskAttemptRow, TaskInsert, TaskRow, apply_to_task, insert_tasks, select_tasks},
+};
+
+/// A workflow run to start.
+#[derive(Debug, Clone)]
+pub struct NewWorkflowRun {
+    pub name: String,
+    pub project_id: Option<ProjectId>,
+    pub workflow: String,
+    pub version: u32,
+    /// The input, a JSON document.
+    pub input: String,
+    /// The definition, for a run not made from a stored workflow type (a deployment).
+    pub definition: Option<String>,
+    /// The W3C `traceparent` of the request that started it.
+    pub trace_parent: Option<String>,
+}
+
+/// A deployment to record with its run.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub id: String,
+    pub composer: String,
+    pub environment: String,
+    /// The request, a JSON document.
+    pub request: String,
+}
+
+/// A step of a workflow run, written as a task when it becomes ready.
+#[derive(Debug, Clone)]
+pub struct NewStep {
+    /// The step's name, or `name[i]` for element `i` of a fan-out.
+    pub step: String,
+    /// The rendered job: executor, spec, retry, timeouts, placement.
+    pub job: NewJob,
+    /// `Queued` to run it; `Failed` (with `error`) for a step that cannot run, such as one whose
+    /// template reads a missing output; `Succeeded` (with `outputs`) for one with nothing to run.
+    pub status: TaskStatus,
+    pub outputs: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Workflow runs and their steps. A supertrait of [`crate::Store`].
+#[async_trait]
+pub trait RunStore: Send + Sync {
+    /// Starts a run with its first ready steps, in one transaction. With an idempotency key
+    /// already used, returns that run instead (`created: false`).
+    async fn create_workflow_run(
+        &self,
+        run: NewWorkflowRun,
+        steps: Vec<NewStep>,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<WorkflowRun>, StoreError>;
+
+    /// A run with its tasks and their attempts.
+    async fn get_workflow_run(&self, id: RunId) -> Result<WorkflowRunRecord, StoreError>;
+
+    /// Runs in creation order.
+    async fn list_workflow_runs(
+        &self,
+        filter: &WorkflowRunFilter,
+        page: PageRequest,
+    ) -> Result<Page<WorkflowRun>, StoreError>;
+
+    /// Adds steps that became ready and, with `finish`, ends the run — if it is still
+    /// running. Steps already written are left alone. Returns whether the run was running.
+    async fn advance_workflow_run(
+        &self,
+        id: RunId,
+        steps: Vec<NewStep>,
+        finish: Option<RunStatus>,
+    ) -> Result<bool, StoreError>;
+
+    /// The runs still running, for the engine's periodic pass.
+    async fn running_workflow_runs(&self) -> Result<Vec<RunId>, StoreError>;
+
+    /// Asks a running run to stop: no new steps start, and its queued and running tasks are
+    /// cancelled. [`StoreError::Conflict`] if it has finished.
+    async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
+
+    /// Starts a deployment's run. While another deployment for the same composer and
+    /// environment runs, the new one waits: its run is held, with no step written, until that
+    /// one ends. [`StoreError::Conflict`] when the id is taken.
+    async fn create_deployment(
+        &self,
+        deployment: NewDeployment,
+        run: NewWorkflowRun,
+        steps: Vec<NewStep>,
+    ) -> Result<Deployment, StoreError>;
+
+    async fn get_deployment(&self, id: &str) -> Result<Deployment, StoreError>;
+
+    /// Deployments in creation order.
+    async fn list_deployments(
+        &self,
+        filter: &DeploymentFilter,
+        page: PageRequest,
+    ) -> Result<Page<Deployment>, StoreError>;
+
+    /// Undoes a run: a running one is cancelled, a finished one reopened as cancelled, so the
+    /// engine rolls back its succeeded steps. A cancelled run is left as it is.
+    async fn undo_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
+
+    /// Runs a failed or cancelled run again from where it failed: its failed and cancelled
+    /// steps are tried again (keeping their attempts), and the steps they held back follow.
+    /// [`StoreError::Conflict`] for a run that is running or succeeded, or was rolled back.
+    async fn retry_workflow_run(&self, id: RunId) -> Result<(), StoreError>;
+}
+
+/// The columns of a [`WorkflowRunRow`], from `workflow_runs w JOIN runs r ON r.id = w.run_id`.
+const RUN_COLUMNS: &str = "w.run_id, r.name, r.project_id, w.workflow, w.version, w.input, w.definition, \
+     w.status, w.cancel_requested, w.held, w.created_at, w.finished_at, w.traceparent";
+
+const DEPLOYMENT_COLUMNS: &str = "id, run_id, composer, environment, request, active, created_at";
+
+fn run_not_found(id: RunId) -> StoreError {
+    StoreError::NotFound {
+        kind: "workflow run",
+        id: id.to_string(),
+    }
+}
+
+#[async_trait]
+impl<B: StoreBackend> RunStore for B {
+    async fn create_workflow_run(
+        &self,
+        run: NewWorkflowRun,
+        steps: Vec<NewStep>,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<WorkflowRun>, StoreError> {
+        let (run, steps, idempotency) = (&run, &steps, idempotency.as_ref());
+        // A run another replica started under the same key meanwhile makes the insert of the
+        // key fail; the second try finds that run.
+        let (id, created) = retry_lost_race(idempotency.is_some(), || async move {
+            let id = RunId::new();
+            let now = crate::now();
+            let mut tx = self.begin().await?;
+            if let Some(key) = idempotency {
+                if let Some(existing) = find_idempotent(&mut tx, WORKFLOW_CREATE_SCOPE, key).await?
+                {
+                    tx.rollback().await?;
+                    return Ok((RunId::from_uuid(existing), false));
+                }
+            }
+            insert_run(&mut tx, id, run, steps, now).await?;
+            if let Some(key) = idempotency {
+                tx.execute(insert_key(WORKFLOW_CREATE_SCOPE, key, id.as_uuid(), now))
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok((id, true))
+        })
+        .await?;
+        Ok(Created {
+            value: self.get_workflow_run(id).await?.run,
+            created,
+        })
+    }
+
+    async fn get_workflow_run(&self, id: RunId) -> Result<WorkflowRunRecord, StoreError> {
+        let run: WorkflowRun = self
+            .read_optional::<WorkflowRunRow>(
+                Statement::new(format!(
+                    "SELECT {RUN_COLUMNS} FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1"
+                ))
+                .bind(id.as_uuid()),
+            )
+            .await?
+            .ok_or_else(|| run_not_found(id))?
+            .try_into()?;
+        let rows: Vec<TaskRow> = self
+            .read_all(
+                Statement::new(select_tasks("t.run_id = $1 ORDER BY t.id")).bind(id.as_uuid()),
+            )
+            .await?;
+        let attempts: Vec<TaskAttemptRow> = self
+            .read_all(
+                Statement::new(
+                    "SELECT a.task_id, a.number, a.node_id, a.status, a.started_at, a.finished_at, a.exit_code, a.error \
+                     FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE t.run_id = $1 ORDER BY a.task_id, a.number",
+                )
+                .bind(id.as_uuid()),
+            )
+            .await?;
+        let mut by_task: HashMap<Uuid, Vec<Attempt>> = HashMap::new();
+        for row in attempts {
+            by_task
+                .entry(row.task_id)
+                .or_default()
+                .push(Attempt::try_from(row.attempt)?);
+        }
+        let tasks = rows
+            .into_iter()
+            .map(|row| {
+                let step = row.step.clone();
+                let attempts = by_task.remove(&row.id).unwrap_or_default();
+                Ok(StepTask {
+                    step,
+                    task: row.into_job(attempts)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(WorkflowRunRecord { run, tasks })
+    }
+
+    async fn list_workflow_runs(
+        &self,
+        filter: &WorkflowRunFilter,
+        page: PageRequest,
+    ) -> Result<Page<WorkflowRun>, StoreError> {
+        let (after, order) = direction(filter.newest_first);
+        let rows: Vec<WorkflowRunRow> = self
+            .read_all(
+                Statement::new(format!(
+                    "SELECT {RUN_COLUMNS} FROM workflow_runs w JOIN runs r ON r.id = w.run_id \
+                     WHERE ($1 IS NULL OR w.status = $1) AND ($2 IS NULL OR r.project_id = $2) \
+                     AND ($3 IS NULL OR w.workflow = $3) AND ($4 IS NULL OR w.run_id {after} $4) AND ($4 IS NULL OR r.id {after} $4) \
+                     AND ($6 IS NULL OR lower(r.name) LIKE $6 ESCAPE '\\') \
+                     ORDER BY w.run_id {order} LIMIT $5"
+                ))
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(filter.project_id.map(|p| p.as_uuid()))
+                .bind(filter.workflow.as_deref())
+                .bind(page.after.map(|c| c.0))
+                .bind(page_limit(page))
+                .bind(filter.name.as_deref().map(contains_pattern)),
+            )
+            .await?;
+        page_of(rows, page, |r: &WorkflowRun| r.id.as_uuid())
+    }
+
+    async fn advance_workflow_run(
+        &self,
+        id: RunId,
+        steps: Vec<NewStep>,
+        finish: Option<RunStatus>,
+    ) -> Result<bool, StoreError> {
+        if steps.is_empty() && finish.is_none() {
+            return Ok(false);
+        }
+        let now = crate::now();
+        let mut tx = self.begin().await?;
+        let (status, project) = locked_run(&mut tx, id).await?;
+        if status != RunStatus::Running {
+            // Finished meanwhile (elsewhere, or cancelled): nothing more to add.
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_steps(&mut tx, id, &steps, now).await?;
+        if let Some(to) = finish {
+            tx.execute(
+                Statement::new(
+                    "UPDATE workflow_runs SET status = $2, finished_at = $3 WHERE run_id = $1 AND status = 'running'",
+                )
+                .bind(id.as_uuid())
+                .bind(to.as_str())
+                .bind(now),
+            )
+            .await?;
+            release_held_deployment(&mut tx, id).await?;
+            tx.append_event(PendingEvent::run_status(
+                id,
+                project,
+                RunStatus::Running,
+                to,
+            ))
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn running_workflow_runs(&self) -> Result<Vec<RunId>, StoreError> {
+        let rows: Vec<(Uuid,)> = self
+            .read_all(Statement::new(
+                "SELECT run_id FROM workflow_runs WHERE status = 'running' ORDER BY run_id",
+            ))
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| RunId::from_uuid(id)).collect())
+    }
+
+    async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let (status, _) = locked_run(&mut tx, id).await?;
+        if status != RunStatus::Running {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "workflow run {id} is {status}: only a running run can be cancelled"
+            )));
+        }
+        tx.execute(
+            Statement::new("UPDATE workflow_runs SET cancel_requested = $2 WHERE run_id = $1")
+                .bind(id.as_uuid())
+                .bind(true),
+        )
+        .await?;
+        cancel_active_tasks(&mut tx, id).await?;
+        tx.commit().await
+    }
+
+    async fn create_deployment(
+        &self,
+        deployment: NewDeployment,
+        run: NewWorkflowRun,
+        steps: Vec<NewStep>,
+    ) -> Result<Deployment, StoreError> {
+        let id = RunId::new();
+        let now = crate::now();
+        let mut tx = self.begin().await?;
+        let existing: Option<(String,)> = tx
+            .fetch_optional(
+                Statement::new("SELECT id FROM deployments WHERE id = $1")
+                    .bind(deployment.id.as_str()),
+            )
+            .await?;
+        if existing.is_some() {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "deployment `{}` exists: choose another id, or DELETE it first",
+                deployment.id
+            )));
+        }
+        let active: Option<(String,)> = tx
+            .fetch_optional(
+                Statement::new(
+                    "SELECT id FROM deployments WHERE composer = $1 AND environment = $2 AND active = $3",
+                )
+                .bind(deployment.composer.as_str())
+                .bind(deployment.environment.as_str())
+                .bind(true),
+            )
+            .await?;
+        // Another runs for this composer and environment: this one waits its turn, held, with
+        // no step written yet.
+        let waits = active.is_some();
+        let steps = if waits { Vec::new() } else { steps };
+        insert_run(&mut tx, id, &run, &steps, now).await?;
+        if waits {
+            tx.execute(
+                Statement::new("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
+                    .bind(id.as_uuid())
+                    .bind(true),
+            )
+            .await?;
+        }
+        let inserted = tx
+            .execute(
+                Statement::new(
+                    "INSERT INTO deployments (id, run_id, composer, environment, request, active, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(deployment.id.as_str())
+                .bind(id.as_uuid())
+                .bind(deployment.composer.as_str())
+                .bind(deployment.environment.as_str())
+                .bind(deployment.request.as_str())
+                .bind(!waits)
+                .bind(now),
+            )
+            .await;
+        match inserted {
+            Ok(_) => {}
+            // Another replica started one for the same composer and environment at this
+            // moment; the client may simply try again.
+            Err(e) if is_unique_violation(&e) => {
+                return Err(StoreError::Conflict(format!(
+                    "another deployment for composer `{}` in environment `{}` started at the same moment: try again",
+                    deployment.composer, deployment.environment
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        tx.commit().await?;
+        self.get_deployment(&deployment.id).await
+    }
+
+    async fn get_deployment(&self, id: &str) -> Result<Deployment, StoreError> {
+        self.read_optional::<DeploymentRow>(
+            Statement::new(format!(
+                "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = $1"
+            ))
+            .bind(id),
+        )
+        .await?
+        .map(Into::into)
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "deployment",
+            id: id.to_owned(),
+        })
+    }
+
+    async fn list_deployments(
+        &self,
+        filter: &DeploymentFilter,
+        page: PageRequest,
+    ) -> Result<Page<Deployment>, StoreError> {
+        let rows: Vec<DeploymentRow> = self
+            .read_all(
+                Statement::new(format!(
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE ($1 IS NULL OR composer = $1) \
+                     AND ($2 IS NULL OR environment = $2) AND ($3 IS NULL OR run_id > $3) ORDER BY run_id LIMIT $4"
+                ))
+                .bind(filter.composer.as_deref())
+                .bind(filter.environment.as_deref())
+                .bind(page.after.map(|c| c.0))
+                .bind(page_limit(page)),
+            )
+            .await?;
+        page_of(rows, page, |d: &Deployment| d.run_id.as_uuid())
+    }
+
+    async fn undo_workflow_run(&self, id: RunId) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let (from, project) = locked_run(&mut tx, id).await?;
+        if from == RunStatus::Cancelled {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        reopen(&mut tx, id, from, project, true).await?;
+        cancel_active_tasks(&mut tx, id).await?;
+        tx.commit().await
+    }
+
+    async fn retry_workflow_run(&self, id: RunId) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let (from, project) = locked_run(&mut tx, id).await?;
+        if !matches!(from, RunStatus::Failed | RunStatus::Cancelled) {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "workflow run {id} is {from}: only a failed or cancelled run can be retried"
+            )));
+        }
+        let (rolled_back,): (i64,) = tx
+            .fetch_one(
+                Statement::new(
+                    "SELECT count(*) FROM tasks WHERE run_id = $1 AND step LIKE '%:rollback'",
+                )
+                .bind(id.as_uuid()),
+            )
+            .await?;
+        if rolled_back > 0 {
+            tx.rollback().await?;
+            return Err(StoreError::Conflict(format!(
+                "workflow run {id} was rolled back: start a new run instead"
+            )));
+        }
+        // Steps that never ran (they could not be rendered, or were cancelled before starting)
+        // are planned afresh; the others are tried again under their policy, keeping their
+        // attempts.
+        tx.execute(
+            Statement::new(
+                "DELETE FROM tasks WHERE run_id = $1 AND status IN ('failed', 'cancelled') AND attempts = 0",
+            )
+            .bind(id.as_uuid()),
+        )
+        .await?;
+        let sql = format!(
+            "{}{}",
+            select_tasks("t.run_id = $1 AND t.status IN ('failed', 'cancelled') ORDER BY t.id"),
+            B::Tx::TASK_LOCK
+        );
+        let ended: Vec<TaskRow> = tx.fetch_all(Statement::new(sql).bind(id.as_uuid())).await?;
+        for task in &ended {
+            apply_to_task(&mut tx, task, TaskEvent::Retry).await?;
+        }
+        reopen(&mut tx, id, from, project, false).await?;
+        tx.commit().await
+    }
+}
+
+/// A run's status and project, its row locked for a change where the backend locks.
+async fn locked_run<T: Tx>(
+    tx: &mut T,
+    id: RunId,
+) -> Result<(RunStatus, Option<ProjectId>), StoreError> {
+    let (status, project): (String, Option<Uuid>) = tx
+        .fetch_optional(
+            Statement::new(format!(
+                "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{}",
+                T::ROW_LOCK
+            ))
+            .bind(id.as_uuid()),
+        )
+        .await?
+        .ok_or_else(|| run_not_found(id))?;
+    Ok((
+        status.parse().map_err(StoreError::Corrupt)?,
+        project.map(ProjectId::from_uuid),
+    ))
+}
+
+/// A finished deployment frees its composer and environment's slot for the oldest one
+/// waiting, whose run is released.
+async fn release_held_deployment<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
+    let freed: Option<(String, String)> = tx
+        .fetch_optional(
+            Statement::new(
+                "UPDATE deployments SET active = $2 WHERE run_id = $1 AND active = $3 RETURNING composer, environment",
+            )
+            .bind(id.as_uuid())
+            .bind(false)
+            .bind(true),
+        )
+        .await?;
+    let Some((composer, environment)) = freed else {
+        return Ok(());
+    };
+    let next: Option<(Uuid,)> = tx
+        .fetch_optional(
+            Statement::new(
+                "SELECT d.run_id FROM deployments d JOIN workflow_runs w ON w.run_id = d.run_id \
+                 WHERE d.composer = $1 AND d.environment = $2 AND w.held = $3 AND w.status = 'running' \
+                 ORDER BY d.run_id LIMIT 1",
+            )
+            .bind(composer)
+            .bind(environment)
+            .bind(true),
+        )
+        .await?;
+    if let Some((next,)) = next {
+        tx.execute(
+            Statement::new("UPDATE deployments SET active = $2 WHERE run_id = $1")
+                .bind(next)
+                .bind(true),
+        )
+        .await?;
+        tx.execute(
+            Statement::new("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
+                .bind(next)
+                .bind(false),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Sets a run running again (`cancel_requested` as given) and, if it had ended, records the
+/// change of status.
+async fn reopen<T: Tx>(
+    tx: &mut T,
+    id: RunId,
+    from: RunStatus,
+    project: Option<ProjectId>,
+    cancel_requested: bool,
+) -> Result<(), StoreError> {
+    tx.execute(
+        Statement::new(
+            "UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1",
+        )
+        .bind(id.as_uuid())
+        .bind(cancel_requested),
+    )
+    .await?;
+    if from == RunStatus::Running {
+        return Ok(());
+    }
+    tx.append_event(PendingEvent::run_status(
+        id,
+        project,
+        from,
+        RunStatus::Running,
+    ))
+    .await
+}
+
+/// Asks a run's queued and running tasks to stop.
+async fn cancel_active_tasks<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
+    let sql = format!(
+        "{}{}",
+        select_tasks("t.run_id = $1 AND t.status IN ('queued', 'running') ORDER BY t.id"),
+        T::TASK_LOCK
+    );
+    let active: Vec<TaskRow> = tx.fetch_all(Statement::new(sql).bind(id.as_uuid())).await?;
+    for task in &active {
+        apply_to_task(tx, task, TaskEvent::CancelRequested).await?;
+    }
+    Ok(())
+}
+
+/// Writes a new workflow run with its first steps, and its event.
+async fn insert_run<T: Tx>(
+    tx: &mut T,
+    id: RunId,
+    run: &NewWorkflowRun,
+    steps: &[NewStep],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    tx.execute(
+        Statement::new(
+            "INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'workflow', $3, $4)",
+        )
+        .bind(id.as_uuid())
+        .bind(run.project_id.map(|p| p.as_uuid()))
+        .bind(run.name.as_str())
+        .bind(now),
+    )
+    .await?;
+    tx.execute(
+        Statement::new(
+            "INSERT INTO workflow_runs (run_id, workflow, version, input, definition, status, cancel_requested, created_at, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8)",
+        )
+        .bind(id.as_uuid())
+        .bind(run.workflow.as_str())
+        .bind(i32::try_from(run.version).unwrap_or(i32::MAX))
+        .bind(run.input.as_str())
+        .bind(run.definition.as_deref())
+        .bind(false)
+        .bind(now)
+        .bind(run.trace_parent.as_deref()),
+    )
+    .await?;
+    insert_steps(tx, id, steps, now).await?;
+    tx.append_event(PendingEvent::run_created(
+        id,
+        run.project_id,
+        &run.workflow,
+        run.version,
+    ))
+    .await
+}
+
+/// Writes a run's steps as tasks; steps already written are left alone.
+async fn insert_steps<T: Tx>(
+    tx: &mut T,
+    run: RunId,
+    steps: &[NewStep],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    let rows: Vec<TaskInsert<'_>> = steps
+        .iter()
+        .map(|step| TaskInsert {
+            id: TaskId::new().as_uuid(),
+            run_id: run.as_uuid(),
+            step: step.step.as_str(),
+            job: &step.job,
+            status: step.status,
+            outputs: step.outputs.as_deref(),
+            error: step.error.as_deref(),
+        })
+        .collect();
+    insert_tasks(tx, &rows, now).await
+}
 
 /// A `workflow_runs` row joined with its `runs` row.
 #[derive(sqlx::FromRow)]
-pub(crate) struct WorkflowRunRow {
-    pub run_id: Uuid,
-    pub name: String,
-    pub project_id: Option<Uuid>,
-    pub workflow: String,
-    pub version: i32,
-    pub input: String,
-    pub definition: Option<String>,
-    pub status: String,
-    pub cancel_requested: bool,
-    pub held: bool,
-    pub created_at: OffsetDateTime,
-    pub finished_at: Option<OffsetDateTime>,
-    pub traceparent: Option<String>,
+struct WorkflowRunRow {
+    run_id: Uuid,
+    name: String,
+    project_id: Option<Uuid>,
+    workflow: String,
+    version: i32,
+    input: String,
+    definition: Option<String>,
+    status: String,
+    cancel_requested: bool,
+    held: bool,
+    created_at: OffsetDateTime,
+    finished_at: Option<OffsetDateTime>,
+    traceparent: Option<String>,
 }
-
-pub(crate) const RUN_COLUMNS: &str = "w.run_id, r.name, r.project_id, w.workflow, w.version, w.input, w.definition, \
-     w.status, w.cancel_requested, w.held, w.created_at, w.finished_at, w.traceparent";
 
 impl TryFrom<WorkflowRunRow> for WorkflowRun {
     type Error = StoreError;
@@ -60,19 +715,19 @@ impl TryFrom<WorkflowRunRow> for WorkflowRun {
 
 /// A `deployments` row.
 #[derive(sqlx::FromRow)]
-pub(crate) struct DeploymentRow {
-    pub id: String,
-    pub run_id: Uuid,
-    pub composer: String,
-    pub environment: String,
-    pub request: String,
-    pub active: bool,
-    pub created_at: OffsetDateTime,
+struct DeploymentRow {
+    id: String,
+    run_id: Uuid,
+    composer: String,
+    environment: String,
+    request: String,
+    active: bool,
+    created_at: OffsetDateTime,
 }
 
-impl From<DeploymentRow> for orchion_domain::Deployment {
+impl From<DeploymentRow> for Deployment {
     fn from(row: DeploymentRow) -> Self {
-        orchion_domain::Deployment {
+        Deployment {
             id: row.id,
             run_id: RunId::from_uuid(row.run_id),
             composer: row.composer,
@@ -83,507 +738,3 @@ impl From<DeploymentRow> for orchion_domain::Deployment {
         }
     }
 }
-
-pub(crate) const DEPLOYMENT_COLUMNS: &str =
-    "id, run_id, composer, environment, request, active, created_at";
-
-/// The data of a `workflow_run.status_changed` event.
-pub(crate) fn status_event(run: RunId, from: RunStatus, to: RunStatus) -> serde_json::Value {
-    serde_json::json!({ "run_id": run.to_string(), "from": from.as_str(), "to": to.as_str() })
-}
-
-/// `RunStore` for one backend, whose connection type is `$conn`. Expects the backend's
-/// `job_helpers!` in scope.
-macro_rules! impl_run_store {
-    ($store:ty, $conn:ty) => {
-        #[async_trait::async_trait]
-        impl $crate::RunStore for $store {
-            async fn create_workflow_run(
-                &self,
-                run: $crate::NewWorkflowRun,
-                steps: Vec<$crate::NewStep>,
-                idempotency: Option<$crate::IdempotencyKey>,
-            ) -> Result<$crate::Created<orchion_domain::WorkflowRun>, $crate::StoreError> {
-                let id = orchion_domain::RunId::new();
-                let now = $crate::now();
-                let mut tx = self.begin().await?;
-                if let Some(key) = &idempotency {
-                    if let Some(existing) = find_idempotent(&mut tx, $crate::WORKFLOW_CREATE_SCOPE, key).await? {
-                        tx.rollback().await?;
-                        let record = self.get_workflow_run(orchion_domain::RunId::from_uuid(existing)).await?;
-                        return Ok($crate::Created { value: record.run, created: false });
-                    }
-                }
-                insert_run(&mut tx, id, &run, &steps, now).await?;
-                if let Some(key) = &idempotency {
-                    $crate::queries::bound::insert_idempotency_key($crate::WORKFLOW_CREATE_SCOPE, key, id.as_uuid(), now)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                self.commit(tx).await?;
-                Ok($crate::Created { value: self.get_workflow_run(id).await?.run, created: true })
-            }
-
-            async fn get_workflow_run(
-                &self,
-                id: orchion_domain::RunId,
-            ) -> Result<orchion_domain::WorkflowRunRecord, $crate::StoreError> {
-                let sql = format!(
-                    "SELECT {} FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1",
-                    $crate::runs::RUN_COLUMNS
-                );
-                let run: orchion_domain::WorkflowRun = sqlx::query_as::<_, $crate::runs::WorkflowRunRow>(&sql)
-                    .bind(id.as_uuid())
-                    .fetch_optional(self.read_pool())
-                    .await?
-                    .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?
-                    .try_into()?;
-                let sql = format!(
-                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.run_id = $1 ORDER BY t.id",
-                    $crate::jobs::TASK_COLUMNS
-                );
-                let rows = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
-                    .bind(id.as_uuid())
-                    .fetch_all(self.read_pool())
-                    .await?;
-                let attempts = sqlx::query_as::<_, (uuid::Uuid, i32, Option<uuid::Uuid>, String, time::OffsetDateTime, Option<time::OffsetDateTime>, Option<i32>, Option<String>)>(
-                    "SELECT a.task_id, a.number, a.node_id, a.status, a.started_at, a.finished_at, a.exit_code, a.error \
-                     FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE t.run_id = $1 ORDER BY a.task_id, a.number",
-                )
-                .bind(id.as_uuid())
-                .fetch_all(self.read_pool())
-                .await?;
-                let mut by_task: std::collections::HashMap<uuid::Uuid, Vec<orchion_domain::Attempt>> = std::collections::HashMap::new();
-                for (task_id, number, node_id, status, started_at, finished_at, exit_code, error) in attempts {
-                    let attempt = orchion_domain::Attempt::try_from($crate::jobs::AttemptRow {
-                        number,
-                        node_id,
-                        status,
-                        started_at,
-                        finished_at,
-                        exit_code,
-                        error,
-                    })?;
-                    by_task.entry(task_id).or_default().push(attempt);
-                }
-                let tasks = rows
-                    .into_iter()
-                    .map(|row| {
-                        let step = row.step.clone();
-                        let attempts = by_task.remove(&row.id).unwrap_or_default();
-                        Ok(orchion_domain::StepTask { step, task: row.into_job(attempts)? })
-                    })
-                    .collect::<Result<Vec<_>, $crate::StoreError>>()?;
-                Ok(orchion_domain::WorkflowRunRecord { run, tasks })
-            }
-
-            async fn list_workflow_runs(
-                &self,
-                filter: &orchion_domain::WorkflowRunFilter,
-                page: orchion_domain::PageRequest,
-            ) -> Result<orchion_domain::Page<orchion_domain::WorkflowRun>, $crate::StoreError> {
-                let (after, order) = $crate::rows::direction(filter.newest_first);
-                let sql = format!(
-                    "SELECT {} FROM workflow_runs w JOIN runs r ON r.id = w.run_id \
-                     WHERE ($1 IS NULL OR w.status = $1) AND ($2 IS NULL OR r.project_id = $2) \
-                     AND ($3 IS NULL OR w.workflow = $3) AND ($4 IS NULL OR w.run_id {after} $4) AND ($4 IS NULL OR r.id {after} $4) \
-                     AND ($6 IS NULL OR lower(r.name) LIKE $6 ESCAPE '\\') \
-                     ORDER BY w.run_id {order} LIMIT $5",
-                    $crate::runs::RUN_COLUMNS
-                );
-                let rows = sqlx::query_as::<_, $crate::runs::WorkflowRunRow>(&sql)
-                    .bind(filter.status.map(|s| s.as_str()))
-                    .bind(filter.project_id.map(|p| p.as_uuid()))
-                    .bind(filter.workflow.as_deref())
-                    .bind(page.after.map(|c| c.0))
-                    .bind(i64::from(page.limit) + 1)
-                    .bind(filter.name.as_deref().map($crate::rows::contains_pattern))
-                    .fetch_all(self.read_pool())
-                    .await?;
-$crate::rows::page_of(rows, page, |r: &orchion_domain::WorkflowRun| r.id.as_uuid())
-            }
-
-            async fn advance_workflow_run(
-                &self,
-                id: orchion_domain::RunId,
-                steps: Vec<$crate::NewStep>,
-                finish: Option<orchion_domain::RunStatus>,
-            ) -> Result<bool, $crate::StoreError> {
-                if steps.is_empty() && finish.is_none() {
-                    return Ok(false);
-                }
-                let now = $crate::now();
-                let mut tx = self.begin().await?;
-                let (status, project) = locked_run(&mut tx, id).await?;
-                if status != orchion_domain::RunStatus::Running {
-                    // Finished meanwhile (elsewhere, or cancelled): nothing more to add.
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                insert_steps(&mut tx, id, &steps, now).await?;
-                if let Some(to) = finish {
-                    sqlx::query("UPDATE workflow_runs SET status = $2, finished_at = $3 WHERE run_id = $1 AND status = 'running'")
-                        .bind(id.as_uuid())
-                        .bind(to.as_str())
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    // A finished deployment frees its composer and environment's slot for the
-                    // oldest one waiting.
-                    let freed: Option<(String, String)> = sqlx::query_as(
-                        "UPDATE deployments SET active = $2 WHERE run_id = $1 AND active = $3 RETURNING composer, environment",
-                    )
-                    .bind(id.as_uuid())
-                    .bind(false)
-                    .bind(true)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some((composer, environment)) = freed {
-                        let next: Option<(uuid::Uuid,)> = sqlx::query_as(
-                            "SELECT d.run_id FROM deployments d JOIN workflow_runs w ON w.run_id = d.run_id \
-                             WHERE d.composer = $1 AND d.environment = $2 AND w.held = $3 AND w.status = 'running' \
-                             ORDER BY d.run_id LIMIT 1",
-                        )
-                        .bind(composer)
-                        .bind(environment)
-                        .bind(true)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        if let Some((next,)) = next {
-                            sqlx::query("UPDATE deployments SET active = $2 WHERE run_id = $1")
-                                .bind(next)
-                                .bind(true)
-                                .execute(&mut *tx)
-                                .await?;
-                            sqlx::query("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
-                                .bind(next)
-                                .bind(false)
-                                .execute(&mut *tx)
-                                .await?;
-                        }
-                    }
-                    append_event(
-                        &mut tx,
-                        $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
-                        id.to_string(),
-                        project.map(orchion_domain::ProjectId::from_uuid),
-                        $crate::runs::status_event(id, orchion_domain::RunStatus::Running, to),
-                    )
-                    .await?;
-                }
-                self.commit(tx).await?;
-                Ok(true)
-            }
-
-            async fn running_workflow_runs(&self) -> Result<Vec<orchion_domain::RunId>, $crate::StoreError> {
-                let rows: Vec<(uuid::Uuid,)> =
-                    sqlx::query_as("SELECT run_id FROM workflow_runs WHERE status = 'running' ORDER BY run_id")
-                        .fetch_all(self.read_pool())
-                        .await?;
-                Ok(rows.into_iter().map(|(id,)| orchion_domain::RunId::from_uuid(id)).collect())
-            }
-
-            async fn cancel_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
-                let mut tx = self.begin().await?;
-                let (status, _) = locked_run(&mut tx, id).await?;
-                if status != orchion_domain::RunStatus::Running {
-                    tx.rollback().await?;
-                    return Err($crate::StoreError::Conflict(format!(
-                        "workflow run {id} is {status}: only a running run can be cancelled"
-                    )));
-                }
-                sqlx::query("UPDATE workflow_runs SET cancel_requested = $2 WHERE run_id = $1")
-                    .bind(id.as_uuid())
-                    .bind(true)
-                    .execute(&mut *tx)
-                    .await?;
-                cancel_active_tasks(&mut tx, id).await?;
-                self.commit(tx).await?;
-                Ok(())
-            }
-
-            async fn create_deployment(
-                &self,
-                deployment: $crate::NewDeployment,
-                run: $crate::NewWorkflowRun,
-                steps: Vec<$crate::NewStep>,
-            ) -> Result<orchion_domain::Deployment, $crate::StoreError> {
-                let id = orchion_domain::RunId::new();
-                let now = $crate::now();
-                let mut tx = self.begin().await?;
-                let existing: Option<(String,)> = sqlx::query_as("SELECT id FROM deployments WHERE id = $1")
-                    .bind(deployment.id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if existing.is_some() {
-                    tx.rollback().await?;
-                    return Err($crate::StoreError::Conflict(format!(
-                        "deployment `{}` exists: choose another id, or DELETE it first",
-                        deployment.id
-                    )));
-                }
-                let active: Option<(String,)> = sqlx::query_as(
-                    "SELECT id FROM deployments WHERE composer = $1 AND environment = $2 AND active = $3",
-                )
-                .bind(deployment.composer.as_str())
-                .bind(deployment.environment.as_str())
-                .bind(true)
-                .fetch_optional(&mut *tx)
-                .await?;
-                // Another runs for this composer and environment: this one waits its turn,
-                // held, with no step written yet.
-                let waits = active.is_some();
-                let steps = if waits { Vec::new() } else { steps };
-                insert_run(&mut tx, id, &run, &steps, now).await?;
-                if waits {
-                    sqlx::query("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
-                        .bind(id.as_uuid())
-                        .bind(true)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let inserted = sqlx::query(
-                    "INSERT INTO deployments (id, run_id, composer, environment, request, active, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(deployment.id.as_str())
-                .bind(id.as_uuid())
-                .bind(deployment.composer.as_str())
-                .bind(deployment.environment.as_str())
-                .bind(deployment.request.as_str())
-                .bind(!waits)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::StoreError::from);
-                match inserted {
-                    Ok(_) => {}
-                    // Another replica started one for the same composer and environment at
-                    // this moment; the client may simply try again.
-                    Err(e) if $crate::is_unique_violation(&e) => {
-                        return Err($crate::StoreError::Conflict(format!(
-                            "another deployment for composer `{}` in environment `{}` started at the same moment: try again",
-                            deployment.composer, deployment.environment
-                        )));
-                    }
-                    Err(e) => return Err(e),
-                }
-                self.commit(tx).await?;
-                self.get_deployment(&deployment.id).await
-            }
-
-            async fn get_deployment(&self, id: &str) -> Result<orchion_domain::Deployment, $crate::StoreError> {
-                let sql = format!("SELECT {} FROM deployments WHERE id = $1", $crate::runs::DEPLOYMENT_COLUMNS);
-                sqlx::query_as::<_, $crate::runs::DeploymentRow>(&sql)
-                    .bind(id)
-                    .fetch_optional(self.read_pool())
-                    .await?
-                    .map(Into::into)
-                    .ok_or_else(|| $crate::StoreError::NotFound { kind: "deployment", id: id.to_owned() })
-            }
-
-            async fn list_deployments(
-                &self,
-                filter: &orchion_domain::DeploymentFilter,
-                page: orchion_domain::PageRequest,
-            ) -> Result<orchion_domain::Page<orchion_domain::Deployment>, $crate::StoreError> {
-                let sql = format!(
-                    "SELECT {} FROM deployments WHERE ($1 IS NULL OR composer = $1) AND ($2 IS NULL OR environment = $2) \
-                     AND ($3 IS NULL OR run_id > $3) ORDER BY run_id LIMIT $4",
-                    $crate::runs::DEPLOYMENT_COLUMNS
-                );
-                let rows = sqlx::query_as::<_, $crate::runs::DeploymentRow>(&sql)
-                    .bind(filter.composer.as_deref())
-                    .bind(filter.environment.as_deref())
-                    .bind(page.after.map(|c| c.0))
-                    .bind(i64::from(page.limit) + 1)
-                    .fetch_all(self.read_pool())
-                    .await?;
-$crate::rows::page_of(rows, page, |d: &orchion_domain::Deployment| d.run_id.as_uuid())
-            }
-
-            async fn undo_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
-                let mut tx = self.begin().await?;
-                let (from, project) = locked_run(&mut tx, id).await?;
-                if from == orchion_domain::RunStatus::Cancelled {
-                    tx.rollback().await?;
-                    return Ok(());
-                }
-                reopen(&mut tx, id, from, project, true).await?;
-                cancel_active_tasks(&mut tx, id).await?;
-                self.commit(tx).await?;
-                Ok(())
-            }
-
-            async fn retry_workflow_run(&self, id: orchion_domain::RunId) -> Result<(), $crate::StoreError> {
-                let mut tx = self.begin().await?;
-                let (from, project) = locked_run(&mut tx, id).await?;
-                if !matches!(from, orchion_domain::RunStatus::Failed | orchion_domain::RunStatus::Cancelled) {
-                    tx.rollback().await?;
-                    return Err($crate::StoreError::Conflict(format!(
-                        "workflow run {id} is {from}: only a failed or cancelled run can be retried"
-                    )));
-                }
-                let (rolled_back,): (i64,) = sqlx::query_as(
-                    "SELECT count(*) FROM tasks WHERE run_id = $1 AND step LIKE '%:rollback'",
-                )
-                .bind(id.as_uuid())
-                .fetch_one(&mut *tx)
-                .await?;
-                if rolled_back > 0 {
-                    tx.rollback().await?;
-                    return Err($crate::StoreError::Conflict(format!(
-                        "workflow run {id} was rolled back: start a new run instead"
-                    )));
-                }
-                // Steps that never ran (they could not be rendered, or were cancelled before
-                // starting) are planned afresh; the others are tried again under their policy,
-                // keeping their attempts.
-                sqlx::query("DELETE FROM tasks WHERE run_id = $1 AND status IN ('failed', 'cancelled') AND attempts = 0")
-                    .bind(id.as_uuid())
-                    .execute(&mut *tx)
-                    .await?;
-                let sql = format!(
-                    "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
-                     WHERE t.run_id = $1 AND t.status IN ('failed', 'cancelled') ORDER BY t.id{TASK_LOCK}",
-                    $crate::jobs::TASK_COLUMNS
-                );
-                let ended = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
-                    .bind(id.as_uuid())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for task in &ended {
-                    apply_to_task(&mut tx, task, orchion_domain::TaskEvent::Retry).await?;
-                }
-                reopen(&mut tx, id, from, project, false).await?;
-                self.commit(tx).await?;
-                Ok(())
-            }
-        }
-
-        /// A run's status (and project), its row locked for a change where the backend locks.
-        async fn locked_run(
-            conn: &mut $conn,
-            id: orchion_domain::RunId,
-        ) -> Result<(orchion_domain::RunStatus, Option<uuid::Uuid>), $crate::StoreError> {
-            let (status, project): (String, Option<uuid::Uuid>) = sqlx::query_as(&format!(
-                "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{ROW_LOCK}"
-            ))
-            .bind(id.as_uuid())
-            .fetch_optional(&mut *conn)
-            .await?
-            .ok_or_else(|| $crate::StoreError::NotFound { kind: "workflow run", id: id.to_string() })?;
-            Ok((status.parse().map_err($crate::StoreError::Corrupt)?, project))
-        }
-
-        /// Sets a run running again (`cancel_requested` as given) and, if it had ended,
-        /// records the change of status.
-        async fn reopen(
-            conn: &mut $conn,
-            id: orchion_domain::RunId,
-            from: orchion_domain::RunStatus,
-            project: Option<uuid::Uuid>,
-            cancel_requested: bool,
-        ) -> Result<(), $crate::StoreError> {
-            sqlx::query("UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1")
-                .bind(id.as_uuid())
-                .bind(cancel_requested)
-                .execute(&mut *conn)
-                .await?;
-            if from == orchion_domain::RunStatus::Running {
-                return Ok(());
-            }
-            append_event(
-                conn,
-                $crate::kind::WORKFLOW_RUN_STATUS_CHANGED,
-                id.to_string(),
-                project.map(orchion_domain::ProjectId::from_uuid),
-                $crate::runs::status_event(id, from, orchion_domain::RunStatus::Running),
-            )
-            .await
-        }
-
-        /// Asks a run's queued and running tasks to stop.
-        async fn cancel_active_tasks(
-            conn: &mut $conn,
-            id: orchion_domain::RunId,
-        ) -> Result<(), $crate::StoreError> {
-            let sql = format!(
-                "SELECT {} FROM tasks t JOIN runs r ON r.id = t.run_id \
-                 WHERE t.run_id = $1 AND t.status IN ('queued', 'running') ORDER BY t.id{TASK_LOCK}",
-                $crate::jobs::TASK_COLUMNS
-            );
-            let active = sqlx::query_as::<_, $crate::jobs::TaskRow>(&sql)
-                .bind(id.as_uuid())
-                .fetch_all(&mut *conn)
-                .await?;
-            for task in &active {
-                apply_to_task(conn, task, orchion_domain::TaskEvent::CancelRequested).await?;
-            }
-            Ok(())
-        }
-
-        /// Writes a new workflow run with its first steps, and its event.
-        async fn insert_run(
-            conn: &mut $conn,
-            id: orchion_domain::RunId,
-            run: &$crate::NewWorkflowRun,
-            steps: &[$crate::NewStep],
-            now: time::OffsetDateTime,
-        ) -> Result<(), $crate::StoreError> {
-            sqlx::query("INSERT INTO runs (id, project_id, kind, name, created_at) VALUES ($1, $2, 'workflow', $3, $4)")
-                .bind(id.as_uuid())
-                .bind(run.project_id.map(|p| p.as_uuid()))
-                .bind(run.name.as_str())
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "INSERT INTO workflow_runs (run_id, workflow, version, input, definition, status, cancel_requested, created_at, traceparent) \
-                 VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8)",
-            )
-            .bind(id.as_uuid())
-            .bind(run.workflow.as_str())
-            .bind(i32::try_from(run.version).unwrap_or(i32::MAX))
-            .bind(run.input.as_str())
-            .bind(run.definition.as_deref())
-            .bind(false)
-            .bind(now)
-            .bind(run.trace_parent.as_deref())
-            .execute(&mut *conn)
-            .await?;
-            insert_steps(conn, id, steps, now).await?;
-            append_event(
-                conn,
-                $crate::kind::WORKFLOW_RUN_CREATED,
-                id.to_string(),
-                run.project_id,
-                serde_json::json!({ "run_id": id.to_string(), "workflow": run.workflow, "version": run.version }),
-            )
-            .await
-        }
-
-        /// Writes a run's steps as tasks; steps already written are left alone.
-        async fn insert_steps(
-            conn: &mut $conn,
-            run: orchion_domain::RunId,
-            steps: &[$crate::NewStep],
-            now: time::OffsetDateTime,
-        ) -> Result<(), $crate::StoreError> {
-            let rows: Vec<$crate::jobs::TaskInsert<'_>> = steps
-                .iter()
-                .map(|step| $crate::jobs::TaskInsert {
-                    id: orchion_domain::TaskId::new().as_uuid(),
-                    run_id: run.as_uuid(),
-                    step: step.step.as_str(),
-                    job: &step.job,
-                    status: step.status,
-                    outputs: step.outputs.as_deref(),
-                    error: step.error.as_deref(),
-                })
-                .collect();
-            insert_tasks(conn, &rows, now).await
-        }
-    };
-}
-pub(crate) use impl_run_store;

@@ -16,7 +16,6 @@ mod queue;
 mod writer;
 
 use std::{
-    ops::{Deref, DerefMut},
     str::FromStr,
     sync::{
         Arc, Weak,
@@ -26,27 +25,23 @@ use std::{
 };
 
 use async_trait::async_trait;
-use orchion_domain::{
-    Node, NodeId, NodeStatus, Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectUpdate,
-};
+use orchion_domain::{Job, NewJob};
 use sqlx::{
-    SqliteConnection,
+    Arguments,
     sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+        SqliteSynchronous,
     },
     types::Json,
 };
-use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::{
-    Backend, Created, Event, IdempotencyKey, NodeStateChange, PROJECT_CREATE_SCOPE, Store,
-    StoreError, StoredNode, kind,
-    queries::*,
-    rows::{
-        EventRow, NodeRow, ProjectRow, node_registered_event_data, node_status_event_data, page_of,
-        project_event_data,
-    },
+    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, Store,
+    StoreError,
+    backend::{Row, Statement, StoreBackend, Tx, Value},
+    error::encode,
+    events::PendingEvent,
+    tasks::INSERT_CHUNK,
 };
 
 /// How often the WAL is checkpointed into the database file.
@@ -72,35 +67,6 @@ pub struct SqliteStore {
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
-    }
-}
-
-/// A transaction on the sqlx writer connection; it holds the write turn until it ends. Dropped
-/// without a commit (an error), it lets go of the turn at once while sqlx rolls back on the
-/// connection's next use: a write that takes the turn meanwhile waits for that rollback in
-/// SQLite's busy handler, which only errors cause.
-pub(crate) struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl WriteTx {
-    async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.tx.rollback().await
-    }
-}
-
-impl Deref for WriteTx {
-    type Target = SqliteConnection;
-
-    fn deref(&self) -> &SqliteConnection {
-        &self.tx
-    }
-}
-
-impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
     }
 }
 
@@ -152,24 +118,6 @@ impl SqliteStore {
             commits,
         })
     }
-
-    async fn begin(&self) -> Result<WriteTx, StoreError> {
-        let turn = self.turn.clone().lock_owned().await;
-        Ok(WriteTx {
-            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
-            _turn: turn,
-        })
-    }
-
-    fn read_pool(&self) -> &SqlitePool {
-        &self.readers
-    }
-
-    async fn commit(&self, tx: WriteTx) -> Result<(), StoreError> {
-        tx.tx.commit().await?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
 }
 
 /// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until the store is closed, or dropped: the
@@ -202,79 +150,142 @@ async fn checkpoint(pool: SqlitePool, store: Weak<writer::Writer>) {
     }
 }
 
-async fn append_event(
-    conn: &mut SqliteConnection,
-    kind: &str,
-    subject: String,
-    project: Option<ProjectId>,
-    data: serde_json::Value,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO events (at, kind, subject, project_id, data) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(crate::now())
-    .bind(kind)
-    .bind(subject)
-    .bind(project.map(|p| p.as_uuid()))
-    .bind(Json(data))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Appends a transaction's events at its end, in order.
-async fn append_events(
-    conn: &mut SqliteConnection,
-    events: &[crate::jobs::PendingEvent],
-) -> Result<(), StoreError> {
-    let at = crate::now();
-    for chunk in events.chunks(crate::jobs::INSERT_CHUNK) {
-        let mut insert =
-            sqlx::QueryBuilder::new("INSERT INTO events (at, kind, subject, project_id, data) ");
-        insert.push_values(chunk, |mut row, event| {
-            row.push_bind(at)
-                .push_bind(event.kind)
-                .push_bind(event.subject.as_str())
-                .push_bind(event.project_id.map(|p| p.as_uuid()))
-                .push_bind(Json(&event.data));
-        });
-        insert.build().execute(&mut *conn).await?;
+/// A statement's arguments as sqlx's SQLite driver takes them, borrowing from `values`.
+fn arguments<'q>(values: &'q [Value<'_>]) -> Result<SqliteArguments<'q>, StoreError> {
+    let mut args = SqliteArguments::default();
+    for value in values {
+        match value {
+            Value::Bool(v) => args.add(*v),
+            Value::I32(v) => args.add(*v),
+            Value::I64(v) => args.add(*v),
+            Value::Text(v) => args.add(v.as_deref()),
+            Value::Bytes(v) => args.add(v.as_ref()),
+            Value::Uuid(v) => args.add(*v),
+            Value::Time(v) => args.add(*v),
+            Value::Json(v) => args.add(Json(v.as_ref())),
+        }
+        .map_err(encode)?;
     }
-    Ok(())
+    Ok(args)
 }
 
-/// The resource an idempotency key already names, or `None` when the key is new.
-async fn find_idempotent(
-    conn: &mut SqliteConnection,
-    scope: &str,
-    key: &IdempotencyKey,
-) -> Result<Option<Uuid>, StoreError> {
-    let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(FIND_IDEMPOTENCY_KEY)
-        .bind(scope)
-        .bind(&key.key)
-        .fetch_optional(conn)
-        .await?;
-    bound::resolve_idempotency(row, key)
+/// A transaction on the sqlx writer connection; it holds the write turn until it ends. Dropped
+/// without a commit (an error), it lets go of the turn at once while sqlx rolls back on the
+/// connection's next use: a write that takes the turn meanwhile waits for that rollback in
+/// SQLite's busy handler, which only errors cause.
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    commits: Arc<AtomicU64>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 /// Row locks: none on SQLite, whose one writer connection already serializes every change.
-const TASK_LOCK: &str = "";
-const TASK_LOCK_SKIP: &str = "";
+impl Tx for WriteTx {
+    const ROW_LOCK: &'static str = "";
+    const TASK_LOCK: &'static str = "";
+    const TASK_LOCK_SKIP: &'static str = "";
 
-crate::jobs::impl_job_store!(SqliteStore);
-crate::deliveries::impl_delivery_store!(SqliteStore);
-crate::runs::impl_run_store!(SqliteStore, SqliteConnection);
-crate::catalog::impl_catalog_store!(SqliteStore);
+    async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_with(statement.sql(), args)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected())
+    }
 
-/// How a row read for a change is locked.
-const ROW_LOCK: &str = "";
+    async fn fetch_all<R: Row>(&mut self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_all(&mut *self.tx)
+            .await?)
+    }
 
-crate::jobs::job_helpers!(SqliteConnection);
+    async fn fetch_optional<R: Row>(
+        &mut self,
+        statement: Statement<'_>,
+    ) -> Result<Option<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_optional(&mut *self.tx)
+            .await?)
+    }
 
-fn project_not_found(id: ProjectId) -> StoreError {
-    StoreError::NotFound {
-        kind: "project",
-        id: id.to_string(),
+    /// One multi-row insert per chunk; SQLite's single writer orders the events by commit.
+    async fn append_events(&mut self, events: &[PendingEvent]) -> Result<(), StoreError> {
+        let at = crate::now();
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut insert =
+                Statement::new("INSERT INTO events (at, kind, subject, project_id, data) ");
+            insert.push_values(chunk.iter().map(|event| {
+                [
+                    Value::from(at),
+                    event.kind.into(),
+                    event.subject.as_str().into(),
+                    event.project_id.map(|p| p.as_uuid()).into(),
+                    (&event.data).into(),
+                ]
+            }));
+            self.execute(insert).await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+impl StoreBackend for SqliteStore {
+    type Tx = WriteTx;
+
+    async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let turn = self.turn.clone().lock_owned().await;
+        Ok(WriteTx {
+            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            commits: self.commits.clone(),
+            _turn: turn,
+        })
+    }
+
+    async fn read_all<R: Row>(&self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_all(&self.readers)
+            .await?)
+    }
+
+    async fn read_optional<R: Row>(
+        &self,
+        statement: Statement<'_>,
+    ) -> Result<Option<R>, StoreError> {
+        let args = arguments(statement.values())?;
+        Ok(sqlx::query_as_with(statement.sql(), args)
+            .fetch_optional(&self.readers)
+            .await?)
+    }
+
+    async fn enqueue(
+        &self,
+        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+    ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
+        queue::enqueue(self, jobs).await
+    }
+
+    async fn claim(&self, claim: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
+        queue::claim(self, claim).await
+    }
+
+    async fn finish(
+        &self,
+        reports: Vec<AttemptReport>,
+    ) -> Result<Vec<Result<Completed, StoreError>>, StoreError> {
+        queue::finish(self, reports).await
     }
 }
 

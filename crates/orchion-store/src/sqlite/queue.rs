@@ -16,67 +16,74 @@ use uuid::Uuid;
 use super::{SqliteStore, writer::database};
 use crate::{
     AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, StoreError,
-    jobs::{
-        self, Enqueued, FinishPlan, MAX_CLAIM_SCAN, PendingEvent, TASK_COLUMNS,
-        TASK_INSERT_COLUMNS, TaskInsert, TaskRow, enqueue_outcomes, enqueue_results, judge_reports,
-        micros, need_resources, plan_claims, scan_limit, select_claims,
+    codec::micros,
+    events::PendingEvent,
+    idempotency::{
+        FIND_IDEMPOTENCY_KEY, INSERT_IDEMPOTENCY_KEY, JOB_CREATE_SCOPE, resolve_idempotency,
     },
-    queries::{FIND_IDEMPOTENCY_KEY, INSERT_IDEMPOTENCY_KEY, bound::resolve_idempotency},
+    jobs::enqueue_results,
+    plan::{
+        Enqueued, FinishPlan, MAX_CLAIM_SCAN, enqueue_outcomes, judge_reports, need_resources,
+        plan_claims, scan_limit, select_claims,
+    },
+    tasks::{TASK_COLUMNS, TASK_INSERT_COLUMNS, TaskInsert, TaskRow},
 };
 
 type Jobs = Vec<(NewJob, Option<IdempotencyKey>)>;
 
-impl SqliteStore {
-    pub(crate) async fn enqueue(
-        &self,
-        jobs: Jobs,
-    ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = crate::now();
-        let ids: Vec<(RunId, TaskId)> =
-            jobs.iter().map(|_| (RunId::new(), TaskId::new())).collect();
-        let (outcomes, jobs, ids) = self
-            .queue
-            .write(move |tx| {
-                let outcomes = enqueue_in(tx, &jobs, &ids, now)?;
-                let wrote = outcomes.iter().any(|o| matches!(o, Enqueued::New));
-                Ok(((outcomes, jobs, ids), wrote))
-            })
-            .await?;
-        Ok(enqueue_results(self, outcomes, jobs, ids, now).await)
+pub(super) async fn enqueue(
+    store: &SqliteStore,
+    jobs: Jobs,
+) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
     }
+    let now = crate::now();
+    let ids: Vec<(RunId, TaskId)> = jobs.iter().map(|_| (RunId::new(), TaskId::new())).collect();
+    let (outcomes, jobs, ids) = store
+        .queue
+        .write(move |tx| {
+            let outcomes = enqueue_in(tx, &jobs, &ids, now)?;
+            let wrote = outcomes.iter().any(|o| matches!(o, Enqueued::New));
+            Ok(((outcomes, jobs, ids), wrote))
+        })
+        .await?;
+    Ok(enqueue_results(store, outcomes, jobs, ids, now).await)
+}
 
-    pub(crate) async fn claim(&self, claim: &ClaimRequest) -> Result<Vec<ClaimedTask>, StoreError> {
-        if claim.max == 0 || claim.executors.is_empty() {
-            return Ok(Vec::new());
-        }
-        let claim = claim.clone();
-        self.queue
-            .write(move |tx| {
-                let claimed = claim_in(tx, &claim)?;
-                let wrote = !claimed.is_empty();
-                Ok((claimed, wrote))
-            })
-            .await
+pub(super) async fn claim(
+    store: &SqliteStore,
+    claim: &ClaimRequest,
+) -> Result<Vec<ClaimedTask>, StoreError> {
+    if claim.max == 0 || claim.executors.is_empty() {
+        return Ok(Vec::new());
     }
+    let claim = claim.clone();
+    store
+        .queue
+        .write(move |tx| {
+            let claimed = claim_in(tx, &claim)?;
+            let wrote = !claimed.is_empty();
+            Ok((claimed, wrote))
+        })
+        .await
+}
 
-    pub(crate) async fn finish(
-        &self,
-        reports: Vec<AttemptReport>,
-    ) -> Result<Vec<Result<Completed, StoreError>>, StoreError> {
-        if reports.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.queue
-            .write(move |tx| {
-                let results = finish_in(tx, reports)?;
-                let wrote = results.iter().any(Result::is_ok);
-                Ok((results, wrote))
-            })
-            .await
+pub(super) async fn finish(
+    store: &SqliteStore,
+    reports: Vec<AttemptReport>,
+) -> Result<Vec<Result<Completed, StoreError>>, StoreError> {
+    if reports.is_empty() {
+        return Ok(Vec::new());
     }
+    store
+        .queue
+        .write(move |tx| {
+            let results = finish_in(tx, reports)?;
+            let wrote = results.iter().any(Result::is_ok);
+            Ok((results, wrote))
+        })
+        .await
 }
 
 fn enqueue_in(
@@ -89,7 +96,7 @@ fn enqueue_in(
         let mut find = tx.prepare_cached(FIND_IDEMPOTENCY_KEY).map_err(database)?;
         enqueue_outcomes(jobs, ids, |key| {
             let row = find
-                .query_row(params![crate::JOB_CREATE_SCOPE, key.key], |row| {
+                .query_row(params![JOB_CREATE_SCOPE, key.key], |row| {
                     Ok((row.get::<_, Vec<u8>>(0)?, uuid(row, 1)?))
                 })
                 .optional()
@@ -166,7 +173,7 @@ fn enqueue_in(
             .map_err(database)?;
         if let Some(key) = idempotency {
             keys.execute(params![
-                crate::JOB_CREATE_SCOPE,
+                JOB_CREATE_SCOPE,
                 key.key,
                 key.request_hash,
                 run_id.as_uuid().as_bytes(),
@@ -301,7 +308,7 @@ fn free_capacity(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Capacity,
             })
         })
         .map_err(database)?;
-    Ok(jobs::free_capacity(claim.capacity, used))
+    Ok(crate::plan::free_capacity(claim.capacity, used))
 }
 
 fn finish_in(

@@ -1,0 +1,66 @@
+//! What a store call can fail with, and how driver errors map onto it.
+
+/// What a store call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The resource does not exist.
+    #[error("{kind} `{id}` does not exist")]
+    NotFound { kind: &'static str, id: String },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key `{key}` was already used with a different request body")]
+    IdempotencyConflict { key: String },
+    /// The database cannot be reached or refused the connection.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else the database reported.
+    #[error("store error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored row does not hold a valid value (written by a newer version, or edited by hand).
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// The schema could not be brought up to date.
+    #[error("migrating the store failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL cannot be used.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// A report for an attempt that is no longer current, or from a node that does not hold
+    /// it (fencing).
+    #[error("{0}")]
+    Stale(String),
+    /// The change does not apply in the resource's current state.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            error => StoreError::Database(error),
+        }
+    }
+}
+
+/// A conversion that cannot fail (a row that is already the value), for `codec::page_of`.
+impl From<std::convert::Infallible> for StoreError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// Whether an error is a unique-constraint violation (PostgreSQL `23505`; SQLite extended codes
+/// 1555 and 2067).
+pub(crate) fn is_unique_violation(error: &StoreError) -> bool {
+    matches!(error, StoreError::Database(sqlx::Error::Database(db))
+        if matches!(db.code().as_deref(), Some("23505" | "1555" | "2067")))
+}
+
+/// An argument a driver could not encode.
+pub(crate) fn encode(error: sqlx::error::BoxDynError) -> StoreError {
+    StoreError::Database(sqlx::Error::Encode(error))
+}

@@ -1,0 +1,448 @@
+//! Tasks as stored — the unit of work behind a job and behind each workflow step — and the
+//! transaction steps every flow that changes tasks shares: lock one, insert many, end attempts
+//! as planned, and apply an operator's event through `TaskState::next`.
+//!
+//! Invariant: a task changes status only through `TaskState::next` (here, or in the pure
+//! planners of `plan.rs` the hot writes use).
+
+use std::collections::BTreeMap;
+
+use orchion_domain::{
+    Attempt, AttemptStatus, Capacity, Concurrency, Job, NodeId, Placement, RetryPolicy, RunId,
+    TaskEvent, TaskId, TaskState, TaskStatus, Timeouts,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    StoreError,
+    backend::{Statement, Tx, Value},
+    codec::{from_micros, micros, ms_duration, retry_from_json, retry_json},
+    events::PendingEvent,
+    plan::FinishPlan,
+};
+
+/// The columns of a [`TaskRow`], from `tasks t JOIN runs r ON r.id = t.run_id`.
+pub(crate) const TASK_COLUMNS: &str = "t.id, t.run_id, r.name, r.project_id, t.status, t.executor, t.spec, t.priority, t.labels, \
+     t.cpu_millis, t.memory_bytes, t.gpus, t.concurrency_key, t.concurrency_limit, t.retry, \
+     t.schedule_to_start_ms, t.start_to_close_ms, t.heartbeat_ms, t.attempts, t.attempt_budget, \
+     t.cancel_requested, t.run_after_us, t.enqueued_us, t.node_id, t.lease_expires_us, t.output, t.error, \
+     t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at, t.outputs, r.kind, t.step, t.traceparent";
+
+/// `SELECT` of [`TaskRow`]s matching `condition` (and whatever follows it: order, limit, lock).
+pub(crate) fn select_tasks(condition: &str) -> String {
+    format!("SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE {condition}")
+}
+
+/// A task row with its run's name, project and kind.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct TaskRow {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub name: String,
+    pub project_id: Option<Uuid>,
+    pub status: String,
+    pub executor: String,
+    pub spec: String,
+    pub priority: i32,
+    pub labels: sqlx::types::Json<BTreeMap<String, String>>,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub gpus: i32,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
+    pub retry: sqlx::types::Json<serde_json::Value>,
+    pub schedule_to_start_ms: Option<i64>,
+    pub start_to_close_ms: Option<i64>,
+    pub heartbeat_ms: i64,
+    pub attempts: i32,
+    pub attempt_budget: i32,
+    pub cancel_requested: bool,
+    pub run_after_us: i64,
+    pub enqueued_us: i64,
+    pub node_id: Option<Uuid>,
+    pub lease_expires_us: Option<i64>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub log_bytes: i64,
+    pub log_seq: i64,
+    pub created_at: OffsetDateTime,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+    /// What the step produced, a JSON object (workflow steps).
+    pub outputs: Option<String>,
+    /// The run's kind: `job` or `workflow`.
+    pub kind: String,
+    /// `job` for a job; the step's key for a workflow.
+    pub step: String,
+    /// The W3C trace context the task was created in.
+    pub traceparent: Option<String>,
+}
+
+impl TaskRow {
+    pub fn state(&self) -> Result<TaskState, StoreError> {
+        Ok(TaskState {
+            status: self.status.parse().map_err(StoreError::Corrupt)?,
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            attempt_budget: u32::try_from(self.attempt_budget).unwrap_or(0),
+            cancel_requested: self.cancel_requested,
+        })
+    }
+
+    pub fn policy(&self) -> Result<RetryPolicy, StoreError> {
+        retry_from_json(&self.retry.0)
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            schedule_to_start: self.schedule_to_start_ms.map(ms_duration),
+            start_to_close: self.start_to_close_ms.map(ms_duration),
+            heartbeat: ms_duration(self.heartbeat_ms),
+        }
+    }
+
+    pub fn resources(&self) -> Capacity {
+        Capacity {
+            cpu_millis: u64::try_from(self.cpu_millis).unwrap_or(0),
+            memory_bytes: u64::try_from(self.memory_bytes).unwrap_or(0),
+            gpus: u32::try_from(self.gpus).unwrap_or(0),
+        }
+    }
+
+    pub fn into_job(self, attempts: Vec<Attempt>) -> Result<Job, StoreError> {
+        Ok(Job {
+            state: self.state()?,
+            retry: self.policy()?,
+            timeouts: self.timeouts(),
+            placement: Placement {
+                labels: self.labels.0.clone(),
+                resources: self.resources(),
+            },
+            concurrency: match (&self.concurrency_key, self.concurrency_limit) {
+                (Some(key), Some(limit)) => Some(Concurrency {
+                    key: key.clone(),
+                    limit: u32::try_from(limit).unwrap_or(1),
+                }),
+                _ => None,
+            },
+            id: RunId::from_uuid(self.run_id),
+            task_id: TaskId::from_uuid(self.id),
+            name: self.name,
+            project_id: self.project_id.map(orchion_domain::ProjectId::from_uuid),
+            executor: self.executor,
+            spec: self.spec,
+            priority: self.priority,
+            run_after: from_micros(self.run_after_us),
+            node_id: self.node_id.map(NodeId::from_uuid),
+            lease_expires_at: self.lease_expires_us.map(from_micros),
+            output: self.output,
+            outputs: self.outputs,
+            error: self.error,
+            exit_code: self.exit_code,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            attempts,
+        })
+    }
+}
+
+/// The columns of an [`AttemptRow`].
+pub(crate) const ATTEMPT_COLUMNS: &str =
+    "number, node_id, status, started_at, finished_at, exit_code, error";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct AttemptRow {
+    pub number: i32,
+    pub node_id: Option<Uuid>,
+    pub status: String,
+    pub started_at: OffsetDateTime,
+    pub finished_at: Option<OffsetDateTime>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+}
+
+impl TryFrom<AttemptRow> for Attempt {
+    type Error = StoreError;
+
+    fn try_from(row: AttemptRow) -> Result<Self, StoreError> {
+        Ok(Attempt {
+            number: u32::try_from(row.number).unwrap_or(0),
+            node_id: row.node_id.map(NodeId::from_uuid),
+            status: row
+                .status
+                .parse::<AttemptStatus>()
+                .map_err(StoreError::Corrupt)?,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            exit_code: row.exit_code,
+            error: row.error,
+        })
+    }
+}
+
+/// An attempt with the task it belongs to, for reading a whole run's attempts at once.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct TaskAttemptRow {
+    pub task_id: Uuid,
+    #[sqlx(flatten)]
+    pub attempt: AttemptRow,
+}
+
+/// A task to write: a job's, or a workflow step's.
+pub(crate) struct TaskInsert<'a> {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    /// `job` for a job; the step's key for a workflow.
+    pub step: &'a str,
+    pub job: &'a orchion_domain::NewJob,
+    /// `queued`, or a final status for a step that never runs (failed to render, or an empty
+    /// fan-out that succeeds at once).
+    pub status: TaskStatus,
+    pub outputs: Option<&'a str>,
+    pub error: Option<&'a str>,
+}
+
+/// The columns a new task is written with, in the order both backends bind [`TaskValues`];
+/// `attempts` starts at 0 and `cancel_requested` false.
+pub(crate) const TASK_INSERT_COLUMNS: &str = "id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
+     memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
+     start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
+     enqueued_us, created_at, outputs, error, finished_at, traceparent";
+
+/// A new task's column values, as stored.
+pub(crate) struct TaskValues<'a> {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub step: &'a str,
+    pub status: &'static str,
+    pub executor: &'a str,
+    pub spec: &'a str,
+    pub priority: i32,
+    pub labels: serde_json::Value,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub gpus: i32,
+    pub concurrency_key: Option<&'a str>,
+    pub concurrency_limit: Option<i32>,
+    pub retry: serde_json::Value,
+    pub schedule_to_start_ms: Option<i64>,
+    pub start_to_close_ms: Option<i64>,
+    pub heartbeat_ms: i64,
+    pub attempt_budget: i32,
+    pub run_after_us: i64,
+    pub enqueued_us: i64,
+    pub created_at: OffsetDateTime,
+    pub outputs: Option<&'a str>,
+    pub error: Option<&'a str>,
+    pub finished_at: Option<OffsetDateTime>,
+    pub traceparent: Option<&'a str>,
+}
+
+impl<'a> TaskInsert<'a> {
+    /// The row to write for this task, created at `now`.
+    pub fn values(&self, now: OffsetDateTime) -> TaskValues<'a> {
+        let job = self.job;
+        let resources = job.placement.resources;
+        let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        TaskValues {
+            id: self.id,
+            run_id: self.run_id,
+            step: self.step,
+            status: self.status.as_str(),
+            executor: &job.executor,
+            spec: &job.spec,
+            priority: job.priority,
+            labels: serde_json::json!(job.placement.labels),
+            cpu_millis: i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX),
+            memory_bytes: i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX),
+            gpus: i32::try_from(resources.gpus).unwrap_or(i32::MAX),
+            concurrency_key: job.concurrency.as_ref().map(|c| c.key.as_str()),
+            concurrency_limit: job
+                .concurrency
+                .as_ref()
+                .map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)),
+            retry: retry_json(&job.retry),
+            schedule_to_start_ms: job.timeouts.schedule_to_start.map(millis),
+            start_to_close_ms: job.timeouts.start_to_close.map(millis),
+            heartbeat_ms: millis(job.timeouts.heartbeat),
+            attempt_budget: i32::try_from(TaskState::new(&job.retry).attempt_budget)
+                .unwrap_or(i32::MAX),
+            run_after_us: micros(job.run_at.unwrap_or(now).max(now)),
+            enqueued_us: micros(now),
+            created_at: now,
+            outputs: self.outputs,
+            error: self.error,
+            finished_at: self.status.is_terminal().then_some(now),
+            traceparent: job.trace_parent.as_deref(),
+        }
+    }
+}
+
+impl<'a> TaskValues<'a> {
+    /// The values in [`TASK_INSERT_COLUMNS`] order.
+    pub fn row(self) -> [Value<'a>; 27] {
+        [
+            self.id.into(),
+            self.run_id.into(),
+            self.step.into(),
+            self.status.into(),
+            self.executor.into(),
+            self.spec.into(),
+            self.priority.into(),
+            self.labels.into(),
+            self.cpu_millis.into(),
+            self.memory_bytes.into(),
+            self.gpus.into(),
+            self.concurrency_key.into(),
+            self.concurrency_limit.into(),
+            self.retry.into(),
+            self.schedule_to_start_ms.into(),
+            self.start_to_close_ms.into(),
+            self.heartbeat_ms.into(),
+            0i32.into(),
+            self.attempt_budget.into(),
+            false.into(),
+            self.run_after_us.into(),
+            self.enqueued_us.into(),
+            self.created_at.into(),
+            self.outputs.into(),
+            self.error.into(),
+            self.finished_at.into(),
+            self.traceparent.into(),
+        ]
+    }
+}
+
+/// Rows per multi-row statement (27 parameters each stays far below either backend's limit).
+pub(crate) const INSERT_CHUNK: usize = 500;
+
+/// The task of `task_id`, locked for a change where the backend locks rows.
+pub(crate) async fn lock_task<T: Tx>(
+    tx: &mut T,
+    task_id: Uuid,
+) -> Result<Option<TaskRow>, StoreError> {
+    let sql = format!("{}{}", select_tasks("t.id = $1"), T::TASK_LOCK);
+    tx.fetch_optional(Statement::new(sql).bind(task_id)).await
+}
+
+/// Inserts tasks, a statement per [`INSERT_CHUNK`]. A task whose `(run, step)` exists already
+/// is left as it is, so writing a workflow's ready steps twice is harmless.
+pub(crate) async fn insert_tasks<T: Tx>(
+    tx: &mut T,
+    rows: &[TaskInsert<'_>],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let mut insert = Statement::new(format!("INSERT INTO tasks ({TASK_INSERT_COLUMNS}) "));
+        insert.push_values(chunk.iter().map(|task| task.values(now).row()));
+        insert.push(" ON CONFLICT (run_id, step) DO NOTHING");
+        tx.execute(insert).await?;
+    }
+    Ok(())
+}
+
+/// Ends attempts as their plans say, two statements per chunk of tasks. The caller has checked
+/// each attempt is the current one.
+pub(crate) async fn finish_attempts<T: Tx>(
+    tx: &mut T,
+    plans: &[FinishPlan],
+) -> Result<(), StoreError> {
+    for chunk in plans.chunks(INSERT_CHUNK) {
+        let mut attempts =
+            Statement::new("WITH v (task_id, number, status, finished_at, exit_code, error) AS (");
+        attempts.push_values(chunk.iter().map(|p| {
+            [
+                Value::from(p.task_id),
+                p.number.into(),
+                p.attempt_status.into(),
+                p.now.into(),
+                p.exit_code.into(),
+                p.error.as_deref().into(),
+            ]
+        }));
+        attempts.push(
+            ") UPDATE attempts SET status = v.status, finished_at = v.finished_at, exit_code = v.exit_code, \
+             error = v.error FROM v WHERE attempts.task_id = v.task_id AND attempts.number = v.number",
+        );
+        tx.execute(attempts).await?;
+        let mut tasks = Statement::new(
+            "WITH v (id, status, cancel_requested, attempt_budget, run_after_us, output, outputs, error, exit_code, finished_at) AS (",
+        );
+        tasks.push_values(chunk.iter().map(|p| {
+            [
+                Value::from(p.task_id),
+                p.status.as_str().into(),
+                p.cancel_requested.into(),
+                p.attempt_budget.into(),
+                p.run_after_us.into(),
+                p.output.as_deref().into(),
+                p.outputs.as_deref().into(),
+                p.error.as_deref().into(),
+                p.exit_code.into(),
+                p.finished_at.into(),
+            ]
+        }));
+        tasks.push(
+            ") UPDATE tasks SET status = v.status, cancel_requested = v.cancel_requested, \
+             attempt_budget = v.attempt_budget, node_id = NULL, lease_expires_us = NULL, \
+             run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), outputs = COALESCE(v.outputs, tasks.outputs), error = v.error, \
+             exit_code = v.exit_code, finished_at = v.finished_at FROM v WHERE tasks.id = v.id",
+        );
+        tx.execute(tasks).await?;
+    }
+    Ok(())
+}
+
+/// Applies an operator's `event` (a cancel request, a retry) to `task`, read locked. Returns
+/// whether anything changed; a transition the task's state refuses is a conflict.
+pub(crate) async fn apply_to_task<T: Tx>(
+    tx: &mut T,
+    task: &TaskRow,
+    event: TaskEvent,
+) -> Result<bool, StoreError> {
+    let state = task.state()?;
+    let next = state
+        .next(&event, &task.policy()?, 0.0)
+        .map_err(|e| StoreError::Conflict(e.to_string()))?
+        .state;
+    if next == state {
+        return Ok(false);
+    }
+    let now = crate::now();
+    let requeued = next.status == TaskStatus::Queued && state.status != TaskStatus::Queued;
+    let (run_after, enqueued) = if requeued {
+        (micros(now), micros(now))
+    } else {
+        (task.run_after_us, task.enqueued_us)
+    };
+    let finished_at = next.status.is_terminal().then_some(now);
+    tx.execute(
+        Statement::new(
+            "UPDATE tasks SET status = $2, cancel_requested = $3, attempt_budget = $4, run_after_us = $5, \
+             enqueued_us = $6, finished_at = $7, \
+             error = CASE WHEN $8 THEN NULL ELSE error END, exit_code = CASE WHEN $8 THEN NULL ELSE exit_code END, \
+             output = CASE WHEN $8 THEN NULL ELSE output END WHERE id = $1",
+        )
+        .bind(task.id)
+        .bind(next.status.as_str())
+        .bind(next.cancel_requested)
+        .bind(i32::try_from(next.attempt_budget).unwrap_or(i32::MAX))
+        .bind(run_after)
+        .bind(enqueued)
+        .bind(finished_at)
+        .bind(requeued),
+    )
+    .await?;
+    if next.status != state.status {
+        tx.append_event(PendingEvent::job_status(
+            task,
+            state.status,
+            next.status,
+            state.attempts,
+        ))
+        .await?;
+    }
+    Ok(true)
+}
