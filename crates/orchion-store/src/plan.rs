@@ -328,3 +328,461 @@ pub(crate) fn holds(task: &TaskRow, node: NodeId, attempt: u32) -> bool {
         && u32::try_from(task.attempts).ok() == Some(attempt)
         && task.node_id == Some(node.as_uuid())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use orchion_domain::RetryPolicy;
+
+    use super::*;
+    use crate::codec::retry_json;
+
+    /// A queued task with no placement needs, no concurrency key and a budget of 3 attempts.
+    fn task() -> TaskRow {
+        TaskRow {
+            id: Uuid::now_v7(),
+            run_id: Uuid::now_v7(),
+            name: "job".into(),
+            project_id: None,
+            status: "queued".into(),
+            executor: "shell".into(),
+            spec: "{}".into(),
+            priority: 0,
+            labels: sqlx::types::Json(BTreeMap::new()),
+            cpu_millis: 0,
+            memory_bytes: 0,
+            gpus: 0,
+            concurrency_key: None,
+            concurrency_limit: None,
+            retry: sqlx::types::Json(retry_json(&RetryPolicy::default())),
+            schedule_to_start_ms: None,
+            start_to_close_ms: None,
+            heartbeat_ms: 30_000,
+            attempts: 0,
+            attempt_budget: 3,
+            cancel_requested: false,
+            run_after_us: 0,
+            enqueued_us: 0,
+            node_id: None,
+            lease_expires_us: None,
+            output: None,
+            error: None,
+            exit_code: None,
+            log_bytes: 0,
+            log_seq: 0,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            started_at: None,
+            finished_at: None,
+            outputs: None,
+            kind: "job".into(),
+            step: "job".into(),
+            traceparent: None,
+        }
+    }
+
+    /// `task()` running attempt `attempt` on `node`.
+    fn running(node: NodeId, attempt: i32) -> TaskRow {
+        TaskRow {
+            status: "running".into(),
+            attempts: attempt,
+            node_id: Some(node.as_uuid()),
+            ..task()
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Labels::new(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn capacity(cpu_millis: u64, memory_bytes: u64, gpus: u32) -> Capacity {
+        Capacity {
+            cpu_millis,
+            memory_bytes,
+            gpus,
+        }
+    }
+
+    #[test]
+    fn claims_take_what_fits_in_order_up_to_the_limit() {
+        let gpu = TaskRow { gpus: 1, ..task() };
+        let big = TaskRow {
+            cpu_millis: 3000,
+            ..task()
+        };
+        let small = TaskRow {
+            cpu_millis: 1000,
+            ..task()
+        };
+        let on_linux = TaskRow {
+            labels: sqlx::types::Json(BTreeMap::from([("os".into(), "linux".into())])),
+            ..task()
+        };
+        let keyed = |key: &str, limit| TaskRow {
+            concurrency_key: Some(key.into()),
+            concurrency_limit: Some(limit),
+            ..task()
+        };
+        let none = HashMap::new();
+        struct Case {
+            name: &'static str,
+            candidates: Vec<TaskRow>,
+            labels: Labels,
+            free: Capacity,
+            running: HashMap<String, u32>,
+            max: usize,
+            chosen: Vec<usize>,
+        }
+        let cases = [
+            Case {
+                name: "everything that fits, in the order given",
+                candidates: vec![task(), task(), task()],
+                labels: labels(&[]),
+                free: capacity(0, 0, 0),
+                running: none.clone(),
+                max: 10,
+                chosen: vec![0, 1, 2],
+            },
+            Case {
+                name: "no more than max",
+                candidates: vec![task(), task(), task()],
+                labels: labels(&[]),
+                free: capacity(0, 0, 0),
+                running: none.clone(),
+                max: 2,
+                chosen: vec![0, 1],
+            },
+            Case {
+                name: "a task needing a GPU the node lacks is passed over",
+                candidates: vec![gpu.clone(), task()],
+                labels: labels(&[]),
+                free: capacity(8000, 1 << 30, 0),
+                running: none.clone(),
+                max: 10,
+                chosen: vec![1],
+            },
+            Case {
+                name: "what is taken is no longer free",
+                candidates: vec![big.clone(), big.clone(), small.clone()],
+                labels: labels(&[]),
+                free: capacity(4000, 0, 0),
+                running: none.clone(),
+                max: 10,
+                chosen: vec![0, 2],
+            },
+            Case {
+                name: "placement labels must match the node's",
+                candidates: vec![on_linux.clone(), on_linux.clone()],
+                labels: labels(&[("os", "windows")]),
+                free: capacity(0, 0, 0),
+                running: none.clone(),
+                max: 10,
+                chosen: vec![],
+            },
+            Case {
+                name: "labels the node has let the task in",
+                candidates: vec![on_linux],
+                labels: labels(&[("os", "linux"), ("zone", "a")]),
+                free: capacity(0, 0, 0),
+                running: none.clone(),
+                max: 10,
+                chosen: vec![0],
+            },
+            Case {
+                name: "a concurrency limit counts what runs and what this claim takes",
+                candidates: vec![
+                    keyed("db", 2),
+                    keyed("db", 2),
+                    keyed("db", 2),
+                    keyed("other", 1),
+                ],
+                labels: labels(&[]),
+                free: capacity(0, 0, 0),
+                running: HashMap::from([("db".to_owned(), 1)]),
+                max: 10,
+                chosen: vec![0, 3],
+            },
+        ];
+        for case in cases {
+            let chosen = select_claims(
+                &case.candidates,
+                &case.labels,
+                case.free,
+                case.running,
+                case.max,
+            );
+            assert_eq!(chosen, case.chosen, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn resources_are_read_only_when_a_candidate_needs_them() {
+        assert!(!need_resources(&[task(), task()]));
+        let memory = TaskRow {
+            memory_bytes: 1,
+            ..task()
+        };
+        assert!(need_resources(&[task(), memory]));
+        assert_eq!(
+            free_capacity(capacity(4000, 100, 2), (Some(1500), Some(40), Some(1))),
+            capacity(2500, 60, 1)
+        );
+        assert_eq!(
+            free_capacity(capacity(4000, 100, 2), (None, None, None)),
+            capacity(4000, 100, 2),
+            "nothing running uses nothing"
+        );
+        assert_eq!(
+            free_capacity(capacity(1000, 0, 0), (Some(5000), None, None)),
+            capacity(0, 0, 0),
+            "overcommitted is none free, not an underflow"
+        );
+    }
+
+    #[test]
+    fn a_claim_starts_a_new_attempt_under_a_lease_of_the_tasks_heartbeat() {
+        let node = NodeId::new();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
+        let candidates = [task(), task()];
+        let claim = ClaimRequest {
+            node_id: node,
+            executors: vec!["shell".into()],
+            labels: labels(&[]),
+            capacity: capacity(0, 0, 0),
+            max: 10,
+            now,
+        };
+        let (claimed, events) = plan_claims(&candidates, &[1], &claim).unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].task_id.as_uuid(), candidates[1].id);
+        assert_eq!(claimed[0].attempt, 1);
+        assert_eq!(
+            claimed[0].lease_expires_at,
+            now + time::Duration::seconds(30)
+        );
+        assert_eq!(events[0].data["from"], "queued");
+        assert_eq!(events[0].data["to"], "running");
+        assert_eq!(events[0].data["node_id"], node.to_string());
+    }
+
+    #[test]
+    fn how_an_attempt_ends() {
+        let node = NodeId::new();
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::hours(1);
+        let failed = |exit_code| AttemptOutcome::Failed {
+            exit_code,
+            error: "exit status 3".into(),
+        };
+        let cases = [
+            (
+                "success ends the task",
+                running(node, 1),
+                AttemptOutcome::Succeeded,
+                TaskStatus::Succeeded,
+                "succeeded",
+                None,
+            ),
+            (
+                "a failure with budget left queues it again",
+                running(node, 1),
+                failed(Some(3)),
+                TaskStatus::Queued,
+                "failed",
+                Some(3),
+            ),
+            (
+                "the last attempt's failure ends it",
+                running(node, 3),
+                failed(Some(3)),
+                TaskStatus::Failed,
+                "failed",
+                Some(3),
+            ),
+            (
+                "a lost attempt is retried",
+                running(node, 1),
+                AttemptOutcome::Lost,
+                TaskStatus::Queued,
+                "lost",
+                None,
+            ),
+            (
+                "a timed-out attempt is retried",
+                running(node, 1),
+                AttemptOutcome::TimedOut,
+                TaskStatus::Queued,
+                "timed_out",
+                None,
+            ),
+            (
+                "a cancelled attempt of a task asked to stop cancels it",
+                TaskRow {
+                    cancel_requested: true,
+                    ..running(node, 1)
+                },
+                AttemptOutcome::Cancelled,
+                TaskStatus::Cancelled,
+                "cancelled",
+                None,
+            ),
+        ];
+        for (name, task, outcome, status, attempt_status, exit_code) in cases {
+            let plan = plan_finish(
+                &task,
+                outcome,
+                Some("out".into()),
+                Some("{}".into()),
+                now,
+                0.5,
+            )
+            .unwrap();
+            assert_eq!(plan.status, status, "{name}");
+            assert_eq!(plan.attempt_status, attempt_status, "{name}");
+            assert_eq!(plan.exit_code, exit_code, "{name}");
+            assert_eq!(
+                plan.number, task.attempts,
+                "{name}: the current attempt ends"
+            );
+            assert_eq!(plan.finished_at.is_some(), status.is_terminal(), "{name}");
+            assert_eq!(
+                plan.outputs.is_some(),
+                status == TaskStatus::Succeeded,
+                "{name}: only a success keeps its outputs"
+            );
+            if status == TaskStatus::Queued {
+                assert!(
+                    plan.run_after_us > micros(now),
+                    "{name}: a retry waits its backoff"
+                );
+            }
+            assert_eq!(plan.event.data["to"], status.as_str(), "{name}");
+        }
+        let long = plan_finish(
+            &running(node, 1),
+            AttemptOutcome::Succeeded,
+            Some("x".repeat(MAX_OUTPUT_BYTES + 1)),
+            None,
+            now,
+            0.0,
+        )
+        .unwrap();
+        assert!(
+            long.output.unwrap().len() <= MAX_OUTPUT_BYTES,
+            "output is cut"
+        );
+    }
+
+    #[test]
+    fn reports_are_fenced_on_node_and_attempt() {
+        let node = NodeId::new();
+        let other = NodeId::new();
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let current = running(node, 2);
+        let queued = task();
+        let tasks = HashMap::from([(current.id, current.clone()), (queued.id, queued.clone())]);
+        let report = |node, task: Uuid, attempt| AttemptReport {
+            node,
+            task: TaskId::from_uuid(task),
+            attempt,
+            outcome: AttemptOutcome::Succeeded,
+            output: None,
+            outputs: None,
+        };
+        let reports = vec![
+            report(other, current.id, 2),
+            report(node, current.id, 1),
+            report(node, queued.id, 0),
+            report(node, Uuid::now_v7(), 1),
+            report(node, current.id, 2),
+            report(node, current.id, 2),
+        ];
+        let (results, plans) = judge_reports(&tasks, reports, now).unwrap();
+        let verdicts: Vec<&str> = results
+            .iter()
+            .map(|r| match r {
+                Ok(_) => "ok",
+                Err(StoreError::Stale(_)) => "stale",
+                Err(StoreError::NotFound { .. }) => "not found",
+                Err(_) => "other",
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            ["stale", "stale", "stale", "not found", "ok", "stale"],
+            "another node's, an old attempt's, a queued task's, an unknown task's, the holder's, and the holder's again"
+        );
+        assert_eq!(plans.len(), 1);
+        let done = results[4].as_ref().unwrap();
+        assert_eq!(done.status, TaskStatus::Succeeded);
+        assert!(!done.workflow);
+    }
+
+    #[test]
+    fn each_job_of_a_batch_is_new_an_earlier_one_or_a_conflict() {
+        let job = |name: &str| NewJob {
+            name: name.into(),
+            project_id: None,
+            executor: "shell".into(),
+            spec: "{}".into(),
+            priority: 0,
+            retry: RetryPolicy::default(),
+            timeouts: orchion_domain::Timeouts::default(),
+            placement: Placement::default(),
+            concurrency: None,
+            run_at: None,
+            trace_parent: None,
+        };
+        let key = |key: &str, body: &str| {
+            Some(IdempotencyKey {
+                key: key.into(),
+                request_hash: body.as_bytes().to_vec(),
+            })
+        };
+        let jobs = vec![
+            (job("a"), None),
+            (job("b"), key("k1", "x")),
+            (job("c"), key("k1", "x")),
+            (job("d"), key("k1", "y")),
+            (job("e"), key("stored", "x")),
+            (job("f"), key("stored-other", "x")),
+        ];
+        let ids: Vec<(RunId, TaskId)> =
+            jobs.iter().map(|_| (RunId::new(), TaskId::new())).collect();
+        let earlier = Uuid::now_v7();
+        let outcomes = enqueue_outcomes(&jobs, &ids, |key| match key.key.as_str() {
+            "stored" => Ok(Some(earlier)),
+            "stored-other" => Err(StoreError::IdempotencyConflict {
+                key: key.key.clone(),
+            }),
+            _ => Ok(None),
+        })
+        .unwrap();
+        let described: Vec<String> = outcomes
+            .iter()
+            .map(|o| match o {
+                Enqueued::New => "new".to_owned(),
+                Enqueued::Existing(id) if *id == ids[1].0 => "same as b".to_owned(),
+                Enqueued::Existing(id) if id.as_uuid() == earlier => "stored".to_owned(),
+                Enqueued::Existing(id) => format!("existing {id}"),
+                Enqueued::Conflict(key) => format!("conflict {key}"),
+            })
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "new",
+                "new",
+                "same as b",
+                "conflict k1",
+                "stored",
+                "conflict stored-other"
+            ]
+        );
+    }
+}

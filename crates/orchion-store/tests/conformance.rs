@@ -72,6 +72,7 @@ conformance!(
     an_idempotency_key_with_another_body_conflicts,
     concurrent_creates_with_one_key_make_one_project,
     concurrent_writes_all_commit,
+    events_follow_commit_order_under_parallel_writers,
     every_change_appends_one_event_in_order,
     data_survives_reopening_the_store,
     a_registered_node_loads_back_with_its_credential,
@@ -101,6 +102,7 @@ conformance!(
     a_batch_of_jobs_commits_together_with_outcomes_per_job,
     a_batch_of_results_is_fenced_per_report,
     workflow_runs_add_steps_once_and_end_once,
+    concurrent_starts_with_one_key_make_one_workflow_run,
     workflow_runs_cancel_and_retry_from_failed_steps,
     one_deployment_per_composer_and_environment_runs_at_a_time,
     workflow_types_get_a_version_per_distinct_definition,
@@ -319,6 +321,62 @@ async fn concurrent_writes_all_commit(db: Db) {
             .iter()
             .all(|p| p.description.starts_with("updated"))
     );
+}
+
+/// A reader that follows the log's end (as the event hub does) sees every event exactly once
+/// while many writers commit at once: sequence numbers follow commit order, so no event can
+/// appear behind the reader's cursor after it has moved past.
+async fn events_follow_commit_order_under_parallel_writers(db: Db) {
+    let store = db.open().await;
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..15 {
+                    let project = new_project(&format!("w{w}-{i}"));
+                    store.create_project(project.clone(), None).await.unwrap();
+                    let job = NewJob {
+                        project_id: Some(project.id),
+                        ..job("shell")
+                    };
+                    store.create_job(job, None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut cursor = 0;
+    let follow = |cursor: i64| {
+        let store = store.clone();
+        async move { store.events_after(cursor, 1000).await.unwrap() }
+    };
+    while !writers.iter().all(|w| w.is_finished()) {
+        for event in follow(cursor).await {
+            assert!(
+                event.seq > cursor,
+                "event {} came after {cursor}",
+                event.seq
+            );
+            cursor = event.seq;
+            seen.push(event.seq);
+        }
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for event in follow(cursor).await {
+        cursor = event.seq;
+        seen.push(event.seq);
+    }
+    let all: Vec<i64> = store
+        .events_after(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(all.len(), 8 * 15 * 2);
+    assert_eq!(seen, all, "the follower saw every event once, in order");
 }
 
 async fn every_change_appends_one_event_in_order(db: Db) {
@@ -1528,6 +1586,44 @@ fn step(name: &str) -> NewStep {
         outputs: None,
         error: None,
     }
+}
+
+/// Replicas racing to start a run under one idempotency key: the losers of the key's unique
+/// index get the winner's run, never an error (on PostgreSQL the race is real; on SQLite the
+/// one writer serializes it).
+async fn concurrent_starts_with_one_key_make_one_workflow_run(db: Db) {
+    let store = db.open().await;
+    let starts: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .create_workflow_run(
+                        new_run("ci"),
+                        vec![step("build")],
+                        Some(key("same", "body")),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for start in starts {
+        let run = start
+            .await
+            .unwrap()
+            .expect("a lost race returns the winner");
+        ids.insert(run.value.id);
+        created += usize::from(run.created);
+    }
+    assert_eq!(ids.len(), 1, "every caller got the same run");
+    assert_eq!(created, 1, "exactly one caller started it");
+    let record = store
+        .get_workflow_run(*ids.iter().next().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(record.tasks.len(), 1, "its steps were written once");
 }
 
 async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
