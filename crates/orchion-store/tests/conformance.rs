@@ -364,10 +364,7 @@ async fn events_follow_commit_order_under_parallel_writers(db: Db) {
     for writer in writers {
         writer.await.unwrap();
     }
-    for event in follow(cursor).await {
-        cursor = event.seq;
-        seen.push(event.seq);
-    }
+    seen.extend(follow(cursor).await.iter().map(|e| e.seq));
     let all: Vec<i64> = store
         .events_after(0, 10_000)
         .await
