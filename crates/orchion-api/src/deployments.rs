@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use orchion_control::StepState;
-use orchion_domain::{Deployment, DeploymentFilter, RunStatus};
+use orchion_domain::{Deployment, DeploymentFilter, RunStatus, StepKey};
 use orchion_spec::DeploymentRequest;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -120,11 +120,14 @@ async fn deployment_body(
     let mut error = None;
     let mut resources = Vec::with_capacity(plan.steps.len());
     for (name, step_state) in &plan.steps {
-        let apply = record.tasks.iter().find(|t| t.step == *name);
+        let apply = record
+            .tasks
+            .iter()
+            .find(|t| t.step == StepKey::step(name.as_str()));
         let rollback = record
             .tasks
             .iter()
-            .find(|t| t.step == orchion_control::workflows::rollback_step(name));
+            .find(|t| t.step == StepKey::rollback(name.as_str()));
         let resource_status = match rollbacks.get(name.as_str()) {
             Some(StepState::Active) => "rolling_back",
             Some(StepState::Succeeded) => "rolled_back",

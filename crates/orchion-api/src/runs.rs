@@ -12,8 +12,8 @@ use axum::{
 };
 use orchion_control::{StartRun, StepState, WorkflowError};
 use orchion_domain::{
-    FieldError, ProjectId, RunId, RunStatus, ValidationErrors, WorkflowRun, WorkflowRunFilter,
-    WorkflowRunRecord, split_step,
+    FieldError, Phase, ProjectId, RunId, RunStatus, ValidationErrors, WorkflowRun,
+    WorkflowRunFilter, WorkflowRunRecord,
 };
 use orchion_store::IdempotencyKey;
 use serde::{Deserialize, Serialize};
@@ -158,29 +158,30 @@ async fn full_body(
     let steps = steps_of(state, &record).await?;
     let mut tasks: BTreeMap<String, Vec<StepTaskBody>> = BTreeMap::new();
     for task in record.tasks {
-        let (step, _) = split_step(&task.step);
+        // A fan-out's elements are listed under their step; a rollback under its own name.
+        let group = match task.step.phase {
+            Phase::Run => task.step.name.clone(),
+            Phase::Rollback => task.step.to_string(),
+        };
         let job = task.task;
-        tasks
-            .entry(step.to_owned())
-            .or_default()
-            .push(StepTaskBody {
-                id: job.task_id.to_string(),
-                name: task.step.clone(),
-                status: job.state.status.as_str(),
-                executor: job.executor,
-                spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
-                attempts: job.attempts.into_iter().map(attempt_body).collect(),
-                outputs: job
-                    .outputs
-                    .as_deref()
-                    .and_then(|o| serde_json::from_str(o).ok()),
-                output: job.output,
-                error: job.error,
-                exit_code: job.exit_code,
-                created_at: job.created_at,
-                started_at: job.started_at,
-                finished_at: job.finished_at,
-            });
+        tasks.entry(group).or_default().push(StepTaskBody {
+            id: job.task_id.to_string(),
+            name: task.step.to_string(),
+            status: job.state.status.as_str(),
+            executor: job.executor,
+            spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
+            attempts: job.attempts.into_iter().map(attempt_body).collect(),
+            outputs: job
+                .outputs
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok()),
+            output: job.output,
+            error: job.error,
+            exit_code: job.exit_code,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+        });
     }
     let steps = steps
         .into_iter()
@@ -453,7 +454,7 @@ pub async fn workflow_metrics(
         let tasks: Vec<_> = record
             .tasks
             .iter()
-            .filter(|t| split_step(&t.step).0 == name)
+            .filter(|t| t.step.phase == Phase::Run && t.step.name == name)
             .map(|t| &t.task)
             .collect();
         let first_created = tasks.iter().map(|t| t.created_at).min();
@@ -524,10 +525,9 @@ pub async fn workflow_logs(
         .tasks
         .iter()
         .filter(|t| {
-            query
-                .step
-                .as_deref()
-                .is_none_or(|s| t.step == s || split_step(&t.step).0 == s)
+            query.step.as_deref().is_none_or(|s| {
+                t.step.to_string() == s || (t.step.phase == Phase::Run && t.step.name == s)
+            })
         })
         .collect();
     if let Some(step) = &query.step {
@@ -542,7 +542,7 @@ pub async fn workflow_logs(
     for task in chosen {
         let lines = state.store.read_logs(task.task.task_id, 0, limit).await?;
         tasks.push(TaskLogs {
-            step: task.step.clone(),
+            step: task.step.to_string(),
             lines: lines.into_iter().map(line_body).collect(),
         });
     }

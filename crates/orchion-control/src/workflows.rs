@@ -21,8 +21,8 @@ use std::{
 };
 
 use orchion_domain::{
-    NewJob, ProjectId, RunId, RunStatus, StepTask, TaskStatus, ValidationErrors, WorkflowRun,
-    WorkflowRunRecord, split_step,
+    NewJob, Phase, ProjectId, RunId, RunStatus, StepKey, StepTask, TaskStatus, ValidationErrors,
+    WorkflowRun, WorkflowRunRecord,
 };
 use orchion_spec::{Scope, Workflow, WorkflowDefinition};
 use orchion_store::{Created, IdempotencyKey, NewStep, NewWorkflowRun, Store, StoreError};
@@ -150,9 +150,9 @@ fn render_job(
     Ok(job)
 }
 
-fn failed_step(name: String, step: &orchion_spec::Step, error: String) -> NewStep {
+fn failed_step(key: StepKey, step: &orchion_spec::Step, error: String) -> NewStep {
     NewStep {
-        step: name,
+        step: key,
         job: step.job.clone(),
         status: TaskStatus::Failed,
         outputs: None,
@@ -183,9 +183,18 @@ pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
     }
     let input: Value = serde_json::from_str(&run.input).unwrap_or(Value::Null);
     let mut by_step: HashMap<&str, Vec<(Option<usize>, &StepTask)>> = HashMap::new();
+    let mut rollback_tasks: HashMap<&str, &StepTask> = HashMap::new();
     for task in &record.tasks {
-        let (name, index) = split_step(&task.step);
-        by_step.entry(name).or_default().push((index, task));
+        let key = &task.step;
+        match key.phase {
+            Phase::Run => by_step
+                .entry(&key.name)
+                .or_default()
+                .push((key.index, task)),
+            Phase::Rollback => {
+                rollback_tasks.insert(&key.name, task);
+            }
+        }
     }
     for tasks in by_step.values_mut() {
         tasks.sort_by_key(|(index, _)| *index);
@@ -267,7 +276,7 @@ pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
             &input,
             &outputs,
             &states,
-            &by_step,
+            &rollback_tasks,
             &mut create,
         )
     } else {
@@ -290,11 +299,6 @@ pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
     }
 }
 
-/// The task name of a step's rollback.
-pub fn rollback_step(name: &str) -> String {
-    format!("{name}:rollback")
-}
-
 /// The rollback phase of a run that failed or was cancelled: each succeeded step with a
 /// rollback is undone once every step that needs it has been undone (reverse dependency
 /// order). Adds ready rollbacks to `create`; returns each one's state, in definition order.
@@ -304,7 +308,7 @@ fn roll_back(
     input: &Value,
     outputs: &BTreeMap<String, Value>,
     states: &HashMap<&str, StepState>,
-    by_step: &HashMap<&str, Vec<(Option<usize>, &StepTask)>>,
+    rollback_tasks: &HashMap<&str, &StepTask>,
     create: &mut Vec<NewStep>,
 ) -> Vec<(String, StepState)> {
     let undoable = |name: &str| {
@@ -322,12 +326,12 @@ fn roll_back(
             let Some(rollback) = workflow.step(name).and_then(|s| s.rollback.as_ref()) else {
                 continue;
             };
-            let task_name = rollback_step(name);
-            let state = if let Some(tasks) = by_step.get(task_name.as_str()) {
-                match tasks.first().map(|(_, t)| t.task.state.status) {
-                    Some(TaskStatus::Succeeded) => StepState::Succeeded,
-                    Some(TaskStatus::Failed) => StepState::Failed,
-                    Some(TaskStatus::Cancelled) => StepState::Cancelled,
+            let key = StepKey::rollback(name);
+            let state = if let Some(task) = rollback_tasks.get(name) {
+                match task.task.state.status {
+                    TaskStatus::Succeeded => StepState::Succeeded,
+                    TaskStatus::Failed => StepState::Failed,
+                    TaskStatus::Cancelled => StepState::Cancelled,
                     _ => StepState::Active,
                 }
             } else {
@@ -353,19 +357,19 @@ fn roll_back(
                         match render_job(
                             &rollback.job,
                             &rollback.spec,
-                            format!("{}/{task_name}", workflow.name),
+                            format!("{}/{key}", workflow.name),
                             run,
                             &scope,
                         ) {
                             Ok(job) => NewStep {
-                                step: task_name,
+                                step: key,
                                 job,
                                 status: TaskStatus::Queued,
                                 outputs: None,
                                 error: None,
                             },
                             Err(e) => NewStep {
-                                step: task_name,
+                                step: key,
                                 job: rollback.job.clone(),
                                 status: TaskStatus::Failed,
                                 outputs: None,
@@ -407,7 +411,7 @@ fn ready(
             Ok(true) => {}
             Ok(false) => return StepState::Skipped,
             Err(e) => {
-                create.push(failed_step(step.name.clone(), step, e));
+                create.push(failed_step(StepKey::step(&step.name), step, e));
                 return StepState::Failed;
             }
         }
@@ -422,13 +426,13 @@ fn ready(
                 &scope,
             ) {
                 Ok(job) => NewStep {
-                    step: step.name.clone(),
+                    step: StepKey::step(&step.name),
                     job,
                     status: TaskStatus::Queued,
                     outputs: None,
                     error: None,
                 },
-                Err(e) => failed_step(step.name.clone(), step, e),
+                Err(e) => failed_step(StepKey::step(&step.name), step, e),
             },
         );
         return StepState::Active;
@@ -436,13 +440,13 @@ fn ready(
     let items = match orchion_spec::items(for_each, &scope) {
         Ok(items) => items,
         Err(e) => {
-            create.push(failed_step(step.name.clone(), step, e));
+            create.push(failed_step(StepKey::step(&step.name), step, e));
             return StepState::Failed;
         }
     };
     if items.is_empty() {
         create.push(NewStep {
-            step: step.name.clone(),
+            step: StepKey::step(&step.name),
             job: step.job.clone(),
             status: TaskStatus::Succeeded,
             outputs: Some("[]".into()),
@@ -456,23 +460,23 @@ fn ready(
             item: Some(item),
             ..scope
         };
-        let name = format!("{}[{i}]", step.name);
+        let key = StepKey::element(&step.name, i);
         create.push(
             match render_job(
                 &step.job,
                 &step.spec,
-                format!("{}/{name}", workflow.name),
+                format!("{}/{key}", workflow.name),
                 run,
                 &scope,
             ) {
                 Ok(job) => NewStep {
-                    step: name,
+                    step: key,
                     job,
                     status: TaskStatus::Queued,
                     outputs: None,
                     error: None,
                 },
-                Err(e) => failed_step(name, step, e),
+                Err(e) => failed_step(key, step, e),
             },
         );
     }

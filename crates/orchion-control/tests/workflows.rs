@@ -250,7 +250,11 @@ async fn a_failed_step_skips_its_dependents_and_retry_runs_only_what_failed() {
     h.finish(&package[0], AttemptOutcome::Succeeded, None).await;
     let record = h.record(run).await;
     assert_eq!(record.run.status, RunStatus::Succeeded);
-    let fetch = record.tasks.iter().find(|t| t.step == "fetch").unwrap();
+    let fetch = record
+        .tasks
+        .iter()
+        .find(|t| t.step.name == "fetch")
+        .unwrap();
     assert_eq!(
         fetch.task.state.attempts, 1,
         "succeeded steps are not run again"
@@ -283,7 +287,7 @@ async fn for_each_fans_out_and_the_next_step_reads_every_result() {
         .await
         .tasks
         .iter()
-        .map(|t| t.step.clone())
+        .map(|t| t.step.to_string())
         .filter(|s| s.starts_with("lint"))
         .collect();
     assert_eq!(steps, ["lint[0]", "lint[1]", "lint[2]"]);
@@ -357,7 +361,11 @@ async fn a_false_when_skips_and_a_missing_output_fails_the_step_without_running_
     assert!(h.claim().await.is_empty(), "nothing else can run");
     let record = h.record(run).await;
     assert_eq!(record.run.status, RunStatus::Failed);
-    let always = record.tasks.iter().find(|t| t.step == "always").unwrap();
+    let always = record
+        .tasks
+        .iter()
+        .find(|t| t.step.name == "always")
+        .unwrap();
     assert_eq!(always.task.state.attempts, 0, "it never ran");
     assert_eq!(
         always.task.error.as_deref(),
@@ -474,11 +482,11 @@ async fn a_failed_run_undoes_its_succeeded_steps_in_reverse_order() {
     h.finish(&last[0], AttemptOutcome::Succeeded, None).await;
     let record = h.record(run).await;
     assert_eq!(record.run.status, RunStatus::Failed);
-    let order: Vec<&str> = record
+    let order: Vec<String> = record
         .tasks
         .iter()
-        .filter(|t| t.step.ends_with(":rollback"))
-        .map(|t| t.step.as_str())
+        .filter(|t| t.step.is_rollback())
+        .map(|t| t.step.to_string())
         .collect();
     assert_eq!(order[2], "network:rollback");
     assert!(
@@ -542,5 +550,5 @@ async fn a_run_keeps_the_version_it_started_on() {
     let record = h.record(run).await;
     assert_eq!(record.run.version, 1);
     assert_eq!(record.run.status, RunStatus::Succeeded);
-    assert!(record.tasks.iter().any(|t| t.step == "second"));
+    assert!(record.tasks.iter().any(|t| t.step.name == "second"));
 }

@@ -27,8 +27,8 @@ pub use node::{
 pub use page::{Cursor, Page, PageRequest};
 pub use project::{NewProject, Project, ProjectFilter, ProjectStatus, ProjectUpdate};
 pub use run::{
-    Deployment, DeploymentFilter, RunStatus, StepTask, WorkflowRun, WorkflowRunFilter,
-    WorkflowRunRecord, split_step,
+    Deployment, DeploymentFilter, InvalidRunTransition, Phase, RunEffect, RunEvent, RunState,
+    RunStatus, RunTransition, StepKey, StepTask, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord,
 };
 pub use schedule::{CronSchedule, Firing, MisfirePolicy, OverlapPolicy, Schedule};
 pub use workflow::{Dag, Literal, Piece, Reference, StepShape, WorkflowType, parse_template};

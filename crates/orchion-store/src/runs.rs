@@ -13,8 +13,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use orchion_domain::{
-    Attempt, Deployment, DeploymentFilter, NewJob, Page, PageRequest, ProjectId, RunId, RunStatus,
-    StepTask, TaskEvent, TaskId, TaskStatus, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord,
+    Attempt, Deployment, DeploymentFilter, NewJob, Page, PageRequest, ProjectId, RunEffect,
+    RunEvent, RunId, RunState, RunStatus, StepKey, StepTask, TaskEvent, TaskId, TaskStatus,
+    WorkflowRun, WorkflowRunFilter, WorkflowRunRecord,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -57,8 +58,8 @@ pub struct NewDeployment {
 /// A step of a workflow run, written as a task when it becomes ready.
 #[derive(Debug, Clone)]
 pub struct NewStep {
-    /// The step's name, or `name[i]` for element `i` of a fan-out.
-    pub step: String,
+    /// Which step, fan-out element or rollback this is.
+    pub step: StepKey,
     /// The rendered job: executor, spec, retry, timeouts, placement.
     pub job: NewJob,
     /// `Queued` to run it; `Failed` (with `error`) for a step that cannot run, such as one whose
@@ -220,7 +221,7 @@ impl<B: StoreBackend> RunStore for B {
         let tasks = rows
             .into_iter()
             .map(|row| {
-                let step = row.step.clone();
+                let step = StepKey::parse(&row.step);
                 let attempts = by_task.remove(&row.id).unwrap_or_default();
                 Ok(StepTask {
                     step,
@@ -268,31 +269,15 @@ impl<B: StoreBackend> RunStore for B {
         }
         let now = crate::now();
         let mut tx = self.begin().await?;
-        let (status, project) = locked_run(&mut tx, id).await?;
-        if status != RunStatus::Running {
+        let run = lock_run(&mut tx, id).await?;
+        if run.state.status != RunStatus::Running {
             // Finished meanwhile (elsewhere, or cancelled): nothing more to add.
             tx.rollback().await?;
             return Ok(false);
         }
         insert_steps(&mut tx, id, &steps, now).await?;
-        if let Some(to) = finish {
-            tx.execute(
-                Statement::new(
-                    "UPDATE workflow_runs SET status = $2, finished_at = $3 WHERE run_id = $1 AND status = 'running'",
-                )
-                .bind(id.as_uuid())
-                .bind(to.as_str())
-                .bind(now),
-            )
-            .await?;
-            release_held_deployment(&mut tx, id).await?;
-            tx.append_event(PendingEvent::run_status(
-                id,
-                project,
-                RunStatus::Running,
-                to,
-            ))
-            .await?;
+        if let Some(end) = finish {
+            apply_to_run(&mut tx, &run, RunEvent::Finish(end)).await?;
         }
         tx.commit().await?;
         Ok(true)
@@ -309,20 +294,8 @@ impl<B: StoreBackend> RunStore for B {
 
     async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let (status, _) = locked_run(&mut tx, id).await?;
-        if status != RunStatus::Running {
-            tx.rollback().await?;
-            return Err(StoreError::Conflict(format!(
-                "workflow run {id} is {status}: only a running run can be cancelled"
-            )));
-        }
-        tx.execute(
-            Statement::new("UPDATE workflow_runs SET cancel_requested = $2 WHERE run_id = $1")
-                .bind(id.as_uuid())
-                .bind(true),
-        )
-        .await?;
-        cancel_active_tasks(&mut tx, id).await?;
+        let run = lock_run(&mut tx, id).await?;
+        apply_to_run(&mut tx, &run, RunEvent::Cancel).await?;
         tx.commit().await
     }
 
@@ -439,87 +412,131 @@ impl<B: StoreBackend> RunStore for B {
 
     async fn undo_workflow_run(&self, id: RunId) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let (from, project) = locked_run(&mut tx, id).await?;
-        if from == RunStatus::Cancelled {
-            tx.rollback().await?;
-            return Ok(());
-        }
-        reopen(&mut tx, id, from, project, true).await?;
-        cancel_active_tasks(&mut tx, id).await?;
+        let run = lock_run(&mut tx, id).await?;
+        apply_to_run(&mut tx, &run, RunEvent::Undo).await?;
         tx.commit().await
     }
 
     async fn retry_workflow_run(&self, id: RunId) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let (from, project) = locked_run(&mut tx, id).await?;
-        if !matches!(from, RunStatus::Failed | RunStatus::Cancelled) {
-            tx.rollback().await?;
-            return Err(StoreError::Conflict(format!(
-                "workflow run {id} is {from}: only a failed or cancelled run can be retried"
-            )));
-        }
-        let (rolled_back,): (i64,) = tx
-            .fetch_one(
-                Statement::new(
-                    "SELECT count(*) FROM tasks WHERE run_id = $1 AND step LIKE '%:rollback'",
-                )
-                .bind(id.as_uuid()),
+        let run = lock_run(&mut tx, id).await?;
+        let steps: Vec<(String,)> = tx
+            .fetch_all(
+                Statement::new("SELECT step FROM tasks WHERE run_id = $1").bind(id.as_uuid()),
             )
             .await?;
-        if rolled_back > 0 {
-            tx.rollback().await?;
-            return Err(StoreError::Conflict(format!(
-                "workflow run {id} was rolled back: start a new run instead"
-            )));
-        }
-        // Steps that never ran (they could not be rendered, or were cancelled before starting)
-        // are planned afresh; the others are tried again under their policy, keeping their
-        // attempts.
-        tx.execute(
-            Statement::new(
-                "DELETE FROM tasks WHERE run_id = $1 AND status IN ('failed', 'cancelled') AND attempts = 0",
-            )
-            .bind(id.as_uuid()),
-        )
-        .await?;
-        let sql = format!(
-            "{}{}",
-            select_tasks("t.run_id = $1 AND t.status IN ('failed', 'cancelled') ORDER BY t.id"),
-            B::Tx::TASK_LOCK
-        );
-        let ended: Vec<TaskRow> = tx.fetch_all(Statement::new(sql).bind(id.as_uuid())).await?;
-        for task in &ended {
-            apply_to_task(&mut tx, task, TaskEvent::Retry).await?;
-        }
-        reopen(&mut tx, id, from, project, false).await?;
+        let rolled_back = steps
+            .iter()
+            .any(|(step,)| StepKey::parse(step).is_rollback());
+        apply_to_run(&mut tx, &run, RunEvent::Retry { rolled_back }).await?;
         tx.commit().await
     }
 }
 
-/// A run's status and project, its row locked for a change where the backend locks.
-async fn locked_run<T: Tx>(
-    tx: &mut T,
+/// A run read for a change, its row locked where the backend locks.
+struct LockedRun {
     id: RunId,
-) -> Result<(RunStatus, Option<ProjectId>), StoreError> {
-    let (status, project): (String, Option<Uuid>) = tx
+    state: RunState,
+    project: Option<ProjectId>,
+}
+
+async fn lock_run<T: Tx>(tx: &mut T, id: RunId) -> Result<LockedRun, StoreError> {
+    let (status, cancel_requested, held, project): (String, bool, bool, Option<Uuid>) = tx
         .fetch_optional(
             Statement::new(format!(
-                "SELECT w.status, r.project_id FROM workflow_runs w JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{}",
+                "SELECT w.status, w.cancel_requested, w.held, r.project_id FROM workflow_runs w \
+                 JOIN runs r ON r.id = w.run_id WHERE w.run_id = $1{}",
                 T::ROW_LOCK
             ))
             .bind(id.as_uuid()),
         )
         .await?
         .ok_or_else(|| run_not_found(id))?;
-    Ok((
-        status.parse().map_err(StoreError::Corrupt)?,
-        project.map(ProjectId::from_uuid),
-    ))
+    Ok(LockedRun {
+        id,
+        state: RunState {
+            status: status.parse().map_err(StoreError::Corrupt)?,
+            cancel_requested,
+            held,
+        },
+        project: project.map(ProjectId::from_uuid),
+    })
 }
 
-/// A finished deployment frees its composer and environment's slot for the oldest one
-/// waiting, whose run is released.
-async fn release_held_deployment<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
+/// Applies `event` to a locked run as `RunState::next` decides: writes the new state (with an
+/// event when the status changed), then carries out the transition's effects. A refused event
+/// is a conflict that names the run.
+async fn apply_to_run<T: Tx>(
+    tx: &mut T,
+    run: &LockedRun,
+    event: RunEvent,
+) -> Result<RunState, StoreError> {
+    let id = run.id;
+    let transition = run
+        .state
+        .next(event)
+        .map_err(|e| StoreError::Conflict(format!("workflow run {id} {e}")))?;
+    let (from, to) = (run.state, transition.state);
+    if to != from {
+        let finished_at = to.status.is_terminal().then(crate::now);
+        tx.execute(
+            Statement::new(
+                "UPDATE workflow_runs SET status = $2, cancel_requested = $3, held = $4, finished_at = $5 \
+                 WHERE run_id = $1",
+            )
+            .bind(id.as_uuid())
+            .bind(to.status.as_str())
+            .bind(to.cancel_requested)
+            .bind(to.held)
+            .bind(finished_at),
+        )
+        .await?;
+        if to.status != from.status {
+            tx.append_event(PendingEvent::run_status(
+                id,
+                run.project,
+                from.status,
+                to.status,
+            ))
+            .await?;
+        }
+    }
+    for effect in transition.effects {
+        match effect {
+            RunEffect::CancelActiveTasks => cancel_active_tasks(tx, id).await?,
+            RunEffect::RetryEndedSteps => retry_ended_steps(tx, id).await?,
+            RunEffect::ReleaseSlot => release_slot(tx, id).await?,
+        }
+    }
+    Ok(to)
+}
+
+/// Tries a run's failed and cancelled steps again under their policy, keeping their attempts;
+/// the ones that never ran (they could not be rendered, or were cancelled before starting) are
+/// dropped, to be planned afresh.
+async fn retry_ended_steps<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
+    tx.execute(
+        Statement::new(
+            "DELETE FROM tasks WHERE run_id = $1 AND status IN ('failed', 'cancelled') AND attempts = 0",
+        )
+        .bind(id.as_uuid()),
+    )
+    .await?;
+    let sql = format!(
+        "{}{}",
+        select_tasks("t.run_id = $1 AND t.status IN ('failed', 'cancelled') ORDER BY t.id"),
+        T::TASK_LOCK
+    );
+    let ended: Vec<TaskRow> = tx.fetch_all(Statement::new(sql).bind(id.as_uuid())).await?;
+    for task in &ended {
+        apply_to_task(tx, task, TaskEvent::Retry).await?;
+    }
+    Ok(())
+}
+
+/// A finished deployment frees its composer and environment's slot: the oldest run held
+/// behind it takes the slot and is released.
+async fn release_slot<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
     let freed: Option<(String, String)> = tx
         .fetch_optional(
             Statement::new(
@@ -552,43 +569,10 @@ async fn release_held_deployment<T: Tx>(tx: &mut T, id: RunId) -> Result<(), Sto
                 .bind(true),
         )
         .await?;
-        tx.execute(
-            Statement::new("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
-                .bind(next)
-                .bind(false),
-        )
-        .await?;
+        let held = lock_run(tx, RunId::from_uuid(next)).await?;
+        Box::pin(apply_to_run(tx, &held, RunEvent::Release)).await?;
     }
     Ok(())
-}
-
-/// Sets a run running again (`cancel_requested` as given) and, if it had ended, records the
-/// change of status.
-async fn reopen<T: Tx>(
-    tx: &mut T,
-    id: RunId,
-    from: RunStatus,
-    project: Option<ProjectId>,
-    cancel_requested: bool,
-) -> Result<(), StoreError> {
-    tx.execute(
-        Statement::new(
-            "UPDATE workflow_runs SET status = 'running', cancel_requested = $2, finished_at = NULL WHERE run_id = $1",
-        )
-        .bind(id.as_uuid())
-        .bind(cancel_requested),
-    )
-    .await?;
-    if from == RunStatus::Running {
-        return Ok(());
-    }
-    tx.append_event(PendingEvent::run_status(
-        id,
-        project,
-        from,
-        RunStatus::Running,
-    ))
-    .await
 }
 
 /// Asks a run's queued and running tasks to stop.
@@ -655,12 +639,14 @@ async fn insert_steps<T: Tx>(
     steps: &[NewStep],
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
+    let keys: Vec<String> = steps.iter().map(|step| step.step.to_string()).collect();
     let rows: Vec<TaskInsert<'_>> = steps
         .iter()
-        .map(|step| TaskInsert {
+        .zip(&keys)
+        .map(|(step, key)| TaskInsert {
             id: TaskId::new().as_uuid(),
             run_id: run.as_uuid(),
-            step: step.step.as_str(),
+            step: key,
             job: &step.job,
             status: step.status,
             outputs: step.outputs.as_deref(),

@@ -8,7 +8,7 @@ use std::{collections::HashSet, sync::Arc};
 use orchion_domain::{
     AttemptOutcome, AttemptStatus, Capacity, Concurrency, JobFilter, Labels, Liveness, NewJob,
     NewProject, Node, NodeId, NodeStatus, PageRequest, Placement, Project, ProjectFilter,
-    ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy, TaskStatus, Timeouts,
+    ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy, StepKey, TaskStatus, Timeouts,
 };
 use orchion_store::{
     AttemptReport, ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NewStep, NewWorkflowRun,
@@ -1574,7 +1574,7 @@ fn new_run(workflow: &str) -> NewWorkflowRun {
 
 fn step(name: &str) -> NewStep {
     NewStep {
-        step: name.into(),
+        step: StepKey::parse(name),
         job: NewJob {
             name: name.into(),
             ..job("shell")
@@ -1662,7 +1662,7 @@ async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
         .await
         .unwrap();
     let record = store.get_workflow_run(id).await.unwrap();
-    let steps: Vec<&str> = record.tasks.iter().map(|t| t.step.as_str()).collect();
+    let steps: Vec<String> = record.tasks.iter().map(|t| t.step.to_string()).collect();
     assert_eq!(steps, ["build", "test[0]", "test[1]", "lint"]);
     let lint = &record.tasks[3].task;
     assert_eq!(lint.state.status, TaskStatus::Failed);
@@ -1713,7 +1713,7 @@ async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
     let record = store.get_workflow_run(id).await.unwrap();
     assert_eq!(record.run.status, RunStatus::Failed);
     assert!(record.run.finished_at.is_some());
-    assert!(!record.tasks.iter().any(|t| t.step == "late"));
+    assert!(!record.tasks.iter().any(|t| t.step.name == "late"));
     assert_eq!(
         record.tasks[0].task.outputs.as_deref(),
         Some(r#"{"image":"x"}"#)
@@ -1846,7 +1846,7 @@ async fn workflow_runs_cancel_and_retry_from_failed_steps(db: Db) {
     assert!(!record.run.cancel_requested);
     assert!(record.run.finished_at.is_none());
     assert_eq!(record.tasks.len(), 1);
-    assert_eq!(record.tasks[0].step, "a");
+    assert_eq!(record.tasks[0].step, StepKey::step("a"));
     assert_eq!(record.tasks[0].task.state.status, TaskStatus::Queued);
     assert_eq!(record.tasks[0].task.attempts.len(), 1);
     let again = store
