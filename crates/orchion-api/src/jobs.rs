@@ -134,15 +134,6 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let header_key = idempotency_key(&headers)?;
     let (job, field_key) = body.value.into_new_job()?;
-    if let Some(project) = job.project_id {
-        if let Err(orchion_store::StoreError::NotFound { .. }) =
-            state.store.get_project(project).await
-        {
-            return Err(ApiError::Validation(ValidationErrors(vec![
-                FieldError::new("project_id", format!("project `{project}` does not exist")),
-            ])));
-        }
-    }
     let key = match (header_key, field_key) {
         (Some(h), Some(f)) if h != f => {
             return Err(ApiError::Validation(ValidationErrors(vec![
@@ -270,6 +261,8 @@ pub async fn create_jobs(
             })),
         }
     }
+    // A batch is refused as a whole when a job names a project that does not exist, every such
+    // job named. (One deleted meanwhile is refused alone, as the store reports it.)
     let projects: BTreeSet<ProjectId> = jobs.iter().filter_map(|(_, j, _)| j.project_id).collect();
     for project in projects {
         if let Err(orchion_store::StoreError::NotFound { .. }) =

@@ -215,6 +215,12 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound { .. } => ApiError::NotFound(error.to_string()),
+            // The request names what does not exist: its fault, in that field.
+            StoreError::MissingReference { field, .. } => {
+                ApiError::Validation(orchion_domain::ValidationErrors(vec![
+                    orchion_domain::FieldError::new(field, error.to_string()),
+                ]))
+            }
             StoreError::Conflict(message) | StoreError::Stale(message) => {
                 ApiError::Conflict(message)
             }

@@ -10,10 +10,9 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use orchion_control::{StartRun, StepState, WorkflowError};
+use orchion_control::{StartRequest, StepState, WorkflowError};
 use orchion_domain::{
-    FieldError, Phase, ProjectId, RunId, RunStatus, ValidationErrors, WorkflowRun,
-    WorkflowRunFilter, WorkflowRunRecord,
+    Phase, ProjectId, RunId, RunStatus, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord,
 };
 use orchion_store::IdempotencyKey;
 use serde::{Deserialize, Serialize};
@@ -224,75 +223,15 @@ pub async fn start_workflow(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = body.value;
-    let mut errors = ValidationErrors::default();
-    let project_id = request.project_id.as_deref().and_then(|raw| {
-        raw.parse::<ProjectId>()
-            .map_err(|e| errors.push(FieldError::new("project_id", e.to_string())))
-            .ok()
-    });
-    if let Some(name) = &request.name {
-        if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-            errors.push(FieldError::new(
-                "name",
-                "name must be 1 to 200 characters with no control characters",
-            ));
-        }
-    }
-    if !matches!(
-        request.input,
-        serde_json::Value::Object(_) | serde_json::Value::Null
-    ) {
-        errors.push(FieldError::new("input", "input must be a JSON object"));
-    }
-    if let Some(project) = project_id {
-        if let Err(orchion_store::StoreError::NotFound { .. }) =
-            state.store.get_project(project).await
-        {
-            errors.push(FieldError::new(
-                "project_id",
-                format!("project `{project}` does not exist"),
-            ));
-        }
-    }
-    match state
-        .store
-        .get_workflow_type(&request.workflow_type, request.version)
-        .await
-    {
-        Ok(_) => {}
-        Err(orchion_store::StoreError::NotFound { .. }) => errors.push(FieldError::new(
-            if request.version.is_some() {
-                "version"
-            } else {
-                "type"
-            },
-            match request.version {
-                Some(v) => format!(
-                    "workflow type `{}` has no version {v}",
-                    request.workflow_type
-                ),
-                None => format!(
-                    "workflow type `{}` does not exist: store it first with POST /api/v1/workflow-types",
-                    request.workflow_type
-                ),
-            },
-        )),
-        Err(e) => return Err(e.into()),
-    }
-    errors.into_result(())?;
-    let input = match request.input {
-        serde_json::Value::Null => serde_json::Value::Object(Default::default()),
-        other => other,
-    };
     let created = state
         .workflows
-        .start(
-            StartRun {
+        .start_request(
+            StartRequest {
                 name: request.name,
                 workflow: request.workflow_type,
                 version: request.version,
-                project_id,
-                input,
+                project_id: request.project_id,
+                input: request.input,
             },
             key.map(|key| IdempotencyKey {
                 key,

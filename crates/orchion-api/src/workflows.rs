@@ -11,7 +11,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use orchion_domain::{Dag, FieldError, ValidationErrors, WorkflowType};
+use orchion_domain::{Dag, WorkflowType};
 use orchion_spec::WorkflowDefinition;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -73,15 +73,6 @@ pub async fn put_workflow_type(
     })?;
     let workflow = definition.compile()?;
     let (name, project_id, dag) = (workflow.name, workflow.project_id, workflow.dag);
-    if let Some(project) = project_id {
-        if let Err(orchion_store::StoreError::NotFound { .. }) =
-            state.store.get_project(project).await
-        {
-            return Err(ApiError::Validation(ValidationErrors(vec![
-                FieldError::new("project_id", format!("project `{project}` does not exist")),
-            ])));
-        }
-    }
     let stored = state
         .store
         .put_workflow_type(&name, project_id, &raw.to_string())

@@ -533,3 +533,73 @@ async fn jobs_and_runs_are_listed_newest_first_and_by_name() {
         assert!(detail.contains("`order`"), "{uri}: {detail}");
     }
 }
+
+/// A project that does not exist is the request's fault, in its field: the store's foreign key
+/// refuses it (no check beforehand that a concurrent delete could outrun), for a job, a run and
+/// a workflow type alike.
+#[tokio::test]
+async fn naming_a_project_that_does_not_exist_is_a_422_on_that_field() {
+    let app = app().await;
+    let missing = "0190c8a0-0000-7000-8000-000000000001";
+    let job = app
+        .json(
+            "POST",
+            "/api/v1/jobs",
+            json!({"executor": "noop", "spec": {}, "project_id": missing}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        job.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        job.body
+    );
+    assert_eq!(pointers(&job.body), ["/project_id"]);
+    assert!(
+        job.body["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(missing)
+    );
+    let workflow_type = app
+        .json(
+            "POST",
+            "/api/v1/workflow-types",
+            json!({"name": "owned", "project_id": missing,
+                   "steps": [{"name": "a", "executor": "noop", "spec": {}}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(
+        workflow_type.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        workflow_type.body
+    );
+    assert_eq!(pointers(&workflow_type.body), ["/project_id"]);
+    let stored = app
+        .json(
+            "POST",
+            "/api/v1/workflow-types",
+            json!({"name": "free", "steps": [{"name": "a", "executor": "noop", "spec": {}}]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{:?}", stored.body);
+    let run = app
+        .json(
+            "POST",
+            "/api/v1/workflows",
+            json!({"type": "free", "project_id": missing}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        run.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        run.body
+    );
+    assert_eq!(pointers(&run.body), ["/project_id"]);
+    let listed = app.get("/api/v1/jobs").await;
+    assert_eq!(listed.body["items"], json!([]), "nothing was written");
+}

@@ -15,4 +15,4 @@ pub mod workflows;
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use schedules::Scheduler;
 pub use work::{AttemptResult, WorkError, WorkQueue};
-pub use workflows::{Plan, StartRun, StepState, WorkflowError, Workflows, plan};
+pub use workflows::{Plan, StartRequest, StartRun, StepState, WorkflowError, Workflows, plan};

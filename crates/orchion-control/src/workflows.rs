@@ -21,8 +21,8 @@ use std::{
 };
 
 use orchion_domain::{
-    NewJob, Phase, ProjectId, RunId, RunStatus, StepKey, StepTask, TaskStatus, ValidationErrors,
-    WorkflowRun, WorkflowRunRecord,
+    FieldError, NewJob, Phase, ProjectId, RunId, RunStatus, StepKey, StepTask, TaskStatus,
+    ValidationErrors, WorkflowRun, WorkflowRunRecord,
 };
 use orchion_spec::{Scope, Workflow, WorkflowDefinition};
 use orchion_store::{Created, IdempotencyKey, NewStep, NewWorkflowRun, Store, StoreError};
@@ -60,6 +60,19 @@ pub struct StartRun {
     /// The latest when `None`.
     pub version: Option<u32>,
     pub project_id: Option<ProjectId>,
+    pub input: Value,
+}
+
+/// A request to start a run as a client sends it: checked as a whole by
+/// [`Workflows::start_request`], every problem at once.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub name: Option<String>,
+    pub workflow: String,
+    pub version: Option<u32>,
+    /// A project's id, as text.
+    pub project_id: Option<String>,
+    /// A JSON object, or null for none.
     pub input: Value,
 }
 
@@ -625,6 +638,68 @@ impl Workflows {
         self.work.work_changed();
         self.advance(deployment.run_id).await?;
         Ok(deployment)
+    }
+
+    /// Checks a client's request to start a run — its project id, name and input, and that the
+    /// workflow type (and version) exists — reporting every problem at once, then starts it. A
+    /// project that does not exist is refused by the store ([`StoreError::MissingReference`]).
+    pub async fn start_request(
+        &self,
+        request: StartRequest,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<WorkflowRun>, WorkflowError> {
+        let mut errors = ValidationErrors::default();
+        let project_id = request.project_id.as_deref().and_then(|raw| {
+            raw.parse::<ProjectId>()
+                .map_err(|e| errors.push(FieldError::new("project_id", e.to_string())))
+                .ok()
+        });
+        if let Some(name) = &request.name {
+            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+                errors.push(FieldError::new(
+                    "name",
+                    "name must be 1 to 200 characters with no control characters",
+                ));
+            }
+        }
+        let input = match request.input {
+            Value::Null => Value::Object(Default::default()),
+            input @ Value::Object(_) => input,
+            _ => {
+                errors.push(FieldError::new("input", "input must be a JSON object"));
+                Value::Null
+            }
+        };
+        match self
+            .store
+            .get_workflow_type(&request.workflow, request.version)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => errors.push(match request.version {
+                Some(v) => FieldError::new(
+                    "version",
+                    format!("workflow type `{}` has no version {v}", request.workflow),
+                ),
+                None => FieldError::new(
+                    "type",
+                    format!(
+                        "workflow type `{}` does not exist: store it first with POST /api/v1/workflow-types",
+                        request.workflow
+                    ),
+                ),
+            }),
+            Err(e) => return Err(e.into()),
+        }
+        errors.into_result(()).map_err(WorkflowError::Invalid)?;
+        let run = StartRun {
+            name: request.name,
+            workflow: request.workflow,
+            version: request.version,
+            project_id,
+            input,
+        };
+        self.start(run, idempotency).await
     }
 
     /// Starts a run of the latest (or the given) version, writing its first ready steps in the

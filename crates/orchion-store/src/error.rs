@@ -1,5 +1,7 @@
 //! What a store call can fail with, and how driver errors map onto it.
 
+use orchion_domain::ProjectId;
+
 /// What a store call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -31,6 +33,14 @@ pub enum StoreError {
     /// The change does not apply in the resource's current state.
     #[error("{0}")]
     Conflict(String),
+    /// The request names a resource that does not exist (a foreign key the database refused):
+    /// a fault of the request's `field`, not of the resource asked for.
+    #[error("{kind} `{id}` does not exist")]
+    MissingReference {
+        field: &'static str,
+        kind: &'static str,
+        id: String,
+    },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -58,6 +68,35 @@ impl From<std::convert::Infallible> for StoreError {
 pub(crate) fn is_unique_violation(error: &StoreError) -> bool {
     matches!(error, StoreError::Database(sqlx::Error::Database(db))
         if matches!(db.code().as_deref(), Some("23505" | "1555" | "2067")))
+}
+
+/// Whether an error is a foreign-key violation (PostgreSQL `23503`; SQLite extended code 787,
+/// through sqlx or through the writer thread's rusqlite).
+pub(crate) fn is_foreign_key_violation(error: &StoreError) -> bool {
+    let StoreError::Database(error) = error else {
+        return false;
+    };
+    match error {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("23503" | "787")),
+        sqlx::Error::AnyDriverError(inner) => matches!(
+            inner.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(e, _)) if e.extended_code == 787
+        ),
+        _ => false,
+    }
+}
+
+/// `error` as a missing project when it is a foreign-key violation: the project a row
+/// references (`project`, the only reference a request makes) is gone, or never was.
+pub(crate) fn missing_project(error: StoreError, project: Option<ProjectId>) -> StoreError {
+    match project {
+        Some(project) if is_foreign_key_violation(&error) => StoreError::MissingReference {
+            field: "project_id",
+            kind: "project",
+            id: project.to_string(),
+        },
+        _ => error,
+    }
 }
 
 /// An argument a driver could not encode.

@@ -20,6 +20,7 @@ use crate::{
     Created, IdempotencyKey, StoreError,
     backend::{Statement, StoreBackend, Tx},
     codec::{MAX_LOG_BYTES, contains_pattern, direction, from_micros, micros, page_limit},
+    error::missing_project,
     events::PendingEvent,
     plan::{Enqueued, enqueued_job, holds, plan_finish},
     tasks::{
@@ -263,7 +264,15 @@ impl<B: StoreBackend> JobStore for B {
         &self,
         jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
     ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
-        self.enqueue(jobs).await
+        // A batch that fails on a missing project fails as a whole; its jobs alone (as the
+        // intake retries them) say whose project is missing.
+        let project = match jobs.as_slice() {
+            [(job, _)] => job.project_id,
+            _ => None,
+        };
+        self.enqueue(jobs)
+            .await
+            .map_err(|e| missing_project(e, project))
     }
 
     async fn get_job(&self, id: RunId) -> Result<Job, StoreError> {

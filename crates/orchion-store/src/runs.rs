@@ -24,7 +24,7 @@ use crate::{
     Created, IdempotencyKey, StoreError,
     backend::{Statement, StoreBackend, Tx},
     codec::{contains_pattern, direction, page_limit, page_of},
-    error::is_unique_violation,
+    error::{is_unique_violation, missing_project},
     events::PendingEvent,
     idempotency::{WORKFLOW_CREATE_SCOPE, find_idempotent, insert_key, retry_lost_race},
     tasks::{TaskAttemptRow, TaskInsert, TaskRow, apply_to_task, insert_tasks, select_tasks},
@@ -606,7 +606,8 @@ async fn insert_run<T: Tx>(
         .bind(run.name.as_str())
         .bind(now),
     )
-    .await?;
+    .await
+    .map_err(|e| missing_project(e, run.project_id))?;
     tx.execute(
         Statement::new(
             "INSERT INTO workflow_runs (run_id, workflow, version, input, definition, status, cancel_requested, created_at, traceparent) \

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::{
     Created, StoreError,
     backend::{Statement, StoreBackend, Tx},
+    error::missing_project,
     events::{PendingEvent, kind},
     idempotency::retry_lost_race,
 };
@@ -78,7 +79,8 @@ impl<B: StoreBackend> WorkflowTypeStore for B {
                 .bind(value)
                 .bind(now),
             )
-            .await?;
+            .await
+            .map_err(|e| missing_project(e, project_id))?;
             tx.append_event(PendingEvent {
                 kind: kind::WORKFLOW_TYPE_CREATED,
                 subject: format!("{name}@{version}"),

@@ -106,6 +106,7 @@ conformance!(
     workflow_runs_cancel_and_retry_from_failed_steps,
     one_deployment_per_composer_and_environment_runs_at_a_time,
     workflow_types_get_a_version_per_distinct_definition,
+    a_missing_project_is_refused_by_its_reference,
 );
 
 fn new_project(name: &str) -> Project {
@@ -1954,4 +1955,51 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
         store.get_deployment("nope").await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// A job, run or workflow type naming a project that does not exist is refused by the foreign
+/// key, as a missing reference in `project_id`, and nothing is written.
+async fn a_missing_project_is_refused_by_its_reference(db: Db) {
+    let store = db.open().await;
+    let missing = ProjectId::new();
+    let refused = |e: StoreError| match e {
+        StoreError::MissingReference { field, kind, id } => {
+            assert_eq!((field, kind), ("project_id", "project"));
+            assert_eq!(id, missing.to_string());
+        }
+        other => panic!("expected a missing reference, got {other:?}"),
+    };
+    let orphan = NewJob {
+        project_id: Some(missing),
+        ..job("shell")
+    };
+    refused(store.create_job(orphan, None).await.unwrap_err());
+    let run = NewWorkflowRun {
+        project_id: Some(missing),
+        ..new_run("ci")
+    };
+    refused(
+        store
+            .create_workflow_run(run, vec![step("build")], None)
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        store
+            .put_workflow_type("owned", Some(missing), r#"{"name":"owned"}"#)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        store.last_event_seq().await.unwrap(),
+        0,
+        "nothing was written"
+    );
+    let existing = new_project("here");
+    store.create_project(existing.clone(), None).await.unwrap();
+    let owned = NewJob {
+        project_id: Some(existing.id),
+        ..job("shell")
+    };
+    assert!(store.create_job(owned, None).await.unwrap().created);
 }
