@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use axum::{
     Json,
     extract::{Path, State},
-    http::{HeaderValue, StatusCode, header},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use orchion_control::StepState;
@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::respond::Created;
 use crate::{
     AppState,
     extract::{JsonBody, QueryParams, decode, page_request},
@@ -213,11 +214,7 @@ pub async fn create_deployment(
         .map_err(crate::runs::workflow_error)?;
     let location = format!("/api/v1/deployments/{}", deployment.id);
     let body = deployment_body(&state, deployment, true).await?;
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+    Ok(Created::new(body, location).into_response())
 }
 
 /// A deployment, its overall status and phase, and each resource's status, engine, progress

@@ -158,6 +158,30 @@ where
     })
 }
 
+/// A resource id from the path's `{id}`: a 400 naming the parameter when it is not one.
+#[derive(Debug, Clone, Copy)]
+pub struct PathId<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for PathId<T>
+where
+    S: Send + Sync,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::InvalidParameter {
+                    name: "id".into(),
+                    detail: format!("path parameter `id`: {}", e.body_text()),
+                })?;
+        parse_id("id", &raw).map(PathId)
+    }
+}
+
 /// The `Idempotency-Key` header, if given, checked for a sane shape.
 pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {

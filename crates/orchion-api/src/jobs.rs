@@ -5,8 +5,8 @@ use std::{collections::BTreeSet, convert::Infallible, time::Duration};
 
 use axum::{
     Json,
-    extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::State,
+    http::HeaderMap,
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -22,10 +22,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use orchion_spec::CreateJob;
 
+use crate::respond::{Created, paged};
 use crate::{
     AppState,
     extract::{
-        JsonBody, QueryParams, decode, idempotency_key, invalid_query, page_request, parse_id,
+        JsonBody, PathId, QueryParams, decode, idempotency_key, invalid_query, page_request,
         query_value,
     },
     problem::{ApiError, Problem},
@@ -151,16 +152,10 @@ pub async fn create_job(
     });
     let created = state.work.enqueue(job, idempotency).await?;
     let location = format!("/api/v1/jobs/{}", created.value.id);
-    let mut response = (StatusCode::CREATED, Json(job_body(created.value, true))).into_response();
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    if !created.created {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    Ok(
+        Created::or_replayed(job_body(created.value, true), location, created.created)
+            .into_response(),
+    )
 }
 
 /// The most jobs one batch may carry.
@@ -305,22 +300,15 @@ pub async fn create_jobs(
     }))
 }
 
-fn job_id(raw: &str) -> Result<RunId, ApiError> {
-    parse_id("id", raw)
-}
-
 /// Gets a job with its attempts.
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "The job's id")),
     responses((status = 200, body = JobBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
 ) -> Result<Json<JobBody>, ApiError> {
-    Ok(Json(job_body(
-        state.store.get_job(job_id(&id)?).await?,
-        true,
-    )))
+    Ok(Json(job_body(state.store.get_job(id).await?, true)))
 }
 
 /// Filters and paging for listing jobs.
@@ -365,10 +353,8 @@ pub async fn list_jobs(
         newest_first: query.order == Some(crate::extract::Order::Newest),
     };
     let page = state.store.list_jobs(&filter, page).await?;
-    Ok(Json(JobList {
-        items: page.items.into_iter().map(|j| job_body(j, false)).collect(),
-        next_cursor: page.next.map(|c| c.to_string()),
-    }))
+    let (items, next_cursor) = paged(page, |j| job_body(j, false));
+    Ok(Json(JobList { items, next_cursor }))
 }
 
 /// Cancels a job: at once when queued; a running attempt is stopped (its process group gets
@@ -378,12 +364,9 @@ pub async fn list_jobs(
     responses((status = 200, body = JobBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
 ) -> Result<Json<JobBody>, ApiError> {
-    Ok(Json(job_body(
-        state.store.cancel_job(job_id(&id)?).await?,
-        true,
-    )))
+    Ok(Json(job_body(state.work.cancel(id).await?, true)))
 }
 
 /// Runs a failed or cancelled job again, with a fresh attempt budget.
@@ -393,10 +376,9 @@ pub async fn cancel_job(
         (status = 409, body = Problem)))]
 pub async fn retry_job(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
 ) -> Result<Json<JobBody>, ApiError> {
-    let job = state.store.retry_job(job_id(&id)?).await?;
-    state.work.work_changed();
+    let job = state.work.retry(id).await?;
     Ok(Json(job_body(job, true)))
 }
 
@@ -451,11 +433,11 @@ pub(crate) fn line_body(l: orchion_store::LogLine) -> LogLineBody {
     responses((status = 200, body = LogPage), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn job_logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = state.store.get_job(job_id(&id)?).await?;
+    let job = state.store.get_job(id).await?;
     let limit = query.limit.unwrap_or(1000);
     if !(1..=5000).contains(&limit) {
         return Err(invalid_query(

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod problem;
 pub mod projects;
+pub mod respond;
 pub mod runs;
 pub mod schedules;
 pub mod status;

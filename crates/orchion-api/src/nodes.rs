@@ -6,19 +6,16 @@
 
 use std::collections::BTreeMap;
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use orchion_domain::{Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::respond::paged;
 use crate::{
     AppState,
-    extract::{QueryParams, invalid_query, page_request, parse_id, query_value},
+    extract::{PathId, QueryParams, invalid_query, page_request, query_value},
     problem::{ApiError, Problem},
 };
 
@@ -108,10 +105,6 @@ fn label_selector(raw: &str) -> Result<BTreeMap<String, String>, ApiError> {
         .collect()
 }
 
-fn node_id(raw: &str) -> Result<NodeId, ApiError> {
-    parse_id("id", raw)
-}
-
 /// The page of nodes a listing query asks for.
 fn query_nodes(state: &AppState, query: ListNodes) -> Result<Page<Node>, ApiError> {
     let status = query_value::<NodeStatus>("status", query.status)?;
@@ -133,10 +126,8 @@ pub async fn list_nodes(
     QueryParams(query): QueryParams<ListNodes>,
 ) -> Result<Json<NodeList>, ApiError> {
     let page = query_nodes(&state, query)?;
-    Ok(Json(NodeList {
-        items: page.items.into_iter().map(NodeBody::from).collect(),
-        next_cursor: page.next.map(|c| c.to_string()),
-    }))
+    let (items, next_cursor) = paged(page, NodeBody::from);
+    Ok(Json(NodeList { items, next_cursor }))
 }
 
 /// Every node, as the control-plane seed's `GET /api/nodes` answered: a JSON array.
@@ -168,9 +159,8 @@ pub async fn list_all_nodes(State(state): State<AppState>) -> Json<Vec<NodeBody>
     responses((status = 200, body = NodeBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_node(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<NodeId>,
 ) -> Result<Json<NodeBody>, ApiError> {
-    let id = node_id(&id)?;
     let node = state
         .nodes
         .get(id)
@@ -184,9 +174,8 @@ pub async fn get_node(
     responses((status = 200, body = NodeBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn drain_node(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<NodeId>,
 ) -> Result<Json<NodeBody>, ApiError> {
-    let id = node_id(&id)?;
     Ok(Json(state.nodes.drain(id).await?.into()))
 }
 
@@ -196,9 +185,8 @@ pub async fn drain_node(
     responses((status = 204, description = "Deleted"), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete_node(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<NodeId>,
 ) -> Result<StatusCode, ApiError> {
-    let id = node_id(&id)?;
     state.nodes.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -269,9 +257,8 @@ pub async fn list_agents(
     responses((status = 200, body = AgentBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_agent(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<NodeId>,
 ) -> Result<Json<AgentBody>, ApiError> {
-    let id = node_id(&id)?;
     let node = state
         .nodes
         .get(id)
@@ -286,9 +273,8 @@ pub async fn get_agent(
     responses((status = 202, body = AgentBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn restart_agent(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<NodeId>,
 ) -> Result<(StatusCode, Json<AgentBody>), ApiError> {
-    let id = node_id(&id)?;
     let node = state.nodes.request_restart(id)?;
     Ok((StatusCode::ACCEPTED, Json(agent_body(node, true))))
 }

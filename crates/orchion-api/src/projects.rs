@@ -2,8 +2,8 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::State,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use orchion_domain::{NewProject, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate};
@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::respond::{Created, paged};
 use crate::{
     AppState,
-    extract::{JsonBody, QueryParams, idempotency_key, page_request, parse_id, query_value},
+    extract::{JsonBody, PathId, QueryParams, idempotency_key, page_request, query_value},
     problem::{ApiError, Problem},
 };
 
@@ -128,16 +129,10 @@ pub async fn create_project(
     });
     let created = state.store.create_project(project, idempotency).await?;
     let location = format!("/api/v1/projects/{}", created.value.id);
-    let mut response =
-        (StatusCode::CREATED, Json(ProjectBody::from(created.value))).into_response();
-    let headers = response.headers_mut();
-    if let Ok(location) = HeaderValue::from_str(&location) {
-        headers.insert(header::LOCATION, location);
-    }
-    if !created.created {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    Ok(
+        Created::or_replayed(ProjectBody::from(created.value), location, created.created)
+            .into_response(),
+    )
 }
 
 /// Gets a project.
@@ -146,9 +141,8 @@ pub async fn create_project(
     responses((status = 200, body = ProjectBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_project(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ProjectId>,
 ) -> Result<Json<ProjectBody>, ApiError> {
-    let id: ProjectId = parse_id("id", &id)?;
     Ok(Json(state.store.get_project(id).await?.into()))
 }
 
@@ -165,10 +159,8 @@ pub async fn list_projects(
         .store
         .list_projects(ProjectFilter { status }, page)
         .await?;
-    Ok(Json(ProjectList {
-        items: page.items.into_iter().map(ProjectBody::from).collect(),
-        next_cursor: page.next.map(|c| c.to_string()),
-    }))
+    let (items, next_cursor) = paged(page, ProjectBody::from);
+    Ok(Json(ProjectList { items, next_cursor }))
 }
 
 /// Updates a project: the fields given change, the rest keep their value.
@@ -179,10 +171,9 @@ pub async fn list_projects(
         (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn update_project(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ProjectId>,
     body: JsonBody<UpdateProject>,
 ) -> Result<Json<ProjectBody>, ApiError> {
-    let id: ProjectId = parse_id("id", &id)?;
     let UpdateProject {
         name,
         description,
@@ -199,9 +190,8 @@ pub async fn update_project(
     responses((status = 204, description = "Deleted"), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete_project(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ProjectId>,
 ) -> Result<StatusCode, ApiError> {
-    let id: ProjectId = parse_id("id", &id)?;
     state.store.delete_project(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use axum::{
     Json,
-    extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::State,
+    http::HeaderMap,
     response::{IntoResponse, Response},
 };
 use orchion_control::{StartRequest, StepState, WorkflowError};
@@ -19,9 +19,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::respond::{Created, paged};
 use crate::{
     AppState,
-    extract::{JsonBody, QueryParams, idempotency_key, page_request, parse_id, query_value},
+    extract::{JsonBody, PathId, QueryParams, idempotency_key, page_request, query_value},
     jobs::{AttemptBody, LogLineBody, attempt_body, line_body},
     problem::{ApiError, Problem},
 };
@@ -206,10 +207,6 @@ pub(crate) fn workflow_error(error: WorkflowError) -> ApiError {
     }
 }
 
-fn run_id(raw: &str) -> Result<RunId, ApiError> {
-    parse_id("id", raw)
-}
-
 /// Starts a run of a stored workflow type. With an `Idempotency-Key`, repeating the request
 /// returns the same run.
 #[utoipa::path(post, path = "/api/v1/workflows", tag = "runs", request_body = StartWorkflow,
@@ -242,17 +239,9 @@ pub async fn start_workflow(
         .map_err(workflow_error)?;
     let id = created.value.id;
     let record = state.store.get_workflow_run(id).await?;
-    let mut response =
-        (StatusCode::CREATED, Json(full_body(&state, record).await?)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/workflows/{id}")) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    if !created.created {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    let body = full_body(&state, record).await?;
+    let location = format!("/api/v1/workflows/{id}");
+    Ok(Created::or_replayed(body, location, created.created).into_response())
 }
 
 /// Gets a run with each step's state, tasks, attempts and outputs.
@@ -261,9 +250,9 @@ pub async fn start_workflow(
     responses((status = 200, body = WorkflowRunBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_workflow(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowRunBody>, ApiError> {
-    let record = state.store.get_workflow_run(run_id(&id)?).await?;
+    let record = state.store.get_workflow_run(id).await?;
     Ok(Json(full_body(&state, record).await?))
 }
 
@@ -310,10 +299,8 @@ pub async fn list_workflows(
     };
     let page = page_request(query.limit, query.cursor)?;
     let page = state.store.list_workflow_runs(&filter, page).await?;
-    Ok(Json(WorkflowRunList {
-        items: page.items.into_iter().map(|r| run_body(r, None)).collect(),
-        next_cursor: page.next.map(|c| c.to_string()),
-    }))
+    let (items, next_cursor) = paged(page, |r| run_body(r, None));
+    Ok(Json(WorkflowRunList { items, next_cursor }))
 }
 
 /// Cancels a running run: its queued and running steps are cancelled, and no new step starts.
@@ -323,9 +310,8 @@ pub async fn list_workflows(
         (status = 409, body = Problem)))]
 pub async fn cancel_workflow(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowRunBody>, ApiError> {
-    let id = run_id(&id)?;
     state.workflows.cancel(id).await.map_err(workflow_error)?;
     let record = state.store.get_workflow_run(id).await?;
     Ok(Json(full_body(&state, record).await?))
@@ -340,9 +326,8 @@ pub async fn cancel_workflow(
         (status = 409, body = Problem)))]
 pub async fn retry_workflow(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowRunBody>, ApiError> {
-    let id = run_id(&id)?;
     state.workflows.retry(id).await.map_err(workflow_error)?;
     let record = state.store.get_workflow_run(id).await?;
     Ok(Json(full_body(&state, record).await?))
@@ -383,9 +368,9 @@ fn millis(d: time::Duration) -> f64 {
     responses((status = 200, body = WorkflowMetrics), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn workflow_metrics(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowMetrics>, ApiError> {
-    let record = state.store.get_workflow_run(run_id(&id)?).await?;
+    let record = state.store.get_workflow_run(id).await?;
     let steps = steps_of(&state, &record).await?;
     let now = orchion_store::now();
     let mut metrics = Vec::with_capacity(steps.len());
@@ -449,10 +434,10 @@ pub struct RunLogs {
     responses((status = 200, body = RunLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn workflow_logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RunId>,
     QueryParams(query): QueryParams<RunLogQuery>,
 ) -> Result<Json<RunLogs>, ApiError> {
-    let record = state.store.get_workflow_run(run_id(&id)?).await?;
+    let record = state.store.get_workflow_run(id).await?;
     let limit = query.limit.unwrap_or(1000);
     if !(1..=5000).contains(&limit) {
         return Err(crate::extract::invalid_query(

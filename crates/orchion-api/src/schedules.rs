@@ -1,10 +1,6 @@
 //! `/api/v1/schedules`: cron schedules that start a job at each instant.
 
-use axum::{
-    Json,
-    extract::{Path, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use orchion_domain::{
     CronSchedule, FieldError, MisfirePolicy, OverlapPolicy, Schedule, ScheduleId, ValidationErrors,
 };
@@ -13,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::respond::paged;
 use crate::{
     AppState,
-    extract::{JsonBody, QueryParams, page_request, parse_id},
+    extract::{JsonBody, PathId, QueryParams, page_request},
     problem::{ApiError, Problem},
 };
 
@@ -166,8 +163,7 @@ pub async fn create_schedule(
         last_run_id: None,
         created_at: now,
     };
-    state.store.create_schedule(&schedule).await?;
-    state.scheduler.schedules_changed();
+    state.scheduler.create(&schedule).await?;
     Ok((StatusCode::CREATED, Json(schedule.into())))
 }
 
@@ -180,10 +176,8 @@ pub async fn list_schedules(
 ) -> Result<Json<ScheduleList>, ApiError> {
     let page = page_request(query.limit, query.cursor)?;
     let page = state.store.list_schedules(page).await?;
-    Ok(Json(ScheduleList {
-        items: page.items.into_iter().map(ScheduleBody::from).collect(),
-        next_cursor: page.next.map(|c| c.to_string()),
-    }))
+    let (items, next_cursor) = paged(page, ScheduleBody::from);
+    Ok(Json(ScheduleList { items, next_cursor }))
 }
 
 /// Gets a schedule.
@@ -192,9 +186,8 @@ pub async fn list_schedules(
     responses((status = 200, body = ScheduleBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_schedule(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ScheduleId>,
 ) -> Result<Json<ScheduleBody>, ApiError> {
-    let id: ScheduleId = parse_id("id", &id)?;
     Ok(Json(state.store.get_schedule(id).await?.into()))
 }
 
@@ -204,9 +197,8 @@ pub async fn get_schedule(
     responses((status = 204, description = "Deleted"), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete_schedule(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ScheduleId>,
 ) -> Result<StatusCode, ApiError> {
-    let id: ScheduleId = parse_id("id", &id)?;
     state.store.delete_schedule(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

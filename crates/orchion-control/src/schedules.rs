@@ -36,6 +36,13 @@ impl Scheduler {
         }
     }
 
+    /// Stores a new schedule and wakes the scheduler, so a schedule due soon is not missed.
+    pub async fn create(&self, schedule: &Schedule) -> Result<(), StoreError> {
+        self.store.create_schedule(schedule).await?;
+        self.schedules_changed();
+        Ok(())
+    }
+
     /// A schedule was created: look again now.
     pub fn schedules_changed(&self) {
         self.wake.notify_one();

@@ -131,6 +131,19 @@ impl WorkQueue {
         self.wake.notify_waiters();
     }
 
+    /// Cancels a job: at once when queued; a running attempt hears of it at its next lease
+    /// extension.
+    pub async fn cancel(&self, id: RunId) -> Result<Job, StoreError> {
+        self.store.cancel_job(id).await
+    }
+
+    /// Queues a failed or cancelled job again, and wakes waiting agents.
+    pub async fn retry(&self, id: RunId) -> Result<Job, StoreError> {
+        let job = self.store.retry_job(id).await?;
+        self.work_changed();
+        Ok(job)
+    }
+
     /// Enqueues a job (with others waiting, in one transaction) and wakes waiting agents.
     pub async fn enqueue(
         &self,
