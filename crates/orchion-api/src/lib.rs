@@ -57,8 +57,8 @@ pub struct AppState {
     pub work: Arc<WorkQueue>,
     pub scheduler: Arc<Scheduler>,
     pub workflows: Arc<Workflows>,
-    /// `POST /webhook/github`'s secrets and rules.
-    pub webhooks: Arc<orchion_config::GithubWebhooks>,
+    /// `POST /webhook/github`: its secrets, rules and the services they start runs with.
+    pub webhooks: Arc<orchion_control::Webhooks>,
     /// Whether each deployment engine is enabled (`engines.<name>.enabled`); absent: enabled.
     pub engines: Arc<std::collections::BTreeMap<String, bool>>,
     /// The latest probe of executors that need something outside Orchion (`kubernetes`).

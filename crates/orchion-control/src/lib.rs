@@ -5,14 +5,17 @@
 //! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
 //! - [`schedules::Scheduler`]: fires cron schedules.
 //! - [`workflows::Workflows`]: starts workflow runs and moves them on as their steps finish.
+//! - [`webhooks::Webhooks`]: turns verified GitHub deliveries into runs by the configured rules.
 
 mod batch;
 pub mod nodes;
 pub mod schedules;
+pub mod webhooks;
 pub mod work;
 pub mod workflows;
 
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use schedules::Scheduler;
+pub use webhooks::{GithubDelivery, WebhookError, Webhooks};
 pub use work::{AttemptResult, WorkError, WorkQueue};
 pub use workflows::{Plan, StartRequest, StartRun, StepState, WorkflowError, Workflows, plan};

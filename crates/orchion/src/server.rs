@@ -192,7 +192,12 @@ impl Server {
                 work: work.clone(),
                 scheduler: scheduler.clone(),
                 workflows: workflows.clone(),
-                webhooks: Arc::new(config.webhooks.github.clone()),
+                webhooks: Arc::new(orchion_control::Webhooks::new(
+                    config.webhooks.github.clone(),
+                    store.clone(),
+                    work.clone(),
+                    workflows.clone(),
+                )),
                 engines: Arc::new(
                     config
                         .engines

@@ -46,6 +46,12 @@ pub async fn app() -> App {
             .await
             .unwrap(),
     );
+    let webhooks = Arc::new(orchion_control::Webhooks::new(
+        webhooks(),
+        store.clone(),
+        work.clone(),
+        workflows.clone(),
+    ));
     let state = AppState {
         events,
         store,
@@ -54,7 +60,7 @@ pub async fn app() -> App {
         scheduler,
         workflows,
         engines: Arc::new([("pulumi".to_owned(), false)].into()),
-        webhooks: Arc::new(webhooks()),
+        webhooks,
         probes: orchion_api::executors::Probes::default(),
         lifecycle: Arc::new(Lifecycle::new()),
         enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
