@@ -2,16 +2,13 @@
 //! with dependencies, applied in dependency order by their engines, rolled back in reverse
 //! order when one fails or the deployment is deleted.
 
-use std::collections::BTreeMap;
-
 use axum::{
     Json,
     extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use orchion_control::StepState;
-use orchion_domain::{Deployment, DeploymentFilter, RunStatus, StepKey};
+use orchion_domain::{Deployment, DeploymentFilter};
 use orchion_spec::DeploymentRequest;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -84,100 +81,30 @@ async fn deployment_body(
         .await
         .map_err(crate::runs::workflow_error)?;
     let plan = orchion_control::plan(&workflow, &record);
-    let rollbacks: BTreeMap<&str, StepState> = plan
-        .rollbacks
-        .iter()
-        .map(|(n, s)| (n.as_str(), *s))
-        .collect();
-    let run = &record.run;
-    let rolling_back =
-        run.status == RunStatus::Running && (run.cancel_requested || !plan.rollbacks.is_empty());
-    // How a failed or cancelled deployment ended: undone, partly undone, or left as it was.
-    let undone = |otherwise: &'static str| -> &'static str {
-        if plan.rollbacks.is_empty() {
-            otherwise
-        } else if plan
-            .rollbacks
-            .iter()
-            .all(|(_, s)| *s == StepState::Succeeded)
-        {
-            "rolled_back"
-        } else {
-            "rollback_failed"
-        }
-    };
-    let (status, phase) = match run.status {
-        RunStatus::Running if run.held => ("queued", "waiting"),
-        RunStatus::Running if rolling_back => ("rolling_back", "rolling_back"),
-        RunStatus::Running => ("in_progress", "deploying"),
-        RunStatus::Succeeded => ("ready", "complete"),
-        RunStatus::Failed => (undone("failed"), "complete"),
-        RunStatus::Cancelled => (undone("cancelled"), "complete"),
-    };
+    let projected = orchion_control::deployment_status(&plan, &record);
     let request: DeploymentRequest = serde_json::from_str(&deployment.request).map_err(|e| {
         tracing::error!(error = %e, id = %deployment.id, "a stored deployment request does not parse");
         ApiError::Internal
     })?;
-    let mut error = None;
-    let mut resources = Vec::with_capacity(plan.steps.len());
-    for (name, step_state) in &plan.steps {
-        let apply = record
-            .tasks
-            .iter()
-            .find(|t| t.step == StepKey::step(name.as_str()));
-        let rollback = record
-            .tasks
-            .iter()
-            .find(|t| t.step == StepKey::rollback(name.as_str()));
-        let resource_status = match rollbacks.get(name.as_str()) {
-            Some(StepState::Active) => "rolling_back",
-            Some(StepState::Succeeded) => "rolled_back",
-            Some(StepState::Failed | StepState::Cancelled | StepState::Skipped) => {
-                "rollback_failed"
+    let resources = projected
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let spec = request.resources.iter().find(|r| r.name == resource.name);
+            ResourceStatus {
+                engine: spec.map(|r| r.engine.clone()).unwrap_or_default(),
+                catalog_ref: spec.map(|r| r.catalog_ref.clone()).unwrap_or_default(),
+                name: resource.name,
+                progress: resource.progress,
+                status: resource.status,
+                outputs: resource.outputs,
+                error: resource.error,
+                attempts: resource.attempts,
             }
-            Some(StepState::Pending) | None => match step_state {
-                StepState::Pending => "pending",
-                StepState::Active => "in_progress",
-                StepState::Succeeded => "ready",
-                StepState::Failed => "failed",
-                StepState::Cancelled => "cancelled",
-                StepState::Skipped => "skipped",
-            },
-        };
-        let failed_task = [apply, rollback]
-            .into_iter()
-            .flatten()
-            .find(|t| t.task.error.is_some() && t.task.state.status.is_terminal());
-        let resource_error = failed_task.and_then(|t| t.task.error.clone());
-        if error.is_none() && *step_state == StepState::Failed {
-            error = Some(format!(
-                "resource `{name}` failed: {}",
-                resource_error.as_deref().unwrap_or("no reason given")
-            ));
-        }
-        let spec = request.resources.iter().find(|r| r.name == *name);
-        resources.push(ResourceStatus {
-            name: name.clone(),
-            engine: spec.map(|r| r.engine.clone()).unwrap_or_default(),
-            catalog_ref: spec.map(|r| r.catalog_ref.clone()).unwrap_or_default(),
-            progress: match resource_status {
-                "pending" => "0%",
-                "in_progress" | "rolling_back" => "50%",
-                _ => "100%",
-            },
-            status: resource_status,
-            outputs: apply
-                .filter(|t| t.task.state.status == orchion_domain::TaskStatus::Succeeded)
-                .and_then(|t| t.task.outputs.as_deref())
-                .and_then(|o| serde_json::from_str(o).ok()),
-            error: resource_error,
-            attempts: [apply, rollback]
-                .into_iter()
-                .flatten()
-                .map(|t| t.task.state.attempts)
-                .sum(),
-        });
-    }
+        })
+        .collect();
+    let (status, phase, error) = (projected.status, projected.phase, projected.error);
+    let run = &record.run;
     Ok(DeploymentBody {
         id: deployment.id,
         composer: deployment.composer,

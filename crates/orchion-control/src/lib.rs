@@ -8,12 +8,14 @@
 //! - [`webhooks::Webhooks`]: turns verified GitHub deliveries into runs by the configured rules.
 
 mod batch;
+pub mod deployments;
 pub mod nodes;
 pub mod schedules;
 pub mod webhooks;
 pub mod work;
 pub mod workflows;
 
+pub use deployments::{DeploymentStatus, ResourceStatus, deployment_status};
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use schedules::Scheduler;
 pub use webhooks::{GithubDelivery, WebhookError, Webhooks};
