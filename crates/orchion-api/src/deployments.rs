@@ -136,7 +136,13 @@ pub async fn create_deployment(
         .map_err(ApiError::Validation)?;
     let deployment = state
         .workflows
-        .start_deployment(&request, &workflow, &definition, &raw)
+        .start_deployment(
+            &request,
+            &workflow,
+            &definition,
+            &raw,
+            orchion_otel::traceparent(),
+        )
         .await
         .map_err(crate::runs::workflow_error)?;
     let location = format!("/api/v1/deployments/{}", deployment.id);

@@ -111,7 +111,7 @@ pub async fn enqueue(State(state): State<AppState>, body: Bytes) -> Response {
         "headers": {"content-type": "application/json"},
         "body": serde_json::json!({"placeId": place}).to_string(),
     });
-    let spec = match orchion_executor::validate("http", &spec) {
+    let spec = match orchion_spec::validate("http", &spec) {
         Ok(spec) => spec,
         Err(e) => {
             tracing::error!(error = %e, "the configured worker URL makes an invalid job");
@@ -135,7 +135,7 @@ pub async fn enqueue(State(state): State<AppState>, body: Bytes) -> Response {
         placement: Placement::default(),
         concurrency: None,
         run_at: None,
-        trace_parent: None,
+        trace_parent: orchion_otel::traceparent(),
     };
     let key = IdempotencyKey {
         key: job_id.clone(),

@@ -82,7 +82,7 @@ pub struct ExecutorList {
     responses((status = 200, body = ExecutorList)))]
 pub async fn list_executors(State(state): State<AppState>) -> Json<ExecutorList> {
     let offering = state.nodes.executors_offered();
-    let items = orchion_executor::KNOWN
+    let items = orchion_spec::KNOWN
         .iter()
         .map(|name| {
             let agents = offering.get(*name).copied().unwrap_or(0);

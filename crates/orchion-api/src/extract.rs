@@ -61,7 +61,7 @@ pub fn decode<T: DeserializeOwned>(
     let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
     let value = serde_path_to_error::deserialize(json).map_err(|e| {
         let inner = e.inner().to_string();
-        let pointer = format!("{prefix}{}", orchion_executor::pointer_of(e.path(), &inner));
+        let pointer = format!("{prefix}{}", orchion_spec::pointer_of(e.path(), &inner));
         let path = e.path().to_string();
         ApiError::InvalidBody {
             pointer,

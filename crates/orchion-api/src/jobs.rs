@@ -13,7 +13,7 @@ use axum::{
     },
 };
 use orchion_domain::{
-    Attempt, FieldError, Job, JobFilter, ProjectId, RunId, TaskStatus, ValidationErrors,
+    Attempt, FieldError, Job, JobFilter, NewJob, ProjectId, RunId, TaskStatus, ValidationErrors,
 };
 use orchion_store::IdempotencyKey;
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,14 @@ fn job_body(job: Job, with_attempts: bool) -> JobBody {
     }
 }
 
+/// `job` in the trace of the request that creates it (the current span's), unless it names one.
+fn traced(job: NewJob) -> NewJob {
+    NewJob {
+        trace_parent: job.trace_parent.or_else(orchion_otel::traceparent),
+        ..job
+    }
+}
+
 /// Enqueues a job. With an `Idempotency-Key` (header or field), repeating the request returns
 /// the same job.
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = CreateJob,
@@ -150,6 +158,7 @@ pub async fn create_job(
         key,
         request_hash: body.digest,
     });
+    let job = traced(job);
     let created = state.work.enqueue(job, idempotency).await?;
     let location = format!("/api/v1/jobs/{}", created.value.id);
     Ok(
@@ -275,7 +284,10 @@ pub async fn create_jobs(
     }
     errors.0.sort_by_key(|e| pointer_order(&e.pointer));
     errors.into_result(())?;
-    let jobs = jobs.into_iter().map(|(_, job, key)| (job, key)).collect();
+    let jobs = jobs
+        .into_iter()
+        .map(|(_, job, key)| (traced(job), key))
+        .collect();
     let results = state.work.enqueue_all(jobs).await;
     let jobs: Vec<BatchItem> = results
         .into_iter()

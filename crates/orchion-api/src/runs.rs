@@ -229,6 +229,7 @@ pub async fn start_workflow(
                 version: request.version,
                 project_id: request.project_id,
                 input: request.input,
+                trace_parent: orchion_otel::traceparent(),
             },
             key.map(|key| IdempotencyKey {
                 key,

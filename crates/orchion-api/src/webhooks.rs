@@ -57,6 +57,7 @@ pub async fn github(State(state): State<AppState>, request: Request) -> Result<R
         id: text("x-github-delivery"),
         signature: text("x-hub-signature-256"),
         body: &body,
+        trace_parent: orchion_otel::traceparent(),
     };
     let recorded = state
         .webhooks

@@ -67,7 +67,7 @@ pub async fn put_workflow_type(
     let definition: WorkflowDefinition = serde_path_to_error::deserialize(&raw).map_err(|e| {
         let inner = e.inner().to_string();
         ApiError::InvalidBody {
-            pointer: orchion_executor::pointer_of(e.path(), &inner),
+            pointer: orchion_spec::pointer_of(e.path(), &inner),
             detail: format!("workflow definition: {inner}"),
         }
     })?;

@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use hmac::{Hmac, Mac};
 use orchion_config::{GithubWebhooks, WebhookRule};
+use orchion_domain::NewJob;
 use orchion_spec::{CreateJob, Scope};
 use orchion_store::{Delivery, IdempotencyKey, Store, StoreError};
 use serde_json::{Value, json};
@@ -30,6 +31,8 @@ pub struct GithubDelivery<'a> {
     /// `X-Hub-Signature-256`.
     pub signature: Option<&'a str>,
     pub body: &'a [u8],
+    /// The W3C `traceparent` of the request that brought it; what it starts joins that trace.
+    pub trace_parent: Option<String>,
 }
 
 /// Why a delivery is refused: nothing is recorded or started.
@@ -158,7 +161,10 @@ impl Webhooks {
             } else {
                 let mut runs = Vec::with_capacity(rules.len());
                 for rule in rules {
-                    runs.push(self.start(rule, &id, &payload).await);
+                    runs.push(
+                        self.start(rule, &id, &payload, &delivery.trace_parent)
+                            .await,
+                    );
                 }
                 (202, "accepted", None, runs)
             }
@@ -191,7 +197,13 @@ impl Webhooks {
     }
 
     /// Starts what `rule` asks for; the answer names the run or job, or what went wrong.
-    async fn start(&self, rule: &WebhookRule, delivery: &str, payload: &Value) -> Value {
+    async fn start(
+        &self,
+        rule: &WebhookRule,
+        delivery: &str,
+        payload: &Value,
+        trace_parent: &Option<String>,
+    ) -> Value {
         let outputs = BTreeMap::new();
         let scope = Scope {
             input: &Value::Null,
@@ -218,6 +230,7 @@ impl Webhooks {
                         version: None,
                         project_id: None,
                         input: input.clone(),
+                        trace_parent: trace_parent.clone(),
                     },
                     Some(key(&input)),
                 )
@@ -238,7 +251,10 @@ impl Webhooks {
             .map_err(|e| e.to_string())
             .and_then(|j| j.into_new_job().map_err(|e| e.to_string()))
         {
-            Ok((job, _)) => job,
+            Ok((job, _)) => NewJob {
+                trace_parent: trace_parent.clone(),
+                ..job
+            },
             Err(e) => return fail(format!("job: {e}")),
         };
         match self.work.enqueue(job, Some(key(&rendered))).await {

@@ -55,13 +55,6 @@ pub struct AttemptResult {
     pub outputs: Option<String>,
 }
 
-/// Records the trace the job is created in (the API request's), unless it names one.
-fn traced(job: &mut NewJob) {
-    if job.trace_parent.is_none() {
-        job.trace_parent = orchion_otel::traceparent();
-    }
-}
-
 /// Hands out work and takes results.
 pub struct WorkQueue {
     store: Arc<dyn Store>,
@@ -147,10 +140,9 @@ impl WorkQueue {
     /// Enqueues a job (with others waiting, in one transaction) and wakes waiting agents.
     pub async fn enqueue(
         &self,
-        mut job: NewJob,
+        job: NewJob,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Created<Job>, StoreError> {
-        traced(&mut job);
         let created = self.intake.submit((job, idempotency)).await?;
         if created.created {
             self.work_changed();
@@ -162,11 +154,8 @@ impl WorkQueue {
     /// agents once. Each job is accepted or refused on its own; the results are in order.
     pub async fn enqueue_all(
         &self,
-        mut jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
     ) -> Vec<Result<Created<Job>, StoreError>> {
-        for (job, _) in &mut jobs {
-            traced(job);
-        }
         let created = self.intake.submit_all(jobs).await;
         if created.iter().any(|c| c.as_ref().is_ok_and(|c| c.created)) {
             self.work_changed();

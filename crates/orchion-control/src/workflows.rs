@@ -61,6 +61,9 @@ pub struct StartRun {
     pub version: Option<u32>,
     pub project_id: Option<ProjectId>,
     pub input: Value,
+    /// The W3C `traceparent` of the request that starts it (captured at the edge); its steps
+    /// join that trace.
+    pub trace_parent: Option<String>,
 }
 
 /// A request to start a run as a client sends it: checked as a whole by
@@ -74,6 +77,8 @@ pub struct StartRequest {
     pub project_id: Option<String>,
     /// A JSON object, or null for none.
     pub input: Value,
+    /// The W3C `traceparent` of the request (captured at the edge).
+    pub trace_parent: Option<String>,
 }
 
 /// Where a step stands, derived from its tasks and those of the steps it needs.
@@ -147,7 +152,7 @@ fn render_job(
     scope: &Scope<'_>,
 ) -> Result<NewJob, String> {
     let rendered = orchion_spec::render(spec, scope)?;
-    let spec = orchion_executor::validate(&base.executor, &rendered).map_err(|errors| {
+    let spec = orchion_spec::validate(&base.executor, &rendered).map_err(|errors| {
         let messages: Vec<String> = errors
             .0
             .iter()
@@ -587,6 +592,7 @@ impl Workflows {
         workflow: &Workflow,
         definition: &Value,
         raw: &Value,
+        trace_parent: Option<String>,
     ) -> Result<orchion_domain::Deployment, WorkflowError> {
         let run = WorkflowRun {
             id: RunId::new(),
@@ -601,7 +607,7 @@ impl Workflows {
             held: false,
             created_at: orchion_store::now(),
             finished_at: None,
-            trace_parent: orchion_otel::traceparent(),
+            trace_parent,
         };
         let first = plan(
             workflow,
@@ -698,6 +704,7 @@ impl Workflows {
             version: request.version,
             project_id,
             input,
+            trace_parent: request.trace_parent,
         };
         self.start(run, idempotency).await
     }
@@ -727,7 +734,7 @@ impl Workflows {
             held: false,
             created_at: orchion_store::now(),
             finished_at: None,
-            trace_parent: orchion_otel::traceparent(),
+            trace_parent: request.trace_parent,
         };
         let first = plan(
             &workflow,

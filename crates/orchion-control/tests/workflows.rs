@@ -57,6 +57,7 @@ impl Harness {
                     version: None,
                     project_id: None,
                     input,
+                    trace_parent: None,
                 },
                 None,
             )

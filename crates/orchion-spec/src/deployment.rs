@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::workflow::{RollbackDefinition, StepDefinition, Workflow, WorkflowDefinition};
 
-pub use orchion_executor::ENGINES;
+pub use crate::executor::ENGINES;
 
 /// A resource to deploy.
 #[derive(Debug, Clone, Deserialize, ToSchema)]

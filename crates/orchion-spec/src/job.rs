@@ -122,7 +122,7 @@ impl CreateJob {
     /// The job this request describes, with every problem found.
     pub fn into_new_job(self) -> Result<(NewJob, Option<String>), ValidationErrors> {
         let mut errors = ValidationErrors::default();
-        let spec = match orchion_executor::validate(&self.executor, &self.spec) {
+        let spec = match crate::executor::validate(&self.executor, &self.spec) {
             Ok(spec) => spec,
             Err(e) => {
                 errors.0.extend(e.0);

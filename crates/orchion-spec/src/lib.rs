@@ -6,10 +6,12 @@
 //! it when they become ready. One place, so both read a definition alike.
 
 pub mod deployment;
+pub mod executor;
 pub mod job;
 pub mod workflow;
 
-pub use deployment::{DependencyRequest, DeploymentRequest, ENGINES, ResourceRequest};
+pub use deployment::{DependencyRequest, DeploymentRequest, ResourceRequest};
+pub use executor::{ENGINES, KNOWN, pointer_of, validate};
 pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
 pub use workflow::{
     Rollback, RollbackDefinition, Scope, Step, StepDefinition, Workflow, WorkflowDefinition,

@@ -304,7 +304,7 @@ fn check_job(
     templated: &[(String, String)],
     errors: &mut ValidationErrors,
 ) -> Option<NewJob> {
-    if let Err(e) = orchion_executor::validate(parts.executor, &without_templates(parts.spec)) {
+    if let Err(e) = crate::executor::validate(parts.executor, &without_templates(parts.spec)) {
         for mut error in e.0 {
             error.pointer = format!("{prefix}{}", error.pointer);
             if !templated

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use orchion_domain::{FieldError, ValidationErrors};
 use serde::{Deserialize, Serialize};
 
-use crate::shell::{text_map, texts};
+use super::shell::{text_map, texts};
 
 /// What a `kubernetes` task runs. Absent fields take the executor's defaults (`kubernetes.*` in
 /// the configuration, or the seed's `JOB_*` variables).
@@ -94,7 +94,7 @@ impl Quantities {
 }
 
 impl KubernetesSpec {
-    pub(crate) fn check(&self) -> Result<(), ValidationErrors> {
+    pub fn check(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let mut problem = |pointer: String, message: String| {
             errors.push(FieldError {
