@@ -5,16 +5,11 @@ use std::process::ExitCode;
 use orchion_agent::{Agent, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::{cli::AgentArgs, server::shutdown_signal, telemetry};
-
-/// The machine's host name, for a node name nobody chose.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "node".to_owned())
-}
+use crate::{
+    cli::AgentArgs,
+    process::{host_name, shutdown_signal},
+    telemetry,
+};
 
 /// The server address as a URL: `host:port` gets `http://`.
 pub fn server_url(raw: &str) -> String {

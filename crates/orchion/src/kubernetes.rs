@@ -14,7 +14,7 @@ use orchion_config::KubernetesConfig;
 use orchion_kubernetes::Settings;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::LocalAgent;
+use crate::process::LocalAgent;
 
 const EXECUTOR: &str = "kubernetes";
 
@@ -112,7 +112,7 @@ fn start_agent(s: &Supervised, client: orchion_kubernetes::Client) -> anyhow::Re
     let config = orchion_agent::AgentConfig {
         server: s.grpc.clone(),
         join_token: s.join_token.clone(),
-        name: format!("kubernetes@{}", crate::agent::host_name()),
+        name: format!("kubernetes@{}", crate::process::host_name()),
         labels: [("orchion.io/executor".to_owned(), EXECUTOR.to_owned())].into(),
         state_dir: s.state_dir.clone(),
         executors,

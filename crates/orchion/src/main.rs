@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod kubernetes;
 mod metrics;
+mod process;
 mod server;
 mod telemetry;
 

@@ -7,9 +7,7 @@
 //! the reconciler writes the last heartbeats; then the store is closed and the process exits 0.
 //! `orchion dev` first stops its local agent, which tells the server it leaves.
 
-use std::{
-    future::Future, net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits, executors::Probes};
@@ -23,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::{DevArgs, ServeArgs, ServerArgs},
+    process::{LocalAgent, shutdown_signal},
     telemetry,
 };
 
@@ -333,29 +332,6 @@ async fn deadline(closing: &Notify, grace: Duration) {
     tokio::time::sleep(grace).await;
 }
 
-/// Completes on SIGTERM or SIGINT. The handlers are installed by this call, not when the
-/// future is first polled: call it before announcing readiness, so a signal that follows the
-/// announcement at once is never missed (and never kills the process with the default action).
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{SignalKind, signal};
-    let interrupt = signal(SignalKind::interrupt());
-    let terminate = signal(SignalKind::terminate());
-    async move {
-        match (interrupt, terminate) {
-            (Ok(mut interrupt), Ok(mut terminate)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::error!(error = %e, "cannot listen for SIGINT and SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
 /// Which command started the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -499,42 +475,6 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// An agent run inside the server's process: `orchion dev`'s, or the `kubernetes` executor's
-/// supervisor with its agent.
-pub struct LocalAgent {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LocalAgent {
-    /// Runs an agent over the server's own gRPC API until stopped.
-    pub fn spawn(config: orchion_agent::AgentConfig) -> anyhow::Result<Self> {
-        let agent = orchion_agent::Agent::new(config).context("cannot start the local agent")?;
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                if let Err(e) = agent.run(stop).await {
-                    tracing::error!(error = %e, "the local agent stopped");
-                }
-            }
-        });
-        Ok(Self { stop, task })
-    }
-
-    pub fn from_parts(stop: CancellationToken, task: tokio::task::JoinHandle<()>) -> Self {
-        Self { stop, task }
-    }
-
-    /// Stops the agent, which tells the server it leaves.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "the local agent panicked");
-        }
-    }
-}
-
 /// Prints where everything is (the join token included: this is the developer's own terminal),
 /// and starts the local agent over real gRPC.
 fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAgent> {
@@ -552,7 +492,7 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
     let config = orchion_agent::AgentConfig {
         server: format!("http://{grpc}"),
         join_token: server.join_token().to_owned(),
-        name: crate::agent::host_name(),
+        name: crate::process::host_name(),
         labels: Default::default(),
         state_dir: data_dir.join("agent"),
         executors: orchion_engines::executors(&data_dir.join("agent").join("engines")),
