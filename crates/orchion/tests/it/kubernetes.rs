@@ -5,8 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -14,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Orchion, eventually, get_json, http};
+use crate::common::{Orchion, eventually, get_json, http};
 use serde_json::{Value, json};
 
 /// `orchion-fake-kube`, killed on drop.
@@ -25,7 +23,7 @@ struct FakeApi {
 
 impl FakeApi {
     fn start() -> Self {
-        let bin = PathBuf::from(common::BIN).with_file_name("orchion-fake-kube");
+        let bin = PathBuf::from(crate::common::BIN).with_file_name("orchion-fake-kube");
         let mut child = Command::new(bin)
             .args(["--tick-ms", "100"])
             .stdout(Stdio::piped())

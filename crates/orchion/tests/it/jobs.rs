@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
+use crate::common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
 use serde_json::{Value, json};
 
 async fn submit(server: &Orchion, body: Value) -> Value {

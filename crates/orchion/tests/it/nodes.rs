@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
+use crate::common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
 use serde_json::Value;
 
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,7 +121,7 @@ async fn an_agent_with_a_wrong_token_exits_1_and_changes_nothing() {
     let grpc_port = free_port();
     let server = cluster_server(dir.path(), grpc_port);
     let state = dir.path().join("bad");
-    let out = common::command(&[
+    let out = crate::common::command(&[
         "agent",
         "--server",
         &format!("127.0.0.1:{grpc_port}"),

@@ -5,21 +5,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use crate::common::{Orchion, eventually, get_json, http};
 use axum::{
     Json, Router,
     extract::{Request, State},
     http::{Method, StatusCode},
     response::{IntoResponse, Response},
 };
-use common::{Orchion, eventually, get_json, http};
 use serde_json::{Value, json};
 
 /// One request the fake services received.

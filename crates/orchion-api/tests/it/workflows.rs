@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{app, problem};
 use axum::{
     body::Body,
     http::{Request, StatusCode, header},
 };
-use common::{app, problem};
 use serde_json::json;
 
 const REVIEW: &str = r#"

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{path::PathBuf, time::Duration};
 
-use common::{Orchion, eventually, get_json, http};
+use crate::common::{Orchion, eventually, get_json, http};
 use serde_json::{Value, json};
 
 /// The fake tools (`orchion-fake-tool` from `orchion-engines`), linked as the real tools' names
@@ -208,7 +206,7 @@ fn deployments_are_applied_followed_and_removed_from_the_command_line() {
     );
     let server = Orchion::start(dir.path(), &["dev"], &[("PATH", path.as_str())]);
     let cli = |args: &[&str]| {
-        common::command(args)
+        crate::common::command(args)
             .env("ORCHION_ADDR", format!("http://{}", server.addr))
             .output()
             .unwrap()

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{App, Reply, app, problem};
 use axum::{
     body::Body,
     http::{Request, StatusCode},
 };
-use common::{App, Reply, app, problem};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;

@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Orchion, command, http};
+use crate::common::{Orchion, command, http};
 use serde_json::{Value, json};
 
 async fn create_project(server: &Orchion, name: &str) -> Value {

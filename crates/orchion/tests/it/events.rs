@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Orchion, http};
+use crate::common::{Orchion, http};
 use futures::StreamExt;
 use serde_json::{Value, json};
 

@@ -2,11 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::process::Output;
 
-use common::{Orchion, command};
+use crate::common::{Orchion, command};
 use serde_json::Value;
 
 fn orchion(server: &Orchion, args: &[&str]) -> Output {
@@ -150,7 +148,7 @@ async fn nodes_are_managed_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let server = Orchion::start(dir.path(), &["dev"], &[]);
     // `orchion dev` runs a local agent; wait for it to join.
-    let id = common::eventually(
+    let id = crate::common::eventually(
         "the local agent to join",
         std::time::Duration::from_secs(30),
         || async {

@@ -4,15 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     io::Write,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::{Orchion, eventually, get_json, http, listening_addr, post_json};
+use crate::common::{Orchion, eventually, get_json, http, listening_addr, post_json};
 use serde_json::json;
 
 async fn scrape(server: &mut Orchion) -> String {

@@ -2,15 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 
+use crate::common::{App, app, problem};
 use axum::{
     body::Body,
     http::{Request, StatusCode},
 };
-use common::{App, app, problem};
 use orchion_domain::{NodeId, NodeRegistration};
 use serde_json::Value;
 

@@ -3,10 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{app, problem};
 use axum::http::{StatusCode, header};
-use common::{app, problem};
 use serde_json::{Value, json};
 
 fn web_app(id: &str) -> Value {

@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use crate::common::{Orchion, TOKEN, eventually, free_port, get_json, post_json};
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use common::{Orchion, TOKEN, eventually, free_port, get_json, post_json};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;

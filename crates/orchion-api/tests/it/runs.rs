@@ -3,13 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
+use crate::common::{App, app, problem};
 use axum::{
     body::Body,
     http::{Request, StatusCode, header},
 };
-use common::{App, app, problem};
 use serde_json::{Value, json};
 
 async fn store_type(app: &App) {

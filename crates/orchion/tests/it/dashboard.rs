@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -24,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Orchion, TOKEN, agent, free_port, http, post_json};
+use crate::common::{Orchion, TOKEN, agent, free_port, http, post_json};
 
 /// Headless Chromium with one page, spoken to over the DevTools protocol.
 struct Browser {

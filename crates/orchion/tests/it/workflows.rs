@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Orchion, eventually, get_json, http};
+use crate::common::{Orchion, eventually, get_json, http};
 use serde_json::Value;
 
 const PIPELINE: &str = r#"

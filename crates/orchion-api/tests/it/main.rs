@@ -1,0 +1,13 @@
+//! The HTTP edge's handler tests, in one test binary: the real router over a real SQLite
+//! store (`common`), each module one part of the API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod deployments;
+mod http;
+mod jobs;
+mod nodes;
+mod runs;
+mod webhooks;
+mod workflows;
