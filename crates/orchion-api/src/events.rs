@@ -34,8 +34,10 @@ use orchion_store::{Event, Store};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
-use tokio_util::sync::CancellationToken;
+
 use utoipa::{IntoParams, ToSchema};
+
+use orchion_control::{Cause, Reconciler};
 
 use crate::{AppState, extract::QueryParams, problem::ApiError};
 
@@ -71,53 +73,50 @@ impl EventHub {
         })
     }
 
-    /// Reads and broadcasts new events until `stop`. While no stream is open it only follows
-    /// the log's end: reading and decoding every event for nobody cost a busy server a sixth
-    /// of its CPU.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        loop {
-            if self.sender.receiver_count() == 0 {
-                // The end is read before looking for receivers: a stream that subscribes after
-                // the look catches up from the store past this end itself, so skipping to it
-                // loses nothing.
-                match self.store.last_event_seq().await {
-                    Ok(end) if self.sender.receiver_count() == 0 => {
-                        self.latest.fetch_max(end, Ordering::SeqCst);
-                        tokio::select! {
-                            () = tokio::time::sleep(POLL) => {}
-                            () = stop.cancelled() => return,
-                        }
-                        continue;
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot read the event log"),
-                }
-            }
-            let after = self.latest.load(Ordering::SeqCst);
-            match self.store.events_after(after, PAGE).await {
-                Ok(events) => {
-                    let full = events.len() == PAGE as usize;
-                    for event in events {
-                        self.latest.store(event.seq, Ordering::SeqCst);
-                        // No receivers is fine: nobody is listening.
-                        let _ = self.sender.send(Arc::new(event));
-                    }
-                    if full {
-                        continue;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the event log"),
-            }
-            tokio::select! {
-                () = tokio::time::sleep(POLL) => {}
-                () = stop.cancelled() => return,
-            }
-        }
-    }
-
     /// Open streams.
     pub fn open_streams(&self) -> usize {
         self.max_streams - self.streams.available_permits()
+    }
+}
+
+/// Every [`POLL`], reads what was appended to the log and broadcasts it. While no stream is open
+/// it only follows the log's end: reading and decoding every event for nobody cost a busy
+/// server a sixth of its CPU.
+impl Reconciler for EventHub {
+    fn name(&self) -> &'static str {
+        "event_hub"
+    }
+
+    fn period(&self) -> Duration {
+        POLL
+    }
+
+    async fn reconcile(&self, _: Cause) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        if self.sender.receiver_count() == 0 {
+            // The end is read before looking for receivers: a stream that subscribes after the
+            // look catches up from the store past this end itself, so skipping to it loses
+            // nothing.
+            let end = self.store.last_event_seq().await?;
+            if self.sender.receiver_count() == 0 {
+                self.latest.fetch_max(end, Ordering::SeqCst);
+                return Ok(0);
+            }
+        }
+        let mut sent = 0;
+        loop {
+            let after = self.latest.load(Ordering::SeqCst);
+            let events = self.store.events_after(after, PAGE).await?;
+            let full = events.len() == PAGE as usize;
+            for event in events {
+                self.latest.store(event.seq, Ordering::SeqCst);
+                // No receivers is fine: nobody is listening.
+                let _ = self.sender.send(Arc::new(event));
+                sent += 1;
+            }
+            if !full {
+                return Ok(sent);
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`workflows::Workflows`]: starts workflow runs and moves them on as their steps finish.
 //! - [`webhooks::Webhooks`]: turns verified GitHub deliveries into runs by the configured rules.
 
+pub mod background;
 mod batch;
 pub mod deployments;
 pub mod nodes;
@@ -15,6 +16,7 @@ pub mod webhooks;
 pub mod work;
 pub mod workflows;
 
+pub use background::{Background, Cause, Reconciler, drive};
 pub use deployments::{DeploymentStatus, ResourceStatus, deployment_status};
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use schedules::Scheduler;

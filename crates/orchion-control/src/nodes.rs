@@ -21,6 +21,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::background::{Cause, Reconciler};
+
 use orchion_domain::{
     Cursor, Liveness, LivenessEvent, LivenessPolicy, Node, NodeFilter, NodeId, NodeRegistration,
     NodeStatus, Page, PageRequest, ValidationErrors,
@@ -30,7 +32,6 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
-use tokio_util::sync::CancellationToken;
 
 /// How the registry judges liveness and how often it writes.
 #[derive(Debug, Clone, Copy)]
@@ -430,31 +431,25 @@ impl NodeRegistry {
         }
         Ok(beats.len())
     }
+}
 
-    /// Runs the reconciler every `check_interval` until `shutdown`, then writes the last
-    /// heartbeat times once more. Never retries internally: a failed pass is logged and the
-    /// next pass starts from the current state.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        enum Event {
-            Tick,
-            Shutdown,
-        }
-        let mut interval = tokio::time::interval(self.settings.check_interval);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let event = tokio::select! {
-                _ = interval.tick() => Event::Tick,
-                () = shutdown.cancelled() => Event::Shutdown,
-            };
-            match event {
-                Event::Tick => {
-                    if let Err(e) = self.tick(Instant::now()).await {
-                        tracing::warn!(error = %e, "node liveness check failed; retrying next interval");
-                    }
-                }
-                Event::Shutdown => break,
-            }
-        }
+/// The liveness reconciler: every `check_interval`, nodes not heard from turn unreachable,
+/// then down; at shutdown the last heartbeats are written.
+impl Reconciler for NodeRegistry {
+    fn name(&self) -> &'static str {
+        "liveness"
+    }
+
+    fn period(&self) -> Duration {
+        self.settings.check_interval
+    }
+
+    async fn reconcile(&self, _: Cause) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let report = self.tick(Instant::now()).await?;
+        Ok(report.changed + report.persisted)
+    }
+
+    async fn stopped(&self) {
         let _writes = self.writes.lock().await;
         if let Err(e) = self.persist_heartbeats().await {
             tracing::warn!(error = %e, "could not record last heartbeats at shutdown");

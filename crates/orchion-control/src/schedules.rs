@@ -11,9 +11,9 @@ use orchion_domain::{OverlapPolicy, RunId, Schedule};
 use orchion_store::{IdempotencyKey, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::WorkQueue;
+use crate::background::{Cause, Reconciler};
 
 /// How often due schedules are looked for (cron has second precision).
 pub const TICK: Duration = Duration::from_secs(1);
@@ -96,30 +96,24 @@ impl Scheduler {
             _ => Ok(true),
         }
     }
+}
 
-    /// Runs a pass every [`TICK`] and on [`Scheduler::schedules_changed`], until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        enum Event {
-            Tick,
-            Shutdown,
-        }
-        let mut interval = tokio::time::interval(TICK);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let event = tokio::select! {
-                _ = interval.tick() => Event::Tick,
-                () = self.wake.notified() => Event::Tick,
-                () = shutdown.cancelled() => Event::Shutdown,
-            };
-            match event {
-                Event::Tick => {
-                    if let Err(e) = self.tick(orchion_store::now()).await {
-                        tracing::warn!(error = %e, "firing schedules failed; retrying next pass");
-                    }
-                }
-                Event::Shutdown => break,
-            }
-        }
+/// Fires due schedules every [`TICK`], and at once when a schedule is created.
+impl Reconciler for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    fn period(&self) -> Duration {
+        TICK
+    }
+
+    fn wake(&self) -> Option<&Notify> {
+        Some(&self.wake)
+    }
+
+    async fn reconcile(&self, _: Cause) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.tick(orchion_store::now()).await?.len())
     }
 }
 

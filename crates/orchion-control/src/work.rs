@@ -22,6 +22,7 @@ use orchion_store::{
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::background::{Cause, Reconciler};
 use crate::{NodeRegistry, RegistryError, batch::Batcher};
 
 /// The most writes one transaction takes.
@@ -63,9 +64,11 @@ pub struct WorkQueue {
     /// Group commit for new jobs and for results.
     intake: Batcher<(NewJob, Option<IdempotencyKey>), Created<Job>>,
     results: Batcher<AttemptReport, Completed>,
-    /// Runs one of whose workflow steps just finished: the workflow engine moves them on.
-    steps_finished: tokio::sync::mpsc::UnboundedSender<RunId>,
-    steps_finished_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RunId>>>,
+    /// Runs one of whose workflow steps just finished, each once, in the order announced: the
+    /// workflow engine moves them on ([`WorkQueue::take_finished_runs`]).
+    finished_runs: std::sync::Mutex<Vec<RunId>>,
+    /// Rung when a run joins `finished_runs`.
+    steps_finished: Notify,
     /// Cancelled at shutdown: waiting claims return at once.
     closing: CancellationToken,
 }
@@ -97,26 +100,31 @@ impl WorkQueue {
                 }
             })
         };
-        let (steps_finished, steps_finished_rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             store,
             nodes,
             intake,
             results,
-            steps_finished,
-            steps_finished_rx: std::sync::Mutex::new(Some(steps_finished_rx)),
+            finished_runs: std::sync::Mutex::new(Vec::new()),
+            steps_finished: Notify::new(),
             wake: Notify::new(),
             closing: CancellationToken::new(),
         }
     }
 
-    /// The runs whose workflow steps finish, as they finish; for the workflow engine, which
-    /// takes it once.
-    pub fn take_finished_steps(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RunId>> {
-        self.steps_finished_rx
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
+    /// The runs one of whose workflow steps finished since the last call, each once.
+    pub fn take_finished_runs(&self) -> Vec<RunId> {
+        std::mem::take(
+            &mut *self
+                .finished_runs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Rung (`notify_one`) when a run joins [`WorkQueue::take_finished_runs`].
+    pub fn steps_finished(&self) -> &Notify {
+        &self.steps_finished
     }
 
     /// Wakes every waiting claim: work may have appeared.
@@ -279,10 +287,24 @@ impl WorkQueue {
                 attempts.with_label_values(&[outcome]).inc();
             }
         }
-        for done in statuses.iter().flatten() {
-            if done.workflow && done.status.is_terminal() {
-                let _ = self.steps_finished.send(done.run_id);
+        let finished: Vec<RunId> = statuses
+            .iter()
+            .flatten()
+            .filter(|done| done.workflow && done.status.is_terminal())
+            .map(|done| done.run_id)
+            .collect();
+        if !finished.is_empty() {
+            let mut runs = self
+                .finished_runs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for run in finished {
+                if !runs.contains(&run) {
+                    runs.push(run);
+                }
             }
+            drop(runs);
+            self.steps_finished.notify_one();
         }
         self.work_changed();
         Ok(statuses)
@@ -313,33 +335,29 @@ impl WorkQueue {
         }
         Ok(changed)
     }
+}
 
-    /// Runs the reaper every [`REAP_INTERVAL`] until `shutdown`. A failed pass is logged; the
-    /// next starts from the current state.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        enum Event {
-            Tick,
-            Shutdown,
+/// The lease reaper: every [`REAP_INTERVAL`], attempts whose lease expired or whose node is no
+/// longer alive are lost, and retried by policy. When it stops, every waiting claim returns, so
+/// the gRPC server can finish.
+impl Reconciler for WorkQueue {
+    fn name(&self) -> &'static str {
+        "reaper"
+    }
+
+    fn period(&self) -> Duration {
+        REAP_INTERVAL
+    }
+
+    async fn reconcile(&self, _: Cause) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let reaped = self.tick().await?;
+        if reaped > 0 {
+            tracing::info!(tasks = reaped, "lost attempts reaped");
         }
-        let mut interval = tokio::time::interval(REAP_INTERVAL);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let event = tokio::select! {
-                _ = interval.tick() => Event::Tick,
-                () = shutdown.cancelled() => Event::Shutdown,
-            };
-            match event {
-                Event::Tick => match self.tick().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(tasks = n, "lost attempts reaped"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reaping leases failed; retrying next interval")
-                    }
-                },
-                Event::Shutdown => break,
-            }
-        }
-        // Let every waiting claim return, so the gRPC server can finish.
+        Ok(reaped)
+    }
+
+    async fn stopped(&self) {
         self.closing.cancel();
     }
 }

@@ -27,9 +27,10 @@ use orchion_domain::{
 use orchion_spec::{Scope, Workflow, WorkflowDefinition};
 use orchion_store::{Created, IdempotencyKey, NewStep, NewWorkflowRun, Store, StoreError};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::WorkQueue;
+use crate::background::{Cause, Reconciler};
+use tokio::sync::Notify;
 
 /// How often every running run is looked at, besides the look each finished step triggers.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
@@ -835,45 +836,41 @@ impl Workflows {
         self.work.work_changed();
         self.advance(id).await
     }
+}
 
-    /// Advances runs as their steps finish, and every running run each [`PASS_INTERVAL`],
-    /// until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(mut finished) = self.work.take_finished_steps() else {
-            tracing::error!("the workflow engine started twice; this one stops");
-            return;
-        };
-        let mut pass = tokio::time::interval(PASS_INTERVAL);
-        pass.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                Some(first) = finished.recv() => {
-                    let mut runs = vec![first];
-                    while let Ok(next) = finished.try_recv() {
-                        if !runs.contains(&next) {
-                            runs.push(next);
-                        }
-                    }
-                    for id in runs {
-                        if let Err(e) = self.advance(id).await {
-                            tracing::warn!(run_id = %id, error = %e, "advancing a workflow run failed; the next pass tries again");
-                        }
-                    }
-                }
-                _ = pass.tick() => {
-                    match self.store.running_workflow_runs().await {
-                        Ok(runs) => {
-                            for id in runs {
-                                if let Err(e) = self.advance(id).await {
-                                    tracing::warn!(run_id = %id, error = %e, "advancing a workflow run failed; the next pass tries again");
-                                }
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "listing running workflow runs failed"),
-                    }
+/// The engine: runs move on as their steps finish (the work queue wakes it), and every
+/// [`PASS_INTERVAL`] each running run is looked at, for what no result announced (a lost
+/// lease, a restart). A run that fails to advance is logged; the next pass tries again.
+impl Reconciler for Workflows {
+    fn name(&self) -> &'static str {
+        "workflow_engine"
+    }
+
+    fn period(&self) -> Duration {
+        PASS_INTERVAL
+    }
+
+    fn wake(&self) -> Option<&Notify> {
+        Some(self.work.steps_finished())
+    }
+
+    async fn reconcile(
+        &self,
+        cause: Cause,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        let mut runs = self.work.take_finished_runs();
+        if cause == Cause::Period {
+            for id in self.store.running_workflow_runs().await? {
+                if !runs.contains(&id) {
+                    runs.push(id);
                 }
             }
         }
+        for &id in &runs {
+            if let Err(e) = self.advance(id).await {
+                tracing::warn!(run_id = %id, error = %e, "advancing a workflow run failed; the next pass tries again");
+            }
+        }
+        Ok(runs.len())
     }
 }

@@ -50,6 +50,10 @@ pub struct Metrics {
     /// `operation`.
     pub store_duration: HistogramVec,
     pub event_streams: IntGauge,
+    /// `reconciler`, `outcome`: `ok` or `error`.
+    pub reconciler_passes: IntCounterVec,
+    /// `reconciler`.
+    pub reconciler_pass_duration: HistogramVec,
     /// Seconds since the process started.
     pub uptime: Gauge,
 }
@@ -211,6 +215,19 @@ impl Metrics {
                 &r,
                 "orchion_event_streams",
                 "Open event streams (SSE and WebSocket)",
+            ),
+            reconciler_passes: counter(
+                &r,
+                "orchion_reconciler_passes_total",
+                "Passes of the background reconcilers, by reconciler and outcome",
+                &["reconciler", "outcome"],
+            ),
+            reconciler_pass_duration: histogram(
+                &r,
+                "orchion_reconciler_pass_duration_seconds",
+                "How long a reconciler's pass took, by reconciler",
+                &["reconciler"],
+                latency(),
             ),
             uptime,
             registry: r,

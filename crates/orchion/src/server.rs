@@ -12,7 +12,9 @@ use std::{net::SocketAddr, path::Path, process::ExitCode, sync::Arc, time::Durat
 use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits, executors::Probes};
 use orchion_config::{Config, Sources};
-use orchion_control::{NodeRegistry, RegistrySettings, Scheduler, WorkQueue, Workflows};
+use orchion_control::{
+    Background, NodeRegistry, RegistrySettings, Scheduler, WorkQueue, Workflows,
+};
 use orchion_domain::LivenessPolicy;
 use orchion_store::Store;
 use rand::RngCore;
@@ -218,12 +220,13 @@ impl Server {
         );
         let addr = listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
-        let stopping = CancellationToken::new();
-        let reconciler = tokio::spawn(registry.clone().run(stopping.clone()));
-        let reaper = tokio::spawn(work.clone().run(stopping.clone()));
-        let firing = tokio::spawn(scheduler.run(stopping.clone()));
-        let engine = tokio::spawn(workflows.run(stopping.clone()));
-        let event_hub = tokio::spawn(events.run(stopping.clone()));
+        let background = Background::new();
+        let stopping = background.stopping();
+        background.reconcile(registry.clone());
+        background.reconcile(work.clone());
+        background.reconcile(scheduler);
+        background.reconcile(workflows);
+        background.reconcile(events);
         if let Some(listener) = metrics_listener {
             let addr = listener.local_addr()?;
             tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
@@ -232,7 +235,7 @@ impl Server {
                 nodes: registry.clone(),
                 lifecycle: lifecycle.clone(),
             };
-            tokio::spawn(crate::metrics::serve(listener, scrape, stopping.clone()));
+            background.spawn(crate::metrics::serve(listener, scrape, stopping.clone()));
         }
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
@@ -276,20 +279,15 @@ impl Server {
                 "gRPC calls did not finish within the shutdown grace"
             ),
         }
-        if let Err(e) = reconciler.await {
-            tracing::error!(error = %e, "the node reconciler panicked");
-        }
-        if let Err(e) = reaper.await {
-            tracing::error!(error = %e, "the lease reaper panicked");
-        }
-        if let Err(e) = firing.await {
-            tracing::error!(error = %e, "the scheduler panicked");
-        }
-        if let Err(e) = engine.await {
-            tracing::error!(error = %e, "the workflow engine panicked");
-        }
-        if let Err(e) = event_hub.await {
-            tracing::error!(error = %e, "the event hub panicked");
+        // Every background task ends; the liveness reconciler writes the last heartbeats.
+        if tokio::time::timeout(grace, background.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "background tasks did not stop within the shutdown grace"
+            );
         }
         store.close().await;
         tracing::info!("stopped");
