@@ -55,24 +55,23 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long the goodbye to the server may take at shutdown.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Capped exponential backoff with full jitter.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
+/// The agent's one retry policy — reconnecting, claiming, reporting — for waits from `first`
+/// up to `max`: exponential, each wait jittered within the upper half of its step (backon adds
+/// up to 100 % to each delay, so the steps are halved), unbounded in number. Start it afresh
+/// after a success.
+pub(crate) fn backoff(first: Duration, max: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(first / 2)
+        .with_max_delay(max / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let cap = BACKOFF_FIRST
-            .saturating_mul(2u32.saturating_pow(self.failures.min(16)))
-            .min(BACKOFF_MAX);
-        self.failures = self.failures.saturating_add(1);
-        cap.mul_f64(rand::rng().random_range(0.5..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
+/// The next wait of `backoff`; `max` should it ever end.
+pub(crate) fn next_wait(backoff: &mut backon::ExponentialBackoff, max: Duration) -> Duration {
+    backoff.next().unwrap_or(max).min(max)
 }
 
 /// What the loop reacts to.
@@ -112,7 +111,7 @@ pub struct Agent {
     next: Next,
     wait: Duration,
     interval: Duration,
-    backoff: Backoff,
+    backoff: backon::ExponentialBackoff,
 }
 
 impl Agent {
@@ -136,7 +135,7 @@ impl Agent {
             next: Next::Register,
             wait: Duration::ZERO,
             interval: Duration::from_secs(10),
-            backoff: Backoff::default(),
+            backoff: backoff(BACKOFF_FIRST, BACKOFF_MAX),
         })
     }
 
@@ -205,7 +204,7 @@ impl Agent {
                 self.restart_worker(credentials.clone()).await;
                 self.credentials = Some(credentials);
                 self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(50));
-                self.backoff.reset();
+                self.backoff = backoff(BACKOFF_FIRST, BACKOFF_MAX);
                 self.next = Next::Heartbeat;
                 self.wait = self.jittered();
                 Ok(())
@@ -217,7 +216,7 @@ impl Agent {
                 Err(AgentError::Invalid(status.message().to_owned()))
             }
             Err(status) => {
-                self.wait = self.backoff.next();
+                self.wait = next_wait(&mut self.backoff, BACKOFF_MAX);
                 tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?self.wait, "cannot register; retrying");
                 Ok(())
             }
@@ -255,7 +254,7 @@ impl Agent {
             Ok(response) => {
                 let response = response.into_inner();
                 self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(50));
-                self.backoff.reset();
+                self.backoff = backoff(BACKOFF_FIRST, BACKOFF_MAX);
                 self.wait = self.jittered();
                 if response.commands.contains(&i32::from(pb::Command::Restart)) {
                     tracing::info!("the server asked for a restart: registering again");
@@ -272,7 +271,7 @@ impl Agent {
                 self.wait = Duration::ZERO;
             }
             Err(status) => {
-                self.wait = self.backoff.next().min(self.interval);
+                self.wait = next_wait(&mut self.backoff, BACKOFF_MAX).min(self.interval);
                 tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?self.wait, "heartbeat failed");
             }
         }
@@ -308,15 +307,17 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = Backoff::default();
-        let waits: Vec<Duration> = (0..12).map(|_| backoff.next()).collect();
-        assert!(waits[0] <= BACKOFF_FIRST);
+        let mut waits_of = backoff(BACKOFF_FIRST, BACKOFF_MAX);
+        let waits: Vec<Duration> = (0..12)
+            .map(|_| next_wait(&mut waits_of, BACKOFF_MAX))
+            .collect();
+        assert!(waits[0] <= BACKOFF_FIRST && waits[0] >= BACKOFF_FIRST / 2);
         assert!(waits.iter().all(|w| *w <= BACKOFF_MAX));
         assert!(
             waits[11] >= BACKOFF_MAX / 2,
             "capped, with jitter: {waits:?}"
         );
-        backoff.reset();
-        assert!(backoff.next() <= BACKOFF_FIRST);
+        let mut fresh = backoff(BACKOFF_FIRST, BACKOFF_MAX);
+        assert!(next_wait(&mut fresh, BACKOFF_MAX) <= BACKOFF_FIRST);
     }
 }

@@ -34,6 +34,12 @@ const LOG_FLUSH: Duration = Duration::from_millis(200);
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// How long a result report is retried while the server is away.
 const REPORT_PATIENCE: Duration = Duration::from_secs(120);
+/// The first and the longest wait between reports of a batch the server did not take.
+const REPORT_RETRY_FIRST: Duration = Duration::from_millis(100);
+const REPORT_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The first and the longest wait between claims that failed.
+const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(200);
+const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
 /// The most results one report carries.
 const REPORT_BATCH: usize = 500;
 
@@ -82,7 +88,7 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
     ));
     let reporter = Reporter::spawn(client.clone(), config.credentials.clone());
     let executors = config.executors.names();
-    let mut failures = 0u32;
+    let mut retries = crate::backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
     loop {
         // Wait for at least one free slot, then ask for as many tasks as there are free slots.
         let first = tokio::select! {
@@ -106,7 +112,7 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
         };
         let tasks = match response {
             Ok(response) => {
-                failures = 0;
+                retries = crate::backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX);
                 response.into_inner().tasks
             }
             Err(status) if matches!(status.code(), Code::Unauthenticated | Code::NotFound) => {
@@ -117,8 +123,7 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
                 break;
             }
             Err(status) => {
-                failures += 1;
-                let wait = Duration::from_millis(200 * u64::from(failures.min(25)));
+                let wait = crate::next_wait(&mut retries, CLAIM_RETRY_MAX);
                 tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?wait, "claiming work failed");
                 drop(first);
                 tokio::select! {
@@ -451,7 +456,7 @@ async fn deliver(
         results: batch.iter().map(|f| f.result.clone()).collect(),
     };
     let deadline = tokio::time::Instant::now() + REPORT_PATIENCE;
-    let mut wait = Duration::from_millis(100);
+    let mut waits = crate::backoff(REPORT_RETRY_FIRST, REPORT_RETRY_MAX);
     loop {
         match client
             .complete_tasks(authorized(request.clone(), &credentials.credential))
@@ -471,9 +476,9 @@ async fn deliver(
                 if status.code() != Code::InvalidArgument
                     && tokio::time::Instant::now() < deadline =>
             {
+                let wait = crate::next_wait(&mut waits, REPORT_RETRY_MAX);
                 tracing::warn!(code = ?status.code(), error = status.message(), results = batch.len(), retry_in = ?wait, "reporting results failed");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
             }
             Err(status) => {
                 tracing::error!(code = ?status.code(), error = status.message(), results = batch.len(), "giving up reporting results; their leases will expire and the jobs be retried");
