@@ -43,6 +43,21 @@ pub struct RegistrySettings {
     pub persist_interval: Duration,
 }
 
+/// The defaults of `cluster.*`: a node silent for 30 s is unreachable, for 120 s down; checked
+/// every 5 s; heartbeats written every 60 s.
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            policy: LivenessPolicy {
+                timeout: Duration::from_secs(30),
+                down_after: Duration::from_secs(120),
+            },
+            check_interval: Duration::from_secs(5),
+            persist_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 impl RegistrySettings {
     /// How often agents are told to send heartbeats: a third of the timeout, so one lost
     /// heartbeat never makes a node unreachable.

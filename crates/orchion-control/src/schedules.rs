@@ -127,15 +127,11 @@ mod tests {
     async fn scheduler(dir: &tempfile::TempDir) -> (Arc<dyn Store>, Scheduler) {
         let url = format!("sqlite:{}", dir.path().join("s.db").display());
         let store = orchion_store::connect(&url, 2).await.unwrap();
-        let settings = RegistrySettings {
-            policy: orchion_domain::LivenessPolicy {
-                timeout: Duration::from_secs(30),
-                down_after: Duration::from_secs(60),
-            },
-            check_interval: Duration::from_secs(5),
-            persist_interval: Duration::from_secs(60),
-        };
-        let nodes = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
+        let nodes = Arc::new(
+            NodeRegistry::load(store.clone(), RegistrySettings::default())
+                .await
+                .unwrap(),
+        );
         let work = Arc::new(WorkQueue::new(store.clone(), nodes));
         (store.clone(), Scheduler::new(store, work))
     }

@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use orchion_control::{NodeRegistry, RegistrySettings, StartRun, WorkQueue, Workflows};
 use orchion_domain::{
-    AttemptOutcome, Capacity, Labels, LivenessPolicy, NodeId, RunId, RunStatus, WorkflowRunRecord,
+    AttemptOutcome, Capacity, Labels, NodeId, RunId, RunStatus, WorkflowRunRecord,
 };
 use orchion_store::{AttemptReport, ClaimRequest, ClaimedTask, Store};
 use serde_json::{Value, json};
@@ -17,29 +17,21 @@ struct Harness {
     store: Arc<dyn Store>,
     workflows: Arc<Workflows>,
     node: NodeId,
-    _dir: tempfile::TempDir,
+    _db: orchion_testkit::SqliteDatabase,
 }
 
 impl Harness {
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("w.db").display());
-        let store = orchion_store::connect(&url, 2).await.unwrap();
-        let settings = RegistrySettings {
-            policy: LivenessPolicy {
-                timeout: Duration::from_secs(30),
-                down_after: Duration::from_secs(60),
-            },
-            check_interval: Duration::from_secs(5),
-            persist_interval: Duration::from_secs(60),
-        };
+        let db = orchion_testkit::sqlite_database();
+        let store = orchion_store::connect(db.url(), 2).await.unwrap();
+        let settings = RegistrySettings::default();
         let nodes = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
         let work = Arc::new(WorkQueue::new(store.clone(), nodes));
         Harness {
             workflows: Arc::new(Workflows::new(store.clone(), work)),
             store,
             node: NodeId::new(),
-            _dir: dir,
+            _db: db,
         }
     }
 

@@ -2,10 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use orchion_control::{NodeRegistry, RegistrySettings};
-use orchion_domain::LivenessPolicy;
 use orchion_grpc::{NodeService, serve};
 use orchion_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +19,7 @@ struct Harness {
     channel: Channel,
     registry: Arc<NodeRegistry>,
     stop: CancellationToken,
-    _dir: tempfile::TempDir,
+    _db: orchion_testkit::SqliteDatabase,
 }
 
 impl Drop for Harness {
@@ -30,17 +29,9 @@ impl Drop for Harness {
 }
 
 async fn harness() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("g.db").display());
-    let store = orchion_store::connect(&url, 2).await.unwrap();
-    let settings = RegistrySettings {
-        policy: LivenessPolicy {
-            timeout: Duration::from_secs(30),
-            down_after: Duration::from_secs(60),
-        },
-        check_interval: Duration::from_secs(5),
-        persist_interval: Duration::from_secs(60),
-    };
+    let db = orchion_testkit::sqlite_database();
+    let store = orchion_store::connect(db.url(), 2).await.unwrap();
+    let settings = RegistrySettings::default();
     let registry = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
     let queue = Arc::new(orchion_control::WorkQueue::new(
         store.clone(),
@@ -67,7 +58,7 @@ async fn harness() -> Harness {
         channel,
         registry,
         stop,
-        _dir: dir,
+        _db: db,
     }
 }
 

@@ -1,5 +1,8 @@
 //! Test support shared by Orchion's suites.
 //!
+//! [`sqlite_database`] hands each test a SQLite database in a directory of its own, removed
+//! when the test drops it.
+//!
 //! [`postgres_database`] hands each test a fresh, empty PostgreSQL database. It uses
 //! `ORCHION_TEST_DATABASE_URL` when that is set; otherwise it starts one throwaway cluster per
 //! test process with the `initdb` it finds and stops it when the process ends. Only when neither
@@ -18,6 +21,29 @@ use std::{
 };
 
 use sqlx::{Connection, PgConnection};
+
+/// A SQLite database in a temporary directory, which lives as long as this value.
+#[derive(Debug)]
+pub struct SqliteDatabase {
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SqliteDatabase {
+    /// The `sqlite:` URL to open it with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// A new SQLite database for one test.
+pub fn sqlite_database() -> SqliteDatabase {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    SqliteDatabase {
+        url: format!("sqlite:{}", dir.path().join("orchion.db").display()),
+        _dir: dir,
+    }
+}
 
 /// The variable that points the tests at an existing PostgreSQL server.
 pub const DATABASE_URL_VAR: &str = "ORCHION_TEST_DATABASE_URL";

@@ -2,7 +2,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -12,28 +12,19 @@ use axum::{
 use http_body_util::BodyExt;
 use orchion_api::{AppState, Lifecycle, Limits, router};
 use orchion_control::{NodeRegistry, RegistrySettings};
-use orchion_domain::LivenessPolicy;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 pub struct App {
     pub router: Router,
     pub state: AppState,
-    _dir: tempfile::TempDir,
+    _db: orchion_testkit::SqliteDatabase,
 }
 
 pub async fn app() -> App {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite:{}", dir.path().join("api.db").display());
-    let store = orchion_store::connect(&url, 2).await.unwrap();
-    let settings = RegistrySettings {
-        policy: LivenessPolicy {
-            timeout: Duration::from_secs(30),
-            down_after: Duration::from_secs(60),
-        },
-        check_interval: Duration::from_secs(5),
-        persist_interval: Duration::from_secs(60),
-    };
+    let db = orchion_testkit::sqlite_database();
+    let store = orchion_store::connect(db.url(), 2).await.unwrap();
+    let settings = RegistrySettings::default();
     let nodes = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
     let work = Arc::new(orchion_control::WorkQueue::new(
         store.clone(),
@@ -77,7 +68,7 @@ pub async fn app() -> App {
     App {
         router,
         state,
-        _dir: dir,
+        _db: db,
     }
 }
 
