@@ -187,7 +187,7 @@ impl Tx for WriteTx {
 
     async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_with(&statement.sql_numbered(), args)
+        Ok(sqlx::query_with(&statement.sql_for_sqlite(), args)
             .execute(&mut *self.tx)
             .await?
             .rows_affected())
@@ -195,7 +195,7 @@ impl Tx for WriteTx {
 
     async fn fetch_all<R: Row>(&mut self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_as_with(&statement.sql_numbered(), args)
+        Ok(sqlx::query_as_with(&statement.sql_for_sqlite(), args)
             .fetch_all(&mut *self.tx)
             .await?)
     }
@@ -205,7 +205,7 @@ impl Tx for WriteTx {
         statement: Statement<'_>,
     ) -> Result<Option<R>, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_as_with(&statement.sql_numbered(), args)
+        Ok(sqlx::query_as_with(&statement.sql_for_sqlite(), args)
             .fetch_optional(&mut *self.tx)
             .await?)
     }
@@ -255,7 +255,7 @@ impl StoreBackend for SqliteStore {
 
     async fn read_all<R: Row>(&self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_as_with(&statement.sql_numbered(), args)
+        Ok(sqlx::query_as_with(&statement.sql_for_sqlite(), args)
             .fetch_all(&self.readers)
             .await?)
     }
@@ -265,7 +265,7 @@ impl StoreBackend for SqliteStore {
         statement: Statement<'_>,
     ) -> Result<Option<R>, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_as_with(&statement.sql_numbered(), args)
+        Ok(sqlx::query_as_with(&statement.sql_for_sqlite(), args)
             .fetch_optional(&self.readers)
             .await?)
     }
