@@ -161,12 +161,12 @@ async fn full_body(
         // A fan-out's elements are listed under their step; a rollback under its own name.
         let group = match task.step.phase {
             Phase::Run => task.step.name.clone(),
-            Phase::Rollback => task.step.to_string(),
+            Phase::Rollback => task.step.text(),
         };
         let job = task.task;
         tasks.entry(group).or_default().push(StepTaskBody {
             id: job.task_id.to_string(),
-            name: task.step.to_string(),
+            name: task.step.text(),
             status: job.state.status.as_str(),
             executor: job.executor,
             spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
@@ -467,7 +467,7 @@ pub async fn workflow_logs(
     for task in chosen {
         let lines = state.store.read_logs(task.task.task_id, 0, limit).await?;
         tasks.push(TaskLogs {
-            step: task.step.to_string(),
+            step: task.step.text(),
             lines: lines.into_iter().map(line_body).collect(),
         });
     }

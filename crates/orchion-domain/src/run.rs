@@ -130,15 +130,39 @@ impl StepKey {
     /// The key stored as `text`. Any text is a key: what is not an element or a rollback is a
     /// step's name.
     pub fn parse(text: &str) -> Self {
-        if let Some(name) = text.strip_suffix(":rollback") {
-            return Self::rollback(name);
+        Self::from_stored(text.to_owned())
+    }
+
+    /// The same, reusing `text`'s allocation for the name (a run's every task is read this
+    /// way each time the engine looks at the run).
+    pub fn from_stored(mut text: String) -> Self {
+        if text.ends_with(":rollback") {
+            text.truncate(text.len() - ":rollback".len());
+            return Self::rollback(text);
         }
         if let Some(open) = text.strip_suffix(']').and_then(|s| s.rfind('[')) {
             if let Ok(i) = text[open + 1..text.len() - 1].parse() {
-                return Self::element(&text[..open], i);
+                text.truncate(open);
+                return Self::element(text, i);
             }
         }
         Self::step(text)
+    }
+
+    /// The key as stored (what [`fmt::Display`] writes), built without the formatting
+    /// machinery.
+    pub fn text(&self) -> String {
+        let mut text = String::with_capacity(self.name.len() + 12);
+        text.push_str(&self.name);
+        if let Some(i) = self.index {
+            text.push('[');
+            text.push_str(&i.to_string());
+            text.push(']');
+        }
+        if self.phase == Phase::Rollback {
+            text.push_str(":rollback");
+        }
+        text
     }
 
     pub fn is_rollback(&self) -> bool {
@@ -377,7 +401,9 @@ mod tests {
         ];
         for (text, key) in cases {
             assert_eq!(StepKey::parse(text), key, "{text}");
+            assert_eq!(StepKey::from_stored(text.to_owned()), key, "{text}");
             assert_eq!(key.to_string(), text);
+            assert_eq!(key.text(), text);
         }
         assert!(StepKey::parse("build:rollback").is_rollback());
         assert!(!StepKey::parse("build[0]").is_rollback());

@@ -27,7 +27,7 @@ use crate::{
     error::{is_unique_violation, missing_project},
     events::PendingEvent,
     idempotency::{WORKFLOW_CREATE_SCOPE, find_idempotent, insert_key, retry_lost_race},
-    tasks::{TaskAttemptRow, TaskInsert, TaskRow, apply_to_task, insert_tasks, select_tasks},
+    tasks::{AttemptRow, TaskInsert, TaskRow, apply_to_task, insert_tasks, select_tasks},
 };
 
 /// A workflow run to start.
@@ -202,7 +202,7 @@ impl<B: StoreBackend> RunStore for B {
                 Statement::new(select_tasks("t.run_id = $1 ORDER BY t.id")).bind(id.as_uuid()),
             )
             .await?;
-        let attempts: Vec<TaskAttemptRow> = self
+        let attempts: Vec<AttemptOfTask> = self
             .read_all(
                 Statement::new(
                     "SELECT a.task_id, a.number, a.node_id, a.status, a.started_at, a.finished_at, a.exit_code, a.error \
@@ -212,16 +212,27 @@ impl<B: StoreBackend> RunStore for B {
             )
             .await?;
         let mut by_task: HashMap<Uuid, Vec<Attempt>> = HashMap::new();
-        for row in attempts {
+        for (task_id, number, node_id, status, started_at, finished_at, exit_code, error) in
+            attempts
+        {
+            let attempt = AttemptRow {
+                number,
+                node_id,
+                status,
+                started_at,
+                finished_at,
+                exit_code,
+                error,
+            };
             by_task
-                .entry(row.task_id)
+                .entry(task_id)
                 .or_default()
-                .push(Attempt::try_from(row.attempt)?);
+                .push(Attempt::try_from(attempt)?);
         }
         let tasks = rows
             .into_iter()
-            .map(|row| {
-                let step = StepKey::parse(&row.step);
+            .map(|mut row| {
+                let step = StepKey::from_stored(std::mem::take(&mut row.step));
                 let attempts = by_task.remove(&row.id).unwrap_or_default();
                 Ok(StepTask {
                     step,
@@ -426,12 +437,25 @@ impl<B: StoreBackend> RunStore for B {
             )
             .await?;
         let rolled_back = steps
-            .iter()
-            .any(|(step,)| StepKey::parse(step).is_rollback());
+            .into_iter()
+            .any(|(step,)| StepKey::from_stored(step).is_rollback());
         apply_to_run(&mut tx, &run, RunEvent::Retry { rolled_back }).await?;
         tx.commit().await
     }
 }
+
+/// An attempt with the task it belongs to, read by column position (a run's attempts are read
+/// whole each time the engine looks at it).
+type AttemptOfTask = (
+    Uuid,
+    i32,
+    Option<Uuid>,
+    String,
+    OffsetDateTime,
+    Option<OffsetDateTime>,
+    Option<i32>,
+    Option<String>,
+);
 
 /// A run read for a change, its row locked where the backend locks.
 struct LockedRun {
@@ -640,7 +664,7 @@ async fn insert_steps<T: Tx>(
     steps: &[NewStep],
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    let keys: Vec<String> = steps.iter().map(|step| step.step.to_string()).collect();
+    let keys: Vec<String> = steps.iter().map(|step| step.step.text()).collect();
     let rows: Vec<TaskInsert<'_>> = steps
         .iter()
         .zip(&keys)

@@ -182,14 +182,6 @@ impl TryFrom<AttemptRow> for Attempt {
     }
 }
 
-/// An attempt with the task it belongs to, for reading a whole run's attempts at once.
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct TaskAttemptRow {
-    pub task_id: Uuid,
-    #[sqlx(flatten)]
-    pub attempt: AttemptRow,
-}
-
 /// A task to write: a job's, or a workflow step's.
 pub(crate) struct TaskInsert<'a> {
     pub id: Uuid,
