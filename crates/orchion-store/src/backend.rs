@@ -240,7 +240,10 @@ impl<'a> Statement<'a> {
         rows: impl IntoIterator<Item = R>,
     ) -> &mut Self {
         self.push("VALUES ");
-        for (i, row) in rows.into_iter().enumerate() {
+        let rows = rows.into_iter();
+        let (at_least, _) = rows.size_hint();
+        self.sql.to_mut().reserve(at_least * 8);
+        for (i, row) in rows.enumerate() {
             self.push(if i > 0 { ", (" } else { "(" });
             self.push_list(row);
             self.push(")");

@@ -64,6 +64,8 @@ impl PostgresStore {
 /// A statement's arguments as sqlx's PostgreSQL driver takes them (it encodes them at once).
 fn arguments(values: &[Value<'_>]) -> Result<PgArguments, StoreError> {
     let mut args = PgArguments::default();
+    // One allocation for a 500-row insert's 13,500 arguments, not a doubling per thousand.
+    args.reserve(values.len(), values.len() * 16);
     for value in values {
         match value {
             Value::Bool(v) => args.add(*v),

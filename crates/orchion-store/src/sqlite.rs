@@ -153,6 +153,7 @@ async fn checkpoint(pool: SqlitePool, store: Weak<writer::Writer>) {
 /// A statement's arguments as sqlx's SQLite driver takes them, borrowing from `values`.
 fn arguments<'q>(values: &'q [Value<'_>]) -> Result<SqliteArguments<'q>, StoreError> {
     let mut args = SqliteArguments::default();
+    args.reserve(values.len(), 0);
     for value in values {
         match value {
             Value::Bool(v) => args.add(*v),
