@@ -143,6 +143,8 @@ mod tests {
         woken: AtomicUsize,
         stopped: AtomicUsize,
         wake: Notify,
+        /// Rung at the end of every pass, for the test to wait on.
+        passed: Notify,
     }
 
     impl Reconciler for Counting {
@@ -165,6 +167,9 @@ mod tests {
             self.passes.fetch_add(1, Ordering::SeqCst);
             if cause == Cause::Wake {
                 self.woken.fetch_add(1, Ordering::SeqCst);
+            }
+            self.passed.notify_one();
+            if cause == Cause::Wake {
                 return Err("a failed pass does not stop the loop".into());
             }
             Ok(1)
@@ -182,18 +187,21 @@ mod tests {
             woken: AtomicUsize::new(0),
             stopped: AtomicUsize::new(0),
             wake: Notify::new(),
+            passed: Notify::new(),
         });
+        let pass = || async {
+            tokio::time::timeout(Duration::from_secs(10), counting.passed.notified())
+                .await
+                .expect("a pass within 10 s");
+        };
         let background = Background::new();
         background.reconcile(counting.clone());
-        // The first period tick is immediate.
-        while counting.passes.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        // The first period tick is immediate; the period (an hour) never comes round again.
+        pass().await;
         for expected in 1..=3 {
             counting.wake.notify_one();
-            while counting.woken.load(Ordering::SeqCst) < expected {
-                tokio::task::yield_now().await;
-            }
+            pass().await;
+            assert_eq!(counting.woken.load(Ordering::SeqCst), expected);
         }
         assert_eq!(counting.passes.load(Ordering::SeqCst), 4);
         background.shutdown().await;

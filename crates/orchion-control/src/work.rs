@@ -10,6 +10,7 @@
 //! a node that is not alive, or is draining, is given no work.
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -64,9 +65,9 @@ pub struct WorkQueue {
     /// Group commit for new jobs and for results.
     intake: Batcher<(NewJob, Option<IdempotencyKey>), Created<Job>>,
     results: Batcher<AttemptReport, Completed>,
-    /// Runs one of whose workflow steps just finished, each once, in the order announced: the
-    /// workflow engine moves them on ([`WorkQueue::take_finished_runs`]).
-    finished_runs: std::sync::Mutex<Vec<RunId>>,
+    /// Runs one of whose workflow steps just finished, each once: the workflow engine moves
+    /// them on ([`WorkQueue::take_finished_runs`]).
+    finished_runs: std::sync::Mutex<HashSet<RunId>>,
     /// Rung when a run joins `finished_runs`.
     steps_finished: Notify,
     /// Cancelled at shutdown: waiting claims return at once.
@@ -105,7 +106,7 @@ impl WorkQueue {
             nodes,
             intake,
             results,
-            finished_runs: std::sync::Mutex::new(Vec::new()),
+            finished_runs: std::sync::Mutex::new(HashSet::new()),
             steps_finished: Notify::new(),
             wake: Notify::new(),
             closing: CancellationToken::new(),
@@ -113,7 +114,7 @@ impl WorkQueue {
     }
 
     /// The runs one of whose workflow steps finished since the last call, each once.
-    pub fn take_finished_runs(&self) -> Vec<RunId> {
+    pub fn take_finished_runs(&self) -> HashSet<RunId> {
         std::mem::take(
             &mut *self
                 .finished_runs
@@ -287,23 +288,17 @@ impl WorkQueue {
                 attempts.with_label_values(&[outcome]).inc();
             }
         }
-        let finished: Vec<RunId> = statuses
+        let mut finished = statuses
             .iter()
             .flatten()
             .filter(|done| done.workflow && done.status.is_terminal())
             .map(|done| done.run_id)
-            .collect();
-        if !finished.is_empty() {
-            let mut runs = self
-                .finished_runs
+            .peekable();
+        if finished.peek().is_some() {
+            self.finished_runs
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for run in finished {
-                if !runs.contains(&run) {
-                    runs.push(run);
-                }
-            }
-            drop(runs);
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(finished);
             self.steps_finished.notify_one();
         }
         self.work_changed();

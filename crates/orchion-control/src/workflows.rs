@@ -28,9 +28,12 @@ use orchion_spec::{Scope, Workflow, WorkflowDefinition};
 use orchion_store::{Created, IdempotencyKey, NewStep, NewWorkflowRun, Store, StoreError};
 use serde_json::Value;
 
-use crate::WorkQueue;
-use crate::background::{Cause, Reconciler};
 use tokio::sync::Notify;
+
+use crate::{
+    WorkQueue,
+    background::{Cause, Reconciler},
+};
 
 /// How often every running run is looked at, besides the look each finished step triggers.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
@@ -677,13 +680,14 @@ impl Workflows {
                 Value::Null
             }
         };
-        match self
+        let stored = match self
             .store
             .get_workflow_type(&request.workflow, request.version)
             .await
         {
-            Ok(_) => {}
-            Err(StoreError::NotFound { .. }) => errors.push(match request.version {
+            Ok(stored) => Some(stored),
+            Err(StoreError::NotFound { .. }) => {
+                errors.push(match request.version {
                 Some(v) => FieldError::new(
                     "version",
                     format!("workflow type `{}` has no version {v}", request.workflow),
@@ -695,10 +699,16 @@ impl Workflows {
                         request.workflow
                     ),
                 ),
-            }),
+            });
+                None
+            }
             Err(e) => return Err(e.into()),
-        }
+        };
         errors.into_result(()).map_err(WorkflowError::Invalid)?;
+        // No problem was found, so neither was a missing workflow type.
+        let Some(stored) = stored else {
+            return Err(WorkflowError::Invalid(ValidationErrors::default()));
+        };
         let run = StartRun {
             name: request.name,
             workflow: request.workflow,
@@ -707,7 +717,7 @@ impl Workflows {
             input,
             trace_parent: request.trace_parent,
         };
-        self.start(run, idempotency).await
+        self.start_stored(stored, run, idempotency).await
     }
 
     /// Starts a run of the latest (or the given) version, writing its first ready steps in the
@@ -721,6 +731,16 @@ impl Workflows {
             .store
             .get_workflow_type(&request.workflow, request.version)
             .await?;
+        self.start_stored(stored, request, idempotency).await
+    }
+
+    /// [`Workflows::start`] for the workflow type version already read.
+    async fn start_stored(
+        &self,
+        stored: orchion_domain::WorkflowType,
+        request: StartRun,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Created<WorkflowRun>, WorkflowError> {
         let workflow = self.type_definition(&stored)?;
         let run = WorkflowRun {
             id: RunId::new(),
@@ -860,11 +880,7 @@ impl Reconciler for Workflows {
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         let mut runs = self.work.take_finished_runs();
         if cause == Cause::Period {
-            for id in self.store.running_workflow_runs().await? {
-                if !runs.contains(&id) {
-                    runs.push(id);
-                }
-            }
+            runs.extend(self.store.running_workflow_runs().await?);
         }
         for &id in &runs {
             if let Err(e) = self.advance(id).await {
