@@ -9,10 +9,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use orchion_domain::{Deployment, DeploymentFilter};
+use orchion_rest::{DeploymentBody, DeploymentList, EngineBody, EngineList, ResourceStatus};
 use orchion_spec::DeploymentRequest;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::respond::Created;
 use crate::{
@@ -20,54 +20,6 @@ use crate::{
     extract::{JsonBody, QueryParams, decode, page_request},
     problem::{ApiError, Problem},
 };
-
-/// One resource of a deployment.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ResourceStatus {
-    pub name: String,
-    pub engine: String,
-    #[serde(rename = "catalogRef")]
-    pub catalog_ref: String,
-    /// `pending`, `in_progress`, `ready`, `failed`, `skipped`, `cancelled`, `rolling_back`,
-    /// `rolled_back` or `rollback_failed`.
-    pub status: &'static str,
-    /// `0%` before it starts, `50%` while its engine works, `100%` once it is done.
-    pub progress: &'static str,
-    /// What the engine reported once it was applied (endpoints, ids, …).
-    #[schema(value_type = Option<Object>)]
-    pub outputs: Option<serde_json::Value>,
-    /// Why it failed, or why its rollback failed.
-    pub error: Option<String>,
-    /// Tries of its apply (and rollback) so far.
-    pub attempts: u32,
-}
-
-/// A deployment and where it stands.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeploymentBody {
-    pub id: String,
-    pub composer: String,
-    pub environment: String,
-    /// `queued` (another deployment for the same composer and environment runs first),
-    /// `in_progress`, `ready`, `failed`, `rolling_back`, `rolled_back`, `rollback_failed` or
-    /// `cancelled`.
-    pub status: &'static str,
-    /// `waiting`, `deploying`, `rolling_back` or `complete`.
-    pub phase: &'static str,
-    /// Which resource failed, and why.
-    pub error: Option<String>,
-    /// The workflow run that carries it out (`GET /api/v1/workflows/{run_id}`).
-    pub run_id: String,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-    /// Present on a single deployment, absent in listings.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resources: Option<Vec<ResourceStatus>>,
-}
 
 async fn deployment_body(
     state: &AppState,
@@ -95,8 +47,8 @@ async fn deployment_body(
                 engine: spec.map(|r| r.engine.clone()).unwrap_or_default(),
                 catalog_ref: spec.map(|r| r.catalog_ref.clone()).unwrap_or_default(),
                 name: resource.name,
-                progress: resource.progress,
-                status: resource.status,
+                progress: resource.progress.to_owned(),
+                status: resource.status.to_owned(),
                 outputs: resource.outputs,
                 error: resource.error,
                 attempts: resource.attempts,
@@ -109,8 +61,8 @@ async fn deployment_body(
         id: deployment.id,
         composer: deployment.composer,
         environment: deployment.environment,
-        status,
-        phase,
+        status: status.to_owned(),
+        phase: phase.to_owned(),
         error,
         run_id: deployment.run_id.to_string(),
         created_at: deployment.created_at,
@@ -195,13 +147,6 @@ pub struct ListDeployments {
     pub cursor: Option<String>,
 }
 
-/// A page of deployments.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeploymentList {
-    pub items: Vec<DeploymentBody>,
-    pub next_cursor: Option<String>,
-}
-
 /// Lists deployments, oldest first.
 #[utoipa::path(get, path = "/api/v1/deployments", tag = "deployments", params(ListDeployments),
     responses((status = 200, body = DeploymentList), (status = 400, body = Problem)))]
@@ -225,25 +170,6 @@ pub async fn list_deployments(
     }))
 }
 
-/// A deployment engine and whether it can work.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EngineBody {
-    pub name: &'static str,
-    /// Enabled in this server's configuration (`engines.<name>.enabled`).
-    pub enabled: bool,
-    /// Live agents that offer it (its tool is installed there).
-    pub agents: usize,
-    /// `healthy` (enabled, and at least one live agent offers it), `unavailable` (enabled, no
-    /// agent offers it: its resources wait), or `disabled`.
-    pub health: &'static str,
-}
-
-/// The engines and their health.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EngineList {
-    pub items: Vec<EngineBody>,
-}
-
 /// Each deployment engine: enabled or not, and how many live agents can run it.
 #[utoipa::path(get, path = "/api/v1/engines", tag = "deployments",
     responses((status = 200, body = EngineList)))]
@@ -255,14 +181,15 @@ pub async fn list_engines(State(state): State<AppState>) -> Json<EngineList> {
             let enabled = state.engines.get(*name).copied().unwrap_or(true);
             let agents = offering.get(*name).copied().unwrap_or(0);
             EngineBody {
-                name,
+                name: (*name).to_owned(),
                 enabled,
                 agents,
                 health: match (enabled, agents) {
                     (false, _) => "disabled",
                     (true, 0) => "unavailable",
                     (true, _) => "healthy",
-                },
+                }
+                .to_owned(),
             }
         })
         .collect();

@@ -9,6 +9,7 @@
 //! falls behind the broadcast catches up from the store again. Streams end when the server
 //! starts shutting down, and their number is bounded (`server.max_event_streams`).
 
+use orchion_rest::EventBody;
 use std::{
     convert::Infallible,
     sync::{
@@ -31,11 +32,10 @@ use axum::{
 };
 use orchion_domain::{NodeId, ProjectId, RunId};
 use orchion_store::{Event, Store};
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 
 use orchion_control::{Cause, Reconciler};
 
@@ -138,30 +138,15 @@ pub struct EventQuery {
     pub after: Option<i64>,
 }
 
-/// One event, as streams carry it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EventBody {
-    pub seq: i64,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub at: OffsetDateTime,
-    pub kind: String,
-    pub subject: String,
-    pub project_id: Option<String>,
-    #[schema(value_type = Object)]
-    pub data: serde_json::Value,
-}
-
-impl From<&Event> for EventBody {
-    fn from(e: &Event) -> Self {
-        Self {
-            seq: e.seq,
-            at: e.at,
-            kind: e.kind.clone(),
-            subject: e.subject.clone(),
-            project_id: e.project_id.map(|p| p.to_string()),
-            data: e.data.clone(),
-        }
+/// An event as the API shows it.
+pub(crate) fn event_body(e: &Event) -> EventBody {
+    EventBody {
+        seq: e.seq,
+        at: e.at,
+        kind: e.kind.clone(),
+        subject: e.subject.clone(),
+        project_id: e.project_id.map(|p| p.to_string()),
+        data: e.data.clone(),
     }
 }
 
@@ -396,7 +381,7 @@ pub async fn events(
         let event = rx.recv().await?;
         let sse = SseEvent::default()
             .id(event.seq.to_string())
-            .json_data(EventBody::from(event.as_ref()))
+            .json_data(event_body(event.as_ref()))
             .unwrap_or_default();
         Some((Ok::<_, Infallible>(sse), rx))
     });
@@ -430,7 +415,7 @@ async fn serve_socket(mut socket: WebSocket, mut rx: mpsc::Receiver<Arc<Event>>,
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                let text = serde_json::to_string(&EventBody::from(event.as_ref())).unwrap_or_default();
+                let text = serde_json::to_string(&event_body(event.as_ref())).unwrap_or_default();
                 if socket.send(Message::Text(text.into())).await.is_err() {
                     return;
                 }

@@ -3,15 +3,14 @@
 //! cluster, which the server probes ([`Probes`]), so a server without Kubernetes access reports
 //! it unhealthy, and why, while serving everything else.
 
+use orchion_rest::{ExecutorBody, ExecutorList};
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 
 use axum::{Json, extract::State};
-use serde::Serialize;
 use time::OffsetDateTime;
-use utoipa::ToSchema;
 
 use crate::AppState;
 
@@ -50,33 +49,6 @@ impl Probes {
     }
 }
 
-/// One executor.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExecutorBody {
-    pub name: &'static str,
-    /// Live agents that offer it.
-    pub agents: usize,
-    /// `healthy`: it can run tasks now. `unavailable`: no live agent offers it, so its tasks
-    /// wait. `unhealthy`: what it needs outside Orchion (a Kubernetes cluster) does not answer.
-    /// `disabled`: turned off in the configuration.
-    pub health: &'static str,
-    /// Why, when the server probes it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// When the server last probed it.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub checked_at: Option<OffsetDateTime>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ExecutorList {
-    pub items: Vec<ExecutorBody>,
-}
-
 /// Every executor Orchion has, and whether it can run tasks now.
 #[utoipa::path(get, path = "/api/v1/executors", tag = "nodes",
     responses((status = 200, body = ExecutorList)))]
@@ -96,9 +68,9 @@ pub async fn list_executors(State(state): State<AppState>) -> Json<ExecutorList>
                 None => (offered, None, None),
             };
             ExecutorBody {
-                name,
+                name: (*name).to_owned(),
                 agents,
-                health,
+                health: health.to_owned(),
                 detail,
                 checked_at,
             }

@@ -1,6 +1,7 @@
 //! `/api/v1/jobs`: enqueue a job (a run of one task), read it with its attempts, list, cancel,
 //! retry, and read or follow its logs.
 
+use orchion_rest::{AttemptBody, BatchBody, BatchItem, JobBody, JobList, LogLineBody, LogPage};
 use std::{collections::BTreeSet, convert::Infallible, time::Duration};
 
 use axum::{
@@ -16,8 +17,7 @@ use orchion_domain::{
     Attempt, FieldError, Job, JobFilter, NewJob, ProjectId, RunId, TaskStatus, ValidationErrors,
 };
 use orchion_store::IdempotencyKey;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use orchion_spec::CreateJob;
@@ -32,65 +32,11 @@ use crate::{
     problem::{ApiError, Problem},
 };
 
-/// One try of a job.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptBody {
-    pub number: u32,
-    pub node_id: Option<String>,
-    /// `running`, `succeeded`, `failed`, `cancelled`, `lost` or `timed_out`.
-    pub status: &'static str,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub started_at: OffsetDateTime,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-    pub exit_code: Option<i32>,
-    pub error: Option<String>,
-}
-
-/// A job.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobBody {
-    pub id: String,
-    pub name: String,
-    pub project_id: Option<String>,
-    pub executor: String,
-    #[schema(value_type = Object)]
-    pub spec: serde_json::Value,
-    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
-    pub status: &'static str,
-    pub cancel_requested: bool,
-    pub priority: i32,
-    /// Attempts started so far.
-    pub attempt_count: u32,
-    pub max_attempts: u32,
-    /// Present on a single job, absent in listings.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub attempts: Option<Vec<AttemptBody>>,
-    pub node_id: Option<String>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub run_after: OffsetDateTime,
-    pub exit_code: Option<i32>,
-    pub output: Option<String>,
-    pub error: Option<String>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub started_at: Option<OffsetDateTime>,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-}
-
 pub(crate) fn attempt_body(a: Attempt) -> AttemptBody {
     AttemptBody {
         number: a.number,
         node_id: a.node_id.map(|n| n.to_string()),
-        status: a.status.as_str(),
+        status: a.status.as_str().to_owned(),
         started_at: a.started_at,
         finished_at: a.finished_at,
         exit_code: a.exit_code,
@@ -105,7 +51,7 @@ fn job_body(job: Job, with_attempts: bool) -> JobBody {
         project_id: job.project_id.map(|p| p.to_string()),
         spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
         executor: job.executor,
-        status: job.state.status.as_str(),
+        status: job.state.status.as_str().to_owned(),
         cancel_requested: job.state.cancel_requested,
         priority: job.priority,
         attempt_count: job.state.attempts,
@@ -177,28 +123,6 @@ pub struct CreateJobs {
     /// Up to 1000 jobs, each as `POST /api/v1/jobs` takes it (`idempotency_key` per job).
     #[schema(value_type = Vec<CreateJob>)]
     pub jobs: Vec<serde_json::Value>,
-}
-
-/// What became of one job of a batch: `id` and `status` when accepted, `error` when refused.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchItem {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<&'static str>,
-    /// False when an earlier request with the same idempotency key created the job.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub created: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<Problem>,
-}
-
-/// The answer to a batch: one item per job, in order.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchBody {
-    /// True when some job was refused (see its `error`).
-    pub errors: bool,
-    pub jobs: Vec<BatchItem>,
 }
 
 /// Orders errors by the job they are about (`/jobs/<n>/…`), then as found.
@@ -294,7 +218,7 @@ pub async fn create_jobs(
         .map(|result| match result {
             Ok(created) => BatchItem {
                 id: Some(created.value.id.to_string()),
-                status: Some(created.value.state.status.as_str()),
+                status: Some(created.value.state.status.as_str().to_owned()),
                 created: Some(created.created),
                 error: None,
             },
@@ -337,14 +261,6 @@ pub struct ListJobs {
     pub order: Option<crate::extract::Order>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
-}
-
-/// A page of jobs.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobList {
-    pub items: Vec<JobBody>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// Lists jobs, oldest first unless `order=newest`, a page at a time.
@@ -405,27 +321,6 @@ pub struct LogQuery {
     pub limit: Option<u32>,
     /// Keep the connection open and stream new lines as Server-Sent Events until the job ends.
     pub follow: Option<bool>,
-}
-
-/// One log line.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LogLineBody {
-    pub seq: i64,
-    pub attempt: u32,
-    /// `stdout`, `stderr` or `system`.
-    pub stream: String,
-    pub line: String,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
-}
-
-/// A page of log lines.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct LogPage {
-    pub lines: Vec<LogLineBody>,
-    /// Pass as `after` to read on.
-    pub next_after: i64,
 }
 
 pub(crate) fn line_body(l: orchion_store::LogLine) -> LogLineBody {

@@ -4,13 +4,13 @@
 //! Everything here reads the registry's memory, so liveness and last heartbeats are current to
 //! the moment, not to the last batch written to the store.
 
+use orchion_rest::{AgentBody, AgentList, CapacityBody, NodeBody, NodeList};
 use std::collections::BTreeMap;
 
 use axum::{Json, extract::State, http::StatusCode};
 use orchion_domain::{Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::respond::paged;
 use crate::{
@@ -19,63 +19,24 @@ use crate::{
     problem::{ApiError, Problem},
 };
 
-/// What a node can run at once.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CapacityBody {
-    /// CPU in thousandths of a core.
-    pub cpu_millis: u64,
-    pub memory_bytes: u64,
-    pub gpus: u32,
-}
-
-/// A node.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NodeBody {
-    pub id: String,
-    pub name: String,
-    pub address: String,
-    pub labels: BTreeMap<String, String>,
-    pub capacity: CapacityBody,
-    pub executors: Vec<String>,
-    pub version: String,
-    /// `ready`, `draining`, `unreachable` or `down`.
-    pub status: &'static str,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub registered_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub last_heartbeat_at: OffsetDateTime,
-}
-
-impl From<Node> for NodeBody {
-    fn from(node: Node) -> Self {
-        NodeBody {
-            id: node.id.to_string(),
-            status: node.status().as_str(),
-            name: node.name,
-            address: node.address,
-            labels: node.labels.as_map().clone(),
-            capacity: CapacityBody {
-                cpu_millis: node.capacity.cpu_millis,
-                memory_bytes: node.capacity.memory_bytes,
-                gpus: node.capacity.gpus,
-            },
-            executors: node.executors,
-            version: node.version,
-            registered_at: node.registered_at,
-            last_heartbeat_at: node.last_heartbeat_at,
-        }
+/// A node as the API shows it.
+pub(crate) fn node_body(node: Node) -> NodeBody {
+    NodeBody {
+        id: node.id.to_string(),
+        status: node.status().as_str().to_owned(),
+        name: node.name,
+        address: node.address,
+        labels: node.labels.as_map().clone(),
+        capacity: CapacityBody {
+            cpu_millis: node.capacity.cpu_millis,
+            memory_bytes: node.capacity.memory_bytes,
+            gpus: node.capacity.gpus,
+        },
+        executors: node.executors,
+        version: node.version,
+        registered_at: node.registered_at,
+        last_heartbeat_at: node.last_heartbeat_at,
     }
-}
-
-/// A page of nodes.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NodeList {
-    pub items: Vec<NodeBody>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// Filters and paging for listing nodes.
@@ -126,7 +87,7 @@ pub async fn list_nodes(
     QueryParams(query): QueryParams<ListNodes>,
 ) -> Result<Json<NodeList>, ApiError> {
     let page = query_nodes(&state, query)?;
-    let (items, next_cursor) = paged(page, NodeBody::from);
+    let (items, next_cursor) = paged(page, node_body);
     Ok(Json(NodeList { items, next_cursor }))
 }
 
@@ -144,7 +105,7 @@ pub async fn list_all_nodes(State(state): State<AppState>) -> Json<Vec<NodeBody>
                 after,
             },
         );
-        all.extend(page.items.into_iter().map(NodeBody::from));
+        all.extend(page.items.into_iter().map(node_body));
         match page.next {
             Some(next) => after = Some(next),
             None => break,
@@ -165,7 +126,7 @@ pub async fn get_node(
         .nodes
         .get(id)
         .ok_or(orchion_control::RegistryError::NotFound(id))?;
-    Ok(Json(node.into()))
+    Ok(Json(node_body(node)))
 }
 
 /// Drains a node: no new work is placed on it; running work may end.
@@ -176,7 +137,7 @@ pub async fn drain_node(
     State(state): State<AppState>,
     PathId(id): PathId<NodeId>,
 ) -> Result<Json<NodeBody>, ApiError> {
-    Ok(Json(state.nodes.drain(id).await?.into()))
+    Ok(Json(node_body(state.nodes.drain(id).await?)))
 }
 
 /// Removes a node's record. An agent still running on it registers again.
@@ -191,28 +152,10 @@ pub async fn delete_node(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// An agent, as the workflow service's agents API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentBody {
-    /// The node id the agent runs as.
-    pub id: String,
-    pub name: String,
-    pub address: String,
-    /// `ready`, `draining`, `unreachable` or `down`.
-    pub status: &'static str,
-    pub version: String,
-    pub executors: Vec<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub last_heartbeat_at: OffsetDateTime,
-    /// A restart was requested and the agent has not yet picked it up.
-    pub restart_pending: bool,
-}
-
 fn agent_body(node: Node, restart_pending: bool) -> AgentBody {
     AgentBody {
         id: node.id.to_string(),
-        status: node.status().as_str(),
+        status: node.status().as_str().to_owned(),
         name: node.name,
         address: node.address,
         version: node.version,
@@ -220,14 +163,6 @@ fn agent_body(node: Node, restart_pending: bool) -> AgentBody {
         last_heartbeat_at: node.last_heartbeat_at,
         restart_pending,
     }
-}
-
-/// A page of agents.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AgentList {
-    pub items: Vec<AgentBody>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// Lists agents (one per node).

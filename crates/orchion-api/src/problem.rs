@@ -10,41 +10,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use orchion_domain::ValidationErrors;
+pub use orchion_rest::{FieldProblem, Problem};
 use orchion_store::StoreError;
-use serde::Serialize;
-use utoipa::ToSchema;
 
 /// The media type of problem responses.
 pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// An RFC 9457 problem document.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Problem {
-    /// A stable URI naming the kind of problem, `urn:orchion:problem:<code>`.
-    #[serde(rename = "type")]
-    #[schema(example = "urn:orchion:problem:invalid-body")]
-    pub kind: String,
-    /// A short summary of the kind of problem.
-    pub title: &'static str,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What is wrong with this request, naming the offending field.
-    pub detail: String,
-    /// The stable code, the last part of `type`.
-    pub code: &'static str,
-    /// One entry per problem found, for inputs validated as a whole.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldProblem>,
-}
-
-/// One problem with one field.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FieldProblem {
-    /// Where in the input, as a JSON pointer (`/name`).
-    pub pointer: String,
-    /// What is wrong.
-    pub detail: String,
-}
 
 /// Every error a handler can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -170,10 +140,10 @@ impl ApiError {
         };
         Problem {
             kind: format!("urn:orchion:problem:{code}"),
-            title,
+            title: title.to_owned(),
             status: status.as_u16(),
             detail: self.to_string(),
-            code,
+            code: code.to_owned(),
             errors,
         }
     }

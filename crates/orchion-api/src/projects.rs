@@ -7,10 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use orchion_domain::{NewProject, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate};
+use orchion_rest::{CreateProject, ProjectBody, ProjectList, UpdateProject};
 use orchion_store::IdempotencyKey;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::respond::{Created, paged};
 use crate::{
@@ -19,73 +19,17 @@ use crate::{
     problem::{ApiError, Problem},
 };
 
-/// A request to create a project.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateProject {
-    /// 1 to 200 characters.
-    #[schema(example = "My Project")]
-    pub name: String,
-    /// Up to 4000 characters; empty when absent.
-    #[schema(example = "Project description")]
-    pub description: Option<String>,
-    /// Lowercase letters, digits, `_` and `-`; `standard` when absent.
-    #[serde(rename = "type")]
-    #[schema(example = "standard")]
-    pub kind: Option<String>,
-}
-
-/// A partial update: fields left out keep their value.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateProject {
-    pub name: Option<String>,
-    pub description: Option<String>,
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    /// `active` or `archived`.
-    pub status: Option<String>,
-}
-
-/// A project.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectBody {
-    pub id: String,
-    pub name: String,
-    pub description: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// `active` or `archived`.
-    pub status: &'static str,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    #[schema(value_type = String, format = DateTime)]
-    pub updated_at: OffsetDateTime,
-}
-
-impl From<Project> for ProjectBody {
-    fn from(p: Project) -> Self {
-        ProjectBody {
-            id: p.id.to_string(),
-            name: p.name,
-            description: p.description,
-            kind: p.kind,
-            status: p.status.as_str(),
-            created_at: p.created_at,
-            updated_at: p.updated_at,
-        }
+/// A project as the API shows it.
+fn project_body(p: Project) -> ProjectBody {
+    ProjectBody {
+        id: p.id.to_string(),
+        name: p.name,
+        description: p.description,
+        kind: p.kind,
+        status: p.status.as_str().to_owned(),
+        created_at: p.created_at,
+        updated_at: p.updated_at,
     }
-}
-
-/// A page of projects.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProjectList {
-    pub items: Vec<ProjectBody>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// Filters and paging for listing projects.
@@ -130,7 +74,7 @@ pub async fn create_project(
     let created = state.store.create_project(project, idempotency).await?;
     let location = format!("/api/v1/projects/{}", created.value.id);
     Ok(
-        Created::or_replayed(ProjectBody::from(created.value), location, created.created)
+        Created::or_replayed(project_body(created.value), location, created.created)
             .into_response(),
     )
 }
@@ -143,7 +87,7 @@ pub async fn get_project(
     State(state): State<AppState>,
     PathId(id): PathId<ProjectId>,
 ) -> Result<Json<ProjectBody>, ApiError> {
-    Ok(Json(state.store.get_project(id).await?.into()))
+    Ok(Json(project_body(state.store.get_project(id).await?)))
 }
 
 /// Lists projects, oldest first, a page at a time.
@@ -159,7 +103,7 @@ pub async fn list_projects(
         .store
         .list_projects(ProjectFilter { status }, page)
         .await?;
-    let (items, next_cursor) = paged(page, ProjectBody::from);
+    let (items, next_cursor) = paged(page, project_body);
     Ok(Json(ProjectList { items, next_cursor }))
 }
 
@@ -181,7 +125,9 @@ pub async fn update_project(
         status,
     } = body.value;
     let update = ProjectUpdate::new(name, description, kind, status)?;
-    Ok(Json(state.store.update_project(id, update).await?.into()))
+    Ok(Json(project_body(
+        state.store.update_project(id, update).await?,
+    )))
 }
 
 /// Deletes a project.

@@ -2,6 +2,10 @@
 //! get (with each step's state, tasks, attempts and outputs), list, cancel, metrics — plus retry
 //! from the failed steps.
 
+use orchion_rest::{
+    RunLogs, StartWorkflow, StepBody, StepMetrics, StepTaskBody, TaskLogs, WorkflowMetrics,
+    WorkflowRunBody, WorkflowRunList,
+};
 use std::collections::BTreeMap;
 
 use axum::{
@@ -15,101 +19,16 @@ use orchion_domain::{
     Phase, ProjectId, RunId, RunStatus, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord,
 };
 use orchion_store::IdempotencyKey;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::respond::{Created, paged};
 use crate::{
     AppState,
     extract::{JsonBody, PathId, QueryParams, idempotency_key, page_request, query_value},
-    jobs::{AttemptBody, LogLineBody, attempt_body, line_body},
+    jobs::{attempt_body, line_body},
     problem::{ApiError, Problem},
 };
-
-/// A request to start a run.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StartWorkflow {
-    /// The run's name (the workflow type's name when absent).
-    #[schema(example = "Process Intent")]
-    pub name: Option<String>,
-    /// The workflow type to run.
-    #[schema(example = "intent_processing")]
-    #[serde(rename = "type")]
-    pub workflow_type: String,
-    /// The type's version; the latest when absent. The run keeps this version.
-    pub version: Option<u32>,
-    pub project_id: Option<String>,
-    /// The run's input, which templates read as `${{ input.… }}`.
-    #[schema(value_type = Object, example = json!({"intent": "create a REST API"}))]
-    #[serde(default)]
-    pub input: serde_json::Value,
-}
-
-/// One task of a step: the step's only task, or one element of a fan-out.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StepTaskBody {
-    pub id: String,
-    /// `build`, or `build[2]` for element 2 of a fan-out.
-    pub name: String,
-    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
-    pub status: &'static str,
-    pub executor: String,
-    #[schema(value_type = Object)]
-    pub spec: serde_json::Value,
-    pub attempts: Vec<AttemptBody>,
-    #[schema(value_type = Option<Object>)]
-    pub outputs: Option<serde_json::Value>,
-    pub output: Option<String>,
-    pub error: Option<String>,
-    pub exit_code: Option<i32>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub started_at: Option<OffsetDateTime>,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-}
-
-/// A step of a run.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StepBody {
-    pub name: String,
-    pub needs: Vec<String>,
-    /// `pending`, `running`, `succeeded`, `failed`, `cancelled` or `skipped`.
-    pub status: &'static str,
-    pub tasks: Vec<StepTaskBody>,
-}
-
-/// A workflow run.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkflowRunBody {
-    pub id: String,
-    pub name: String,
-    /// The workflow type.
-    #[serde(rename = "type")]
-    pub workflow_type: String,
-    pub version: u32,
-    pub project_id: Option<String>,
-    /// `running`, `succeeded`, `failed` or `cancelled`.
-    pub status: &'static str,
-    pub cancel_requested: bool,
-    #[schema(value_type = Object)]
-    pub input: serde_json::Value,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub finished_at: Option<OffsetDateTime>,
-    /// Present on a single run, absent in listings.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub steps: Option<Vec<StepBody>>,
-}
 
 fn run_body(run: WorkflowRun, steps: Option<Vec<StepBody>>) -> WorkflowRunBody {
     WorkflowRunBody {
@@ -118,7 +37,7 @@ fn run_body(run: WorkflowRun, steps: Option<Vec<StepBody>>) -> WorkflowRunBody {
         workflow_type: run.workflow,
         version: run.version,
         project_id: run.project_id.map(|p| p.to_string()),
-        status: run.status.as_str(),
+        status: run.status.as_str().to_owned(),
         cancel_requested: run.cancel_requested,
         input: serde_json::from_str(&run.input).unwrap_or(serde_json::Value::Null),
         created_at: run.created_at,
@@ -167,7 +86,7 @@ async fn full_body(
         tasks.entry(group).or_default().push(StepTaskBody {
             id: job.task_id.to_string(),
             name: task.step.text(),
-            status: job.state.status.as_str(),
+            status: job.state.status.as_str().to_owned(),
             executor: job.executor,
             spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
             attempts: job.attempts.into_iter().map(attempt_body).collect(),
@@ -189,7 +108,7 @@ async fn full_body(
             tasks: tasks.remove(&name).unwrap_or_default(),
             name,
             needs,
-            status: step_state.as_str(),
+            status: step_state.as_str().to_owned(),
         })
         .collect();
     Ok(run_body(record.run, Some(steps)))
@@ -277,13 +196,6 @@ pub struct ListWorkflows {
     pub cursor: Option<String>,
 }
 
-/// A page of runs.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkflowRunList {
-    pub items: Vec<WorkflowRunBody>,
-    pub next_cursor: Option<String>,
-}
-
 /// Lists runs, oldest first unless `order=newest`.
 #[utoipa::path(get, path = "/api/v1/workflows", tag = "runs", params(ListWorkflows),
     responses((status = 200, body = WorkflowRunList), (status = 400, body = Problem)))]
@@ -334,31 +246,6 @@ pub async fn retry_workflow(
     Ok(Json(full_body(&state, record).await?))
 }
 
-/// How one step went.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StepMetrics {
-    pub name: String,
-    pub status: &'static str,
-    /// Attempts over all the step's tasks.
-    pub attempts: u32,
-    pub tasks: usize,
-    /// From the first task's creation to its first start.
-    pub queue_wait_ms: Option<f64>,
-    /// From the step's first start to its last finish.
-    pub duration_ms: Option<f64>,
-}
-
-/// How a run went, step by step.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkflowMetrics {
-    pub id: String,
-    pub status: &'static str,
-    /// From the run's start to its end (or to now, while it runs).
-    pub duration_ms: f64,
-    pub attempts: u32,
-    pub steps: Vec<StepMetrics>,
-}
-
 fn millis(d: time::Duration) -> f64 {
     d.as_seconds_f64() * 1e3
 }
@@ -386,7 +273,7 @@ pub async fn workflow_metrics(
         let first_start = tasks.iter().filter_map(|t| t.started_at).min();
         let last_finish = tasks.iter().filter_map(|t| t.finished_at).max();
         metrics.push(StepMetrics {
-            status: step_state.as_str(),
+            status: step_state.as_str().to_owned(),
             attempts: tasks.iter().map(|t| t.state.attempts).sum(),
             tasks: tasks.len(),
             queue_wait_ms: first_created.zip(first_start).map(|(c, s)| millis(s - c)),
@@ -397,7 +284,7 @@ pub async fn workflow_metrics(
     let run = record.run;
     Ok(Json(WorkflowMetrics {
         id: run.id.to_string(),
-        status: run.status.as_str(),
+        status: run.status.as_str().to_owned(),
         duration_ms: millis(run.finished_at.unwrap_or(now) - run.created_at),
         attempts: metrics.iter().map(|m| m.attempts).sum(),
         steps: metrics,
@@ -413,20 +300,6 @@ pub struct RunLogQuery {
     pub step: Option<String>,
     /// Lines per task, at most 5000 (default 1000).
     pub limit: Option<u32>,
-}
-
-/// The log lines of one task of a run.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskLogs {
-    /// `build`, or `build[2]`.
-    pub step: String,
-    pub lines: Vec<LogLineBody>,
-}
-
-/// A run's log lines, task by task in the order the tasks were created.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RunLogs {
-    pub tasks: Vec<TaskLogs>,
 }
 
 /// Reads the log lines of a run's tasks, or of one step's.

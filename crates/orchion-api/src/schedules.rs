@@ -4,9 +4,9 @@ use axum::{Json, extract::State, http::StatusCode};
 use orchion_domain::{
     CronSchedule, FieldError, MisfirePolicy, OverlapPolicy, Schedule, ScheduleId, ValidationErrors,
 };
+use orchion_rest::{ScheduleBody, ScheduleList};
 use orchion_spec::CreateJob;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::respond::paged;
@@ -35,57 +35,22 @@ pub struct CreateSchedule {
     pub job: CreateJob,
 }
 
-/// A schedule.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ScheduleBody {
-    pub id: String,
-    pub name: String,
-    pub cron: String,
-    pub timezone: String,
-    pub overlap: &'static str,
-    pub misfire: &'static str,
-    /// The executor of the job each instant starts.
-    pub executor: String,
-    #[schema(value_type = Object)]
-    pub spec: serde_json::Value,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub next_fire_at: Option<OffsetDateTime>,
-    #[schema(value_type = Option<String>, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339::option")]
-    pub last_fire_at: Option<OffsetDateTime>,
-    /// The job the last instant started.
-    pub last_job_id: Option<String>,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-}
-
-impl From<Schedule> for ScheduleBody {
-    fn from(s: Schedule) -> Self {
-        ScheduleBody {
-            id: s.id.to_string(),
-            name: s.name,
-            cron: s.cron.expression().to_owned(),
-            timezone: s.cron.timezone().to_owned(),
-            overlap: s.overlap.as_str(),
-            misfire: s.misfire.as_str(),
-            spec: serde_json::from_str(&s.job.spec).unwrap_or(serde_json::Value::Null),
-            executor: s.job.executor,
-            next_fire_at: s.next_fire_at,
-            last_fire_at: s.last_fire_at,
-            last_job_id: s.last_run_id.map(|r| r.to_string()),
-            created_at: s.created_at,
-        }
+/// A schedule as the API shows it.
+fn schedule_body(s: Schedule) -> ScheduleBody {
+    ScheduleBody {
+        id: s.id.to_string(),
+        name: s.name,
+        cron: s.cron.expression().to_owned(),
+        timezone: s.cron.timezone().to_owned(),
+        overlap: s.overlap.as_str().to_owned(),
+        misfire: s.misfire.as_str().to_owned(),
+        spec: serde_json::from_str(&s.job.spec).unwrap_or(serde_json::Value::Null),
+        executor: s.job.executor,
+        next_fire_at: s.next_fire_at,
+        last_fire_at: s.last_fire_at,
+        last_job_id: s.last_run_id.map(|r| r.to_string()),
+        created_at: s.created_at,
     }
-}
-
-/// A page of schedules.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ScheduleList {
-    pub items: Vec<ScheduleBody>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<String>,
 }
 
 /// Paging for listing schedules.
@@ -164,7 +129,7 @@ pub async fn create_schedule(
         created_at: now,
     };
     state.scheduler.create(&schedule).await?;
-    Ok((StatusCode::CREATED, Json(schedule.into())))
+    Ok((StatusCode::CREATED, Json(schedule_body(schedule))))
 }
 
 /// Lists schedules, oldest first.
@@ -176,7 +141,7 @@ pub async fn list_schedules(
 ) -> Result<Json<ScheduleList>, ApiError> {
     let page = page_request(query.limit, query.cursor)?;
     let page = state.store.list_schedules(page).await?;
-    let (items, next_cursor) = paged(page, ScheduleBody::from);
+    let (items, next_cursor) = paged(page, schedule_body);
     Ok(Json(ScheduleList { items, next_cursor }))
 }
 
@@ -188,7 +153,7 @@ pub async fn get_schedule(
     State(state): State<AppState>,
     PathId(id): PathId<ScheduleId>,
 ) -> Result<Json<ScheduleBody>, ApiError> {
-    Ok(Json(state.store.get_schedule(id).await?.into()))
+    Ok(Json(schedule_body(state.store.get_schedule(id).await?)))
 }
 
 /// Deletes a schedule; jobs it started are kept.

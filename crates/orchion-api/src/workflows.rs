@@ -12,31 +12,16 @@ use axum::{
     http::StatusCode,
 };
 use orchion_domain::{Dag, WorkflowType};
+use orchion_rest::WorkflowTypeBody;
 use orchion_spec::WorkflowDefinition;
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::{
     AppState,
     extract::{JsonBody, QueryParams},
     problem::{ApiError, Problem},
 };
-
-/// A stored workflow type.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct WorkflowTypeBody {
-    pub name: String,
-    pub version: u32,
-    pub project_id: Option<String>,
-    /// The steps in waves: each wave needs only earlier waves, so its steps run in parallel.
-    pub waves: Vec<Vec<String>>,
-    #[schema(value_type = Object)]
-    pub definition: serde_json::Value,
-    #[schema(value_type = String, format = DateTime)]
-    #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
-}
 
 fn body(workflow: WorkflowType, dag: &Dag) -> WorkflowTypeBody {
     WorkflowTypeBody {

@@ -2,16 +2,12 @@
 
 use std::{collections::HashMap, process::ExitCode, time::Duration};
 
-use reqwest::Method;
-use serde_json::Value;
+use orchion_client::{Client, Paging, rest::DeploymentBody};
 
-use super::{
-    Client, ClientError, Listing, Table, finish, job::read_job_file, print, print_listing,
-    url_segment,
-};
+use super::{CliError, Table, finish, job::read_job_file, print, print_listing, timestamp};
 use crate::cli::{DeployArgs, DeployCommand};
 
-fn list_table(deployments: &[Value]) -> Table {
+fn list_table(deployments: &[DeploymentBody]) -> Table {
     let mut table = Table::new(vec![
         "ID",
         "COMPOSER",
@@ -21,64 +17,58 @@ fn list_table(deployments: &[Value]) -> Table {
         "CREATED",
     ]);
     for d in deployments {
-        let text = |key: &str| d[key].as_str().unwrap_or("").to_owned();
         table.row(vec![
-            text("id"),
-            text("composer"),
-            text("environment"),
-            text("status"),
-            text("phase"),
-            text("created_at"),
+            d.id.clone(),
+            d.composer.clone(),
+            d.environment.clone(),
+            d.status.clone(),
+            d.phase.clone(),
+            timestamp(d.created_at),
         ]);
     }
     table
 }
 
 /// One row per resource, and the deployment's error under them.
-fn resources_table(deployment: &Value) -> Table {
+fn resources_table(deployment: &DeploymentBody) -> Table {
     let mut table = Table::new(vec!["RESOURCE", "ENGINE", "STATUS", "PROGRESS", "ERROR"]);
-    for r in deployment["resources"].as_array().into_iter().flatten() {
-        let text = |key: &str| r[key].as_str().unwrap_or("").to_owned();
+    for r in deployment.resources.iter().flatten() {
         table.row(vec![
-            text("name"),
-            text("engine"),
-            text("status"),
-            text("progress"),
-            text("error").chars().take(80).collect(),
+            r.name.clone(),
+            r.engine.clone(),
+            r.status.clone(),
+            r.progress.clone(),
+            r.error.as_deref().unwrap_or("").chars().take(80).collect(),
         ]);
     }
     table
 }
 
-fn path(id: &str) -> String {
-    format!("/api/v1/deployments/{}", url_segment(id))
-}
-
 /// Follows a deployment until its phase is complete, printing each resource's moves on stderr.
-async fn wait_for(client: &Client, id: &str) -> Result<Value, ClientError> {
+async fn wait_for(client: &Client, id: &str) -> Result<DeploymentBody, CliError> {
     let started = std::time::Instant::now();
     let mut seen: HashMap<String, String> = HashMap::new();
     loop {
-        let deployment: Value = client.call(Method::GET, &path(id), &[], &[], None).await?;
-        for r in deployment["resources"].as_array().into_iter().flatten() {
-            let name = r["name"].as_str().unwrap_or("").to_owned();
-            let status = r["status"].as_str().unwrap_or("").to_owned();
-            if seen.get(&name) != Some(&status) {
+        let deployment = client.deployment(id).await?;
+        for r in deployment.resources.iter().flatten() {
+            if seen.get(&r.name) != Some(&r.status) {
                 eprintln!(
-                    "[{:>6.1}s] {name} ({}): {status}",
+                    "[{:>6.1}s] {} ({}): {}",
                     started.elapsed().as_secs_f64(),
-                    r["engine"].as_str().unwrap_or("")
+                    r.name,
+                    r.engine,
+                    r.status
                 );
-                seen.insert(name, status);
+                seen.insert(r.name.clone(), r.status.clone());
             }
         }
-        if deployment["phase"] == "complete" {
+        if deployment.phase == "complete" {
             eprintln!(
                 "[{:>6.1}s] deployment {}",
                 started.elapsed().as_secs_f64(),
-                deployment["status"].as_str().unwrap_or("")
+                deployment.status
             );
-            if let Some(error) = deployment["error"].as_str() {
+            if let Some(error) = &deployment.error {
                 eprintln!("{error}");
             }
             return Ok(deployment);
@@ -96,28 +86,17 @@ pub async fn run(args: DeployArgs) -> ExitCode {
         async |client: &Client, output| match command {
             DeployCommand::Apply { file, wait } => {
                 let request = read_job_file(&file)?;
-                let deployment: Value = client
-                    .call(
-                        Method::POST,
-                        "/api/v1/deployments",
-                        &[],
-                        &[],
-                        Some(&request),
-                    )
-                    .await?;
+                let deployment = client.apply_deployment(&request).await?;
                 if !wait {
                     return print(output, &deployment, resources_table);
                 }
-                let id = deployment["id"].as_str().unwrap_or_default().to_owned();
-                eprintln!("started deployment {id}");
-                let done = wait_for(client, &id).await?;
-                outcome_failed = done["status"] != "ready";
+                eprintln!("started deployment {}", deployment.id);
+                let done = wait_for(client, &deployment.id).await?;
+                outcome_failed = done.status != "ready";
                 print(output, &done, resources_table)
             }
             DeployCommand::Get { id } => {
-                let deployment: Value =
-                    client.call(Method::GET, &path(&id), &[], &[], None).await?;
-                print(output, &deployment, resources_table)
+                print(output, &client.deployment(&id).await?, resources_table)
             }
             DeployCommand::Ls {
                 composer,
@@ -126,27 +105,17 @@ pub async fn run(args: DeployArgs) -> ExitCode {
                 cursor,
                 all,
             } => {
-                let listing: Listing<Value> = client
-                    .list(
-                        "/api/v1/deployments",
-                        &[("composer", composer), ("environment", environment)],
-                        limit,
-                        cursor,
-                        all,
-                    )
-                    .await?;
+                let paging = Paging { limit, cursor, all };
+                let listing = client.deployments(composer, environment, paging).await?;
                 print_listing(output, &listing, list_table)
             }
             DeployCommand::Rm { id, wait } => {
-                let deployment: Value = client
-                    .call(Method::DELETE, &path(&id), &[], &[], None)
-                    .await?;
+                let deployment = client.delete_deployment(&id).await?;
                 if !wait {
                     return print(output, &deployment, resources_table);
                 }
                 let done = wait_for(client, &id).await?;
-                outcome_failed =
-                    !matches!(done["status"].as_str(), Some("rolled_back" | "cancelled"));
+                outcome_failed = !matches!(done.status.as_str(), "rolled_back" | "cancelled");
                 print(output, &done, resources_table)
             }
         },

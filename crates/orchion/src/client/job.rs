@@ -2,37 +2,35 @@
 
 use std::{io::Read, process::ExitCode, time::Duration};
 
-use reqwest::Method;
+use orchion_client::{
+    Client, Paging,
+    rest::{JobBody, LogLineBody},
+};
 use serde_json::{Map, Value, json};
 
-use super::{Client, ClientError, Listing, Table, finish, print, print_listing, url_segment};
+use super::{CliError, Table, finish, print, print_listing, timestamp};
 use crate::cli::{JobArgs, JobCommand, Output};
 
-fn table(jobs: &[Value]) -> Table {
+fn table(jobs: &[JobBody]) -> Table {
     let mut table = Table::new(vec![
         "ID", "NAME", "EXECUTOR", "STATUS", "ATTEMPTS", "CREATED", "FINISHED",
     ]);
     for j in jobs {
-        let text = |key: &str| j[key].as_str().unwrap_or("").to_owned();
         table.row(vec![
-            text("id"),
-            text("name"),
-            text("executor"),
-            text("status"),
-            format!("{}/{}", j["attempt_count"], j["max_attempts"]),
-            text("created_at"),
-            text("finished_at"),
+            j.id.clone(),
+            j.name.clone(),
+            j.executor.clone(),
+            j.status.clone(),
+            format!("{}/{}", j.attempt_count, j.max_attempts),
+            timestamp(j.created_at),
+            j.finished_at.map(timestamp).unwrap_or_default(),
         ]);
     }
     table
 }
 
-fn one(output: Output, job: &Value) -> Result<(), ClientError> {
+fn one(output: Output, job: &JobBody) -> Result<(), CliError> {
     print(output, job, |j| table(std::slice::from_ref(j)))
-}
-
-fn job_path(id: &str) -> String {
-    format!("/api/v1/jobs/{}", url_segment(id))
 }
 
 fn is_terminal(status: &str) -> bool {
@@ -40,31 +38,31 @@ fn is_terminal(status: &str) -> bool {
 }
 
 /// Reads a job document from a file (or stdin), JSON or YAML.
-pub(crate) fn read_job_file(path: &std::path::Path) -> Result<Value, ClientError> {
+pub(crate) fn read_job_file(path: &std::path::Path) -> Result<Value, CliError> {
     let text = if path.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .map_err(|e| ClientError(format!("cannot read the job from stdin: {e}")))?;
+            .map_err(|e| CliError(format!("cannot read the job from stdin: {e}")))?;
         text
     } else {
         std::fs::read_to_string(path)
-            .map_err(|e| ClientError(format!("cannot read {}: {e}", path.display())))?
+            .map_err(|e| CliError(format!("cannot read {}: {e}", path.display())))?
     };
     // JSON is YAML, so one parser reads both; the server checks the content.
     serde_yaml_ng::from_str(&text)
-        .map_err(|e| ClientError(format!("{} is not JSON or YAML: {e}", path.display())))
+        .map_err(|e| CliError(format!("{} is not JSON or YAML: {e}", path.display())))
 }
 
 /// The job a verb describes: from `-f FILE`, or a shell command given after `--`.
 pub(crate) fn job_document(
     file: Option<&std::path::Path>,
     command: &[String],
-) -> Result<Map<String, Value>, ClientError> {
+) -> Result<Map<String, Value>, CliError> {
     match (file, command.split_first()) {
         (Some(path), _) => match read_job_file(path)? {
             Value::Object(map) => Ok(map),
-            _ => Err(ClientError("a job file holds one object".into())),
+            _ => Err(CliError("a job file holds one object".into())),
         },
         (None, Some((program, rest))) => {
             let mut map = Map::new();
@@ -72,39 +70,48 @@ pub(crate) fn job_document(
             map.insert("spec".into(), json!({"command": program, "args": rest}));
             Ok(map)
         }
-        (None, None) => Err(ClientError(
+        (None, None) => Err(CliError(
             "give a command after `--` (e.g. `-- echo hi`) or a job with -f FILE".into(),
         )),
     }
 }
 
 /// Follows a job until it ends, printing each change of status on stderr.
-async fn wait_for(client: &Client, id: &str) -> Result<Value, ClientError> {
+async fn wait_for(client: &Client, id: &str) -> Result<JobBody, CliError> {
     let started = std::time::Instant::now();
-    let mut last = String::new();
+    let mut last = None;
     loop {
-        let job: Value = client
-            .call(Method::GET, &job_path(id), &[], &[], None)
-            .await?;
-        let status = job["status"].as_str().unwrap_or("").to_owned();
-        let attempt = job["attempt_count"].as_u64().unwrap_or(0);
-        let seen = format!("{status}/{attempt}");
-        if seen != last {
-            let node = job["node_id"]
-                .as_str()
+        let job = client.job(id).await?;
+        let seen = (job.status.clone(), job.attempt_count);
+        if last.as_ref() != Some(&seen) {
+            let node = job
+                .node_id
+                .as_deref()
                 .map(|n| format!(" on node {n}"))
                 .unwrap_or_default();
             eprintln!(
-                "[{:>6.1}s] {status} (attempt {attempt} of {}){node}",
+                "[{:>6.1}s] {} (attempt {} of {}){node}",
                 started.elapsed().as_secs_f64(),
-                job["max_attempts"]
+                job.status,
+                job.attempt_count,
+                job.max_attempts
             );
-            last = seen;
+            last = Some(seen);
         }
-        if is_terminal(&status) {
+        if is_terminal(&job.status) {
             return Ok(job);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Prints log lines as the task wrote them: stderr lines to stderr, the others to stdout.
+fn print_lines(lines: &[LogLineBody]) {
+    for line in lines {
+        match line.stream.as_str() {
+            "stderr" => eprintln!("{}", line.line),
+            _ => println!("{}", line.line),
+        }
     }
 }
 
@@ -136,26 +143,15 @@ pub async fn run(args: JobArgs) -> ExitCode {
                         labels.into_iter().map(|(k, v)| (k, json!(v))).collect();
                     body.insert("placement".into(), json!({"labels": labels}));
                 }
-                let headers: Vec<(&str, String)> = idempotency_key
-                    .map(|k| ("Idempotency-Key", k))
-                    .into_iter()
-                    .collect();
-                let job: Value = client
-                    .call(
-                        Method::POST,
-                        "/api/v1/jobs",
-                        &[],
-                        &headers,
-                        Some(&Value::Object(body)),
-                    )
+                let job = client
+                    .submit_job(&Value::Object(body), idempotency_key.as_deref())
                     .await?;
                 if !wait {
                     return one(output, &job);
                 }
-                let id = job["id"].as_str().unwrap_or_default().to_owned();
-                eprintln!("submitted job {id}");
-                let done = wait_for(client, &id).await?;
-                outcome_failed = done["status"] != "succeeded";
+                eprintln!("submitted job {}", job.id);
+                let done = wait_for(client, &job.id).await?;
+                outcome_failed = done.status != "succeeded";
                 one(output, &done)
             }
             JobCommand::Ls {
@@ -165,92 +161,29 @@ pub async fn run(args: JobArgs) -> ExitCode {
                 cursor,
                 all,
             } => {
-                let listing: Listing<Value> = client
-                    .list(
-                        "/api/v1/jobs",
-                        &[("status", status), ("executor", executor)],
-                        limit,
-                        cursor,
-                        all,
-                    )
-                    .await?;
+                let paging = Paging { limit, cursor, all };
+                let listing = client.jobs(status, executor, paging).await?;
                 print_listing(output, &listing, table)
             }
-            JobCommand::Get { id } => {
-                let job: Value = client
-                    .call(Method::GET, &job_path(&id), &[], &[], None)
-                    .await?;
-                one(output, &job)
-            }
-            JobCommand::Cancel { id } => {
-                let job: Value = client
-                    .call(
-                        Method::POST,
-                        &format!("{}/cancel", job_path(&id)),
-                        &[],
-                        &[],
-                        None,
-                    )
-                    .await?;
-                one(output, &job)
-            }
-            JobCommand::Retry { id } => {
-                let job: Value = client
-                    .call(
-                        Method::POST,
-                        &format!("{}/retry", job_path(&id)),
-                        &[],
-                        &[],
-                        None,
-                    )
-                    .await?;
-                one(output, &job)
-            }
+            JobCommand::Get { id } => one(output, &client.job(&id).await?),
+            JobCommand::Cancel { id } => one(output, &client.cancel_job(&id).await?),
+            JobCommand::Retry { id } => one(output, &client.retry_job(&id).await?),
             JobCommand::Logs { id, follow } => {
                 let mut after = 0i64;
                 loop {
-                    let query = [("after", after.to_string()), ("limit", "5000".to_owned())];
-                    let page: Value = client
-                        .call(
-                            Method::GET,
-                            &format!("{}/logs", job_path(&id)),
-                            &query,
-                            &[],
-                            None,
-                        )
-                        .await?;
-                    let lines = page["lines"].as_array().cloned().unwrap_or_default();
-                    for line in &lines {
-                        let text = line["line"].as_str().unwrap_or("");
-                        match line["stream"].as_str() {
-                            Some("stderr") => eprintln!("{text}"),
-                            _ => println!("{text}"),
-                        }
-                    }
-                    after = page["next_after"].as_i64().unwrap_or(after);
-                    if !lines.is_empty() {
+                    let page = client.job_logs(&id, after, Some(5000)).await?;
+                    print_lines(&page.lines);
+                    after = page.next_after;
+                    if !page.lines.is_empty() {
                         continue;
                     }
                     if !follow {
                         return Ok(());
                     }
-                    let job: Value = client
-                        .call(Method::GET, &job_path(&id), &[], &[], None)
-                        .await?;
-                    if is_terminal(job["status"].as_str().unwrap_or("")) {
+                    if is_terminal(&client.job(&id).await?.status) {
                         // One last read: lines written just before the end.
-                        let page: Value = client
-                            .call(
-                                Method::GET,
-                                &format!("{}/logs", job_path(&id)),
-                                &[("after", after.to_string())],
-                                &[],
-                                None,
-                            )
-                            .await?;
-                        for line in page["lines"].as_array().cloned().unwrap_or_default() {
-                            println!("{}", line["line"].as_str().unwrap_or(""));
-                        }
+                        let page = client.job_logs(&id, after, None).await?;
+                        print_lines(&page.lines);
                         return Ok(());
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -2,36 +2,12 @@
 
 use std::process::ExitCode;
 
-use reqwest::Method;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use orchion_client::{Client, Paging, rest::NodeBody};
 
-use super::{Client, ClientError, Listing, Table, finish, print, print_listing, url_segment};
+use super::{CliError, Table, finish, print, print_listing, timestamp};
 use crate::cli::{NodeArgs, NodeCommand, Output};
 
-/// A node as the API returns it.
-#[derive(Debug, Serialize, Deserialize)]
-struct Node {
-    id: String,
-    name: String,
-    address: String,
-    labels: std::collections::BTreeMap<String, String>,
-    capacity: Capacity,
-    executors: Vec<String>,
-    version: String,
-    status: String,
-    registered_at: String,
-    last_heartbeat_at: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Capacity {
-    cpu_millis: u64,
-    memory_bytes: u64,
-    gpus: u32,
-}
-
-fn table(nodes: &[Node]) -> Table {
+fn table(nodes: &[NodeBody]) -> Table {
     let mut table = Table::new(vec![
         "ID",
         "NAME",
@@ -57,18 +33,14 @@ fn table(nodes: &[Node]) -> Table {
             ),
             n.capacity.gpus.to_string(),
             labels.join(","),
-            n.last_heartbeat_at.clone(),
+            timestamp(n.last_heartbeat_at),
         ]);
     }
     table
 }
 
-fn one(output: Output, node: &Node) -> Result<(), ClientError> {
+fn one(output: Output, node: &NodeBody) -> Result<(), CliError> {
     print(output, node, |n| table(std::slice::from_ref(n)))
-}
-
-fn node_path(id: &str) -> String {
-    format!("/api/v1/nodes/{}", url_segment(id))
 }
 
 /// Runs a `node` verb.
@@ -84,32 +56,14 @@ pub async fn run(args: NodeArgs) -> ExitCode {
                 cursor,
                 all,
             } => {
-                let listing: Listing<Node> = client
-                    .list(
-                        "/api/v1/nodes",
-                        &[("status", status), ("label", label)],
-                        limit,
-                        cursor,
-                        all,
-                    )
-                    .await?;
+                let paging = Paging { limit, cursor, all };
+                let listing = client.nodes(status, label, paging).await?;
                 print_listing(output, &listing, table)
             }
-            NodeCommand::Get { id } => {
-                let node: Node = client
-                    .call(Method::GET, &node_path(&id), &[], &[], None)
-                    .await?;
-                one(output, &node)
-            }
-            NodeCommand::Drain { id } => {
-                let path = format!("{}/drain", node_path(&id));
-                let node: Node = client.call(Method::POST, &path, &[], &[], None).await?;
-                one(output, &node)
-            }
+            NodeCommand::Get { id } => one(output, &client.node(&id).await?),
+            NodeCommand::Drain { id } => one(output, &client.drain_node(&id).await?),
             NodeCommand::Rm { id } => {
-                client
-                    .call::<Value>(Method::DELETE, &node_path(&id), &[], &[], None)
-                    .await?;
+                client.delete_node(&id).await?;
                 eprintln!("deleted node {id}");
                 Ok(())
             }

@@ -2,23 +2,22 @@
 
 use std::process::ExitCode;
 
-use reqwest::Method;
-use serde_json::{Value, json};
+use orchion_client::{Client, Paging, rest::ScheduleBody};
+use serde_json::json;
 
-use super::{Client, Listing, Table, finish, job::job_document, print, print_listing, url_segment};
+use super::{Table, finish, job::job_document, print, print_listing, timestamp};
 use crate::cli::{ScheduleArgs, ScheduleCommand};
 
-fn table(schedules: &[Value]) -> Table {
+fn table(schedules: &[ScheduleBody]) -> Table {
     let mut table = Table::new(vec!["ID", "NAME", "CRON", "TIMEZONE", "NEXT", "LAST JOB"]);
     for s in schedules {
-        let text = |key: &str| s[key].as_str().unwrap_or("").to_owned();
         table.row(vec![
-            text("id"),
-            text("name"),
-            text("cron"),
-            text("timezone"),
-            text("next_fire_at"),
-            text("last_job_id"),
+            s.id.clone(),
+            s.name.clone(),
+            s.cron.clone(),
+            s.timezone.clone(),
+            s.next_fire_at.map(timestamp).unwrap_or_default(),
+            s.last_job_id.clone().unwrap_or_default(),
         ]);
     }
     table
@@ -50,22 +49,20 @@ pub async fn run(args: ScheduleArgs) -> ExitCode {
                         body[key] = json!(value);
                     }
                 }
-                let schedule: Value = client
-                    .call(Method::POST, "/api/v1/schedules", &[], &[], Some(&body))
-                    .await?;
+                let schedule = client.create_schedule(&body).await?;
                 print(output, &schedule, |s| table(std::slice::from_ref(s)))
             }
             ScheduleCommand::Ls { limit, cursor } => {
-                let listing: Listing<Value> = client
-                    .list("/api/v1/schedules", &[], limit, cursor, false)
-                    .await?;
+                let paging = Paging {
+                    limit,
+                    cursor,
+                    all: false,
+                };
+                let listing = client.schedules(paging).await?;
                 print_listing(output, &listing, table)
             }
             ScheduleCommand::Rm { id } => {
-                let path = format!("/api/v1/schedules/{}", url_segment(&id));
-                client
-                    .call::<Value>(Method::DELETE, &path, &[], &[], None)
-                    .await?;
+                client.delete_schedule(&id).await?;
                 eprintln!("deleted schedule {id}");
                 Ok(())
             }

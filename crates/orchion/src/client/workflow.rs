@@ -2,39 +2,27 @@
 
 use std::{collections::HashMap, process::ExitCode, time::Duration};
 
-use reqwest::Method;
+use orchion_client::{
+    Client, Paging,
+    rest::{StartWorkflow, WorkflowRunBody, WorkflowTypeBody},
+};
 use serde_json::{Value, json};
 
-use super::{
-    Client, ClientError, Listing, Table, finish, job::read_job_file, print, print_listing,
-    url_segment,
-};
+use super::{CliError, Table, finish, job::read_job_file, print, print_listing, timestamp};
 use crate::cli::{Output, RunArgs, RunCommand, WorkflowTypeArgs, WorkflowTypeCommand};
 
-fn type_table(workflow: &Value) -> Table {
+fn type_table(workflow: &WorkflowTypeBody) -> Table {
     let mut table = Table::new(vec!["NAME", "VERSION", "STEPS", "WAVES", "CREATED"]);
-    let waves: Vec<String> = workflow["waves"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|wave| {
-            wave.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .collect();
+    let waves: Vec<String> = workflow.waves.iter().map(|wave| wave.join(",")).collect();
     table.row(vec![
-        workflow["name"].as_str().unwrap_or("").to_owned(),
-        workflow["version"].to_string(),
-        workflow["definition"]["steps"]
+        workflow.name.clone(),
+        workflow.version.to_string(),
+        workflow.definition["steps"]
             .as_array()
             .map_or(0, Vec::len)
             .to_string(),
         waves.join(" → "),
-        workflow["created_at"].as_str().unwrap_or("").to_owned(),
+        timestamp(workflow.created_at),
     ]);
     table
 }
@@ -47,31 +35,11 @@ pub async fn run_types(args: WorkflowTypeArgs) -> ExitCode {
         async |client: &Client, output| match command {
             WorkflowTypeCommand::Apply { file } => {
                 let definition = read_job_file(&file)?;
-                let stored: Value = client
-                    .call(
-                        Method::POST,
-                        "/api/v1/workflow-types",
-                        &[],
-                        &[],
-                        Some(&definition),
-                    )
-                    .await?;
+                let stored = client.apply_workflow_type(&definition).await?;
                 print(output, &stored, type_table)
             }
             WorkflowTypeCommand::Get { name, type_version } => {
-                let query: Vec<(&str, String)> = type_version
-                    .map(|v| ("version", v.to_string()))
-                    .into_iter()
-                    .collect();
-                let stored: Value = client
-                    .call(
-                        Method::GET,
-                        &format!("/api/v1/workflow-types/{}", url_segment(&name)),
-                        &query,
-                        &[],
-                        None,
-                    )
-                    .await?;
+                let stored = client.workflow_type(&name, type_version).await?;
                 print(output, &stored, type_table)
             }
         },
@@ -79,45 +47,41 @@ pub async fn run_types(args: WorkflowTypeArgs) -> ExitCode {
     .await
 }
 
-fn runs_table(runs: &[Value]) -> Table {
+fn runs_table(runs: &[WorkflowRunBody]) -> Table {
     let mut table = Table::new(vec![
         "ID", "NAME", "TYPE", "VERSION", "STATUS", "CREATED", "FINISHED",
     ]);
     for r in runs {
-        let text = |key: &str| r[key].as_str().unwrap_or("").to_owned();
         table.row(vec![
-            text("id"),
-            text("name"),
-            text("type"),
-            r["version"].to_string(),
-            text("status"),
-            text("created_at"),
-            text("finished_at"),
+            r.id.clone(),
+            r.name.clone(),
+            r.workflow_type.clone(),
+            r.version.to_string(),
+            r.status.clone(),
+            timestamp(r.created_at),
+            r.finished_at.map(timestamp).unwrap_or_default(),
         ]);
     }
     table
 }
 
 /// A run's steps: one row each, with its tasks' attempts and, for a failed step, why.
-fn steps_table(run: &Value) -> Table {
+fn steps_table(run: &WorkflowRunBody) -> Table {
     let mut table = Table::new(vec!["STEP", "STATUS", "TASKS", "ATTEMPTS", "ERROR"]);
-    for step in run["steps"].as_array().into_iter().flatten() {
-        let tasks = step["tasks"].as_array().cloned().unwrap_or_default();
-        let attempts: usize = tasks
+    for step in run.steps.iter().flatten() {
+        let attempts: usize = step.tasks.iter().map(|t| t.attempts.len()).sum();
+        let error = step
+            .tasks
             .iter()
-            .map(|t| t["attempts"].as_array().map_or(0, Vec::len))
-            .sum();
-        let error = tasks
-            .iter()
-            .find_map(|t| t["error"].as_str())
+            .find_map(|t| t.error.as_deref())
             .unwrap_or("")
             .chars()
             .take(80)
             .collect();
         table.row(vec![
-            step["name"].as_str().unwrap_or("").to_owned(),
-            step["status"].as_str().unwrap_or("").to_owned(),
-            tasks.len().to_string(),
+            step.name.clone(),
+            step.status.clone(),
+            step.tasks.len().to_string(),
             attempts.to_string(),
             error,
         ]);
@@ -125,17 +89,13 @@ fn steps_table(run: &Value) -> Table {
     table
 }
 
-fn run_path(id: &str) -> String {
-    format!("/api/v1/workflows/{}", url_segment(id))
-}
-
 /// The `--input` value: a JSON object inline, or `@FILE` (JSON or YAML; `@-` for stdin).
-fn input_value(raw: Option<&str>) -> Result<Value, ClientError> {
+fn input_value(raw: Option<&str>) -> Result<Value, CliError> {
     match raw {
         None => Ok(json!({})),
         Some(path) if path.starts_with('@') => read_job_file(std::path::Path::new(&path[1..])),
         Some(text) => serde_json::from_str(text).map_err(|e| {
-            ClientError(format!(
+            CliError(format!(
                 "--input is not JSON ({e}); give a JSON object or @FILE"
             ))
         }),
@@ -143,36 +103,34 @@ fn input_value(raw: Option<&str>) -> Result<Value, ClientError> {
 }
 
 /// Follows a run until it ends, printing each step's moves on stderr.
-async fn wait_for(client: &Client, id: &str) -> Result<Value, ClientError> {
+async fn wait_for(client: &Client, id: &str) -> Result<WorkflowRunBody, CliError> {
     let started = std::time::Instant::now();
-    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut seen: HashMap<String, (String, usize)> = HashMap::new();
     loop {
-        let run: Value = client
-            .call(Method::GET, &run_path(id), &[], &[], None)
-            .await?;
-        for step in run["steps"].as_array().into_iter().flatten() {
-            let name = step["name"].as_str().unwrap_or("").to_owned();
-            let status = step["status"].as_str().unwrap_or("").to_owned();
-            let tasks = step["tasks"].as_array().map_or(0, Vec::len);
-            let shown = format!("{status}/{tasks}");
-            if seen.get(&name) != Some(&shown) {
-                let detail = match (status.as_str(), tasks) {
+        let run = client.run(id).await?;
+        for step in run.steps.iter().flatten() {
+            let tasks = step.tasks.len();
+            let shown = (step.status.clone(), tasks);
+            if seen.get(&step.name) != Some(&shown) {
+                let detail = match (step.status.as_str(), tasks) {
                     ("pending", _) => String::new(),
                     (_, n) if n > 1 => format!(" ({n} tasks)"),
                     _ => String::new(),
                 };
                 eprintln!(
-                    "[{:>6.1}s] {name}: {status}{detail}",
-                    started.elapsed().as_secs_f64()
+                    "[{:>6.1}s] {}: {}{detail}",
+                    started.elapsed().as_secs_f64(),
+                    step.name,
+                    step.status
                 );
-                seen.insert(name, shown);
+                seen.insert(step.name.clone(), shown);
             }
         }
-        if run["status"] != "running" {
+        if run.status != "running" {
             eprintln!(
                 "[{:>6.1}s] run {}",
                 started.elapsed().as_secs_f64(),
-                run["status"].as_str().unwrap_or("")
+                run.status
             );
             return Ok(run);
         }
@@ -196,33 +154,20 @@ pub async fn run_runs(args: RunArgs) -> ExitCode {
                 idempotency_key,
                 wait,
             } => {
-                let body = json!({
-                    "type": workflow_type,
-                    "input": input_value(input.as_deref())?,
-                    "name": name,
-                    "version": type_version,
-                    "project_id": project,
-                });
-                let headers: Vec<(&str, String)> = idempotency_key
-                    .map(|k| ("Idempotency-Key", k))
-                    .into_iter()
-                    .collect();
-                let run: Value = client
-                    .call(
-                        Method::POST,
-                        "/api/v1/workflows",
-                        &[],
-                        &headers,
-                        Some(&body),
-                    )
-                    .await?;
+                let start = StartWorkflow {
+                    name,
+                    workflow_type,
+                    version: type_version,
+                    project_id: project,
+                    input: input_value(input.as_deref())?,
+                };
+                let run = client.start_run(&start, idempotency_key.as_deref()).await?;
                 if !wait {
                     return print(output, &run, steps_table);
                 }
-                let id = run["id"].as_str().unwrap_or_default().to_owned();
-                eprintln!("started run {id}");
-                let done = wait_for(client, &id).await?;
-                outcome_failed = done["status"] != "succeeded";
+                eprintln!("started run {}", run.id);
+                let done = wait_for(client, &run.id).await?;
+                outcome_failed = done.status != "succeeded";
                 print(output, &done, steps_table)
             }
             RunCommand::Ls {
@@ -233,74 +178,27 @@ pub async fn run_runs(args: RunArgs) -> ExitCode {
                 cursor,
                 all,
             } => {
-                let listing: Listing<Value> = client
-                    .list(
-                        "/api/v1/workflows",
-                        &[
-                            ("status", status),
-                            ("type", workflow_type),
-                            ("project_id", project),
-                        ],
-                        limit,
-                        cursor,
-                        all,
-                    )
-                    .await?;
+                let paging = Paging { limit, cursor, all };
+                let listing = client.runs(status, workflow_type, project, paging).await?;
                 print_listing(output, &listing, runs_table)
             }
-            RunCommand::Get { id } => {
-                let run: Value = client
-                    .call(Method::GET, &run_path(&id), &[], &[], None)
-                    .await?;
-                print(output, &run, steps_table)
-            }
-            RunCommand::Cancel { id } => {
-                let run: Value = client
-                    .call(
-                        Method::POST,
-                        &format!("{}/cancel", run_path(&id)),
-                        &[],
-                        &[],
-                        None,
-                    )
-                    .await?;
-                print(output, &run, steps_table)
-            }
+            RunCommand::Get { id } => print(output, &client.run(&id).await?, steps_table),
+            RunCommand::Cancel { id } => print(output, &client.cancel_run(&id).await?, steps_table),
             RunCommand::Retry { id, wait } => {
-                let run: Value = client
-                    .call(
-                        Method::POST,
-                        &format!("{}/retry", run_path(&id)),
-                        &[],
-                        &[],
-                        None,
-                    )
-                    .await?;
+                let run = client.retry_run(&id).await?;
                 if !wait {
                     return print(output, &run, steps_table);
                 }
                 let done = wait_for(client, &id).await?;
-                outcome_failed = done["status"] != "succeeded";
+                outcome_failed = done.status != "succeeded";
                 print(output, &done, steps_table)
             }
             RunCommand::Logs { id, step } => {
-                let query: Vec<(&str, String)> = step.map(|s| ("step", s)).into_iter().collect();
-                let logs: Value = client
-                    .call(
-                        Method::GET,
-                        &format!("{}/logs", run_path(&id)),
-                        &query,
-                        &[],
-                        None,
-                    )
-                    .await?;
-                for task in logs["tasks"].as_array().into_iter().flatten() {
-                    let step = task["step"].as_str().unwrap_or("");
-                    for line in task["lines"].as_array().into_iter().flatten() {
-                        let text = line["line"].as_str().unwrap_or("");
-                        match line["stream"].as_str() {
-                            Some("stderr") => eprintln!("[{step}] {text}"),
-                            _ => println!("[{step}] {text}"),
+                for task in client.run_logs(&id, step).await?.tasks {
+                    for line in &task.lines {
+                        match line.stream.as_str() {
+                            "stderr" => eprintln!("[{}] {}", task.step, line.line),
+                            _ => println!("[{}] {}", task.step, line.line),
                         }
                     }
                 }
