@@ -196,113 +196,90 @@ pub(crate) struct TaskInsert<'a> {
     pub error: Option<&'a str>,
 }
 
-/// The columns a new task is written with, in the order both backends bind [`TaskValues`];
-/// `attempts` starts at 0 and `cancel_requested` false.
-pub(crate) const TASK_INSERT_COLUMNS: &str = "id, run_id, step, status, executor, spec, priority, labels, cpu_millis, \
-     memory_bytes, gpus, concurrency_key, concurrency_limit, retry, schedule_to_start_ms, \
-     start_to_close_ms, heartbeat_ms, attempts, attempt_budget, cancel_requested, run_after_us, \
-     enqueued_us, created_at, outputs, error, finished_at, traceparent";
+/// How many columns a new task is written with.
+pub(crate) const TASK_INSERT_WIDTH: usize = 27;
 
-/// A new task's column values, as stored.
-pub(crate) struct TaskValues<'a> {
-    pub id: Uuid,
-    pub run_id: Uuid,
-    pub step: &'a str,
-    pub status: &'static str,
-    pub executor: &'a str,
-    pub spec: &'a str,
-    pub priority: i32,
-    pub labels: serde_json::Value,
-    pub cpu_millis: i64,
-    pub memory_bytes: i64,
-    pub gpus: i32,
-    pub concurrency_key: Option<&'a str>,
-    pub concurrency_limit: Option<i32>,
-    pub retry: serde_json::Value,
-    pub schedule_to_start_ms: Option<i64>,
-    pub start_to_close_ms: Option<i64>,
-    pub heartbeat_ms: i64,
-    pub attempt_budget: i32,
-    pub run_after_us: i64,
-    pub enqueued_us: i64,
-    pub created_at: OffsetDateTime,
-    pub outputs: Option<&'a str>,
-    pub error: Option<&'a str>,
-    pub finished_at: Option<OffsetDateTime>,
-    pub traceparent: Option<&'a str>,
+/// The columns a new task is written with, in the order of [`TaskInsert::row`]: a column added
+/// here without its value there (or the other way round) does not compile.
+pub(crate) const TASK_INSERT_COLUMNS: [&str; TASK_INSERT_WIDTH] = [
+    "id",
+    "run_id",
+    "step",
+    "status",
+    "executor",
+    "spec",
+    "priority",
+    "labels",
+    "cpu_millis",
+    "memory_bytes",
+    "gpus",
+    "concurrency_key",
+    "concurrency_limit",
+    "retry",
+    "schedule_to_start_ms",
+    "start_to_close_ms",
+    "heartbeat_ms",
+    "attempts",
+    "attempt_budget",
+    "cancel_requested",
+    "run_after_us",
+    "enqueued_us",
+    "created_at",
+    "outputs",
+    "error",
+    "finished_at",
+    "traceparent",
+];
+
+/// `INSERT INTO tasks (…columns…) ` — the values follow.
+pub(crate) fn task_insert() -> String {
+    format!("INSERT INTO tasks ({}) ", TASK_INSERT_COLUMNS.join(", "))
 }
 
 impl<'a> TaskInsert<'a> {
-    /// The row to write for this task, created at `now`.
-    pub fn values(&self, now: OffsetDateTime) -> TaskValues<'a> {
+    /// The row to write for this task, created at `now`, in [`TASK_INSERT_COLUMNS`] order;
+    /// `attempts` starts at 0 and `cancel_requested` false.
+    pub fn row(&self, now: OffsetDateTime) -> [Value<'a>; TASK_INSERT_WIDTH] {
         let job = self.job;
         let resources = job.placement.resources;
         let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        TaskValues {
-            id: self.id,
-            run_id: self.run_id,
-            step: self.step,
-            status: self.status.as_str(),
-            executor: &job.executor,
-            spec: &job.spec,
-            priority: job.priority,
-            labels: serde_json::json!(job.placement.labels),
-            cpu_millis: i64::try_from(resources.cpu_millis).unwrap_or(i64::MAX),
-            memory_bytes: i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX),
-            gpus: i32::try_from(resources.gpus).unwrap_or(i32::MAX),
-            concurrency_key: job.concurrency.as_ref().map(|c| c.key.as_str()),
-            concurrency_limit: job
-                .concurrency
-                .as_ref()
-                .map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX)),
-            retry: retry_json(&job.retry),
-            schedule_to_start_ms: job.timeouts.schedule_to_start.map(millis),
-            start_to_close_ms: job.timeouts.start_to_close.map(millis),
-            heartbeat_ms: millis(job.timeouts.heartbeat),
-            attempt_budget: i32::try_from(TaskState::new(&job.retry).attempt_budget)
-                .unwrap_or(i32::MAX),
-            run_after_us: micros(job.run_at.unwrap_or(now).max(now)),
-            enqueued_us: micros(now),
-            created_at: now,
-            outputs: self.outputs,
-            error: self.error,
-            finished_at: self.status.is_terminal().then_some(now),
-            traceparent: job.trace_parent.as_deref(),
-        }
-    }
-}
-
-impl<'a> TaskValues<'a> {
-    /// The values in [`TASK_INSERT_COLUMNS`] order.
-    pub fn row(self) -> [Value<'a>; 27] {
+        let concurrency = job.concurrency.as_ref();
         [
             self.id.into(),
             self.run_id.into(),
             self.step.into(),
-            self.status.into(),
-            self.executor.into(),
-            self.spec.into(),
-            self.priority.into(),
-            self.labels.into(),
-            self.cpu_millis.into(),
-            self.memory_bytes.into(),
-            self.gpus.into(),
-            self.concurrency_key.into(),
-            self.concurrency_limit.into(),
-            self.retry.into(),
-            self.schedule_to_start_ms.into(),
-            self.start_to_close_ms.into(),
-            self.heartbeat_ms.into(),
+            self.status.as_str().into(),
+            job.executor.as_str().into(),
+            job.spec.as_str().into(),
+            job.priority.into(),
+            serde_json::json!(job.placement.labels).into(),
+            i64::try_from(resources.cpu_millis)
+                .unwrap_or(i64::MAX)
+                .into(),
+            i64::try_from(resources.memory_bytes)
+                .unwrap_or(i64::MAX)
+                .into(),
+            i32::try_from(resources.gpus).unwrap_or(i32::MAX).into(),
+            concurrency.map(|c| c.key.as_str()).into(),
+            concurrency
+                .map(|c| i32::try_from(c.limit).unwrap_or(i32::MAX))
+                .into(),
+            retry_json(&job.retry).into(),
+            job.timeouts.schedule_to_start.map(millis).into(),
+            job.timeouts.start_to_close.map(millis).into(),
+            millis(job.timeouts.heartbeat).into(),
             0i32.into(),
-            self.attempt_budget.into(),
+            i32::try_from(TaskState::new(&job.retry).attempt_budget)
+                .unwrap_or(i32::MAX)
+                .into(),
             false.into(),
-            self.run_after_us.into(),
-            self.enqueued_us.into(),
-            self.created_at.into(),
+            micros(job.run_at.unwrap_or(now).max(now)).into(),
+            micros(now).into(),
+            now.into(),
             self.outputs.into(),
             self.error.into(),
-            self.finished_at.into(),
-            self.traceparent.into(),
+            self.status.is_terminal().then_some(now).into(),
+            job.trace_parent.as_deref().into(),
         ]
     }
 }
@@ -327,8 +304,8 @@ pub(crate) async fn insert_tasks<T: Tx>(
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut insert = Statement::new(format!("INSERT INTO tasks ({TASK_INSERT_COLUMNS}) "));
-        insert.push_values(chunk.iter().map(|task| task.values(now).row()));
+        let mut insert = Statement::new(task_insert());
+        insert.push_values(chunk.iter().map(|task| task.row(now)));
         insert.push(" ON CONFLICT (run_id, step) DO NOTHING");
         tx.execute(insert).await?;
     }

@@ -9,13 +9,17 @@
 use std::collections::HashMap;
 
 use orchion_domain::{Capacity, Job, NewJob, RunId, TaskId, TaskStatus};
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use rusqlite::{
+    OptionalExtension, Row, Transaction, params,
+    types::{ToSqlOutput, Value as SqlValue, ValueRef},
+};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
 
 use super::{SqliteStore, writer::database};
 use crate::{
     AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, StoreError,
+    backend::Value,
     codec::micros,
     events::PendingEvent,
     idempotency::{
@@ -26,7 +30,7 @@ use crate::{
         Enqueued, FinishPlan, MAX_CLAIM_SCAN, enqueue_outcomes, judge_reports, need_resources,
         plan_claims, scan_limit, select_claims,
     },
-    tasks::{TASK_COLUMNS, TASK_INSERT_COLUMNS, TaskInsert, TaskRow},
+    tasks::{TASK_COLUMNS, TASK_INSERT_WIDTH, TaskInsert, TaskRow, task_insert},
 };
 
 type Jobs = Vec<(NewJob, Option<IdempotencyKey>)>;
@@ -112,8 +116,12 @@ fn enqueue_in(
         .map_err(database)?;
     let mut tasks = tx
         .prepare_cached(&format!(
-            "INSERT INTO tasks ({TASK_INSERT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-             ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18, 0, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+            "{}VALUES ({})",
+            task_insert(),
+            (1..=TASK_INSERT_WIDTH)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
         .map_err(database)?;
     let mut keys = tx
@@ -132,7 +140,7 @@ fn enqueue_in(
             at,
         ])
         .map_err(database)?;
-        let v = TaskInsert {
+        let task = TaskInsert {
             id: task_id.as_uuid(),
             run_id: run_id.as_uuid(),
             step: "job",
@@ -140,36 +148,9 @@ fn enqueue_in(
             status: TaskStatus::Queued,
             outputs: None,
             error: None,
-        }
-        .values(now);
+        };
         tasks
-            .execute(params![
-                v.id.as_bytes(),
-                v.run_id.as_bytes(),
-                v.step,
-                v.status,
-                v.executor,
-                v.spec,
-                v.priority,
-                v.labels.to_string(),
-                v.cpu_millis,
-                v.memory_bytes,
-                v.gpus,
-                v.concurrency_key,
-                v.concurrency_limit,
-                v.retry.to_string(),
-                v.schedule_to_start_ms,
-                v.start_to_close_ms,
-                v.heartbeat_ms,
-                v.attempt_budget,
-                v.run_after_us,
-                v.enqueued_us,
-                at,
-                v.outputs,
-                v.error,
-                v.finished_at.map(timestamp).transpose()?,
-                v.traceparent,
-            ])
+            .execute(rusqlite::params_from_iter(task.row(now)))
             .map_err(database)?;
         if let Some(key) = idempotency {
             keys.execute(params![
@@ -414,6 +395,36 @@ fn append_events(
     Ok(())
 }
 
+/// A statement argument bound as sqlx binds it on SQLite (`sqlite.rs`, `arguments`): uuids as
+/// 16-byte blobs, times as RFC 3339 text, JSON as text, booleans as integers.
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        let text = |text: String| ToSqlOutput::Owned(SqlValue::Text(text));
+        Ok(match self {
+            Value::Bool(v) => ToSqlOutput::from(*v),
+            Value::I32(v) => v.map_or(ToSqlOutput::Owned(SqlValue::Null), ToSqlOutput::from),
+            Value::I64(v) => v.map_or(ToSqlOutput::Owned(SqlValue::Null), ToSqlOutput::from),
+            Value::Text(v) => match v {
+                Some(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+                None => ToSqlOutput::Owned(SqlValue::Null),
+            },
+            Value::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+            Value::Uuid(v) => match v {
+                Some(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v.as_bytes())),
+                None => ToSqlOutput::Owned(SqlValue::Null),
+            },
+            Value::Time(v) => match v {
+                Some(at) => text(
+                    at.format(&Rfc3339)
+                        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?,
+                ),
+                None => ToSqlOutput::Owned(SqlValue::Null),
+            },
+            Value::Json(v) => text(v.to_string()),
+        })
+    }
+}
+
 /// A time as sqlx stores it in SQLite: RFC 3339 text.
 fn timestamp(at: OffsetDateTime) -> Result<String, StoreError> {
     at.format(&Rfc3339)
@@ -493,4 +504,85 @@ fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRow> {
         step: row.get(35)?,
         traceparent: row.get(36)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use orchion_domain::{Concurrency, Placement, RetryPolicy, Timeouts};
+
+    use super::*;
+    use crate::tasks::select_tasks;
+
+    /// Every column set, none at its default, so a value read into the wrong field shows.
+    fn job() -> NewJob {
+        NewJob {
+            name: "every column".into(),
+            project_id: None,
+            executor: "shell".into(),
+            spec: r#"{"command":"true"}"#.into(),
+            priority: 7,
+            retry: RetryPolicy {
+                max_attempts: 4,
+                initial_interval: Duration::from_secs(3),
+                ..RetryPolicy::default()
+            },
+            timeouts: Timeouts {
+                schedule_to_start: Some(Duration::from_secs(60)),
+                start_to_close: Some(Duration::from_secs(30)),
+                heartbeat: Duration::from_secs(9),
+            },
+            placement: Placement {
+                labels: BTreeMap::from([("zone".to_owned(), "b".to_owned())]),
+                resources: Capacity::new(1500, 1 << 30, 1).unwrap(),
+            },
+            concurrency: Some(Concurrency {
+                key: "db".into(),
+                limit: 2,
+            }),
+            run_at: None,
+            trace_parent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        }
+    }
+
+    /// The hot path writes and reads task rows with rusqlite (`TaskInsert::row` bound by
+    /// `ToSql for Value`, `task_row`), everything else with sqlx (`TaskRow: FromRow`): the two
+    /// must agree column for column.
+    #[tokio::test]
+    async fn rusqlite_and_sqlx_read_a_task_row_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(&url, 2).await.unwrap();
+        let created = enqueue(&store, vec![(job(), None)]).await.unwrap();
+        let task = created[0].as_ref().unwrap().value.task_id.as_uuid();
+
+        let by_rusqlite = store
+            .queue
+            .write(move |tx| {
+                let sql = format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ?1"
+                );
+                let row = tx
+                    .query_row(&sql, [task.as_bytes()], task_row)
+                    .map_err(database)?;
+                Ok((row, false))
+            })
+            .await
+            .unwrap();
+        let by_sqlx: TaskRow = sqlx::query_as(&select_tasks("t.id = ?1"))
+            .bind(task)
+            .fetch_one(&store.readers)
+            .await
+            .unwrap();
+
+        assert_eq!(format!("{by_rusqlite:?}"), format!("{by_sqlx:?}"));
+        let job = by_sqlx.into_job(Vec::new()).unwrap();
+        assert_eq!(job.priority, 7);
+        assert_eq!(job.placement.labels["zone"], "b");
+        assert_eq!(job.placement.resources.cpu_millis, 1500);
+        assert_eq!(job.timeouts.heartbeat, Duration::from_secs(9));
+        assert_eq!(job.concurrency.map(|c| (c.key, c.limit)), Some(("db".into(), 2)));
+        assert_eq!(job.state.attempt_budget, 4);
+    }
 }
