@@ -9,7 +9,6 @@
 //! falls behind the broadcast catches up from the store again. Streams end when the server
 //! starts shutting down, and their number is bounded (`server.max_event_streams`).
 
-use orchion_rest::EventBody;
 use std::{
     convert::Infallible,
     sync::{
@@ -31,9 +30,11 @@ use axum::{
     },
 };
 use orchion_domain::{NodeId, ProjectId, RunId};
+use orchion_rest::EventBody;
 use orchion_store::{Event, Store};
 use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio_util::task::TaskTracker;
 
 use utoipa::IntoParams;
 
@@ -58,6 +59,8 @@ pub struct EventHub {
     latest: AtomicI64,
     streams: Arc<Semaphore>,
     max_streams: usize,
+    /// The streams' pumps, joined when the hub stops.
+    pumps: TaskTracker,
 }
 
 impl EventHub {
@@ -70,6 +73,7 @@ impl EventHub {
             latest: AtomicI64::new(latest),
             streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            pumps: TaskTracker::new(),
         })
     }
 
@@ -117,6 +121,12 @@ impl Reconciler for EventHub {
                 return Ok(sent);
             }
         }
+    }
+
+    /// Waits for the streams' pumps, which end as the server drains or their client goes.
+    async fn stopped(&self) {
+        self.pumps.close();
+        self.pumps.wait().await;
     }
 }
 
@@ -357,7 +367,8 @@ async fn open(
 ) -> Result<mpsc::Receiver<Arc<Event>>, ApiError> {
     let (filter, from, permit) = prepare(state, headers, query).await?;
     let (tx, rx) = mpsc::channel(256);
-    tokio::spawn(pump(state.clone(), filter, from, tx, permit));
+    let pump = pump(state.clone(), filter, from, tx, permit);
+    state.events.pumps.spawn(pump);
     Ok(rx)
 }
 

@@ -3,13 +3,13 @@
 //! cluster, which the server probes ([`Probes`]), so a server without Kubernetes access reports
 //! it unhealthy, and why, while serving everything else.
 
-use orchion_rest::{ExecutorBody, ExecutorList};
 use std::{
     collections::BTreeMap,
     sync::{Arc, RwLock},
 };
 
 use axum::{Json, extract::State};
+use orchion_rest::{ExecutorBody, ExecutorList};
 use time::OffsetDateTime;
 
 use crate::AppState;

@@ -1,7 +1,6 @@
 //! `/api/v1/jobs`: enqueue a job (a run of one task), read it with its attempts, list, cancel,
 //! retry, and read or follow its logs.
 
-use orchion_rest::{AttemptBody, BatchBody, BatchItem, JobBody, JobList, LogLineBody, LogPage};
 use std::{collections::BTreeSet, convert::Infallible, time::Duration};
 
 use axum::{
@@ -16,11 +15,11 @@ use axum::{
 use orchion_domain::{
     Attempt, FieldError, Job, JobFilter, NewJob, ProjectId, RunId, TaskStatus, ValidationErrors,
 };
+use orchion_rest::{AttemptBody, BatchBody, BatchItem, JobBody, JobList, LogLineBody, LogPage};
+use orchion_spec::CreateJob;
 use orchion_store::IdempotencyKey;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
-
-use orchion_spec::CreateJob;
 
 use crate::respond::{Created, paged};
 use crate::{

@@ -4,11 +4,11 @@
 //! Everything here reads the registry's memory, so liveness and last heartbeats are current to
 //! the moment, not to the last batch written to the store.
 
-use orchion_rest::{AgentBody, AgentList, CapacityBody, NodeBody, NodeList};
 use std::collections::BTreeMap;
 
 use axum::{Json, extract::State, http::StatusCode};
 use orchion_domain::{Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
+use orchion_rest::{AgentBody, AgentList, CapacityBody, NodeBody, NodeList};
 use serde::Deserialize;
 use utoipa::IntoParams;
 

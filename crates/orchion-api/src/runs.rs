@@ -2,10 +2,6 @@
 //! get (with each step's state, tasks, attempts and outputs), list, cancel, metrics — plus retry
 //! from the failed steps.
 
-use orchion_rest::{
-    RunLogs, StartWorkflow, StepBody, StepMetrics, StepTaskBody, TaskLogs, WorkflowMetrics,
-    WorkflowRunBody, WorkflowRunList,
-};
 use std::collections::BTreeMap;
 
 use axum::{
@@ -17,6 +13,10 @@ use axum::{
 use orchion_control::{StartRequest, StepState, WorkflowError};
 use orchion_domain::{
     Phase, ProjectId, RunId, RunStatus, WorkflowRun, WorkflowRunFilter, WorkflowRunRecord,
+};
+use orchion_rest::{
+    RunLogs, StartWorkflow, StepBody, StepMetrics, StepTaskBody, TaskLogs, WorkflowMetrics,
+    WorkflowRunBody, WorkflowRunList,
 };
 use orchion_store::IdempotencyKey;
 use serde::Deserialize;

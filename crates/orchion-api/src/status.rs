@@ -1,9 +1,8 @@
 //! `GET /api/v1/status`: what this server is and how its cluster stands, for operators and
 //! benchmarks.
 
-use orchion_rest::{StatusBody, StoreStatus, TaskCounts};
-
 use axum::{Json, extract::State};
+use orchion_rest::{StatusBody, StoreStatus, TaskCounts};
 
 use crate::{AppState, problem::ApiError};
 

@@ -4,11 +4,16 @@
 //! fill, so an idle system pays no latency for it, and a busy one pays one commit for many
 //! writes. If a whole batch fails, its items are written one by one, so each caller gets its
 //! own error and one bad item cannot fail the others.
+//!
+//! The writer task runs on its owner's [`TaskTracker`] and stops when its `stop` token is
+//! cancelled: what was submitted before is still written, what comes after is refused as a
+//! closed store.
 
 use std::{future::Future, sync::Arc};
 
 use orchion_store::StoreError;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
 
@@ -22,17 +27,35 @@ where
     T: Clone + Send + 'static,
     R: Send + 'static,
 {
-    /// Starts the writer task. `write` stores a batch in one transaction and returns one result
-    /// per item, or an error when nothing was written.
-    pub(crate) fn spawn<F, Fut>(max: usize, write: F) -> Self
+    /// Starts the writer task on `tasks`, until `stop`. `write` stores a batch in one
+    /// transaction and returns one result per item, or an error when nothing was written.
+    pub(crate) fn spawn<F, Fut>(
+        max: usize,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+        write: F,
+    ) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>> + Send,
     {
         let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(max * 4);
         let write = Arc::new(write);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+        tasks.spawn(async move {
+            loop {
+                // What is queued is written first; once stopped, the queue is closed and
+                // drained, so no caller is left without an answer.
+                let first = tokio::select! {
+                    biased;
+                    first = rx.recv() => first,
+                    () = stop.cancelled() => {
+                        rx.close();
+                        rx.recv().await
+                    }
+                };
+                let Some(first) = first else {
+                    return;
+                };
                 let mut batch = vec![first];
                 while batch.len() < max {
                     match rx.try_recv() {
@@ -117,24 +140,29 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let batcher: Arc<Batcher<u32, u32>> = Arc::new({
             let calls = calls.clone();
-            Batcher::spawn(64, move |items: Vec<u32>| {
-                let calls = calls.clone();
-                async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    // Hold the "transaction" a moment, as a commit does, so others queue up.
-                    tokio::task::yield_now().await;
-                    Ok(items
-                        .into_iter()
-                        .map(|i| {
-                            if i % 10 == 9 {
-                                Err(StoreError::Conflict(format!("{i}")))
-                            } else {
-                                Ok(i * 2)
-                            }
-                        })
-                        .collect())
-                }
-            })
+            Batcher::spawn(
+                64,
+                &TaskTracker::new(),
+                CancellationToken::new(),
+                move |items: Vec<u32>| {
+                    let calls = calls.clone();
+                    async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        // Hold the "transaction" a moment, as a commit does, so others queue up.
+                        tokio::task::yield_now().await;
+                        Ok(items
+                            .into_iter()
+                            .map(|i| {
+                                if i % 10 == 9 {
+                                    Err(StoreError::Conflict(format!("{i}")))
+                                } else {
+                                    Ok(i * 2)
+                                }
+                            })
+                            .collect())
+                    }
+                },
+            )
         });
         let tasks: Vec<_> = (0..200u32)
             .map(|i| {
@@ -155,15 +183,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_is_retried_item_by_item() {
-        let batcher: Batcher<u32, u32> = Batcher::spawn(64, |items: Vec<u32>| async move {
-            if items.len() > 1 {
-                return Err(StoreError::Conflict("the whole batch".into()));
-            }
-            match items[0] {
-                3 => Err(StoreError::Conflict("three".into())),
-                i => Ok(vec![Ok(i)]),
-            }
-        });
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let batcher: Batcher<u32, u32> =
+            Batcher::spawn(64, &tracker, stop, |items: Vec<u32>| async move {
+                if items.len() > 1 {
+                    return Err(StoreError::Conflict("the whole batch".into()));
+                }
+                match items[0] {
+                    3 => Err(StoreError::Conflict("three".into())),
+                    i => Ok(vec![Ok(i)]),
+                }
+            });
         let batcher = Arc::new(batcher);
         let tasks: Vec<_> = (0..8u32)
             .map(|i| {
@@ -179,5 +209,24 @@ mod tests {
                 assert_eq!(result.unwrap(), i);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_stopped_batcher_refuses_new_items_and_its_task_ends() {
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let batcher: Batcher<u32, u32> =
+            Batcher::spawn(8, &tracker, stop.clone(), |items: Vec<u32>| async move {
+                Ok(items.into_iter().map(Ok).collect())
+            });
+        assert_eq!(batcher.submit(1).await.unwrap(), 1);
+        stop.cancel();
+        tracker.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait())
+            .await
+            .expect("the writer task ends once stopped");
+        assert!(matches!(
+            batcher.submit(2).await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }

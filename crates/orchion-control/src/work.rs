@@ -21,7 +21,7 @@ use orchion_store::{
     NewLogLine, Store, StoreError,
 };
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::background::{Cause, Reconciler};
 use crate::{NodeRegistry, RegistryError, batch::Batcher};
@@ -70,16 +70,19 @@ pub struct WorkQueue {
     finished_runs: std::sync::Mutex<HashSet<RunId>>,
     /// Rung when a run joins `finished_runs`.
     steps_finished: Notify,
-    /// Cancelled at shutdown: waiting claims return at once.
+    /// The batchers' writer tasks, joined at shutdown.
+    writers: TaskTracker,
+    /// Cancelled at shutdown: waiting claims return at once, and the batchers stop.
     closing: CancellationToken,
 }
 
 impl WorkQueue {
     /// A queue over `store`. Starts its writer tasks, so call it inside a Tokio runtime.
     pub fn new(store: Arc<dyn Store>, nodes: Arc<NodeRegistry>) -> Self {
+        let (writers, closing) = (TaskTracker::new(), CancellationToken::new());
         let intake = {
             let store = store.clone();
-            Batcher::spawn(BATCH, move |jobs| {
+            Batcher::spawn(BATCH, &writers, closing.clone(), move |jobs| {
                 let store = store.clone();
                 async move {
                     let started = std::time::Instant::now();
@@ -91,7 +94,7 @@ impl WorkQueue {
         };
         let results = {
             let store = store.clone();
-            Batcher::spawn(BATCH, move |reports| {
+            Batcher::spawn(BATCH, &writers, closing.clone(), move |reports| {
                 let store = store.clone();
                 async move {
                     let started = std::time::Instant::now();
@@ -109,7 +112,8 @@ impl WorkQueue {
             finished_runs: std::sync::Mutex::new(HashSet::new()),
             steps_finished: Notify::new(),
             wake: Notify::new(),
-            closing: CancellationToken::new(),
+            writers,
+            closing,
         }
     }
 
@@ -354,5 +358,7 @@ impl Reconciler for WorkQueue {
 
     async fn stopped(&self) {
         self.closing.cancel();
+        self.writers.close();
+        self.writers.wait().await;
     }
 }

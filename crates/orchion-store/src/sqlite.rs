@@ -34,6 +34,7 @@ use sqlx::{
     },
     types::Json,
 };
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, Store,
@@ -61,6 +62,9 @@ pub struct SqliteStore {
     turn: writer::WriteTurn,
     readers: SqlitePool,
     checkpointer: SqlitePool,
+    /// The checkpoint task, stopped and joined at close.
+    background: TaskTracker,
+    stop: CancellationToken,
     commits: Arc<AtomicU64>,
 }
 
@@ -108,27 +112,37 @@ impl SqliteStore {
             turn.clone(),
             commits.clone(),
         )?);
-        tokio::spawn(checkpoint(checkpointer.clone(), Arc::downgrade(&queue)));
+        let (background, stop) = (TaskTracker::new(), CancellationToken::new());
+        background.spawn(checkpoint(
+            checkpointer.clone(),
+            Arc::downgrade(&queue),
+            stop.clone(),
+        ));
         Ok(Self {
             writer,
             queue,
             turn,
             readers,
             checkpointer,
+            background,
+            stop,
             commits,
         })
     }
 }
 
-/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until the store is closed, or dropped: the
-/// store's writer, held weakly, goes with its last clone. `PASSIVE` copies what no reader still
-/// needs and never blocks the writer.
-async fn checkpoint(pool: SqlitePool, store: Weak<writer::Writer>) {
+/// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until `stop` (the store closes), or the store
+/// is dropped: its writer, held weakly, goes with its last clone. `PASSIVE` copies what no reader
+/// still needs and never blocks the writer.
+async fn checkpoint(pool: SqlitePool, store: Weak<writer::Writer>, stop: CancellationToken) {
     let mut interval = tokio::time::interval(CHECKPOINT_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mode = "PASSIVE";
     loop {
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = stop.cancelled() => return,
+        }
         if store.strong_count() == 0 || pool.is_closed() {
             return;
         }
@@ -311,6 +325,9 @@ impl Store for SqliteStore {
         self.queue.close();
         self.writer.close().await;
         self.readers.close().await;
+        self.stop.cancel();
+        self.background.close();
+        self.background.wait().await;
         self.checkpointer.close().await;
     }
 }

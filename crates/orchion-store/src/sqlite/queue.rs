@@ -582,7 +582,10 @@ mod tests {
         assert_eq!(job.placement.labels["zone"], "b");
         assert_eq!(job.placement.resources.cpu_millis, 1500);
         assert_eq!(job.timeouts.heartbeat, Duration::from_secs(9));
-        assert_eq!(job.concurrency.map(|c| (c.key, c.limit)), Some(("db".into(), 2)));
+        assert_eq!(
+            job.concurrency.map(|c| (c.key, c.limit)),
+            Some(("db".into(), 2))
+        );
         assert_eq!(job.state.attempt_budget, 4);
     }
 }
