@@ -210,6 +210,6 @@ pub async fn restart_agent(
     State(state): State<AppState>,
     PathId(id): PathId<NodeId>,
 ) -> Result<(StatusCode, Json<AgentBody>), ApiError> {
-    let node = state.nodes.request_restart(id)?;
+    let node = state.nodes.request_restart(id).await?;
     Ok((StatusCode::ACCEPTED, Json(agent_body(node, true))))
 }

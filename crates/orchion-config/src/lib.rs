@@ -120,11 +120,15 @@ pub struct ClusterConfig {
     /// How much longer an unreachable node has before it becomes `down`.
     #[serde(with = "humantime_serde")]
     pub down_after: Duration,
-    /// How often the time of each node's last heartbeat is written to the store. Between
-    /// writes it is kept in memory, so heartbeats cost no store write.
+    /// No longer used: the nodes each server heard are written every `check_interval`, as
+    /// the liveness every replica shares. Still accepted, so older configuration files load;
+    /// a value other than the default is warned about at start.
     #[serde(with = "humantime_serde")]
     pub heartbeat_persist_interval: Duration,
 }
+
+/// `cluster.heartbeat_persist_interval`'s default, the one value not warned about.
+pub const DEFAULT_HEARTBEAT_PERSIST_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Default for ClusterConfig {
     fn default() -> Self {
@@ -133,7 +137,7 @@ impl Default for ClusterConfig {
             heartbeat_timeout: Duration::from_secs(30),
             check_interval: Duration::from_secs(5),
             down_after: Duration::from_secs(120),
-            heartbeat_persist_interval: Duration::from_secs(60),
+            heartbeat_persist_interval: DEFAULT_HEARTBEAT_PERSIST_INTERVAL,
         }
     }
 }

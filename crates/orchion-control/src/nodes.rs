@@ -1,22 +1,27 @@
-//! The node registry: membership, credentials and liveness.
+//! The node registry: membership, credentials and liveness, shared by every replica through
+//! the store.
 //!
-//! Heartbeats are the hot path and cost no store write: liveness lives in memory (a monotonic
-//! `last_seen` per node), as Nomad and Kubernetes node leases do. The store is written only when
-//! a node's status changes (with an event) and, every `persist_interval`, in one batch with the
-//! time each node was last heard from.
+//! Heartbeats are the hot path and cost no store write each. The replica that hears a node
+//! writes when it last heard it (`heard_us`, the node's lease) once per check interval, for all
+//! the nodes it heard, in one statement. Silence is judged from that record by one idempotent
+//! pass of compare-and-set changes ([`Store::judge_silence`]), harmless when every replica runs
+//! it, so a node is never declared lost because some replica has not heard of it.
 //!
 //! Invariants:
-//! - Memory follows the store: a status change is committed before memory shows it.
-//! - Status changes and batch writes are serialized by one async lock (`writes`), so the event
-//!   log never shows a change out of order. The in-memory map sits behind a std mutex that is
-//!   never held across an `.await`.
-//! - After a server restart every known node gets a fresh `last_seen`: the stored time of its
-//!   last heartbeat may be up to `persist_interval` old, and the agents need a chance to
-//!   reconnect before they are declared unreachable.
+//! - Memory is a cache of the store's nodes: read at start, filled on a miss (a node registered
+//!   through another replica is known at its first call here), and read again every
+//!   [`REFRESH`], so every replica lists the same nodes with the same status within a second.
+//! - Every change of status is a compare-and-set on the stored status, committed before the
+//!   cache shows it; when the cache was stale the change is worked out again from the store.
+//! - Writes are serialized by one async lock (`writes`), so this replica's events never show a
+//!   change out of order. The in-memory maps sit behind std mutexes never held across an
+//!   `.await`.
+//! - A replica judges silence only once it has been up for the liveness timeout: after every
+//!   server was down, agents get that long to reconnect before they are declared unreachable.
 //! - Credentials are kept only as SHA-256 digests and compared in constant time.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant},
 };
@@ -27,24 +32,25 @@ use orchion_domain::{
     Cursor, Liveness, LivenessEvent, LivenessPolicy, Node, NodeFilter, NodeId, NodeRegistration,
     NodeStatus, Page, PageRequest, ValidationErrors,
 };
-use orchion_store::{NodeStateChange, Store, StoreError};
+use orchion_store::{NodeStateChange, Store, StoreError, StoredNode};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
+/// How often each replica reads the nodes again, so changes made through another replica show.
+pub const REFRESH: Duration = Duration::from_secs(1);
+
 /// How the registry judges liveness and how often it writes.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistrySettings {
     pub policy: LivenessPolicy,
-    /// How often the reconciler checks for silent nodes.
+    /// How often the nodes heard are written to the store and silence is judged.
     pub check_interval: Duration,
-    /// How often the last-heartbeat times are written to the store.
-    pub persist_interval: Duration,
 }
 
-/// The defaults of `cluster.*`: a node silent for 30 s is unreachable, for 120 s down; checked
-/// every 5 s; heartbeats written every 60 s.
+/// The defaults of `cluster.*`: a node silent for 30 s is unreachable, 120 s after that down;
+/// heard nodes written and silence judged every 5 s.
 impl Default for RegistrySettings {
     fn default() -> Self {
         RegistrySettings {
@@ -53,7 +59,6 @@ impl Default for RegistrySettings {
                 down_after: Duration::from_secs(120),
             },
             check_interval: Duration::from_secs(5),
-            persist_interval: Duration::from_secs(60),
         }
     }
 }
@@ -94,21 +99,32 @@ pub struct Heartbeat {
     pub restart: bool,
 }
 
-/// What one reconciler pass did.
+/// What one check did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickReport {
-    /// Nodes whose status changed.
+    /// Nodes whose status this replica changed.
     pub changed: usize,
-    /// Nodes whose last-heartbeat time was written.
+    /// Nodes whose last-heard time this replica wrote.
     pub persisted: usize,
 }
 
 struct Entry {
     node: Node,
     credential_hash: Vec<u8>,
-    last_seen: Instant,
-    persisted_heartbeat_at: OffsetDateTime,
     restart_requested: bool,
+    /// When this replica last heard the node (for the heartbeat-interval metric).
+    last_seen: Option<Instant>,
+}
+
+impl Entry {
+    fn of(stored: StoredNode) -> Self {
+        Entry {
+            node: stored.node,
+            credential_hash: stored.credential_hash,
+            restart_requested: stored.restart_requested,
+            last_seen: None,
+        }
+    }
 }
 
 /// What an operator or agent does to a node's state.
@@ -122,38 +138,35 @@ enum Change {
 pub struct NodeRegistry {
     store: Arc<dyn Store>,
     settings: RegistrySettings,
+    /// The store's nodes, as last read or written here.
     nodes: Mutex<BTreeMap<NodeId, Entry>>,
-    /// Serializes every write to the store; holds when the batch was last written.
+    /// Nodes heard by this replica since the last check, and when.
+    heard: Mutex<HashMap<NodeId, OffsetDateTime>>,
+    /// Serializes this replica's writes to the store; holds when the last check ran.
     writes: tokio::sync::Mutex<Instant>,
+    /// Silence is judged from this time on (start + the liveness timeout).
+    judging_from: OffsetDateTime,
 }
 
 impl NodeRegistry {
-    /// Loads the known nodes from the store, each with a fresh grace period.
+    /// Reads the known nodes from the store.
     pub async fn load(
         store: Arc<dyn Store>,
         settings: RegistrySettings,
     ) -> Result<Self, StoreError> {
-        let now = Instant::now();
         let nodes = store
             .load_nodes()
             .await?
             .into_iter()
-            .map(|stored| {
-                let entry = Entry {
-                    persisted_heartbeat_at: stored.node.last_heartbeat_at,
-                    node: stored.node,
-                    credential_hash: stored.credential_hash,
-                    last_seen: now,
-                    restart_requested: false,
-                };
-                (entry.node.id, entry)
-            })
+            .map(|stored| (stored.node.id, Entry::of(stored)))
             .collect();
         Ok(Self {
             store,
             settings,
             nodes: Mutex::new(nodes),
-            writes: tokio::sync::Mutex::new(now),
+            heard: Mutex::new(HashMap::new()),
+            writes: tokio::sync::Mutex::new(Instant::now()),
+            judging_from: orchion_store::now() + settings.policy.timeout,
         })
     }
 
@@ -167,6 +180,52 @@ impl NodeRegistry {
         self.nodes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn heard(&self) -> MutexGuard<'_, HashMap<NodeId, OffsetDateTime>> {
+        self.heard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reads one node from the store into the cache (or drops it when it is gone).
+    async fn reload(&self, id: NodeId) -> Result<(), StoreError> {
+        let stored = self.store.load_node(id).await?;
+        let mut nodes = self.nodes();
+        match stored {
+            Some(stored) => {
+                let last_seen = nodes.get(&id).and_then(|e| e.last_seen);
+                let mut entry = Entry::of(stored);
+                entry.last_seen = last_seen;
+                nodes.insert(id, entry);
+            }
+            None => {
+                nodes.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every node from the store into the cache: changes made through other replicas
+    /// show, nodes deleted elsewhere go. What this replica heard but has not written yet stays.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let stored = self.store.load_nodes().await?;
+        let heard = self.heard().clone();
+        let mut nodes = self.nodes();
+        let mut fresh = BTreeMap::new();
+        for stored in stored {
+            let id = stored.node.id;
+            let mut entry = Entry::of(stored);
+            if let Some(old) = nodes.get(&id) {
+                entry.last_seen = old.last_seen;
+            }
+            if let Some(at) = heard.get(&id) {
+                entry.node.last_heartbeat_at = entry.node.last_heartbeat_at.max(*at);
+            }
+            fresh.insert(id, entry);
+        }
+        *nodes = fresh;
+        Ok(())
     }
 
     /// Registers a node, or re-registers one under the id it kept, with a new credential.
@@ -196,37 +255,39 @@ impl NodeRegistry {
         self.nodes().insert(
             node.id,
             Entry {
-                persisted_heartbeat_at: node.last_heartbeat_at,
                 node: node.clone(),
                 credential_hash,
-                last_seen: Instant::now(),
                 restart_requested: false,
+                last_seen: Some(Instant::now()),
             },
         );
         tracing::info!(node_id = %node.id, name = %node.name, "node registered");
         Ok(Registered { node, credential })
     }
 
-    /// Records a heartbeat. Writes to the store only when it brings the node back to life.
+    /// Records a heartbeat. Writes to the store only when it brings the node back to life or
+    /// carries a restart request; the time it was heard is written with the next check.
     pub async fn heartbeat(
         &self,
         id: NodeId,
         credential: &str,
     ) -> Result<Heartbeat, RegistryError> {
-        let (liveness, restart) = {
+        self.authenticate(id, credential).await?;
+        let now = orchion_store::now();
+        let (liveness, restart_requested) = {
             let mut nodes = self.nodes();
-            let entry = authenticated(&mut nodes, id, credential)?;
-            let now = Instant::now();
-            orchion_metrics::metrics()
-                .heartbeat_interval
-                .observe((now - entry.last_seen).as_secs_f64());
-            entry.last_seen = now;
-            entry.node.last_heartbeat_at = orchion_store::now();
-            (
-                entry.node.liveness,
-                std::mem::take(&mut entry.restart_requested),
-            )
+            let entry = nodes.get_mut(&id).ok_or(RegistryError::NotFound(id))?;
+            let seen = Instant::now();
+            if let Some(last) = entry.last_seen {
+                orchion_metrics::metrics()
+                    .heartbeat_interval
+                    .observe((seen - last).as_secs_f64());
+            }
+            entry.last_seen = Some(seen);
+            entry.node.last_heartbeat_at = now;
+            (entry.node.liveness, entry.restart_requested)
         };
+        self.heard().insert(id, now);
         let status = if liveness == Liveness::Alive {
             self.get(id).map(|n| n.status())
         } else {
@@ -236,20 +297,33 @@ impl NodeRegistry {
                     .status(),
             )
         };
+        let restart = restart_requested && self.store.take_restart(id).await?;
+        if restart_requested {
+            if let Some(entry) = self.nodes().get_mut(&id) {
+                entry.restart_requested = false;
+            }
+        }
         Ok(Heartbeat {
             status: status.ok_or(RegistryError::NotFound(id))?,
             restart,
         })
     }
 
-    /// The node, if `credential` is its credential.
-    pub fn authenticate(&self, id: NodeId, credential: &str) -> Result<Node, RegistryError> {
+    /// The node, if `credential` is its credential. A node this replica does not know, or
+    /// knows under another credential, is read from the store first: it may have registered
+    /// (again) through another replica.
+    pub async fn authenticate(&self, id: NodeId, credential: &str) -> Result<Node, RegistryError> {
+        if let Ok(node) = authenticated(&mut self.nodes(), id, credential).map(|e| e.node.clone()) {
+            return Ok(node);
+        }
+        self.reload(id).await?;
         authenticated(&mut self.nodes(), id, credential).map(|e| e.node.clone())
     }
 
     /// The agent is leaving: the node is down at once.
     pub async fn leave(&self, id: NodeId, credential: &str) -> Result<Node, RegistryError> {
-        authenticated(&mut self.nodes(), id, credential)?;
+        self.authenticate(id, credential).await?;
+        self.heard().remove(&id);
         self.change(id, Change::Liveness(LivenessEvent::Left)).await
     }
 
@@ -261,20 +335,28 @@ impl NodeRegistry {
     /// Forgets a node. An agent still running will register again.
     pub async fn delete(&self, id: NodeId) -> Result<(), RegistryError> {
         let _writes = self.writes.lock().await;
-        if !self.nodes().contains_key(&id) {
-            return Err(RegistryError::NotFound(id));
+        match self.store.delete_node(id).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound { .. }) => {
+                self.nodes().remove(&id);
+                return Err(RegistryError::NotFound(id));
+            }
+            Err(e) => return Err(e.into()),
         }
-        self.store.delete_node(id).await?;
         self.nodes().remove(&id);
+        self.heard().remove(&id);
         Ok(())
     }
 
-    /// Asks the node's agent to restart; it is told in the answer to its next heartbeat.
-    pub fn request_restart(&self, id: NodeId) -> Result<Node, RegistryError> {
-        let mut nodes = self.nodes();
-        let entry = nodes.get_mut(&id).ok_or(RegistryError::NotFound(id))?;
-        entry.restart_requested = true;
-        Ok(entry.node.clone())
+    /// Asks the node's agent to restart; it is told in the answer to its next heartbeat,
+    /// through whichever replica it reaches.
+    pub async fn request_restart(&self, id: NodeId) -> Result<Node, RegistryError> {
+        if !self.store.request_restart(id).await? {
+            self.nodes().remove(&id);
+            return Err(RegistryError::NotFound(id));
+        }
+        self.reload(id).await?;
+        self.get(id).ok_or(RegistryError::NotFound(id))
     }
 
     /// Whether an operator asked this node to restart and the agent has not yet been told.
@@ -341,132 +423,122 @@ impl NodeRegistry {
             .any(|e| bool::from(e.credential_hash.ct_eq(&presented)))
     }
 
-    /// Applies a change to one node: computes it, commits it, then shows it in memory.
+    /// Applies a change to one node: works it out from the cache, commits it as a
+    /// compare-and-set, then shows it in memory. When the store had moved on (another replica
+    /// changed the node), the node is read again and the change worked out once more.
     async fn change(&self, id: NodeId, change: Change) -> Result<Node, RegistryError> {
         let _writes = self.writes.lock().await;
-        let (state_change, node) = {
-            let nodes = self.nodes();
-            let entry = nodes.get(&id).ok_or(RegistryError::NotFound(id))?;
-            let mut node = entry.node.clone();
-            match change {
-                Change::Liveness(event) => {
-                    node.liveness = node.liveness.next(event, self.settings.policy);
+        for _ in 0..2 {
+            let (state_change, node) = {
+                let nodes = self.nodes();
+                let entry = nodes.get(&id).ok_or(RegistryError::NotFound(id))?;
+                let mut node = entry.node.clone();
+                match change {
+                    Change::Liveness(event) => {
+                        node.liveness = node.liveness.next(event, self.settings.policy);
+                    }
+                    Change::Drain => node.draining = true,
                 }
-                Change::Drain => node.draining = true,
-            }
-            if node.liveness == entry.node.liveness && node.draining == entry.node.draining {
-                return Ok(node);
-            }
-            let state_change = NodeStateChange {
-                id,
-                from: entry.node.status(),
-                liveness: node.liveness,
-                draining: node.draining,
-                last_heartbeat_at: node.last_heartbeat_at,
+                if node.liveness == entry.node.liveness && node.draining == entry.node.draining {
+                    return Ok(node);
+                }
+                let state_change = NodeStateChange {
+                    id,
+                    from: entry.node.status(),
+                    liveness: node.liveness,
+                    draining: node.draining,
+                    last_heartbeat_at: node.last_heartbeat_at,
+                };
+                (state_change, node)
             };
-            (state_change, node)
-        };
-        self.store
-            .update_node_states(std::slice::from_ref(&state_change))
-            .await?;
-        if let Some(entry) = self.nodes().get_mut(&id) {
-            entry.node.liveness = node.liveness;
-            entry.node.draining = node.draining;
-            entry.persisted_heartbeat_at = state_change.last_heartbeat_at;
+            let applied = self
+                .store
+                .update_node_states(std::slice::from_ref(&state_change))
+                .await?;
+            if applied.is_empty() {
+                self.reload(id).await?;
+                continue;
+            }
+            if let Some(entry) = self.nodes().get_mut(&id) {
+                entry.node.liveness = node.liveness;
+                entry.node.draining = node.draining;
+            }
+            tracing::info!(node_id = %id, from = %state_change.from, to = %node.status(), "node status changed");
+            return Ok(node);
         }
-        tracing::info!(node_id = %id, from = %state_change.from, to = %node.status(), "node status changed");
-        Ok(node)
+        // Changed under us twice in a row: report the node as the store has it now.
+        self.get(id).ok_or(RegistryError::NotFound(id))
     }
 
-    /// One reconciler pass at `now`: marks silent nodes unreachable or down, and writes the
-    /// batch of last-heartbeat times when it is due. Idempotent; tests drive it directly.
-    pub async fn tick(&self, now: Instant) -> Result<TickReport, StoreError> {
-        let mut last_persist = self.writes.lock().await;
-        let changes: Vec<NodeStateChange> = self
-            .nodes()
-            .values()
-            .filter_map(|entry| {
-                let silence = now.saturating_duration_since(entry.last_seen);
-                let next = entry
-                    .node
-                    .liveness
-                    .next(LivenessEvent::Silence(silence), self.settings.policy);
-                (next != entry.node.liveness).then(|| NodeStateChange {
-                    id: entry.node.id,
-                    from: entry.node.status(),
-                    liveness: next,
-                    draining: entry.node.draining,
-                    last_heartbeat_at: entry.node.last_heartbeat_at,
-                })
-            })
-            .collect();
-        self.store.update_node_states(&changes).await?;
-        {
-            let mut nodes = self.nodes();
-            for change in &changes {
-                if let Some(entry) = nodes.get_mut(&change.id) {
-                    entry.node.liveness = change.liveness;
-                    entry.persisted_heartbeat_at = change.last_heartbeat_at;
-                    tracing::info!(
-                        node_id = %change.id,
-                        from = %change.from,
-                        to = %entry.node.status(),
-                        silent_for = ?now.saturating_duration_since(entry.last_seen),
-                        "node status changed"
-                    );
-                }
-            }
+    /// One check at `now`: writes when this replica last heard each node it heard, judges
+    /// every node's silence by the store's record (once this replica has been up for the
+    /// liveness timeout), and reads the nodes again. Idempotent; tests drive it directly.
+    pub async fn tick(&self, now: OffsetDateTime) -> Result<TickReport, StoreError> {
+        let mut last_check = self.writes.lock().await;
+        *last_check = Instant::now();
+        let persisted = self.persist_heard().await?;
+        let mut changed = Vec::new();
+        if now >= self.judging_from {
+            changed = self.store.judge_silence(now, self.settings.policy).await?;
         }
-        let mut persisted = 0;
-        if now.saturating_duration_since(*last_persist) >= self.settings.persist_interval {
-            persisted = self.persist_heartbeats().await?;
-            *last_persist = now;
+        for change in &changed {
+            tracing::info!(
+                node_id = %change.id,
+                from = %change.from,
+                to = %NodeStatus::of(change.liveness, change.draining),
+                last_heard = %change.last_heartbeat_at,
+                "node status changed"
+            );
         }
+        drop(last_check);
+        self.refresh().await?;
         Ok(TickReport {
-            changed: changes.len(),
+            changed: changed.len(),
             persisted,
         })
     }
 
-    /// Writes every last-heartbeat time that changed since the previous write, in one
-    /// transaction. Called with `writes` held.
-    async fn persist_heartbeats(&self) -> Result<usize, StoreError> {
-        let beats: Vec<(NodeId, OffsetDateTime)> = self
-            .nodes()
-            .values()
-            .filter(|e| e.node.last_heartbeat_at != e.persisted_heartbeat_at)
-            .map(|e| (e.node.id, e.node.last_heartbeat_at))
-            .collect();
-        self.store.record_heartbeats(&beats).await?;
-        let mut nodes = self.nodes();
-        for (id, at) in &beats {
-            if let Some(entry) = nodes.get_mut(id) {
-                entry.persisted_heartbeat_at = *at;
+    /// Writes the nodes heard since the last write, in one statement; on failure they are
+    /// kept for the next try. Called with `writes` held.
+    async fn persist_heard(&self) -> Result<usize, StoreError> {
+        let beats: Vec<(NodeId, OffsetDateTime)> = self.heard().drain().collect();
+        if let Err(e) = self.store.record_heartbeats(&beats).await {
+            let mut heard = self.heard();
+            for (id, at) in beats {
+                let kept = heard.entry(id).or_insert(at);
+                *kept = (*kept).max(at);
             }
+            return Err(e);
         }
         Ok(beats.len())
     }
 }
 
-/// The liveness reconciler: every `check_interval`, nodes not heard from turn unreachable,
-/// then down; at shutdown the last heartbeats are written.
+/// The liveness reconciler: every [`REFRESH`] the nodes are read again; every
+/// `check_interval` the nodes heard are written and silent ones turn unreachable, then down.
+/// At shutdown the last heartbeats heard are written.
 impl Reconciler for NodeRegistry {
     fn name(&self) -> &'static str {
         "liveness"
     }
 
     fn period(&self) -> Duration {
-        self.settings.check_interval
+        REFRESH.min(self.settings.check_interval)
     }
 
     async fn reconcile(&self, _: Cause) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-        let report = self.tick(Instant::now()).await?;
+        let due = self.writes.lock().await.elapsed() >= self.settings.check_interval;
+        if !due {
+            self.refresh().await?;
+            return Ok(0);
+        }
+        let report = self.tick(orchion_store::now()).await?;
         Ok(report.changed + report.persisted)
     }
 
     async fn stopped(&self) {
         let _writes = self.writes.lock().await;
-        if let Err(e) = self.persist_heartbeats().await {
+        if let Err(e) = self.persist_heard().await {
             tracing::warn!(error = %e, "could not record last heartbeats at shutdown");
         }
     }

@@ -192,7 +192,7 @@ impl WorkQueue {
             tokio::pin!(woken);
             woken.as_mut().enable();
 
-            let node = self.nodes.authenticate(node_id, credential)?;
+            let node = self.nodes.authenticate(node_id, credential).await?;
             if node.liveness == Liveness::Alive && !node.draining {
                 let started = std::time::Instant::now();
                 let claimed = self
@@ -243,7 +243,7 @@ impl WorkQueue {
         credential: &str,
         leases: &[(TaskId, u32)],
     ) -> Result<Vec<LeaseState>, WorkError> {
-        self.nodes.authenticate(node, credential)?;
+        self.nodes.authenticate(node, credential).await?;
         Ok(self.store.extend_leases(node, leases).await?)
     }
 
@@ -256,7 +256,7 @@ impl WorkQueue {
         attempt: u32,
         lines: &[NewLogLine],
     ) -> Result<(), WorkError> {
-        self.nodes.authenticate(node, credential)?;
+        self.nodes.authenticate(node, credential).await?;
         Ok(self.store.append_logs(node, task, attempt, lines).await?)
     }
 
@@ -269,7 +269,7 @@ impl WorkQueue {
         credential: &str,
         results: Vec<AttemptResult>,
     ) -> Result<Vec<Result<Completed, StoreError>>, WorkError> {
-        self.nodes.authenticate(node, credential)?;
+        self.nodes.authenticate(node, credential).await?;
         let outcomes: Vec<&'static str> = results
             .iter()
             .map(|r| orchion_domain::AttemptStatus::of(&r.outcome).as_str())
@@ -317,17 +317,20 @@ impl WorkQueue {
         lost.with_label_values(&["lease_expired"])
             .inc_by(u64::try_from(expired).unwrap_or(0));
         let mut changed = expired;
-        for node in self.store.running_nodes().await? {
-            let alive = self
-                .nodes
-                .get(node)
-                .is_some_and(|n| n.liveness == Liveness::Alive);
-            if !alive {
-                let gone = self.store.lose_node_attempts(node).await?;
-                lost.with_label_values(&["node_lost"])
-                    .inc_by(u64::try_from(gone).unwrap_or(0));
-                changed += gone;
-            }
+        // By the store's record only: a node this replica has not heard of is not lost.
+        for (node, status) in self.store.lost_running_nodes().await? {
+            let why = match status {
+                Some(status) => format!(
+                    "the attempt was lost: its node {node} is {status} (no heartbeat reached any \
+                     server for more than {:?})",
+                    self.nodes.settings().policy.timeout
+                ),
+                None => format!("the attempt was lost: its node {node} was deleted"),
+            };
+            let gone = self.store.lose_node_attempts(node, &why).await?;
+            lost.with_label_values(&["node_lost"])
+                .inc_by(u64::try_from(gone).unwrap_or(0));
+            changed += gone;
         }
         if changed > 0 {
             self.work_changed();

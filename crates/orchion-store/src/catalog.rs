@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use orchion_domain::{
-    Capacity, Labels, Liveness, Node, NodeId, NodeStatus, Page, PageRequest, Project,
-    ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
+    Capacity, Labels, Liveness, LivenessEvent, LivenessPolicy, Node, NodeId, NodeStatus, Page,
+    PageRequest, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::{
     Created, IdempotencyKey, StoreError,
     backend::{Statement, StoreBackend, Tx},
-    codec::{page_limit, page_of},
+    codec::{from_micros, micros, page_limit, page_of},
     events::{PendingEvent, kind},
     idempotency::{PROJECT_CREATE_SCOPE, find_idempotent, insert_key, retry_lost_race},
 };
@@ -40,6 +40,8 @@ pub struct Event {
 pub struct StoredNode {
     pub node: Node,
     pub credential_hash: Vec<u8>,
+    /// An operator asked the node's agent to restart, and no heartbeat has carried it yet.
+    pub restart_requested: bool,
 }
 
 /// A change of a node's liveness or drain flag.
@@ -91,14 +93,41 @@ pub trait CatalogStore: Send + Sync {
     /// Every node with its credential hash, in id order.
     async fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError>;
 
-    /// Applies liveness and drain changes in one transaction, with a `node.status_changed`
-    /// event for each change of status. Changes to nodes that no longer exist are skipped.
-    async fn update_node_states(&self, changes: &[NodeStateChange]) -> Result<(), StoreError>;
+    /// One node with its credential hash.
+    async fn load_node(&self, id: NodeId) -> Result<Option<StoredNode>, StoreError>;
 
-    /// Records when nodes were last heard from. No events: this is the coarse, periodic write
-    /// that keeps heartbeats cheap.
+    /// Applies liveness and drain changes in one transaction, with a `node.status_changed`
+    /// event for each change of status. Each change is a compare-and-set: it applies only
+    /// while the node's status is still its `from`; the changes that applied are returned.
+    /// A change that brings a node back to life also records it as heard at
+    /// `last_heartbeat_at`.
+    async fn update_node_states(
+        &self,
+        changes: &[NodeStateChange],
+    ) -> Result<Vec<NodeStateChange>, StoreError>;
+
+    /// Records when nodes were last heard from, in one statement; a time older than the one
+    /// stored (another replica heard the node later) is ignored. No events: this is the
+    /// periodic write, one per check interval, that keeps heartbeats cheap.
     async fn record_heartbeats(&self, beats: &[(NodeId, OffsetDateTime)])
     -> Result<(), StoreError>;
+
+    /// Judges every node's silence at `now` by the store's record of when it was last heard:
+    /// alive nodes silent past the policy's timeout become unreachable, unreachable ones silent
+    /// long enough become down. One transaction of compare-and-set changes, with their events:
+    /// harmless when every replica runs it. Returns the changes made.
+    async fn judge_silence(
+        &self,
+        now: OffsetDateTime,
+        policy: LivenessPolicy,
+    ) -> Result<Vec<NodeStateChange>, StoreError>;
+
+    /// Asks a node's agent to restart at its next heartbeat; `false` when there is no such node.
+    async fn request_restart(&self, id: NodeId) -> Result<bool, StoreError>;
+
+    /// Takes a pending restart request: `true` once per request, for the heartbeat that
+    /// carries it.
+    async fn take_restart(&self, id: NodeId) -> Result<bool, StoreError>;
 
     /// Removes a node.
     async fn delete_node(&self, id: NodeId) -> Result<(), StoreError>;
@@ -110,18 +139,21 @@ pub trait CatalogStore: Send + Sync {
     async fn last_event_seq(&self) -> Result<i64, StoreError>;
 }
 
+/// Nodes per statement of [`CatalogStore::record_heartbeats`] (3 parameters each).
+const HEARTBEAT_CHUNK: usize = 1000;
+
 const PROJECT_COLUMNS: &str = "id, name, description, type, status, created_at, updated_at";
 
-const NODE_COLUMNS: &str = "id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at";
+const NODE_COLUMNS: &str = "id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at, restart_requested";
 
 /// Registers a node, or re-registers it under its id: `registered_at` and the drain flag are
 /// kept, and the status follows from being alive and (maybe) drained.
-const UPSERT_NODE: &str = "INSERT INTO nodes (id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', false, $10, $11, $11) \
+const UPSERT_NODE: &str = "INSERT INTO nodes (id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at, heard_us) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', false, $10, $11, $11, $12) \
      ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, labels = excluded.labels, \
      cpu_millis = excluded.cpu_millis, memory_bytes = excluded.memory_bytes, gpus = excluded.gpus, \
      executors = excluded.executors, version = excluded.version, credential_hash = excluded.credential_hash, \
-     last_heartbeat_at = excluded.last_heartbeat_at, \
+     last_heartbeat_at = excluded.last_heartbeat_at, heard_us = excluded.heard_us, \
      status = CASE WHEN nodes.draining THEN 'draining' ELSE 'ready' END";
 
 fn project_not_found(id: ProjectId) -> StoreError {
@@ -275,7 +307,8 @@ impl<B: StoreBackend> CatalogStore for B {
                 .bind(&executors)
                 .bind(node.version.as_str())
                 .bind(credential_hash)
-                .bind(node.last_heartbeat_at),
+                .bind(node.last_heartbeat_at)
+                .bind(micros(node.last_heartbeat_at)),
         )
         .await?;
         let stored: StoredNode = tx
@@ -301,31 +334,59 @@ impl<B: StoreBackend> CatalogStore for B {
         .collect()
     }
 
-    async fn update_node_states(&self, changes: &[NodeStateChange]) -> Result<(), StoreError> {
+    async fn load_node(&self, id: NodeId) -> Result<Option<StoredNode>, StoreError> {
+        let rows: Vec<NodeRow> = self
+            .read_all(
+                Statement::new(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+                    .bind(id.as_uuid()),
+            )
+            .await?;
+        rows.into_iter()
+            .next()
+            .map(StoredNode::try_from)
+            .transpose()
+    }
+
+    async fn update_node_states(
+        &self,
+        changes: &[NodeStateChange],
+    ) -> Result<Vec<NodeStateChange>, StoreError> {
         if changes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
+        let mut applied = Vec::new();
         let mut events = Vec::new();
         for change in changes {
             let to = NodeStatus::of(change.liveness, change.draining);
+            // Coming back to life is hearing the node: the lease starts again now.
+            let heard =
+                (change.liveness == Liveness::Alive).then(|| micros(change.last_heartbeat_at));
             let updated = tx
                 .execute(
                     Statement::new(
-                        "UPDATE nodes SET status = $2, draining = $3, last_heartbeat_at = $4 WHERE id = $1",
+                        "UPDATE nodes SET status = $2, draining = $3, last_heartbeat_at = $4, \
+                         heard_us = COALESCE($5, heard_us) WHERE id = $1 AND status = $6",
                     )
                     .bind(change.id.as_uuid())
                     .bind(to.as_str())
                     .bind(change.draining)
-                    .bind(change.last_heartbeat_at),
+                    .bind(change.last_heartbeat_at)
+                    .bind(heard)
+                    .bind(change.from.as_str()),
                 )
                 .await?;
-            if updated > 0 && to != change.from {
+            if updated == 0 {
+                continue;
+            }
+            if to != change.from {
                 events.push(PendingEvent::node_status(change.id, change.from, to));
             }
+            applied.push(change.clone());
         }
         tx.append_events(&events).await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(applied)
     }
 
     async fn record_heartbeats(
@@ -336,15 +397,104 @@ impl<B: StoreBackend> CatalogStore for B {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for (id, at) in beats {
-            tx.execute(
-                Statement::new("UPDATE nodes SET last_heartbeat_at = $2 WHERE id = $1")
-                    .bind(id.as_uuid())
-                    .bind(*at),
-            )
-            .await?;
+        for chunk in beats.chunks(HEARTBEAT_CHUNK) {
+            // `column1…` name the columns of a VALUES list on both backends.
+            let mut update = Statement::new(
+                "UPDATE nodes SET heard_us = v.column2, last_heartbeat_at = v.column3 FROM (",
+            );
+            update.push_values(chunk.iter().map(|(id, at)| {
+                [
+                    crate::backend::Value::from(id.as_uuid()),
+                    micros(*at).into(),
+                    (*at).into(),
+                ]
+            }));
+            update.push(") AS v WHERE nodes.id = v.column1 AND nodes.heard_us < v.column2");
+            tx.execute(update).await?;
         }
         tx.commit().await
+    }
+
+    async fn judge_silence(
+        &self,
+        now: OffsetDateTime,
+        policy: LivenessPolicy,
+    ) -> Result<Vec<NodeStateChange>, StoreError> {
+        let now_us = micros(now);
+        let silent_since = now_us - i64::try_from(policy.timeout.as_micros()).unwrap_or(i64::MAX);
+        let mut tx = self.begin().await?;
+        let silent: Vec<(Uuid, String, bool, i64)> = tx
+            .fetch_all(
+                Statement::new(format!(
+                    "SELECT id, status, draining, heard_us FROM nodes \
+                     WHERE status <> 'down' AND heard_us < $1 ORDER BY id{}",
+                    B::Tx::ROW_LOCK
+                ))
+                .bind(silent_since),
+            )
+            .await?;
+        let mut changes = Vec::new();
+        let mut events = Vec::new();
+        for (id, status, draining, heard_us) in silent {
+            let from: NodeStatus = status.parse().map_err(StoreError::Corrupt)?;
+            let silence =
+                std::time::Duration::from_micros(u64::try_from(now_us - heard_us).unwrap_or(0));
+            let liveness = from
+                .liveness()
+                .next(LivenessEvent::Silence(silence), policy);
+            if liveness == from.liveness() {
+                continue;
+            }
+            let to = NodeStatus::of(liveness, draining);
+            tx.execute(
+                Statement::new("UPDATE nodes SET status = $2 WHERE id = $1 AND status = $3")
+                    .bind(id)
+                    .bind(to.as_str())
+                    .bind(from.as_str()),
+            )
+            .await?;
+            events.push(PendingEvent::node_status(NodeId::from_uuid(id), from, to));
+            changes.push(NodeStateChange {
+                id: NodeId::from_uuid(id),
+                from,
+                liveness,
+                draining,
+                last_heartbeat_at: from_micros(heard_us),
+            });
+        }
+        if changes.is_empty() {
+            tx.rollback().await?;
+            return Ok(changes);
+        }
+        tx.append_events(&events).await?;
+        tx.commit().await?;
+        Ok(changes)
+    }
+
+    async fn request_restart(&self, id: NodeId) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = tx
+            .execute(
+                Statement::new("UPDATE nodes SET restart_requested = true WHERE id = $1")
+                    .bind(id.as_uuid()),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(updated > 0)
+    }
+
+    async fn take_restart(&self, id: NodeId) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = tx
+            .execute(
+                Statement::new(
+                    "UPDATE nodes SET restart_requested = false WHERE id = $1 AND restart_requested",
+                )
+                .bind(id.as_uuid()),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(updated > 0)
     }
 
     async fn delete_node(&self, id: NodeId) -> Result<(), StoreError> {
@@ -454,6 +604,7 @@ struct NodeRow {
     credential_hash: Option<Vec<u8>>,
     registered_at: OffsetDateTime,
     last_heartbeat_at: OffsetDateTime,
+    restart_requested: bool,
 }
 
 impl TryFrom<NodeRow> for StoredNode {
@@ -484,6 +635,7 @@ impl TryFrom<NodeRow> for StoredNode {
                 last_heartbeat_at: row.last_heartbeat_at,
             },
             credential_hash: row.credential_hash.unwrap_or_default(),
+            restart_requested: row.restart_requested,
         })
     }
 }

@@ -10,8 +10,8 @@
 
 use async_trait::async_trait;
 use orchion_domain::{
-    Attempt, AttemptOutcome, Capacity, Cursor, Job, JobFilter, Labels, NewJob, NodeId, Page,
-    PageRequest, RunId, TaskEvent, TaskId, TaskStatus, Timeouts,
+    Attempt, AttemptOutcome, Capacity, Cursor, Job, JobFilter, Labels, NewJob, NodeId, NodeStatus,
+    Page, PageRequest, RunId, TaskEvent, TaskId, TaskStatus, Timeouts,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -210,8 +210,9 @@ pub trait JobStore: Send + Sync {
     /// that waited past `schedule_to_start`. Returns how many tasks changed.
     async fn expire_leases(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
 
-    /// Ends every attempt running on `node` as lost (the node is unreachable).
-    async fn lose_node_attempts(&self, node: NodeId) -> Result<usize, StoreError>;
+    /// Ends every attempt running on `node` as lost (the node is not alive), each with `why`
+    /// as its error.
+    async fn lose_node_attempts(&self, node: NodeId, why: &str) -> Result<usize, StoreError>;
 
     /// Cancels a job: at once when queued; a running attempt is asked to stop.
     async fn cancel_job(&self, id: RunId) -> Result<Job, StoreError>;
@@ -243,8 +244,9 @@ pub trait JobStore: Send + Sync {
     /// Ready tasks (queued, due by `now`) grouped by executor and placement labels.
     async fn queue_depths(&self, now: OffsetDateTime) -> Result<Vec<QueueDepth>, StoreError>;
 
-    /// Nodes that have attempts running.
-    async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError>;
+    /// Nodes that have attempts running but are not alive by the store's record: each with its
+    /// status, or `None` when the node no longer exists.
+    async fn lost_running_nodes(&self) -> Result<Vec<(NodeId, Option<NodeStatus>)>, StoreError>;
 
     /// When the earliest queued task that is not yet due at `now` becomes due: what a claim
     /// that found nothing sleeps until. A task due already is not counted — if the claim did
@@ -443,7 +445,7 @@ impl<B: StoreBackend> JobStore for B {
         Ok(expired.len() + late.len())
     }
 
-    async fn lose_node_attempts(&self, node: NodeId) -> Result<usize, StoreError> {
+    async fn lose_node_attempts(&self, node: NodeId, why: &str) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
         let running: Vec<TaskRow> = tx
             .fetch_all(
@@ -458,8 +460,13 @@ impl<B: StoreBackend> JobStore for B {
         let now = crate::now();
         let plans = running
             .iter()
-            .map(|task| plan_finish(task, AttemptOutcome::Lost, None, None, now, rand::random()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|task| {
+                let mut plan =
+                    plan_finish(task, AttemptOutcome::Lost, None, None, now, rand::random())?;
+                plan.error = Some(why.to_owned());
+                Ok(plan)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         finish_attempts(&mut tx, &plans).await?;
         let events: Vec<PendingEvent> = plans.into_iter().map(|p| p.event).collect();
         tx.append_events(&events).await?;
@@ -608,16 +615,22 @@ impl<B: StoreBackend> JobStore for B {
             .collect())
     }
 
-    async fn running_nodes(&self) -> Result<Vec<NodeId>, StoreError> {
-        let rows: Vec<(Uuid,)> = self
+    async fn lost_running_nodes(&self) -> Result<Vec<(NodeId, Option<NodeStatus>)>, StoreError> {
+        let rows: Vec<(Uuid, Option<String>)> = self
             .read_all(Statement::new(
-                "SELECT DISTINCT node_id FROM tasks WHERE status = 'running' AND node_id IS NOT NULL",
+                "SELECT DISTINCT t.node_id, n.status FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id \
+                 WHERE t.status = 'running' AND t.node_id IS NOT NULL \
+                 AND (n.id IS NULL OR n.status NOT IN ('ready', 'draining'))",
             ))
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id,)| NodeId::from_uuid(id))
-            .collect())
+        rows.into_iter()
+            .map(|(id, status)| {
+                let status = status
+                    .map(|s| s.parse::<NodeStatus>().map_err(StoreError::Corrupt))
+                    .transpose()?;
+                Ok((NodeId::from_uuid(id), status))
+            })
+            .collect()
     }
 
     async fn next_run_after(

@@ -130,7 +130,11 @@ pub(crate) fn plan_finish(
         AttemptOutcome::Failed { exit_code, error } => (*exit_code, Some(error.clone())),
         AttemptOutcome::Lost => (
             None,
-            Some("the attempt's lease expired: its node stopped answering".to_owned()),
+            Some(
+                "the attempt's lease expired: its agent did not renew it in time (the agent \
+                 stopped, crashed or lost its connection to every server)"
+                    .to_owned(),
+            ),
         ),
         AttemptOutcome::TimedOut => (
             None,

@@ -79,6 +79,9 @@ conformance!(
     re_registering_keeps_registration_time_and_drain,
     node_state_changes_record_status_events,
     heartbeats_are_recorded_without_events,
+    a_state_change_applies_only_from_its_expected_status,
+    silence_is_judged_once_by_the_stored_heard_time,
+    a_restart_request_is_taken_once,
     a_deleted_node_is_gone,
     commits_are_counted,
     a_job_is_created_once_per_key_and_reads_back,
@@ -545,7 +548,141 @@ async fn heartbeats_are_recorded_without_events(db: Db) {
         store.load_nodes().await.unwrap()[0].node.last_heartbeat_at,
         later
     );
+    // A replica that heard the node earlier than the one recorded does not move it back.
+    store
+        .record_heartbeats(&[(n.id, later - time::Duration::seconds(10))])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .load_node(n.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .node
+            .last_heartbeat_at,
+        later
+    );
     assert_eq!(store.events_after(0, 100).await.unwrap().len(), events);
+}
+
+async fn a_state_change_applies_only_from_its_expected_status(db: Db) {
+    let store = db.open().await;
+    let n = node("n");
+    store.register_node(&n, b"x").await.unwrap();
+    let to_unreachable = NodeStateChange {
+        id: n.id,
+        from: NodeStatus::Ready,
+        liveness: Liveness::Unreachable,
+        draining: false,
+        last_heartbeat_at: n.last_heartbeat_at,
+    };
+    let applied = store
+        .update_node_states(std::slice::from_ref(&to_unreachable))
+        .await
+        .unwrap();
+    assert_eq!(applied, std::slice::from_ref(&to_unreachable));
+    // A second replica working from the old status changes nothing, and records no event.
+    let events = store.events_after(0, 100).await.unwrap().len();
+    assert!(
+        store
+            .update_node_states(&[to_unreachable])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.events_after(0, 100).await.unwrap().len(), events);
+}
+
+async fn silence_is_judged_once_by_the_stored_heard_time(db: Db) {
+    let store = db.open().await;
+    let policy = orchion_domain::LivenessPolicy {
+        timeout: std::time::Duration::from_secs(30),
+        down_after: std::time::Duration::from_secs(60),
+    };
+    let quiet = node("quiet");
+    let heard = node("heard");
+    store.register_node(&quiet, b"x").await.unwrap();
+    store.register_node(&heard, b"y").await.unwrap();
+    let start = quiet.last_heartbeat_at;
+    let at = |s: i64| start + time::Duration::seconds(s);
+    // Some replica heard `heard` at +20 s; nobody heard `quiet`.
+    store
+        .record_heartbeats(&[(heard.id, at(20))])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .judge_silence(at(29), policy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let changes = store.judge_silence(at(31), policy).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].id, quiet.id);
+    assert_eq!(changes[0].liveness, Liveness::Unreachable);
+    // Every replica runs the same pass: the second finds nothing left to do.
+    assert!(
+        store
+            .judge_silence(at(31), policy)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let changes = store.judge_silence(at(91), policy).await.unwrap();
+    let mut moved: Vec<(NodeId, Liveness)> = changes.iter().map(|c| (c.id, c.liveness)).collect();
+    moved.sort_by_key(|(id, _)| *id);
+    let mut expected = vec![
+        (quiet.id, Liveness::Down),
+        (heard.id, Liveness::Unreachable),
+    ];
+    expected.sort_by_key(|(id, _)| *id);
+    assert_eq!(moved, expected);
+    let kinds: Vec<(String, String)> = store
+        .events_after(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "node.status_changed" && e.subject == quiet.id.to_string())
+        .map(|e| (e.data["from"].to_string(), e.data["to"].to_string()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (r#""ready""#.to_owned(), r#""unreachable""#.to_owned()),
+            (r#""unreachable""#.to_owned(), r#""down""#.to_owned()),
+        ]
+    );
+    // A node with a running attempt that is no longer alive is found by the store's record.
+    store.create_job(job("shell"), None).await.unwrap();
+    store
+        .claim_tasks(&claim(heard.id, &["shell"], 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lost_running_nodes().await.unwrap(),
+        [(heard.id, Some(NodeStatus::Unreachable))]
+    );
+}
+
+async fn a_restart_request_is_taken_once(db: Db) {
+    let store = db.open().await;
+    let n = node("n");
+    store.register_node(&n, b"x").await.unwrap();
+    assert!(!store.take_restart(n.id).await.unwrap());
+    assert!(store.request_restart(n.id).await.unwrap());
+    assert!(
+        store
+            .load_node(n.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .restart_requested
+    );
+    assert!(store.take_restart(n.id).await.unwrap());
+    assert!(!store.take_restart(n.id).await.unwrap());
+    assert!(!store.request_restart(NodeId::new()).await.unwrap());
 }
 
 async fn a_deleted_node_is_gone(db: Db) {
@@ -1058,11 +1195,24 @@ async fn a_lost_node_loses_its_attempts(db: Db) {
         .claim_tasks(&claim(node, &["shell"], 1))
         .await
         .unwrap();
-    assert_eq!(store.lose_node_attempts(node).await.unwrap(), 1);
+    // Never registered: to the store the node is gone.
+    assert_eq!(store.lost_running_nodes().await.unwrap(), [(node, None)]);
+    assert_eq!(
+        store
+            .lose_node_attempts(node, "its node vanished")
+            .await
+            .unwrap(),
+        1
+    );
     let again = store.get_job(j.id).await.unwrap();
     assert_eq!(again.state.status, TaskStatus::Queued);
     assert_eq!(again.attempts[0].status, AttemptStatus::Lost);
-    assert_eq!(store.lose_node_attempts(node).await.unwrap(), 0);
+    assert_eq!(
+        again.attempts[0].error.as_deref(),
+        Some("its node vanished")
+    );
+    assert_eq!(store.lose_node_attempts(node, "again").await.unwrap(), 0);
+    assert!(store.lost_running_nodes().await.unwrap().is_empty());
 }
 
 async fn cancelling_queued_and_running_jobs(db: Db) {

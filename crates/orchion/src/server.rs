@@ -83,8 +83,13 @@ impl Server {
                 down_after: cluster.down_after,
             },
             check_interval: cluster.check_interval,
-            persist_interval: cluster.heartbeat_persist_interval,
         };
+        if cluster.heartbeat_persist_interval != orchion_config::DEFAULT_HEARTBEAT_PERSIST_INTERVAL
+        {
+            tracing::warn!(
+                "cluster.heartbeat_persist_interval is no longer used: the nodes heard are written every cluster.check_interval"
+            );
+        }
         let registry = Arc::new(
             NodeRegistry::load(store.clone(), settings)
                 .await

@@ -16,8 +16,11 @@ fn settings() -> RegistrySettings {
             down_after: DOWN_AFTER,
         },
         check_interval: Duration::from_secs(5),
-        persist_interval: Duration::from_secs(60),
     }
+}
+
+fn now() -> OffsetDateTime {
+    orchion_store::now()
 }
 
 struct Fixture {
@@ -118,9 +121,10 @@ async fn heartbeats_write_nothing_to_the_store() {
             .unwrap();
     }
     assert_eq!(f.store.commits(), commits);
-    // A pass before the persist interval writes nothing either.
-    f.registry.tick(Instant::now()).await.unwrap();
-    assert_eq!(f.store.commits(), commits);
+    // The check writes them all in one transaction.
+    let report = f.registry.tick(now()).await.unwrap();
+    assert_eq!(report.persisted, 1);
+    assert_eq!(f.store.commits(), commits + 1);
 }
 
 #[tokio::test]
@@ -132,7 +136,7 @@ async fn silence_makes_a_node_unreachable_then_down_and_a_heartbeat_revives_it()
         .await
         .unwrap();
     let id = a.node.id;
-    let start = Instant::now();
+    let start = now();
 
     let report = f
         .registry
@@ -182,7 +186,7 @@ async fn a_drained_node_stays_drained_through_silence() {
         f.registry.drain(id).await.unwrap().status(),
         NodeStatus::Draining
     );
-    f.registry.tick(Instant::now() + TIMEOUT * 2).await.unwrap();
+    f.registry.tick(now() + TIMEOUT * 2).await.unwrap();
     assert_eq!(
         f.registry.get(id).unwrap().status(),
         NodeStatus::Unreachable
@@ -212,17 +216,8 @@ async fn leaving_makes_a_node_down_at_once() {
 }
 
 #[tokio::test]
-async fn last_heartbeats_are_written_in_one_batch_when_due() {
-    let mut f = fixture().await;
-    f.registry = NodeRegistry::load(
-        f.store.clone(),
-        RegistrySettings {
-            persist_interval: Duration::from_secs(10),
-            ..settings()
-        },
-    )
-    .await
-    .unwrap();
+async fn the_nodes_heard_are_written_in_one_batch_per_check() {
+    let f = fixture().await;
     let a = f
         .registry
         .register(None, registration("a", &[]))
@@ -242,17 +237,7 @@ async fn last_heartbeats_are_written_in_one_batch_when_due() {
         .await
         .unwrap();
     let commits = f.store.commits();
-    let early = f
-        .registry
-        .tick(Instant::now() + Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(early, TickReport::default(), "not due yet");
-    let report = f
-        .registry
-        .tick(Instant::now() + Duration::from_secs(11))
-        .await
-        .unwrap();
+    let report = f.registry.tick(now()).await.unwrap();
     assert_eq!(report.changed, 0);
     assert_eq!(report.persisted, 2);
     assert_eq!(
@@ -267,6 +252,76 @@ async fn last_heartbeats_are_written_in_one_batch_when_due() {
             f.registry.get(s.node.id).unwrap().last_heartbeat_at
         );
     }
+    // Nothing heard since: the next check writes nothing.
+    assert_eq!(f.registry.tick(now()).await.unwrap().persisted, 0);
+    assert_eq!(f.store.commits(), commits + 1);
+}
+
+/// Two registries on one store are two replicas: what one does, the other sees, and silence is
+/// judged by what any replica heard, never by what one replica did not.
+#[tokio::test]
+async fn replicas_share_the_nodes_and_judge_silence_by_the_store() {
+    let f = fixture().await;
+    let other = NodeRegistry::load(f.store.clone(), settings())
+        .await
+        .unwrap();
+    let a = f
+        .registry
+        .register(None, registration("a", &[]))
+        .await
+        .unwrap();
+    let id = a.node.id;
+    // Unknown to the other replica until asked: then read from the store.
+    assert!(other.get(id).is_none());
+    assert!(other.authenticate(id, &a.credential).await.is_ok());
+    let beat = other.heartbeat(id, &a.credential).await.unwrap();
+    assert_eq!(beat.status, NodeStatus::Ready);
+
+    // Heard only through `other`; the first replica never hears it, yet its check finds the
+    // node alive by the store's record.
+    let heard_at = now();
+    other.tick(heard_at).await.unwrap();
+    let report = f
+        .registry
+        .tick(heard_at + TIMEOUT - Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(report.changed, 0);
+    assert_eq!(f.registry.get(id).unwrap().status(), NodeStatus::Ready);
+
+    // Nobody hears it: the first check past the timeout on either replica decides, once.
+    let late = heard_at + TIMEOUT + Duration::from_secs(2);
+    assert_eq!(f.registry.tick(late).await.unwrap().changed, 1);
+    assert_eq!(other.tick(late).await.unwrap().changed, 0);
+    assert_eq!(other.get(id).unwrap().status(), NodeStatus::Unreachable);
+    assert_eq!(
+        statuses(&f.store).await,
+        [("ready".to_owned(), "unreachable".to_owned())]
+    );
+
+    // A drain through one replica, a restart request through the other.
+    f.registry.drain(id).await.unwrap();
+    other.request_restart(id).await.unwrap();
+    f.registry.refresh().await.unwrap();
+    assert!(f.registry.restart_pending(id));
+    let beat = f.registry.heartbeat(id, &a.credential).await.unwrap();
+    assert_eq!(beat.status, NodeStatus::Draining);
+    assert!(
+        beat.restart,
+        "the request reaches the heartbeat through the other replica"
+    );
+    other.refresh().await.unwrap();
+    assert!(!other.restart_pending(id));
+    assert!(!other.heartbeat(id, &a.credential).await.unwrap().restart);
+
+    // Deleted through one replica: the other forgets it.
+    f.registry.delete(id).await.unwrap();
+    other.refresh().await.unwrap();
+    assert!(other.get(id).is_none());
+    assert!(matches!(
+        other.heartbeat(id, &a.credential).await,
+        Err(RegistryError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -285,9 +340,23 @@ async fn a_restarted_registry_knows_every_node_and_its_credential() {
     assert_eq!(node.status(), NodeStatus::Draining);
     assert_eq!(node.labels.as_map()["zone"], "x");
     assert!(restarted.heartbeat(a.node.id, &a.credential).await.is_ok());
-    // Fresh grace: a pass right after the restart changes nothing even though the stored
-    // heartbeat is older than the timeout would allow.
-    assert_eq!(restarted.tick(Instant::now()).await.unwrap().changed, 0);
+    // The node was last heard long ago (every server was down for an hour). Grace: a replica
+    // judges no silence in its first timeout, so the agents have that long to come back.
+    let mut stale = node.clone();
+    stale.last_heartbeat_at = now() - Duration::from_secs(3600);
+    f.store.register_node(&stale, b"hash").await.unwrap();
+    let restarted = NodeRegistry::load(f.store.clone(), settings())
+        .await
+        .unwrap();
+    assert_eq!(restarted.tick(now()).await.unwrap().changed, 0);
+    assert_eq!(
+        restarted
+            .tick(now() + TIMEOUT + Duration::from_secs(1))
+            .await
+            .unwrap()
+            .changed,
+        1
+    );
 }
 
 #[tokio::test]
@@ -328,7 +397,7 @@ async fn a_restart_request_reaches_the_next_heartbeat_once() {
         .register(None, registration("a", &[]))
         .await
         .unwrap();
-    f.registry.request_restart(a.node.id).unwrap();
+    f.registry.request_restart(a.node.id).await.unwrap();
     assert!(f.registry.restart_pending(a.node.id));
     assert!(
         f.registry
@@ -345,7 +414,7 @@ async fn a_restart_request_reaches_the_next_heartbeat_once() {
             .restart
     );
     assert!(matches!(
-        f.registry.request_restart(NodeId::new()),
+        f.registry.request_restart(NodeId::new()).await,
         Err(RegistryError::NotFound(_))
     ));
 }

@@ -15,6 +15,7 @@ mod jobs;
 mod kubernetes;
 mod metrics;
 mod nodes;
+mod replicas;
 mod server;
 mod tracing;
 mod workflows;

@@ -272,7 +272,6 @@ pub fn cluster_server(dir: &Path, grpc_port: u16) -> Orchion {
         &[
             ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
             ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
-            ("ORCHION_CLUSTER__HEARTBEAT_PERSIST_INTERVAL", "1s"),
         ],
     )
 }

@@ -1,0 +1,137 @@
+//! Several `orchion server` replicas on one PostgreSQL database are one control plane: they
+//! agree on the nodes, and work submitted to any of them runs exactly once, counted by its side
+//! effects outside Orchion.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::common::{Orchion, TOKEN, agent, eventually, free_port, get_json, http};
+
+/// A replica on `url` with fast liveness (2 s timeout, 200 ms checks) and no Kubernetes agent.
+fn replica(dir: &Path, url: &str) -> Orchion {
+    let port = free_port().to_string();
+    Orchion::start(
+        dir,
+        &[
+            "server",
+            "--port",
+            &port,
+            "--database-url",
+            url,
+            "--join-token",
+            TOKEN,
+            "--heartbeat-timeout",
+            "2s",
+        ],
+        &[
+            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
+            ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
+            ("ORCHION_KUBERNETES__ENABLED", "false"),
+        ],
+    )
+}
+
+/// Each node's name and status as `server` lists them.
+async fn nodes(server: &Orchion) -> Option<BTreeMap<String, String>> {
+    let listing = get_json(server, "/api/v1/nodes").await?;
+    Some(
+        listing["items"]
+            .as_array()?
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap_or_default().to_owned(),
+                    n["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_agree_on_the_nodes_and_run_each_job_once() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Orchion> = (0..3)
+        .map(|i| {
+            let home = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            replica(&home, &url)
+        })
+        .collect();
+    // Agents attached to different replicas; the third replica hears no agent at all.
+    let grpc = |i: usize| replicas[i].grpc.unwrap().port();
+    let _a = agent(dir.path(), grpc(0), "a", 4);
+    let _b = agent(dir.path(), grpc(1), "b", 4);
+
+    let both_ready: BTreeMap<String, String> = [("a", "ready"), ("b", "ready")]
+        .into_iter()
+        .map(|(n, s)| (n.to_owned(), s.to_owned()))
+        .collect();
+    for (i, replica) in replicas.iter().enumerate() {
+        let want = both_ready.clone();
+        eventually(
+            &format!("replica {i} lists both agents ready"),
+            Duration::from_secs(30),
+            || async { nodes(replica).await.filter(|n| *n == want) },
+        )
+        .await;
+    }
+
+    // Jobs submitted round-robin; each appends its number to a file outside Orchion.
+    let effects = dir.path().join("effects.txt");
+    let jobs = 300;
+    let mut ids = Vec::new();
+    for i in 0..jobs {
+        let replica = &replicas[i % 3];
+        let command = format!("sleep 0.05; echo {i} >> {}", effects.display());
+        let job: Value = http()
+            .post(replica.url("/api/v1/jobs"))
+            .json(&json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", command]}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let replica = &replicas[n % 3];
+        let job = eventually(
+            &format!("job {n} ends"),
+            Duration::from_secs(120),
+            || async {
+                get_json(replica, &format!("/api/v1/jobs/{id}"))
+                    .await
+                    .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+            },
+        )
+        .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["attempt_count"], 1, "no attempt was lost: {job}");
+    }
+    let text = std::fs::read_to_string(&effects).unwrap();
+    let mut seen = vec![0u32; jobs];
+    for line in text.lines() {
+        seen[line.trim().parse::<usize>().unwrap()] += 1;
+    }
+    let wrong: Vec<(usize, u32)> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n != 1)
+        .map(|(i, n)| (i, *n))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "jobs not run exactly once (job, runs): {wrong:?}"
+    );
+
+    // Still agreed on after the run, and the same everywhere.
+    for replica in &replicas {
+        assert_eq!(nodes(replica).await.unwrap(), both_ready);
+    }
+}
