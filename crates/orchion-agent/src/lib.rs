@@ -54,6 +54,8 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long the goodbye to the server may take at shutdown.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The deadline of every call but a claim's long poll.
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The agent's one retry policy — reconnecting, claiming, reporting — for waits from `first`
 /// up to `max`: exponential, each wait jittered within the upper half of its step (backon adds
@@ -120,7 +122,13 @@ impl Agent {
         let endpoint = tonic::transport::Endpoint::from_shared(config.server.clone())
             .map_err(|e| AgentError::BadServer(config.server.clone(), e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
+            // The longest call is a claim's long poll: a channel-wide timeout shorter than it
+            // failed every idle claim. Each call carries its own deadline instead
+            // (`authorized`), and HTTP/2 pings find a dead or partitioned server.
+            .timeout(work::CLAIM_WAIT + RPC_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let state = StateDir::open(&config.state_dir)?;
         let credentials = state.load()?;
@@ -170,6 +178,7 @@ impl Agent {
 
     fn authorized<T>(message: T, token: &str) -> Request<T> {
         let mut request = Request::new(message);
+        request.set_timeout(RPC_TIMEOUT);
         if let Ok(value) = format!("Bearer {token}").parse() {
             request.metadata_mut().insert("authorization", value);
         }

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::state::Credentials;
 
 /// How long one claim waits on the server.
-const CLAIM_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CLAIM_WAIT: Duration = Duration::from_secs(30);
 /// Output lines are sent in batches of at most this many…
 const LOG_BATCH: usize = 500;
 /// …or after this long.
@@ -67,8 +67,10 @@ fn locked(held: &HeldMap) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
     held.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A request with the node's credential and the deadline of a short call.
 fn authorized<T>(message: T, credential: &str) -> Request<T> {
     let mut request = Request::new(message);
+    request.set_timeout(crate::RPC_TIMEOUT);
     if let Ok(value) = format!("Bearer {credential}").parse() {
         request.metadata_mut().insert("authorization", value);
     }
@@ -96,7 +98,7 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
             () = stop.cancelled() => break,
         };
         let free = slots.available_permits() + 1;
-        let request = authorized(
+        let mut request = authorized(
             pb::ClaimTasksRequest {
                 node_id: config.credentials.node_id.clone(),
                 executors: executors.clone(),
@@ -105,6 +107,8 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
             },
             &config.credentials.credential,
         );
+        // The long poll answers within CLAIM_WAIT; its deadline leaves room for the answer.
+        request.set_timeout(CLAIM_WAIT + crate::RPC_TIMEOUT);
         let mut claim_client = client.clone();
         let response = tokio::select! {
             response = claim_client.claim_tasks(request) => response,

@@ -43,15 +43,19 @@ where
         let write = Arc::new(write);
         tasks.spawn(async move {
             loop {
-                // What is queued is written first; once stopped, the queue is closed and
-                // drained, so no caller is left without an answer.
-                let first = tokio::select! {
-                    biased;
-                    first = rx.recv() => first,
-                    () = stop.cancelled() => {
-                        rx.close();
-                        rx.recv().await
-                    }
+                // What is queued is written first (without looking at `stop`: under load the
+                // queue is rarely empty); once stopped, the queue is closed and drained, so no
+                // caller is left without an answer.
+                let first = match rx.try_recv() {
+                    Ok(first) => Some(first),
+                    Err(_) => tokio::select! {
+                        biased;
+                        first = rx.recv() => first,
+                        () = stop.cancelled() => {
+                            rx.close();
+                            rx.recv().await
+                        }
+                    },
                 };
                 let Some(first) = first else {
                     return;

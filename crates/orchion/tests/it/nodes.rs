@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
-use serde_json::Value;
+use crate::common::{
+    Orchion, agent, cluster_server, eventually, free_port, get_json, http, post_json,
+};
+use serde_json::{Value, json};
 
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 const CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -161,4 +163,36 @@ async fn an_agent_is_restarted_through_the_agents_api() {
         },
     )
     .await;
+}
+
+/// A claim's long poll outlasts every other call: an idle agent's claims end by answer, not by
+/// a timeout, so nothing is logged and no backoff delays the next job.
+#[tokio::test]
+async fn an_idle_agent_claims_without_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let server = cluster_server(dir.path(), grpc_port);
+    let agent = agent(dir.path(), grpc_port, "idle", 2);
+    wait_status(&server, "idle", "ready", Duration::from_secs(30)).await;
+    // Longer than the channel timeout the claims used to die of (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(
+        !agent.output().contains("claiming work failed"),
+        "{}",
+        agent.output()
+    );
+    let job = post_json(
+        &server,
+        "/api/v1/jobs",
+        json!({"executor": "shell", "spec": {"command": "true"}}),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually("the job succeeds", Duration::from_secs(30), || async {
+        get_json(&server, &format!("/api/v1/jobs/{id}"))
+            .await
+            .filter(|j| j["status"] == "succeeded")
+    })
+    .await;
+    assert!(!agent.output().contains("WARN"), "{}", agent.output());
 }
