@@ -7,6 +7,7 @@
 //! [`Agent::handle`].
 
 mod machine;
+mod servers;
 mod state;
 mod work;
 
@@ -15,16 +16,20 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use orchion_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, Request};
 
 pub use crate::machine::detect_capacity;
-use crate::state::{Credentials, StateDir};
+use crate::{
+    servers::Servers,
+    state::{Credentials, StateDir},
+};
 
 /// How the agent joins.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The server's gRPC address, e.g. `http://127.0.0.1:50051`.
-    pub server: String,
+    /// The servers' gRPC addresses, e.g. `http://127.0.0.1:50051`: replicas of one control
+    /// plane, tried in turn (see `servers.rs`).
+    pub servers: Vec<String>,
     pub join_token: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -105,9 +110,9 @@ impl Worker {
 /// A running agent.
 pub struct Agent {
     config: AgentConfig,
-    channel: Channel,
+    servers: Servers,
     worker: Option<Worker>,
-    client: NodeServiceClient<Channel>,
+    client: NodeServiceClient<Servers>,
     state: StateDir,
     credentials: Option<Credentials>,
     next: Next,
@@ -119,23 +124,13 @@ pub struct Agent {
 impl Agent {
     /// Prepares an agent: reads its state directory, sets up a lazily connecting channel.
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(config.server.clone())
-            .map_err(|e| AgentError::BadServer(config.server.clone(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            // The longest call is a claim's long poll: a channel-wide timeout shorter than it
-            // failed every idle claim. Each call carries its own deadline instead
-            // (`authorized`), and HTTP/2 pings find a dead or partitioned server.
-            .timeout(work::CLAIM_WAIT + RPC_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
+        let servers = Servers::new(&config.servers, work::CLAIM_WAIT + RPC_TIMEOUT)
+            .map_err(|(url, why)| AgentError::BadServer(url, why))?;
         let state = StateDir::open(&config.state_dir)?;
         let credentials = state.load()?;
-        let channel = endpoint.connect_lazy();
         Ok(Self {
-            client: NodeServiceClient::new(channel.clone()),
-            channel,
+            client: NodeServiceClient::new(servers.clone()),
+            servers,
             worker: None,
             config,
             state,
@@ -209,7 +204,7 @@ impl Agent {
                     credential: response.credential,
                 };
                 self.state.save(&credentials)?;
-                tracing::info!(node_id = %credentials.node_id, server = %self.config.server, "registered");
+                tracing::info!(node_id = %credentials.node_id, server = %self.servers.url(), "registered");
                 self.restart_worker(credentials.clone()).await;
                 self.credentials = Some(credentials);
                 self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(50));
@@ -246,7 +241,7 @@ impl Agent {
             executors: self.config.executors.clone(),
             slots: self.config.slots,
         };
-        let task = tokio::spawn(work::run(self.channel.clone(), config, stop.clone()));
+        let task = tokio::spawn(work::run(self.servers.clone(), config, stop.clone()));
         self.worker = Some(Worker { stop, task });
     }
 

@@ -19,7 +19,9 @@ use orchion_executor::{Context, Outcome, OutputLine, Registry};
 use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, Request};
+
+use crate::servers::Servers;
 use tracing::Instrument;
 
 use crate::state::Credentials;
@@ -78,8 +80,8 @@ fn authorized<T>(message: T, credential: &str) -> Request<T> {
 }
 
 /// Runs until `stop`; running work is stopped then, and not reported.
-pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: CancellationToken) {
-    let client = WorkServiceClient::new(channel);
+pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: CancellationToken) {
+    let client = WorkServiceClient::new(servers);
     let held: HeldMap = Arc::default();
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let keeper = tokio::spawn(keep_leases(
@@ -184,7 +186,7 @@ pub(crate) async fn run(channel: Channel, config: WorkConfig, stop: Cancellation
 /// Extends the leases of running attempts at a third of the shortest lease; stops work whose
 /// lease is lost or whose job was cancelled.
 async fn keep_leases(
-    mut client: WorkServiceClient<Channel>,
+    mut client: WorkServiceClient<Servers>,
     credentials: Credentials,
     held: HeldMap,
     stop: CancellationToken,
@@ -241,7 +243,7 @@ async fn keep_leases(
 }
 
 async fn run_task(
-    client: WorkServiceClient<Channel>,
+    client: WorkServiceClient<Servers>,
     reporter: Reporter,
     config: WorkConfig,
     task: pb::TaskAssignment,
@@ -311,7 +313,7 @@ async fn run_task(
 /// Sends output lines in batches until the execution drops its sender. A refusal
 /// (FAILED_PRECONDITION) means the lease is gone: the work is stopped.
 async fn ship_logs(
-    mut client: WorkServiceClient<Channel>,
+    mut client: WorkServiceClient<Servers>,
     credentials: Credentials,
     task_id: String,
     attempt: u32,
@@ -390,7 +392,7 @@ struct Reporter {
 
 impl Reporter {
     /// Starts the sending task; it ends when every clone of the reporter is dropped.
-    fn spawn(client: WorkServiceClient<Channel>, credentials: Credentials) -> Self {
+    fn spawn(client: WorkServiceClient<Servers>, credentials: Credentials) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Finished>();
         tokio::spawn(async move {
             let mut client = client;
@@ -451,7 +453,7 @@ impl Reporter {
 /// result the server refuses is final (the attempt is no longer ours); one the agent gives up on
 /// is retried by the server once its lease runs out.
 async fn deliver(
-    client: &mut WorkServiceClient<Channel>,
+    client: &mut WorkServiceClient<Servers>,
     credentials: &Credentials,
     batch: Vec<Finished>,
 ) {

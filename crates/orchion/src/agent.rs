@@ -42,7 +42,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         }
     };
     let config = AgentConfig {
-        server: server_url(&args.server),
+        servers: args.server.iter().map(|s| server_url(s.trim())).collect(),
         join_token: args.join_token,
         name: args.name.unwrap_or_else(host_name),
         labels: args.labels.into_iter().collect(),

@@ -93,9 +93,11 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// The server's gRPC address, e.g. http://10.0.0.1:50051.
-    #[arg(long, env = "ORCHION_SERVER", value_name = "URL")]
-    pub server: String,
+    /// The server's gRPC address, e.g. http://10.0.0.1:50051. Several replicas: a
+    /// comma-separated list (or the flag repeated), tried in turn when one does not answer;
+    /// a DNS name with several addresses is tried address by address.
+    #[arg(long, env = "ORCHION_SERVER", value_name = "URL", value_delimiter = ',', num_args = 1.., required = true)]
+    pub server: Vec<String>,
     /// The cluster's join token (`orchion dev` prints it; `orchion server` keeps it in
     /// <data-dir>/join-token).
     #[arg(

@@ -110,7 +110,7 @@ fn start_agent(s: &Supervised, client: orchion_kubernetes::Client) -> anyhow::Re
         s.settings.clone(),
     )));
     let config = orchion_agent::AgentConfig {
-        server: s.grpc.clone(),
+        servers: vec![s.grpc.clone()],
         join_token: s.join_token.clone(),
         name: format!("kubernetes@{}", crate::process::host_name()),
         labels: [("orchion.io/executor".to_owned(), EXECUTOR.to_owned())].into(),

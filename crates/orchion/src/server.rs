@@ -493,7 +493,7 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
         data.display()
     );
     let config = orchion_agent::AgentConfig {
-        server: format!("http://{grpc}"),
+        servers: vec![format!("http://{grpc}")],
         join_token: server.join_token().to_owned(),
         name: crate::process::host_name(),
         labels: Default::default(),

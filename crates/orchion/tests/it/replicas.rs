@@ -135,3 +135,106 @@ async fn three_replicas_agree_on_the_nodes_and_run_each_job_once() {
         assert_eq!(nodes(replica).await.unwrap(), both_ready);
     }
 }
+
+/// `orchion agent` named `name` that knows every replica in `replicas`.
+fn agent_of(dir: &Path, replicas: &[&Orchion], name: &str) -> Orchion {
+    let servers: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("http://{}", r.grpc.unwrap()))
+        .collect();
+    let state = dir.join(name);
+    Orchion::spawn(
+        dir,
+        &[
+            "agent",
+            "--server",
+            &servers.join(","),
+            "--join-token",
+            TOKEN,
+            "--name",
+            name,
+            "--slots",
+            "4",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_moves_to_another_replica_and_keeps_its_running_work() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let homes: Vec<_> = (0..2)
+        .map(|i| {
+            let home = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            home
+        })
+        .collect();
+    let first = replica(&homes[0], &url);
+    let second = replica(&homes[1], &url);
+    let agent = agent_of(dir.path(), &[&first, &second], "mover");
+    eventually("the agent is ready", Duration::from_secs(30), || async {
+        nodes(&second)
+            .await
+            .filter(|n| n.get("mover").is_some_and(|s| s == "ready"))
+    })
+    .await;
+
+    let effects = dir.path().join("effects.txt");
+    let command = format!("sleep 3; echo once >> {}", effects.display());
+    let job: Value = http()
+        .post(second.url("/api/v1/jobs"))
+        .json(&json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", command]}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually("the job runs", Duration::from_secs(30), || async {
+        get_json(&second, &format!("/api/v1/jobs/{id}"))
+            .await
+            .filter(|j| j["status"] == "running")
+    })
+    .await;
+    // The replica the agent talks to dies while the job runs.
+    first.signal("KILL");
+    let done = eventually("the job ends", Duration::from_secs(60), || async {
+        get_json(&second, &format!("/api/v1/jobs/{id}"))
+            .await
+            .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", agent.output());
+    assert_eq!(done["attempt_count"], 1, "the attempt was kept: {done}");
+    assert_eq!(std::fs::read_to_string(&effects).unwrap(), "once\n");
+    assert!(
+        agent.output().contains("moving to the next"),
+        "{}",
+        agent.output()
+    );
+    // The node stayed itself and alive through the move, and takes new work.
+    assert_eq!(
+        nodes(&second).await.unwrap(),
+        [("mover".to_owned(), "ready".to_owned())].into()
+    );
+    let next = crate::common::post_json(
+        &second,
+        "/api/v1/jobs",
+        json!({"executor": "shell", "spec": {"command": "true"}}),
+    )
+    .await;
+    let next_id = next["id"].as_str().unwrap().to_owned();
+    eventually("new work runs", Duration::from_secs(30), || async {
+        get_json(&second, &format!("/api/v1/jobs/{next_id}"))
+            .await
+            .filter(|j| j["status"] == "succeeded")
+    })
+    .await;
+}
