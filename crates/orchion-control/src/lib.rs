@@ -3,6 +3,7 @@
 //!
 //! - [`nodes::NodeRegistry`]: which nodes exist, whether each is alive, and their credentials.
 //! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
+//! - [`replicas::Replica`]: this server as one replica among those sharing the store.
 //! - [`schedules::Scheduler`]: fires cron schedules.
 //! - [`workflows::Workflows`]: starts workflow runs and moves them on as their steps finish.
 //! - [`webhooks::Webhooks`]: turns verified GitHub deliveries into runs by the configured rules.
@@ -11,6 +12,7 @@ pub mod background;
 mod batch;
 pub mod deployments;
 pub mod nodes;
+pub mod replicas;
 pub mod schedules;
 pub mod webhooks;
 pub mod work;
@@ -19,6 +21,7 @@ pub mod workflows;
 pub use background::{Background, Cause, Reconciler, drive};
 pub use deployments::{DeploymentStatus, ResourceStatus, deployment_status};
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
+pub use replicas::Replica;
 pub use schedules::Scheduler;
 pub use webhooks::{GithubDelivery, WebhookError, Webhooks};
 pub use work::{AttemptResult, WorkError, WorkQueue};

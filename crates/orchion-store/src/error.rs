@@ -23,6 +23,12 @@ pub enum StoreError {
     /// The schema could not be brought up to date.
     #[error("migrating the store failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database was migrated by a newer version of Orchion than this one.
+    #[error(
+        "the database was migrated by a newer Orchion: its schema has migration {0}, which this \
+         server does not know; upgrade this server to the version the other replicas run"
+    )]
+    NewerSchema(i64),
     /// The database URL cannot be used.
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
@@ -102,4 +108,12 @@ pub(crate) fn missing_project(error: StoreError, project: Option<ProjectId>) -> 
 /// An argument a driver could not encode.
 pub(crate) fn encode(error: sqlx::error::BoxDynError) -> StoreError {
     StoreError::Database(sqlx::Error::Encode(error))
+}
+
+/// A migration's failure, naming a schema newer than this server as such.
+pub(crate) fn migrate_error(error: sqlx::migrate::MigrateError) -> StoreError {
+    match error {
+        sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::NewerSchema(version),
+        error => StoreError::Migrate(error),
+    }
 }

@@ -26,6 +26,7 @@ mod idempotency;
 mod jobs;
 mod plan;
 mod postgres;
+mod replicas;
 mod runs;
 mod schedules;
 mod sqlite;
@@ -53,6 +54,7 @@ pub use crate::{
         LogLine, NewLogLine, QueueDepth,
     },
     postgres::PostgresStore,
+    replicas::{ReplicaStart, ReplicaStore},
     runs::{NewDeployment, NewStep, NewWorkflowRun, RunStore},
     schedules::ScheduleStore,
     sqlite::SqliteStore,
@@ -69,6 +71,7 @@ pub trait Store:
     + WorkflowTypeStore
     + RunStore
     + DeliveryStore
+    + ReplicaStore
     + Send
     + Sync
     + 'static

@@ -96,7 +96,10 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(crate::error::migrate_error)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(readers.max(1))
             .connect_with(options.clone().read_only(true))

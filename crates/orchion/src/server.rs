@@ -13,7 +13,7 @@ use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits, executors::Probes};
 use orchion_config::{Config, Sources};
 use orchion_control::{
-    Background, NodeRegistry, RegistrySettings, Scheduler, WorkQueue, Workflows,
+    Background, NodeRegistry, RegistrySettings, Replica, Scheduler, WorkQueue, Workflows,
 };
 use orchion_domain::LivenessPolicy;
 use orchion_store::Store;
@@ -35,6 +35,8 @@ pub struct Server {
     config: Config,
     store: Arc<dyn Store>,
     registry: Arc<NodeRegistry>,
+    /// This server's row among the replicas sharing the store.
+    replica: Arc<Replica>,
     join_token: String,
     listener: TcpListener,
     grpc_listener: TcpListener,
@@ -99,6 +101,19 @@ impl Server {
             Some(token) => token.expose().to_owned(),
             None => join_token_in(data_dir)?,
         };
+        let replica_name = format!("{}:{}", crate::process::host_name(), std::process::id());
+        let replica = match Replica::start(
+            store.clone(),
+            &replica_name,
+            &join_token,
+            cluster.check_interval,
+        )
+        .await
+        {
+            Ok(replica) => Arc::new(replica),
+            Err(orchion_store::StoreError::Conflict(why)) => anyhow::bail!("{why}"),
+            Err(e) => return Err(e).context("cannot record this server among the replicas"),
+        };
         let addr = config.http_addr()?;
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!(
@@ -119,6 +134,7 @@ impl Server {
             config,
             store,
             registry,
+            replica,
             join_token,
             listener,
             grpc_listener,
@@ -175,6 +191,7 @@ impl Server {
             config,
             store,
             registry,
+            replica,
             join_token,
             listener,
             grpc_listener,
@@ -227,6 +244,7 @@ impl Server {
         let grpc_addr = grpc_listener.local_addr()?;
         let background = Background::new();
         let stopping = background.stopping();
+        background.reconcile(replica);
         background.reconcile(registry.clone());
         background.reconcile(work.clone());
         background.reconcile(scheduler);

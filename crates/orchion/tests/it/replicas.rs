@@ -238,3 +238,32 @@ async fn an_agent_moves_to_another_replica_and_keeps_its_running_work() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_join_token_refuses_to_start() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _first = replica(dir.path(), &url);
+    let out = crate::common::command(&[
+        "server",
+        "--http-port",
+        "0",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--database-url",
+        &url,
+        "--join-token",
+        "another-join-token-0123456789",
+    ])
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("another join token"), "{stderr}");
+    assert!(stderr.contains("--join-token"), "{stderr}");
+}
