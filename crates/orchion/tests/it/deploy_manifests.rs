@@ -56,6 +56,20 @@ fn the_kubernetes_manifests_match_the_server() {
     }
     assert_eq!(pod["serviceAccountName"], "orchion");
 
+    // Replicas on PostgreSQL, kept ready through disruptions and updates.
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(
+        deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"],
+        0
+    );
+    let budget = kind(&docs, "PodDisruptionBudget");
+    assert_eq!(budget["spec"]["minAvailable"], 2);
+    let headless = docs
+        .iter()
+        .find(|d| d["kind"] == "Service" && d["spec"]["clusterIP"] == "None")
+        .expect("a headless Service lists every replica for agents");
+    assert_eq!(headless["spec"]["ports"][0]["port"], 50051);
+
     let role = kind(&docs, "Role");
     let grants: Vec<(String, String, Vec<String>)> = role["rules"]
         .as_array()
