@@ -33,7 +33,7 @@ use orchion_domain::{NodeId, ProjectId, RunId};
 use orchion_rest::EventBody;
 use orchion_store::{Event, Store};
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_util::task::TaskTracker;
 
 use utoipa::IntoParams;
@@ -42,8 +42,11 @@ use orchion_control::{Cause, Reconciler};
 
 use crate::{AppState, extract::QueryParams, problem::ApiError};
 
-/// How often the hub looks for new events.
+/// How often the hub looks for new events on SQLite (one server, nobody to signal it).
 const POLL: Duration = Duration::from_millis(100);
+/// How often it looks on PostgreSQL, where appended events are signalled (`events_appended`):
+/// a safety net only.
+const SIGNALLED_POLL: Duration = Duration::from_secs(5);
 /// Events read from the store at once.
 const PAGE: u32 = 500;
 /// Events a slow stream may be behind before it catches up from the store instead.
@@ -61,6 +64,8 @@ pub struct EventHub {
     max_streams: usize,
     /// The streams' pumps, joined when the hub stops.
     pumps: TaskTracker,
+    /// Rung when events were appended (a store signal), so the hub reads the log at once.
+    appended: Arc<Notify>,
 }
 
 impl EventHub {
@@ -74,7 +79,13 @@ impl EventHub {
             streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
             pumps: TaskTracker::new(),
+            appended: Arc::new(Notify::new()),
         })
+    }
+
+    /// What to ring when events were appended.
+    pub fn appended(&self) -> Arc<Notify> {
+        self.appended.clone()
     }
 
     /// Open streams.
@@ -83,7 +94,8 @@ impl EventHub {
     }
 }
 
-/// Every [`POLL`], reads what was appended to the log and broadcasts it. While no stream is open
+/// When woken (events were appended), and every [`POLL`] (or [`SIGNALLED_POLL`] where appends
+/// are signalled), reads what was appended to the log and broadcasts it. While no stream is open
 /// it only follows the log's end: reading and decoding every event for nobody cost a busy
 /// server a sixth of its CPU.
 impl Reconciler for EventHub {
@@ -92,7 +104,14 @@ impl Reconciler for EventHub {
     }
 
     fn period(&self) -> Duration {
-        POLL
+        match self.store.backend() {
+            orchion_store::Backend::Postgres => SIGNALLED_POLL,
+            orchion_store::Backend::Sqlite => POLL,
+        }
+    }
+
+    fn wake(&self) -> Option<&Notify> {
+        Some(&self.appended)
     }
 
     async fn reconcile(&self, _: Cause) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {

@@ -5,6 +5,7 @@
 //! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
 //! - [`replicas::Replica`]: this server as one replica among those sharing the store.
 //! - [`schedules::Scheduler`]: fires cron schedules.
+//! - [`signals::follow_signals`]: hears what the other replicas change.
 //! - [`workflows::Workflows`]: starts workflow runs and moves them on as their steps finish.
 //! - [`webhooks::Webhooks`]: turns verified GitHub deliveries into runs by the configured rules.
 
@@ -14,6 +15,7 @@ pub mod deployments;
 pub mod nodes;
 pub mod replicas;
 pub mod schedules;
+pub mod signals;
 pub mod webhooks;
 pub mod work;
 pub mod workflows;
@@ -23,6 +25,7 @@ pub use deployments::{DeploymentStatus, ResourceStatus, deployment_status};
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use replicas::Replica;
 pub use schedules::Scheduler;
+pub use signals::follow_signals;
 pub use webhooks::{GithubDelivery, WebhookError, Webhooks};
 pub use work::{AttemptResult, WorkError, WorkQueue};
 pub use workflows::{Plan, StartRequest, StartRun, StepState, WorkflowError, Workflows, plan};

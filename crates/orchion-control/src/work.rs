@@ -17,10 +17,10 @@ use std::{
 
 use orchion_domain::{AttemptOutcome, Job, Liveness, NewJob, NodeId, RunId, TaskId};
 use orchion_store::{
-    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, LeaseState,
-    NewLogLine, Store, StoreError,
+    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Heard, IdempotencyKey,
+    LeaseState, NewLogLine, Signal, Store, StoreError,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::background::{Cause, Reconciler};
@@ -33,9 +33,10 @@ const BATCH: usize = 256;
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
 /// How often leases are checked.
 pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
-/// A waiting claim looks again at least this often, in case a wake-up came from another
-/// replica (PostgreSQL) and so was not seen here.
-const RECHECK: Duration = Duration::from_secs(1);
+/// A waiting claim looks again at least this often, whatever woke it or not: a safety net.
+/// Work enqueued through this replica wakes claims at once, and through another replica (on
+/// PostgreSQL) by its `Work` signal.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// What can go wrong in a work call.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +71,10 @@ pub struct WorkQueue {
     finished_runs: std::sync::Mutex<HashSet<RunId>>,
     /// Rung when a run joins `finished_runs`.
     steps_finished: Notify,
-    /// The batchers' writer tasks, joined at shutdown.
+    /// The batchers' writer tasks (and the signal sender), joined at shutdown.
     writers: TaskTracker,
+    /// Tells the other replicas when work changed; `None` without replicas (SQLite).
+    outbox: Option<mpsc::UnboundedSender<Signal>>,
     /// Cancelled at shutdown: waiting claims return at once, and the batchers stop.
     closing: CancellationToken,
 }
@@ -104,11 +107,17 @@ impl WorkQueue {
                 }
             })
         };
+        let outbox = (store.backend() == Backend::Postgres).then(|| {
+            let (outbox, signals) = mpsc::unbounded_channel();
+            writers.spawn(send_signals(store.clone(), signals, closing.clone()));
+            outbox
+        });
         Self {
             store,
             nodes,
             intake,
             results,
+            outbox,
             finished_runs: std::sync::Mutex::new(HashSet::new()),
             steps_finished: Notify::new(),
             wake: Notify::new(),
@@ -132,9 +141,20 @@ impl WorkQueue {
         &self.steps_finished
     }
 
-    /// Wakes every waiting claim: work may have appeared.
+    /// Wakes every waiting claim, here and on the other replicas: work may have appeared.
     pub fn work_changed(&self) {
         self.wake.notify_waiters();
+        if let Some(outbox) = &self.outbox {
+            let _ = outbox.send(Signal::Work);
+        }
+    }
+
+    /// Something another replica did: work it changed wakes the claims waiting here.
+    pub fn heard(&self, heard: Heard) {
+        match heard {
+            Heard::Signal(Signal::Work) | Heard::Missed => self.wake.notify_waiters(),
+            Heard::Signal(Signal::Events) => {}
+        }
     }
 
     /// Cancels a job: at once when queued; a running attempt hears of it at its next lease
@@ -363,5 +383,33 @@ impl Reconciler for WorkQueue {
         self.closing.cancel();
         self.writers.close();
         self.writers.wait().await;
+    }
+}
+
+/// Sends the signals queued in `signals` to the other replicas, those queued meanwhile together,
+/// until `stop`.
+async fn send_signals(
+    store: Arc<dyn Store>,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            first = signals.recv() => first,
+            () = stop.cancelled() => None,
+        };
+        let Some(first) = first else {
+            return;
+        };
+        let mut batch = vec![first];
+        while let Ok(next) = signals.try_recv() {
+            if !batch.contains(&next) {
+                batch.push(next);
+            }
+        }
+        if let Err(e) = store.signal(&batch).await {
+            // The others still look on their own period; only later.
+            tracing::warn!(error = %e, "could not tell the other replicas that work changed");
+        }
     }
 }

@@ -29,6 +29,7 @@ mod postgres;
 mod replicas;
 mod runs;
 mod schedules;
+mod signals;
 mod sqlite;
 mod tasks;
 mod workflow_types;
@@ -57,6 +58,7 @@ pub use crate::{
     replicas::{ReplicaStart, ReplicaStore},
     runs::{NewDeployment, NewStep, NewWorkflowRun, RunStore},
     schedules::ScheduleStore,
+    signals::{Heard, Listener, Signal},
     sqlite::SqliteStore,
     workflow_types::WorkflowTypeStore,
 };
@@ -87,6 +89,18 @@ pub trait Store:
 
     /// Closes the store's connections; later calls fail with [`StoreError::Unavailable`].
     async fn close(&self);
+
+    /// Tells the other replicas sharing this store what changed, after it was committed
+    /// (`signals.rs`). Without replicas (SQLite) there is nobody to tell.
+    async fn signal(&self, signals: &[Signal]) -> Result<(), StoreError> {
+        let _ = signals;
+        Ok(())
+    }
+
+    /// Listens for what the other replicas change; `None` where there are none (SQLite).
+    async fn listen(&self) -> Result<Option<Box<dyn Listener>>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// Opens the store a URL names (`sqlite:PATH` or `postgres://…`), creating and migrating it.

@@ -22,17 +22,18 @@ use async_trait::async_trait;
 use orchion_domain::{Job, NewJob};
 use sqlx::{
     Arguments, PgConnection,
-    postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions},
+    postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions},
     types::Json,
 };
 
 use crate::{
-    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, Store,
-    StoreError,
+    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Heard, IdempotencyKey,
+    Listener, Signal, Store, StoreError,
     backend::{Row, Statement, StoreBackend, Tx, Value},
     codec::sql_int,
     error::encode,
     events::PendingEvent,
+    signals::CHANNEL,
 };
 
 /// A store in a PostgreSQL database.
@@ -40,6 +41,8 @@ use crate::{
 pub struct PostgresStore {
     pool: PgPool,
     commits: Arc<AtomicU64>,
+    /// Tells this store's signals apart from the other replicas'.
+    sender: u64,
 }
 
 impl PostgresStore {
@@ -60,6 +63,7 @@ impl PostgresStore {
         Ok(Self {
             pool,
             commits: Default::default(),
+            sender: rand::random(),
         })
     }
 }
@@ -243,5 +247,51 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn signal(&self, signals: &[Signal]) -> Result<(), StoreError> {
+        if signals.is_empty() {
+            return Ok(());
+        }
+        let payloads: Vec<String> = signals.iter().map(|s| s.payload(self.sender)).collect();
+        sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(CHANNEL)
+            .bind(payloads)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn listen(&self) -> Result<Option<Box<dyn Listener>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Some(Box::new(PgSignals {
+            listener,
+            sender: self.sender,
+        })))
+    }
+}
+
+/// A `LISTEN orchion` connection; it reconnects by itself after a lost connection.
+struct PgSignals {
+    listener: PgListener,
+    /// This store's own signals are skipped.
+    sender: u64,
+}
+
+#[async_trait]
+impl Listener for PgSignals {
+    async fn recv(&mut self) -> Result<Heard, StoreError> {
+        loop {
+            match self.listener.try_recv().await? {
+                // The connection was lost (and is opened again on the next call).
+                None => return Ok(Heard::Missed),
+                Some(notification) => {
+                    if let Some(signal) = Signal::parse(notification.payload(), self.sender) {
+                        return Ok(Heard::Signal(signal));
+                    }
+                }
+            }
+        }
     }
 }

@@ -249,6 +249,12 @@ impl Server {
         background.reconcile(work.clone());
         background.reconcile(scheduler);
         background.reconcile(workflows);
+        background.spawn(orchion_control::follow_signals(
+            store.clone(),
+            work.clone(),
+            events.appended(),
+            stopping.clone(),
+        ));
         background.reconcile(events);
         if let Some(listener) = metrics_listener {
             let addr = listener.local_addr()?;

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 /// An open SSE response, read event by event.
-struct Sse {
+pub(crate) struct Sse {
     response: reqwest::Response,
     buffer: String,
 }
@@ -25,7 +25,7 @@ impl Sse {
         request.send().await.unwrap()
     }
 
-    async fn connect(server: &Orchion, query: &str, last_event_id: Option<i64>) -> Sse {
+    pub(crate) async fn connect(server: &Orchion, query: &str, last_event_id: Option<i64>) -> Sse {
         let response = Sse::open(server, query, last_event_id).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -36,7 +36,7 @@ impl Sse {
     }
 
     /// The next event's `(id, data)`; keep-alive comments are skipped.
-    async fn next(&mut self) -> (i64, Value) {
+    pub(crate) async fn next(&mut self) -> (i64, Value) {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if let Some(end) = self.buffer.find("\n\n") {
@@ -69,7 +69,7 @@ impl Sse {
     }
 }
 
-async fn create_project(server: &Orchion, name: &str) -> String {
+pub(crate) async fn create_project(server: &Orchion, name: &str) -> String {
     let response = http()
         .post(server.url("/api/v1/projects"))
         .json(&json!({"name": name}))

@@ -134,6 +134,51 @@ async fn three_replicas_agree_on_the_nodes_and_run_each_job_once() {
     for replica in &replicas {
         assert_eq!(nodes(replica).await.unwrap(), both_ready);
     }
+
+    // Wake-ups cross replicas: a job enqueued through the replica no agent talks to starts at
+    // once, not at a waiting claim's own recheck (5 s); a stream on one replica carries what
+    // another wrote at once, not at its own look (5 s).
+    for i in 0..3 {
+        let job = crate::common::post_json(
+            &replicas[2],
+            "/api/v1/jobs",
+            json!({"executor": "shell", "spec": {"command": "true"}}),
+        )
+        .await;
+        let id = job["id"].as_str().unwrap().to_owned();
+        let done = eventually(
+            &format!("idle job {i} ends"),
+            Duration::from_secs(30),
+            || async {
+                get_json(&replicas[2], &format!("/api/v1/jobs/{id}"))
+                    .await
+                    .filter(|j| j["status"] == "succeeded")
+            },
+        )
+        .await;
+        let at = |key: &str| {
+            time::OffsetDateTime::parse(
+                done[key].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        };
+        let waited = at("started_at") - at("created_at");
+        assert!(
+            waited < time::Duration::milliseconds(2500),
+            "a job enqueued on another replica waited {waited} to start"
+        );
+    }
+    let mut stream = crate::events::Sse::connect(&replicas[0], "?kind=project.*", None).await;
+    let written = std::time::Instant::now();
+    crate::events::create_project(&replicas[1], "across replicas").await;
+    let (_, event) = stream.next().await;
+    assert_eq!(event["kind"], "project.created");
+    assert!(
+        written.elapsed() < Duration::from_millis(2500),
+        "an event written on another replica took {:?} to arrive",
+        written.elapsed()
+    );
 }
 
 /// `orchion agent` named `name` that knows every replica in `replicas`.
