@@ -62,6 +62,16 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The deadline of every call but a claim's long poll.
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the node's attempts may run on after a heartbeat was sent and answered, as the
+/// server says; a server that does not say (older than fencing) leaves it to the leases.
+fn fence_after(ms: u64) -> Duration {
+    if ms == 0 {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
 /// The agent's one retry policy — reconnecting, claiming, reporting — for waits from `first`
 /// up to `max`: exponential, each wait jittered within the upper half of its step (backon adds
 /// up to 100 % to each delay, so the steps are halved), unbounded in number. Start it afresh
@@ -119,6 +129,8 @@ pub struct Agent {
     wait: Duration,
     interval: Duration,
     backoff: backon::ExponentialBackoff,
+    /// Until when the servers take this node to be alive (its attempts' fence).
+    node_until: work::NodeUntil,
 }
 
 impl Agent {
@@ -139,6 +151,7 @@ impl Agent {
             wait: Duration::ZERO,
             interval: Duration::from_secs(10),
             backoff: backoff(BACKOFF_FIRST, BACKOFF_MAX),
+            node_until: work::NodeUntil::new(std::time::Instant::now()),
         })
     }
 
@@ -196,9 +209,12 @@ impl Agent {
             address: String::new(),
         };
         let request = Self::authorized(message, &self.config.join_token);
+        let sent = std::time::Instant::now();
         match self.client.register_node(request).await {
             Ok(response) => {
                 let response = response.into_inner();
+                self.node_until
+                    .renew(sent + fence_after(response.fence_after_ms));
                 let credentials = Credentials {
                     node_id: response.node_id,
                     credential: response.credential,
@@ -240,6 +256,7 @@ impl Agent {
             credentials,
             executors: self.config.executors.clone(),
             slots: self.config.slots,
+            node_until: self.node_until.clone(),
         };
         let task = tokio::spawn(work::run(self.servers.clone(), config, stop.clone()));
         self.worker = Some(Worker { stop, task });
@@ -254,9 +271,12 @@ impl Agent {
             node_id: credentials.node_id.clone(),
         };
         let request = Self::authorized(message, &credentials.credential);
+        let sent = std::time::Instant::now();
         match self.client.heartbeat(request).await {
             Ok(response) => {
                 let response = response.into_inner();
+                self.node_until
+                    .renew(sent + fence_after(response.fence_after_ms));
                 self.interval = Duration::from_millis(response.heartbeat_interval_ms.max(50));
                 self.backoff = backoff(BACKOFF_FIRST, BACKOFF_MAX);
                 self.wait = self.jittered();

@@ -12,12 +12,12 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use orchion_executor::{Context, Outcome, OutputLine, Registry};
 use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
 
@@ -51,16 +51,59 @@ pub(crate) struct WorkConfig {
     pub credentials: Credentials,
     pub executors: Registry,
     pub slots: usize,
+    /// Until when the node is alive to the servers, by the heartbeats they answered.
+    pub node_until: NodeUntil,
+}
+
+/// Until when the servers take the node to be alive: renewed by every answered heartbeat.
+/// Past it, they may hand the node's attempts to another node. The lease keeper watches it, so
+/// each renewal reaches the attempts' fences at once.
+#[derive(Clone)]
+pub(crate) struct NodeUntil(Arc<watch::Sender<Instant>>);
+
+impl NodeUntil {
+    pub(crate) fn new(until: Instant) -> Self {
+        Self(Arc::new(watch::Sender::new(until)))
+    }
+
+    pub(crate) fn renew(&self, until: Instant) {
+        self.0.send_if_modified(|at| {
+            let later = until > *at;
+            if later {
+                *at = until;
+            }
+            later
+        });
+    }
+
+    fn get(&self) -> Instant {
+        *self.0.borrow()
+    }
+
+    fn watch(&self) -> watch::Receiver<Instant> {
+        self.0.subscribe()
+    }
 }
 
 /// A running attempt, as the lease keeper sees it.
 struct Held {
     attempt: u32,
     lease: Duration,
+    /// Until when the lease is surely held: the last renewal's sending plus the lease, less
+    /// [`lease_margin`].
+    lease_until: Instant,
+    /// The attempt's deadline (the earlier of the lease's and the node's), as its fence sees it.
+    until: watch::Sender<Instant>,
     /// Stops the work.
     stop: CancellationToken,
     /// The server no longer gives this node the attempt: report nothing.
     lost: Arc<AtomicBool>,
+}
+
+/// What of a lease the agent does not count on: a tenth, for the stopping itself and for the
+/// time the server took to answer.
+fn lease_margin(lease: Duration) -> Duration {
+    lease / 10
 }
 
 type HeldMap = Arc<Mutex<HashMap<String, Held>>>;
@@ -87,6 +130,7 @@ pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: Cancellation
     let keeper = tokio::spawn(keep_leases(
         client.clone(),
         config.credentials.clone(),
+        config.node_until.clone(),
         held.clone(),
         stop.clone(),
     ));
@@ -188,9 +232,11 @@ pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: Cancellation
 async fn keep_leases(
     mut client: WorkServiceClient<Servers>,
     credentials: Credentials,
+    node_until: NodeUntil,
     held: HeldMap,
     stop: CancellationToken,
 ) {
+    let mut renewed = node_until.watch();
     loop {
         let (leases, shortest) = {
             let held = locked(&held);
@@ -207,6 +253,7 @@ async fn keep_leases(
         let every = shortest
             .map_or(Duration::from_millis(500), |l| l / 3)
             .clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let sent = Instant::now();
         if !leases.is_empty() {
             let request = authorized(
                 pb::ExtendLeasesRequest {
@@ -217,15 +264,18 @@ async fn keep_leases(
             );
             match client.extend_leases(request).await {
                 Ok(response) => {
-                    let held = locked(&held);
+                    let mut held = locked(&held);
                     for status in response.into_inner().leases {
-                        if let Some(h) = held.get(&status.task_id) {
+                        if let Some(h) = held.get_mut(&status.task_id) {
                             if !status.held {
                                 tracing::warn!(task_id = %status.task_id, attempt = status.attempt, "lease lost: stopping the work");
                                 h.lost.store(true, Ordering::SeqCst);
                                 h.stop.cancel();
                             } else if status.cancel_requested {
                                 h.stop.cancel();
+                            }
+                            if status.held {
+                                h.lease_until = sent + h.lease - lease_margin(h.lease);
                             }
                         }
                     }
@@ -235,9 +285,40 @@ async fn keep_leases(
                 }
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = stop.cancelled() => return,
+        fence(&held, node_until.get());
+        // Until the next extension, every heartbeat answered moves the fences on.
+        let next = tokio::time::sleep(every);
+        tokio::pin!(next);
+        loop {
+            tokio::select! {
+                () = &mut next => break,
+                changed = renewed.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    fence(&held, node_until.get());
+                }
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Moves each attempt's deadline to the earlier of its lease's and the node's; an attempt past
+/// it is stopped and not reported, since the server may already have handed it on. Its fence
+/// kills its processes at the same deadline even if this agent cannot (stopped, killed).
+fn fence(held: &HeldMap, node_until: Instant) {
+    let now = Instant::now();
+    for (task_id, h) in locked(held).iter() {
+        let until = h.lease_until.min(node_until);
+        h.until.send_if_modified(|at| {
+            let changed = *at != until;
+            *at = until;
+            changed
+        });
+        if until <= now && !h.lost.swap(true, Ordering::SeqCst) {
+            tracing::warn!(%task_id, attempt = h.attempt, "the lease could not be renewed in time: stopping the work");
+            h.stop.cancel();
         }
     }
 }
@@ -252,11 +333,17 @@ async fn run_task(
 ) {
     let stop = agent_stop.child_token();
     let lost = Arc::new(AtomicBool::new(false));
+    let lease = Duration::from_millis(task.lease_ms.max(100));
+    // The lease was granted before its answer arrived: counted from now, less the margin.
+    let lease_until = Instant::now() + lease - lease_margin(lease);
+    let (until, fence_until) = watch::channel(lease_until.min(config.node_until.get()));
     locked(&held).insert(
         task.task_id.clone(),
         Held {
             attempt: task.attempt,
-            lease: Duration::from_millis(task.lease_ms.max(100)),
+            lease,
+            lease_until,
+            until,
             stop: stop.clone(),
             lost: lost.clone(),
         },
@@ -293,6 +380,7 @@ async fn run_task(
             .then(|| Duration::from_millis(task.start_to_close_ms)),
         env,
         kill_grace: KILL_GRACE,
+        fence: Some(fence_until),
     };
     let outcome = match config.executors.get(&task.executor) {
         Some(executor) => executor.run(&task.spec, context).await,

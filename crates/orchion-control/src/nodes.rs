@@ -69,6 +69,19 @@ impl RegistrySettings {
     pub fn heartbeat_interval(&self) -> Duration {
         self.policy.timeout / 3
     }
+
+    /// How long after the last answered heartbeat an agent must have stopped its attempts: the
+    /// node may be judged unreachable (and its attempts handed on) a timeout after the last
+    /// heartbeat some replica recorded, and a replica that dies loses up to a check interval of
+    /// heartbeats it heard but had not written yet. A tenth of the timeout more is kept for the
+    /// stopping itself.
+    pub fn fence_after(&self) -> Duration {
+        self.policy
+            .timeout
+            .saturating_sub(self.check_interval)
+            .saturating_sub(self.policy.timeout / 10)
+            .max(Duration::from_millis(100))
+    }
 }
 
 /// What can go wrong in a registry call.

@@ -67,6 +67,7 @@ fn context(env: Vec<(String, String)>) -> (Context, mpsc::Receiver<orchion_execu
             deadline: Some(Duration::from_secs(120)),
             env: env.into_iter().collect(),
             kill_grace: Duration::from_secs(2),
+            fence: None,
         },
         rx,
     )

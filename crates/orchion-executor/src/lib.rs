@@ -13,6 +13,7 @@
 //! - `terraform`, `helm`, `pulumi`, `crossplane`: deployment engines; their spec
 //!   ([`EngineSpec`]) is checked here, and they run from `orchion-engines`.
 
+pub mod fence;
 mod http;
 mod shell;
 
@@ -76,6 +77,10 @@ pub struct Context {
     pub env: BTreeMap<String, String>,
     /// After a cancel or deadline, how long before the work is killed outright.
     pub kill_grace: Duration,
+    /// Until when the attempt may run, kept current by the agent as it renews the lease; a
+    /// command's process group is killed by its fence (`fence.rs`) when it passes. `None`
+    /// runs without a fence.
+    pub fence: Option<tokio::sync::watch::Receiver<std::time::Instant>>,
 }
 
 /// Something that runs a task.

@@ -148,6 +148,10 @@ fn interval_ms(registry: &NodeRegistry) -> u64 {
     u64::try_from(registry.settings().heartbeat_interval().as_millis()).unwrap_or(u64::MAX)
 }
 
+fn fence_ms(registry: &NodeRegistry) -> u64 {
+    u64::try_from(registry.settings().fence_after().as_millis()).unwrap_or(u64::MAX)
+}
+
 #[tonic::async_trait]
 impl NodeServiceApi for NodeService {
     async fn register_node(
@@ -190,6 +194,7 @@ impl NodeServiceApi for NodeService {
             node_id: registered.node.id.to_string(),
             credential: registered.credential,
             heartbeat_interval_ms: interval_ms(&self.registry),
+            fence_after_ms: fence_ms(&self.registry),
         }))
     }
 
@@ -213,6 +218,7 @@ impl NodeServiceApi for NodeService {
             heartbeat_interval_ms: interval_ms(&self.registry),
             status: status_to_pb(beat.status).into(),
             commands,
+            fence_after_ms: fence_ms(&self.registry),
         }))
     }
 

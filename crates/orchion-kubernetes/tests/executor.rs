@@ -128,6 +128,7 @@ async fn execute_with(
             ("ORCHION_ATTEMPT".into(), "1".into()),
         ]),
         kill_grace: Duration::from_secs(1),
+        fence: None,
     };
     let run = tokio::spawn(async move { executor.run(&spec, context).await });
     let mut seen = Vec::new();

@@ -196,3 +196,123 @@ async fn an_idle_agent_claims_without_failing() {
     .await;
     assert!(!agent.output().contains("WARN"), "{}", agent.output());
 }
+
+/// A shell job that appends `<attempt> <nanoseconds>` to `file` every 20 ms for about 6 s.
+fn ticking_job(file: &std::path::Path) -> Value {
+    let script = format!(
+        "i=0; while [ $i -lt 300 ]; do echo \"$ORCHION_ATTEMPT $(date +%s%N)\" >> {}; i=$((i+1)); sleep 0.02; done",
+        file.display()
+    );
+    json!({
+        "executor": "shell",
+        "spec": {"command": "sh", "args": ["-c", script]},
+        "placement": {"labels": {}},
+        "retry": {"max_attempts": 3, "initial_interval": "100ms"},
+    })
+}
+
+/// The `(attempt, nanoseconds)` lines of a ticking job.
+fn ticks(file: &std::path::Path) -> Vec<(u32, u128)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (attempt, at) = line.split_once(' ')?;
+            Some((attempt.parse().ok()?, at.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// A stopped agent cannot stop its work, so its fence does: the first attempt's last side
+/// effect comes before the retry's first, counted in a file outside Orchion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agents_attempt_is_killed_before_its_retry_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let server = cluster_server(dir.path(), grpc_port);
+    let stopped = agent(dir.path(), grpc_port, "stopped", 2);
+    wait_status(&server, "stopped", "ready", Duration::from_secs(30)).await;
+    let file = dir.path().join("ticks.txt");
+    let job = post_json(&server, "/api/v1/jobs", ticking_job(&file)).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually(
+        "the first attempt ticks",
+        Duration::from_secs(30),
+        || async { (ticks(&file).len() > 5).then_some(()) },
+    )
+    .await;
+    // Another agent to take the retry, then the first one freezes.
+    let _other = agent(dir.path(), grpc_port, "other", 2);
+    wait_status(&server, "other", "ready", Duration::from_secs(30)).await;
+    stopped.signal("STOP");
+    let done = eventually("the job ends", Duration::from_secs(60), || async {
+        get_json(&server, &format!("/api/v1/jobs/{id}"))
+            .await
+            .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", server.output());
+    stopped.signal("CONT");
+    assert!(done["attempt_count"].as_u64().unwrap() >= 2, "{done}");
+    let ticks = ticks(&file);
+    let last_of_first = ticks
+        .iter()
+        .filter(|(a, _)| *a == 1)
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    let first_of_retry = ticks
+        .iter()
+        .filter(|(a, _)| *a > 1)
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap();
+    assert!(
+        last_of_first < first_of_retry,
+        "the attempts overlapped by {} ms",
+        (last_of_first - first_of_retry) / 1_000_000
+    );
+}
+
+/// A task's processes die with their agent: nothing it started outlives a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let server = cluster_server(dir.path(), grpc_port);
+    let agent = agent(dir.path(), grpc_port, "doomed", 2);
+    wait_status(&server, "doomed", "ready", Duration::from_secs(30)).await;
+    let pids = dir.path().join("pids.txt");
+    // A shell, and a child of it in the background: both must go.
+    let script = format!(
+        "sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait",
+        pids = pids.display()
+    );
+    post_json(
+        &server,
+        "/api/v1/jobs",
+        json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", script]}}),
+    )
+    .await;
+    let started: Vec<i32> = eventually("the task starts", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&pids).ok()?;
+        let pids: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    })
+    .await;
+    agent.signal("KILL");
+    for pid in started {
+        eventually(
+            &format!("process {pid} is gone"),
+            Duration::from_secs(10),
+            || async {
+                let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+                // Gone, or a zombie waiting for init to reap it.
+                state
+                    .is_none_or(|s| s.split_whitespace().nth(2) == Some("Z"))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
