@@ -44,11 +44,48 @@ impl Replica {
         Ok(Self { store, id, period })
     }
 
+    /// Duty `name`, carried out by this replica while it holds its lease (renewed every
+    /// `period`, taken over by another replica a few periods after this one stops).
+    pub fn duty(&self, name: &'static str, period: Duration) -> Duty {
+        Duty {
+            store: self.store.clone(),
+            name,
+            holder: self.id,
+            ttl: period * MISSED_PERIODS,
+        }
+    }
+
     /// How many replicas, this one included, are up.
     pub async fn live(&self) -> Result<u64, StoreError> {
         self.store
             .live_replicas(orchion_store::now(), self.period * MISSED_PERIODS)
             .await
+    }
+}
+
+/// A duty one replica at a time carries out, by a lease in the store.
+pub struct Duty {
+    store: Arc<dyn Store>,
+    name: &'static str,
+    holder: Uuid,
+    ttl: Duration,
+}
+
+impl Duty {
+    /// Whether this replica should carry the duty out now: it holds (or just took) its lease.
+    /// A store error says no: the duty is skipped this time, not done twice.
+    pub async fn held(&self) -> bool {
+        match self
+            .store
+            .hold_duty(self.name, self.holder, orchion_store::now(), self.ttl)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(duty = self.name, error = %e, "cannot renew a duty's lease; skipping it this time");
+                false
+            }
+        }
     }
 }
 
@@ -106,6 +143,30 @@ mod tests {
         Replica::start(store.clone(), "c", "token-two", period)
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_replica_at_a_time_holds_a_duty_and_another_takes_it_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}", dir.path().join("o.db").display());
+        let store = orchion_store::connect(&url, 2).await.unwrap();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let ttl = Duration::from_secs(3);
+        let now = orchion_store::now();
+        assert!(store.hold_duty("pass", a, now, ttl).await.unwrap());
+        assert!(!store.hold_duty("pass", b, now, ttl).await.unwrap());
+        assert!(
+            store.hold_duty("pass", a, now, ttl).await.unwrap(),
+            "renewed"
+        );
+        assert!(
+            store.hold_duty("other", b, now, ttl).await.unwrap(),
+            "duties are apart"
+        );
+        // `a` stopped renewing: once its lease is over, `b` takes the duty, and `a` is out.
+        let later = now + Duration::from_secs(4);
+        assert!(store.hold_duty("pass", b, later, ttl).await.unwrap());
+        assert!(!store.hold_duty("pass", a, later, ttl).await.unwrap());
     }
 
     async fn store_replicas(url: &str) -> Vec<(Uuid,)> {

@@ -528,6 +528,9 @@ pub struct Workflows {
     work: Arc<WorkQueue>,
     /// Compiled definitions by (name, version): stored versions never change.
     compiled: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+    /// With several replicas, the periodic look at every running run is one replica's duty;
+    /// `None` runs it here always.
+    periodic_pass: Option<crate::replicas::Duty>,
 }
 
 impl Workflows {
@@ -536,6 +539,16 @@ impl Workflows {
             store,
             work,
             compiled: Mutex::new(HashMap::new()),
+            periodic_pass: None,
+        }
+    }
+
+    /// The periodic pass over every running run becomes `duty`: carried out by one replica at
+    /// a time, not by each (runs moved on by their results are advanced wherever those arrive).
+    pub fn with_periodic_pass(self, duty: crate::replicas::Duty) -> Self {
+        Self {
+            periodic_pass: Some(duty),
+            ..self
         }
     }
 
@@ -879,7 +892,11 @@ impl Reconciler for Workflows {
         cause: Cause,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
         let mut runs = self.work.take_finished_runs();
-        if cause == Cause::Period {
+        let ours = match &self.periodic_pass {
+            Some(duty) => cause == Cause::Period && duty.held().await,
+            None => cause == Cause::Period,
+        };
+        if ours {
             runs.extend(self.store.running_workflow_runs().await?);
         }
         for &id in &runs {

@@ -45,6 +45,16 @@ pub trait ReplicaStore: Send + Sync {
     /// Removes a stopping replica.
     async fn replica_left(&self, id: Uuid) -> Result<(), StoreError>;
 
+    /// Takes or renews the lease on duty `name` for `holder` until `now + ttl`; `true` when
+    /// `holder` has it: it held it already, or nobody did, or the holder's lease expired.
+    async fn hold_duty(
+        &self,
+        name: &str,
+        holder: Uuid,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// How many replicas were seen within `alive_within` of `now`.
     async fn live_replicas(
         &self,
@@ -136,6 +146,34 @@ impl<B: StoreBackend> ReplicaStore for B {
         tx.execute(Statement::new("DELETE FROM replicas WHERE id = $1").bind(id))
             .await?;
         tx.commit().await
+    }
+
+    async fn hold_duty(
+        &self,
+        name: &str,
+        holder: Uuid,
+        now: OffsetDateTime,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now_us = micros(now);
+        let until = now_us + i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let mut tx = self.begin().await?;
+        // One statement: takes a free or expired duty, renews a held one, leaves another's.
+        let held = tx
+            .execute(
+                Statement::new(
+                    "INSERT INTO duties (name, holder, expires_us) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_us = excluded.expires_us \
+                     WHERE duties.holder = excluded.holder OR duties.expires_us < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .bind(now_us),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(held > 0)
     }
 
     async fn live_replicas(

@@ -82,6 +82,7 @@ conformance!(
     a_state_change_applies_only_from_its_expected_status,
     silence_is_judged_once_by_the_stored_heard_time,
     a_restart_request_is_taken_once,
+    a_duty_is_held_by_one_replica_at_a_time,
     a_deleted_node_is_gone,
     commits_are_counted,
     a_job_is_created_once_per_key_and_reads_back,
@@ -2152,4 +2153,17 @@ async fn a_missing_project_is_refused_by_its_reference(db: Db) {
         ..job("shell")
     };
     assert!(store.create_job(owned, None).await.unwrap().created);
+}
+
+async fn a_duty_is_held_by_one_replica_at_a_time(db: Db) {
+    let store = db.open().await;
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let ttl = std::time::Duration::from_secs(3);
+    let now = orchion_store::now();
+    assert!(store.hold_duty("pass", a, now, ttl).await.unwrap());
+    assert!(!store.hold_duty("pass", b, now, ttl).await.unwrap());
+    assert!(store.hold_duty("pass", a, now, ttl).await.unwrap(), "renewed");
+    let later = now + std::time::Duration::from_secs(4);
+    assert!(store.hold_duty("pass", b, later, ttl).await.unwrap(), "taken over");
+    assert!(!store.hold_duty("pass", a, later, ttl).await.unwrap());
 }

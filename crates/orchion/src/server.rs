@@ -202,7 +202,11 @@ impl Server {
         let lifecycle = Arc::new(Lifecycle::new());
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
         let scheduler = Arc::new(Scheduler::new(store.clone(), work.clone()));
-        let workflows = Arc::new(Workflows::new(store.clone(), work.clone()));
+        let workflows = Arc::new(
+            Workflows::new(store.clone(), work.clone()).with_periodic_pass(
+                replica.duty("workflow_pass", orchion_control::workflows::PASS_INTERVAL),
+            ),
+        );
         let events = Arc::new(
             orchion_api::events::EventHub::new(store.clone(), config.server.max_event_streams)
                 .await
