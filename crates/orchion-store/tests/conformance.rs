@@ -2162,8 +2162,14 @@ async fn a_duty_is_held_by_one_replica_at_a_time(db: Db) {
     let now = orchion_store::now();
     assert!(store.hold_duty("pass", a, now, ttl).await.unwrap());
     assert!(!store.hold_duty("pass", b, now, ttl).await.unwrap());
-    assert!(store.hold_duty("pass", a, now, ttl).await.unwrap(), "renewed");
+    assert!(
+        store.hold_duty("pass", a, now, ttl).await.unwrap(),
+        "renewed"
+    );
     let later = now + std::time::Duration::from_secs(4);
-    assert!(store.hold_duty("pass", b, later, ttl).await.unwrap(), "taken over");
+    assert!(
+        store.hold_duty("pass", b, later, ttl).await.unwrap(),
+        "taken over"
+    );
     assert!(!store.hold_duty("pass", a, later, ttl).await.unwrap());
 }

@@ -10,7 +10,12 @@ use crate::common::{Orchion, TOKEN, agent, eventually, free_port, get_json, http
 
 /// A replica on `url` with fast liveness (2 s timeout, 200 ms checks) and no Kubernetes agent.
 fn replica(dir: &Path, url: &str) -> Orchion {
-    let port = free_port().to_string();
+    replica_on(dir, url, free_port())
+}
+
+/// [`replica`] with its gRPC on `port`, so agents find it again after a restart.
+fn replica_on(dir: &Path, url: &str, port: u16) -> Orchion {
+    let port = port.to_string();
     Orchion::start(
         dir,
         &[
@@ -311,4 +316,170 @@ async fn a_replica_with_another_join_token_refuses_to_start() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.contains("another join token"), "{stderr}");
     assert!(stderr.contains("--join-token"), "{stderr}");
+}
+
+/// Submits `count` jobs, numbered from `first`, round-robin to `replicas`; each appends its
+/// number to `effects`. Returns the jobs' ids with the replica each went to.
+async fn submit_numbered(
+    replicas: &[&Orchion],
+    effects: &Path,
+    first: usize,
+    count: usize,
+) -> Vec<(usize, String)> {
+    let mut ids = Vec::new();
+    for i in first..first + count {
+        let which = i % replicas.len();
+        let command = format!("sleep 0.05; echo {i} >> {}", effects.display());
+        let job = crate::common::post_json(
+            replicas[which],
+            "/api/v1/jobs",
+            json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", command]}}),
+        )
+        .await;
+        ids.push((which, job["id"].as_str().unwrap().to_owned()));
+    }
+    ids
+}
+
+/// How many times each numbered job ran, by its side effects.
+fn runs_of(effects: &Path, jobs: usize) -> Vec<u32> {
+    let mut seen = vec![0u32; jobs];
+    for line in std::fs::read_to_string(effects).unwrap_or_default().lines() {
+        seen[line.trim().parse::<usize>().unwrap()] += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_under_load_loses_nothing_and_doubles_nothing() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let homes: Vec<_> = (0..3)
+        .map(|i| {
+            let home = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            home
+        })
+        .collect();
+    let mut replicas: Vec<Orchion> = (0..3)
+        .map(|i| replica_on(&homes[i], &url, ports[i]))
+        .collect();
+    let _a = agent_of(dir.path(), &[&replicas[0], &replicas[1], &replicas[2]], "a");
+    let _b = agent_of(dir.path(), &[&replicas[1], &replicas[2], &replicas[0]], "b");
+    for name in ["a", "b"] {
+        eventually(
+            &format!("{name} is ready"),
+            Duration::from_secs(30),
+            || async {
+                nodes(&replicas[1])
+                    .await
+                    .filter(|n| n.get(name).is_some_and(|s| s == "ready"))
+            },
+        )
+        .await;
+    }
+    let effects = dir.path().join("effects.txt");
+    let jobs = 500;
+    // Submitted to the two replicas that stay up; the first dies a while into the run.
+    let ids = submit_numbered(&[&replicas[1], &replicas[2]], &effects, 0, jobs).await;
+    eventually(
+        "a fifth of the jobs ran",
+        Duration::from_secs(60),
+        || async {
+            (runs_of(&effects, jobs).iter().filter(|n| **n > 0).count() > jobs / 5).then_some(())
+        },
+    )
+    .await;
+    replicas[0].signal("KILL");
+    replicas[0].wait(Duration::from_secs(10));
+    replicas[0] = replica_on(&homes[0], &url, ports[0]);
+    for (n, (which, id)) in ids.iter().enumerate() {
+        let replica = &replicas[1 + which];
+        let job = eventually(
+            &format!("job {n} ends"),
+            Duration::from_secs(120),
+            || async {
+                get_json(replica, &format!("/api/v1/jobs/{id}"))
+                    .await
+                    .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+            },
+        )
+        .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    let wrong: Vec<(usize, u32)> = runs_of(&effects, jobs)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, n)| *n != 1)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "jobs not run exactly once (job, runs): {wrong:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_once_per_instant_on_three_replicas() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Orchion> = (0..3)
+        .map(|i| {
+            let home = dir.path().join(format!("replica-{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            replica(&home, &url)
+        })
+        .collect();
+    let _a = agent_of(dir.path(), &[&replicas[0], &replicas[1], &replicas[2]], "a");
+    let effects = dir.path().join("effects.txt");
+    let command = format!("echo $ORCHION_JOB_ID >> {}", effects.display());
+    let schedule = crate::common::post_json(
+        &replicas[0],
+        "/api/v1/schedules",
+        json!({
+            "name": "every two seconds",
+            "cron": "*/2 * * * * *",
+            "job": {"executor": "shell", "spec": {"command": "sh", "args": ["-c", command]}},
+        }),
+    )
+    .await;
+    assert!(schedule["id"].is_string(), "{schedule}");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let listing = get_json(&replicas[1], "/api/v1/jobs?limit=500")
+        .await
+        .unwrap();
+    let jobs = listing["items"].as_array().unwrap();
+    // One job per instant: no two in the same two-second slot, and about one per slot.
+    let mut slots = std::collections::BTreeMap::<i64, u32>::new();
+    for job in jobs {
+        let created = time::OffsetDateTime::parse(
+            job["created_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        *slots
+            .entry(created.unix_timestamp().div_euclid(2))
+            .or_default() += 1;
+    }
+    assert!(
+        slots.values().all(|n| *n == 1),
+        "instants fired more than once: {slots:?}"
+    );
+    assert!(jobs.len() >= 5, "only {} firings in 15 s", jobs.len());
+    // And each ran once, by its side effect.
+    eventually("every firing ran", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&effects).ok()?;
+        (text.lines().count() >= jobs.len()).then_some(text)
+    })
+    .await;
+    let text = std::fs::read_to_string(&effects).unwrap();
+    let mut ran: Vec<&str> = text.lines().collect();
+    ran.sort_unstable();
+    let before = ran.len();
+    ran.dedup();
+    assert_eq!(ran.len(), before, "a firing ran twice");
 }
