@@ -431,6 +431,9 @@ pub enum ScheduleCommand {
 pub enum BenchCommand {
     /// Simulated agents heartbeating over real gRPC against a real `orchion server`.
     Heartbeats(HeartbeatBenchArgs),
+    /// Replicas on PostgreSQL under load, one SIGKILLed: how long until its agents work
+    /// again, and how many jobs were lost or ran twice.
+    Failover(FailoverBenchArgs),
     /// No-op jobs submitted over the REST API and run by real agents over gRPC.
     Jobs(JobBenchArgs),
     /// Workflow runs of no-op steps: a chain (step→step latency) or a wide fan-out.
@@ -461,6 +464,30 @@ pub struct JobBenchArgs {
     /// Also run a raw SQL enqueue→claim→complete loop on the same store, and print the ratio.
     #[arg(long)]
     pub baseline: bool,
+    /// Server replicas on the PostgreSQL database (needs --database-url): the jobs are
+    /// submitted round-robin to them, agent `i` talks to replica `i % N`, and the run is
+    /// measured with one replica first, then with N, side by side.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverBenchArgs {
+    /// The PostgreSQL database the replicas share.
+    #[arg(long, value_name = "URL")]
+    pub database_url: String,
+    /// Server replicas (at least 2; the first dies).
+    #[arg(long, default_value_t = 3)]
+    pub replicas: usize,
+    /// Shell jobs, each appending its number to a file.
+    #[arg(long, default_value_t = 3000)]
+    pub jobs: usize,
+    /// Agent processes, each knowing every replica; agent `i` starts with replica `i % N`.
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Tasks each agent runs at once.
+    #[arg(long, default_value_t = 16)]
+    pub slots: u16,
 }
 
 #[derive(Debug, Args)]

@@ -47,35 +47,101 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// What one measurement found, for the comparison of replicas.
+struct Measured {
+    throughput: f64,
+    idle_p50: Duration,
+}
+
 async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.jobs > 0 && args.agents > 0 && args.clients > 0,
-        "--jobs, --agents and --clients must be at least 1"
+        args.jobs > 0 && args.agents > 0 && args.clients > 0 && args.replicas > 0,
+        "--jobs, --agents, --clients and --replicas must be at least 1"
     );
+    if args.replicas == 1 {
+        let (measured, mut servers) = measure(&args, 1).await?;
+        if args.baseline {
+            let db_url = match &args.database_url {
+                Some(url) => url.clone(),
+                None => format!("sqlite:{}", servers[0].dir().join("orchion.db").display()),
+            };
+            servers[0].stop().await?;
+            let raw = baseline(&db_url, args.jobs, args.clients).await?;
+            println!(
+                "  raw SQL baseline      {raw:.0} jobs/s (enqueue, claim in batches, complete; same store)"
+            );
+            println!("  orchion / raw         {:.2}", measured.throughput / raw);
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(
+        args.database_url.is_some(),
+        "--replicas needs --database-url: replicas share a PostgreSQL database"
+    );
+    anyhow::ensure!(
+        !args.baseline,
+        "--baseline measures one replica; leave out --replicas"
+    );
+    // One replica first, then several, on the same database in the same run.
+    let (one, servers) = measure(&args, 1).await?;
+    drop(servers);
+    let (many, _servers) = measure(&args, args.replicas).await?;
+    println!("orchion bench jobs: {} replicas / one", args.replicas);
+    println!(
+        "  end to end            {:.2} ({:.0} / {:.0} jobs/s)",
+        many.throughput / one.throughput,
+        many.throughput,
+        one.throughput
+    );
+    println!(
+        "  idle enqueue→start    p50 {:.1} ms across replicas, {:.1} ms on one",
+        ms(many.idle_p50),
+        ms(one.idle_p50)
+    );
+    Ok(())
+}
+
+/// Starts `replicas` servers on the store, the agents (agent `i` on replica `i % replicas`),
+/// submits the jobs round-robin to the replicas, and prints what it measured.
+async fn measure(
+    args: &JobBenchArgs,
+    replicas: usize,
+) -> anyhow::Result<(Measured, Vec<BenchServer>)> {
     let mut extra = vec!["--join-token", super::TOKEN];
     if let Some(url) = &args.database_url {
         extra.extend(["--database-url", url.as_str()]);
     }
-    let mut server = BenchServer::start(&extra).await?;
+    let mut servers = Vec::with_capacity(replicas);
+    for _ in 0..replicas {
+        servers.push(BenchServer::start(&extra).await?);
+    }
+    let server = &servers[0];
     let store_name = if args.database_url.is_some() {
         "postgres"
     } else {
         "sqlite"
     };
-    eprintln!(
-        "server: {} (gRPC {}), store {store_name}",
-        server.http, server.grpc
-    );
-    let agents = server.start_agents(args.agents, args.slots).await?;
+    for s in &servers {
+        eprintln!("server: {} (gRPC {}), store {store_name}", s.http, s.grpc);
+    }
+    let agents = super::start_agents(&servers, args.agents, args.slots, false).await?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
         .build()?;
 
-    let commits_before = server.commits().await?;
-    let cpu_before = server.cpu_seconds()?;
+    let mut commits_before = 0;
+    let mut cpu_before = 0.0;
+    for s in &servers {
+        commits_before += s.commits().await?;
+        cpu_before += s.cpu_seconds()?;
+    }
     let started = Instant::now();
     let started_at = OffsetDateTime::now_utc();
     let url = format!("{}/api/v1/jobs", server.http);
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{}/api/v1/jobs", s.http))
+        .collect();
     let accepted = Arc::new(AtomicU64::new(0));
     let progress = tokio::spawn(report_progress(
         client.clone(),
@@ -88,41 +154,42 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
         .step_by(batch)
         .map(|first| batch.min(args.jobs - first))
         .collect();
-    let submitted: Vec<anyhow::Result<()>> = futures::stream::iter(requests)
-        .map(|count| {
-            let client = client.clone();
-            let url = url.clone();
-            let accepted = accepted.clone();
-            async move {
-                let job = json!({"executor": "noop", "spec": {}});
-                let (request, expected) = if batch == 1 {
-                    (client.post(&url).json(&job), 201)
-                } else {
-                    let jobs = vec![job; count];
-                    (
-                        client
-                            .post(format!("{url}/batch"))
-                            .json(&json!({ "jobs": jobs })),
-                        200,
-                    )
-                };
-                let response = request.send().await?;
-                anyhow::ensure!(
-                    response.status() == expected,
-                    "submit answered {}",
-                    response.status()
-                );
-                accepted.fetch_add(count as u64, Ordering::Relaxed);
-                Ok(())
-            }
-        })
-        .buffer_unordered(args.clients)
-        .collect()
-        .await;
+    let submitted: Vec<anyhow::Result<()>> =
+        futures::stream::iter(requests.into_iter().enumerate())
+            .map(|(i, count)| {
+                let client = client.clone();
+                let url = urls[i % urls.len()].clone();
+                let accepted = accepted.clone();
+                async move {
+                    let job = json!({"executor": "noop", "spec": {}});
+                    let (request, expected) = if batch == 1 {
+                        (client.post(&url).json(&job), 201)
+                    } else {
+                        let jobs = vec![job; count];
+                        (
+                            client
+                                .post(format!("{url}/batch"))
+                                .json(&json!({ "jobs": jobs })),
+                            200,
+                        )
+                    };
+                    let response = request.send().await?;
+                    anyhow::ensure!(
+                        response.status() == expected,
+                        "submit answered {}",
+                        response.status()
+                    );
+                    accepted.fetch_add(count as u64, Ordering::Relaxed);
+                    Ok(())
+                }
+            })
+            .buffer_unordered(args.clients)
+            .collect()
+            .await;
     submitted.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     let submit_secs = started.elapsed().as_secs_f64();
     eprintln!("submitted {} jobs in {submit_secs:.1} s", args.jobs);
-    wait_for_all(&client, &server, started).await?;
+    wait_for_all(&client, server, started).await?;
     progress.abort();
     let failed: Value = client
         .get(format!("{url}?status=failed&limit=1"))
@@ -136,9 +203,17 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
         failed["items"][0]
     );
     let polled = started.elapsed().as_secs_f64();
-    let cpu = server.cpu_seconds()? - cpu_before;
-    let commits = server.commits().await? - commits_before;
-    let (rss, peak) = server.rss()?;
+    let mut cpu = -cpu_before;
+    let mut commits = 0;
+    let (mut rss, mut peak) = (0, 0);
+    for s in &servers {
+        cpu += s.cpu_seconds()?;
+        commits += s.commits().await?;
+        let (r, p) = s.rss()?;
+        rss = rss.max(r);
+        peak = peak.max(p);
+    }
+    let commits = commits - commits_before;
 
     let mut to_start = Vec::with_capacity(args.jobs);
     let mut to_done = Vec::with_capacity(args.jobs);
@@ -179,7 +254,7 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
     let throughput = args.jobs as f64 / elapsed;
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     println!("orchion bench jobs");
-    println!("  store                 {store_name}");
+    println!("  store                 {store_name}, {replicas} server replica(s)");
     println!(
         "  jobs                  {} no-op, {} agents × {} slots, {} API clients, {} per request",
         args.jobs, args.agents, args.slots, args.clients, args.batch
@@ -199,11 +274,11 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
         ms(quantile(&to_done, 0.99))
     );
     println!(
-        "  server CPU            {:.0} % of one core",
+        "  server CPU            {:.0} % of one core (all replicas)",
         cpu / polled * 100.0
     );
     println!(
-        "  server RSS            {:.1} MiB (peak {:.1} MiB)",
+        "  server RSS            {:.1} MiB (peak {:.1} MiB; the largest replica)",
         mib(rss),
         mib(peak)
     );
@@ -213,12 +288,14 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
         commits as f64 / args.jobs as f64
     );
 
-    // An idle system: one job at a time, to see the latency floor.
+    // An idle system: one job at a time, to see the latency floor; with replicas, through the
+    // last one, which no agent talks to when there are fewer agents than replicas.
+    let idle_url = &urls[urls.len() - 1];
     let mut idle = Vec::new();
     for _ in 0..50 {
         let sent = Instant::now();
         let job: Value = client
-            .post(&url)
+            .post(idle_url)
             .json(&json!({"executor": "noop", "spec": {}}))
             .send()
             .await?
@@ -252,19 +329,13 @@ async fn bench(args: JobBenchArgs) -> anyhow::Result<()> {
     );
 
     drop(agents);
-    if args.baseline {
-        let db_url = match &args.database_url {
-            Some(url) => url.clone(),
-            None => format!("sqlite:{}", server.dir().join("orchion.db").display()),
-        };
-        server.stop().await?;
-        let raw = baseline(&db_url, args.jobs, args.clients).await?;
-        println!(
-            "  raw SQL baseline      {raw:.0} jobs/s (enqueue, claim in batches, complete; same store)"
-        );
-        println!("  orchion / raw         {:.2}", throughput / raw);
-    }
-    Ok(())
+    Ok((
+        Measured {
+            throughput,
+            idle_p50: quantile(&idle, 0.5),
+        },
+        servers,
+    ))
 }
 
 /// How many tasks are queued or running, from `GET /api/v1/status`.

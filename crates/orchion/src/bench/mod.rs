@@ -3,6 +3,7 @@
 //! commands are recorded in BENCHMARKS.md.
 
 pub mod dag;
+pub mod failover;
 pub mod heartbeats;
 pub mod jobs;
 
@@ -35,7 +36,9 @@ fn free_port() -> anyhow::Result<u16> {
 impl BenchServer {
     /// Starts `orchion server` (this very binary) in a fresh temp dir and waits until ready.
     pub async fn start(extra: &[&str]) -> anyhow::Result<BenchServer> {
-        let dir = std::env::temp_dir().join(format!("orchion-bench-{}", std::process::id()));
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("orchion-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let (http_port, grpc_port) = (free_port()?, free_port()?);
         let exe = std::env::current_exe().context("cannot find the orchion binary")?;
@@ -155,42 +158,64 @@ impl BenchServer {
         count: usize,
         slots: u16,
     ) -> anyhow::Result<Vec<tokio::process::Child>> {
-        let exe = std::env::current_exe()?;
-        let mut agents = Vec::with_capacity(count);
-        for i in 0..count {
-            agents.push(
-                tokio::process::Command::new(&exe)
-                    .args(["agent", "--server", &self.grpc, "--join-token", TOKEN])
-                    .args([
-                        "--name",
-                        &format!("bench-{i}"),
-                        "--slots",
-                        &slots.to_string(),
-                    ])
-                    .arg("--state-dir")
-                    .arg(self.dir.join(format!("agent-{i}")))
-                    .env("ORCHION_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .context("cannot start an agent")?,
-            );
+        start_agents(std::slice::from_ref(self), count, slots, false).await
+    }
+}
+
+/// Starts `count` real `orchion agent` processes with `slots` each and waits until all have
+/// joined. Agent `i` talks to replica `i % replicas.len()`; with `fail_over`, it knows every
+/// replica, starting with that one. They are killed when the returned handles drop.
+pub async fn start_agents(
+    replicas: &[BenchServer],
+    count: usize,
+    slots: u16,
+    fail_over: bool,
+) -> anyhow::Result<Vec<tokio::process::Child>> {
+    let first = replicas.first().context("no server")?;
+    let exe = std::env::current_exe()?;
+    let mut agents = Vec::with_capacity(count);
+    for i in 0..count {
+        let home = &replicas[i % replicas.len()];
+        let servers = if fail_over {
+            (0..replicas.len())
+                .map(|k| replicas[(i + k) % replicas.len()].grpc.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            home.grpc.clone()
+        };
+        agents.push(
+            tokio::process::Command::new(&exe)
+                .args(["agent", "--server", &servers, "--join-token", TOKEN])
+                .args([
+                    "--name",
+                    &format!("bench-{i}"),
+                    "--slots",
+                    &slots.to_string(),
+                ])
+                .arg("--state-dir")
+                .arg(home.dir.join(format!("agent-{i}")))
+                .env("ORCHION_LOG", "warn")
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start an agent")?,
+        );
+    }
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: serde_json::Value = client
+            .get(format!("{}/api/v1/status", first.http))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if status["nodes"]["ready"].as_u64() == Some(count as u64) {
+            return Ok(agents);
         }
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let status: serde_json::Value = client
-                .get(format!("{}/api/v1/status", self.http))
-                .send()
-                .await?
-                .json()
-                .await?;
-            if status["nodes"]["ready"].as_u64() == Some(count as u64) {
-                return Ok(agents);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "the agents did not join in 60 s");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        anyhow::ensure!(Instant::now() < deadline, "the agents did not join in 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
