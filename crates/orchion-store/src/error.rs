@@ -57,9 +57,24 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|code| is_retryable(&code)) => {
+                StoreError::Unavailable(error)
+            }
             error => StoreError::Database(error),
         }
     }
+}
+
+/// Whether a database error code says "try again": PostgreSQL restarting, shutting down or
+/// not taking connections yet (`57P01`–`57P03`), a lost connection (class `08`), too many
+/// connections (`53300`), a serialization failure or deadlock (`40001`, `40P01`); SQLite busy
+/// or locked (`5`, `6` and their extended codes).
+fn is_retryable(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "5" | "6" | "261" | "517"
+        )
 }
 
 /// A conversion that cannot fail (a row that is already the value), for `codec::page_of`.
@@ -115,5 +130,22 @@ pub(crate) fn migrate_error(error: sqlx::migrate::MigrateError) -> StoreError {
     match error {
         sqlx::migrate::MigrateError::VersionMissing(version) => StoreError::NewerSchema(version),
         error => StoreError::Migrate(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restarting_or_busy_database_is_unavailable_not_an_error() {
+        for code in [
+            "57P01", "57P02", "57P03", "08006", "08001", "53300", "40001", "40P01", "5", "517",
+        ] {
+            assert!(is_retryable(code), "{code}");
+        }
+        for code in ["23505", "23503", "42P01", "22P02", "1555", "19"] {
+            assert!(!is_retryable(code), "{code}");
+        }
     }
 }

@@ -175,70 +175,135 @@ fn start_cluster() -> Option<Server> {
     let Some(bin) = postgres_bin_dir() else {
         return skip("no initdb/pg_ctl on PATH or under /usr/lib/postgresql/*/bin");
     };
-    let user = run_as();
-    let dir = tempfile::Builder::new()
-        .prefix("orchion-pg-")
-        .tempdir()
-        .expect("cannot create a temp dir for PostgreSQL")
-        .keep();
-    if let Some(user) = &user {
-        let status = Command::new("chown")
-            .args(["-R", user])
-            .arg(&dir)
-            .status()
-            .expect("cannot run chown");
+    let cluster = Cluster::start(bin, false);
+    Some(Server {
+        admin_url: cluster.admin_url(),
+    })
+}
+
+/// A PostgreSQL cluster of this test's own, to restart under load, durable as a real one
+/// (`fsync` and synchronous commits on); stopped and removed when the test process ends. `None` (after a loud line; a panic under `CI=true`) without
+/// PostgreSQL on this machine.
+pub fn private_postgres() -> Option<Cluster> {
+    match postgres_bin_dir() {
+        Some(bin) => Some(Cluster::start(bin, true)),
+        None => {
+            skip("no initdb/pg_ctl on PATH or under /usr/lib/postgresql/*/bin");
+            None
+        }
+    }
+}
+
+/// A throwaway PostgreSQL cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    bin: PathBuf,
+    user: Option<String>,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    /// The URL of its `postgres` database, as the superuser.
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Restarts it with `pg_ctl restart -m <mode>` (`fast` or `immediate`): every connection is
+    /// cut, and it accepts connections again when this returns.
+    pub fn restart(&self, mode: &str) {
+        let out = command(self.user.as_deref(), &self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", mode, "-w", "-t", "60", "restart"])
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .stdout(Stdio::null())
+            .output()
+            .expect("cannot run pg_ctl");
         assert!(
-            status.success(),
-            "chown of {} to {user} failed",
+            out.status.success(),
+            "pg_ctl restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_until_accepting(self.port);
+    }
+
+    /// Starts a cluster; a shared test cluster (`durable` false) skips `fsync` for speed.
+    fn start(bin: PathBuf, durable: bool) -> Cluster {
+        let user = run_as();
+        let dir = tempfile::Builder::new()
+            .prefix("orchion-pg-")
+            .tempdir()
+            .expect("cannot create a temp dir for PostgreSQL")
+            .keep();
+        if let Some(user) = &user {
+            let status = Command::new("chown")
+                .args(["-R", user])
+                .arg(&dir)
+                .status()
+                .expect("cannot run chown");
+            assert!(
+                status.success(),
+                "chown of {} to {user} failed",
+                dir.display()
+            );
+        }
+        let data = dir.join("data");
+        let out = command(user.as_deref(), &bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ])
+            .output()
+            .expect("cannot run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let port = free_port();
+        let speed = if durable {
+            ""
+        } else {
+            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1{speed} -c max_connections=400",
             dir.display()
         );
+        let out = command(user.as_deref(), &bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(dir.join("log"))
+            .args(["-w", "-t", "60", "start"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("cannot run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        spawn_reaper(user.as_deref(), &bin, &dir);
+        wait_until_accepting(port);
+        Cluster {
+            bin,
+            user,
+            dir,
+            port,
+        }
     }
-    let data = dir.join("data");
-    let out = command(user.as_deref(), &bin.join("initdb"))
-        .arg("-D")
-        .arg(&data)
-        .args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--no-locale",
-        ])
-        .output()
-        .expect("cannot run initdb");
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let port = free_port();
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400",
-        dir.display()
-    );
-    let out = command(user.as_deref(), &bin.join("pg_ctl"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "-l"])
-        .arg(dir.join("log"))
-        .args(["-w", "-t", "60", "start"])
-        .stdout(Stdio::null())
-        .output()
-        .expect("cannot run pg_ctl");
-    assert!(
-        out.status.success(),
-        "pg_ctl start failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-    );
-    spawn_reaper(user.as_deref(), &bin, &dir);
-
-    let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    wait_until_accepting(port);
-    Some(Server { admin_url })
 }
 
 /// Stops the cluster and removes its files once this test process has exited, however it

@@ -483,3 +483,107 @@ async fn a_schedule_fires_once_per_instant_on_three_replicas() {
     ran.dedup();
     assert_eq!(ran.len(), before, "a firing ran twice");
 }
+
+/// PostgreSQL restarted under load, politely then abruptly: every answer is a 2xx or a 503
+/// with `Retry-After` (never a 500), and every accepted job runs, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_loses_nothing_and_answers_503() {
+    let Some(cluster) = orchion_testkit::private_postgres() else {
+        return;
+    };
+    let admin = cluster.admin_url();
+    let mut conn =
+        <orchion_store::sqlx::PgConnection as orchion_store::sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap();
+    orchion_store::sqlx::raw_sql("CREATE DATABASE restarts")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let url = format!("{}/restarts", admin.trim_end_matches("/postgres"));
+    let dir = tempfile::tempdir().unwrap();
+    let server = replica(dir.path(), &url);
+    let _agent = agent_of(dir.path(), &[&server], "a");
+    eventually("the agent is ready", Duration::from_secs(30), || async {
+        nodes(&server)
+            .await
+            .filter(|n| n.get("a").is_some_and(|s| s == "ready"))
+    })
+    .await;
+    let effects = dir.path().join("effects.txt");
+    let submitting = {
+        let url = server.url("/api/v1/jobs");
+        let effects = effects.clone();
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            let mut refused = 0;
+            let until = std::time::Instant::now() + Duration::from_secs(8);
+            let mut n = 0usize;
+            while std::time::Instant::now() < until {
+                let command = format!("echo {n} >> {}", effects.display());
+                let response = http()
+                    .post(&url)
+                    .json(&json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", command]}}))
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status() == 201 => {
+                        let job: Value = r.json().await.unwrap();
+                        accepted.push((n, job["id"].as_str().unwrap().to_owned()));
+                    }
+                    Ok(r) if r.status() == 503 => {
+                        assert!(
+                            r.headers().contains_key("retry-after"),
+                            "a 503 without Retry-After"
+                        );
+                        refused += 1;
+                    }
+                    Ok(r) => panic!(
+                        "answered {}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    ),
+                    Err(e) => panic!("the server did not answer: {e}"),
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (accepted, refused, n)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::spawn_blocking({
+        let cluster_fast = cluster;
+        move || {
+            cluster_fast.restart("fast");
+            std::thread::sleep(Duration::from_secs(2));
+            cluster_fast.restart("immediate");
+        }
+    })
+    .await
+    .unwrap();
+    let (accepted, _refused, submitted) = submitting.await.unwrap();
+    assert!(
+        accepted.len() > submitted / 4,
+        "only {} of {submitted} accepted",
+        accepted.len()
+    );
+    for (n, id) in &accepted {
+        let job = eventually(
+            &format!("job {n} ends"),
+            Duration::from_secs(120),
+            || async {
+                get_json(&server, &format!("/api/v1/jobs/{id}"))
+                    .await
+                    .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+            },
+        )
+        .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    let runs = runs_of(&effects, submitted);
+    for (n, _) in &accepted {
+        assert_eq!(runs[*n], 1, "accepted job {n} ran {} times", runs[*n]);
+    }
+}
