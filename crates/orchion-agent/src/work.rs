@@ -381,6 +381,7 @@ async fn run_task(
         env,
         kill_grace: KILL_GRACE,
         fence: Some(fence_until),
+        leaving: agent_stop.clone(),
     };
     let outcome = match config.executors.get(&task.executor) {
         Some(executor) => executor.run(&task.spec, context).await,

@@ -68,6 +68,7 @@ fn context(env: Vec<(String, String)>) -> (Context, mpsc::Receiver<orchion_execu
             env: env.into_iter().collect(),
             kill_grace: Duration::from_secs(2),
             fence: None,
+            leaving: CancellationToken::new(),
         },
         rx,
     )

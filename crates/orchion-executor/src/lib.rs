@@ -71,6 +71,10 @@ pub struct Context {
     pub output: mpsc::Sender<OutputLine>,
     /// Cancelled when the task must stop.
     pub cancel: CancellationToken,
+    /// Cancelled (with `cancel`) when the agent itself is going away: work that runs outside
+    /// the agent (a Kubernetes Job) is left running for the next attempt to adopt, where a
+    /// cancel alone would end it.
+    pub leaving: CancellationToken,
     /// How long the execution may take (`timeouts.start_to_close`).
     pub deadline: Option<Duration>,
     /// Environment variables Orchion adds (e.g. `ORCHION_JOB_ID`, `TRACEPARENT`).

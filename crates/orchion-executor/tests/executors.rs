@@ -20,6 +20,7 @@ fn context(deadline: Option<Duration>) -> (Context, mpsc::Receiver<OutputLine>) 
             env: [("ORCHION_JOB_ID".to_owned(), "job-1".to_owned())].into(),
             kill_grace: Duration::from_secs(2),
             fence: None,
+            leaving: CancellationToken::new(),
         },
         rx,
     )

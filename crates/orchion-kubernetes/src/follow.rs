@@ -199,13 +199,57 @@ impl Follow {
         }
     }
 
-    /// Creates `job` and follows it; the outcome carries the log's tail as output.
-    pub(crate) async fn run(self, job: Job) -> Outcome {
-        let name = job.metadata.name.clone().unwrap_or_default();
+    /// Creates `job` and follows it; the outcome carries the log's tail as output. A retry
+    /// whose predecessor's Job is still there and has not failed adopts that Job instead: the
+    /// predecessor was lost with its agent (a server replica that restarted, an agent that
+    /// died), not by its work, and the work goes on rather than starting again.
+    pub(crate) async fn run(mut self, job: Job) -> Outcome {
+        let mut name = job.metadata.name.clone().unwrap_or_default();
         let namespace = job.metadata.namespace.clone().unwrap_or_default();
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        match jobs.create(&PostParams::default(), &job).await {
+        if let Some(previous) = self.adoptable(&jobs).await {
+            self.say(format!(
+                "adopting Job {namespace}/{} of attempt {}, which was lost with its agent and has not failed",
+                previous.job_name(),
+                previous.attempt
+            ))
+            .await;
+            name = previous.job_name();
+            self.attempt = previous;
+        } else {
+            match self.create(&jobs, &job, &namespace, &name).await {
+                Ok(()) => {}
+                Err(failed) => return failed,
+            }
+        }
+        self.finish(&jobs, &pods, &name).await
+    }
+
+    /// The previous attempt, when its Job is still there and has not failed.
+    async fn adoptable(&self, jobs: &Api<Job>) -> Option<Attempt> {
+        let number = self.attempt.attempt.checked_sub(1).filter(|n| *n > 0)?;
+        let previous = Attempt {
+            attempt: number,
+            ..self.attempt.clone()
+        };
+        let found = jobs.get_opt(&previous.job_name()).await.ok()??;
+        match job_end(&found) {
+            Some(JobEnd::Failed { .. }) => None,
+            _ => Some(previous),
+        }
+    }
+
+    /// Creates `job`; an existing one of the same attempt (made before this agent restarted)
+    /// is followed.
+    async fn create(
+        &self,
+        jobs: &Api<Job>,
+        job: &Job,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(), Outcome> {
+        match jobs.create(&PostParams::default(), job).await {
             Ok(_) => {
                 self.say(format!("created Job {namespace}/{name}")).await;
             }
@@ -217,15 +261,20 @@ impl Follow {
                 .await;
             }
             Err(e) => {
-                return Outcome::Failed {
+                return Err(Outcome::Failed {
                     exit_code: None,
                     error: format!("cannot create Job {namespace}/{name}: {}", describe(&e)),
                     output: None,
-                };
+                });
             }
         }
+        Ok(())
+    }
+
+    /// Follows the Job `name` to its end.
+    async fn finish(&self, jobs: &Api<Job>, pods: &Api<Pod>, name: &str) -> Outcome {
         let mut pod_watch = PodWatch::default();
-        let outcome = self.follow(&jobs, &pods, &name, &mut pod_watch).await;
+        let outcome = self.follow(jobs, pods, name, &mut pod_watch).await;
         if let Some(logs) = pod_watch.logs.take() {
             let abort = logs.abort_handle();
             if tokio::time::timeout(LOG_DRAIN, logs).await.is_err() {
@@ -279,6 +328,12 @@ impl Follow {
             tokio::select! {
                 biased;
                 () = self.context.cancel.cancelled() => {
+                    if self.context.leaving.is_cancelled() {
+                        // The agent is going (its server replica stops): the Job runs on, and
+                        // the attempt that follows this lost one adopts it.
+                        self.say(format!("the agent is leaving; Job {name} runs on for the next attempt to adopt")).await;
+                        return Outcome::Cancelled;
+                    }
                     self.delete(jobs, name, "the task was cancelled").await;
                     return Outcome::Cancelled;
                 }

@@ -104,10 +104,21 @@ impl Run {
     }
 }
 
-/// Runs `spec`; `during` gets the lines as they come and the cancel token.
+/// Runs `spec` as attempt 1; `during` gets the lines as they come and the cancel token.
 async fn execute_with(
     fake: &FakeApi,
     spec: Value,
+    deadline: Option<Duration>,
+    during: impl AsyncFnOnce(&mut mpsc::Receiver<OutputLine>, CancellationToken) + Send,
+) -> Run {
+    execute_attempt(fake, spec, 1, deadline, during).await
+}
+
+/// Runs `spec` as `attempt` of the task.
+async fn execute_attempt(
+    fake: &FakeApi,
+    spec: Value,
+    attempt: u32,
     deadline: Option<Duration>,
     during: impl AsyncFnOnce(&mut mpsc::Receiver<OutputLine>, CancellationToken) + Send,
 ) -> Run {
@@ -125,10 +136,11 @@ async fn execute_with(
                 "0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e".into(),
             ),
             ("ORCHION_TASK_ID".into(), TASK.into()),
-            ("ORCHION_ATTEMPT".into(), "1".into()),
+            ("ORCHION_ATTEMPT".into(), attempt.to_string()),
         ]),
         kill_grace: Duration::from_secs(1),
         fence: None,
+        leaving: CancellationToken::new(),
     };
     let run = tokio::spawn(async move { executor.run(&spec, context).await });
     let mut seen = Vec::new();
@@ -379,4 +391,126 @@ async fn the_probe_tells_a_reachable_cluster_from_an_unreachable_one() {
         err.contains("cannot list Jobs in namespace `default`"),
         "{err}"
     );
+}
+
+/// An attempt lost with its agent (a server replica restarted while it ran) leaves its Job
+/// running; the retry adopts that Job instead of starting the work again.
+#[tokio::test]
+async fn a_retry_adopts_the_job_its_lost_predecessor_left_running() {
+    let fake = FakeApi::start(&[]);
+    let spec = json!({"image": "ghcr.io/acme/ticks:1"});
+    // Attempt 1's follower dies midway, as with its agent: it deletes nothing.
+    let executor = Kubernetes::new(fake.client(), settings());
+    let valid = orchion_executor::validate("kubernetes", &spec).expect("a valid spec");
+    let (output, mut lines) = mpsc::channel(1000);
+    let context = Context {
+        output,
+        cancel: CancellationToken::new(),
+        deadline: None,
+        env: BTreeMap::from([
+            (
+                "ORCHION_JOB_ID".into(),
+                "0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e".into(),
+            ),
+            ("ORCHION_TASK_ID".into(), TASK.into()),
+            ("ORCHION_ATTEMPT".into(), "1".into()),
+        ]),
+        kill_grace: Duration::from_secs(1),
+        fence: None,
+        leaving: CancellationToken::new(),
+    };
+    let first = tokio::spawn(async move { executor.run(&valid, context).await });
+    wait_for(&mut lines, "tick 2").await;
+    first.abort();
+    let _ = first.await;
+
+    let run = execute_attempt(&fake, spec, 2, None, async |_, _| {}).await;
+    assert!(
+        matches!(run.outcome, Outcome::Succeeded { .. }),
+        "{:?}",
+        run.outcome
+    );
+    assert!(run.said(&format!("adopting Job default/{JOB} of attempt 1")));
+    assert!(
+        run.stdout().contains(&"tick 15"),
+        "it follows the work to its end"
+    );
+    assert_eq!(
+        fake.changes().await,
+        [format!("POST jobs/{JOB}")],
+        "one Job, never a second for the retry"
+    );
+}
+
+/// A predecessor whose Job failed by its work is not adopted: the retry starts it again.
+#[tokio::test]
+async fn a_retry_after_a_failure_starts_a_new_job() {
+    let fake = FakeApi::start(&[]);
+    let failed = execute(&fake, "ghcr.io/acme/fail:1").await;
+    assert!(matches!(failed.outcome, Outcome::Failed { .. }));
+    let run = execute_attempt(
+        &fake,
+        json!({"image": "ghcr.io/acme/succeed:1"}),
+        2,
+        None,
+        async |_, _| {},
+    )
+    .await;
+    assert!(
+        matches!(run.outcome, Outcome::Succeeded { .. }),
+        "{:?}",
+        run.outcome
+    );
+    assert!(!run.said("adopting"));
+    let second = JOB.replace("-1", "-2");
+    assert_eq!(
+        fake.changes().await,
+        [format!("POST jobs/{JOB}"), format!("POST jobs/{second}")]
+    );
+}
+
+/// An agent that leaves (its server replica stops in a rolling update) leaves its Jobs running:
+/// nothing is deleted, and the next attempt adopts the Job.
+#[tokio::test]
+async fn a_leaving_agent_leaves_its_jobs_running_for_the_next_attempt() {
+    let fake = FakeApi::start(&[]);
+    let spec = json!({"image": "ghcr.io/acme/ticks:1"});
+    let executor = Kubernetes::new(fake.client(), settings());
+    let valid = orchion_executor::validate("kubernetes", &spec).expect("a valid spec");
+    let (output, mut lines) = mpsc::channel(1000);
+    let (cancel, leaving) = (CancellationToken::new(), CancellationToken::new());
+    let context = Context {
+        output,
+        cancel: cancel.clone(),
+        deadline: None,
+        env: BTreeMap::from([
+            (
+                "ORCHION_JOB_ID".into(),
+                "0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e".into(),
+            ),
+            ("ORCHION_TASK_ID".into(), TASK.into()),
+            ("ORCHION_ATTEMPT".into(), "1".into()),
+        ]),
+        kill_grace: Duration::from_secs(1),
+        fence: None,
+        leaving: leaving.clone(),
+    };
+    let first = tokio::spawn(async move { executor.run(&valid, context).await });
+    wait_for(&mut lines, "tick 2").await;
+    leaving.cancel();
+    cancel.cancel();
+    assert_eq!(first.await.unwrap(), Outcome::Cancelled);
+    assert_eq!(
+        fake.changes().await,
+        [format!("POST jobs/{JOB}")],
+        "nothing deleted"
+    );
+
+    let run = execute_attempt(&fake, spec, 2, None, async |_, _| {}).await;
+    assert!(
+        matches!(run.outcome, Outcome::Succeeded { .. }),
+        "{:?}",
+        run.outcome
+    );
+    assert!(run.said("adopting"));
 }

@@ -579,6 +579,19 @@ async fn run_script(fake: &Fake, ns: &str, name: &str, pod: &str, script: &str) 
                 tokio::time::sleep(tick).await;
             }
         }
+        "ticks" => {
+            for n in 1..=15 {
+                fake.log(pod, format!("tick {n}"));
+                tokio::time::sleep(tick).await;
+            }
+            end_container(fake, ns, pod, 0, "Completed");
+            fake.update_job(ns, name, |j| {
+                j["status"] = json!({
+                    "succeeded": 1, "active": 0, "completionTime": now(),
+                    "conditions": [{"type": "Complete", "status": "True"}],
+                });
+            });
+        }
         _ => {
             for line in ["starting", "working", "done"] {
                 fake.log(pod, line.into());
