@@ -316,3 +316,239 @@ async fn a_killed_agent_leaves_no_process_behind() {
         .await;
     }
 }
+
+/// A network namespace joined to the host by a veth pair, removed when dropped: a machine the
+/// test can cut off.
+struct Netns {
+    name: String,
+    host_link: String,
+    host_ip: String,
+}
+
+impl Netns {
+    fn run(args: &[&str]) -> bool {
+        std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// `None` where namespaces cannot be made (not root); under CI they must be.
+    fn create() -> Option<Netns> {
+        let n = std::process::id() % 60000;
+        let name = format!("orchion-{n}");
+        let (host_link, peer) = (format!("orh{n}"), format!("ora{n}"));
+        let subnet = format!("10.231.{}", n % 250);
+        let host_ip = format!("{subnet}.1");
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                host_link.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                peer.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                peer.clone(),
+                "netns".into(),
+                name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{host_ip}/24"),
+                "dev".into(),
+                host_link.clone(),
+            ],
+            vec!["link".into(), "set".into(), host_link.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                name.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{subnet}.2/24"),
+                "dev".into(),
+                peer.clone(),
+            ],
+            vec![
+                "-n".into(),
+                name.clone(),
+                "link".into(),
+                "set".into(),
+                peer.clone(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                name.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+        ];
+        let netns = Netns {
+            name,
+            host_link,
+            host_ip,
+        };
+        for step in &steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            if !Self::run(&args) {
+                assert!(
+                    std::env::var("CI").map_or(true, |v| v != "true"),
+                    "CI=true needs network namespaces (ip {})",
+                    args.join(" ")
+                );
+                eprintln!(
+                    "!!!!!!!! partition test SKIPPED: `ip {}` failed (needs root) !!!!!!!!",
+                    args.join(" ")
+                );
+                return None;
+            }
+        }
+        Some(netns)
+    }
+
+    /// Cuts the namespace off the host.
+    fn partition(&self) {
+        assert!(Self::run(&["link", "set", &self.host_link, "down"]));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        Self::run(&["link", "del", &self.host_link]);
+        Self::run(&["netns", "del", &self.name]);
+    }
+}
+
+/// An agent cut off from the servers stops its attempt itself before the server hands it to
+/// another node: the side effects of the two attempts never overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_agents_attempt_ends_before_its_retry_starts() {
+    let Some(netns) = Netns::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let port = grpc_port.to_string();
+    let server = Orchion::start(
+        dir.path(),
+        &[
+            "server",
+            "--host",
+            &netns.host_ip,
+            "--port",
+            &port,
+            "--join-token",
+            crate::common::TOKEN,
+            "--heartbeat-timeout",
+            "2s",
+        ],
+        &[
+            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
+            ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
+        ],
+    );
+    let state = dir.path().join("cut");
+    let grpc = format!("http://{}:{grpc_port}", netns.host_ip);
+    // The agent runs inside the namespace.
+    let bin = crate::common::BIN;
+    let mut inside = std::process::Command::new("ip");
+    inside
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            bin,
+            "agent",
+            "--server",
+            &grpc,
+        ])
+        .args([
+            "--join-token",
+            crate::common::TOKEN,
+            "--name",
+            "cut",
+            "--slots",
+            "2",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut agent_inside = inside.spawn().unwrap();
+    wait_status(&server, "cut", "ready", Duration::from_secs(30)).await;
+    let file = dir.path().join("ticks.txt");
+    let job = post_json(&server, "/api/v1/jobs", ticking_job(&file)).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    eventually(
+        "the first attempt ticks",
+        Duration::from_secs(30),
+        || async { (ticks(&file).len() > 5).then_some(()) },
+    )
+    .await;
+    let grpc_host = server.grpc.unwrap().port();
+    let _other = agent_at(dir.path(), &netns.host_ip, grpc_host, "other");
+    wait_status(&server, "other", "ready", Duration::from_secs(30)).await;
+    netns.partition();
+    let done = eventually("the job ends", Duration::from_secs(60), || async {
+        get_json(&server, &format!("/api/v1/jobs/{id}"))
+            .await
+            .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+    })
+    .await;
+    let _ = agent_inside.kill();
+    let _ = agent_inside.wait();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let ticks = ticks(&file);
+    let last_of_first = ticks
+        .iter()
+        .filter(|(a, _)| *a == 1)
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    let first_of_retry = ticks
+        .iter()
+        .filter(|(a, _)| *a > 1)
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap();
+    assert!(
+        last_of_first < first_of_retry,
+        "the attempts overlapped by {} ms",
+        (last_of_first - first_of_retry) / 1_000_000
+    );
+}
+
+/// `orchion agent` on the host, talking to the server at `ip:port`.
+fn agent_at(dir: &std::path::Path, ip: &str, port: u16, name: &str) -> Orchion {
+    let server = format!("http://{ip}:{port}");
+    let state = dir.join(name);
+    Orchion::spawn(
+        dir,
+        &[
+            "agent",
+            "--server",
+            &server,
+            "--join-token",
+            crate::common::TOKEN,
+            "--name",
+            name,
+            "--slots",
+            "2",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
