@@ -238,3 +238,41 @@ async fn the_server_runs_on_postgres_and_keeps_data_across_restarts() {
     let ready = http().get(second.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// A database migrated by a newer Orchion than this server: it refuses to start and says so.
+#[tokio::test]
+async fn a_database_from_a_newer_orchion_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Orchion::start(dir.path(), &["server"], &[]);
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(30)).success());
+    // A migration this binary does not have, as a newer version would have applied it.
+    let db = dir.path().join(".orchion/orchion.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', CURRENT_TIMESTAMP, true, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let out = command(&[
+        "server",
+        "--http-port",
+        "0",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+    ])
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("migrated by a newer Orchion"), "{stderr}");
+    assert!(stderr.contains("9999"), "{stderr}");
+}
