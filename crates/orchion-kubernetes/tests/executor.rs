@@ -104,6 +104,32 @@ impl Run {
     }
 }
 
+/// The context the agent gives attempt `attempt` of [`TASK`].
+fn context(
+    output: mpsc::Sender<OutputLine>,
+    cancel: CancellationToken,
+    leaving: CancellationToken,
+    deadline: Option<Duration>,
+    attempt: u32,
+) -> Context {
+    Context {
+        output,
+        cancel,
+        deadline,
+        env: BTreeMap::from([
+            (
+                "ORCHION_JOB_ID".into(),
+                "0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e".into(),
+            ),
+            ("ORCHION_TASK_ID".into(), TASK.into()),
+            ("ORCHION_ATTEMPT".into(), attempt.to_string()),
+        ]),
+        kill_grace: Duration::from_secs(1),
+        fence: None,
+        leaving,
+    }
+}
+
 /// Runs `spec` as attempt 1; `during` gets the lines as they come and the cancel token.
 async fn execute_with(
     fake: &FakeApi,
@@ -126,22 +152,13 @@ async fn execute_attempt(
     let spec = orchion_executor::validate("kubernetes", &spec).expect("a valid spec");
     let (output, mut lines) = mpsc::channel(1000);
     let cancel = CancellationToken::new();
-    let context = Context {
+    let context = context(
         output,
-        cancel: cancel.clone(),
+        cancel.clone(),
+        CancellationToken::new(),
         deadline,
-        env: BTreeMap::from([
-            (
-                "ORCHION_JOB_ID".into(),
-                "0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e".into(),
-            ),
-            ("ORCHION_TASK_ID".into(), TASK.into()),
-            ("ORCHION_ATTEMPT".into(), attempt.to_string()),
-        ]),
-        kill_grace: Duration::from_secs(1),
-        fence: None,
-        leaving: CancellationToken::new(),
-    };
+        attempt,
+    );
     let run = tokio::spawn(async move { executor.run(&spec, context).await });
     let mut seen = Vec::new();
     during(&mut lines, cancel).await;
@@ -403,22 +420,13 @@ async fn a_retry_adopts_the_job_its_lost_predecessor_left_running() {
     let executor = Kubernetes::new(fake.client(), settings());
     let valid = orchion_executor::validate("kubernetes", &spec).expect("a valid spec");
     let (output, mut lines) = mpsc::channel(1000);
-    let context = Context {
+    let context = context(
         output,
-        cancel: CancellationToken::new(),
-        deadline: None,
-        env: BTreeMap::from([
-            (
-                "ORCHION_JOB_ID".into(),
-                "0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e".into(),
-            ),
-            ("ORCHION_TASK_ID".into(), TASK.into()),
-            ("ORCHION_ATTEMPT".into(), "1".into()),
-        ]),
-        kill_grace: Duration::from_secs(1),
-        fence: None,
-        leaving: CancellationToken::new(),
-    };
+        CancellationToken::new(),
+        CancellationToken::new(),
+        None,
+        1,
+    );
     let first = tokio::spawn(async move { executor.run(&valid, context).await });
     wait_for(&mut lines, "tick 2").await;
     first.abort();
@@ -479,22 +487,7 @@ async fn a_leaving_agent_leaves_its_jobs_running_for_the_next_attempt() {
     let valid = orchion_executor::validate("kubernetes", &spec).expect("a valid spec");
     let (output, mut lines) = mpsc::channel(1000);
     let (cancel, leaving) = (CancellationToken::new(), CancellationToken::new());
-    let context = Context {
-        output,
-        cancel: cancel.clone(),
-        deadline: None,
-        env: BTreeMap::from([
-            (
-                "ORCHION_JOB_ID".into(),
-                "0190b2c4-7d3e-7a51-9f0e-3c2d1b0a9f8e".into(),
-            ),
-            ("ORCHION_TASK_ID".into(), TASK.into()),
-            ("ORCHION_ATTEMPT".into(), "1".into()),
-        ]),
-        kill_grace: Duration::from_secs(1),
-        fence: None,
-        leaving: leaving.clone(),
-    };
+    let context = context(output, cancel.clone(), leaving.clone(), None, 1);
     let first = tokio::spawn(async move { executor.run(&valid, context).await });
     wait_for(&mut lines, "tick 2").await;
     leaving.cancel();

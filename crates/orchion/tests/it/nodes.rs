@@ -223,6 +223,28 @@ fn ticks(file: &std::path::Path) -> Vec<(u32, u128)> {
         .collect()
 }
 
+/// The first attempt's last tick comes before the retry's first.
+fn assert_no_overlap(file: &std::path::Path) {
+    let ticks = ticks(file);
+    let last_of_first = ticks
+        .iter()
+        .filter(|(a, _)| *a == 1)
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    let first_of_retry = ticks
+        .iter()
+        .filter(|(a, _)| *a > 1)
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap();
+    assert!(
+        last_of_first < first_of_retry,
+        "the attempts overlapped by {} ms",
+        (last_of_first - first_of_retry) / 1_000_000
+    );
+}
+
 /// A stopped agent cannot stop its work, so its fence does: the first attempt's last side
 /// effect comes before the retry's first, counted in a file outside Orchion.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,24 +276,7 @@ async fn a_stopped_agents_attempt_is_killed_before_its_retry_starts() {
     assert_eq!(done["status"], "succeeded", "{done}\n{}", server.output());
     stopped.signal("CONT");
     assert!(done["attempt_count"].as_u64().unwrap() >= 2, "{done}");
-    let ticks = ticks(&file);
-    let last_of_first = ticks
-        .iter()
-        .filter(|(a, _)| *a == 1)
-        .map(|(_, t)| *t)
-        .max()
-        .unwrap();
-    let first_of_retry = ticks
-        .iter()
-        .filter(|(a, _)| *a > 1)
-        .map(|(_, t)| *t)
-        .min()
-        .unwrap();
-    assert!(
-        last_of_first < first_of_retry,
-        "the attempts overlapped by {} ms",
-        (last_of_first - first_of_retry) / 1_000_000
-    );
+    assert_no_overlap(&file);
 }
 
 /// A task's processes die with their agent: nothing it started outlives a SIGKILL.
@@ -510,24 +515,7 @@ async fn a_partitioned_agents_attempt_ends_before_its_retry_starts() {
     let _ = agent_inside.kill();
     let _ = agent_inside.wait();
     assert_eq!(done["status"], "succeeded", "{done}");
-    let ticks = ticks(&file);
-    let last_of_first = ticks
-        .iter()
-        .filter(|(a, _)| *a == 1)
-        .map(|(_, t)| *t)
-        .max()
-        .unwrap();
-    let first_of_retry = ticks
-        .iter()
-        .filter(|(a, _)| *a > 1)
-        .map(|(_, t)| *t)
-        .min()
-        .unwrap();
-    assert!(
-        last_of_first < first_of_retry,
-        "the attempts overlapped by {} ms",
-        (last_of_first - first_of_retry) / 1_000_000
-    );
+    assert_no_overlap(&file);
 }
 
 /// `orchion agent` on the host, talking to the server at `ip:port`.

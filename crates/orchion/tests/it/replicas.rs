@@ -37,6 +37,35 @@ fn replica_on(dir: &Path, url: &str, port: u16) -> Orchion {
     )
 }
 
+/// Directories for `n` replicas under `dir`.
+fn homes(dir: &Path, n: usize) -> Vec<std::path::PathBuf> {
+    (0..n)
+        .map(|i| {
+            let home = dir.join(format!("replica-{i}"));
+            std::fs::create_dir_all(&home).unwrap();
+            home
+        })
+        .collect()
+}
+
+/// `n` replicas on `url`, each in a directory of its own under `dir`.
+fn replicas_in(dir: &Path, url: &str, n: usize) -> Vec<Orchion> {
+    homes(dir, n)
+        .iter()
+        .map(|home| replica(home, url))
+        .collect()
+}
+
+/// Job `id` once it has ended, read through `server`.
+async fn ended(server: &Orchion, id: &str, what: &str) -> Value {
+    eventually(what, Duration::from_secs(120), || async {
+        get_json(server, &format!("/api/v1/jobs/{id}"))
+            .await
+            .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+    })
+    .await
+}
+
 /// Each node's name and status as `server` lists them.
 async fn nodes(server: &Orchion) -> Option<BTreeMap<String, String>> {
     let listing = get_json(server, "/api/v1/nodes").await?;
@@ -60,13 +89,7 @@ async fn three_replicas_agree_on_the_nodes_and_run_each_job_once() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let replicas: Vec<Orchion> = (0..3)
-        .map(|i| {
-            let home = dir.path().join(format!("replica-{i}"));
-            std::fs::create_dir_all(&home).unwrap();
-            replica(&home, &url)
-        })
-        .collect();
+    let replicas = replicas_in(dir.path(), &url, 3);
     // Agents attached to different replicas; the third replica hears no agent at all.
     let grpc = |i: usize| replicas[i].grpc.unwrap().port();
     let _a = agent(dir.path(), grpc(0), "a", 4);
@@ -106,16 +129,7 @@ async fn three_replicas_agree_on_the_nodes_and_run_each_job_once() {
     }
     for (n, id) in ids.iter().enumerate() {
         let replica = &replicas[n % 3];
-        let job = eventually(
-            &format!("job {n} ends"),
-            Duration::from_secs(120),
-            || async {
-                get_json(replica, &format!("/api/v1/jobs/{id}"))
-                    .await
-                    .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
-            },
-        )
-        .await;
+        let job = ended(replica, id, &format!("job {n} ends")).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         assert_eq!(job["attempt_count"], 1, "no attempt was lost: {job}");
     }
@@ -218,13 +232,7 @@ async fn an_agent_moves_to_another_replica_and_keeps_its_running_work() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let homes: Vec<_> = (0..2)
-        .map(|i| {
-            let home = dir.path().join(format!("replica-{i}"));
-            std::fs::create_dir_all(&home).unwrap();
-            home
-        })
-        .collect();
+    let homes = homes(dir.path(), 2);
     let first = replica(&homes[0], &url);
     let second = replica(&homes[1], &url);
     let agent = agent_of(dir.path(), &[&first, &second], "mover");
@@ -357,13 +365,7 @@ async fn a_replica_killed_under_load_loses_nothing_and_doubles_nothing() {
     };
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let homes: Vec<_> = (0..3)
-        .map(|i| {
-            let home = dir.path().join(format!("replica-{i}"));
-            std::fs::create_dir_all(&home).unwrap();
-            home
-        })
-        .collect();
+    let homes = homes(dir.path(), 3);
     let mut replicas: Vec<Orchion> = (0..3)
         .map(|i| replica_on(&homes[i], &url, ports[i]))
         .collect();
@@ -398,16 +400,7 @@ async fn a_replica_killed_under_load_loses_nothing_and_doubles_nothing() {
     replicas[0] = replica_on(&homes[0], &url, ports[0]);
     for (n, (which, id)) in ids.iter().enumerate() {
         let replica = &replicas[1 + which];
-        let job = eventually(
-            &format!("job {n} ends"),
-            Duration::from_secs(120),
-            || async {
-                get_json(replica, &format!("/api/v1/jobs/{id}"))
-                    .await
-                    .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
-            },
-        )
-        .await;
+        let job = ended(replica, id, &format!("job {n} ends")).await;
         assert_eq!(job["status"], "succeeded", "{job}");
     }
     let wrong: Vec<(usize, u32)> = runs_of(&effects, jobs)
@@ -427,13 +420,7 @@ async fn a_schedule_fires_once_per_instant_on_three_replicas() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let replicas: Vec<Orchion> = (0..3)
-        .map(|i| {
-            let home = dir.path().join(format!("replica-{i}"));
-            std::fs::create_dir_all(&home).unwrap();
-            replica(&home, &url)
-        })
-        .collect();
+    let replicas = replicas_in(dir.path(), &url, 3);
     let _a = agent_of(dir.path(), &[&replicas[0], &replicas[1], &replicas[2]], "a");
     let effects = dir.path().join("effects.txt");
     let command = format!("echo $ORCHION_JOB_ID >> {}", effects.display());
