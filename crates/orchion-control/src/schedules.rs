@@ -43,8 +43,14 @@ impl Scheduler {
         Ok(())
     }
 
-    /// A schedule was created: look again now.
+    /// A schedule was created: look again now, here and on the other replicas.
     pub fn schedules_changed(&self) {
+        self.wake.notify_one();
+        self.work.tell_others(orchion_store::Signal::Schedules);
+    }
+
+    /// Another replica changed the schedules: look again now.
+    pub fn heard(&self) {
         self.wake.notify_one();
     }
 

@@ -1,6 +1,7 @@
 //! Hearing the other replicas: a listener on the store's signals (PostgreSQL's `LISTEN`) that
-//! wakes the claims waiting here when another replica changed work, and this replica's event
-//! hub when events were appended anywhere. Without replicas (SQLite) it has nothing to do.
+//! wakes the claims waiting here when another replica changed work, the scheduler when it
+//! changed the schedules, and this replica's event hub when events were appended anywhere.
+//! Without replicas (SQLite) it has nothing to do.
 
 use std::{sync::Arc, time::Duration};
 
@@ -8,16 +9,18 @@ use orchion_store::{Heard, Signal, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::WorkQueue;
+use crate::{Scheduler, WorkQueue};
 
 /// How long to wait before listening again after the listener failed.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Follows the store's signals until `stop`: work signals wake `work`'s waiting claims, event
-/// signals ring `events_appended`. After a lost connection, everything is woken once.
+/// Follows the store's signals until `stop`: work signals wake `work`'s waiting claims,
+/// schedule signals the `scheduler`, event signals ring `events_appended`. After a lost
+/// connection, everything is woken once.
 pub async fn follow_signals(
     store: Arc<dyn Store>,
     work: Arc<WorkQueue>,
+    scheduler: Arc<Scheduler>,
     events_appended: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -45,6 +48,9 @@ pub async fn follow_signals(
             match heard {
                 Ok(heard) => {
                     work.heard(heard);
+                    if matches!(heard, Heard::Signal(Signal::Schedules) | Heard::Missed) {
+                        scheduler.heard();
+                    }
                     if matches!(heard, Heard::Signal(Signal::Events) | Heard::Missed) {
                         events_appended.notify_one();
                     }
@@ -52,6 +58,7 @@ pub async fn follow_signals(
                 Err(e) => {
                     tracing::warn!(error = %e, "listening for the other replicas' changes failed; listening again");
                     work.heard(Heard::Missed);
+                    scheduler.heard();
                     events_appended.notify_one();
                     if pause(&stop).await {
                         return;

@@ -144,8 +144,13 @@ impl WorkQueue {
     /// Wakes every waiting claim, here and on the other replicas: work may have appeared.
     pub fn work_changed(&self) {
         self.wake.notify_waiters();
+        self.tell_others(Signal::Work);
+    }
+
+    /// Tells the other replicas (if any) of `signal`, after the change was committed.
+    pub(crate) fn tell_others(&self, signal: Signal) {
         if let Some(outbox) = &self.outbox {
-            let _ = outbox.send(Signal::Work);
+            let _ = outbox.send(signal);
         }
     }
 
@@ -153,7 +158,7 @@ impl WorkQueue {
     pub fn heard(&self, heard: Heard) {
         match heard {
             Heard::Signal(Signal::Work) | Heard::Missed => self.wake.notify_waiters(),
-            Heard::Signal(Signal::Events) => {}
+            Heard::Signal(Signal::Events | Signal::Schedules) => {}
         }
     }
 

@@ -19,6 +19,8 @@ pub(crate) const CHANNEL: &str = "orchion";
 pub enum Signal {
     /// Work appeared or capacity was freed: waiting claims look again.
     Work,
+    /// A schedule was created or changed: the scheduler looks again.
+    Schedules,
     /// Events were appended to the log.
     Events,
 }
@@ -36,6 +38,7 @@ impl Signal {
     pub(crate) fn payload(self, sender: u64) -> String {
         match self {
             Signal::Work => format!("{sender:x}:work"),
+            Signal::Schedules => format!("{sender:x}:schedules"),
             Signal::Events => "events".to_owned(),
         }
     }
@@ -49,7 +52,11 @@ impl Signal {
         if u64::from_str_radix(from, 16).ok()? == sender {
             return None;
         }
-        (what == "work").then_some(Signal::Work)
+        match what {
+            "work" => Some(Signal::Work),
+            "schedules" => Some(Signal::Schedules),
+            _ => None,
+        }
     }
 }
 
@@ -69,6 +76,13 @@ mod tests {
         let payload = Signal::Work.payload(7);
         assert_eq!(Signal::parse(&payload, 7), None, "{payload}");
         assert_eq!(Signal::parse(&payload, 8), Some(Signal::Work), "{payload}");
+        let payload = Signal::Schedules.payload(7);
+        assert_eq!(Signal::parse(&payload, 7), None, "{payload}");
+        assert_eq!(
+            Signal::parse(&payload, 8),
+            Some(Signal::Schedules),
+            "{payload}"
+        );
         // Events come from a trigger, with no sender: everyone hears them.
         assert_eq!(Signal::parse("events", 7), Some(Signal::Events));
         for junk in ["", "work", "zz:work", "7:work:more", "7:other"] {

@@ -251,11 +251,12 @@ impl Server {
         background.reconcile(replica);
         background.reconcile(registry.clone());
         background.reconcile(work.clone());
-        background.reconcile(scheduler);
+        background.reconcile(scheduler.clone());
         background.reconcile(workflows);
         background.spawn(orchion_control::follow_signals(
             store.clone(),
             work.clone(),
+            scheduler,
             events.appended(),
             stopping.clone(),
         ));
