@@ -111,7 +111,7 @@ async fn three_replicas_agree_on_the_nodes_and_run_each_job_once() {
 
     // Jobs submitted round-robin; each appends its number to a file outside Orchion.
     let effects = dir.path().join("effects.txt");
-    let jobs = 300;
+    let jobs = 500;
     let mut ids = Vec::new();
     for i in 0..jobs {
         let replica = &replicas[i % 3];
