@@ -333,11 +333,27 @@ impl NodeRegistry {
         authenticated(&mut self.nodes(), id, credential).map(|e| e.node.clone())
     }
 
-    /// The agent is leaving: the node is down at once.
+    /// The agent is leaving: the node is down at once. Its attempts whose work runs outside it
+    /// ([`crate::work::ADOPTABLE_EXECUTORS`]) are released for another node to adopt, and the
+    /// other replicas are told there is work.
     pub async fn leave(&self, id: NodeId, credential: &str) -> Result<Node, RegistryError> {
         self.authenticate(id, credential).await?;
         self.heard().remove(&id);
-        self.change(id, Change::Liveness(LivenessEvent::Left)).await
+        // Released while the node is still alive, so no reaper pass loses them in between.
+        let mut released = 0;
+        for executor in crate::work::ADOPTABLE_EXECUTORS {
+            released += self.store.release_attempts(id, executor).await?;
+        }
+        let node = self
+            .change(id, Change::Liveness(LivenessEvent::Left))
+            .await?;
+        if released > 0 {
+            tracing::info!(node_id = %id, tasks = released, "a leaving node's attempts released for adoption");
+            if let Err(e) = self.store.signal(&[orchion_store::Signal::Work]).await {
+                tracing::warn!(error = %e, "could not tell the other replicas of released attempts");
+            }
+        }
+        Ok(node)
     }
 
     /// Stops new placements on a node; running work may end.

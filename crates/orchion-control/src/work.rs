@@ -26,6 +26,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::background::{Cause, Reconciler};
 use crate::{NodeRegistry, RegistryError, batch::Batcher};
 
+/// Executors whose work runs outside the agent (a Kubernetes Job): when their agent leaves,
+/// its attempts are released rather than lost, and the next claim for the executor adopts
+/// them — the same attempt, following the same work — so a server's rolling restart neither
+/// starts that work again nor spends an attempt of its retries.
+pub const ADOPTABLE_EXECUTORS: &[&str] = &["kubernetes"];
+
 /// The most writes one transaction takes.
 const BATCH: usize = 256;
 
@@ -220,17 +226,24 @@ impl WorkQueue {
             let node = self.nodes.authenticate(node_id, credential).await?;
             if node.liveness == Liveness::Alive && !node.draining {
                 let started = std::time::Instant::now();
-                let claimed = self
-                    .store
-                    .claim_tasks(&ClaimRequest {
-                        node_id,
-                        executors: executors.clone(),
-                        labels: node.labels.clone(),
-                        capacity: node.capacity,
-                        max,
-                        now: orchion_store::now(),
-                    })
-                    .await?;
+                let request = ClaimRequest {
+                    node_id,
+                    executors: executors.clone(),
+                    labels: node.labels.clone(),
+                    capacity: node.capacity,
+                    max,
+                    now: orchion_store::now(),
+                };
+                for executor in ADOPTABLE_EXECUTORS {
+                    if executors.iter().any(|e| e == executor) {
+                        let adopted = self.store.adopt_released(&request, executor).await?;
+                        if !adopted.is_empty() {
+                            tracing::info!(node_id = %node_id, tasks = adopted.len(), executor, "released attempts adopted");
+                            return Ok(adopted);
+                        }
+                    }
+                }
+                let claimed = self.store.claim_tasks(&request).await?;
                 let metrics = orchion_metrics::metrics();
                 metrics.store_op("claim_tasks", started);
                 for task in &claimed {

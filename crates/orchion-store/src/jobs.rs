@@ -210,6 +210,21 @@ pub trait JobStore: Send + Sync {
     /// that waited past `schedule_to_start`. Returns how many tasks changed.
     async fn expire_leases(&self, now: OffsetDateTime) -> Result<usize, StoreError>;
 
+    /// Lets go of the running attempts of `executor` on `node` without ending them: their work
+    /// runs outside the agent (a Kubernetes Job) and goes on; they keep their attempt number and
+    /// lease, and the next node to [`JobStore::adopt_released`] them follows that work. Not
+    /// adopted before the lease ends, they are lost as any other. Returns how many.
+    async fn release_attempts(&self, node: NodeId, executor: &str) -> Result<usize, StoreError>;
+
+    /// Takes over up to `claim.max` released attempts of `executor` for `claim.node_id`: the
+    /// same attempt, with a fresh lease. The node they were released by can no longer report
+    /// or renew them.
+    async fn adopt_released(
+        &self,
+        claim: &ClaimRequest,
+        executor: &str,
+    ) -> Result<Vec<ClaimedTask>, StoreError>;
+
     /// Ends every attempt running on `node` as lost (the node is not alive), each with `why`
     /// as its error.
     async fn lose_node_attempts(&self, node: NodeId, why: &str) -> Result<usize, StoreError>;
@@ -443,6 +458,83 @@ impl<B: StoreBackend> JobStore for B {
         tx.append_events(&events).await?;
         tx.commit().await?;
         Ok(expired.len() + late.len())
+    }
+
+    async fn release_attempts(&self, node: NodeId, executor: &str) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        let released = tx
+            .execute(
+                Statement::new(
+                    "UPDATE tasks SET node_id = NULL WHERE status = 'running' AND node_id = $1 AND executor = $2",
+                )
+                .bind(node.as_uuid())
+                .bind(executor),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(usize::try_from(released).unwrap_or(usize::MAX))
+    }
+
+    async fn adopt_released(
+        &self,
+        claim: &ClaimRequest,
+        executor: &str,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
+        let mut tx = self.begin().await?;
+        let limit = i64::try_from(claim.max).unwrap_or(i64::MAX);
+        let released: Vec<TaskRow> = tx
+            .fetch_all(
+                Statement::new(format!(
+                    "{} LIMIT $3{}",
+                    select_tasks(
+                        "t.status = 'running' AND t.node_id IS NULL AND t.executor = $1 AND t.lease_expires_us >= $2"
+                    ),
+                    B::Tx::TASK_LOCK_SKIP
+                ))
+                .bind(executor)
+                .bind(micros(claim.now))
+                .bind(limit),
+            )
+            .await?;
+        if released.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let mut adopted = Vec::with_capacity(released.len());
+        for task in released {
+            let timeouts = task.timeouts();
+            let lease = claim.now + timeouts.heartbeat;
+            tx.execute(
+                Statement::new(
+                    "UPDATE tasks SET node_id = $2, lease_expires_us = $3 WHERE id = $1",
+                )
+                .bind(task.id)
+                .bind(claim.node_id.as_uuid())
+                .bind(micros(lease)),
+            )
+            .await?;
+            tx.execute(
+                Statement::new(
+                    "UPDATE attempts SET node_id = $2 WHERE task_id = $1 AND number = $3",
+                )
+                .bind(task.id)
+                .bind(claim.node_id.as_uuid())
+                .bind(task.attempts),
+            )
+            .await?;
+            adopted.push(ClaimedTask {
+                job_id: RunId::from_uuid(task.run_id),
+                task_id: TaskId::from_uuid(task.id),
+                attempt: u32::try_from(task.attempts).unwrap_or(0),
+                executor: task.executor.clone(),
+                spec: task.spec.clone(),
+                lease_expires_at: lease,
+                timeouts,
+                traceparent: task.traceparent.clone(),
+            });
+        }
+        tx.commit().await?;
+        Ok(adopted)
     }
 
     async fn lose_node_attempts(&self, node: NodeId, why: &str) -> Result<usize, StoreError> {

@@ -97,6 +97,7 @@ conformance!(
     expired_leases_lose_the_attempt_and_fence_the_late_result,
     a_job_waiting_past_schedule_to_start_fails,
     a_lost_node_loses_its_attempts,
+    a_released_attempt_is_adopted_once_by_another_node,
     cancelling_queued_and_running_jobs,
     a_failed_job_can_be_retried_and_a_queued_one_cannot,
     logs_are_fenced_and_read_in_order,
@@ -2172,4 +2173,67 @@ async fn a_duty_is_held_by_one_replica_at_a_time(db: Db) {
         "taken over"
     );
     assert!(!store.hold_duty("pass", a, later, ttl).await.unwrap());
+}
+
+async fn a_released_attempt_is_adopted_once_by_another_node(db: Db) {
+    let store = db.open().await;
+    let j = store
+        .create_job(job("kubernetes"), None)
+        .await
+        .unwrap()
+        .value;
+    let (leaving, adopter) = (NodeId::new(), NodeId::new());
+    let claimed = store
+        .claim_tasks(&claim(leaving, &["kubernetes"], 1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        store.release_attempts(leaving, "shell").await.unwrap(),
+        0,
+        "by executor"
+    );
+    assert_eq!(
+        store.release_attempts(leaving, "kubernetes").await.unwrap(),
+        1
+    );
+    // Released, it is no node's: not lost with the leaving node, not reported by it.
+    assert!(store.lost_running_nodes().await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .extend_leases(leaving, &[(claimed[0].task_id, 1)])
+            .await
+            .unwrap(),
+        [LeaseState::Lost]
+    );
+    let adopted = store
+        .adopt_released(&claim(adopter, &["kubernetes"], 5), "kubernetes")
+        .await
+        .unwrap();
+    assert_eq!(adopted.len(), 1);
+    assert_eq!(adopted[0].attempt, 1, "the same attempt");
+    assert!(
+        store
+            .adopt_released(&claim(adopter, &["kubernetes"], 5), "kubernetes")
+            .await
+            .unwrap()
+            .is_empty(),
+        "adopted once"
+    );
+    assert_eq!(
+        store
+            .complete_attempt(
+                adopter,
+                claimed[0].task_id,
+                1,
+                AttemptOutcome::Succeeded,
+                None
+            )
+            .await
+            .unwrap(),
+        TaskStatus::Succeeded
+    );
+    let done = store.get_job(j.id).await.unwrap();
+    assert_eq!(done.state.attempts, 1);
+    assert_eq!(done.attempts[0].node_id, Some(adopter));
 }

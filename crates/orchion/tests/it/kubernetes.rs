@@ -23,9 +23,14 @@ struct FakeApi {
 
 impl FakeApi {
     fn start() -> Self {
+        Self::start_ticking(100)
+    }
+
+    /// The fake, its scripted containers taking a step every `tick_ms`.
+    fn start_ticking(tick_ms: u64) -> Self {
         let bin = PathBuf::from(crate::common::BIN).with_file_name("orchion-fake-kube");
         let mut child = Command::new(bin)
-            .args(["--tick-ms", "100"])
+            .args(["--tick-ms", &tick_ms.to_string()])
             .stdout(Stdio::piped())
             .spawn()
             .expect("orchion-fake-kube is built with the workspace");
@@ -297,4 +302,96 @@ async fn a_bad_kubernetes_default_stops_the_server_at_start_naming_it() {
         output.contains("kubernetes.memory_limit `lots`"),
         "{output}"
     );
+}
+
+/// Two servers on one PostgreSQL database, each with its Kubernetes agent: the server whose
+/// agent follows a Job stops (a rolling update), and the other one's agent adopts the same
+/// attempt — the Job is created once, never deleted, and the task keeps its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_hands_its_kubernetes_jobs_to_another_replica() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeApi::start_ticking(300);
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let replica = |name: &str| {
+        let home = dir.path().join(name);
+        std::fs::create_dir_all(&home).unwrap();
+        Orchion::start(
+            &home,
+            &[
+                "server",
+                "--database-url",
+                &url,
+                "--join-token",
+                crate::common::TOKEN,
+            ],
+            &[
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+                ("KUBERNETES_NAMESPACE", "agents"),
+                ("ORCHION_KUBERNETES__POLL_INTERVAL", "100ms"),
+                ("ORCHION_KUBERNETES__PROBE_INTERVAL", "500ms"),
+                ("ORCHION_SERVER__DRAIN_DELAY", "0s"),
+            ],
+        )
+    };
+    let first = replica("first");
+    let agents = |n: u64| {
+        move |server: &Orchion| {
+            let server = server.url("");
+            async move {
+                let list: Value = http()
+                    .get(format!("{server}/api/v1/executors"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                list["items"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["name"] == "kubernetes" && e["agents"] == n)
+                    .map(|_| ())
+            }
+        }
+    };
+    eventually("the first agent", Duration::from_secs(30), || {
+        agents(1)(&first)
+    })
+    .await;
+    let response = submit(
+        &first,
+        json!({"executor": "kubernetes", "spec": {"image": "ghcr.io/acme/ticks:1"}}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+    let job: Value = response.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_job(&first, &id, "running").await;
+    let second = replica("second");
+    eventually("both agents", Duration::from_secs(30), || {
+        agents(2)(&second)
+    })
+    .await;
+    first.signal("TERM");
+    let done = eventually("the job ends", Duration::from_secs(60), || async {
+        get_json(&second, &format!("/api/v1/jobs/{id}"))
+            .await
+            .filter(|j| matches!(j["status"].as_str(), Some("succeeded" | "failed")))
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        done["attempt_count"], 1,
+        "the same attempt, adopted: {done}"
+    );
+    let changes = fake.changes().await;
+    assert_eq!(
+        changes.len(),
+        1,
+        "one Job, created once and never deleted: {changes:?}"
+    );
+    assert!(changes[0].starts_with("POST jobs/"), "{changes:?}");
 }
