@@ -435,7 +435,8 @@ async fn a_schedule_fires_once_per_instant_on_three_replicas() {
     )
     .await;
     assert!(schedule["id"].is_string(), "{schedule}");
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    // Several minutes of instants, every replica's scheduler passing over each one.
+    tokio::time::sleep(Duration::from_secs(180)).await;
     let listing = get_json(&replicas[1], "/api/v1/jobs?limit=500")
         .await
         .unwrap();
@@ -456,7 +457,7 @@ async fn a_schedule_fires_once_per_instant_on_three_replicas() {
         slots.values().all(|n| *n == 1),
         "instants fired more than once: {slots:?}"
     );
-    assert!(jobs.len() >= 5, "only {} firings in 15 s", jobs.len());
+    assert!(jobs.len() >= 75, "only {} firings in 180 s", jobs.len());
     // And each ran once, by its side effect.
     eventually("every firing ran", Duration::from_secs(30), || async {
         let text = std::fs::read_to_string(&effects).ok()?;
