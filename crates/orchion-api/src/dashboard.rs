@@ -16,7 +16,7 @@ const SCRIPT: &str = include_str!("../dashboard/app.js");
 const STYLE: &str = include_str!("../dashboard/app.css");
 
 /// Only this server's own scripts, styles and API; `data:` images for the empty favicon.
-const POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
+pub(crate) const POLICY: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
                       script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 fn file(content_type: &'static str, body: &'static str) -> Response {

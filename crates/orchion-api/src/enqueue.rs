@@ -9,6 +9,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::State,
+    http::HeaderMap,
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -97,8 +98,18 @@ fn place_id(body: &[u8]) -> Result<String, String> {
 #[utoipa::path(post, path = "/enqueue", tag = "compatibility",
     request_body(content = Object, example = json!({"placeId": "ChIJN1t_tDeuEmsRUsoyG83frY4"})),
     responses((status = 202, body = Enqueued), (status = 400, body = EnqueueError)))]
-pub async fn enqueue(State(state): State<AppState>, body: Bytes) -> Response {
-    let place = match place_id(&body) {
+pub async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    // As the seed's JSON body parser: a body of another type (a form, `text/plain`, as a
+    // cross-site page can send) is no body at all.
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| {
+            let essence = essence.trim().to_ascii_lowercase();
+            essence == "application/json" || essence.ends_with("+json")
+        });
+    let place = match place_id(if json { &body } else { &[] }) {
         Ok(place) => place,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };

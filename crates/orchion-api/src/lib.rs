@@ -5,6 +5,7 @@
 //! validate through the domain's constructors and talk to the store through `Arc<dyn Store>`.
 //! Every error leaves through [`problem::ApiError`], the one mapping to problem+json.
 
+pub mod browser;
 pub mod dashboard;
 pub mod deployments;
 pub mod enqueue;
@@ -199,6 +200,15 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// The dashboard's content policy on the API documentation's pages.
+async fn docs_policy(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(dashboard::POLICY),
+    );
+    response
+}
+
 /// Counts and times each request by method and route template (`/api/v1/jobs/{id}`, never the
 /// raw path, so the label set stays bounded).
 async fn measure(request: Request, next: axum::middleware::Next) -> axum::response::Response {
@@ -228,14 +238,18 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The whole HTTP application.
-pub fn router(state: AppState, limits: Limits) -> Router {
+pub fn router(state: AppState, limits: Limits, browser: browser::Browser) -> Router {
     let (api, openapi) = api();
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+    // The API documentation gets the dashboard's policy: nothing from elsewhere, never framed.
+    let docs = Router::<AppState>::from(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+        .layer(axum::middleware::map_response(docs_policy));
+    api.merge(docs)
         .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(browser, browser::guard))
         .layer(axum::middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(Extension(BodyLimit(limits.body_limit_bytes)))

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// A request that is not signed (or not signed right) where a signature is required.
     #[error("{0}")]
     Unauthorized(String),
+    /// A request refused for where it comes from (a foreign `Host` or `Origin`).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]
@@ -86,6 +89,7 @@ impl ApiError {
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",

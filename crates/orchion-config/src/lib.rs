@@ -83,6 +83,12 @@ pub struct ServerConfig {
     pub enable_metrics: bool,
     /// The port of the Prometheus endpoint (`--metrics-port`; `0` picks a free one).
     pub metrics_port: u16,
+    /// Host names the HTTP API answers for (a request with another `Host` gets 403, against
+    /// DNS rebinding); empty: loopback names when it listens on loopback, any otherwise.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://ops.example.com`) besides the server's own whose pages may make
+    /// state-changing requests or open event WebSockets; any other gets 403.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +105,8 @@ impl Default for ServerConfig {
             max_event_streams: 1000,
             enable_metrics: true,
             metrics_port: 9090,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }

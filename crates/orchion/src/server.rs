@@ -243,6 +243,11 @@ impl Server {
             Limits {
                 body_limit_bytes: config.server.body_limit_bytes,
             },
+            orchion_api::browser::Browser {
+                allowed_hosts: config.server.allowed_hosts.clone(),
+                allowed_origins: config.server.allowed_origins.clone(),
+                loopback: listener.local_addr()?.ip().is_loopback(),
+            },
         );
         let addr = listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;

@@ -276,3 +276,87 @@ async fn a_database_from_a_newer_orchion_is_refused_by_name() {
     assert!(stderr.contains("migrated by a newer Orchion"), "{stderr}");
     assert!(stderr.contains("9999"), "{stderr}");
 }
+
+/// A web page cannot use a loopback server: not by DNS rebinding (a foreign `Host`), not by a
+/// cross-site request or WebSocket (a foreign `Origin`), not with a `text/plain` body.
+#[tokio::test]
+async fn a_foreign_host_or_origin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(dir.path(), &["server"], &[]);
+    let port = server.addr.port();
+    let status = |host: &'static str| {
+        http()
+            .get(server.url("/api/v1/status"))
+            .header("Host", host.replace("PORT", &port.to_string()))
+            .send()
+    };
+    assert_eq!(status("evil.example:PORT").await.unwrap().status(), 403);
+    assert_eq!(status("localhost:PORT").await.unwrap().status(), 200);
+    let refused = status("attacker.example").await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("attacker.example"),
+        "{body}"
+    );
+
+    let create = |origin: Option<String>| {
+        let mut request = http()
+            .post(server.url("/api/v1/projects"))
+            .json(&json!({"name": "from a page"}));
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        request.send()
+    };
+    assert_eq!(
+        create(Some("https://evil.example".into()))
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    assert_eq!(create(Some("null".into())).await.unwrap().status(), 403);
+    let own = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        create(Some(own)).await.unwrap().status(),
+        201,
+        "its own pages"
+    );
+    assert_eq!(
+        create(None).await.unwrap().status(),
+        201,
+        "clients that are not browsers"
+    );
+
+    let socket = http()
+        .get(server.url("/api/v1/ws"))
+        .header("Origin", "https://evil.example")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(socket.status(), 403);
+
+    let plain = http()
+        .post(server.url("/enqueue"))
+        .header("Content-Type", "text/plain")
+        .body(r#"{"placeId": "abc"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400, "a text/plain body is no JSON body");
+
+    let docs = http().get(server.url("/docs/")).send().await.unwrap();
+    let policy = docs.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+}

@@ -64,6 +64,7 @@ pub async fn app() -> App {
         Limits {
             body_limit_bytes: 4096,
         },
+        orchion_api::browser::Browser::default(),
     );
     App {
         router,
