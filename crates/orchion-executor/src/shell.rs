@@ -212,69 +212,44 @@ pub async fn run_command(spec: &ShellSpec, context: Context) -> Outcome {
     }
 }
 
-/// A running fence (`fence.rs`) and the task that keeps it told of the deadline.
+/// A command's place in the agent's fence (`fence.rs`): the task that keeps the fence told of
+/// the command's deadline.
 struct Fence {
     keeper: tokio::task::JoinHandle<()>,
     done: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Fence {
-    /// Starts the fence of `group`, told of every new deadline in `until`. Without a fence
-    /// (its binary cannot start) the command runs on, and the agent still stops it itself when
-    /// its lease runs out.
+    /// Tells the fence of `group` and of every new deadline in `until`, until the command ends.
+    /// Without a fence (its binary cannot start) the command runs on, and the agent still stops
+    /// it itself when its lease runs out.
     fn start(group: Pid, mut until: tokio::sync::watch::Receiver<std::time::Instant>) -> Self {
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let group = group.as_raw();
         let keeper = tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let spawned = std::env::current_exe().and_then(|exe| {
-                Command::new(exe)
-                    .arg(crate::fence::FENCE_COMMAND)
-                    .arg(group.as_raw().to_string())
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .process_group(0)
-                    .spawn()
-            });
-            let mut fence = match spawned {
-                Ok(fence) => fence,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start the task's fence; it runs without one");
-                    return;
-                }
-            };
-            let Some(mut stdin) = fence.stdin.take() else {
-                return;
-            };
             let mut finished = std::pin::pin!(finished);
             loop {
                 let left = until
                     .borrow_and_update()
                     .saturating_duration_since(std::time::Instant::now());
-                let line = format!("{}\n", left.as_millis());
-                if stdin.write_all(line.as_bytes()).await.is_err() {
-                    break;
+                if !crate::fence::tell(format!("{group} {}\n", left.as_millis())) {
+                    return;
                 }
                 tokio::select! {
                     changed = until.changed() => if changed.is_err() {
                         // Nobody renews any more: the last deadline stands until the end.
                         let _ = (&mut finished).await;
-                        let _ = stdin.write_all(b"done\n").await;
                         break;
                     },
-                    _ = &mut finished => {
-                        let _ = stdin.write_all(b"done\n").await;
-                        break;
-                    }
+                    _ = &mut finished => break,
                 }
             }
-            drop(stdin);
-            let _ = fence.wait().await;
+            crate::fence::tell(format!("{group} done\n"));
         });
         Self { keeper, done }
     }
 
-    /// The command ended: the fence goes without killing anything.
+    /// The command ended: the fence forgets it.
     async fn done(self) {
         let _ = self.done.send(());
         let _ = self.keeper.await;

@@ -18,14 +18,10 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    // A task's fence (`orchion __fence <group>`), started by the agent beside each command:
-    // plain threads, no runtime, nothing parsed but the group.
-    let mut args = std::env::args();
-    if args.nth(1).as_deref() == Some(orchion_executor::fence::FENCE_COMMAND) {
-        return match args.next().and_then(|group| group.parse().ok()) {
-            Some(group) => orchion_executor::fence::watch(group),
-            None => ExitCode::from(2),
-        };
+    // The agent's fence (`orchion __fence`), started beside its commands: plain threads, no
+    // runtime, nothing parsed.
+    if std::env::args().nth(1).as_deref() == Some(orchion_executor::fence::FENCE_COMMAND) {
+        return orchion_executor::fence::watch();
     }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
