@@ -10,6 +10,13 @@ use crate::{AppState, problem::ApiError};
 #[utoipa::path(get, path = "/api/v1/status", tag = "health", responses((status = 200, body = StatusBody)))]
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
     let counts = state.store.active_task_counts().await?;
+    let replicas = state
+        .store
+        .live_replicas(
+            orchion_store::now(),
+            state.nodes.settings().check_interval * 3,
+        )
+        .await?;
     Ok(Json(StatusBody {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         store: StoreStatus {
@@ -30,5 +37,6 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<StatusBody>, A
             queued: counts.queued,
             running: counts.running,
         },
+        replicas,
     }))
 }

@@ -15,6 +15,9 @@ pub struct StatusBody {
     pub nodes: BTreeMap<String, usize>,
     /// Work in flight: tasks of jobs and workflow steps.
     pub tasks: TaskCounts,
+    /// Server replicas sharing the store that were up within the last three check intervals,
+    /// this one included.
+    pub replicas: u64,
 }
 
 /// Tasks in flight. Finished work is not counted here (it grows without bound); list it with

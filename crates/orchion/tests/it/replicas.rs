@@ -149,9 +149,11 @@ async fn three_replicas_agree_on_the_nodes_and_run_each_job_once() {
         "jobs not run exactly once (job, runs): {wrong:?}"
     );
 
-    // Still agreed on after the run, and the same everywhere.
+    // Still agreed on after the run, and the same everywhere; each counts the three replicas.
     for replica in &replicas {
         assert_eq!(nodes(replica).await.unwrap(), both_ready);
+        let status = get_json(replica, "/api/v1/status").await.unwrap();
+        assert_eq!(status["replicas"], 3, "{status}");
     }
 
     // Wake-ups cross replicas: a job enqueued through the replica no agent talks to starts at
