@@ -20,11 +20,9 @@ use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
-
-use crate::servers::Servers;
 use tracing::Instrument;
 
-use crate::state::Credentials;
+use crate::{servers::Servers, state::Credentials};
 
 /// How long one claim waits on the server.
 pub(crate) const CLAIM_WAIT: Duration = Duration::from_secs(30);

@@ -14,7 +14,7 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<StatusBody>, A
         .store
         .live_replicas(
             orchion_store::now(),
-            state.nodes.settings().check_interval * 3,
+            state.nodes.settings().check_interval * orchion_control::replicas::MISSED_PERIODS,
         )
         .await?;
     Ok(Json(StatusBody {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::background::{Cause, Reconciler};
 
 /// How many periods a replica may miss before the others take it to be gone.
-const MISSED_PERIODS: u32 = 3;
+pub const MISSED_PERIODS: u32 = 3;
 
 /// This replica's row in the store.
 pub struct Replica {
@@ -53,13 +53,6 @@ impl Replica {
             holder: self.id,
             ttl: period * MISSED_PERIODS,
         }
-    }
-
-    /// How many replicas, this one included, are up.
-    pub async fn live(&self) -> Result<u64, StoreError> {
-        self.store
-            .live_replicas(orchion_store::now(), self.period * MISSED_PERIODS)
-            .await
     }
 }
 
@@ -128,7 +121,8 @@ mod tests {
         Replica::start(store.clone(), "b", "token-one", period)
             .await
             .unwrap();
-        assert_eq!(first.live().await.unwrap(), 2);
+        let live = store.live_replicas(orchion_store::now(), period * MISSED_PERIODS);
+        assert_eq!(live.await.unwrap(), 2);
         let refused = Replica::start(store.clone(), "c", "token-two", period).await;
         assert!(
             matches!(&refused, Err(StoreError::Conflict(m)) if m.contains("another join token")),

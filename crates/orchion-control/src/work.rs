@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use orchion_domain::{AttemptOutcome, Job, Liveness, NewJob, NodeId, RunId, TaskId};
+use orchion_domain::{AttemptOutcome, Job, Liveness, NewJob, NodeId, NodeStatus, RunId, TaskId};
 use orchion_store::{
     AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Heard, IdempotencyKey,
     LeaseState, NewLogLine, Signal, Store, StoreError,
@@ -358,6 +358,11 @@ impl WorkQueue {
         // By the store's record only: a node this replica has not heard of is not lost.
         for (node, status) in self.store.lost_running_nodes().await? {
             let why = match status {
+                Some(NodeStatus::Down) => {
+                    format!(
+                        "the attempt was lost: its node {node} is down (its agent left, or was silent too long)"
+                    )
+                }
                 Some(status) => format!(
                     "the attempt was lost: its node {node} is {status} (no heartbeat reached any \
                      server for more than {:?})",

@@ -480,6 +480,18 @@ impl<B: StoreBackend> JobStore for B {
         claim: &ClaimRequest,
         executor: &str,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
+        // Most claims find nothing released: a read says so without the write turn.
+        let any: Vec<(i32,)> = self
+            .read_all(
+                Statement::new(
+                    "SELECT 1 FROM tasks WHERE status = 'running' AND node_id IS NULL AND executor = $1 LIMIT 1",
+                )
+                .bind(executor),
+            )
+            .await?;
+        if any.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin().await?;
         let limit = i64::try_from(claim.max).unwrap_or(i64::MAX);
         let released: Vec<TaskRow> = tx
@@ -502,15 +514,14 @@ impl<B: StoreBackend> JobStore for B {
         }
         let mut adopted = Vec::with_capacity(released.len());
         for task in released {
-            let timeouts = task.timeouts();
-            let lease = claim.now + timeouts.heartbeat;
+            let claimed = task.claimed(u32::try_from(task.attempts).unwrap_or(0), claim.now);
             tx.execute(
                 Statement::new(
                     "UPDATE tasks SET node_id = $2, lease_expires_us = $3 WHERE id = $1",
                 )
                 .bind(task.id)
                 .bind(claim.node_id.as_uuid())
-                .bind(micros(lease)),
+                .bind(micros(claimed.lease_expires_at)),
             )
             .await?;
             tx.execute(
@@ -522,16 +533,7 @@ impl<B: StoreBackend> JobStore for B {
                 .bind(task.attempts),
             )
             .await?;
-            adopted.push(ClaimedTask {
-                job_id: RunId::from_uuid(task.run_id),
-                task_id: TaskId::from_uuid(task.id),
-                attempt: u32::try_from(task.attempts).unwrap_or(0),
-                executor: task.executor.clone(),
-                spec: task.spec.clone(),
-                lease_expires_at: lease,
-                timeouts,
-                traceparent: task.traceparent.clone(),
-            });
+            adopted.push(claimed);
         }
         tx.commit().await?;
         Ok(adopted)

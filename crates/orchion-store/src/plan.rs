@@ -181,7 +181,6 @@ pub(crate) fn plan_claims(
             .next(&TaskEvent::Claimed, &task.policy()?, 0.0)
             .map_err(|e| StoreError::Conflict(e.to_string()))?
             .state;
-        let timeouts = task.timeouts();
         events.push(PendingEvent::claimed(
             task,
             state.status,
@@ -189,16 +188,7 @@ pub(crate) fn plan_claims(
             next.attempts,
             claim.node_id.as_uuid(),
         ));
-        claimed.push(ClaimedTask {
-            job_id: RunId::from_uuid(task.run_id),
-            task_id: TaskId::from_uuid(task.id),
-            attempt: next.attempts,
-            executor: task.executor.clone(),
-            spec: task.spec.clone(),
-            lease_expires_at: claim.now + timeouts.heartbeat,
-            timeouts,
-            traceparent: task.traceparent.clone(),
-        });
+        claimed.push(task.claimed(next.attempts, claim.now));
     }
     Ok((claimed, events))
 }

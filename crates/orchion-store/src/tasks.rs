@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    StoreError,
+    ClaimedTask, StoreError,
     backend::{Statement, Tx, Value},
     codec::{from_micros, micros, ms_duration, retry_from_json, retry_json},
     events::PendingEvent,
@@ -92,6 +92,22 @@ impl TaskRow {
 
     pub fn policy(&self) -> Result<RetryPolicy, StoreError> {
         retry_from_json(&self.retry.0)
+    }
+
+    /// The task as handed to a node for `attempt`, its lease running from `now` for the
+    /// task's heartbeat timeout.
+    pub fn claimed(&self, attempt: u32, now: OffsetDateTime) -> ClaimedTask {
+        let timeouts = self.timeouts();
+        ClaimedTask {
+            job_id: RunId::from_uuid(self.run_id),
+            task_id: TaskId::from_uuid(self.id),
+            attempt,
+            executor: self.executor.clone(),
+            spec: self.spec.clone(),
+            lease_expires_at: now + timeouts.heartbeat,
+            timeouts,
+            traceparent: self.traceparent.clone(),
+        }
     }
 
     pub fn timeouts(&self) -> Timeouts {
