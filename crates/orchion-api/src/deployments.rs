@@ -15,6 +15,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::respond::Created;
+use crate::auth::Caller;
 use crate::{
     AppState,
     extract::{JsonBody, QueryParams, decode, page_request},
@@ -71,6 +72,20 @@ async fn deployment_body(
     })
 }
 
+/// The deployment with this id, if the caller may see its run; a 404 otherwise.
+async fn visible_deployment(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Deployment, ApiError> {
+    let deployment = state.store.get_deployment(id).await?;
+    if caller.0.is_unconfined() {
+        return Ok(deployment);
+    }
+    let run = state.store.get_workflow_run(deployment.run_id).await?;
+    caller.visible(run.run.project_id, "deployment", id, deployment)
+}
+
 /// Starts a deployment. Every problem with it is reported at once (422), and nothing is
 /// deployed. One deployment per composer and environment runs at a time: a second one is
 /// accepted as `queued` and starts when the first ends.
@@ -79,6 +94,7 @@ async fn deployment_body(
         (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_deployment(
     State(state): State<AppState>,
+    caller: Caller,
     body: JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let raw = body.value;
@@ -93,6 +109,7 @@ pub async fn create_deployment(
             &workflow,
             &definition,
             &raw,
+            caller.project_for(None)?,
             orchion_otel::traceparent(),
         )
         .await
@@ -109,9 +126,10 @@ pub async fn create_deployment(
     responses((status = 200, body = DeploymentBody), (status = 404, body = Problem)))]
 pub async fn get_deployment(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeploymentBody>, ApiError> {
-    let deployment = state.store.get_deployment(&id).await?;
+    let deployment = visible_deployment(&state, &caller, &id).await?;
     Ok(Json(deployment_body(&state, deployment, true).await?))
 }
 
@@ -122,9 +140,10 @@ pub async fn get_deployment(
     responses((status = 202, body = DeploymentBody), (status = 404, body = Problem)))]
 pub async fn delete_deployment(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<DeploymentBody>), ApiError> {
-    let deployment = state.store.get_deployment(&id).await?;
+    let deployment = visible_deployment(&state, &caller, &id).await?;
     state
         .workflows
         .undo(deployment.run_id)
@@ -152,12 +171,14 @@ pub struct ListDeployments {
     responses((status = 200, body = DeploymentList), (status = 400, body = Problem)))]
 pub async fn list_deployments(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(query): QueryParams<ListDeployments>,
 ) -> Result<Json<DeploymentList>, ApiError> {
     let page = page_request(query.limit, query.cursor)?;
     let filter = DeploymentFilter {
         composer: query.composer,
         environment: query.environment,
+        project_id: caller.0.project,
     };
     let page = state.store.list_deployments(&filter, page).await?;
     let mut items = Vec::with_capacity(page.items.len());

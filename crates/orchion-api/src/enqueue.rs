@@ -134,7 +134,8 @@ pub async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: By
     };
     let job = NewJob {
         name: job_id.clone(),
-        project_id: None,
+        // `/enqueue` acts in the default project.
+        project_id: Some(orchion_domain::ProjectId::DEFAULT),
         executor: "http".into(),
         spec,
         priority: 0,

@@ -40,6 +40,7 @@ use utoipa::IntoParams;
 
 use orchion_control::{Cause, Reconciler};
 
+use crate::auth::Caller;
 use crate::{AppState, extract::QueryParams, problem::ApiError};
 
 /// How often the hub looks for new events on SQLite (one server, nobody to signal it).
@@ -182,6 +183,8 @@ pub(crate) fn event_body(e: &Event) -> EventBody {
 /// The checked filters.
 #[derive(Debug, Clone, Default)]
 struct Filter {
+    /// The project a confined caller sees: nothing else reaches its stream.
+    confined: Option<ProjectId>,
     project: Option<ProjectId>,
     run: Option<String>,
     node: Option<String>,
@@ -193,7 +196,8 @@ impl Filter {
         let names = |id: &str, field: &str| {
             event.subject == id || event.data.get(field).and_then(|v| v.as_str()) == Some(id)
         };
-        self.project.is_none_or(|p| event.project_id == Some(p))
+        self.confined.is_none_or(|p| event.project_id == Some(p))
+            && self.project.is_none_or(|p| event.project_id == Some(p))
             && self.run.as_deref().is_none_or(|r| names(r, "job_id"))
             && self.node.as_deref().is_none_or(|n| names(n, "node_id"))
             && (self.kinds.is_empty()
@@ -214,10 +218,14 @@ fn invalid(name: &str, detail: String) -> ApiError {
 /// A stream's filter and starting point, checked: every problem names its parameter.
 async fn prepare(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     query: EventQuery,
 ) -> Result<(Filter, i64, OwnedSemaphorePermit), ApiError> {
-    let mut filter = Filter::default();
+    let mut filter = Filter {
+        confined: caller.0.project,
+        ..Filter::default()
+    };
     if let Some(project) = &query.project {
         filter.project = Some(
             project
@@ -381,10 +389,11 @@ async fn pump(
 /// Starts a stream's pump; its events arrive on the receiver.
 async fn open(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     query: EventQuery,
 ) -> Result<mpsc::Receiver<Arc<Event>>, ApiError> {
-    let (filter, from, permit) = prepare(state, headers, query).await?;
+    let (filter, from, permit) = prepare(state, caller, headers, query).await?;
     let (tx, rx) = mpsc::channel(256);
     let pump = pump(state.clone(), filter, from, tx, permit);
     state.events.pumps.spawn(pump);
@@ -403,10 +412,11 @@ async fn open(
     ))]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventQuery>,
 ) -> Result<Response, ApiError> {
-    let rx = open(&state, &headers, query).await?;
+    let rx = open(&state, &caller, &headers, query).await?;
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
         let sse = SseEvent::default()
@@ -430,11 +440,12 @@ pub async fn events(
     ))]
 pub async fn websocket(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let rx = open(&state, &headers, query).await?;
+    let rx = open(&state, &caller, &headers, query).await?;
     Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, rx, state)))
 }
 

@@ -21,6 +21,7 @@ use orchion_store::IdempotencyKey;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Caller;
 use crate::respond::{Created, paged};
 use crate::{
     AppState,
@@ -83,11 +84,13 @@ fn traced(job: NewJob) -> NewJob {
         (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_job(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: JsonBody<CreateJob>,
 ) -> Result<Response, ApiError> {
     let header_key = idempotency_key(&headers)?;
-    let (job, field_key) = body.value.into_new_job()?;
+    let (mut job, field_key) = body.value.into_new_job()?;
+    job.project_id = Some(caller.project_for(job.project_id)?);
     let key = match (header_key, field_key) {
         (Some(h), Some(f)) if h != f => {
             return Err(ApiError::Validation(ValidationErrors(vec![
@@ -143,6 +146,7 @@ fn pointer_order(pointer: &str) -> usize {
         (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     body: JsonBody<CreateJobs>,
 ) -> Result<Json<BatchBody>, ApiError> {
     let items = body.value.jobs;
@@ -174,9 +178,24 @@ pub async fn create_jobs(
             }
         };
         match decoded.value.into_new_job() {
-            Ok((job, key)) => jobs.push((
+            Ok((mut job, key)) => jobs.push((
                 i,
-                job,
+                match caller.project_for(job.project_id) {
+                    Ok(project) => {
+                        job.project_id = Some(project);
+                        job
+                    }
+                    Err(_) => {
+                        errors.push(FieldError {
+                            pointer: format!("{prefix}/project_id"),
+                            message: format!(
+                                "project `{}` does not exist",
+                                job.project_id.map(|p| p.to_string()).unwrap_or_default()
+                            ),
+                        });
+                        continue;
+                    }
+                },
                 key.map(|key| IdempotencyKey {
                     key,
                     request_hash: decoded.digest,
@@ -241,9 +260,16 @@ pub async fn create_jobs(
     responses((status = 200, body = JobBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_job(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<JobBody>, ApiError> {
-    Ok(Json(job_body(state.store.get_job(id).await?, true)))
+    Ok(Json(job_body(visible_job(&state, &caller, id).await?, true)))
+}
+
+/// The job with this id, if the caller may see it; a 404 otherwise.
+async fn visible_job(state: &AppState, caller: &Caller, id: RunId) -> Result<Job, ApiError> {
+    let job = state.store.get_job(id).await?;
+    caller.visible(job.project_id, "job", id, job)
 }
 
 /// Filters and paging for listing jobs.
@@ -267,11 +293,18 @@ pub struct ListJobs {
     responses((status = 200, body = JobList), (status = 400, body = Problem)))]
 pub async fn list_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(query): QueryParams<ListJobs>,
 ) -> Result<Json<JobList>, ApiError> {
     let status = query_value::<TaskStatus>("status", query.status)?;
     let project_id = query_value::<ProjectId>("project_id", query.project_id)?;
     let page = page_request(query.limit, query.cursor)?;
+    let Ok(project_id) = caller.scope(project_id) else {
+        return Ok(Json(JobList {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
+    };
     let filter = JobFilter {
         status,
         project_id,
@@ -291,8 +324,10 @@ pub async fn list_jobs(
     responses((status = 200, body = JobBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn cancel_job(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<JobBody>, ApiError> {
+    visible_job(&state, &caller, id).await?;
     Ok(Json(job_body(state.work.cancel(id).await?, true)))
 }
 
@@ -303,8 +338,10 @@ pub async fn cancel_job(
         (status = 409, body = Problem)))]
 pub async fn retry_job(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<JobBody>, ApiError> {
+    visible_job(&state, &caller, id).await?;
     let job = state.work.retry(id).await?;
     Ok(Json(job_body(job, true)))
 }
@@ -339,11 +376,12 @@ pub(crate) fn line_body(l: orchion_store::LogLine) -> LogLineBody {
     responses((status = 200, body = LogPage), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn job_logs(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<LogQuery>,
 ) -> Result<Response, ApiError> {
-    let job = state.store.get_job(id).await?;
+    let job = visible_job(&state, &caller, id).await?;
     let limit = query.limit.unwrap_or(1000);
     if !(1..=5000).contains(&limit) {
         return Err(invalid_query(

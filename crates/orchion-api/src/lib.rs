@@ -5,6 +5,8 @@
 //! validate through the domain's constructors and talk to the store through `Arc<dyn Store>`.
 //! Every error leaves through [`problem::ApiError`], the one mapping to problem+json.
 
+pub mod audit;
+pub mod auth;
 pub mod browser;
 pub mod dashboard;
 pub mod deployments;
@@ -20,7 +22,9 @@ pub mod projects;
 pub mod respond;
 pub mod runs;
 pub mod schedules;
+pub mod session;
 pub mod status;
+pub mod tokens;
 pub mod webhooks;
 pub mod workflows;
 
@@ -69,6 +73,10 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Where `POST /enqueue` forwards jobs.
     pub enqueue: Arc<enqueue::EnqueueSettings>,
+    /// Tokens and the audit log.
+    pub access: Arc<orchion_control::Access>,
+    /// Failed authentications per client address.
+    pub throttle: Arc<auth::Throttle>,
 }
 
 /// The server's lifecycle as the API sees it: when it started, and whether it is draining.
@@ -137,6 +145,7 @@ pub struct Limits {
         (name = "nodes", description = "Nodes: machines running `orchion agent`"),
         (name = "agents", description = "The agents on the nodes (the workflow service's agents API)"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "access", description = "API tokens, dashboard sessions and the audit log"),
         (name = "compatibility", description = "The seed services' interfaces, in their own shapes")
     )
 )]
@@ -192,6 +201,14 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::get_agent))
         .routes(routes!(nodes::restart_agent))
         .routes(routes!(status::status))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
+        .routes(routes!(
+            session::create_session,
+            session::get_session,
+            session::delete_session
+        ))
+        .routes(routes!(audit::list_audit))
         .routes(routes!(enqueue::enqueue))
         .routes(routes!(health::livez))
         .routes(routes!(health::readyz))
@@ -248,6 +265,10 @@ pub fn router(state: AppState, limits: Limits, browser: browser::Browser) -> Rou
         .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(browser, browser::guard))
         .layer(axum::middleware::from_fn(measure))

@@ -36,7 +36,17 @@ pub enum ApiError {
     /// A request that is not signed (or not signed right) where a signature is required.
     #[error("{0}")]
     Unauthorized(String),
-    /// A request refused for where it comes from (a foreign `Host` or `Origin`).
+    /// A request without credentials where the route needs a token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A request whose token is malformed, unknown, expired or revoked.
+    #[error("{0}")]
+    InvalidToken(String),
+    /// A client that failed to authenticate too often; it may try again after a minute.
+    #[error("{0}")]
+    TooManyFailures(String),
+    /// A request refused for where it comes from (a foreign `Host` or `Origin`), or for a role
+    /// its token lacks.
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -89,6 +99,19 @@ impl ApiError {
             ),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            ApiError::Unauthenticated(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+            ),
+            ApiError::InvalidToken(_) => {
+                (StatusCode::UNAUTHORIZED, "invalid-token", "Invalid token")
+            }
+            ApiError::TooManyFailures(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-failures",
+                "Too many failed attempts",
+            ),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -162,6 +185,23 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        // RFC 6750: a 401 for a bearer token says which scheme, and why the token failed.
+        let challenge = match &self {
+            ApiError::Unauthenticated(_) => Some("Bearer realm=\"orchion\""),
+            ApiError::InvalidToken(_) => Some("Bearer realm=\"orchion\", error=\"invalid_token\""),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if matches!(self, ApiError::TooManyFailures(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Every 503 is worth trying again: the store comes back, another replica answers.
             response

@@ -12,6 +12,7 @@ use orchion_store::IdempotencyKey;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::auth::Caller;
 use crate::respond::{Created, paged};
 use crate::{
     AppState,
@@ -85,9 +86,13 @@ pub async fn create_project(
     responses((status = 200, body = ProjectBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_project(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<ProjectId>,
 ) -> Result<Json<ProjectBody>, ApiError> {
-    Ok(Json(project_body(state.store.get_project(id).await?)))
+    let project = state.store.get_project(id).await?;
+    Ok(Json(project_body(
+        caller.visible(Some(id), "project", id, project)?,
+    )))
 }
 
 /// Lists projects, oldest first, a page at a time.
@@ -95,10 +100,21 @@ pub async fn get_project(
     responses((status = 200, body = ProjectList), (status = 400, body = Problem)))]
 pub async fn list_projects(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(query): QueryParams<ListProjects>,
 ) -> Result<Json<ProjectList>, ApiError> {
     let status = query_value::<ProjectStatus>("status", query.status)?;
     let page = page_request(query.limit, query.cursor)?;
+    if let Some(own) = caller.0.project {
+        // A confined caller's list is its own project, on one page.
+        let project = state.store.get_project(own).await?;
+        let first_page = page.after.is_none_or(|c| c.0 < own.as_uuid());
+        let shown = (first_page && status.is_none_or(|s| s == project.status)).then_some(project);
+        return Ok(Json(ProjectList {
+            items: shown.into_iter().map(project_body).collect(),
+            next_cursor: None,
+        }));
+    }
     let page = state
         .store
         .list_projects(ProjectFilter { status }, page)
@@ -138,6 +154,12 @@ pub async fn delete_project(
     State(state): State<AppState>,
     PathId(id): PathId<ProjectId>,
 ) -> Result<StatusCode, ApiError> {
+    if id == ProjectId::DEFAULT {
+        return Err(ApiError::Conflict(
+            "the default project holds the work no project was named for; it cannot be deleted"
+                .into(),
+        ));
+    }
     state.store.delete_project(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

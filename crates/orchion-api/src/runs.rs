@@ -23,6 +23,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::respond::{Created, paged};
+use crate::auth::Caller;
 use crate::{
     AppState,
     extract::{JsonBody, PathId, QueryParams, idempotency_key, page_request, query_value},
@@ -114,6 +115,16 @@ async fn full_body(
     Ok(run_body(record.run, Some(steps)))
 }
 
+/// The run with this id, if the caller may see it; a 404 otherwise.
+pub(crate) async fn visible_run(
+    state: &AppState,
+    caller: &Caller,
+    id: RunId,
+) -> Result<WorkflowRunRecord, ApiError> {
+    let record = state.store.get_workflow_run(id).await?;
+    caller.visible(record.run.project_id, "workflow run", id, record)
+}
+
 /// The one mapping from engine errors to API errors.
 pub(crate) fn workflow_error(error: WorkflowError) -> ApiError {
     match error {
@@ -134,11 +145,34 @@ pub(crate) fn workflow_error(error: WorkflowError) -> ApiError {
         (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn start_workflow(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: JsonBody<StartWorkflow>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = body.value;
+    // A malformed project id is reported with the request's other problems, below.
+    let project_id = match request.project_id.as_deref().map(str::parse::<ProjectId>) {
+        Some(Err(_)) => request.project_id.clone(),
+        named => Some(caller.project_for(named.and_then(Result::ok))?.to_string()),
+    };
+    // Another project's workflow type is answered as one that does not exist.
+    if let Ok(workflow) = state
+        .store
+        .get_workflow_type(&request.workflow_type, request.version)
+        .await
+        && !caller.sees(workflow.project_id)
+    {
+        return Err(ApiError::Validation(orchion_domain::ValidationErrors(vec![
+            orchion_domain::FieldError::new(
+                "type",
+                format!(
+                    "workflow type `{}` does not exist: store it first with POST /api/v1/workflow-types",
+                    request.workflow_type
+                ),
+            ),
+        ])));
+    }
     let created = state
         .workflows
         .start_request(
@@ -146,7 +180,7 @@ pub async fn start_workflow(
                 name: request.name,
                 workflow: request.workflow_type,
                 version: request.version,
-                project_id: request.project_id,
+                project_id,
                 input: request.input,
                 trace_parent: orchion_otel::traceparent(),
             },
@@ -170,9 +204,10 @@ pub async fn start_workflow(
     responses((status = 200, body = WorkflowRunBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_workflow(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowRunBody>, ApiError> {
-    let record = state.store.get_workflow_run(id).await?;
+    let record = visible_run(&state, &caller, id).await?;
     Ok(Json(full_body(&state, record).await?))
 }
 
@@ -201,10 +236,18 @@ pub struct ListWorkflows {
     responses((status = 200, body = WorkflowRunList), (status = 400, body = Problem)))]
 pub async fn list_workflows(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(query): QueryParams<ListWorkflows>,
 ) -> Result<Json<WorkflowRunList>, ApiError> {
+    let named = query_value::<ProjectId>("project_id", query.project_id)?;
+    let Ok(project_id) = caller.scope(named) else {
+        return Ok(Json(WorkflowRunList {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
+    };
     let filter = WorkflowRunFilter {
-        project_id: query_value::<ProjectId>("project_id", query.project_id)?,
+        project_id,
         status: query_value::<RunStatus>("status", query.status)?,
         workflow: query.workflow_type,
         name: query.name.filter(|n| !n.is_empty()),
@@ -223,8 +266,10 @@ pub async fn list_workflows(
         (status = 409, body = Problem)))]
 pub async fn cancel_workflow(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowRunBody>, ApiError> {
+    visible_run(&state, &caller, id).await?;
     state.workflows.cancel(id).await.map_err(workflow_error)?;
     let record = state.store.get_workflow_run(id).await?;
     Ok(Json(full_body(&state, record).await?))
@@ -239,8 +284,10 @@ pub async fn cancel_workflow(
         (status = 409, body = Problem)))]
 pub async fn retry_workflow(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowRunBody>, ApiError> {
+    visible_run(&state, &caller, id).await?;
     state.workflows.retry(id).await.map_err(workflow_error)?;
     let record = state.store.get_workflow_run(id).await?;
     Ok(Json(full_body(&state, record).await?))
@@ -256,9 +303,10 @@ fn millis(d: time::Duration) -> f64 {
     responses((status = 200, body = WorkflowMetrics), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn workflow_metrics(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<WorkflowMetrics>, ApiError> {
-    let record = state.store.get_workflow_run(id).await?;
+    let record = visible_run(&state, &caller, id).await?;
     let steps = steps_of(&state, &record).await?;
     let now = orchion_store::now();
     let mut metrics = Vec::with_capacity(steps.len());
@@ -308,10 +356,11 @@ pub struct RunLogQuery {
     responses((status = 200, body = RunLogs), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn workflow_logs(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<RunId>,
     QueryParams(query): QueryParams<RunLogQuery>,
 ) -> Result<Json<RunLogs>, ApiError> {
-    let record = state.store.get_workflow_run(id).await?;
+    let record = visible_run(&state, &caller, id).await?;
     let limit = query.limit.unwrap_or(1000);
     if !(1..=5000).contains(&limit) {
         return Err(crate::extract::invalid_query(

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::respond::paged;
+use crate::auth::Caller;
 use crate::{
     AppState,
     extract::{JsonBody, PathId, QueryParams, page_request},
@@ -75,6 +76,7 @@ fn prefixed(errors: ValidationErrors, prefix: &str) -> impl Iterator<Item = Fiel
     responses((status = 201, body = ScheduleBody), (status = 400, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     body: JsonBody<CreateSchedule>,
 ) -> Result<(StatusCode, Json<ScheduleBody>), ApiError> {
     let request = body.value;
@@ -104,7 +106,19 @@ pub async fn create_schedule(
         });
     }
     let job = match request.job.into_new_job() {
-        Ok((job, _)) => Some(job),
+        Ok((mut job, _)) => match caller.project_for(job.project_id) {
+            Ok(project) => {
+                job.project_id = Some(project);
+                Some(job)
+            }
+            Err(_) => {
+                errors.push(FieldError {
+                    pointer: "/job/project_id".into(),
+                    message: "the job's project does not exist".into(),
+                });
+                None
+            }
+        },
         Err(e) => {
             errors.0.extend(prefixed(e, "/job"));
             None
@@ -137,10 +151,11 @@ pub async fn create_schedule(
     responses((status = 200, body = ScheduleList), (status = 400, body = Problem)))]
 pub async fn list_schedules(
     State(state): State<AppState>,
+    caller: Caller,
     QueryParams(query): QueryParams<ListSchedules>,
 ) -> Result<Json<ScheduleList>, ApiError> {
     let page = page_request(query.limit, query.cursor)?;
-    let page = state.store.list_schedules(page).await?;
+    let page = state.store.list_schedules(caller.0.project, page).await?;
     let (items, next_cursor) = paged(page, schedule_body);
     Ok(Json(ScheduleList { items, next_cursor }))
 }
@@ -151,9 +166,22 @@ pub async fn list_schedules(
     responses((status = 200, body = ScheduleBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<ScheduleId>,
 ) -> Result<Json<ScheduleBody>, ApiError> {
-    Ok(Json(schedule_body(state.store.get_schedule(id).await?)))
+    Ok(Json(schedule_body(
+        visible_schedule(&state, &caller, id).await?,
+    )))
+}
+
+/// The schedule with this id, if the caller may see it; a 404 otherwise.
+async fn visible_schedule(
+    state: &AppState,
+    caller: &Caller,
+    id: ScheduleId,
+) -> Result<Schedule, ApiError> {
+    let schedule = state.store.get_schedule(id).await?;
+    caller.visible(schedule.job.project_id, "schedule", id, schedule)
 }
 
 /// Deletes a schedule; jobs it started are kept.
@@ -162,8 +190,10 @@ pub async fn get_schedule(
     responses((status = 204, description = "Deleted"), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn delete_schedule(
     State(state): State<AppState>,
+    caller: Caller,
     PathId(id): PathId<ScheduleId>,
 ) -> Result<StatusCode, ApiError> {
+    visible_schedule(&state, &caller, id).await?;
     state.store.delete_schedule(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

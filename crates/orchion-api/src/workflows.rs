@@ -17,6 +17,7 @@ use orchion_spec::WorkflowDefinition;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::auth::Caller;
 use crate::{
     AppState,
     extract::{JsonBody, QueryParams},
@@ -46,6 +47,7 @@ fn body(workflow: WorkflowType, dag: &Dag) -> WorkflowTypeBody {
         (status = 400, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn put_workflow_type(
     State(state): State<AppState>,
+    caller: Caller,
     body_in: JsonBody<serde_json::Value>,
 ) -> Result<(StatusCode, Json<WorkflowTypeBody>), ApiError> {
     let raw = body_in.value;
@@ -57,7 +59,19 @@ pub async fn put_workflow_type(
         }
     })?;
     let workflow = definition.compile()?;
-    let (name, project_id, dag) = (workflow.name, workflow.project_id, workflow.dag);
+    let (name, dag) = (workflow.name, workflow.dag);
+    let project_id = caller.project_for(workflow.project_id)?;
+    // A name belongs to one project: a new version stays where the first one is.
+    match state.store.get_workflow_type(&name, None).await {
+        Ok(latest) if latest.project_id.is_some_and(|p| p != project_id) => {
+            return Err(ApiError::Conflict(format!(
+                "the workflow type name `{name}` is taken by another project; choose another name"
+            )));
+        }
+        Ok(_) | Err(orchion_store::StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let project_id = Some(project_id);
     let stored = state
         .store
         .put_workflow_type(&name, project_id, &raw.to_string())
@@ -68,6 +82,18 @@ pub async fn put_workflow_type(
         StatusCode::OK
     };
     Ok((status, Json(body(stored.value, &dag))))
+}
+
+/// The workflow type (a version, or the latest), if the caller may see it; a 404 otherwise.
+pub(crate) async fn visible_type(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    version: Option<u32>,
+) -> Result<WorkflowType, ApiError> {
+    let workflow = state.store.get_workflow_type(name, version).await?;
+    let shown = version.map_or_else(|| name.to_owned(), |v| format!("{name}@{v}"));
+    caller.visible(workflow.project_id, "workflow type", shown, workflow)
 }
 
 /// Which version to get.
@@ -85,10 +111,11 @@ pub struct VersionQuery {
     responses((status = 200, body = WorkflowTypeBody), (status = 400, body = Problem), (status = 404, body = Problem)))]
 pub async fn get_workflow_type(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
     QueryParams(query): QueryParams<VersionQuery>,
 ) -> Result<Json<WorkflowTypeBody>, ApiError> {
-    let workflow = state.store.get_workflow_type(&name, query.version).await?;
+    let workflow = visible_type(&state, &caller, &name, query.version).await?;
     let definition: WorkflowDefinition = serde_json::from_str(&workflow.definition)
         .map_err(|e| {
             tracing::error!(error = %e, name = %name, "a stored workflow definition does not parse");

@@ -40,10 +40,16 @@ impl std::fmt::Display for Error {
         match self {
             Error::Address(why) | Error::Answer(why) => f.write_str(why),
             Error::Unreachable { base, why } => write!(f, "cannot reach Orchion at {base}: {why}"),
-            Error::Refused { status, problem } => match problem {
-                Some(problem) => f.write_str(&problem_text(problem)),
-                None => write!(f, "the server answered {status}"),
-            },
+            Error::Refused { status, problem } => {
+                match problem {
+                    Some(problem) => f.write_str(&problem_text(problem))?,
+                    None => write!(f, "the server answered {status}")?,
+                }
+                if *status == StatusCode::UNAUTHORIZED {
+                    f.write_str("\n  sign in with `orchion login`, or set ORCHION_TOKEN")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -97,8 +103,9 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for the server at `addr` (`http://127.0.0.1:8080`).
-    pub fn new(addr: &str) -> Result<Self, Error> {
+    /// A client for the server at `addr` (`http://127.0.0.1:8080`), sending `token` (an API
+    /// token) with every request.
+    pub fn new(addr: &str, token: Option<&str>) -> Result<Self, Error> {
         let base = Url::parse(addr)
             .map_err(|e| Error::Address(format!("--addr `{addr}` is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -106,7 +113,15 @@ impl Client {
                 "--addr `{addr}` must be an http:// or https:// URL"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::Address("the token is not valid header text".into()))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
             .user_agent(concat!("orchion-cli/", env!("CARGO_PKG_VERSION")))
@@ -349,6 +364,49 @@ impl Client {
             .await
     }
 
+    /// Who the client's token acts for.
+    pub async fn session(&self) -> Result<orchion_rest::SessionBody, Error> {
+        self.get("/api/v1/session").await
+    }
+
+    /// Makes an API token; its text is in the answer only.
+    pub async fn create_token(
+        &self,
+        request: &orchion_rest::CreateToken,
+    ) -> Result<orchion_rest::CreatedToken, Error> {
+        self.call(Method::POST, "/api/v1/tokens", &[], None, Some(request))
+            .await
+    }
+
+    pub async fn tokens(&self, paging: Paging) -> Result<Listing<orchion_rest::TokenBody>, Error> {
+        self.list("/api/v1/tokens", &[], paging).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<orchion_rest::TokenBody, Error> {
+        self.delete(&format!("/api/v1/tokens/{}", segment(id))).await
+    }
+
+    /// A page of the audit log after `after`, filtered.
+    pub async fn audit(
+        &self,
+        filters: &[(&str, Option<String>)],
+        after: Option<i64>,
+        limit: Option<u32>,
+    ) -> Result<orchion_rest::AuditList, Error> {
+        let mut query: Vec<(&str, String)> = filters
+            .iter()
+            .filter_map(|(name, value)| value.clone().map(|v| (*name, v)))
+            .collect();
+        if let Some(after) = after {
+            query.push(("after", after.to_string()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        self.call(Method::GET, "/api/v1/audit", &query, None, None::<&Value>)
+            .await
+    }
+
     pub async fn project(&self, id: &str) -> Result<ProjectBody, Error> {
         self.get(&project_path(id)).await
     }
@@ -542,8 +600,8 @@ mod tests {
 
     #[test]
     fn an_address_must_be_http() {
-        assert!(matches!(Client::new("ftp://x"), Err(Error::Address(_))));
-        assert!(matches!(Client::new("not a url"), Err(Error::Address(_))));
-        assert!(Client::new("http://127.0.0.1:1").is_ok());
+        assert!(matches!(Client::new("ftp://x", None), Err(Error::Address(_))));
+        assert!(matches!(Client::new("not a url", None), Err(Error::Address(_))));
+        assert!(Client::new("http://127.0.0.1:1", Some("orc_x")).is_ok());
     }
 }

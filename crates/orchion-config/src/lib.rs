@@ -34,6 +34,7 @@ pub use crate::secret::{DatabaseUrl, Secret};
 pub struct Config {
     pub server: ServerConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub enqueue: EnqueueConfig,
     /// Deployment engines by name (`terraform`, `helm`, `pulumi`, `crossplane`), as in the
@@ -107,6 +108,30 @@ impl Default for ServerConfig {
             metrics_port: 9090,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Who may use the API (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// An admin API token to accept (16 characters or more), for deployments that provision
+    /// it (a mounted secret). When neither this nor `admin_token_file` is set, the first start
+    /// makes one, prints it once and writes it to `<data_dir>/admin-token` (mode 0600).
+    pub admin_token: Option<Secret>,
+    /// A file holding the admin token (a Kubernetes Secret mounted as a file).
+    pub admin_token_file: Option<PathBuf>,
+    /// Failed sign-ins one client address may make per minute before it is refused (429).
+    pub max_failures_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            admin_token_file: None,
+            max_failures_per_minute: 20,
         }
     }
 }

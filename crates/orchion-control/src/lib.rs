@@ -1,6 +1,7 @@
 //! Orchion's control-plane services, free of any wire protocol: the gRPC and REST edges call
 //! into them.
 //!
+//! - [`access::Access`]: API tokens, the first admin token, and the audit log's writer.
 //! - [`nodes::NodeRegistry`]: which nodes exist, whether each is alive, and their credentials.
 //! - [`work::WorkQueue`]: hands tasks to nodes, wakes waiting agents, and reaps lost attempts.
 //! - [`replicas::Replica`]: this server as one replica among those sharing the store.
@@ -9,6 +10,7 @@
 //! - [`workflows::Workflows`]: starts workflow runs and moves them on as their steps finish.
 //! - [`webhooks::Webhooks`]: turns verified GitHub deliveries into runs by the configured rules.
 
+pub mod access;
 pub mod background;
 mod batch;
 pub mod deployments;
@@ -20,6 +22,7 @@ pub mod webhooks;
 pub mod work;
 pub mod workflows;
 
+pub use access::{Access, Bootstrap, Issued, Refusal, TokenRequest};
 pub use background::{Background, Cause, Reconciler, drive};
 pub use deployments::{DeploymentStatus, ResourceStatus, deployment_status};
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};

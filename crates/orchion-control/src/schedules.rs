@@ -7,7 +7,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use orchion_domain::{OverlapPolicy, RunId, Schedule};
+use orchion_domain::{NewJob, OverlapPolicy, ProjectId, RunId, Schedule};
 use orchion_store::{IdempotencyKey, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -74,7 +74,12 @@ impl Scheduler {
                         key: Self::run_key(&schedule, instant),
                         request_hash: b"schedule".to_vec(),
                     };
-                    let created = self.work.enqueue(schedule.job.clone(), Some(key)).await?;
+                    // A schedule made before projects were enforced fires in the default one.
+                    let job = NewJob {
+                        project_id: schedule.job.project_id.or(Some(ProjectId::DEFAULT)),
+                        ..schedule.job.clone()
+                    };
+                    let created = self.work.enqueue(job, Some(key)).await?;
                     if created.created {
                         started.push(created.value.id);
                         tracing::info!(schedule_id = %schedule.id, job_id = %created.value.id, %instant, "schedule fired");

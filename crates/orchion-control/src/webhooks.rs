@@ -12,7 +12,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use hmac::{Hmac, Mac};
 use orchion_config::{GithubWebhooks, WebhookRule};
-use orchion_domain::NewJob;
+use orchion_domain::{NewJob, ProjectId};
 use orchion_spec::{CreateJob, Scope};
 use orchion_store::{Delivery, IdempotencyKey, Store, StoreError};
 use serde_json::{Value, json};
@@ -228,7 +228,8 @@ impl Webhooks {
                         name: Some(format!("{workflow} (github {delivery})")),
                         workflow: workflow.clone(),
                         version: None,
-                        project_id: None,
+                        // Webhook rules act in the default project.
+                        project_id: Some(ProjectId::DEFAULT),
                         input: input.clone(),
                         trace_parent: trace_parent.clone(),
                     },
@@ -253,6 +254,7 @@ impl Webhooks {
         {
             Ok((job, _)) => NewJob {
                 trace_parent: trace_parent.clone(),
+                project_id: job.project_id.or(Some(ProjectId::DEFAULT)),
                 ..job
             },
             Err(e) => return fail(format!("job: {e}")),

@@ -609,12 +609,13 @@ impl Workflows {
         workflow: &Workflow,
         definition: &Value,
         raw: &Value,
+        project_id: ProjectId,
         trace_parent: Option<String>,
     ) -> Result<orchion_domain::Deployment, WorkflowError> {
         let run = WorkflowRun {
             id: RunId::new(),
             name: request.id.clone(),
-            project_id: None,
+            project_id: Some(project_id),
             workflow: "deployment".into(),
             version: 0,
             input: "{}".into(),
@@ -644,7 +645,7 @@ impl Workflows {
                 },
                 NewWorkflowRun {
                     name: run.name,
-                    project_id: None,
+                    project_id: run.project_id,
                     workflow: run.workflow,
                     version: run.version,
                     input: run.input,

@@ -71,6 +71,17 @@ uuid_id!(
     "project"
 );
 
+impl ProjectId {
+    /// The `default` project: where work goes when no project is named. It always exists.
+    pub const DEFAULT: ProjectId = ProjectId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));
+}
+
+uuid_id!(
+    /// Identifies an API token (and a dashboard session, which is a token the sign-in made).
+    TokenId,
+    "token"
+);
+
 uuid_id!(
     /// Identifies a run: one execution of a workflow; a job is a run of one task.
     RunId,

@@ -4,6 +4,7 @@
 //! DTOs into these types by hand, and the store converts its rows; both rely on the constructors
 //! here to reject invalid values, so a value of a domain type is always valid.
 
+pub mod access;
 pub mod error;
 pub mod id;
 pub mod job;
@@ -14,8 +15,9 @@ pub mod run;
 pub mod schedule;
 pub mod workflow;
 
+pub use access::{AuditEntry, AuditFilter, Principal, Role, Token, TokenKind};
 pub use error::{FieldError, ValidationErrors};
-pub use id::{IdParseError, NodeId, ProjectId, RunId, ScheduleId, TaskId};
+pub use id::{IdParseError, NodeId, ProjectId, RunId, ScheduleId, TaskId, TokenId};
 pub use job::{
     Attempt, AttemptOutcome, AttemptStatus, Concurrency, InvalidTransition, Job, JobFilter, NewJob,
     Placement, RetryPolicy, TaskEvent, TaskState, TaskStatus, Timeouts, Transition,

@@ -370,6 +370,8 @@ pub struct Deployment {
 pub struct DeploymentFilter {
     pub composer: Option<String>,
     pub environment: Option<String>,
+    /// Deployments of this project.
+    pub project_id: Option<crate::ProjectId>,
 }
 
 /// Which workflow runs a listing returns.

@@ -3,6 +3,7 @@
 //! read them. Each is the JSON shape of one resource; statuses are the lowercase words the API
 //! documents. Converting from the domain's types is the server's business, not this crate's.
 
+mod access;
 mod deployments;
 mod events;
 mod executors;
@@ -15,6 +16,9 @@ mod schedules;
 mod status;
 mod workflow_types;
 
+pub use access::{
+    AuditBody, AuditList, CreateSession, CreateToken, CreatedToken, SessionBody, TokenBody, TokenList,
+};
 pub use deployments::{DeploymentBody, DeploymentList, EngineBody, EngineList, ResourceStatus};
 pub use events::EventBody;
 pub use executors::{ExecutorBody, ExecutorList};

@@ -9,13 +9,14 @@
 //!   same body gets that resource back, one with a different body is refused.
 //!
 //! The map: each concern is a module with its trait and its one implementation for every
-//! backend — `catalog` (projects, nodes, events), `jobs`, `schedules`, `workflow_types`, `runs`,
+//! backend — `access` (tokens, the audit log), `catalog` (projects, nodes, events), `jobs`, `schedules`, `workflow_types`, `runs`,
 //! `deliveries` — written over the [`backend`] seam, which `sqlite/` and `postgres/` implement.
 //! Shared by the concerns: `tasks` (task rows and the steps that change them), `plan` (the pure
 //! decisions of the hot writes), `events`, `idempotency` and `codec`.
 //!
 //! Timestamps are kept at microsecond precision (what PostgreSQL keeps); use [`now`].
 
+mod access;
 mod backend;
 mod catalog;
 mod codec;
@@ -43,6 +44,7 @@ use time::OffsetDateTime;
 pub use sqlx;
 
 pub use crate::{
+    access::{AccessStore, MAX_AUDIT_PAGE},
     backend::Backend,
     catalog::{CatalogStore, Event, NodeStateChange, StoredNode},
     codec::{MAX_LOG_BYTES, MAX_OUTPUT_BYTES, TRUNCATED, truncate},
@@ -67,7 +69,8 @@ pub use crate::{
 /// which has the methods of every part of the store too.
 #[async_trait]
 pub trait Store:
-    CatalogStore
+    AccessStore
+    + CatalogStore
     + JobStore
     + ScheduleStore
     + WorkflowTypeStore

@@ -410,12 +410,15 @@ impl<B: StoreBackend> RunStore for B {
             .read_all(
                 Statement::new(format!(
                     "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE ($1 IS NULL OR composer = $1) \
-                     AND ($2 IS NULL OR environment = $2) AND ($3 IS NULL OR run_id > $3) ORDER BY run_id LIMIT $4"
+                     AND ($2 IS NULL OR environment = $2) AND ($3 IS NULL OR run_id > $3) \
+                     AND ($5 IS NULL OR run_id IN (SELECT id FROM runs WHERE project_id = $5)) \
+                     ORDER BY run_id LIMIT $4"
                 ))
                 .bind(filter.composer.as_deref())
                 .bind(filter.environment.as_deref())
                 .bind(page.after.map(|c| c.0))
-                .bind(page_limit(page)),
+                .bind(page_limit(page))
+                .bind(filter.project_id.map(|p| p.as_uuid())),
             )
             .await?;
         page_of(rows, page, |d: &Deployment| d.run_id.as_uuid())

@@ -4,7 +4,7 @@
 //! replicas firing it at once move it once.
 
 use async_trait::async_trait;
-use orchion_domain::{CronSchedule, Page, PageRequest, RunId, Schedule, ScheduleId};
+use orchion_domain::{CronSchedule, Page, PageRequest, ProjectId, RunId, Schedule, ScheduleId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -24,8 +24,12 @@ pub trait ScheduleStore: Send + Sync {
     /// A schedule.
     async fn get_schedule(&self, id: ScheduleId) -> Result<Schedule, StoreError>;
 
-    /// Schedules in id (creation) order.
-    async fn list_schedules(&self, page: PageRequest) -> Result<Page<Schedule>, StoreError>;
+    /// Schedules (of one project, when given) in id (creation) order.
+    async fn list_schedules(
+        &self,
+        project: Option<ProjectId>,
+        page: PageRequest,
+    ) -> Result<Page<Schedule>, StoreError>;
 
     /// Removes a schedule; runs it started are kept.
     async fn delete_schedule(&self, id: ScheduleId) -> Result<(), StoreError>;
@@ -63,8 +67,8 @@ impl<B: StoreBackend> ScheduleStore for B {
         let mut tx = self.begin().await?;
         tx.execute(
             Statement::new(
-                "INSERT INTO schedules (id, name, cron, timezone, overlap, misfire, job, next_fire_us, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO schedules (id, name, cron, timezone, overlap, misfire, job, next_fire_us, created_at, project_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(schedule.id.as_uuid())
             .bind(schedule.name.as_str())
@@ -74,7 +78,8 @@ impl<B: StoreBackend> ScheduleStore for B {
             .bind(schedule.misfire.as_str())
             .bind(job_json(&schedule.job))
             .bind(schedule.next_fire_at.map(micros))
-            .bind(schedule.created_at),
+            .bind(schedule.created_at)
+            .bind(schedule.job.project_id.map(|p| p.as_uuid())),
         )
         .await?;
         tx.append_event(PendingEvent {
@@ -99,14 +104,20 @@ impl<B: StoreBackend> ScheduleStore for B {
         .try_into()
     }
 
-    async fn list_schedules(&self, page: PageRequest) -> Result<Page<Schedule>, StoreError> {
+    async fn list_schedules(
+        &self,
+        project: Option<ProjectId>,
+        page: PageRequest,
+    ) -> Result<Page<Schedule>, StoreError> {
         let rows: Vec<ScheduleRow> = self
             .read_all(
                 Statement::new(format!(
-                    "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2"
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE ($1 IS NULL OR id > $1) \
+                     AND ($3 IS NULL OR project_id = $3) ORDER BY id LIMIT $2"
                 ))
                 .bind(page.after.map(|c| c.0))
-                .bind(page_limit(page)),
+                .bind(page_limit(page))
+                .bind(project.map(|p| p.as_uuid())),
             )
             .await?;
         page_of(rows, page, |s: &Schedule| s.id.as_uuid())

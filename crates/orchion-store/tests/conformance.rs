@@ -1516,7 +1516,7 @@ async fn schedules_round_trip_and_advance_once(db: Db) {
     assert_eq!(store.get_schedule(schedule.id).await.unwrap(), schedule);
     assert_eq!(
         store
-            .list_schedules(PageRequest::default())
+            .list_schedules(None, PageRequest::default())
             .await
             .unwrap()
             .items,

@@ -37,6 +37,122 @@ pub enum Command {
     Bench(BenchCommand),
     /// Manage projects.
     Project(ProjectArgs),
+    /// Sign in to a server with an API token, kept as a named context.
+    Login(LoginArgs),
+    /// Forget a context's token.
+    Logout {
+        /// The context (default: the current one).
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// List and switch the servers the CLI talks to.
+    #[command(subcommand)]
+    Context(ContextCommand),
+    /// Make, list and revoke API tokens.
+    Token(TokenArgs),
+    /// Read the audit log: who changed what, and how it ended.
+    Audit(AuditArgs),
+}
+
+/// `orchion login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The server's HTTP address.
+    #[arg(long, env = "ORCHION_ADDR", value_name = "URL")]
+    pub server: Option<String>,
+    /// The API token (read from stdin when absent, so it stays out of the shell's history).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// The context's name.
+    #[arg(long, default_value = "default")]
+    pub context: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContextCommand {
+    /// List the contexts (tokens are not shown).
+    Ls,
+    /// Make a context the current one.
+    Use { name: String },
+    /// Remove a context.
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; its text is printed this once.
+    Create {
+        /// What it is for (`ci`, `pm-agent`).
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// `viewer`, `operator` or `admin`.
+        #[arg(long)]
+        role: String,
+        /// Confine it to one project (its id).
+        #[arg(long, value_name = "PROJECT_ID")]
+        project: Option<String>,
+        /// How long it lasts (`30d`, `12h`); until revoked when absent.
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// List tokens with their last use.
+    Ls {
+        /// At most this many per page.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The page after this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a token at once.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit entries, oldest first.
+    Ls {
+        /// Entries of this actor (`token:<id>`).
+        #[arg(long)]
+        actor: Option<String>,
+        /// Entries of this HTTP method.
+        #[arg(long)]
+        method: Option<String>,
+        /// Entries whose route starts with this (`/api/v1/jobs`).
+        #[arg(long)]
+        route: Option<String>,
+        /// Entries naming this id.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Start after this sequence number.
+        #[arg(long)]
+        after: Option<i64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 /// Flags every server mode takes.
@@ -534,14 +650,16 @@ pub struct HeartbeatBenchArgs {
 /// Flags of the client verbs.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// The Orchion server to talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "ORCHION_ADDR",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub addr: String,
+    /// The Orchion server to talk to (default: the current context's, else
+    /// http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "ORCHION_ADDR", value_name = "URL")]
+    pub addr: Option<String>,
+    /// The API token to send (default: the context's; see `orchion login`).
+    #[arg(long, global = true, env = "ORCHION_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// The context to use instead of the current one.
+    #[arg(long, global = true, env = "ORCHION_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
     /// How to print results.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

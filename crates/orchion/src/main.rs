@@ -52,6 +52,11 @@ fn main() -> ExitCode {
             Command::WorkflowType(args) => client::workflow::run_types(args).await,
             Command::Run(args) => client::workflow::run_runs(args).await,
             Command::Deploy(args) => client::deploy::run(args).await,
+            Command::Login(args) => client::contexts::login(args).await,
+            Command::Logout { context } => client::contexts::logout(context),
+            Command::Context(command) => client::contexts::context(command),
+            Command::Token(args) => client::access::run_tokens(args).await,
+            Command::Audit(args) => client::access::run_audit(args).await,
         }
     })
 }

@@ -13,7 +13,8 @@ use anyhow::Context;
 use orchion_api::{AppState, Lifecycle, Limits, executors::Probes};
 use orchion_config::{Config, Sources};
 use orchion_control::{
-    Background, NodeRegistry, RegistrySettings, Replica, Scheduler, WorkQueue, Workflows,
+    Access, Background, Bootstrap, NodeRegistry, RegistrySettings, Replica, Scheduler, WorkQueue,
+    Workflows,
 };
 use orchion_domain::LivenessPolicy;
 use orchion_store::Store;
@@ -29,6 +30,8 @@ use crate::{
 
 /// The file a generated join token is kept in, inside the data directory.
 const JOIN_TOKEN_FILE: &str = "join-token";
+/// The file the first admin token is kept in, inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 /// A server with its store open and its listeners bound, ready to run.
 pub struct Server {
@@ -45,6 +48,10 @@ pub struct Server {
     /// The `kubernetes` executor's defaults, checked at start.
     kubernetes: orchion_kubernetes::Settings,
     probes: Probes,
+    access: Arc<Access>,
+    /// An admin token this server knows the text of (made now, kept in the data directory, or
+    /// configured): `orchion dev` gives it to the CLI.
+    admin_token: Option<String>,
 }
 
 impl Server {
@@ -114,6 +121,8 @@ impl Server {
             Err(orchion_store::StoreError::Conflict(why)) => anyhow::bail!("{why}"),
             Err(e) => return Err(e).context("cannot record this server among the replicas"),
         };
+        let access = Arc::new(Access::new(store.clone()));
+        let admin_token = bootstrap_admin(&access, &config).await?;
         let addr = config.http_addr()?;
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!(
@@ -141,7 +150,14 @@ impl Server {
             metrics_listener,
             kubernetes,
             probes: Probes::default(),
+            access,
+            admin_token,
         })
+    }
+
+    /// An admin token's text, when this server knows one.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
     }
 
     /// The address the HTTP API is bound to.
@@ -198,6 +214,8 @@ impl Server {
             metrics_listener,
             kubernetes: _,
             probes,
+            access,
+            admin_token: _,
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
@@ -239,6 +257,10 @@ impl Server {
                     worker_url: config.enqueue.worker_url.clone(),
                     max_attempts: config.enqueue.max_attempts,
                 }),
+                access: access.clone(),
+                throttle: Arc::new(orchion_api::auth::Throttle::new(
+                    config.auth.max_failures_per_minute,
+                )),
             },
             Limits {
                 body_limit_bytes: config.server.body_limit_bytes,
@@ -266,6 +288,7 @@ impl Server {
             stopping.clone(),
         ));
         background.reconcile(events);
+        background.reconcile(access);
         if let Some(listener) = metrics_listener {
             let addr = listener.local_addr()?;
             tracing::info!(%addr, "metrics listening on http://{addr}/metrics");
@@ -300,7 +323,11 @@ impl Server {
                 closing.notify_one();
             }
         };
-        let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(graceful);
         let grace = config.server.shutdown_grace;
         tokio::select! {
             result = serve => result.context("the HTTP server failed")?,
@@ -337,8 +364,6 @@ impl Server {
 /// The join token kept in `<data_dir>/join-token`, generated on first use. The file is readable
 /// by its owner only; the token is never logged.
 fn join_token_in(data_dir: &Path) -> anyhow::Result<String> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-
     let path = data_dir.join(JOIN_TOKEN_FILE);
     match std::fs::read_to_string(&path) {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
@@ -346,21 +371,86 @@ fn join_token_in(data_dir: &Path) -> anyhow::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let mut bytes = [0u8; 24];
     rand::rng().fill_bytes(&mut bytes);
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &token)?;
+    tracing::info!(path = %path.display(), "generated the cluster join token");
+    Ok(token)
+}
+
+/// The admin token configured (`auth.admin_token`, or the file `auth.admin_token_file`).
+fn configured_admin_token(auth: &orchion_config::AuthConfig) -> anyhow::Result<Option<String>> {
+    let text = match (&auth.admin_token, &auth.admin_token_file) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("configuration: set auth.admin_token or auth.admin_token_file, not both")
+        }
+        (Some(token), None) => token.expose().trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read auth.admin_token_file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if text.chars().count() < orchion_control::access::MIN_CONFIGURED_TOKEN_CHARS {
+        anyhow::bail!(
+            "configuration: the admin token must be at least {} characters",
+            orchion_control::access::MIN_CONFIGURED_TOKEN_CHARS
+        );
+    }
+    Ok(Some(text))
+}
+
+/// Makes sure an admin token exists (see [`Access::bootstrap`]). The first one the cluster
+/// makes is printed once and kept in `<data_dir>/admin-token` (mode 0600).
+async fn bootstrap_admin(access: &Access, config: &Config) -> anyhow::Result<Option<String>> {
+    let configured = configured_admin_token(&config.auth)?;
+    let path = config.server.data_dir.join(ADMIN_TOKEN_FILE);
+    let outcome = access
+        .bootstrap(configured.as_deref())
+        .await
+        .context("cannot set up the admin token")?;
+    Ok(match outcome {
+        Bootstrap::Configured => configured,
+        Bootstrap::ConfiguredRevoked => {
+            tracing::warn!("the configured admin token was revoked; it stays refused");
+            None
+        }
+        Bootstrap::Made(text) => {
+            match write_private(&path, &text) {
+                Ok(()) => eprintln!(
+                    "Made the first admin token (shown this once; also kept in {}):\n  {text}\n",
+                    path.display()
+                ),
+                Err(e) => eprintln!(
+                    "Made the first admin token (shown this once; {e:#}):\n  {text}\n"
+                ),
+            }
+            Some(text)
+        }
+        Bootstrap::Existing => std::fs::read_to_string(&path)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty()),
+    })
+}
+
+/// Writes `text` to a file only its owner may read.
+pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    writeln!(file, "{token}").with_context(|| format!("cannot write {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated the cluster join token");
-    Ok(token)
+    writeln!(file, "{text}").with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Completes `grace` after the listener closes.
@@ -512,6 +602,34 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// Gives the CLI the dev server's admin token, as the context `dev` (made current unless the
+/// user chose another); says what it did.
+fn sign_in_cli(server: &str, token: &str) -> String {
+    use crate::client::contexts::{CliConfig, Context};
+
+    let mut config = match CliConfig::load() {
+        Ok(config) => config,
+        Err(e) => return format!("not signed in: {e}"),
+    };
+    if config.current.as_deref().is_some_and(|c| c != "dev") {
+        return format!(
+            "context `dev` not made current (you use `{}`); `orchion context use dev` after `orchion login --context dev --server {server}`",
+            config.current.as_deref().unwrap_or_default()
+        );
+    }
+    config.set(
+        "dev",
+        Context {
+            server: server.to_owned(),
+            token: Some(token.to_owned()),
+        },
+    );
+    match config.save() {
+        Ok(path) => format!("signed in as admin (context `dev`, in {})", path.display()),
+        Err(e) => format!("not signed in: {e}"),
+    }
+}
+
 /// Prints where everything is (the join token included: this is the developer's own terminal),
 /// and starts the local agent over real gRPC.
 fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAgent> {
@@ -521,9 +639,18 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
     let metrics = server
         .metrics_addr()
         .map_or("off".to_owned(), |a| format!("http://{a}/metrics"));
+    let cli = match server.admin_token() {
+        Some(token) => sign_in_cli(&format!("http://{addr}"), token),
+        None => format!(
+            "the CLI needs a token: `orchion login --server http://{addr}` (the first admin token is in {})",
+            data.join(ADMIN_TOKEN_FILE).display()
+        ),
+    };
     eprintln!(
-        "\nOrchion dev server\n  API         http://{addr}/api/v1\n  API docs    http://{addr}/docs\n  Health      http://{addr}/readyz\n  Events      http://{addr}/api/v1/events\n  Metrics     {metrics}\n  gRPC        {grpc}\n  Join token  {}\n  Data        {}\n\nA local agent has joined. More can join with:\n  orchion agent --server http://{grpc} --join-token <the token above>\n\nPress Ctrl-C to stop.\n",
+        "\nOrchion dev server\n  Dashboard   http://{addr}/\n  API         http://{addr}/api/v1\n  API docs    http://{addr}/docs\n  Health      http://{addr}/readyz\n  Events      http://{addr}/api/v1/events\n  Metrics     {metrics}\n  gRPC        {grpc}\n  Join token  {}\n  Admin token in {} (curl -H \"Authorization: Bearer $(cat {})\" …)\n  CLI         {cli}\n  Data        {}\n\nA local agent has joined. More can join with:\n  orchion agent --server http://{grpc} --join-token <the token above>\n\nPress Ctrl-C to stop.\n",
         server.join_token(),
+        data.join(ADMIN_TOKEN_FILE).display(),
+        data.join(ADMIN_TOKEN_FILE).display(),
         data.display()
     );
     let config = orchion_agent::AgentConfig {

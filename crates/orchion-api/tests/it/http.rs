@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crate::common::{app, problem};
+use crate::common::{App, app, problem};
 use axum::{
     body::Body,
     http::{Request, StatusCode, header},
@@ -46,7 +46,7 @@ async fn projects_go_through_their_whole_lifecycle() {
     assert_eq!(updated.body["status"], "archived");
 
     let active = app.get("/api/v1/projects?status=active&limit=10").await;
-    assert_eq!(active.body["items"], json!([]));
+    assert_eq!(active.body["items"], json!([default_project(&app).await]));
     let archived = app.get("/api/v1/projects?status=archived").await;
     assert_eq!(archived.body["items"][0]["id"], id.as_str());
 
@@ -93,7 +93,15 @@ async fn listing_pages_with_cursors() {
                 .map(|p| p["id"].clone())
         })
         .collect();
-    assert_eq!(seen, ids);
+    assert_eq!(seen[0], "00000000-0000-7000-8000-000000000001", "default comes first");
+    assert_eq!(seen[1..], ids);
+}
+
+/// The `default` project, which every store has.
+async fn default_project(app: &App) -> Value {
+    app.get("/api/v1/projects/00000000-0000-7000-8000-000000000001")
+        .await
+        .body
 }
 
 #[tokio::test]
@@ -124,7 +132,11 @@ async fn an_idempotency_key_returns_the_same_project() {
     );
     assert!(detail.contains("create-42"), "{detail}");
     let all = app.get("/api/v1/projects").await;
-    assert_eq!(all.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        all.body["items"].as_array().unwrap().len(),
+        2,
+        "the default project and the one made"
+    );
 
     let bad_key = app
         .send(
@@ -204,7 +216,7 @@ async fn invalid_values_list_every_problem() {
     assert_eq!(pointers, ["/name", "/type"]);
     assert_eq!(
         app.get("/api/v1/projects").await.body["items"],
-        json!([]),
+        json!([default_project(&app).await]),
         "nothing written"
     );
 }
@@ -216,7 +228,10 @@ async fn an_oversized_body_is_a_413_problem_and_writes_nothing() {
     let reply = app.json("POST", "/api/v1/projects", body).await;
     let detail = problem(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large");
     assert!(detail.contains("4096"), "{detail}");
-    assert_eq!(app.get("/api/v1/projects").await.body["items"], json!([]));
+    assert_eq!(
+        app.get("/api/v1/projects").await.body["items"],
+        json!([default_project(&app).await])
+    );
 }
 
 #[tokio::test]

@@ -131,7 +131,7 @@ async fn bench(args: DagBenchArgs) -> anyhow::Result<()> {
     }
     let server = BenchServer::start(&extra).await?;
     let _agents = server.start_agents(args.agents, args.slots).await?;
-    let client = reqwest::Client::new();
+    let client = super::admin_client()?;
     let store = if args.database_url.is_some() {
         "postgres"
     } else {

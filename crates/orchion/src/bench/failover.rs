@@ -63,7 +63,7 @@ async fn bench(args: FailoverBenchArgs) -> anyhow::Result<()> {
     }
     let agents = super::start_agents(&servers, args.agents, args.slots, true).await?;
     let survivor = servers[1].http.clone();
-    let client = reqwest::Client::new();
+    let client = super::admin_client()?;
     let effects = servers[1].dir().join("effects.txt");
 
     // Submitted to the replicas that stay up; the agents of the first replica work through it.

@@ -30,6 +30,22 @@ pub async fn run(args: JobBenchArgs) -> ExitCode {
     }
 }
 
+/// An operator token made through the API for this bench.
+async fn operator_token(http: &str) -> anyhow::Result<String> {
+    let answer: Value = super::admin_client()?
+        .post(format!("{http}/api/v1/tokens"))
+        .json(&serde_json::json!({"name": "bench", "role": "operator", "ttl": "1h"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    answer["token_text"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the token answer has no token_text")
+}
+
 async fn status(client: &reqwest::Client, http: &str) -> anyhow::Result<Value> {
     Ok(client
         .get(format!("{http}/api/v1/status"))
@@ -125,7 +141,9 @@ async fn measure(
         eprintln!("server: {} (gRPC {}), store {store_name}", s.http, s.grpc);
     }
     let agents = super::start_agents(&servers, args.agents, args.slots, false).await?;
-    let client = reqwest::Client::builder()
+    // Submitted with a token of the bench's own, as a client would: every request is checked.
+    let token = operator_token(&server.http).await?;
+    let client = super::client_with(&token)
         .pool_max_idle_per_host(args.clients)
         .build()?;
 

@@ -26,6 +26,34 @@ pub struct BenchServer {
     dir: PathBuf,
 }
 
+/// The admin token every server this bench starts accepts (`auth.admin_token`), made once
+/// per bench run.
+pub fn admin_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use rand::RngCore as _;
+        let mut bytes = [0u8; 24];
+        rand::rng().fill_bytes(&mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("bench-{hex}")
+    })
+}
+
+/// An HTTP client builder that sends `token` with every request.
+pub fn client_with(token: &str) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")) {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder().default_headers(headers)
+}
+
+/// An HTTP client signed in as the bench's admin.
+pub fn admin_client() -> anyhow::Result<reqwest::Client> {
+    Ok(client_with(admin_token()).build()?)
+}
+
 /// A port that was free a moment ago.
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -54,6 +82,7 @@ impl BenchServer {
             .arg(&dir)
             .args(extra)
             .env("ORCHION_LOG", server_log.as_deref().unwrap_or("warn"))
+            .env("ORCHION_AUTH__ADMIN_TOKEN", admin_token())
             .stdin(Stdio::null())
             .stdout(if server_log.is_some() {
                 Stdio::inherit()
@@ -202,7 +231,7 @@ pub async fn start_agents(
                 .context("cannot start an agent")?,
         );
     }
-    let client = reqwest::Client::new();
+    let client = admin_client()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status: serde_json::Value = client

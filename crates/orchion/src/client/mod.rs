@@ -2,6 +2,8 @@
 //! errors go to stderr as one line (plus one per field problem). Exit 0 on success, 1 when the
 //! server refuses or cannot be reached.
 
+pub mod access;
+pub mod contexts;
 pub mod deploy;
 pub mod job;
 pub mod node;
@@ -75,7 +77,7 @@ impl Table {
         self.rows.push(row);
     }
 
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.len()).collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -119,9 +121,11 @@ pub async fn finish(
     args: &ClientArgs,
     verb: impl AsyncFnOnce(&Client, Output) -> Result<(), CliError>,
 ) -> ExitCode {
-    let result = match Client::new(&args.addr) {
+    let result = match contexts::resolve(args)
+        .and_then(|(addr, token)| Ok(Client::new(&addr, token.as_deref())?))
+    {
         Ok(client) => verb(&client, args.output).await,
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ pub(crate) struct Sse {
 
 impl Sse {
     async fn open(server: &Orchion, query: &str, last_event_id: Option<i64>) -> reqwest::Response {
-        let mut request = reqwest::Client::new().get(server.url(&format!("/api/v1/events{query}")));
+        let mut request = http().get(server.url(&format!("/api/v1/events{query}")));
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
         }

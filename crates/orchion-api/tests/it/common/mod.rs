@@ -15,6 +15,10 @@ use orchion_control::{NodeRegistry, RegistrySettings};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+/// The admin token the test app accepts; [`App::send`] adds it to requests that carry no
+/// `Authorization` header of their own.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
 pub struct App {
     pub router: Router,
     pub state: AppState,
@@ -43,7 +47,11 @@ pub async fn app() -> App {
         work.clone(),
         workflows.clone(),
     ));
+    let access = Arc::new(orchion_control::Access::new(store.clone()));
+    access.bootstrap(Some(ADMIN_TOKEN)).await.unwrap();
     let state = AppState {
+        access,
+        throttle: Arc::new(orchion_api::auth::Throttle::new(20)),
         events,
         store,
         nodes,
@@ -80,7 +88,18 @@ pub struct Reply {
 }
 
 impl App {
-    pub async fn send(&self, request: Request<Body>) -> Reply {
+    pub async fn send(&self, mut request: Request<Body>) -> Reply {
+        if !request.headers().contains_key(header::AUTHORIZATION) {
+            request.headers_mut().insert(
+                header::AUTHORIZATION,
+                format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+            );
+        }
+        self.send_as_is(request).await
+    }
+
+    /// Sends the request with exactly the headers it has.
+    pub async fn send_as_is(&self, request: Request<Body>) -> Reply {
         let response = self.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();

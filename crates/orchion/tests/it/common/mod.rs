@@ -14,6 +14,10 @@ use std::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_orchion");
 
+/// The admin token every test server accepts (`auth.admin_token`), and every test client
+/// sends.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
 /// A running `orchion` process.
 pub struct Orchion {
     child: Child,
@@ -28,7 +32,10 @@ pub struct Orchion {
 /// (PORT, ORCHION_*) leaks into the test.
 pub fn command(args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_clear();
+    cmd.args(args)
+        .env_clear()
+        .env("ORCHION_AUTH__ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("ORCHION_TOKEN", ADMIN_TOKEN);
     if let Ok(path) = std::env::var("PATH") {
         cmd.env("PATH", path);
     }
@@ -229,8 +236,22 @@ pub async fn get_json(server: &Orchion, path: &str) -> Option<serde_json::Value>
         .ok()
 }
 
-/// A JSON HTTP client for tests.
+/// A JSON HTTP client for tests, signed in as admin.
 pub fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A JSON HTTP client for tests that sends no token.
+pub fn anonymous() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

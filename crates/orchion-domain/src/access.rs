@@ -1,0 +1,241 @@
+//! Who may do what: roles, the principal a request acts as, and the API tokens that carry them.
+//!
+//! A principal has one role and, optionally, one project it is confined to. The rules are two
+//! pure questions, [`Principal::may`] and [`Principal::sees`]; the API asks them of every
+//! request and every resource it answers with.
+
+use std::{fmt, str::FromStr};
+
+use time::OffsetDateTime;
+
+use crate::{ProjectId, TokenId};
+
+/// What a principal may do. Each role may do everything the roles before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Also submits, cancels and retries jobs, runs and deployments, and applies workflow types.
+    Operator,
+    /// Also manages nodes, tokens, schedules, projects, join tokens, and reads the audit log.
+    Admin,
+}
+
+impl Role {
+    /// Every role, weakest first.
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+    /// The role as it is written on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a role: expected viewer, operator or admin"))
+    }
+}
+
+/// Whom a request acts for: a token's holder, a dashboard session, or a configured identity
+/// (webhook rules, `/enqueue`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Who, as the audit log names them: `token:<id>`, `session:<id>`, `webhook:github`, ….
+    pub actor: String,
+    pub role: Role,
+    /// The one project this principal may see; `None`: every project.
+    pub project: Option<ProjectId>,
+}
+
+impl Principal {
+    /// Whether the principal's role includes `role`.
+    pub fn may(&self, role: Role) -> bool {
+        self.role >= role
+    }
+
+    /// Whether the principal may see a resource of `project` (`None`: a resource of no project,
+    /// such as a job whose project was deleted, which only unconfined principals see).
+    pub fn sees(&self, project: Option<ProjectId>) -> bool {
+        match self.project {
+            None => true,
+            Some(mine) => project == Some(mine),
+        }
+    }
+
+    /// Whether the principal sees every project (cluster-wide resources need this).
+    pub fn is_unconfined(&self) -> bool {
+        self.project.is_none()
+    }
+
+    /// The project a new resource of this principal goes to when the request names none: its
+    /// own, or the default project.
+    pub fn project_or_default(&self, named: Option<ProjectId>) -> ProjectId {
+        named.or(self.project).unwrap_or(ProjectId::DEFAULT)
+    }
+}
+
+/// What a token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// An API token, made by `orchion token create` or `POST /api/v1/tokens`.
+    Api,
+    /// A dashboard session, made by signing in; carried in a cookie.
+    Session,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Api => "api",
+            TokenKind::Session => "session",
+        }
+    }
+}
+
+impl FromStr for TokenKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "api" => Ok(TokenKind::Api),
+            "session" => Ok(TokenKind::Session),
+            other => Err(format!("`{other}` is not a token kind")),
+        }
+    }
+}
+
+/// A token as stored: never its secret, only the secret's digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: TokenId,
+    pub kind: TokenKind,
+    /// A person's label for it (`ci`, `pm-agent`).
+    pub name: String,
+    pub role: Role,
+    pub project: Option<ProjectId>,
+    /// SHA-256 of the whole token text.
+    pub digest: Vec<u8>,
+    /// Who made it (an actor, as in [`Principal::actor`]).
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    pub last_used_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl Token {
+    /// Whether the token may be used at `now`.
+    pub fn is_valid_at(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+
+    /// The principal a request with this token acts as.
+    pub fn principal(&self) -> Principal {
+        let prefix = match self.kind {
+            TokenKind::Api => "token",
+            TokenKind::Session => "session",
+        };
+        Principal {
+            actor: format!("{prefix}:{}", self.id),
+            role: self.role,
+            project: self.project,
+        }
+    }
+}
+
+/// One entry of the audit log: a state-changing request, who made it, and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Position in the log, strictly increasing.
+    pub seq: i64,
+    pub at: OffsetDateTime,
+    /// Who, as in [`Principal::actor`]; `anonymous` for a request without valid credentials.
+    pub actor: String,
+    /// Their role, if they had one.
+    pub role: Option<Role>,
+    /// The project the principal was confined to, if any.
+    pub project: Option<ProjectId>,
+    /// The client's address.
+    pub client: String,
+    pub method: String,
+    /// The route template (`/api/v1/jobs/{id}/cancel`), never the raw path.
+    pub route: String,
+    /// The ids in the path, and the id of a resource the request created.
+    pub resource: String,
+    /// The HTTP status of the answer.
+    pub status: u16,
+    pub request_id: String,
+}
+
+/// What the audit log is filtered by.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub method: Option<String>,
+    /// Entries whose route starts with this.
+    pub route_prefix: Option<String>,
+    pub resource: Option<String>,
+    /// Only entries at or after this time.
+    pub since: Option<OffsetDateTime>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(role: Role, project: Option<ProjectId>) -> Principal {
+        Principal {
+            actor: "token:t".into(),
+            role,
+            project,
+        }
+    }
+
+    #[test]
+    fn roles_include_the_weaker_ones() {
+        let operator = principal(Role::Operator, None);
+        assert!(operator.may(Role::Viewer));
+        assert!(operator.may(Role::Operator));
+        assert!(!operator.may(Role::Admin));
+        assert!(!principal(Role::Viewer, None).may(Role::Operator));
+    }
+
+    #[test]
+    fn a_confined_principal_sees_only_its_project() {
+        let (a, b) = (ProjectId::new(), ProjectId::new());
+        let confined = principal(Role::Admin, Some(a));
+        assert!(confined.sees(Some(a)));
+        assert!(!confined.sees(Some(b)));
+        assert!(!confined.sees(None), "orphans are for unconfined principals");
+        assert!(principal(Role::Viewer, None).sees(Some(b)));
+        assert_eq!(confined.project_or_default(None), a);
+        assert_eq!(
+            principal(Role::Viewer, None).project_or_default(None),
+            ProjectId::DEFAULT
+        );
+    }
+
+    #[test]
+    fn roles_parse_from_their_names() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("root".parse::<Role>().unwrap_err().contains("`root`"));
+    }
+}

@@ -1,0 +1,339 @@
+//! API tokens and the audit log: the [`AccessStore`] half of the store, written once for every
+//! backend. A token is kept as the SHA-256 digest of its text, never the text.
+
+use async_trait::async_trait;
+use orchion_domain::{
+    AuditEntry, AuditFilter, Page, PageRequest, ProjectId, Role, Token, TokenId, TokenKind,
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    StoreError,
+    backend::{Statement, StoreBackend, Tx},
+    codec::{from_micros, micros, page_limit, page_of},
+};
+
+/// The setting that records that the first admin token was made, so replicas starting together
+/// (or a restarted server whose token was revoked) never make a second.
+const BOOTSTRAPPED_KEY: &str = "admin_token_bootstrapped";
+
+/// The most entries one read of the audit log returns.
+pub const MAX_AUDIT_PAGE: u32 = 500;
+
+/// Tokens and the audit log. A supertrait of [`crate::Store`].
+#[async_trait]
+pub trait AccessStore: Send + Sync {
+    /// Stores a new token; [`StoreError::Conflict`] when one with its digest exists.
+    async fn create_token(&self, token: &Token) -> Result<(), StoreError>;
+
+    /// Stores the first admin token, once in the cluster's life: `false` (and nothing stored)
+    /// when a first token was made before, even if it has since been revoked.
+    async fn bootstrap_token(&self, token: &Token) -> Result<bool, StoreError>;
+
+    /// The token with this id, whatever its state.
+    async fn get_token(&self, id: TokenId) -> Result<Option<Token>, StoreError>;
+
+    /// The token whose text has this SHA-256 digest, whatever its state.
+    async fn find_token(&self, digest: &[u8]) -> Result<Option<Token>, StoreError>;
+
+    /// Tokens of a kind (of one project, when given), in id order.
+    async fn list_tokens(
+        &self,
+        kind: TokenKind,
+        project: Option<ProjectId>,
+        page: PageRequest,
+    ) -> Result<Page<Token>, StoreError>;
+
+    /// Revokes a token at `at`; revoking a revoked token keeps its first time. Returns the token.
+    async fn revoke_token(&self, id: TokenId, at: OffsetDateTime) -> Result<Token, StoreError>;
+
+    /// Records when tokens were last used, in one transaction; an older time than the one
+    /// stored is ignored.
+    async fn touch_tokens(&self, uses: &[(TokenId, OffsetDateTime)]) -> Result<(), StoreError>;
+
+    /// Appends entries to the audit log, in order (their `seq` is assigned here).
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+
+    /// Audit entries matching the filter after sequence number `after`, oldest first, at most
+    /// `limit` (capped at [`MAX_AUDIT_PAGE`]).
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+const TOKEN_COLUMNS: &str = "id, kind, name, role, project_id, digest, created_by, created_at, \
+                             expires_us, last_used_us, revoked_us";
+
+fn insert_token(token: &Token) -> Statement<'_> {
+    Statement::new(format!(
+        "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+    ))
+    .bind(token.id.as_uuid())
+    .bind(token.kind.as_str())
+    .bind(token.name.as_str())
+    .bind(token.role.as_str())
+    .bind(token.project.map(|p| p.as_uuid()))
+    .bind(token.digest.as_slice())
+    .bind(token.created_by.as_str())
+    .bind(token.created_at)
+    .bind(token.expires_at.map(micros))
+    .bind(token.last_used_at.map(micros))
+    .bind(token.revoked_at.map(micros))
+}
+
+#[async_trait]
+impl<B: StoreBackend> AccessStore for B {
+    async fn create_token(&self, token: &Token) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        tx.execute(insert_token(token)).await.map_err(|e| {
+            if crate::error::is_unique_violation(&e) {
+                StoreError::Conflict("a token with this text exists".into())
+            } else {
+                crate::error::missing_project(e, token.project)
+            }
+        })?;
+        tx.commit().await
+    }
+
+    async fn bootstrap_token(&self, token: &Token) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let first = tx
+            .execute(
+                Statement::new(
+                    "INSERT INTO cluster_settings (key, value) VALUES ($1, $2) \
+                     ON CONFLICT (key) DO NOTHING",
+                )
+                .bind(BOOTSTRAPPED_KEY)
+                .bind(token.id.as_uuid().as_bytes().as_slice()),
+            )
+            .await?
+            == 1;
+        if first {
+            tx.execute(insert_token(token)).await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(first)
+    }
+
+    async fn get_token(&self, id: TokenId) -> Result<Option<Token>, StoreError> {
+        self.read_optional::<TokenRow>(
+            Statement::new(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"))
+                .bind(id.as_uuid()),
+        )
+        .await?
+        .map(Token::try_from)
+        .transpose()
+    }
+
+    async fn find_token(&self, digest: &[u8]) -> Result<Option<Token>, StoreError> {
+        self.read_optional::<TokenRow>(
+            Statement::new(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = $1"))
+                .bind(digest),
+        )
+        .await?
+        .map(Token::try_from)
+        .transpose()
+    }
+
+    async fn list_tokens(
+        &self,
+        kind: TokenKind,
+        project: Option<ProjectId>,
+        page: PageRequest,
+    ) -> Result<Page<Token>, StoreError> {
+        let rows: Vec<TokenRow> = self
+            .read_all(
+                Statement::new(format!(
+                    "SELECT {TOKEN_COLUMNS} FROM tokens WHERE kind = $1 \
+                     AND ($2 IS NULL OR project_id = $2) AND ($3 IS NULL OR id > $3) \
+                     ORDER BY id LIMIT $4"
+                ))
+                .bind(kind.as_str())
+                .bind(project.map(|p| p.as_uuid()))
+                .bind(page.after.map(|c| c.0))
+                .bind(page_limit(page)),
+            )
+            .await?;
+        page_of(rows, page, |t: &Token| t.id.as_uuid())
+    }
+
+    async fn revoke_token(&self, id: TokenId, at: OffsetDateTime) -> Result<Token, StoreError> {
+        let mut tx = self.begin().await?;
+        tx.execute(
+            Statement::new(
+                "UPDATE tokens SET revoked_us = COALESCE(revoked_us, $2) WHERE id = $1",
+            )
+            .bind(id.as_uuid())
+            .bind(micros(at)),
+        )
+        .await?;
+        let token = tx
+            .fetch_optional::<TokenRow>(
+                Statement::new(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE id = $1"))
+                    .bind(id.as_uuid()),
+            )
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "token",
+                id: id.to_string(),
+            })?;
+        tx.commit().await?;
+        token.try_into()
+    }
+
+    async fn touch_tokens(&self, uses: &[(TokenId, OffsetDateTime)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for (id, at) in uses {
+            tx.execute(
+                Statement::new(
+                    "UPDATE tokens SET last_used_us = $2 \
+                     WHERE id = $1 AND (last_used_us IS NULL OR last_used_us < $2)",
+                )
+                .bind(id.as_uuid())
+                .bind(micros(*at)),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for entry in entries {
+            tx.execute(
+                Statement::new(
+                    "INSERT INTO audit (at_us, actor, role, project_id, client, method, route, \
+                     resource, status, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(micros(entry.at))
+                .bind(entry.actor.as_str())
+                .bind(entry.role.map(Role::as_str))
+                .bind(entry.project.map(|p| p.as_uuid()))
+                .bind(entry.client.as_str())
+                .bind(entry.method.as_str())
+                .bind(entry.route.as_str())
+                .bind(entry.resource.as_str())
+                .bind(i32::from(entry.status))
+                .bind(entry.request_id.as_str()),
+            )
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows: Vec<AuditRow> = self
+            .read_all(
+                Statement::new(
+                    "SELECT seq, at_us, actor, role, project_id, client, method, route, resource, \
+                     status, request_id FROM audit \
+                     WHERE seq > $1 AND ($2 IS NULL OR actor = $2) AND ($3 IS NULL OR method = $3) \
+                     AND ($4 IS NULL OR substr(route, 1, length($4)) = $4) \
+                     AND ($5 IS NULL OR resource LIKE '%' || $5 || '%') \
+                     AND ($6 IS NULL OR at_us >= $6) \
+                     ORDER BY seq LIMIT $7",
+                )
+                .bind(after.unwrap_or(0))
+                .bind(filter.actor.as_deref())
+                .bind(filter.method.as_deref())
+                .bind(filter.route_prefix.as_deref())
+                .bind(filter.resource.as_deref())
+                .bind(filter.since.map(micros))
+                .bind(i64::from(limit.clamp(1, MAX_AUDIT_PAGE))),
+            )
+            .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct TokenRow {
+    id: Uuid,
+    kind: String,
+    name: String,
+    role: String,
+    project_id: Option<Uuid>,
+    digest: Vec<u8>,
+    created_by: String,
+    created_at: OffsetDateTime,
+    expires_us: Option<i64>,
+    last_used_us: Option<i64>,
+    revoked_us: Option<i64>,
+}
+
+impl TryFrom<TokenRow> for Token {
+    type Error = StoreError;
+
+    fn try_from(row: TokenRow) -> Result<Self, Self::Error> {
+        Ok(Token {
+            id: TokenId::from_uuid(row.id),
+            kind: row.kind.parse().map_err(StoreError::Corrupt)?,
+            name: row.name,
+            role: row.role.parse().map_err(StoreError::Corrupt)?,
+            project: row.project_id.map(ProjectId::from_uuid),
+            digest: row.digest,
+            created_by: row.created_by,
+            created_at: row.created_at,
+            expires_at: row.expires_us.map(from_micros),
+            last_used_at: row.last_used_us.map(from_micros),
+            revoked_at: row.revoked_us.map(from_micros),
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    at_us: i64,
+    actor: String,
+    role: Option<String>,
+    project_id: Option<Uuid>,
+    client: String,
+    method: String,
+    route: String,
+    resource: String,
+    status: i32,
+    request_id: String,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, Self::Error> {
+        Ok(AuditEntry {
+            seq: row.seq,
+            at: from_micros(row.at_us),
+            actor: row.actor,
+            role: row
+                .role
+                .map(|r| r.parse())
+                .transpose()
+                .map_err(StoreError::Corrupt)?,
+            project: row.project_id.map(ProjectId::from_uuid),
+            client: row.client,
+            method: row.method,
+            route: row.route,
+            resource: row.resource,
+            status: u16::try_from(row.status)
+                .map_err(|_| StoreError::Corrupt(format!("audit status {}", row.status)))?,
+            request_id: row.request_id,
+        })
+    }
+}
