@@ -72,16 +72,52 @@ function toast(message, error) {
   toast.timer = setTimeout(() => { el.className = ''; }, 4000);
 }
 
+/** The signed-in session: its CSRF token goes with every change (the cookie is HttpOnly). */
+const session = { csrf: null };
+
 /** Calls the API; a problem answer becomes an Error carrying its detail. */
 async function api(path, options) {
-  const response = await fetch(path, {
-    headers: { accept: 'application/json', 'content-type': 'application/json' },
-    ...options,
-  });
+  const method = (options && options.method) || 'GET';
+  const headers = { accept: 'application/json', 'content-type': 'application/json' };
+  if (method !== 'GET' && session.csrf) headers['x-csrf-token'] = session.csrf;
+  const response = await fetch(path, { ...options, headers, credentials: 'same-origin' });
   const text = await response.text();
   const body = text ? JSON.parse(text) : null;
+  if (response.status === 401 && path !== '/api/v1/session') {
+    signIn();
+    throw new Error('sign in first');
+  }
   if (!response.ok) throw new Error((body && (body.detail || body.title)) || `${response.status}`);
   return body;
+}
+
+/** The sign-in page: an API token becomes a session cookie. Nothing else is shown. */
+function signIn(message) {
+  const view = document.getElementById('view');
+  const input = h('input', { type: 'password', id: 'token', name: 'token', autocomplete: 'off',
+    placeholder: 'orc_…', 'aria-label': 'API token' });
+  const form = h('form', { class: 'panel', id: 'sign-in', onsubmit: async (event) => {
+    event.preventDefault();
+    try {
+      const answer = await api('/api/v1/session', {
+        method: 'POST', body: JSON.stringify({ token: input.value.trim() }) });
+      session.csrf = answer.csrf_token;
+      location.hash = '#/';
+      start();
+    } catch (e) {
+      signIn(e.message);
+    }
+  } },
+  h('p', {}, 'Sign in with an API token (`orchion token create --role viewer`, or the admin token the server made).'),
+  input, ' ', h('button', { type: 'submit' }, 'Sign in'),
+  message ? h('p', { class: 'error' }, message) : '');
+  view.replaceChildren(h('div', {}, h('h1', {}, 'Sign in'), form));
+}
+
+async function signOut() {
+  try { await api('/api/v1/session', { method: 'DELETE' }); } catch (e) { /* signed out anyway */ }
+  session.csrf = null;
+  signIn();
 }
 
 /** A button that calls the API, says how it went and refreshes the page. */
@@ -558,5 +594,19 @@ async function webhooks() {
 
 const VIEWS = { overview, nodes, jobs, runs, deployments, schedules, webhooks };
 
-connectEvents();
-refresh();
+/** Starts the dashboard once a session is known; otherwise shows the sign-in page. */
+async function start() {
+  try {
+    const me = await api('/api/v1/session');
+    session.csrf = me.csrf_token || null;
+  } catch (e) {
+    signIn();
+    return;
+  }
+  const out = document.getElementById('sign-out');
+  if (out) { out.hidden = false; out.onclick = signOut; }
+  connectEvents();
+  refresh();
+}
+
+start();

@@ -62,11 +62,14 @@ pub async fn list_audit(
     let since = query
         .since
         .map(|s| {
-            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339)
-                .map_err(|e| ApiError::InvalidParameter {
+            time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).map_err(
+                |e| ApiError::InvalidParameter {
                     name: "since".into(),
-                    detail: format!("since is not an RFC 3339 time such as 2026-12-01T10:00:00Z: {e}"),
-                })
+                    detail: format!(
+                        "since is not an RFC 3339 time such as 2026-12-01T10:00:00Z: {e}"
+                    ),
+                },
+            )
         })
         .transpose()?;
     let limit = query.limit.unwrap_or(100);

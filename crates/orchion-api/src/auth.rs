@@ -157,12 +157,12 @@ impl Caller {
         if let Some(named) = named
             && !self.sees(Some(named))
         {
-            return Err(ApiError::Validation(orchion_domain::ValidationErrors(vec![
-                orchion_domain::FieldError::new(
+            return Err(ApiError::Validation(orchion_domain::ValidationErrors(
+                vec![orchion_domain::FieldError::new(
                     "project_id",
                     format!("project `{named}` does not exist"),
-                ),
-            ])));
+                )],
+            )));
         }
         Ok(self.0.project_or_default(named))
     }
@@ -362,7 +362,9 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             .map_or_else(|| "anonymous".to_owned(), |p| p.actor.clone()),
         role: principal.as_ref().map(|p| p.role),
         project: principal.as_ref().and_then(|p| p.project),
-        client: client.0.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+        client: client
+            .0
+            .map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
         method: method.as_str().to_owned(),
         route,
         resource: resource.join(" "),
@@ -375,7 +377,8 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     response
 }
 
-/// Decides whether the request may go on; on success the request carries its [`Principal`].
+/// Decides whether the request may go on; once its token is checked, the request carries its
+/// [`Principal`] (the handler runs only on `Ok`).
 async fn decide(
     state: &AppState,
     method: &Method,
@@ -432,6 +435,8 @@ async fn decide(
         }
     }
     let principal = token.principal();
+    // Known from here on, so a refusal below is audited under its actor too.
+    request.extensions_mut().insert(principal.clone());
     let (needed, cluster) = match policy {
         Policy::Open => unreachable!("handled above"),
         Policy::Role(role) => (role, false),
@@ -448,7 +453,6 @@ async fn decide(
             "{method} {route} concerns every project; this token is confined to one"
         )));
     }
-    request.extensions_mut().insert(principal);
     Ok(())
 }
 
@@ -476,10 +480,7 @@ async fn created_id(response: Response) -> (Response, Option<String>) {
     }
     let (parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return (
-            Response::from_parts(parts, axum::body::Body::empty()),
-            None,
-        );
+        return (Response::from_parts(parts, axum::body::Body::empty()), None);
     };
     let id = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()

@@ -14,8 +14,8 @@ use orchion_spec::DeploymentRequest;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::respond::Created;
 use crate::auth::Caller;
+use crate::respond::Created;
 use crate::{
     AppState,
     extract::{JsonBody, QueryParams, decode, page_request},

@@ -263,7 +263,10 @@ pub async fn get_job(
     caller: Caller,
     PathId(id): PathId<RunId>,
 ) -> Result<Json<JobBody>, ApiError> {
-    Ok(Json(job_body(visible_job(&state, &caller, id).await?, true)))
+    Ok(Json(job_body(
+        visible_job(&state, &caller, id).await?,
+        true,
+    )))
 }
 
 /// The job with this id, if the caller may see it; a 404 otherwise.

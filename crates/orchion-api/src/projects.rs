@@ -90,9 +90,12 @@ pub async fn get_project(
     PathId(id): PathId<ProjectId>,
 ) -> Result<Json<ProjectBody>, ApiError> {
     let project = state.store.get_project(id).await?;
-    Ok(Json(project_body(
-        caller.visible(Some(id), "project", id, project)?,
-    )))
+    Ok(Json(project_body(caller.visible(
+        Some(id),
+        "project",
+        id,
+        project,
+    )?)))
 }
 
 /// Lists projects, oldest first, a page at a time.

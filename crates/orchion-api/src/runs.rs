@@ -22,8 +22,8 @@ use orchion_store::IdempotencyKey;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::respond::{Created, paged};
 use crate::auth::Caller;
+use crate::respond::{Created, paged};
 use crate::{
     AppState,
     extract::{JsonBody, PathId, QueryParams, idempotency_key, page_request, query_value},
@@ -163,15 +163,15 @@ pub async fn start_workflow(
         .await
         && !caller.sees(workflow.project_id)
     {
-        return Err(ApiError::Validation(orchion_domain::ValidationErrors(vec![
-            orchion_domain::FieldError::new(
+        return Err(ApiError::Validation(orchion_domain::ValidationErrors(
+            vec![orchion_domain::FieldError::new(
                 "type",
                 format!(
                     "workflow type `{}` does not exist: store it first with POST /api/v1/workflow-types",
                     request.workflow_type
                 ),
-            ),
-        ])));
+            )],
+        )));
     }
     let created = state
         .workflows

@@ -9,8 +9,8 @@ use orchion_spec::CreateJob;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::respond::paged;
 use crate::auth::Caller;
+use crate::respond::paged;
 use crate::{
     AppState,
     extract::{JsonBody, PathId, QueryParams, page_request},

@@ -383,7 +383,8 @@ impl Client {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<orchion_rest::TokenBody, Error> {
-        self.delete(&format!("/api/v1/tokens/{}", segment(id))).await
+        self.delete(&format!("/api/v1/tokens/{}", segment(id)))
+            .await
     }
 
     /// A page of the audit log after `after`, filtered.
@@ -600,8 +601,14 @@ mod tests {
 
     #[test]
     fn an_address_must_be_http() {
-        assert!(matches!(Client::new("ftp://x", None), Err(Error::Address(_))));
-        assert!(matches!(Client::new("not a url", None), Err(Error::Address(_))));
+        assert!(matches!(
+            Client::new("ftp://x", None),
+            Err(Error::Address(_))
+        ));
+        assert!(matches!(
+            Client::new("not a url", None),
+            Err(Error::Address(_))
+        ));
         assert!(Client::new("http://127.0.0.1:1", Some("orc_x")).is_ok());
     }
 }

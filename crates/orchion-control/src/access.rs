@@ -170,7 +170,11 @@ impl Access {
                 }
             };
         }
-        let issued = issue(bootstrap_request("bootstrap admin"), "bootstrap", &new_secret());
+        let issued = issue(
+            bootstrap_request("bootstrap admin"),
+            "bootstrap",
+            &new_secret(),
+        );
         if self.store.bootstrap_token(&issued.token).await? {
             Ok(Bootstrap::Made(issued.secret))
         } else {

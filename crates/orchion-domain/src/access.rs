@@ -222,7 +222,10 @@ mod tests {
         let confined = principal(Role::Admin, Some(a));
         assert!(confined.sees(Some(a)));
         assert!(!confined.sees(Some(b)));
-        assert!(!confined.sees(None), "orphans are for unconfined principals");
+        assert!(
+            !confined.sees(None),
+            "orphans are for unconfined principals"
+        );
         assert!(principal(Role::Viewer, None).sees(Some(b)));
         assert_eq!(confined.project_or_default(None), a);
         assert_eq!(

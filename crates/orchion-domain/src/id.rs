@@ -73,7 +73,8 @@ uuid_id!(
 
 impl ProjectId {
     /// The `default` project: where work goes when no project is named. It always exists.
-    pub const DEFAULT: ProjectId = ProjectId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));
+    pub const DEFAULT: ProjectId =
+        ProjectId(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001));
 }
 
 uuid_id!(

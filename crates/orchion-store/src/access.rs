@@ -133,8 +133,10 @@ impl<B: StoreBackend> AccessStore for B {
 
     async fn find_token(&self, digest: &[u8]) -> Result<Option<Token>, StoreError> {
         self.read_optional::<TokenRow>(
-            Statement::new(format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = $1"))
-                .bind(digest),
+            Statement::new(format!(
+                "SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = $1"
+            ))
+            .bind(digest),
         )
         .await?
         .map(Token::try_from)
@@ -166,11 +168,9 @@ impl<B: StoreBackend> AccessStore for B {
     async fn revoke_token(&self, id: TokenId, at: OffsetDateTime) -> Result<Token, StoreError> {
         let mut tx = self.begin().await?;
         tx.execute(
-            Statement::new(
-                "UPDATE tokens SET revoked_us = COALESCE(revoked_us, $2) WHERE id = $1",
-            )
-            .bind(id.as_uuid())
-            .bind(micros(at)),
+            Statement::new("UPDATE tokens SET revoked_us = COALESCE(revoked_us, $2) WHERE id = $1")
+                .bind(id.as_uuid())
+                .bind(micros(at)),
         )
         .await?;
         let token = tx

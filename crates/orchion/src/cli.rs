@@ -655,7 +655,13 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "ORCHION_ADDR", value_name = "URL")]
     pub addr: Option<String>,
     /// The API token to send (default: the context's; see `orchion login`).
-    #[arg(long, global = true, env = "ORCHION_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        global = true,
+        env = "ORCHION_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     pub token: Option<String>,
     /// The context to use instead of the current one.
     #[arg(long, global = true, env = "ORCHION_CONTEXT", value_name = "NAME")]

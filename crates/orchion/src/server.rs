@@ -422,9 +422,9 @@ async fn bootstrap_admin(access: &Access, config: &Config) -> anyhow::Result<Opt
                     "Made the first admin token (shown this once; also kept in {}):\n  {text}\n",
                     path.display()
                 ),
-                Err(e) => eprintln!(
-                    "Made the first admin token (shown this once; {e:#}):\n  {text}\n"
-                ),
+                Err(e) => {
+                    eprintln!("Made the first admin token (shown this once; {e:#}):\n  {text}\n")
+                }
             }
             Some(text)
         }
@@ -440,8 +440,7 @@ pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
 
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)

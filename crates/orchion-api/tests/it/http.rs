@@ -93,7 +93,10 @@ async fn listing_pages_with_cursors() {
                 .map(|p| p["id"].clone())
         })
         .collect();
-    assert_eq!(seen[0], "00000000-0000-7000-8000-000000000001", "default comes first");
+    assert_eq!(
+        seen[0], "00000000-0000-7000-8000-000000000001",
+        "default comes first"
+    );
     assert_eq!(seen[1..], ids);
 }
 

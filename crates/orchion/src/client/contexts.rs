@@ -57,8 +57,12 @@ impl CliConfig {
             return Ok(Self::default());
         };
         match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| CliError(format!("{} is not a valid CLI configuration: {e}", path.display()))),
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                CliError(format!(
+                    "{} is not a valid CLI configuration: {e}",
+                    path.display()
+                ))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(CliError(format!("cannot read {}: {e}", path.display()))),
         }
@@ -67,7 +71,9 @@ impl CliConfig {
     /// Writes the configuration, readable by its owner only.
     pub fn save(&self) -> Result<PathBuf, CliError> {
         let path = config_path().ok_or_else(|| {
-            CliError("no home directory to keep the CLI configuration in; set ORCHION_CLI_CONFIG".into())
+            CliError(
+                "no home directory to keep the CLI configuration in; set ORCHION_CLI_CONFIG".into(),
+            )
         })?;
         let text = toml::to_string_pretty(self)
             .map_err(|e| CliError(format!("cannot write the CLI configuration: {e}")))?;
@@ -177,7 +183,9 @@ pub fn logout(context: Option<String>) -> ExitCode {
             .ok_or_else(|| CliError(format!("there is no context `{name}`")))?;
         entry.token = None;
         config.save()?;
-        println!("Forgot the token of context `{name}` (revoke it with `orchion token revoke` if it leaked)");
+        println!(
+            "Forgot the token of context `{name}` (revoke it with `orchion token revoke` if it leaked)"
+        );
         Ok(())
     })();
     exit(result)
@@ -192,10 +200,20 @@ pub fn context(command: ContextCommand) -> ExitCode {
                 let mut table = super::Table::new(vec!["CURRENT", "NAME", "SERVER", "TOKEN"]);
                 for (name, context) in &config.contexts {
                     table.row(vec![
-                        if config.current.as_deref() == Some(name) { "*" } else { "" }.to_owned(),
+                        if config.current.as_deref() == Some(name) {
+                            "*"
+                        } else {
+                            ""
+                        }
+                        .to_owned(),
                         name.clone(),
                         context.server.clone(),
-                        if context.token.is_some() { "set" } else { "none" }.to_owned(),
+                        if context.token.is_some() {
+                            "set"
+                        } else {
+                            "none"
+                        }
+                        .to_owned(),
                     ]);
                 }
                 print!("{}", table.render());

@@ -265,6 +265,48 @@ async fn the_dashboard_follows_the_cluster_live() {
     let browser = Browser::launch(&binary).await;
     let base = server.url("/");
 
+    // Without a session: the sign-in page and no data; a wrong token is refused; the admin
+    // token signs in.
+    browser.navigate(&base).await;
+    browser
+        .wait_for(
+            "the sign-in page",
+            "document.querySelector('#view h1')?.textContent",
+            json!("Sign in"),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#view table').length")
+            .await,
+        json!(0)
+    );
+    let sign_in = |token: &str| {
+        format!(
+            "document.getElementById('token').value = {}; document.getElementById('sign-in').requestSubmit(); true",
+            json!(token)
+        )
+    };
+    browser.eval(&sign_in("orc_wrong")).await;
+    browser
+        .wait_for(
+            "the refusal",
+            "document.querySelector('#sign-in .error')?.textContent.includes('not one this server issued')",
+            json!(true),
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.eval(&sign_in(crate::common::ADMIN_TOKEN)).await;
+    browser
+        .wait_for(
+            "the overview after signing in",
+            "document.querySelector('#view h1')?.textContent !== 'Sign in' && !document.getElementById('sign-out').hidden",
+            json!(true),
+            Duration::from_secs(20),
+        )
+        .await;
+
     // Nodes: both join, then the killed one turns unreachable, with no reload.
     browser.navigate(&format!("{base}#/nodes")).await;
     browser

@@ -222,12 +222,29 @@ async fn streams_past_the_limit_are_refused_and_the_server_stays_up() {
     assert_eq!(health.status(), 200);
 }
 
+/// A WebSocket handshake signed in as the test admin.
+fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", crate::common::ADMIN_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    request
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_websocket_carries_the_same_events() {
     let dir = tempfile::tempdir().unwrap();
     let server = Orchion::start(dir.path(), &["server"], &[]);
     let url = format!("ws://{}/api/v1/ws?kind=project.created", server.addr);
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let anonymous = tokio_tungstenite::connect_async(url.clone()).await;
+    assert!(anonymous.is_err(), "a WebSocket without a token is refused");
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&url))
+        .await
+        .unwrap();
     let id = create_project(&server, "over-ws").await;
     let message = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -244,9 +261,11 @@ async fn the_websocket_carries_the_same_events() {
     assert_eq!(message["kind"], "project.created");
     assert_eq!(message["subject"], id);
     socket.close(None).await.unwrap();
-    let bad =
-        tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws?kind=bogus", server.addr))
-            .await;
+    let bad = tokio_tungstenite::connect_async(ws_request(&format!(
+        "ws://{}/api/v1/ws?kind=bogus",
+        server.addr
+    )))
+    .await;
     assert!(bad.is_err(), "a bad filter is refused before the upgrade");
 }
 

@@ -22,12 +22,33 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub struct App {
     pub router: Router,
     pub state: AppState,
-    _db: orchion_testkit::SqliteDatabase,
+    _db: Option<orchion_testkit::SqliteDatabase>,
 }
 
+/// The app over a fresh SQLite store.
 pub async fn app() -> App {
     let db = orchion_testkit::sqlite_database();
-    let store = orchion_store::connect(db.url(), 2).await.unwrap();
+    let url = db.url().to_owned();
+    app_on(&url, Some(db), 0).await
+}
+
+/// The app over a fresh SQLite store, refusing a client after `failures` failed attempts a
+/// minute.
+pub async fn throttled_app(failures: u32) -> App {
+    let db = orchion_testkit::sqlite_database();
+    let url = db.url().to_owned();
+    app_on(&url, Some(db), failures).await
+}
+
+/// The app over a fresh PostgreSQL database; `None` where PostgreSQL is not available (CI
+/// always has it).
+pub async fn postgres_app() -> Option<App> {
+    let url = orchion_testkit::postgres_database().await?;
+    Some(app_on(&url, None, 0).await)
+}
+
+async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures: u32) -> App {
+    let store = orchion_store::connect(url, 2).await.unwrap();
     let settings = RegistrySettings::default();
     let nodes = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
     let work = Arc::new(orchion_control::WorkQueue::new(
@@ -51,7 +72,7 @@ pub async fn app() -> App {
     access.bootstrap(Some(ADMIN_TOKEN)).await.unwrap();
     let state = AppState {
         access,
-        throttle: Arc::new(orchion_api::auth::Throttle::new(20)),
+        throttle: Arc::new(orchion_api::auth::Throttle::new(failures)),
         events,
         store,
         nodes,
