@@ -57,7 +57,11 @@ fn projects_are_managed_from_the_command_line() {
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("ID") && lines[0].contains("NAME") && lines[0].contains("STATUS"));
     assert!(
-        lines[1].contains(&id) && lines[1].contains("CLI Project") && lines[1].contains("active")
+        lines[1].contains("default"),
+        "the default project comes first"
+    );
+    assert!(
+        lines[2].contains(&id) && lines[2].contains("CLI Project") && lines[2].contains("active")
     );
 
     let out = orchion(&server, &["project", "rm", &id]);
@@ -95,7 +99,11 @@ fn ls_follows_every_page_with_all() {
         &["project", "ls", "--limit", "2", "--all", "-o", "json"],
     );
     let all: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(all["items"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        all["items"].as_array().unwrap().len(),
+        6,
+        "the five made and the default project"
+    );
 }
 
 #[test]
