@@ -156,23 +156,6 @@ pub async fn start_workflow(
         Some(Err(_)) => request.project_id.clone(),
         named => Some(caller.project_for(named.and_then(Result::ok))?.to_string()),
     };
-    // Another project's workflow type is answered as one that does not exist.
-    if let Ok(workflow) = state
-        .store
-        .get_workflow_type(&request.workflow_type, request.version)
-        .await
-        && !caller.sees(workflow.project_id)
-    {
-        return Err(ApiError::Validation(orchion_domain::ValidationErrors(
-            vec![orchion_domain::FieldError::new(
-                "type",
-                format!(
-                    "workflow type `{}` does not exist: store it first with POST /api/v1/workflow-types",
-                    request.workflow_type
-                ),
-            )],
-        )));
-    }
     let created = state
         .workflows
         .start_request(
@@ -183,6 +166,7 @@ pub async fn start_workflow(
                 project_id,
                 input: request.input,
                 trace_parent: orchion_otel::traceparent(),
+                confined_to: caller.0.project,
             },
             key.map(|key| IdempotencyKey {
                 key,

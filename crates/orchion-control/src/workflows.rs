@@ -83,6 +83,9 @@ pub struct StartRequest {
     pub input: Value,
     /// The W3C `traceparent` of the request (captured at the edge).
     pub trace_parent: Option<String>,
+    /// The project the requester is confined to, if any: a workflow type of another project is
+    /// reported exactly as one that does not exist.
+    pub confined_to: Option<ProjectId>,
 }
 
 /// Where a step stands, derived from its tasks and those of the steps it needs.
@@ -698,7 +701,13 @@ impl Workflows {
             .store
             .get_workflow_type(&request.workflow, request.version)
             .await
-        {
+            .and_then(|stored| match request.confined_to {
+                Some(project) if stored.project_id != Some(project) => Err(StoreError::NotFound {
+                    kind: "workflow type",
+                    id: request.workflow.clone(),
+                }),
+                _ => Ok(stored),
+            }) {
             Ok(stored) => Some(stored),
             Err(StoreError::NotFound { .. }) => {
                 errors.push(match request.version {

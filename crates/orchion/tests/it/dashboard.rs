@@ -223,6 +223,11 @@ impl Browser {
     fn errors(&self) -> Vec<String> {
         self.errors.lock().unwrap().clone()
     }
+
+    /// The errors so far, forgotten from now on.
+    fn take_errors(&self) -> Vec<String> {
+        std::mem::take(&mut *self.errors.lock().unwrap())
+    }
 }
 
 impl Drop for Browser {
@@ -297,6 +302,10 @@ async fn the_dashboard_follows_the_cluster_live() {
             Duration::from_secs(10),
         )
         .await;
+    // The browser logs the two refusals: the probe for a session, and the wrong token.
+    let refused =
+        "log: Failed to load resource: the server responded with a status of 401 (Unauthorized)";
+    assert_eq!(browser.take_errors(), [refused, refused]);
     browser.eval(&sign_in(crate::common::ADMIN_TOKEN)).await;
     browser
         .wait_for(

@@ -191,6 +191,52 @@ async fn a_bad_config_file_exits_2_with_one_line_naming_the_key() {
 }
 
 #[tokio::test]
+async fn an_unusable_admin_token_setting_stops_the_server_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "long-enough-admin-token-0123").unwrap();
+    let file = file.to_str().unwrap();
+    // (variable, value, whether the test harness's own admin token stays set, the message)
+    let cases = [
+        (
+            "ORCHION_AUTH__ADMIN_TOKEN",
+            "short",
+            true,
+            "at least 16 characters",
+        ),
+        (
+            "ORCHION_AUTH__ADMIN_TOKEN_FILE",
+            "/nonexistent/token",
+            false,
+            "cannot read auth.admin_token_file",
+        ),
+        ("ORCHION_AUTH__ADMIN_TOKEN_FILE", file, true, "not both"),
+    ];
+    for (var, value, keep_token, expected) in cases {
+        let mut cmd = command(&[
+            "server",
+            "--http-port",
+            "0",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ]);
+        if !keep_token {
+            cmd.env_remove("ORCHION_AUTH__ADMIN_TOKEN");
+        }
+        let out = cmd
+            .env(var, value)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{var}={value}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(expected), "{var}={value}: {stderr}");
+    }
+}
+
+#[tokio::test]
 async fn a_port_in_use_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
