@@ -183,7 +183,12 @@ async fn listing_pages_in_creation_order_and_filters_by_status(db: Db) {
             None => break,
         }
     }
-    assert_eq!(seen, ids, "all projects, once each, in creation order");
+    assert_eq!(
+        seen[0],
+        ProjectId::DEFAULT,
+        "every store has the default project, first"
+    );
+    assert_eq!(seen[1..], ids, "all projects, once each, in creation order");
 
     let active = store
         .list_projects(
@@ -194,7 +199,9 @@ async fn listing_pages_in_creation_order_and_filters_by_status(db: Db) {
         )
         .await
         .unwrap();
-    let expected: Vec<ProjectId> = [0, 2, 3, 5, 6].iter().map(|&i| ids[i]).collect();
+    let expected: Vec<ProjectId> = std::iter::once(ProjectId::DEFAULT)
+        .chain([0, 2, 3, 5, 6].iter().map(|&i| ids[i]))
+        .collect();
     assert_eq!(
         active.items.iter().map(|p| p.id).collect::<Vec<_>>(),
         expected
@@ -253,7 +260,7 @@ async fn an_idempotency_key_returns_the_first_project(db: Db) {
         .list_projects(ProjectFilter::default(), PageRequest::default())
         .await
         .unwrap();
-    assert_eq!(all.items.len(), 1);
+    assert_eq!(all.items.len(), 2, "the default project and the one made");
 }
 
 async fn an_idempotency_key_with_another_body_conflicts(db: Db) {
@@ -273,7 +280,11 @@ async fn an_idempotency_key_with_another_body_conflicts(db: Db) {
         .list_projects(ProjectFilter::default(), PageRequest::default())
         .await
         .unwrap();
-    assert_eq!(all.items.len(), 1, "the refused request wrote nothing");
+    assert_eq!(
+        all.items.len(),
+        2,
+        "the default project and the first; the refused request wrote nothing"
+    );
 }
 
 async fn concurrent_creates_with_one_key_make_one_project(db: Db) {
@@ -321,10 +332,11 @@ async fn concurrent_writes_all_commit(db: Db) {
         .list_projects(ProjectFilter::default(), PageRequest::default())
         .await
         .unwrap();
-    assert_eq!(all.items.len(), 40);
+    assert_eq!(all.items.len(), 41, "the default project and the 40 made");
     assert!(
         all.items
             .iter()
+            .filter(|p| p.id != ProjectId::DEFAULT)
             .all(|p| p.description.starts_with("updated"))
     );
 }
