@@ -46,6 +46,11 @@ pub struct AgentConfig {
 pub enum AgentError {
     #[error("the server refused the join token: {0}")]
     JoinRejected(String),
+    #[error(
+        "the server refused this node's own credential: {0} (to join as a new node instead, \
+         remove node.json from the agent's state directory)"
+    )]
+    CredentialRejected(String),
     #[error("the server refused the registration: {0}")]
     Invalid(String),
     #[error("invalid server address `{0}`: {1}")]
@@ -193,14 +198,17 @@ impl Agent {
         request
     }
 
+    /// Joins as a new node with the join token, or registers again under the saved id with
+    /// the node's own credential.
     async fn register(&mut self) -> Result<(), AgentError> {
         let capacity = detect_capacity();
+        let (node_id, bearer) = match &self.credentials {
+            Some(saved) => (saved.node_id.clone(), saved.credential.clone()),
+            None => (String::new(), self.config.join_token.clone()),
+        };
+        let rejoining = !node_id.is_empty();
         let message = pb::RegisterNodeRequest {
-            node_id: self
-                .credentials
-                .as_ref()
-                .map(|c| c.node_id.clone())
-                .unwrap_or_default(),
+            node_id: node_id.clone(),
             name: self.config.name.clone(),
             labels: self.config.labels.clone().into_iter().collect(),
             capacity: Some(capacity),
@@ -208,7 +216,7 @@ impl Agent {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             address: String::new(),
         };
-        let request = Self::authorized(message, &self.config.join_token);
+        let request = Self::authorized(message, &bearer);
         let sent = std::time::Instant::now();
         match self.client.register_node(request).await {
             Ok(response) => {
@@ -229,10 +237,24 @@ impl Agent {
                 self.wait = self.jittered();
                 Ok(())
             }
+            Err(status) if rejoining && status.code() == Code::NotFound => {
+                tracing::warn!(%node_id, "the server no longer knows this node (it was deleted): joining as a new node");
+                self.credentials = None;
+                self.wait = Duration::ZERO;
+                Ok(())
+            }
+            Err(status) if rejoining && status.code() == Code::Unauthenticated => {
+                Err(AgentError::CredentialRejected(status.message().to_owned()))
+            }
             Err(status) if status.code() == Code::Unauthenticated => {
                 Err(AgentError::JoinRejected(status.message().to_owned()))
             }
-            Err(status) if status.code() == Code::InvalidArgument => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::PermissionDenied
+                ) =>
+            {
                 Err(AgentError::Invalid(status.message().to_owned()))
             }
             Err(status) => {

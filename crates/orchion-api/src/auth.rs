@@ -109,6 +109,8 @@ pub fn policy(method: &Method, route: &str) -> Option<Policy> {
         | "/api/v1/nodes/{id}/drain"
         | "/api/v1/agents/{id}/restart"
         | "/api/v1/webhook-deliveries"
+        | "/api/v1/join-tokens"
+        | "/api/v1/join-tokens/{id}"
         | "/api/v1/audit" => Cluster(Role::Admin),
         _ => return None,
     })

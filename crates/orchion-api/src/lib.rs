@@ -16,6 +16,7 @@ pub mod executors;
 pub mod extract;
 pub mod health;
 pub mod jobs;
+pub mod join_tokens;
 pub mod nodes;
 pub mod problem;
 pub mod projects;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub enqueue: Arc<enqueue::EnqueueSettings>,
     /// Tokens and the audit log.
     pub access: Arc<orchion_control::Access>,
+    /// Who may join the cluster as a new node.
+    pub join_tokens: Arc<orchion_control::JoinTokens>,
     /// Failed authentications per client address.
     pub throttle: Arc<auth::Throttle>,
 }
@@ -203,6 +206,11 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(status::status))
         .routes(routes!(tokens::create_token, tokens::list_tokens))
         .routes(routes!(tokens::revoke_token))
+        .routes(routes!(
+            join_tokens::create_join_token,
+            join_tokens::list_join_tokens
+        ))
+        .routes(routes!(join_tokens::revoke_join_token))
         .routes(routes!(
             session::create_session,
             session::get_session,

@@ -226,6 +226,14 @@ impl From<orchion_control::RegistryError> for ApiError {
                 ApiError::NotFound(error.to_string())
             }
             RegistryError::Invalid(errors) => ApiError::Validation(errors),
+            RegistryError::BeyondLimits(problems) => {
+                ApiError::Validation(orchion_domain::ValidationErrors(
+                    problems
+                        .into_iter()
+                        .map(|p| orchion_domain::FieldError::new("registration", p))
+                        .collect(),
+                ))
+            }
             RegistryError::Store(e) => e.into(),
         }
     }

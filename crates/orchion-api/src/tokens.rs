@@ -38,16 +38,46 @@ pub fn token_body(t: Token) -> TokenBody {
     }
 }
 
+/// A token's name (trimmed) and lifetime, with what is wrong with them added to `errors`.
+pub(crate) fn name_and_ttl(
+    name: &str,
+    ttl: Option<&str>,
+    errors: &mut ValidationErrors,
+) -> (String, Option<std::time::Duration>) {
+    let name = name.trim().to_owned();
+    if name.is_empty()
+        || name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(char::is_control)
+    {
+        errors.push(FieldError::new(
+            "name",
+            format!(
+                "name must be 1 to {MAX_NAME_CHARS} characters, none of them control characters"
+            ),
+        ));
+    }
+    let ttl = match ttl.map(humantime::parse_duration) {
+        None => None,
+        Some(Ok(ttl)) if !ttl.is_zero() => Some(ttl),
+        Some(Ok(_)) => {
+            errors.push(FieldError::new("ttl", "ttl must be longer than zero"));
+            None
+        }
+        Some(Err(e)) => {
+            errors.push(FieldError::new(
+                "ttl",
+                format!("ttl is not a duration such as `30d` or `12h`: {e}"),
+            ));
+            None
+        }
+    };
+    (name, ttl)
+}
+
 /// The token a valid request describes, every problem named at once.
 fn token_request(caller: &Caller, body: CreateToken) -> Result<TokenRequest, ApiError> {
     let mut errors = ValidationErrors::default();
-    let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-        errors.push(FieldError::new(
-            "name",
-            format!("name must be 1 to {MAX_NAME_CHARS} characters"),
-        ));
-    }
+    let (name, ttl) = name_and_ttl(&body.name, body.ttl.as_deref(), &mut errors);
     let role = body
         .role
         .parse::<Role>()
@@ -65,21 +95,6 @@ fn token_request(caller: &Caller, body: CreateToken) -> Result<TokenRequest, Api
         }
         Some(Err(e)) => {
             errors.push(FieldError::new("project_id", e.to_string()));
-            None
-        }
-    };
-    let ttl = match body.ttl.as_deref().map(humantime::parse_duration) {
-        None => None,
-        Some(Ok(ttl)) if !ttl.is_zero() => Some(ttl),
-        Some(Ok(_)) => {
-            errors.push(FieldError::new("ttl", "ttl must be longer than zero"));
-            None
-        }
-        Some(Err(e)) => {
-            errors.push(FieldError::new(
-                "ttl",
-                format!("ttl is not a duration such as `30d` or `12h`: {e}"),
-            ));
             None
         }
     };

@@ -387,6 +387,32 @@ impl Client {
             .await
     }
 
+    pub async fn create_join_token(
+        &self,
+        request: &orchion_rest::CreateJoinToken,
+    ) -> Result<orchion_rest::CreatedJoinToken, Error> {
+        self.call(
+            Method::POST,
+            "/api/v1/join-tokens",
+            &[],
+            None,
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn join_tokens(
+        &self,
+        paging: Paging,
+    ) -> Result<Listing<orchion_rest::JoinTokenBody>, Error> {
+        self.list("/api/v1/join-tokens", &[], paging).await
+    }
+
+    pub async fn revoke_join_token(&self, id: &str) -> Result<orchion_rest::JoinTokenBody, Error> {
+        self.delete(&format!("/api/v1/join-tokens/{}", segment(id)))
+            .await
+    }
+
     /// A page of the audit log after `after`, filtered.
     pub async fn audit(
         &self,

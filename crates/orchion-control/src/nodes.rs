@@ -26,15 +26,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::background::{Cause, Reconciler};
+use crate::{
+    access::digest,
+    background::{Cause, Reconciler},
+    joining::Admission,
+};
 
 use orchion_domain::{
-    Cursor, Liveness, LivenessEvent, LivenessPolicy, Node, NodeFilter, NodeId, NodeRegistration,
-    NodeStatus, Page, PageRequest, ValidationErrors,
+    Cursor, JoinTokenId, Liveness, LivenessEvent, LivenessPolicy, Node, NodeFilter, NodeId,
+    NodeRegistration, NodeStatus, Page, PageRequest, ValidationErrors,
 };
 use orchion_store::{NodeStateChange, Store, StoreError, StoredNode};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
@@ -93,6 +96,9 @@ pub enum RegistryError {
     BadCredential(NodeId),
     #[error("invalid registration: {0}")]
     Invalid(ValidationErrors),
+    /// The registration claims labels or capacity its join token does not allow.
+    #[error("the join token does not allow this node: {}", .0.join("; "))]
+    BeyondLimits(Vec<String>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -124,6 +130,7 @@ pub struct TickReport {
 struct Entry {
     node: Node,
     credential_hash: Vec<u8>,
+    join_token: Option<JoinTokenId>,
     restart_requested: bool,
     /// When this replica last heard the node (for the heartbeat-interval metric).
     last_seen: Option<Instant>,
@@ -134,6 +141,7 @@ impl Entry {
         Entry {
             node: stored.node,
             credential_hash: stored.credential_hash,
+            join_token: stored.join_token,
             restart_requested: stored.restart_requested,
             last_seen: None,
         }
@@ -241,41 +249,90 @@ impl NodeRegistry {
         Ok(())
     }
 
-    /// Registers a node, or re-registers one under the id it kept, with a new credential.
-    pub async fn register(
+    /// Registers a new node admitted by `admission`, with a new credential, after checking
+    /// it stays within the admission's limits.
+    pub async fn join(
         &self,
-        id: Option<NodeId>,
+        admission: &Admission,
         registration: NodeRegistration,
     ) -> Result<Registered, RegistryError> {
+        let problems = admission.limits.violations(&registration);
+        if !problems.is_empty() {
+            return Err(RegistryError::BeyondLimits(problems));
+        }
         let _writes = self.writes.lock().await;
-        let now = orchion_store::now();
-        let node = Node {
-            id: id.unwrap_or_default(),
-            name: registration.name,
-            address: registration.address,
-            labels: registration.labels,
-            capacity: registration.capacity,
-            executors: registration.executors,
-            version: registration.version,
-            liveness: Liveness::Alive,
-            draining: false,
-            registered_at: now,
-            last_heartbeat_at: now,
-        };
+        let node = alive(NodeId::new(), registration);
         let credential = new_credential();
         let credential_hash = digest(&credential);
-        let node = self.store.register_node(&node, &credential_hash).await?;
-        self.nodes().insert(
+        let node = self
+            .store
+            .register_node(&node, &credential_hash, admission.join_token)
+            .await?;
+        self.cache_registered(node.clone(), credential_hash, admission.join_token);
+        tracing::info!(node_id = %node.id, name = %node.name, "node joined");
+        Ok(Registered { node, credential })
+    }
+
+    /// Registers a node again under the id it kept, proven by its own credential (which stays
+    /// the same). The limits of the join token that admitted it hold again. A node that was
+    /// deleted is [`RegistryError::NotFound`]: its agent must join as a new node.
+    pub async fn rejoin(
+        &self,
+        id: NodeId,
+        credential: &str,
+        registration: NodeRegistration,
+    ) -> Result<Registered, RegistryError> {
+        self.authenticate(id, credential).await?;
+        let join_token = self.nodes().get(&id).and_then(|e| e.join_token);
+        if let Some(token) = join_token {
+            let limits = self
+                .store
+                .get_join_token(token)
+                .await?
+                .map(|t| t.limits)
+                .unwrap_or_default();
+            let problems = limits.violations(&registration);
+            if !problems.is_empty() {
+                return Err(RegistryError::BeyondLimits(problems));
+            }
+        }
+        let _writes = self.writes.lock().await;
+        let credential_hash = digest(credential);
+        let Some(node) = self
+            .store
+            .rejoin_node(&alive(id, registration), &credential_hash)
+            .await?
+        else {
+            // Deleted, or given a new credential, since it was authenticated.
+            self.reload(id).await?;
+            return Err(RegistryError::NotFound(id));
+        };
+        self.cache_registered(node.clone(), credential_hash, join_token);
+        tracing::info!(node_id = %node.id, name = %node.name, "node registered again");
+        Ok(Registered {
+            node,
+            credential: credential.to_owned(),
+        })
+    }
+
+    fn cache_registered(
+        &self,
+        node: Node,
+        credential_hash: Vec<u8>,
+        join_token: Option<JoinTokenId>,
+    ) {
+        let mut nodes = self.nodes();
+        let restart_requested = nodes.get(&node.id).is_some_and(|e| e.restart_requested);
+        nodes.insert(
             node.id,
             Entry {
-                node: node.clone(),
+                node,
                 credential_hash,
-                restart_requested: false,
+                join_token,
+                restart_requested,
                 last_seen: Some(Instant::now()),
             },
         );
-        tracing::info!(node_id = %node.id, name = %node.name, "node registered");
-        Ok(Registered { node, credential })
     }
 
     /// Records a heartbeat. Writes to the store only when it brings the node back to life or
@@ -361,7 +418,8 @@ impl NodeRegistry {
         self.change(id, Change::Drain).await
     }
 
-    /// Forgets a node. An agent still running will register again.
+    /// Forgets a node, and with it its credential: an agent still running must join again as
+    /// a new node.
     pub async fn delete(&self, id: NodeId) -> Result<(), RegistryError> {
         let _writes = self.writes.lock().await;
         match self.store.delete_node(id).await {
@@ -593,8 +651,23 @@ fn new_credential() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn digest(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
+/// A node registering now, alive and not drained (the store keeps the drain flag and the
+/// registration time of a node registering again).
+fn alive(id: NodeId, registration: NodeRegistration) -> Node {
+    let now = orchion_store::now();
+    Node {
+        id,
+        name: registration.name,
+        address: registration.address,
+        labels: registration.labels,
+        capacity: registration.capacity,
+        executors: registration.executors,
+        version: registration.version,
+        liveness: Liveness::Alive,
+        draining: false,
+        registered_at: now,
+        last_heartbeat_at: now,
+    }
 }
 
 #[cfg(test)]

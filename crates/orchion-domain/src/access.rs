@@ -8,7 +8,9 @@ use std::{fmt, str::FromStr};
 
 use time::OffsetDateTime;
 
-use crate::{ProjectId, TokenId};
+use std::collections::BTreeMap;
+
+use crate::{Capacity, JoinTokenId, NodeRegistration, ProjectId, TokenId};
 
 /// What a principal may do. Each role may do everything the roles before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -159,6 +161,84 @@ impl Token {
     }
 }
 
+/// A join token as stored: a secret an agent presents to join as a new node, kept only as its
+/// digest. A node that joined keeps its own credential afterwards: a join token that expires or
+/// is revoked admits no new node, and the nodes it admitted stay (delete them to remove them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub id: JoinTokenId,
+    /// A person's label for it (`rack-7`, `ci-runners`); unique among tokens not revoked.
+    pub name: String,
+    /// SHA-256 of the whole token text.
+    pub digest: Vec<u8>,
+    pub limits: JoinLimits,
+    pub created_by: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: Option<OffsetDateTime>,
+    /// When a node last joined with it.
+    pub last_used_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+impl JoinToken {
+    /// Whether the token admits new nodes at `now`.
+    pub fn is_valid_at(&self, now: OffsetDateTime) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
+    }
+}
+
+/// What a node joining with a join token may claim about itself. Checked when it joins and
+/// every time it registers again, so a node never outgrows the token that admitted it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinLimits {
+    /// The labels a node may carry, each with the one value it may have (`*`: any value);
+    /// `None`: any labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The most a node may offer; `None`: any capacity.
+    pub max_capacity: Option<Capacity>,
+}
+
+impl JoinLimits {
+    /// Every way `registration` goes beyond these limits, in words that name the label or the
+    /// resource; empty when it stays within them.
+    pub fn violations(&self, registration: &NodeRegistration) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some(allowed) = &self.labels {
+            for (key, value) in registration.labels.as_map() {
+                match allowed.get(key) {
+                    Some(v) if v == "*" || v == value => {}
+                    Some(v) => problems.push(format!(
+                        "label `{key}={value}` is not allowed (this join token allows only `{key}={v}`)"
+                    )),
+                    None => problems.push(format!("label `{key}` is not allowed by this join token")),
+                }
+            }
+        }
+        if let Some(max) = &self.max_capacity {
+            let claimed = &registration.capacity;
+            if claimed.cpu_millis > max.cpu_millis {
+                problems.push(format!(
+                    "cpu_millis {} is more than this join token allows ({})",
+                    claimed.cpu_millis, max.cpu_millis
+                ));
+            }
+            if claimed.memory_bytes > max.memory_bytes {
+                problems.push(format!(
+                    "memory_bytes {} is more than this join token allows ({})",
+                    claimed.memory_bytes, max.memory_bytes
+                ));
+            }
+            if claimed.gpus > max.gpus {
+                problems.push(format!(
+                    "gpus {} is more than this join token allows ({})",
+                    claimed.gpus, max.gpus
+                ));
+            }
+        }
+        problems
+    }
+}
+
 /// One entry of the audit log: a state-changing request, who made it, and how it ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -231,6 +311,48 @@ mod tests {
         assert_eq!(
             principal(Role::Viewer, None).project_or_default(None),
             ProjectId::DEFAULT
+        );
+    }
+
+    fn registration(labels: &[(&str, &str)], cpu_millis: u64) -> NodeRegistration {
+        NodeRegistration::new(
+            "n".into(),
+            String::new(),
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            (cpu_millis, 1 << 30, 0),
+            vec!["shell".into()],
+            "1".into(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn join_limits_name_every_label_and_resource_beyond_them() {
+        let limits = JoinLimits {
+            labels: Some(
+                [("zone", "*"), ("gpu", "false")]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into(),
+            ),
+            max_capacity: Some(Capacity::new(4000, 8 << 30, 0).unwrap()),
+        };
+        assert!(
+            limits
+                .violations(&registration(&[("zone", "eu-1"), ("gpu", "false")], 4000))
+                .is_empty()
+        );
+        let problems = limits.violations(&registration(&[("gpu", "true"), ("rack", "7")], 8000));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("`gpu=true`"), "{problems:?}");
+        assert!(problems[1].contains("`rack`"), "{problems:?}");
+        assert!(problems[2].contains("cpu_millis 8000"), "{problems:?}");
+        assert!(
+            JoinLimits::default()
+                .violations(&registration(&[("any", "x")], 64_000))
+                .is_empty()
         );
     }
 

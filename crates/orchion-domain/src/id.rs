@@ -84,6 +84,12 @@ uuid_id!(
 );
 
 uuid_id!(
+    /// Identifies a join token: a secret an agent presents to join the cluster as a new node.
+    JoinTokenId,
+    "join token"
+);
+
+uuid_id!(
     /// Identifies a run: one execution of a workflow; a job is a run of one task.
     RunId,
     "run"

@@ -15,9 +15,11 @@ pub mod run;
 pub mod schedule;
 pub mod workflow;
 
-pub use access::{AuditEntry, AuditFilter, Principal, Role, Token, TokenKind};
+pub use access::{
+    AuditEntry, AuditFilter, JoinLimits, JoinToken, Principal, Role, Token, TokenKind,
+};
 pub use error::{FieldError, ValidationErrors};
-pub use id::{IdParseError, NodeId, ProjectId, RunId, ScheduleId, TaskId, TokenId};
+pub use id::{IdParseError, JoinTokenId, NodeId, ProjectId, RunId, ScheduleId, TaskId, TokenId};
 pub use job::{
     Attempt, AttemptOutcome, AttemptStatus, Concurrency, InvalidTransition, Job, JobFilter, NewJob,
     Placement, RetryPolicy, TaskEvent, TaskState, TaskStatus, Timeouts, Transition,

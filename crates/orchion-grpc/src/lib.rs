@@ -3,21 +3,20 @@
 //! Boundary: protobuf messages are converted here, by hand, to domain values; registry errors
 //! become `tonic::Status` in one function, [`status_of`]. Internal errors are logged, never sent.
 //!
-//! Authentication is a bearer token in the `authorization` metadata: the cluster's join token
-//! for `RegisterNode`, the node's own credential for `Heartbeat` and `LeaveNode`, either for
-//! `ListNodes`.
+//! Authentication is a bearer token in the `authorization` metadata: a join token for a new
+//! node's `RegisterNode`, the node's own credential for a node registering again, `Heartbeat`
+//! and `LeaveNode`, either for `ListNodes`.
 
 mod work;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-use orchion_control::{NodeRegistry, RegistryError};
+use orchion_control::{JoinTokens, NodeRegistry, RegistryError};
 use orchion_domain::{Cursor, Node, NodeFilter, NodeId, NodeRegistration, NodeStatus, PageRequest};
 use orchion_proto::v1::{
     self as pb,
     node_service_server::{NodeService as NodeServiceApi, NodeServiceServer},
 };
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -25,20 +24,16 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 /// The `orchion.v1.NodeService` implementation.
 pub struct NodeService {
     registry: Arc<NodeRegistry>,
-    join_token: String,
+    join_tokens: Arc<JoinTokens>,
 }
 
 impl NodeService {
-    /// A service admitting agents that present `join_token`.
-    pub fn new(registry: Arc<NodeRegistry>, join_token: String) -> Self {
+    /// A service admitting new nodes that present one of `join_tokens`.
+    pub fn new(registry: Arc<NodeRegistry>, join_tokens: Arc<JoinTokens>) -> Self {
         Self {
             registry,
-            join_token,
+            join_tokens,
         }
-    }
-
-    fn is_join_token(&self, token: &str) -> bool {
-        bool::from(token.as_bytes().ct_eq(self.join_token.as_bytes()))
     }
 }
 
@@ -74,6 +69,12 @@ pub async fn serve(
         .await
 }
 
+/// Who is registering: a new node a join token admitted, or a node registering again.
+enum Joining {
+    New(orchion_control::Admission),
+    Again(NodeId),
+}
+
 /// The bearer token in the request's metadata.
 fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
     metadata
@@ -98,6 +99,7 @@ pub fn status_of(error: RegistryError) -> Status {
             Status::unauthenticated(format!("the credential is not valid for node `{id}`"))
         }
         RegistryError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
+        e @ RegistryError::BeyondLimits(_) => Status::permission_denied(e.to_string()),
         RegistryError::Store(e @ orchion_store::StoreError::Unavailable(_)) => {
             tracing::warn!(error = %e, "store unavailable");
             Status::unavailable("the store is unavailable; retry")
@@ -158,17 +160,29 @@ impl NodeServiceApi for NodeService {
         &self,
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
-        if !self.is_join_token(bearer(request.metadata())?) {
-            return Err(Status::unauthenticated(
-                "the join token is not this cluster's",
-            ));
-        }
+        let token = bearer(request.metadata())?.to_owned();
         let peer: Option<SocketAddr> = request.remote_addr();
         let request = request.into_inner();
         let id = if request.node_id.is_empty() {
             None
         } else {
             Some(parse_node_id(&request.node_id)?)
+        };
+        // A new node needs a join token that may be used now; a node rejoining, its own
+        // credential (checked by the registry).
+        let joining = match id {
+            None => Joining::New(
+                self.join_tokens
+                    .admit(&token)
+                    .await
+                    .map_err(|e| status_of(e.into()))?
+                    .ok_or_else(|| {
+                        Status::unauthenticated(
+                            "the join token is not one of this cluster's, has expired or was revoked",
+                        )
+                    })?,
+            ),
+            Some(id) => Joining::Again(id),
         };
         let address = if request.address.is_empty() {
             peer.map(|p| p.ip().to_string()).unwrap_or_default()
@@ -185,11 +199,16 @@ impl NodeServiceApi for NodeService {
             request.version,
         )
         .map_err(|e| status_of(RegistryError::Invalid(e)))?;
-        let registered = self
-            .registry
-            .register(id, registration)
-            .await
-            .map_err(status_of)?;
+        let registered = match joining {
+            Joining::Again(id) => self.registry.rejoin(id, &token, registration).await,
+            Joining::New(admission) => self.registry.join(&admission, registration).await,
+        }
+        .map_err(|e| match e {
+            RegistryError::BadCredential(id) => Status::unauthenticated(format!(
+                "registering node `{id}` again needs that node's own credential, not a join token"
+            )),
+            e => status_of(e),
+        })?;
         Ok(Response::new(pb::RegisterNodeResponse {
             node_id: registered.node.id.to_string(),
             credential: registered.credential,
@@ -227,7 +246,13 @@ impl NodeServiceApi for NodeService {
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let token = bearer(request.metadata())?;
-        if !self.is_join_token(token) && !self.registry.is_node_credential(token) {
+        let admitted = self
+            .join_tokens
+            .admit(token)
+            .await
+            .map_err(|e| status_of(e.into()))?
+            .is_some();
+        if !admitted && !self.registry.is_node_credential(token) {
             return Err(Status::unauthenticated(
                 "present the join token or a node credential",
             ));

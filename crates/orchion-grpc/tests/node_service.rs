@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use orchion_control::{NodeRegistry, RegistrySettings};
+use orchion_control::{JoinTokenRequest, JoinTokens, NodeRegistry, RegistrySettings};
 use orchion_grpc::{NodeService, serve};
 use orchion_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,7 @@ struct Harness {
     store: Arc<dyn orchion_store::Store>,
     channel: Channel,
     registry: Arc<NodeRegistry>,
+    join_tokens: Arc<JoinTokens>,
     stop: CancellationToken,
     _db: orchion_testkit::SqliteDatabase,
 }
@@ -37,12 +38,13 @@ async fn harness() -> Harness {
         store.clone(),
         registry.clone(),
     ));
+    let join_tokens = Arc::new(JoinTokens::new(store.clone(), TOKEN));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(serve(
         listener,
-        NodeService::new(registry.clone(), TOKEN.into()),
+        NodeService::new(registry.clone(), join_tokens.clone()),
         orchion_grpc::WorkService::new(queue),
         MAX_MESSAGE,
         stop.clone(),
@@ -57,6 +59,7 @@ async fn harness() -> Harness {
         client: NodeServiceClient::new(channel.clone()),
         channel,
         registry,
+        join_tokens,
         stop,
         _db: db,
     }
@@ -446,4 +449,173 @@ async fn results_and_logs_for_a_lost_attempt_are_refused() {
         invalid.message(),
         "results[1].outcome: 42 is not a TaskOutcome"
     );
+}
+
+fn rejoining(registered: &pb::RegisterNodeResponse, name: &str) -> pb::RegisterNodeRequest {
+    pb::RegisterNodeRequest {
+        node_id: registered.node_id.clone(),
+        ..registration(name)
+    }
+}
+
+#[tokio::test]
+async fn the_join_token_alone_cannot_take_over_a_node() {
+    let mut h = harness().await;
+    let node = register(&mut h, "victim").await;
+    let err = h
+        .client
+        .register_node(with_token(rejoining(&node, "impostor"), TOKEN))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("own credential"), "{err:?}");
+    let other = register(&mut h, "other").await;
+    let err = h
+        .client
+        .register_node(with_token(rejoining(&node, "impostor"), &other.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::Unauthenticated,
+        "another node's credential"
+    );
+    let id = node.node_id.parse().unwrap();
+    assert_eq!(h.registry.get(id).unwrap().name, "victim");
+
+    let again = h
+        .client
+        .register_node(with_token(rejoining(&node, "victim-2"), &node.credential))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.node_id, node.node_id);
+    assert_eq!(again.credential, node.credential, "the credential is kept");
+    assert_eq!(h.registry.get(id).unwrap().name, "victim-2");
+}
+
+#[tokio::test]
+async fn a_deleted_nodes_credential_is_refused_and_it_must_join_anew() {
+    let mut h = harness().await;
+    let node = register(&mut h, "gone").await;
+    h.registry
+        .delete(node.node_id.parse().unwrap())
+        .await
+        .unwrap();
+    let err = h
+        .client
+        .heartbeat(with_token(
+            pb::HeartbeatRequest {
+                node_id: node.node_id.clone(),
+            },
+            &node.credential,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = h
+        .client
+        .register_node(with_token(rejoining(&node, "gone"), &node.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = h
+        .client
+        .list_nodes(with_token(
+            pb::ListNodesRequest::default(),
+            &node.credential,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let fresh = register(&mut h, "gone").await;
+    assert_ne!(fresh.node_id, node.node_id, "it joins as a new node");
+}
+
+#[tokio::test]
+async fn named_join_tokens_admit_within_their_limits_until_revoked_or_expired() {
+    let mut h = harness().await;
+    let (limited, limited_text) = h
+        .join_tokens
+        .create(
+            JoinTokenRequest {
+                name: "edge".into(),
+                limits: orchion_domain::JoinLimits {
+                    labels: Some([("zone".to_owned(), "eu".to_owned())].into()),
+                    max_capacity: Some(orchion_domain::Capacity::new(2000, 4 << 30, 0).unwrap()),
+                },
+                ttl: None,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let node = h
+        .client
+        .register_node(with_token(registration("edge-1"), &limited_text))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut greedy = registration("edge-2");
+    greedy.labels.insert("gpu".into(), "true".into());
+    greedy.capacity.as_mut().unwrap().cpu_millis = 64_000;
+    let err = h
+        .client
+        .register_node(with_token(greedy.clone(), &limited_text))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message().contains("`gpu`") && err.message().contains("cpu_millis 64000"),
+        "{err:?}"
+    );
+    // The limits hold for the node it admitted, every time it registers again.
+    greedy.node_id = node.node_id.clone();
+    let err = h
+        .client
+        .register_node(with_token(greedy, &node.credential))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    h.join_tokens.revoke(limited.id).await.unwrap();
+    let err = h
+        .client
+        .register_node(with_token(registration("edge-3"), &limited_text))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "a revoked join token");
+    let err = h
+        .client
+        .list_nodes(with_token(pb::ListNodesRequest::default(), &limited_text))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    h.client
+        .register_node(with_token(rejoining(&node, "edge-1"), &node.credential))
+        .await
+        .expect("a node its revoked token admitted keeps its credential");
+
+    let expired_text = "orcj_expired-join-token-for-tests";
+    let now = orchion_store::now();
+    h.store
+        .create_join_token(&orchion_domain::JoinToken {
+            id: orchion_domain::JoinTokenId::new(),
+            name: "expired".into(),
+            digest: orchion_control::access::digest(expired_text),
+            limits: Default::default(),
+            created_by: "test".into(),
+            created_at: now - time::Duration::hours(2),
+            expires_at: Some(now - time::Duration::hours(1)),
+            last_used_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let err = h
+        .client
+        .register_node(with_token(registration("late"), expired_text))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "an expired join token");
 }

@@ -1,5 +1,7 @@
-//! Tokens (`/api/v1/tokens`), the dashboard's session (`/api/v1/session`) and the audit log
-//! (`/api/v1/audit`).
+//! Tokens (`/api/v1/tokens`), join tokens (`/api/v1/join-tokens`), the dashboard's session
+//! (`/api/v1/session`) and the audit log (`/api/v1/audit`).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -132,4 +134,80 @@ pub struct AuditList {
     /// Pass as `after` to read on; absent when this page is not full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<i64>,
+}
+
+/// A request to make a join token: a secret an agent presents to join as a new node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJoinToken {
+    /// A label for people (`rack-7`); 1 to 200 characters, unique among tokens not revoked.
+    #[schema(example = "rack-7")]
+    pub name: String,
+    /// How long it admits new nodes (`24h`, `30d`); absent: until revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "24h")]
+    pub ttl: Option<String>,
+    /// The only labels a node joining with it may carry, each with its one allowed value (`*`:
+    /// any value). Absent: any labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The most a node joining with it may offer. Absent: any capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_capacity: Option<crate::CapacityBody>,
+}
+
+/// A join token, without its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenBody {
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_capacity: Option<crate::CapacityBody>,
+    /// Who made it (`token:<id>`, `session:<id>`).
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// When a node last joined with it.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<OffsetDateTime>,
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// A join token just made: its record and its text, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedJoinToken {
+    #[serde(flatten)]
+    pub token: JoinTokenBody,
+    /// The token itself: give it to an agent as `--join-token` (`ORCHION_JOIN_TOKEN`). Not
+    /// shown again.
+    pub token_text: String,
+}
+
+/// A page of join tokens.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenList {
+    pub items: Vec<JoinTokenBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }

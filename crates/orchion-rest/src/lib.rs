@@ -17,8 +17,8 @@ mod status;
 mod workflow_types;
 
 pub use access::{
-    AuditBody, AuditList, CreateSession, CreateToken, CreatedToken, SessionBody, TokenBody,
-    TokenList,
+    AuditBody, AuditList, CreateJoinToken, CreateSession, CreateToken, CreatedJoinToken,
+    CreatedToken, JoinTokenBody, JoinTokenList, SessionBody, TokenBody, TokenList,
 };
 pub use deployments::{DeploymentBody, DeploymentList, EngineBody, EngineList, ResourceStatus};
 pub use events::EventBody;

@@ -1,9 +1,12 @@
-//! API tokens and the audit log: the [`AccessStore`] half of the store, written once for every
-//! backend. A token is kept as the SHA-256 digest of its text, never the text.
+//! API tokens, join tokens and the audit log: the [`AccessStore`] half of the store, written
+//! once for every backend. A token is kept as the SHA-256 digest of its text, never the text.
 
 use async_trait::async_trait;
+use std::collections::BTreeMap;
+
 use orchion_domain::{
-    AuditEntry, AuditFilter, Page, PageRequest, ProjectId, Role, Token, TokenId, TokenKind,
+    AuditEntry, AuditFilter, Capacity, JoinLimits, JoinToken, JoinTokenId, Page, PageRequest,
+    ProjectId, Role, Token, TokenId, TokenKind,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -52,6 +55,26 @@ pub trait AccessStore: Send + Sync {
     /// stored is ignored.
     async fn touch_tokens(&self, uses: &[(TokenId, OffsetDateTime)]) -> Result<(), StoreError>;
 
+    /// Stores a new join token; [`StoreError::Conflict`] when one not revoked has its name (or
+    /// one has its digest).
+    async fn create_join_token(&self, token: &JoinToken) -> Result<(), StoreError>;
+
+    /// The join token with this id, whatever its state.
+    async fn get_join_token(&self, id: JoinTokenId) -> Result<Option<JoinToken>, StoreError>;
+
+    /// The join token whose text has this SHA-256 digest, whatever its state.
+    async fn find_join_token(&self, digest: &[u8]) -> Result<Option<JoinToken>, StoreError>;
+
+    /// Join tokens in id order.
+    async fn list_join_tokens(&self, page: PageRequest) -> Result<Page<JoinToken>, StoreError>;
+
+    /// Revokes a join token at `at` (keeping the first time). Returns the token.
+    async fn revoke_join_token(
+        &self,
+        id: JoinTokenId,
+        at: OffsetDateTime,
+    ) -> Result<JoinToken, StoreError>;
+
     /// Appends entries to the audit log, in order (their `seq` is assigned here).
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
 
@@ -83,6 +106,14 @@ fn insert_token(token: &Token) -> Statement<'_> {
     .bind(token.expires_at.map(micros))
     .bind(token.last_used_at.map(micros))
     .bind(token.revoked_at.map(micros))
+}
+
+const JOIN_TOKEN_COLUMNS: &str = "id, name, digest, labels, max_cpu_millis, max_memory_bytes, \
+                                  max_gpus, created_by, created_at, expires_us, last_used_us, \
+                                  revoked_us";
+
+fn select_join_token(by: &str) -> String {
+    format!("SELECT {JOIN_TOKEN_COLUMNS} FROM join_tokens WHERE {by} = $1")
 }
 
 #[async_trait]
@@ -206,6 +237,96 @@ impl<B: StoreBackend> AccessStore for B {
         tx.commit().await
     }
 
+    async fn create_join_token(&self, token: &JoinToken) -> Result<(), StoreError> {
+        let max = token.limits.max_capacity;
+        // Capacity is validated to fit (64 TiB, 4096 cores, 256 GPUs), so these casts are exact.
+        let statement = Statement::new(format!(
+            "INSERT INTO join_tokens ({JOIN_TOKEN_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(token.id.as_uuid())
+        .bind(token.name.as_str())
+        .bind(token.digest.as_slice())
+        .bind(serde_json::json!(token.limits.labels))
+        .bind(max.map(|m| m.cpu_millis as i64))
+        .bind(max.map(|m| m.memory_bytes as i64))
+        .bind(max.map(|m| m.gpus as i32))
+        .bind(token.created_by.as_str())
+        .bind(token.created_at)
+        .bind(token.expires_at.map(micros))
+        .bind(token.last_used_at.map(micros))
+        .bind(token.revoked_at.map(micros));
+        let mut tx = self.begin().await?;
+        tx.execute(statement).await.map_err(|e| {
+            if crate::error::is_unique_violation(&e) {
+                StoreError::Conflict(format!(
+                    "a join token named `{}` exists: revoke it first, or choose another name",
+                    token.name
+                ))
+            } else {
+                e
+            }
+        })?;
+        tx.commit().await
+    }
+
+    async fn get_join_token(&self, id: JoinTokenId) -> Result<Option<JoinToken>, StoreError> {
+        self.read_optional::<JoinTokenRow>(
+            Statement::new(select_join_token("id")).bind(id.as_uuid()),
+        )
+        .await?
+        .map(JoinToken::try_from)
+        .transpose()
+    }
+
+    async fn find_join_token(&self, digest: &[u8]) -> Result<Option<JoinToken>, StoreError> {
+        self.read_optional::<JoinTokenRow>(Statement::new(select_join_token("digest")).bind(digest))
+            .await?
+            .map(JoinToken::try_from)
+            .transpose()
+    }
+
+    async fn list_join_tokens(&self, page: PageRequest) -> Result<Page<JoinToken>, StoreError> {
+        let rows: Vec<JoinTokenRow> = self
+            .read_all(
+                Statement::new(format!(
+                    "SELECT {JOIN_TOKEN_COLUMNS} FROM join_tokens \
+                     WHERE ($1 IS NULL OR id > $1) ORDER BY id LIMIT $2"
+                ))
+                .bind(page.after.map(|c| c.0))
+                .bind(page_limit(page)),
+            )
+            .await?;
+        page_of(rows, page, |t: &JoinToken| t.id.as_uuid())
+    }
+
+    async fn revoke_join_token(
+        &self,
+        id: JoinTokenId,
+        at: OffsetDateTime,
+    ) -> Result<JoinToken, StoreError> {
+        let mut tx = self.begin().await?;
+        tx.execute(
+            Statement::new(
+                "UPDATE join_tokens SET revoked_us = COALESCE(revoked_us, $2) WHERE id = $1",
+            )
+            .bind(id.as_uuid())
+            .bind(micros(at)),
+        )
+        .await?;
+        let token = tx
+            .fetch_optional::<JoinTokenRow>(
+                Statement::new(select_join_token("id")).bind(id.as_uuid()),
+            )
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "join token",
+                id: id.to_string(),
+            })?;
+        tx.commit().await?;
+        token.try_into()
+    }
+
     async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
@@ -289,6 +410,56 @@ impl TryFrom<TokenRow> for Token {
             role: row.role.parse().map_err(StoreError::Corrupt)?,
             project: row.project_id.map(ProjectId::from_uuid),
             digest: row.digest,
+            created_by: row.created_by,
+            created_at: row.created_at,
+            expires_at: row.expires_us.map(from_micros),
+            last_used_at: row.last_used_us.map(from_micros),
+            revoked_at: row.revoked_us.map(from_micros),
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct JoinTokenRow {
+    id: Uuid,
+    name: String,
+    digest: Vec<u8>,
+    labels: Option<sqlx::types::Json<Option<BTreeMap<String, String>>>>,
+    max_cpu_millis: Option<i64>,
+    max_memory_bytes: Option<i64>,
+    max_gpus: Option<i32>,
+    created_by: String,
+    created_at: OffsetDateTime,
+    expires_us: Option<i64>,
+    last_used_us: Option<i64>,
+    revoked_us: Option<i64>,
+}
+
+impl TryFrom<JoinTokenRow> for JoinToken {
+    type Error = StoreError;
+
+    fn try_from(row: JoinTokenRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("join token {}: {what}", row.id));
+        let max_capacity = match (row.max_cpu_millis, row.max_memory_bytes, row.max_gpus) {
+            (Some(cpu), Some(memory), Some(gpus)) => Some(
+                Capacity::new(
+                    u64::try_from(cpu).map_err(|_| corrupt("negative cpu"))?,
+                    u64::try_from(memory).map_err(|_| corrupt("negative memory"))?,
+                    u32::try_from(gpus).map_err(|_| corrupt("negative gpus"))?,
+                )
+                .map_err(|e| corrupt(&e.to_string()))?,
+            ),
+            (None, None, None) => None,
+            _ => return Err(corrupt("a partial capacity limit")),
+        };
+        Ok(JoinToken {
+            id: JoinTokenId::from_uuid(row.id),
+            name: row.name,
+            digest: row.digest,
+            limits: JoinLimits {
+                labels: row.labels.and_then(|l| l.0),
+                max_capacity,
+            },
             created_by: row.created_by,
             created_at: row.created_at,
             expires_at: row.expires_us.map(from_micros),

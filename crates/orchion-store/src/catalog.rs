@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use orchion_domain::{
-    Capacity, Labels, Liveness, LivenessEvent, LivenessPolicy, Node, NodeId, NodeStatus, Page,
-    PageRequest, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
+    Capacity, JoinTokenId, Labels, Liveness, LivenessEvent, LivenessPolicy, Node, NodeId,
+    NodeStatus, Page, PageRequest, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -40,6 +40,8 @@ pub struct Event {
 pub struct StoredNode {
     pub node: Node,
     pub credential_hash: Vec<u8>,
+    /// The join token that admitted it (`None`: the cluster's configured one).
+    pub join_token: Option<JoinTokenId>,
     /// An operator asked the node's agent to restart, and no heartbeat has carried it yet.
     pub restart_requested: bool,
 }
@@ -85,10 +87,25 @@ pub trait CatalogStore: Send + Sync {
     /// Removes a project.
     async fn delete_project(&self, id: ProjectId) -> Result<(), StoreError>;
 
-    /// Records a node's registration: inserts it, or updates a node registering again under
-    /// its id (keeping `registered_at` and the drain flag). The node is alive afterwards.
-    /// Returns the node as stored.
-    async fn register_node(&self, node: &Node, credential_hash: &[u8]) -> Result<Node, StoreError>;
+    /// Records a new node, admitted by `join_token` (`None`: the cluster's configured join
+    /// token), whose last use is recorded with it. [`StoreError::Conflict`] when a node has
+    /// this id. Returns the node as stored.
+    async fn register_node(
+        &self,
+        node: &Node,
+        credential_hash: &[u8],
+        join_token: Option<JoinTokenId>,
+    ) -> Result<Node, StoreError>;
+
+    /// Records a node registering again under its id, when `credential_hash` is still its
+    /// credential's: `registered_at`, the drain flag, the credential and the join token are
+    /// kept, and the node is alive afterwards. `None` (and nothing written) when no node has
+    /// this id and credential.
+    async fn rejoin_node(
+        &self,
+        node: &Node,
+        credential_hash: &[u8],
+    ) -> Result<Option<Node>, StoreError>;
 
     /// Every node with its credential hash, in id order.
     async fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError>;
@@ -144,17 +161,51 @@ const HEARTBEAT_CHUNK: usize = 1000;
 
 const PROJECT_COLUMNS: &str = "id, name, description, type, status, created_at, updated_at";
 
-const NODE_COLUMNS: &str = "id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at, restart_requested";
+const NODE_COLUMNS: &str = "id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at, restart_requested, join_token_id";
 
-/// Registers a node, or re-registers it under its id: `registered_at` and the drain flag are
-/// kept, and the status follows from being alive and (maybe) drained.
-const UPSERT_NODE: &str = "INSERT INTO nodes (id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at, heard_us) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', false, $10, $11, $11, $12) \
-     ON CONFLICT (id) DO UPDATE SET name = excluded.name, address = excluded.address, labels = excluded.labels, \
-     cpu_millis = excluded.cpu_millis, memory_bytes = excluded.memory_bytes, gpus = excluded.gpus, \
-     executors = excluded.executors, version = excluded.version, credential_hash = excluded.credential_hash, \
-     last_heartbeat_at = excluded.last_heartbeat_at, heard_us = excluded.heard_us, \
-     status = CASE WHEN nodes.draining THEN 'draining' ELSE 'ready' END";
+/// Records a new node, alive and ready.
+const INSERT_NODE: &str = "INSERT INTO nodes (id, name, address, labels, cpu_millis, memory_bytes, gpus, executors, version, status, draining, credential_hash, registered_at, last_heartbeat_at, heard_us, join_token_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'ready', false, $10, $11, $11, $12, $13)";
+
+/// Updates a node registering again under its id and credential: `registered_at`, the drain
+/// flag, the credential and the join token are kept; the status follows from being alive and
+/// (maybe) drained.
+const REJOIN_NODE: &str = "UPDATE nodes SET name = $2, address = $3, labels = $4, cpu_millis = $5, \
+     memory_bytes = $6, gpus = $7, executors = $8, version = $9, last_heartbeat_at = $11, heard_us = $12, \
+     status = CASE WHEN draining THEN 'draining' ELSE 'ready' END \
+     WHERE id = $1 AND credential_hash = $10";
+
+/// A node's registration bound to `sql` ([`INSERT_NODE`] or [`REJOIN_NODE`]) as `$1`–`$12`.
+fn bind_node<'a>(sql: &'static str, node: &'a Node, credential_hash: &'a [u8]) -> Statement<'a> {
+    // Capacity is validated to fit (64 TiB, 4096 cores, 256 GPUs), so these casts are exact.
+    Statement::new(sql)
+        .bind(node.id.as_uuid())
+        .bind(node.name.as_str())
+        .bind(node.address.as_str())
+        .bind(serde_json::json!(node.labels.as_map()))
+        .bind(node.capacity.cpu_millis as i64)
+        .bind(node.capacity.memory_bytes as i64)
+        .bind(node.capacity.gpus as i32)
+        .bind(serde_json::json!(node.executors))
+        .bind(node.version.as_str())
+        .bind(credential_hash)
+        .bind(node.last_heartbeat_at)
+        .bind(micros(node.last_heartbeat_at))
+}
+
+/// The node just written, with its `node.registered` event appended.
+async fn registered<T: Tx>(tx: &mut T, id: NodeId) -> Result<Node, StoreError> {
+    let stored: StoredNode = tx
+        .fetch_one::<NodeRow>(
+            Statement::new(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
+                .bind(id.as_uuid()),
+        )
+        .await?
+        .try_into()?;
+    tx.append_event(PendingEvent::node_registered(&stored.node))
+        .await?;
+    Ok(stored.node)
+}
 
 fn project_not_found(id: ProjectId) -> StoreError {
     StoreError::NotFound {
@@ -290,38 +341,54 @@ impl<B: StoreBackend> CatalogStore for B {
         tx.commit().await
     }
 
-    async fn register_node(&self, node: &Node, credential_hash: &[u8]) -> Result<Node, StoreError> {
+    async fn register_node(
+        &self,
+        node: &Node,
+        credential_hash: &[u8],
+        join_token: Option<JoinTokenId>,
+    ) -> Result<Node, StoreError> {
         let mut tx = self.begin().await?;
-        // Capacity is validated to fit (64 TiB, 4096 cores, 256 GPUs), so these casts are exact.
-        let labels = serde_json::json!(node.labels.as_map());
-        let executors = serde_json::json!(node.executors);
         tx.execute(
-            Statement::new(UPSERT_NODE)
-                .bind(node.id.as_uuid())
-                .bind(node.name.as_str())
-                .bind(node.address.as_str())
-                .bind(&labels)
-                .bind(node.capacity.cpu_millis as i64)
-                .bind(node.capacity.memory_bytes as i64)
-                .bind(node.capacity.gpus as i32)
-                .bind(&executors)
-                .bind(node.version.as_str())
-                .bind(credential_hash)
-                .bind(node.last_heartbeat_at)
-                .bind(micros(node.last_heartbeat_at)),
+            bind_node(INSERT_NODE, node, credential_hash).bind(join_token.map(|t| t.as_uuid())),
         )
-        .await?;
-        let stored: StoredNode = tx
-            .fetch_one::<NodeRow>(
-                Statement::new(format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1"))
-                    .bind(node.id.as_uuid()),
+        .await
+        .map_err(|e| {
+            if crate::error::is_unique_violation(&e) {
+                StoreError::Conflict(format!("node `{}` is registered already", node.id))
+            } else {
+                e
+            }
+        })?;
+        if let Some(token) = join_token {
+            tx.execute(
+                Statement::new("UPDATE join_tokens SET last_used_us = $2 WHERE id = $1")
+                    .bind(token.as_uuid())
+                    .bind(micros(node.registered_at)),
             )
-            .await?
-            .try_into()?;
-        tx.append_event(PendingEvent::node_registered(&stored.node))
             .await?;
+        }
+        let node = registered(&mut tx, node.id).await?;
         tx.commit().await?;
-        Ok(stored.node)
+        Ok(node)
+    }
+
+    async fn rejoin_node(
+        &self,
+        node: &Node,
+        credential_hash: &[u8],
+    ) -> Result<Option<Node>, StoreError> {
+        let mut tx = self.begin().await?;
+        if tx
+            .execute(bind_node(REJOIN_NODE, node, credential_hash))
+            .await?
+            == 0
+        {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let node = registered(&mut tx, node.id).await?;
+        tx.commit().await?;
+        Ok(Some(node))
     }
 
     async fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError> {
@@ -605,6 +672,7 @@ struct NodeRow {
     registered_at: OffsetDateTime,
     last_heartbeat_at: OffsetDateTime,
     restart_requested: bool,
+    join_token_id: Option<Uuid>,
 }
 
 impl TryFrom<NodeRow> for StoredNode {
@@ -635,6 +703,7 @@ impl TryFrom<NodeRow> for StoredNode {
                 last_heartbeat_at: row.last_heartbeat_at,
             },
             credential_hash: row.credential_hash.unwrap_or_default(),
+            join_token: row.join_token_id.map(JoinTokenId::from_uuid),
             restart_requested: row.restart_requested,
         })
     }

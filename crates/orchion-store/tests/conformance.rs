@@ -6,9 +6,10 @@
 use std::{collections::HashSet, sync::Arc};
 
 use orchion_domain::{
-    AttemptOutcome, AttemptStatus, Capacity, Concurrency, JobFilter, Labels, Liveness, NewJob,
-    NewProject, Node, NodeId, NodeStatus, PageRequest, Placement, Project, ProjectFilter,
-    ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy, StepKey, TaskStatus, Timeouts,
+    AttemptOutcome, AttemptStatus, Capacity, Concurrency, JobFilter, JoinLimits, JoinToken,
+    JoinTokenId, Labels, Liveness, NewJob, NewProject, Node, NodeId, NodeStatus, PageRequest,
+    Placement, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy,
+    StepKey, TaskStatus, Timeouts,
 };
 use orchion_store::{
     AttemptReport, ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NewStep, NewWorkflowRun,
@@ -77,6 +78,7 @@ conformance!(
     data_survives_reopening_the_store,
     a_registered_node_loads_back_with_its_credential,
     re_registering_keeps_registration_time_and_drain,
+    join_tokens_are_named_limited_revocable_and_remembered_by_their_nodes,
     node_state_changes_record_status_events,
     heartbeats_are_recorded_without_events,
     a_state_change_applies_only_from_its_expected_status,
@@ -462,7 +464,7 @@ fn node(name: &str) -> Node {
 async fn a_registered_node_loads_back_with_its_credential(db: Db) {
     let store = db.open().await;
     let n = node("n1");
-    let stored = store.register_node(&n, b"hash-1").await.unwrap();
+    let stored = store.register_node(&n, b"hash-1", None).await.unwrap();
     assert_eq!(stored, n);
     let loaded = store.load_nodes().await.unwrap();
     assert_eq!(loaded.len(), 1);
@@ -477,7 +479,7 @@ async fn a_registered_node_loads_back_with_its_credential(db: Db) {
 async fn re_registering_keeps_registration_time_and_drain(db: Db) {
     let store = db.open().await;
     let first = node("n1");
-    store.register_node(&first, b"h1").await.unwrap();
+    store.register_node(&first, b"h1", None).await.unwrap();
     store
         .update_node_states(&[NodeStateChange {
             id: first.id,
@@ -495,7 +497,16 @@ async fn re_registering_keeps_registration_time_and_drain(db: Db) {
         last_heartbeat_at: later,
         ..first.clone()
     };
-    let stored = store.register_node(&again, b"h2").await.unwrap();
+    assert_eq!(
+        store.rejoin_node(&again, b"h2").await.unwrap(),
+        None,
+        "another credential rejoins nothing"
+    );
+    assert!(matches!(
+        store.register_node(&again, b"h2", None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let stored = store.rejoin_node(&again, b"h1").await.unwrap().unwrap();
     assert_eq!(
         stored.registered_at, first.registered_at,
         "registration time kept"
@@ -508,18 +519,81 @@ async fn re_registering_keeps_registration_time_and_drain(db: Db) {
     );
     assert_eq!(stored.status(), NodeStatus::Draining);
     let loaded = store.load_nodes().await.unwrap();
+    assert_eq!(loaded[0].credential_hash, b"h1", "the credential is kept");
+    assert_eq!(loaded[0].node.name, "renamed");
+}
+
+async fn join_tokens_are_named_limited_revocable_and_remembered_by_their_nodes(db: Db) {
+    let store = db.open().await;
+    let now = orchion_store::now();
+    let token = JoinToken {
+        id: JoinTokenId::new(),
+        name: "rack-7".into(),
+        digest: b"digest-1".to_vec(),
+        limits: JoinLimits {
+            labels: Some([("zone".to_owned(), "*".to_owned())].into()),
+            max_capacity: Some(Capacity::new(2000, 1 << 30, 1).unwrap()),
+        },
+        created_by: "token:admin".into(),
+        created_at: now,
+        expires_at: Some(now + time::Duration::hours(1)),
+        last_used_at: None,
+        revoked_at: None,
+    };
+    store.create_join_token(&token).await.unwrap();
+    let same_name = JoinToken {
+        id: JoinTokenId::new(),
+        digest: b"digest-2".to_vec(),
+        limits: JoinLimits::default(),
+        ..token.clone()
+    };
+    let Err(StoreError::Conflict(message)) = store.create_join_token(&same_name).await else {
+        panic!("a second active token named rack-7 was stored");
+    };
+    assert!(message.contains("`rack-7`"), "{message}");
     assert_eq!(
-        loaded[0].credential_hash, b"h2",
-        "the new credential replaces the old"
+        store.find_join_token(b"digest-1").await.unwrap().as_ref(),
+        Some(&token)
     );
+    let n = node("n");
+    store.register_node(&n, b"x", Some(token.id)).await.unwrap();
+    let stored = store.load_node(n.id).await.unwrap().unwrap();
+    assert_eq!(stored.join_token, Some(token.id));
+    let used = store.get_join_token(token.id).await.unwrap().unwrap();
+    assert!(used.last_used_at.is_some(), "a join is its use");
+
+    let revoked = store.revoke_join_token(token.id, now).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    let again = store
+        .revoke_join_token(token.id, now + time::Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.revoked_at, revoked.revoked_at,
+        "the first time is kept"
+    );
+    store
+        .create_join_token(&same_name)
+        .await
+        .expect("a revoked token's name is free again");
+    let listed = store
+        .list_join_tokens(PageRequest::new(Some(1), None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(listed.next.is_some());
+    assert!(matches!(
+        store.revoke_join_token(JoinTokenId::new(), now).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 async fn node_state_changes_record_status_events(db: Db) {
     let store = db.open().await;
     let a = node("a");
     let b = node("b");
-    store.register_node(&a, b"x").await.unwrap();
-    store.register_node(&b, b"y").await.unwrap();
+    store.register_node(&a, b"x", None).await.unwrap();
+    store.register_node(&b, b"y", None).await.unwrap();
     let before = store.events_after(0, 100).await.unwrap().len();
     let change = |id, from, liveness| NodeStateChange {
         id,
@@ -551,7 +625,7 @@ async fn node_state_changes_record_status_events(db: Db) {
 async fn heartbeats_are_recorded_without_events(db: Db) {
     let store = db.open().await;
     let n = node("n");
-    store.register_node(&n, b"x").await.unwrap();
+    store.register_node(&n, b"x", None).await.unwrap();
     let events = store.events_after(0, 100).await.unwrap().len();
     let later = n.last_heartbeat_at + time::Duration::seconds(42);
     store
@@ -583,7 +657,7 @@ async fn heartbeats_are_recorded_without_events(db: Db) {
 async fn a_state_change_applies_only_from_its_expected_status(db: Db) {
     let store = db.open().await;
     let n = node("n");
-    store.register_node(&n, b"x").await.unwrap();
+    store.register_node(&n, b"x", None).await.unwrap();
     let to_unreachable = NodeStateChange {
         id: n.id,
         from: NodeStatus::Ready,
@@ -616,8 +690,8 @@ async fn silence_is_judged_once_by_the_stored_heard_time(db: Db) {
     };
     let quiet = node("quiet");
     let heard = node("heard");
-    store.register_node(&quiet, b"x").await.unwrap();
-    store.register_node(&heard, b"y").await.unwrap();
+    store.register_node(&quiet, b"x", None).await.unwrap();
+    store.register_node(&heard, b"y", None).await.unwrap();
     let start = quiet.last_heartbeat_at;
     let at = |s: i64| start + time::Duration::seconds(s);
     // Some replica heard `heard` at +20 s; nobody heard `quiet`.
@@ -683,7 +757,7 @@ async fn silence_is_judged_once_by_the_stored_heard_time(db: Db) {
 async fn a_restart_request_is_taken_once(db: Db) {
     let store = db.open().await;
     let n = node("n");
-    store.register_node(&n, b"x").await.unwrap();
+    store.register_node(&n, b"x", None).await.unwrap();
     assert!(!store.take_restart(n.id).await.unwrap());
     assert!(store.request_restart(n.id).await.unwrap());
     assert!(
@@ -702,7 +776,7 @@ async fn a_restart_request_is_taken_once(db: Db) {
 async fn a_deleted_node_is_gone(db: Db) {
     let store = db.open().await;
     let n = node("n");
-    store.register_node(&n, b"x").await.unwrap();
+    store.register_node(&n, b"x", None).await.unwrap();
     store.delete_node(n.id).await.unwrap();
     assert!(store.load_nodes().await.unwrap().is_empty());
     assert!(matches!(
@@ -724,7 +798,7 @@ async fn a_deleted_node_is_gone(db: Db) {
 async fn commits_are_counted(db: Db) {
     let store = db.open().await;
     assert_eq!(store.commits(), 0);
-    store.register_node(&node("n"), b"x").await.unwrap();
+    store.register_node(&node("n"), b"x", None).await.unwrap();
     store.create_project(new_project("p"), None).await.unwrap();
     assert_eq!(store.commits(), 2);
     store.record_heartbeats(&[]).await.unwrap();

@@ -52,6 +52,57 @@ pub enum Command {
     Token(TokenArgs),
     /// Read the audit log: who changed what, and how it ended.
     Audit(AuditArgs),
+    /// Make, list and revoke the join tokens agents join the cluster with.
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: JoinTokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Make a join token; its text is printed this once. Give it to agents as `--join-token`.
+    Create {
+        /// What it is for (`rack-7`, `ci-runners`); unique among tokens not revoked.
+        #[arg(long)]
+        name: String,
+        /// How long it admits new nodes (`24h`, `30d`); until revoked when absent. Nodes it
+        /// admitted stay after it expires.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// A label a joining node may carry, with its one allowed value (`*`: any); repeat.
+        /// When given, nodes may carry no other labels.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// The most CPU a joining node may offer, in thousandths of a core.
+        #[arg(long, value_name = "MILLIS", requires_all = ["max_memory_bytes", "max_gpus"])]
+        max_cpu_millis: Option<u64>,
+        /// The most memory a joining node may offer, in bytes.
+        #[arg(long, value_name = "BYTES", requires_all = ["max_cpu_millis", "max_gpus"])]
+        max_memory_bytes: Option<u64>,
+        /// The most GPUs a joining node may offer.
+        #[arg(long, value_name = "GPUS", requires_all = ["max_cpu_millis", "max_memory_bytes"])]
+        max_gpus: Option<u32>,
+    },
+    /// List join tokens with their limits and last use.
+    Ls {
+        /// At most this many per page.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The page after this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a join token: it admits no new node from now on.
+    Revoke { id: String },
 }
 
 /// `orchion login`.

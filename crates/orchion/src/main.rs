@@ -57,6 +57,7 @@ fn main() -> ExitCode {
             Command::Context(command) => client::contexts::context(command),
             Command::Token(args) => client::access::run_tokens(args).await,
             Command::Audit(args) => client::access::run_audit(args).await,
+            Command::JoinToken(args) => client::access::run_join_tokens(args).await,
         }
     })
 }

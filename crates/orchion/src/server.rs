@@ -218,6 +218,7 @@ impl Server {
             admin_token: _,
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
+        let join_tokens = Arc::new(orchion_control::JoinTokens::new(store.clone(), &join_token));
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
         let scheduler = Arc::new(Scheduler::new(store.clone(), work.clone()));
         let workflows = Arc::new(
@@ -258,6 +259,7 @@ impl Server {
                     max_attempts: config.enqueue.max_attempts,
                 }),
                 access: access.clone(),
+                join_tokens: join_tokens.clone(),
                 throttle: Arc::new(orchion_api::auth::Throttle::new(
                     config.auth.max_failures_per_minute,
                 )),
@@ -301,7 +303,7 @@ impl Server {
         }
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
-            orchion_grpc::NodeService::new(registry, join_token),
+            orchion_grpc::NodeService::new(registry, join_tokens),
             orchion_grpc::WorkService::new(work),
             config.server.grpc_max_message_bytes,
             stopping.clone(),

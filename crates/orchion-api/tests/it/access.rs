@@ -527,7 +527,94 @@ async fn tokens_are_shown_once_stored_as_digests_and_revoked_at_once() {
         .iter()
         .map(|e| e["pointer"].as_str().unwrap())
         .collect();
-    assert_eq!(pointers, ["/name", "/role", "/project_id", "/ttl"]);
+    assert_eq!(pointers, ["/name", "/ttl", "/role", "/project_id"]);
+}
+
+#[tokio::test]
+async fn join_tokens_are_shown_once_listed_without_secrets_and_revoked() {
+    let app = app().await;
+    let made = app
+        .json(
+            "POST",
+            "/api/v1/join-tokens",
+            json!({"name": "rack-7", "ttl": "24h", "labels": {"zone": "*", "gpu": "false"},
+                   "max_capacity": {"cpu_millis": 4000, "memory_bytes": 8589934592u64, "gpus": 0}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{:?}", made.body);
+    let text = made.body["token_text"].as_str().unwrap();
+    assert!(text.starts_with("orcj_"), "{text}");
+    assert_eq!(made.body["labels"]["zone"], "*");
+    assert!(made.body["expires_at"].is_string());
+    let id = made.body["id"].as_str().unwrap().to_owned();
+
+    let again = app
+        .json(
+            "POST",
+            "/api/v1/join-tokens",
+            json!({"name": "rack-7"}).to_string(),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{:?}", again.body);
+    assert!(again.body["detail"].as_str().unwrap().contains("`rack-7`"));
+
+    let listed = app.get("/api/v1/join-tokens").await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let listed_text = listed.body.to_string();
+    assert!(listed_text.contains("rack-7"));
+    assert!(!listed_text.contains(text), "the secret is shown once");
+    assert!(!listed_text.contains("digest"));
+
+    let revoked = app
+        .json("DELETE", &format!("/api/v1/join-tokens/{id}"), "")
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK);
+    assert!(revoked.body["revoked_at"].is_string());
+    let admitted = app.state.join_tokens.admit(text).await.unwrap();
+    assert_eq!(admitted, None, "a revoked join token admits no node");
+    let missing = app
+        .json(
+            "DELETE",
+            &format!("/api/v1/join-tokens/{}", orchion_domain::JoinTokenId::new()),
+            "",
+        )
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let bad = app
+        .json(
+            "POST",
+            "/api/v1/join-tokens",
+            json!({"name": " ", "ttl": "0s", "labels": {"Bad Key": "x"},
+                   "max_capacity": {"cpu_millis": u64::MAX, "memory_bytes": 1, "gpus": 0}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let pointers: Vec<&str> = bad.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        pointers,
+        ["/name", "/ttl", "/labels/Bad Key", "/max_capacity"]
+    );
+    let unknown = app
+        .json(
+            "POST",
+            "/api/v1/join-tokens",
+            json!({"name": "x", "role": "admin"}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        unknown.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{:?}",
+        unknown.body
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ async fn register(app: &App, name: &str, labels: &[(&str, &str)]) -> NodeId {
     .unwrap();
     app.state
         .nodes
-        .register(None, registration)
+        .join(&orchion_control::Admission::cluster(), registration)
         .await
         .unwrap()
         .node

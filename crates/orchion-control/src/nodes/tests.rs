@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use orchion_domain::NodeRegistration;
+use orchion_domain::{JoinLimits, JoinToken, NodeRegistration};
 
 use super::*;
 
@@ -78,12 +78,12 @@ async fn heartbeats_need_the_nodes_own_credential() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     let b = f
         .registry
-        .register(None, registration("b", &[]))
+        .join(&Admission::cluster(), registration("b", &[]))
         .await
         .unwrap();
     assert_eq!(a.credential.len(), 64);
@@ -110,7 +110,7 @@ async fn heartbeats_write_nothing_to_the_store() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     let commits = f.store.commits();
@@ -132,7 +132,7 @@ async fn silence_makes_a_node_unreachable_then_down_and_a_heartbeat_revives_it()
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     let id = a.node.id;
@@ -178,7 +178,7 @@ async fn a_drained_node_stays_drained_through_silence() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     let id = a.node.id;
@@ -204,7 +204,7 @@ async fn leaving_makes_a_node_down_at_once() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     assert!(matches!(
@@ -220,12 +220,12 @@ async fn the_nodes_heard_are_written_in_one_batch_per_check() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     let b = f
         .registry
-        .register(None, registration("b", &[]))
+        .join(&Admission::cluster(), registration("b", &[]))
         .await
         .unwrap();
     f.registry
@@ -267,7 +267,7 @@ async fn replicas_share_the_nodes_and_judge_silence_by_the_store() {
         .unwrap();
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     let id = a.node.id;
@@ -329,7 +329,7 @@ async fn a_restarted_registry_knows_every_node_and_its_credential() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[("zone", "x")]))
+        .join(&Admission::cluster(), registration("a", &[("zone", "x")]))
         .await
         .unwrap();
     f.registry.drain(a.node.id).await.unwrap();
@@ -344,7 +344,11 @@ async fn a_restarted_registry_knows_every_node_and_its_credential() {
     // judges no silence in its first timeout, so the agents have that long to come back.
     let mut stale = node.clone();
     stale.last_heartbeat_at = now() - Duration::from_secs(3600);
-    f.store.register_node(&stale, b"hash").await.unwrap();
+    f.store
+        .rejoin_node(&stale, &digest(&a.credential))
+        .await
+        .unwrap()
+        .unwrap();
     let restarted = NodeRegistry::load(f.store.clone(), settings())
         .await
         .unwrap();
@@ -360,41 +364,11 @@ async fn a_restarted_registry_knows_every_node_and_its_credential() {
 }
 
 #[tokio::test]
-async fn re_registering_under_a_kept_id_issues_a_new_credential() {
-    let f = fixture().await;
-    let first = f
-        .registry
-        .register(None, registration("a", &[]))
-        .await
-        .unwrap();
-    let again = f
-        .registry
-        .register(Some(first.node.id), registration("a", &[]))
-        .await
-        .unwrap();
-    assert_eq!(again.node.id, first.node.id);
-    assert_eq!(again.node.registered_at, first.node.registered_at);
-    assert_ne!(again.credential, first.credential);
-    assert!(
-        f.registry
-            .heartbeat(first.node.id, &first.credential)
-            .await
-            .is_err()
-    );
-    assert!(
-        f.registry
-            .heartbeat(first.node.id, &again.credential)
-            .await
-            .is_ok()
-    );
-}
-
-#[tokio::test]
 async fn a_restart_request_reaches_the_next_heartbeat_once() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     f.registry.request_restart(a.node.id).await.unwrap();
@@ -424,7 +398,7 @@ async fn deleted_nodes_are_forgotten() {
     let f = fixture().await;
     let a = f
         .registry
-        .register(None, registration("a", &[]))
+        .join(&Admission::cluster(), registration("a", &[]))
         .await
         .unwrap();
     f.registry.delete(a.node.id).await.unwrap();
@@ -448,7 +422,10 @@ async fn listing_filters_by_status_and_labels_and_pages() {
         let zone = if i % 2 == 0 { "a" } else { "b" };
         ids.push(
             f.registry
-                .register(None, registration(&format!("n{i}"), &[("zone", zone)]))
+                .join(
+                    &Admission::cluster(),
+                    registration(&format!("n{i}"), &[("zone", zone)]),
+                )
                 .await
                 .unwrap()
                 .node
@@ -501,4 +478,103 @@ async fn listing_filters_by_status_and_labels_and_pages() {
     let mut sorted = ids.clone();
     sorted.sort();
     assert_eq!(all, sorted);
+}
+
+#[tokio::test]
+async fn a_node_registers_again_only_with_its_own_credential_which_it_keeps() {
+    let f = fixture().await;
+    let a = f
+        .registry
+        .join(&Admission::cluster(), registration("a", &[]))
+        .await
+        .unwrap();
+    let b = f
+        .registry
+        .join(&Admission::cluster(), registration("b", &[]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.registry
+            .rejoin(a.node.id, &b.credential, registration("a", &[]))
+            .await,
+        Err(RegistryError::BadCredential(_))
+    ));
+    let again = f
+        .registry
+        .rejoin(a.node.id, &a.credential, registration("renamed", &[]))
+        .await
+        .unwrap();
+    assert_eq!(again.node.id, a.node.id);
+    assert_eq!(again.node.registered_at, a.node.registered_at);
+    assert_eq!(again.credential, a.credential, "the credential stays");
+    assert_eq!(f.registry.get(a.node.id).unwrap().name, "renamed");
+    assert!(f.registry.heartbeat(a.node.id, &a.credential).await.is_ok());
+
+    f.registry.delete(a.node.id).await.unwrap();
+    assert!(matches!(
+        f.registry
+            .rejoin(a.node.id, &a.credential, registration("a", &[]))
+            .await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(f.store.load_node(a.node.id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_join_tokens_limits_hold_when_joining_and_every_time_after() {
+    let f = fixture().await;
+    let now = now();
+    let token = JoinToken {
+        id: JoinTokenId::new(),
+        name: "edge".into(),
+        digest: b"d".to_vec(),
+        limits: JoinLimits {
+            labels: Some([("zone".to_owned(), "*".to_owned())].into()),
+            max_capacity: None,
+        },
+        created_by: "test".into(),
+        created_at: now,
+        expires_at: None,
+        last_used_at: None,
+        revoked_at: None,
+    };
+    f.store.create_join_token(&token).await.unwrap();
+    let admission = Admission {
+        join_token: Some(token.id),
+        limits: token.limits.clone(),
+    };
+    let Err(RegistryError::BeyondLimits(problems)) = f
+        .registry
+        .join(&admission, registration("a", &[("gpu", "true")]))
+        .await
+    else {
+        panic!("a label the token does not allow was accepted");
+    };
+    assert!(problems[0].contains("`gpu`"), "{problems:?}");
+    let a = f
+        .registry
+        .join(&admission, registration("a", &[("zone", "eu")]))
+        .await
+        .unwrap();
+    // Revoking the token admits no new node, but the node it admitted keeps its credential,
+    // and the token's limits still hold for it.
+    f.store.revoke_join_token(token.id, now).await.unwrap();
+    assert!(matches!(
+        f.registry
+            .rejoin(
+                a.node.id,
+                &a.credential,
+                registration("a", &[("gpu", "true")])
+            )
+            .await,
+        Err(RegistryError::BeyondLimits(_))
+    ));
+    f.registry
+        .rejoin(
+            a.node.id,
+            &a.credential,
+            registration("a", &[("zone", "us")]),
+        )
+        .await
+        .unwrap();
 }

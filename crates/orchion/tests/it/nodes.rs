@@ -540,3 +540,145 @@ fn agent_at(dir: &std::path::Path, ip: &str, port: u16, name: &str) -> Orchion {
         &[],
     )
 }
+
+/// An agent started with `token` (and `labels`), its state in `<dir>/<name>`.
+fn agent_with(
+    dir: &std::path::Path,
+    grpc_port: u16,
+    name: &str,
+    token: &str,
+    labels: &[&str],
+) -> Orchion {
+    let server = format!("http://127.0.0.1:{grpc_port}");
+    let state = dir.join(name);
+    let mut args = vec![
+        "agent",
+        "--server",
+        &server,
+        "--join-token",
+        token,
+        "--name",
+        name,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
+    for label in labels {
+        args.extend(["--label", label]);
+    }
+    Orchion::spawn(dir, &args, &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_admit_agents_within_their_limits_and_a_deleted_node_joins_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let server = cluster_server(dir.path(), grpc_port);
+    let cli = |args: &[&str]| {
+        crate::common::command(args)
+            .env("ORCHION_ADDR", format!("http://{}", server.addr))
+            .output()
+            .unwrap()
+    };
+    let made = cli(&[
+        "join-token",
+        "create",
+        "--name",
+        "edge",
+        "--label",
+        "zone=*",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let edge = made["token_text"].as_str().unwrap().to_owned();
+    let listed = cli(&["join-token", "ls"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("edge") && listed.contains("zone=*"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&edge), "the secret is shown once");
+
+    // A label the token does not allow: the agent exits, naming it, and no node is made.
+    let greedy = dir.path().join("greedy");
+    let out = crate::common::command(&[
+        "agent",
+        "--server",
+        &format!("127.0.0.1:{grpc_port}"),
+        "--join-token",
+        &edge,
+        "--label",
+        "gpu=true",
+        "--state-dir",
+        greedy.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("label `gpu`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut e1 = agent_with(dir.path(), grpc_port, "e1", &edge, &["zone=eu"]);
+    let node = wait_status(&server, "e1", "ready", Duration::from_secs(30)).await;
+    let first_id = node["id"].as_str().unwrap().to_owned();
+
+    // Revoked: no new node joins with it; the node it admitted restarts as itself.
+    let revoked = cli(&["join-token", "revoke", made["id"].as_str().unwrap()]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let late = dir.path().join("late");
+    let out = crate::common::command(&[
+        "agent",
+        "--server",
+        &format!("127.0.0.1:{grpc_port}"),
+        "--join-token",
+        &edge,
+        "--state-dir",
+        late.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the join token"));
+    e1.signal("KILL");
+    e1.wait(Duration::from_secs(10));
+    let mut e1 = agent_with(dir.path(), grpc_port, "e1", &edge, &["zone=eu"]);
+    e1.wait_for_line("registered", Duration::from_secs(30));
+    assert_eq!(
+        node_named(&server, "e1").await.unwrap()["id"],
+        first_id.as_str(),
+        "the same node, by its own credential"
+    );
+
+    // Deleted: its credential is gone; the agent joins as a new node with the cluster token.
+    e1.signal("KILL");
+    e1.wait(Duration::from_secs(10));
+    let response = http()
+        .delete(server.url(&format!("/api/v1/nodes/{first_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let mut e1 = agent_with(
+        dir.path(),
+        grpc_port,
+        "e1",
+        crate::common::TOKEN,
+        &["zone=eu"],
+    );
+    e1.wait_for_line("joining as a new node", Duration::from_secs(30));
+    let fresh = wait_status(&server, "e1", "ready", Duration::from_secs(30)).await;
+    assert_ne!(fresh["id"], first_id.as_str());
+    assert_eq!(nodes(&server).await.len(), 1);
+}

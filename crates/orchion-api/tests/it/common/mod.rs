@@ -72,6 +72,10 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
     access.bootstrap(Some(ADMIN_TOKEN)).await.unwrap();
     let state = AppState {
         access,
+        join_tokens: Arc::new(orchion_control::JoinTokens::new(
+            store.clone(),
+            "test-join-token",
+        )),
         throttle: Arc::new(orchion_api::auth::Throttle::new(failures)),
         events,
         store,
