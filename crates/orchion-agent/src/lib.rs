@@ -18,7 +18,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
 
-pub use crate::machine::detect_capacity;
+pub use crate::{machine::detect_capacity, servers::AgentTls};
 use crate::{
     servers::Servers,
     state::{Credentials, StateDir},
@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub executors: orchion_executor::Registry,
     /// How many tasks run at once.
     pub slots: usize,
+    /// How `https://` servers are reached.
+    pub tls: AgentTls,
 }
 
 /// Why the agent stopped.
@@ -55,8 +57,24 @@ pub enum AgentError {
     Invalid(String),
     #[error("invalid server address `{0}`: {1}")]
     BadServer(String, String),
+    #[error(
+        "cannot make a TLS connection to {0}: {1} (is it serving TLS, and does --ca name the \
+         authority that signed its certificate?)"
+    )]
+    Tls(String, String),
     #[error("state directory {0}: {1}")]
     State(PathBuf, std::io::Error),
+}
+
+/// What led to an error, cause by cause (`a: b: c`), for a log line that says why.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut next = error.source();
+    while let Some(e) = next {
+        parts.push(e.to_string());
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// The first wait after a failure, and the longest.
@@ -141,7 +159,7 @@ pub struct Agent {
 impl Agent {
     /// Prepares an agent: reads its state directory, sets up a lazily connecting channel.
     pub fn new(config: AgentConfig) -> Result<Self, AgentError> {
-        let servers = Servers::new(&config.servers, work::CLAIM_WAIT + RPC_TIMEOUT)
+        let servers = Servers::new(&config.servers, work::CLAIM_WAIT + RPC_TIMEOUT, &config.tls)
             .map_err(|(url, why)| AgentError::BadServer(url, why))?;
         let state = StateDir::open(&config.state_dir)?;
         let credentials = state.load()?;
@@ -218,7 +236,17 @@ impl Agent {
         };
         let request = Self::authorized(message, &bearer);
         let sent = std::time::Instant::now();
-        match self.client.register_node(request).await {
+        let result = self.client.register_node(request).await;
+        if let Err(status) = &result
+            && matches!(
+                status.code(),
+                Code::Unknown | Code::Unavailable | Code::Cancelled
+            )
+            && let Some(why) = self.config.tls.refusal(self.servers.url()).await
+        {
+            return Err(AgentError::Tls(self.servers.url().to_owned(), why));
+        }
+        match result {
             Ok(response) => {
                 let response = response.into_inner();
                 self.node_until
@@ -259,7 +287,7 @@ impl Agent {
             }
             Err(status) => {
                 self.wait = next_wait(&mut self.backoff, BACKOFF_MAX);
-                tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?self.wait, "cannot register; retrying");
+                tracing::warn!(code = ?status.code(), error = status.message(), cause = %causes(&status), retry_in = ?self.wait, "cannot register; retrying");
                 Ok(())
             }
         }

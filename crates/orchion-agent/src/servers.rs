@@ -17,12 +17,140 @@ use std::{
 
 use tonic::{
     body::Body,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use tower::Service;
 
 /// How long a connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the agent reaches `https://` servers.
+#[derive(Debug, Clone, Default)]
+pub struct AgentTls {
+    /// The authority (PEM) the server's certificate must chain to; the system's roots when
+    /// absent.
+    pub ca: Option<std::path::PathBuf>,
+    /// The agent's own certificate (PEM), for servers that require one (mutual TLS).
+    pub cert: Option<std::path::PathBuf>,
+    /// The key of `cert` (PEM).
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl AgentTls {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// Whether TLS itself refuses the connection to `url`, an `https://` server: a handshake
+    /// that fails (a certificate that does not verify, a server that does not speak TLS), or a
+    /// client certificate refused just after it (TLS 1.3 says so only then). `None` when it is
+    /// not TLS that stops the connection (the server is down, say) or `url` is not `https://`.
+    ///
+    /// The channel's own errors cannot say this: HTTP/2 keeps only the text of an I/O error.
+    pub(crate) async fn refusal(&self, url: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let uri: http::Uri = url.parse().ok()?;
+        if uri.scheme_str() != Some("https") {
+            return None;
+        }
+        let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_owned()).ok()?;
+        let config = self.rustls_config().ok()?;
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((host, uri.port_u16().unwrap_or(443))),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let connecting = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp);
+        let mut tls = match tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .ok()?
+        {
+            Ok(tls) => tls,
+            Err(e) => return rustls_error(&e),
+        };
+        // HTTP/2's client preface and an empty SETTINGS frame: a server that took this client
+        // answers with its SETTINGS, one that refused its certificate with an alert.
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+        if let Err(e) = tls.write_all(preface).await {
+            return rustls_error(&e);
+        }
+        let mut answer = [0u8; 9];
+        match tokio::time::timeout(CONNECT_TIMEOUT, tls.read(&mut answer)).await {
+            Ok(Err(e)) => rustls_error(&e),
+            _ => None,
+        }
+    }
+
+    /// The probe's rustls configuration: the same trust and identity as the channel's.
+    fn rustls_config(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(ca) => {
+                for cert in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+                    roots
+                        .add(cert.map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            None => {
+                let _ =
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .map_err(|e| e.to_string())?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| e.to_string())?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(config)
+    }
+
+    fn client_config(&self) -> Result<ClientTlsConfig, String> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca)?)),
+            None => config.with_native_roots(),
+        };
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+            }
+            (None, None) => {}
+            _ => return Err("--cert and --key go together".into()),
+        }
+        Ok(config)
+    }
+}
+
+/// The TLS error inside an I/O error, said in words.
+fn rustls_error(error: &std::io::Error) -> Option<String> {
+    error
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
+        .map(ToString::to_string)
+}
 
 /// A gRPC channel over several servers, moving on to the next when one fails.
 #[derive(Clone)]
@@ -39,11 +167,30 @@ struct Inner {
 
 impl Servers {
     /// Lazily connecting channels to each of `urls`, with the deadline of the longest call.
-    pub(crate) fn new(urls: &[String], longest_call: Duration) -> Result<Self, (String, String)> {
+    /// An `https://` server is reached over TLS only, verified with `tls.ca` (or the system's
+    /// roots), presenting `tls.cert` when given; an `http://` one only when no TLS option is.
+    pub(crate) fn new(
+        urls: &[String],
+        longest_call: Duration,
+        tls: &AgentTls,
+    ) -> Result<Self, (String, String)> {
         let mut channels = Vec::with_capacity(urls.len());
         for url in urls {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| (url.clone(), e.to_string()))?
+            let mut endpoint =
+                Endpoint::from_shared(url.clone()).map_err(|e| (url.clone(), e.to_string()))?;
+            if url.starts_with("https://") {
+                let config = tls.client_config().map_err(|e| (url.clone(), e))?;
+                endpoint = endpoint
+                    .tls_config(config)
+                    .map_err(|e| (url.clone(), e.to_string()))?;
+            } else if tls.is_set() {
+                return Err((
+                    url.clone(),
+                    "--ca, --cert and --key are for TLS, but this address is plaintext: use https://"
+                        .into(),
+                ));
+            }
+            let endpoint = endpoint
                 .connect_timeout(CONNECT_TIMEOUT)
                 // The longest call is a claim's long poll: a channel-wide timeout shorter than
                 // it failed every idle claim. Each call carries its own deadline too, and
@@ -139,19 +286,26 @@ mod tests {
 
     #[tokio::test]
     async fn an_address_that_is_not_a_uri_is_named() {
+        let none = AgentTls::default();
         let bad = Servers::new(
             &["http://ok:1".into(), "not a uri".into()],
             Duration::from_secs(1),
+            &none,
         );
         assert!(matches!(bad, Err((url, _)) if url == "not a uri"));
-        assert!(Servers::new(&[], Duration::from_secs(1)).is_err());
+        assert!(Servers::new(&[], Duration::from_secs(1), &none).is_err());
     }
 
     #[tokio::test]
     async fn a_failed_call_moves_the_next_calls_to_the_next_server() {
         // Two ports nobody listens on: each failed call moves on, round the list.
         let dead = |port: u16| format!("http://127.0.0.1:{port}");
-        let servers = Servers::new(&[dead(1), dead(2)], Duration::from_secs(1)).unwrap();
+        let servers = Servers::new(
+            &[dead(1), dead(2)],
+            Duration::from_secs(1),
+            &AgentTls::default(),
+        )
+        .unwrap();
         assert_eq!(servers.url(), dead(1));
         let mut client = servers.clone();
         let request = || http::Request::new(Body::empty());

@@ -106,6 +106,12 @@ impl Client {
     /// A client for the server at `addr` (`http://127.0.0.1:8080`), sending `token` (an API
     /// token) with every request.
     pub fn new(addr: &str, token: Option<&str>) -> Result<Self, Error> {
+        Self::with_ca(addr, token, None)
+    }
+
+    /// As [`Client::new`], trusting only the authority `ca` (PEM) for an `https://` server;
+    /// `None`: the usual web roots.
+    pub fn with_ca(addr: &str, token: Option<&str>, ca: Option<&[u8]>) -> Result<Self, Error> {
         let base = Url::parse(addr)
             .map_err(|e| Error::Address(format!("--addr `{addr}` is not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") {
@@ -120,7 +126,16 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = ca {
+            let certificate = reqwest::Certificate::from_pem(pem).map_err(|e| {
+                Error::Address(format!("the CA file is not a PEM certificate: {e}"))
+            })?;
+            builder = builder
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(certificate);
+        }
+        let http = builder
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))

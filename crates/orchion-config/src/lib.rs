@@ -90,6 +90,23 @@ pub struct ServerConfig {
     /// Origins (`https://ops.example.com`) besides the server's own whose pages may make
     /// state-changing requests or open event WebSockets; any other gets 403.
     pub allowed_origins: Vec<String>,
+    /// TLS for the HTTP and gRPC APIs; plaintext when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+/// The server's certificate, and the authority whose client certificates agents must present.
+/// The files are read again on SIGHUP and when they change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// When set, gRPC clients (agents) must present a certificate this authority (PEM)
+    /// signed: mutual TLS. The HTTP API still takes any client.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +125,7 @@ impl Default for ServerConfig {
             metrics_port: 9090,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            tls: None,
         }
     }
 }

@@ -39,9 +39,11 @@ impl NodeService {
 
 pub use crate::work::WorkService;
 
-/// Serves gRPC on `listener` until `shutdown` is cancelled.
+/// Serves gRPC on `listener` until `shutdown` is cancelled: over TLS with `tls`'s gRPC
+/// configuration (current at each connection) when given, plaintext otherwise.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<orchion_tls::ServerTls>>,
     service: NodeService,
     work: WorkService,
     max_message_bytes: usize,
@@ -58,15 +60,26 @@ pub async fn serve(
     let work = orchion_proto::v1::work_service_server::WorkServiceServer::new(work)
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(nodes)
-        .add_service(work)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
-        .await
+        .add_service(work);
+    match tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+        }
+        Some(tls) => {
+            let incoming = orchion_tls::accept(listener, move || tls.grpc());
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await
+        }
+    }
 }
 
 /// Who is registering: a new node a join token admitted, or a node registering again.

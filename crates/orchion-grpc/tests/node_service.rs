@@ -44,6 +44,7 @@ async fn harness() -> Harness {
     let stop = CancellationToken::new();
     tokio::spawn(serve(
         listener,
+        None,
         NodeService::new(registry.clone(), join_tokens.clone()),
         orchion_grpc::WorkService::new(queue),
         MAX_MESSAGE,

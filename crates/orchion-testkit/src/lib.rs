@@ -8,6 +8,8 @@
 //! test process with the `initdb` it finds and stops it when the process ends. Only when neither
 //! is possible does it return `None` after printing a loud line, and under `CI=true` it panics
 //! instead, because CI must run the PostgreSQL half.
+//!
+//! [`tls::TestCa`] makes an authority and the server and client certificates it signs.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here should stop the test
 
@@ -21,6 +23,8 @@ use std::{
 };
 
 use sqlx::{Connection, PgConnection};
+
+pub mod tls;
 
 /// A SQLite database in a temporary directory, which lives as long as this value.
 #[derive(Debug)]

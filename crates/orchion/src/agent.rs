@@ -11,10 +11,13 @@ use crate::{
     telemetry,
 };
 
-/// The server address as a URL: `host:port` gets `http://`.
-pub fn server_url(raw: &str) -> String {
+/// The server address as a URL: `host:port` gets `https://` when TLS options are given,
+/// `http://` otherwise.
+pub fn server_url(raw: &str, tls: bool) -> String {
     if raw.contains("://") {
         raw.to_owned()
+    } else if tls {
+        format!("https://{raw}")
     } else {
         format!("http://{raw}")
     }
@@ -41,8 +44,19 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = orchion_agent::AgentTls {
+        ca: args.ca,
+        cert: args.cert,
+        key: args.key,
+    };
+    let with_tls = tls.ca.is_some() || tls.cert.is_some();
     let config = AgentConfig {
-        servers: args.server.iter().map(|s| server_url(s.trim())).collect(),
+        servers: args
+            .server
+            .iter()
+            .map(|s| server_url(s.trim(), with_tls))
+            .collect(),
+        tls,
         join_token: args.join_token,
         name: args.name.unwrap_or_else(host_name),
         labels: args.labels.into_iter().collect(),

@@ -117,6 +117,9 @@ pub struct LoginArgs {
     /// The context's name.
     #[arg(long, default_value = "default")]
     pub context: String,
+    /// The authority (PEM) the server's certificate must chain to, kept with the context.
+    #[arg(long, env = "ORCHION_CA_CERT", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,6 +289,27 @@ pub struct AgentArgs {
     /// How many tasks run at once.
     #[arg(long, default_value_t = DEFAULT_SLOTS, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub slots: u16,
+    /// The authority (PEM) an `https://` server's certificate must chain to (default: the
+    /// system's roots).
+    #[arg(long, env = "ORCHION_CA_CERT", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// This agent's certificate (PEM), for a server that requires one
+    /// (`server.tls.client_ca`).
+    #[arg(
+        long,
+        env = "ORCHION_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The key of `--cert` (PEM).
+    #[arg(
+        long,
+        env = "ORCHION_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
     /// Log filter, like RUST_LOG.
     #[arg(long, env = "ORCHION_LOG", default_value = "info")]
     pub log: String,
@@ -717,6 +741,10 @@ pub struct ClientArgs {
     /// The context to use instead of the current one.
     #[arg(long, global = true, env = "ORCHION_CONTEXT", value_name = "NAME")]
     pub context: Option<String>,
+    /// The authority (PEM) an https:// server's certificate must chain to (default: the
+    /// context's, else the system's roots).
+    #[arg(long, global = true, env = "ORCHION_CA_CERT", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// How to print results.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,

@@ -111,6 +111,7 @@ fn start_agent(s: &Supervised, client: orchion_kubernetes::Client) -> anyhow::Re
     )));
     let config = orchion_agent::AgentConfig {
         servers: vec![s.grpc.clone()],
+        tls: Default::default(),
         join_token: s.join_token.clone(),
         name: format!("kubernetes@{}", crate::process::host_name()),
         labels: [("orchion.io/executor".to_owned(), EXECUTOR.to_owned())].into(),

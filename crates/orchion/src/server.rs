@@ -43,6 +43,10 @@ pub struct Server {
     join_token: String,
     listener: TcpListener,
     grpc_listener: TcpListener,
+    /// With TLS on, a plaintext gRPC listener on loopback for the agents this process runs
+    /// itself (the `kubernetes` one, `orchion dev`'s): they need no certificate of their own.
+    /// Like the main listener it admits only the join token and node credentials.
+    local_grpc_listener: Option<TcpListener>,
     /// `/metrics`, unless metrics are disabled.
     metrics_listener: Option<TcpListener>,
     /// The `kubernetes` executor's defaults, checked at start.
@@ -52,6 +56,8 @@ pub struct Server {
     /// An admin token this server knows the text of (made now, kept in the data directory, or
     /// configured): `orchion dev` gives it to the CLI.
     admin_token: Option<String>,
+    /// The certificate HTTP and gRPC are served with, when `server.tls` is set.
+    tls: Option<Arc<orchion_tls::ServerTls>>,
 }
 
 impl Server {
@@ -121,6 +127,17 @@ impl Server {
             Err(orchion_store::StoreError::Conflict(why)) => anyhow::bail!("{why}"),
             Err(e) => return Err(e).context("cannot record this server among the replicas"),
         };
+        let tls = match &config.server.tls {
+            Some(files) => Some(Arc::new(
+                orchion_tls::ServerTls::load(orchion_tls::TlsFiles {
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                    client_ca: files.client_ca.clone(),
+                })
+                .context("server.tls")?,
+            )),
+            None => None,
+        };
         let access = Arc::new(Access::new(store.clone()));
         let admin_token = bootstrap_admin(&access, &config).await?;
         let addr = config.http_addr()?;
@@ -133,6 +150,14 @@ impl Server {
         let grpc_listener = TcpListener::bind(grpc_addr).await.with_context(|| {
             format!("cannot listen on {grpc_addr} for gRPC (choose another --port)")
         })?;
+        let local_grpc_listener = match &tls {
+            Some(_) => Some(
+                TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                    .await
+                    .context("cannot listen on loopback for the server's own agents")?,
+            ),
+            None => None,
+        };
         let metrics_listener = match config.metrics_addr()? {
             Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen on {addr} for metrics (choose another --metrics-port, or set server.enable_metrics = false)")
@@ -147,11 +172,13 @@ impl Server {
             join_token,
             listener,
             grpc_listener,
+            local_grpc_listener,
             metrics_listener,
             kubernetes,
             probes: Probes::default(),
             access,
             admin_token,
+            tls,
         })
     }
 
@@ -170,12 +197,26 @@ impl Server {
         Ok(self.grpc_listener.local_addr()?)
     }
 
+    /// The gRPC URL the agents this process runs itself connect to.
+    fn local_grpc_url(&self) -> anyhow::Result<String> {
+        let listener = self
+            .local_grpc_listener
+            .as_ref()
+            .unwrap_or(&self.grpc_listener);
+        Ok(format!("http://{}", listener.local_addr()?))
+    }
+
+    /// `https` when the APIs are served over TLS, `http` otherwise.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
     /// Starts the `kubernetes` executor's supervisor (see [`crate::kubernetes`]).
     fn supervise_kubernetes(&self, data_dir: &Path) -> anyhow::Result<LocalAgent> {
         let supervised = crate::kubernetes::Supervised {
             config: self.config.kubernetes.clone(),
             settings: self.kubernetes.clone(),
-            grpc: format!("http://{}", self.grpc_addr()?),
+            grpc: self.local_grpc_url()?,
             join_token: self.join_token.clone(),
             state_dir: crate::kubernetes::state_dir(data_dir),
             probes: self.probes.clone(),
@@ -211,11 +252,13 @@ impl Server {
             join_token,
             listener,
             grpc_listener,
+            local_grpc_listener,
             metrics_listener,
             kubernetes: _,
             probes,
             access,
             admin_token: _,
+            tls,
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
         let join_tokens = Arc::new(orchion_control::JoinTokens::new(store.clone(), &join_token));
@@ -301,14 +344,29 @@ impl Server {
             };
             background.spawn(crate::metrics::serve(listener, scrape, stopping.clone()));
         }
+        if let Some(tls) = &tls {
+            background.spawn(orchion_tls::watch(tls.clone(), stopping.clone()));
+        }
+        if let Some(listener) = local_grpc_listener {
+            background.spawn(orchion_grpc::serve(
+                listener,
+                None,
+                orchion_grpc::NodeService::new(registry.clone(), join_tokens.clone()),
+                orchion_grpc::WorkService::new(work.clone()),
+                config.server.grpc_max_message_bytes,
+                stopping.clone(),
+            ));
+        }
         let grpc = tokio::spawn(orchion_grpc::serve(
             grpc_listener,
+            tls.clone(),
             orchion_grpc::NodeService::new(registry, join_tokens),
             orchion_grpc::WorkService::new(work),
             config.server.grpc_max_message_bytes,
             stopping.clone(),
         ));
-        tracing::info!(%addr, backend = ?store.backend(), "HTTP API listening on http://{addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, backend = ?store.backend(), "HTTP API listening on {scheme}://{addr}");
         tracing::info!(addr = %grpc_addr, "gRPC API listening on {grpc_addr}");
 
         let closing = Arc::new(Notify::new());
@@ -325,11 +383,23 @@ impl Server {
                 closing.notify_one();
             }
         };
-        let serve = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(graceful);
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+        let serve = match tls {
+            None => axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+            // `tap_io` (doing nothing) is how axum gives the client's address of a listener
+            // other than TCP's.
+            Some(tls) => axum::serve(
+                axum::serve::ListenerExt::tap_io(
+                    orchion_tls::accept(listener, move || tls.http()),
+                    |_| (),
+                ),
+                app,
+            )
+            .with_graceful_shutdown(graceful)
+            .into_future(),
+        };
         let grace = config.server.shutdown_grace;
         tokio::select! {
             result = serve => result.context("the HTTP server failed")?,
@@ -623,6 +693,7 @@ fn sign_in_cli(server: &str, token: &str) -> String {
         Context {
             server: server.to_owned(),
             token: Some(token.to_owned()),
+            ca: None,
         },
     );
     match config.save() {
@@ -636,26 +707,29 @@ fn sign_in_cli(server: &str, token: &str) -> String {
 fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAgent> {
     let addr = server.http_addr()?;
     let grpc = server.grpc_addr()?;
+    let local_grpc = server.local_grpc_url()?;
+    let scheme = server.scheme();
     let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
     let metrics = server
         .metrics_addr()
         .map_or("off".to_owned(), |a| format!("http://{a}/metrics"));
     let cli = match server.admin_token() {
-        Some(token) => sign_in_cli(&format!("http://{addr}"), token),
+        Some(token) => sign_in_cli(&format!("{scheme}://{addr}"), token),
         None => format!(
-            "the CLI needs a token: `orchion login --server http://{addr}` (the first admin token is in {})",
+            "the CLI needs a token: `orchion login --server {scheme}://{addr}` (the first admin token is in {})",
             data.join(ADMIN_TOKEN_FILE).display()
         ),
     };
     eprintln!(
-        "\nOrchion dev server\n  Dashboard   http://{addr}/\n  API         http://{addr}/api/v1\n  API docs    http://{addr}/docs\n  Health      http://{addr}/readyz\n  Events      http://{addr}/api/v1/events\n  Metrics     {metrics}\n  gRPC        {grpc}\n  Join token  {}\n  Admin token in {} (curl -H \"Authorization: Bearer $(cat {})\" …)\n  CLI         {cli}\n  Data        {}\n\nA local agent has joined. More can join with:\n  orchion agent --server http://{grpc} --join-token <the token above>\n\nPress Ctrl-C to stop.\n",
+        "\nOrchion dev server\n  Dashboard   {scheme}://{addr}/\n  API         {scheme}://{addr}/api/v1\n  API docs    {scheme}://{addr}/docs\n  Health      {scheme}://{addr}/readyz\n  Events      {scheme}://{addr}/api/v1/events\n  Metrics     {metrics}\n  gRPC        {grpc}\n  Join token  {}\n  Admin token in {} (curl -H \"Authorization: Bearer $(cat {})\" …)\n  CLI         {cli}\n  Data        {}\n\nA local agent has joined. More can join with:\n  orchion agent --server {scheme}://{grpc} --join-token <the token above>\n\nPress Ctrl-C to stop.\n",
         server.join_token(),
         data.join(ADMIN_TOKEN_FILE).display(),
         data.join(ADMIN_TOKEN_FILE).display(),
         data.display()
     );
     let config = orchion_agent::AgentConfig {
-        servers: vec![format!("http://{grpc}")],
+        servers: vec![local_grpc],
+        tls: Default::default(),
         join_token: server.join_token().to_owned(),
         name: crate::process::host_name(),
         labels: Default::default(),

@@ -36,6 +36,35 @@ pub struct Context {
     pub server: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The authority (PEM file) the server's certificate must chain to; the system's roots
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+}
+
+/// Where a command goes, as whom, and whom it trusts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub addr: String,
+    pub token: Option<String>,
+    pub ca: Option<PathBuf>,
+}
+
+impl Target {
+    /// A client for this target; the CA file is read now, and a problem with it named.
+    pub fn client(&self) -> Result<orchion_client::Client, CliError> {
+        let ca = match &self.ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                CliError(format!("cannot read the CA file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Ok(orchion_client::Client::with_ca(
+            &self.addr,
+            self.token.as_deref(),
+            ca.as_deref(),
+        )?)
+    }
 }
 
 /// `$ORCHION_CLI_CONFIG`, else `$XDG_CONFIG_HOME/orchion/cli.toml`, else
@@ -89,8 +118,8 @@ impl CliConfig {
     }
 }
 
-/// The server and token a client command uses (see the module's documentation).
-pub fn resolve(args: &ClientArgs) -> Result<(String, Option<String>), CliError> {
+/// The server, token and authority a client command uses (see the module's documentation).
+pub fn resolve(args: &ClientArgs) -> Result<Target, CliError> {
     let config = CliConfig::load()?;
     let named = args.context.as_deref().or(config.current.as_deref());
     let context = match named {
@@ -110,12 +139,13 @@ pub fn resolve(args: &ClientArgs) -> Result<(String, Option<String>), CliError> 
         .clone()
         .or_else(|| context.as_ref().map(|c| c.server.clone()))
         .unwrap_or_else(|| DEFAULT_ADDR.to_owned());
-    let token = args.token.clone().or_else(|| {
-        context
-            .filter(|c| same_server(&c.server, &addr))
-            .and_then(|c| c.token)
-    });
-    Ok((addr, token))
+    let own = context.filter(|c| same_server(&c.server, &addr));
+    let token = args
+        .token
+        .clone()
+        .or_else(|| own.as_ref().and_then(|c| c.token.clone()));
+    let ca = args.ca.clone().or_else(|| own.and_then(|c| c.ca));
+    Ok(Target { addr, token, ca })
 }
 
 fn same_server(a: &str, b: &str) -> bool {
@@ -143,14 +173,19 @@ pub async fn login(args: LoginArgs) -> ExitCode {
         if token.is_empty() {
             return Err(CliError("no token given".into()));
         }
-        let client = orchion_client::Client::new(&server, Some(&token))?;
-        let session = client.session().await?;
+        let target = Target {
+            addr: server.clone(),
+            token: Some(token),
+            ca: args.ca.clone(),
+        };
+        let session = target.client()?.session().await?;
         let mut config = CliConfig::load()?;
         config.set(
             &args.context,
             Context {
                 server: server.clone(),
-                token: Some(token),
+                token: target.token,
+                ca: target.ca,
             },
         );
         let path = config.save()?;
@@ -272,6 +307,7 @@ mod tests {
             Context {
                 server: "http://127.0.0.1:8080".into(),
                 token: Some("orc_x".into()),
+                ca: Some("/etc/orchion/ca.pem".into()),
             },
         );
         let text = toml::to_string_pretty(&config).unwrap();

@@ -121,9 +121,7 @@ pub async fn finish(
     args: &ClientArgs,
     verb: impl AsyncFnOnce(&Client, Output) -> Result<(), CliError>,
 ) -> ExitCode {
-    let result = match contexts::resolve(args)
-        .and_then(|(addr, token)| Ok(Client::new(&addr, token.as_deref())?))
-    {
+    let result = match contexts::resolve(args).and_then(|target| target.client()) {
         Ok(client) => verb(&client, args.output).await,
         Err(e) => Err(e),
     };

@@ -17,5 +17,6 @@ mod metrics;
 mod nodes;
 mod replicas;
 mod server;
+mod tls;
 mod tracing;
 mod workflows;

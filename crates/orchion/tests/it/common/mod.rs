@@ -54,8 +54,10 @@ impl Orchion {
             all.extend(["--metrics-port", "0"]);
         }
         let mut process = Orchion::spawn(dir, &all, env);
-        let line = process.wait_for_line("HTTP API listening on http://", Duration::from_secs(60));
-        process.addr = listening_addr(&line, "HTTP API listening on http://").unwrap();
+        let line = process.wait_for_line("HTTP API listening on ", Duration::from_secs(60));
+        process.addr = listening_addr(&line, "HTTP API listening on http://")
+            .or_else(|| listening_addr(&line, "HTTP API listening on https://"))
+            .unwrap();
         process.grpc = process
             .output
             .lock()
