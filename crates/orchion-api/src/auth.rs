@@ -25,7 +25,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use orchion_domain::{AuditEntry, Principal, ProjectId, Role};
+use orchion_domain::{AuditEntry, AuditOutcome, Principal, ProjectId, Role};
 
 use crate::{AppState, REQUEST_ID_HEADER, problem::ApiError};
 
@@ -344,18 +344,13 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         .to_owned();
     let decided = decide(&state, &method, &route, client, &mut request).await;
     let principal = request.extensions().get::<Principal>().cloned();
-    let response = match decided {
-        Ok(()) => next.run(request).await,
-        Err(e) => e.into_response(),
-    };
     if !is_state_changing(&method) {
-        return response;
+        return match decided {
+            Ok(()) => next.run(request).await,
+            Err(e) => e.into_response(),
+        };
     }
-    let (response, created) = created_id(response).await;
-    let mut resource = path_ids(&route, &path);
-    if let Some(created) = created {
-        resource.push(created);
-    }
+    let resource = path_ids(&route, &path).join(" ");
     let entry = AuditEntry {
         seq: 0,
         at: orchion_store::now(),
@@ -369,12 +364,46 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             .map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
         method: method.as_str().to_owned(),
         route,
-        resource: resource.join(" "),
-        status: response.status().as_u16(),
+        resource,
+        status: None,
         request_id,
     };
-    if let Err(e) = state.access.record(entry).await {
-        tracing::error!(error = %e, "the audit log could not be written");
+    if let Err(e) = decided {
+        // Refused: nothing changes; recorded with its answer.
+        let response = e.into_response();
+        let entry = AuditEntry {
+            status: Some(response.status().as_u16()),
+            ..entry
+        };
+        if let Err(e) = state.access.record(entry).await {
+            tracing::error!(error = %e, "the audit log could not be written");
+        }
+        return response;
+    }
+    // Recorded before it is acted on, so no change is ever made unrecorded.
+    let seq = match state.access.record(entry.clone()).await {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::error!(error = %e, "the audit log could not be written; the request is refused");
+            return ApiError::from(e).into_response();
+        }
+    };
+    let (response, created) = created_id(next.run(request).await).await;
+    let mut resource = entry.resource;
+    if let Some(created) = created {
+        if !resource.is_empty() {
+            resource.push(' ');
+        }
+        resource.push_str(&created);
+    }
+    let outcome = AuditOutcome {
+        seq,
+        status: response.status().as_u16(),
+        resource,
+    };
+    if let Err(e) = state.access.finish(outcome).await {
+        // The change is made and its entry is on disk; only how it ended is missing.
+        tracing::error!(seq, error = %e, "the outcome of an audited request could not be written");
     }
     response
 }

@@ -5,14 +5,17 @@
 //! digest is stored, and a presented token is found by its digest, so nothing compares a secret
 //! byte by byte. A configured admin token may be any text of 16 characters or more.
 //!
-//! Audit entries are written by group commit (one transaction for every request waiting), and
-//! each request waits for its entry to be on disk before it is answered. Token uses are kept in
+//! Audit entries are written by group commit: one transaction for every request waiting, new
+//! entries and outcomes together. A request that will change something is recorded before it
+//! is acted on and goes on only once its entry is on disk; how it ended is written before it is
+//! answered ([`Access::finish`]). So no change is ever made unrecorded, even by a server killed
+//! while making it (its entry then has no outcome), and an answered change is recorded whole. Token uses are kept in
 //! memory and written once per period ([`Access::flush_uses`]), so checking a token is one read.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use base64::Engine as _;
-use orchion_domain::{AuditEntry, ProjectId, Role, Token, TokenId, TokenKind};
+use orchion_domain::{AuditEntry, AuditOutcome, ProjectId, Role, Token, TokenId, TokenKind};
 use orchion_store::{Store, StoreError};
 use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
@@ -80,11 +83,18 @@ fn new_secret() -> String {
 /// Tokens and the audit log.
 pub struct Access {
     store: Arc<dyn Store>,
-    audit: Batcher<AuditEntry, ()>,
+    audit: Batcher<AuditWrite, i64>,
     /// When each token was last used, not yet written.
     uses: std::sync::Mutex<HashMap<TokenId, OffsetDateTime>>,
     writers: TaskTracker,
     closing: CancellationToken,
+}
+
+/// One write to the audit log.
+#[derive(Debug, Clone)]
+enum AuditWrite {
+    Append(AuditEntry),
+    Complete(AuditOutcome),
 }
 
 impl Access {
@@ -93,12 +103,26 @@ impl Access {
         let (writers, closing) = (TaskTracker::new(), CancellationToken::new());
         let audit = {
             let store = store.clone();
-            Batcher::spawn(AUDIT_BATCH, &writers, closing.clone(), move |entries| {
+            Batcher::spawn(AUDIT_BATCH, &writers, closing.clone(), move |writes| {
                 let store = store.clone();
                 async move {
-                    let count = entries.len();
-                    store.append_audit(&entries).await?;
-                    Ok((0..count).map(|_| Ok(())).collect())
+                    let (mut entries, mut outcomes) = (Vec::new(), Vec::new());
+                    for write in &writes {
+                        match write {
+                            AuditWrite::Append(entry) => entries.push(entry.clone()),
+                            AuditWrite::Complete(outcome) => outcomes.push(outcome.clone()),
+                        }
+                    }
+                    let mut seqs = store.write_audit(&entries, &outcomes).await?.into_iter();
+                    Ok(writes
+                        .iter()
+                        .map(|write| match write {
+                            AuditWrite::Append(_) => seqs.next().ok_or_else(|| {
+                                StoreError::Corrupt("an audit entry was given no seq".into())
+                            }),
+                            AuditWrite::Complete(outcome) => Ok(outcome.seq),
+                        })
+                        .collect())
                 }
             })
         };
@@ -182,9 +206,18 @@ impl Access {
         }
     }
 
-    /// Appends an entry to the audit log; returns once it is on disk.
-    pub async fn record(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.audit.submit(entry).await
+    /// Appends an entry to the audit log; returns its `seq` once it is on disk.
+    pub async fn record(&self, entry: AuditEntry) -> Result<i64, StoreError> {
+        self.audit.submit(AuditWrite::Append(entry)).await
+    }
+
+    /// Records how a request [`Access::record`]ed before it was acted on ended; returns once
+    /// it is on disk.
+    pub async fn finish(&self, outcome: AuditOutcome) -> Result<(), StoreError> {
+        self.audit
+            .submit(AuditWrite::Complete(outcome))
+            .await
+            .map(drop)
     }
 
     /// Writes the token uses remembered since the last call.

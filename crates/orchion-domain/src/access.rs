@@ -258,9 +258,19 @@ pub struct AuditEntry {
     pub route: String,
     /// The ids in the path, and the id of a resource the request created.
     pub resource: String,
-    /// The HTTP status of the answer.
-    pub status: u16,
+    /// The HTTP status of the answer; `None` while the request is handled, and for good when
+    /// the server stopped before answering it (its change may or may not have been made).
+    pub status: Option<u16>,
     pub request_id: String,
+}
+
+/// How a request recorded in the audit log before it was acted on ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditOutcome {
+    pub seq: i64,
+    pub status: u16,
+    /// The entry's resources, with the id of what the request created.
+    pub resource: String,
 }
 
 /// What the audit log is filtered by.

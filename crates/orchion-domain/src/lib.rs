@@ -16,7 +16,7 @@ pub mod schedule;
 pub mod workflow;
 
 pub use access::{
-    AuditEntry, AuditFilter, JoinLimits, JoinToken, Principal, Role, Token, TokenKind,
+    AuditEntry, AuditFilter, AuditOutcome, JoinLimits, JoinToken, Principal, Role, Token, TokenKind,
 };
 pub use error::{FieldError, ValidationErrors};
 pub use id::{IdParseError, JoinTokenId, NodeId, ProjectId, RunId, ScheduleId, TaskId, TokenId};

@@ -122,8 +122,10 @@ pub struct AuditBody {
     pub route: String,
     /// The ids the request named or created, space-separated.
     pub resource: String,
-    /// The HTTP status it was answered with.
-    pub status: u16,
+    /// The HTTP status it was answered with. Absent while it is handled, and for good when
+    /// the server stopped before answering (its change may or may not have been made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
     pub request_id: String,
 }
 

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 use orchion_domain::{
-    AuditEntry, AuditFilter, Capacity, JoinLimits, JoinToken, JoinTokenId, Page, PageRequest,
-    ProjectId, Role, Token, TokenId, TokenKind,
+    AuditEntry, AuditFilter, AuditOutcome, Capacity, JoinLimits, JoinToken, JoinTokenId, Page,
+    PageRequest, ProjectId, Role, Token, TokenId, TokenKind,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -75,8 +75,14 @@ pub trait AccessStore: Send + Sync {
         at: OffsetDateTime,
     ) -> Result<JoinToken, StoreError>;
 
-    /// Appends entries to the audit log, in order (their `seq` is assigned here).
-    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError>;
+    /// In one transaction: appends `entries` to the audit log, in order, and records how
+    /// requests appended before they were acted on ended. Returns the `seq` each entry was
+    /// given.
+    async fn write_audit(
+        &self,
+        entries: &[AuditEntry],
+        outcomes: &[AuditOutcome],
+    ) -> Result<Vec<i64>, StoreError>;
 
     /// Audit entries matching the filter after sequence number `after`, oldest first, at most
     /// `limit` (capped at [`MAX_AUDIT_PAGE`]).
@@ -327,16 +333,23 @@ impl<B: StoreBackend> AccessStore for B {
         token.try_into()
     }
 
-    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
-        if entries.is_empty() {
-            return Ok(());
+    async fn write_audit(
+        &self,
+        entries: &[AuditEntry],
+        outcomes: &[AuditOutcome],
+    ) -> Result<Vec<i64>, StoreError> {
+        if entries.is_empty() && outcomes.is_empty() {
+            return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
+        let mut seqs = Vec::with_capacity(entries.len());
         for entry in entries {
-            tx.execute(
+            let row: SeqRow = tx
+                .fetch_one(
                 Statement::new(
                     "INSERT INTO audit (at_us, actor, role, project_id, client, method, route, \
-                     resource, status, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     resource, status, request_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     RETURNING seq",
                 )
                 .bind(micros(entry.at))
                 .bind(entry.actor.as_str())
@@ -346,12 +359,24 @@ impl<B: StoreBackend> AccessStore for B {
                 .bind(entry.method.as_str())
                 .bind(entry.route.as_str())
                 .bind(entry.resource.as_str())
-                .bind(i32::from(entry.status))
+                // 0: not answered (yet).
+                .bind(i32::from(entry.status.unwrap_or(0)))
                 .bind(entry.request_id.as_str()),
             )
             .await?;
+            seqs.push(row.seq);
         }
-        tx.commit().await
+        for outcome in outcomes {
+            tx.execute(
+                Statement::new("UPDATE audit SET status = $2, resource = $3 WHERE seq = $1")
+                    .bind(outcome.seq)
+                    .bind(i32::from(outcome.status))
+                    .bind(outcome.resource.as_str()),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(seqs)
     }
 
     async fn list_audit(
@@ -417,6 +442,11 @@ impl TryFrom<TokenRow> for Token {
             revoked_at: row.revoked_us.map(from_micros),
         })
     }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct SeqRow {
+    seq: i64,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -502,8 +532,13 @@ impl TryFrom<AuditRow> for AuditEntry {
             method: row.method,
             route: row.route,
             resource: row.resource,
-            status: u16::try_from(row.status)
-                .map_err(|_| StoreError::Corrupt(format!("audit status {}", row.status)))?,
+            status: match row.status {
+                0 => None,
+                status => Some(
+                    u16::try_from(status)
+                        .map_err(|_| StoreError::Corrupt(format!("audit status {}", row.status)))?,
+                ),
+            },
             request_id: row.request_id,
         })
     }

@@ -6,10 +6,10 @@
 use std::{collections::HashSet, sync::Arc};
 
 use orchion_domain::{
-    AttemptOutcome, AttemptStatus, Capacity, Concurrency, JobFilter, JoinLimits, JoinToken,
-    JoinTokenId, Labels, Liveness, NewJob, NewProject, Node, NodeId, NodeStatus, PageRequest,
-    Placement, Project, ProjectFilter, ProjectId, ProjectStatus, ProjectUpdate, RetryPolicy,
-    StepKey, TaskStatus, Timeouts,
+    AttemptOutcome, AttemptStatus, AuditEntry, AuditFilter, AuditOutcome, Capacity, Concurrency,
+    JobFilter, JoinLimits, JoinToken, JoinTokenId, Labels, Liveness, NewJob, NewProject, Node,
+    NodeId, NodeStatus, PageRequest, Placement, Project, ProjectFilter, ProjectId, ProjectStatus,
+    ProjectUpdate, RetryPolicy, Role, StepKey, TaskStatus, Timeouts,
 };
 use orchion_store::{
     AttemptReport, ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NewStep, NewWorkflowRun,
@@ -79,6 +79,7 @@ conformance!(
     a_registered_node_loads_back_with_its_credential,
     re_registering_keeps_registration_time_and_drain,
     join_tokens_are_named_limited_revocable_and_remembered_by_their_nodes,
+    an_audit_entry_is_written_before_its_outcome_and_kept_without_one,
     node_state_changes_record_status_events,
     heartbeats_are_recorded_without_events,
     a_state_change_applies_only_from_its_expected_status,
@@ -2322,4 +2323,52 @@ async fn a_released_attempt_is_adopted_once_by_another_node(db: Db) {
     let done = store.get_job(j.id).await.unwrap();
     assert_eq!(done.state.attempts, 1);
     assert_eq!(done.attempts[0].node_id, Some(adopter));
+}
+
+async fn an_audit_entry_is_written_before_its_outcome_and_kept_without_one(db: Db) {
+    let store = db.open().await;
+    let entry = |request_id: &str| AuditEntry {
+        seq: 0,
+        at: orchion_store::now(),
+        actor: "token:t".into(),
+        role: Some(Role::Operator),
+        project: None,
+        client: "127.0.0.1".into(),
+        method: "POST".into(),
+        route: "/api/v1/jobs".into(),
+        resource: String::new(),
+        status: None,
+        request_id: request_id.into(),
+    };
+    let seqs = store
+        .write_audit(&[entry("answered"), entry("interrupted")], &[])
+        .await
+        .unwrap();
+    assert_eq!(seqs.len(), 2);
+    assert!(seqs[0] < seqs[1]);
+    // The next group commit carries a new entry and the first one's outcome together.
+    let more = store
+        .write_audit(
+            &[entry("refused")],
+            &[AuditOutcome {
+                seq: seqs[0],
+                status: 201,
+                resource: "job-1".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(more.len(), 1);
+    let listed = store
+        .list_audit(&AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].status, Some(201));
+    assert_eq!(listed[0].resource, "job-1");
+    assert_eq!(
+        listed[1].status, None,
+        "a request whose server stopped has no outcome"
+    );
+    assert_eq!(listed[1].request_id, "interrupted");
 }

@@ -219,7 +219,7 @@ pub async fn run_audit(args: AuditArgs) -> ExitCode {
                             e.method.clone(),
                             e.route.clone(),
                             e.resource.clone(),
-                            e.status.to_string(),
+                            e.status.map_or_else(|| "-".into(), |s| s.to_string()),
                         ]);
                     }
                     table

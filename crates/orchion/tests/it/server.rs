@@ -73,6 +73,62 @@ async fn sigkill_loses_nothing_that_was_acknowledged() {
 }
 
 #[tokio::test]
+async fn the_audit_log_keeps_every_acknowledged_change_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Orchion::start(dir.path(), &["server"], &[]);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(
+            create_project(&first, &format!("audited-{i}")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let refused = crate::common::anonymous()
+        .post(first.url("/api/v1/projects"))
+        .json(&serde_json::json!({"name": "nobody's"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    // Killed at once after the last answer: what was acknowledged is in the log.
+    first.signal("KILL");
+    drop(first);
+
+    let second = Orchion::start(dir.path(), &["server"], &[]);
+    let page: Value = http()
+        .get(second.url("/api/v1/audit?limit=500"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = page["items"].as_array().unwrap();
+    for id in &ids {
+        let mine: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["resource"].as_str().unwrap().contains(id.as_str()))
+            .collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "project {id} is in the log once: {entries:?}"
+        );
+        assert!(mine[0]["actor"].as_str().unwrap().starts_with("token:"));
+        assert_eq!(mine[0]["route"], "/api/v1/projects");
+        assert_eq!(mine[0]["status"], 201);
+    }
+    let anonymous: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["actor"] == "anonymous")
+        .collect();
+    assert_eq!(anonymous.len(), 1, "{entries:?}");
+    assert_eq!(anonymous[0]["status"], 401);
+}
+
+#[tokio::test]
 async fn sigterm_drains_then_exits_zero_within_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Orchion::start(
