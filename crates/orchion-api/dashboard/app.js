@@ -91,7 +91,8 @@ async function api(path, options) {
   return body;
 }
 
-/** The sign-in page: an API token becomes a session cookie. Nothing else is shown. */
+/** The sign-in page: an API token, or the identity provider when one is configured, becomes a
+ * session cookie. Nothing else is shown. */
 function signIn(message) {
   const view = document.getElementById('view');
   const input = h('input', { type: 'password', id: 'token', name: 'token', autocomplete: 'off',
@@ -111,7 +112,17 @@ function signIn(message) {
   h('p', {}, 'Sign in with an API token (`orchion token create --role viewer`, or the admin token the server made).'),
   input, ' ', h('button', { type: 'submit' }, 'Sign in'),
   message ? h('p', { class: 'error' }, message) : '');
-  view.replaceChildren(h('div', {}, h('h1', {}, 'Sign in'), form));
+  const providers = h('div', { id: 'sign-in-providers' });
+  view.replaceChildren(h('div', {}, h('h1', {}, 'Sign in'), form, providers));
+  fetch('/api/v1/session/methods', { headers: { accept: 'application/json' } })
+    .then((r) => (r.ok ? r.json() : {}))
+    .then((methods) => {
+      if (!methods.oidc) return;
+      providers.replaceChildren(h('p', { class: 'panel' },
+        h('a', { class: 'button', id: 'sign-in-oidc', href: methods.oidc.login_url },
+          `Sign in with ${methods.oidc.name}`)));
+    })
+    .catch(() => { /* the token form still works */ });
 }
 
 async function signOut() {

@@ -15,7 +15,10 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -63,6 +66,7 @@ pub fn policy(method: &Method, route: &str) -> Option<Policy> {
         }
         "/webhook/github" | "/enqueue" if *method == Method::POST => Open,
         "/api/v1/session" if *method == Method::POST => Open,
+        "/api/v1/session/methods" | "/auth/oidc/login" | "/auth/oidc/callback" if read => Open,
         "/api/v1/session" => VIEWER,
         "/openapi.json" | "/docs" | "/docs/" | "/docs/{*rest}" if read => VIEWER,
         "/api/v1/projects" | "/api/v1/projects/{id}" if read => VIEWER,
@@ -368,18 +372,62 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         status: None,
         request_id,
     };
-    if let Err(e) = decided {
+    let (response, created) = match decided {
         // Refused: nothing changes; recorded with its answer.
-        let response = e.into_response();
-        let entry = AuditEntry {
-            status: Some(response.status().as_u16()),
-            ..entry
-        };
-        if let Err(e) = state.access.record(entry).await {
-            tracing::error!(error = %e, "the audit log could not be written");
+        Err(e) => (e.into_response(), None),
+        Ok(()) if audited_in_transaction(&method, &entry.route) => {
+            let draft = AuditDraft(Arc::new((entry.clone(), AtomicBool::new(false))));
+            request.extensions_mut().insert(draft.clone());
+            let response = next.run(request).await;
+            if draft.0.1.load(Ordering::Acquire) {
+                return response;
+            }
+            // The handler changed nothing (a replay, a refusal, a failure).
+            created_id(response).await
         }
-        return response;
+        Ok(()) => return audited(&state, entry, next.run(request)).await,
+    };
+    let entry = AuditEntry {
+        status: Some(response.status().as_u16()),
+        resource: with_created(entry.resource, created),
+        ..entry
+    };
+    if let Err(e) = state.access.record(entry).await {
+        tracing::error!(error = %e, "the audit log could not be written");
     }
+    response
+}
+
+/// The routes whose handlers append the request's audit entry in the same transaction as the
+/// change they make (through the [`AuditDraft`] the guard hands them): creating a job, the hot
+/// path. Every other state-changing request is recorded before it is acted on.
+fn audited_in_transaction(method: &Method, route: &str) -> bool {
+    *method == Method::POST && route == "/api/v1/jobs"
+}
+
+/// A request's audit entry, for a handler to append in the transaction of its change; the
+/// handler marks it written once that transaction has committed.
+#[derive(Debug, Clone)]
+pub struct AuditDraft(Arc<(AuditEntry, AtomicBool)>);
+
+impl AuditDraft {
+    /// The entry, without its outcome.
+    pub fn entry(&self) -> &AuditEntry {
+        &self.0.0
+    }
+
+    /// The entry was committed with the change.
+    pub fn mark_written(&self) {
+        self.0.1.store(true, Ordering::Release);
+    }
+}
+
+/// Runs a state-changing request recorded before it is acted on, then records how it ended.
+async fn audited(
+    state: &AppState,
+    entry: AuditEntry,
+    handler: impl Future<Output = Response>,
+) -> Response {
     // Recorded before it is acted on, so no change is ever made unrecorded.
     let seq = match state.access.record(entry.clone()).await {
         Ok(seq) => seq,
@@ -388,18 +436,11 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             return ApiError::from(e).into_response();
         }
     };
-    let (response, created) = created_id(next.run(request).await).await;
-    let mut resource = entry.resource;
-    if let Some(created) = created {
-        if !resource.is_empty() {
-            resource.push(' ');
-        }
-        resource.push_str(&created);
-    }
+    let (response, created) = created_id(handler.await).await;
     let outcome = AuditOutcome {
         seq,
         status: response.status().as_u16(),
-        resource,
+        resource: with_created(entry.resource, created),
     };
     if let Err(e) = state.access.finish(outcome).await {
         // The change is made and its entry is on disk; only how it ended is missing.
@@ -485,6 +526,17 @@ async fn decide(
         )));
     }
     Ok(())
+}
+
+/// An entry's resources with the id of what the request created, if it created something.
+fn with_created(mut resource: String, created: Option<String>) -> String {
+    if let Some(created) = created {
+        if !resource.is_empty() {
+            resource.push(' ');
+        }
+        resource.push_str(&created);
+    }
+    resource
 }
 
 /// The ids a request's path names, by its route template: `/api/v1/jobs/{id}/cancel` and

@@ -85,6 +85,7 @@ fn traced(job: NewJob) -> NewJob {
 pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
+    draft: Option<axum::Extension<crate::auth::AuditDraft>>,
     headers: HeaderMap,
     body: JsonBody<CreateJob>,
 ) -> Result<Response, ApiError> {
@@ -107,7 +108,13 @@ pub async fn create_job(
         request_hash: body.digest,
     });
     let job = traced(job);
-    let created = state.work.enqueue(job, idempotency).await?;
+    let audit = draft.as_ref().map(|d| d.entry().clone());
+    let created = state.work.enqueue_audited(job, idempotency, audit).await?;
+    if created.created
+        && let Some(draft) = &draft
+    {
+        draft.mark_written();
+    }
     let location = format!("/api/v1/jobs/{}", created.value.id);
     Ok(
         Created::or_replayed(job_body(created.value, true), location, created.created)

@@ -18,6 +18,7 @@ pub mod health;
 pub mod jobs;
 pub mod join_tokens;
 pub mod nodes;
+pub mod oidc;
 pub mod problem;
 pub mod projects;
 pub mod respond;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub enqueue: Arc<enqueue::EnqueueSettings>,
     /// Tokens and the audit log.
     pub access: Arc<orchion_control::Access>,
+    /// The identity provider the dashboard signs in through (`auth.oidc`), if any.
+    pub oidc: Option<Arc<oidc::OidcLogin>>,
     /// Who may join the cluster as a new node.
     pub join_tokens: Arc<orchion_control::JoinTokens>,
     /// Failed authentications per client address.
@@ -216,6 +219,9 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             session::get_session,
             session::delete_session
         ))
+        .routes(routes!(oidc::methods))
+        .routes(routes!(oidc::login))
+        .routes(routes!(oidc::callback))
         .routes(routes!(audit::list_audit))
         .routes(routes!(enqueue::enqueue))
         .routes(routes!(health::livez))

@@ -62,6 +62,9 @@ pub enum ApiError {
     /// A bounded resource (event streams) is all in use.
     #[error("{0}")]
     Busy(String),
+    /// A service this request needs (the identity provider) did not answer usably.
+    #[error("{0}")]
+    Upstream(String),
     #[error("internal error")]
     Internal,
 }
@@ -139,6 +142,11 @@ impl ApiError {
                 "Shutting down",
             ),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Too busy"),
+            ApiError::Upstream(_) => (
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                "A service this needs is unavailable",
+            ),
             ApiError::Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",

@@ -20,7 +20,8 @@ use crate::{
     problem::{ApiError, Problem},
 };
 
-fn cookie(value: &str, max_age: u64) -> HeaderValue {
+/// The session cookie holding `value` for `max_age` seconds (0: cleared).
+pub(crate) fn cookie(value: &str, max_age: u64) -> HeaderValue {
     HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age={max_age}"
     ))
@@ -83,7 +84,7 @@ pub async fn create_session(
 #[utoipa::path(get, path = "/api/v1/session", tag = "access",
     responses((status = 200, body = SessionBody), (status = 401, body = Problem)))]
 pub async fn get_session(caller: Caller, headers: HeaderMap) -> Json<SessionBody> {
-    let session = session_cookie(&headers).filter(|_| caller.0.actor.starts_with("session:"));
+    let session = session_cookie(&headers).filter(|_| caller.0.session.is_some());
     Json(SessionBody {
         actor: caller.0.actor,
         role: caller.0.role.as_str().to_owned(),
@@ -99,12 +100,7 @@ pub async fn delete_session(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    if let Some(id) = caller
-        .0
-        .actor
-        .strip_prefix("session:")
-        .and_then(|id| id.parse().ok())
-    {
+    if let Some(id) = caller.0.session {
         state.access.revoke(id).await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();

@@ -142,6 +142,48 @@ pub struct AuthConfig {
     pub admin_token_file: Option<PathBuf>,
     /// Failed sign-ins one client address may make per minute before it is refused (429).
     pub max_failures_per_minute: u32,
+    /// Signing in to the dashboard through an OpenID Connect provider.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// An OpenID Connect provider the dashboard signs in through (authorization code with PKCE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL (`https://accounts.example.com`); its discovery document is at
+    /// `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    /// For a confidential client.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    /// This server's callback as registered at the provider:
+    /// `https://orchion.example.com/auth/oidc/callback`.
+    pub redirect_url: String,
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+    /// The ID token claim mapped to a role (a string or a list of strings; a dotted path
+    /// reaches into objects).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// Claim value → `viewer`, `operator` or `admin`. An identity none of whose values is
+    /// listed cannot sign in.
+    pub roles: std::collections::BTreeMap<String, String>,
+    /// The sign-in button's label.
+    #[serde(default = "default_oidc_name")]
+    pub name: String,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into(), "email".into(), "profile".into()]
+}
+
+fn default_role_claim() -> String {
+    "groups".into()
+}
+
+fn default_oidc_name() -> String {
+    "single sign-on".into()
 }
 
 impl Default for AuthConfig {
@@ -150,6 +192,7 @@ impl Default for AuthConfig {
             admin_token: None,
             admin_token_file: None,
             max_failures_per_minute: 20,
+            oidc: None,
         }
     }
 }
@@ -582,6 +625,37 @@ impl Config {
         if let Some(token) = &cluster.join_token {
             if let Err(problem) = token.validate_token() {
                 problems.push(format!("cluster.join_token {problem}"));
+            }
+        }
+        if let Some(oidc) = &self.auth.oidc {
+            for (key, value) in [
+                ("auth.oidc.issuer", &oidc.issuer),
+                ("auth.oidc.redirect_url", &oidc.redirect_url),
+            ] {
+                if !url::Url::parse(value).is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+                    problems.push(format!(
+                        "{key} `{value}` must be an http:// or https:// URL"
+                    ));
+                }
+            }
+            if oidc.client_id.trim().is_empty() {
+                problems.push("auth.oidc.client_id must not be empty".to_owned());
+            }
+            if !oidc.scopes.iter().any(|s| s == "openid") {
+                problems.push("auth.oidc.scopes must include `openid`".to_owned());
+            }
+            if oidc.roles.is_empty() {
+                problems.push(
+                    "auth.oidc.roles must map at least one claim value to a role, or nobody can sign in"
+                        .to_owned(),
+                );
+            }
+            for (value, role) in &oidc.roles {
+                if !matches!(role.as_str(), "viewer" | "operator" | "admin") {
+                    problems.push(format!(
+                        "auth.oidc.roles.{value} is `{role}`: expected viewer, operator or admin"
+                    ));
+                }
             }
         }
         match url::Url::parse(&self.enqueue.worker_url) {

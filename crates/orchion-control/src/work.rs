@@ -15,10 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use orchion_domain::{AttemptOutcome, Job, Liveness, NewJob, NodeId, NodeStatus, RunId, TaskId};
+use orchion_domain::{
+    AttemptOutcome, AuditEntry, Job, Liveness, NewJob, NodeId, NodeStatus, RunId, TaskId,
+};
 use orchion_store::{
     AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Heard, IdempotencyKey,
-    LeaseState, NewLogLine, Signal, Store, StoreError,
+    JobIntake, LeaseState, NewLogLine, Signal, Store, StoreError,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -70,7 +72,7 @@ pub struct WorkQueue {
     nodes: Arc<NodeRegistry>,
     wake: Notify,
     /// Group commit for new jobs and for results.
-    intake: Batcher<(NewJob, Option<IdempotencyKey>), Created<Job>>,
+    intake: Batcher<JobIntake, Created<Job>>,
     results: Batcher<AttemptReport, Completed>,
     /// Runs one of whose workflow steps just finished, each once: the workflow engine moves
     /// them on ([`WorkQueue::take_finished_runs`]).
@@ -187,7 +189,25 @@ impl WorkQueue {
         job: NewJob,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Created<Job>, StoreError> {
-        let created = self.intake.submit((job, idempotency)).await?;
+        self.enqueue_audited(job, idempotency, None).await
+    }
+
+    /// Enqueues a job with the audit entry of the request that made it, appended in the job's
+    /// own transaction when the job is created now (`created`); nothing is appended otherwise.
+    pub async fn enqueue_audited(
+        &self,
+        job: NewJob,
+        idempotency: Option<IdempotencyKey>,
+        audit: Option<AuditEntry>,
+    ) -> Result<Created<Job>, StoreError> {
+        let created = self
+            .intake
+            .submit(JobIntake {
+                job,
+                idempotency,
+                audit,
+            })
+            .await?;
         if created.created {
             self.work_changed();
         }
@@ -200,7 +220,18 @@ impl WorkQueue {
         &self,
         jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
     ) -> Vec<Result<Created<Job>, StoreError>> {
-        let created = self.intake.submit_all(jobs).await;
+        let created = self
+            .intake
+            .submit_all(
+                jobs.into_iter()
+                    .map(|(job, idempotency)| JobIntake {
+                        job,
+                        idempotency,
+                        audit: None,
+                    })
+                    .collect(),
+            )
+            .await;
         if created.iter().any(|c| c.as_ref().is_ok_and(|c| c.created)) {
             self.work_changed();
         }

@@ -58,11 +58,13 @@ impl FromStr for Role {
 /// (webhook rules, `/enqueue`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// Who, as the audit log names them: `token:<id>`, `session:<id>`, `webhook:github`, ….
+    /// Who, as the audit log names them: `token:<id>`, `session:<id>`, `oidc:<subject>`, ….
     pub actor: String,
     pub role: Role,
     /// The one project this principal may see; `None`: every project.
     pub project: Option<ProjectId>,
+    /// The dashboard session the request came with, if it came with one.
+    pub session: Option<TokenId>,
 }
 
 impl Principal {
@@ -122,6 +124,10 @@ impl FromStr for TokenKind {
     }
 }
 
+/// How the audit log names a person who signed in through an identity provider: `oidc:` and
+/// the provider's subject.
+pub const OIDC_PREFIX: &str = "oidc:";
+
 /// A token as stored: never its secret, only the secret's digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
@@ -147,16 +153,19 @@ impl Token {
         self.revoked_at.is_none() && self.expires_at.is_none_or(|e| now < e)
     }
 
-    /// The principal a request with this token acts as.
+    /// The principal a request with this token acts as. A session made by signing in through
+    /// an identity provider acts as its subject (its name, [`OIDC_PREFIX`]`<subject>`).
     pub fn principal(&self) -> Principal {
-        let prefix = match self.kind {
-            TokenKind::Api => "token",
-            TokenKind::Session => "session",
+        let actor = match self.kind {
+            TokenKind::Api => format!("token:{}", self.id),
+            TokenKind::Session if self.name.starts_with(OIDC_PREFIX) => self.name.clone(),
+            TokenKind::Session => format!("session:{}", self.id),
         };
         Principal {
-            actor: format!("{prefix}:{}", self.id),
+            actor,
             role: self.role,
             project: self.project,
+            session: (self.kind == TokenKind::Session).then_some(self.id),
         }
     }
 }
@@ -294,6 +303,7 @@ mod tests {
             actor: "token:t".into(),
             role,
             project,
+            session: None,
         }
     }
 

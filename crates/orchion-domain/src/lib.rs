@@ -16,7 +16,8 @@ pub mod schedule;
 pub mod workflow;
 
 pub use access::{
-    AuditEntry, AuditFilter, AuditOutcome, JoinLimits, JoinToken, Principal, Role, Token, TokenKind,
+    AuditEntry, AuditFilter, AuditOutcome, JoinLimits, JoinToken, OIDC_PREFIX, Principal, Role,
+    Token, TokenKind,
 };
 pub use error::{FieldError, ValidationErrors};
 pub use id::{IdParseError, JoinTokenId, NodeId, ProjectId, RunId, ScheduleId, TaskId, TokenId};

@@ -213,3 +213,22 @@ pub struct JoinTokenList {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
+
+/// How the dashboard may be signed in to.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SignInMethods {
+    /// With an API token (`POST /api/v1/session`): always.
+    pub token: bool,
+    /// Through an OpenID Connect provider, when one is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<OidcMethod>,
+}
+
+/// The identity provider the dashboard offers.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OidcMethod {
+    /// The sign-in button's label.
+    pub name: String,
+    /// Where the browser goes to sign in.
+    pub login_url: String,
+}

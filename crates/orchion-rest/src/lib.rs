@@ -18,7 +18,8 @@ mod workflow_types;
 
 pub use access::{
     AuditBody, AuditList, CreateJoinToken, CreateSession, CreateToken, CreatedJoinToken,
-    CreatedToken, JoinTokenBody, JoinTokenList, SessionBody, TokenBody, TokenList,
+    CreatedToken, JoinTokenBody, JoinTokenList, OidcMethod, SessionBody, SignInMethods, TokenBody,
+    TokenList,
 };
 pub use deployments::{DeploymentBody, DeploymentList, EngineBody, EngineList, ResourceStatus};
 pub use events::EventBody;

@@ -34,6 +34,10 @@ pub trait AccessStore: Send + Sync {
     /// when a first token was made before, even if it has since been revoked.
     async fn bootstrap_token(&self, token: &Token) -> Result<bool, StoreError>;
 
+    /// The cluster's secret named `name`: `fresh` the first time any replica asks, and the
+    /// same on every replica afterwards.
+    async fn cluster_secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError>;
+
     /// The token with this id, whatever its state.
     async fn get_token(&self, id: TokenId) -> Result<Option<Token>, StoreError>;
 
@@ -156,6 +160,26 @@ impl<B: StoreBackend> AccessStore for B {
             tx.rollback().await?;
         }
         Ok(first)
+    }
+
+    async fn cluster_secret(&self, name: &str, fresh: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut tx = self.begin().await?;
+        tx.execute(
+            Statement::new(
+                "INSERT INTO cluster_settings (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(name)
+            .bind(fresh),
+        )
+        .await?;
+        let row: SecretRow = tx
+            .fetch_one(
+                Statement::new("SELECT value FROM cluster_settings WHERE key = $1").bind(name),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(row.value)
     }
 
     async fn get_token(&self, id: TokenId) -> Result<Option<Token>, StoreError> {
@@ -442,6 +466,11 @@ impl TryFrom<TokenRow> for Token {
             revoked_at: row.revoked_us.map(from_micros),
         })
     }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct SecretRow {
+    value: Vec<u8>,
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -16,14 +16,13 @@
 
 use std::{borrow::Cow, future::Future};
 
-use orchion_domain::{Job, NewJob};
+use orchion_domain::Job;
 use sqlx::{FromRow, postgres::PgRow, sqlite::SqliteRow};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, StoreError,
-    events::PendingEvent,
+    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, StoreError, events::PendingEvent,
 };
 
 /// Which backend a store runs on.
@@ -360,7 +359,7 @@ pub(crate) trait StoreBackend: Send + Sync + 'static {
     /// Enqueues jobs in one transaction (see [`crate::JobStore::create_jobs`]).
     fn enqueue(
         &self,
-        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+        jobs: Vec<crate::JobIntake>,
     ) -> impl Future<Output = Result<Vec<Result<Created<Job>, StoreError>>, StoreError>> + Send;
 
     /// Claims tasks for a node (see [`crate::JobStore::claim_tasks`]).

@@ -130,6 +130,17 @@ pub struct LogLine {
 
 /// The job half of the store: queue, leases, results and logs. A supertrait of
 /// [`crate::Store`], so an `Arc<dyn Store>` has these methods too.
+/// A job to enqueue, with what makes it idempotent and the audit entry of the request that
+/// made it.
+#[derive(Debug, Clone)]
+pub struct JobIntake {
+    pub job: NewJob,
+    pub idempotency: Option<IdempotencyKey>,
+    /// Appended to the audit log in the job's own transaction when the job is created now
+    /// (with status 201 and the job's id as its resource); nothing is appended otherwise.
+    pub audit: Option<orchion_domain::AuditEntry>,
+}
+
 #[async_trait]
 pub trait JobStore: Send + Sync {
     /// Enqueues jobs in one transaction. Each gets its own outcome: created, the job an earlier
@@ -137,7 +148,7 @@ pub trait JobStore: Send + Sync {
     /// nothing was written.
     async fn create_jobs(
         &self,
-        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+        jobs: Vec<JobIntake>,
     ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError>;
 
     /// Enqueues a job, or returns the one an earlier call with the same key created.
@@ -146,10 +157,14 @@ pub trait JobStore: Send + Sync {
         job: NewJob,
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Created<Job>, StoreError> {
-        self.create_jobs(vec![(job, idempotency)])
-            .await?
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::Corrupt("a batch of one came back empty".into())))
+        self.create_jobs(vec![JobIntake {
+            job,
+            idempotency,
+            audit: None,
+        }])
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::Corrupt("a batch of one came back empty".into())))
     }
 
     /// A job with its attempts.
@@ -279,12 +294,12 @@ const REAP_BATCH: &str = " LIMIT 500";
 impl<B: StoreBackend> JobStore for B {
     async fn create_jobs(
         &self,
-        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+        jobs: Vec<JobIntake>,
     ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
         // A batch that fails on a missing project fails as a whole; its jobs alone (as the
         // intake retries them) say whose project is missing.
         let project = match jobs.as_slice() {
-            [(job, _)] => job.project_id,
+            [intake] => intake.job.project_id,
             _ => None,
         };
         self.enqueue(jobs)
@@ -774,12 +789,14 @@ async fn apply_to_job<T: Tx>(tx: &mut T, run: RunId, event: TaskEvent) -> Result
 pub(crate) async fn enqueue_results(
     store: &(dyn JobStore + Sync),
     outcomes: Vec<Enqueued>,
-    jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+    jobs: Vec<JobIntake>,
     ids: Vec<(RunId, TaskId)>,
     now: OffsetDateTime,
 ) -> Vec<Result<Created<Job>, StoreError>> {
     let mut results = Vec::with_capacity(jobs.len());
-    for ((outcome, (job, _)), (run_id, task_id)) in outcomes.into_iter().zip(jobs).zip(ids) {
+    for ((outcome, JobIntake { job, .. }), (run_id, task_id)) in
+        outcomes.into_iter().zip(jobs).zip(ids)
+    {
         results.push(match outcome {
             Enqueued::New => Ok(Created {
                 value: enqueued_job(run_id, task_id, job, now),

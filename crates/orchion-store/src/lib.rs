@@ -53,8 +53,8 @@ pub use crate::{
     events::EVENT_KINDS,
     idempotency::{Created, IdempotencyKey},
     jobs::{
-        ActiveCounts, AttemptReport, ClaimRequest, ClaimedTask, Completed, JobStore, LeaseState,
-        LogLine, NewLogLine, QueueDepth,
+        ActiveCounts, AttemptReport, ClaimRequest, ClaimedTask, Completed, JobIntake, JobStore,
+        LeaseState, LogLine, NewLogLine, QueueDepth,
     },
     postgres::PostgresStore,
     replicas::{ReplicaStart, ReplicaStore},

@@ -248,14 +248,14 @@ pub(crate) fn judge_reports(
 /// or earlier in this batch), or a key conflict. `stored` looks a key up in the store, as
 /// `find_idempotent` does.
 pub(crate) fn enqueue_outcomes(
-    jobs: &[(NewJob, Option<IdempotencyKey>)],
+    jobs: &[crate::JobIntake],
     ids: &[(RunId, TaskId)],
     mut stored: impl FnMut(&IdempotencyKey) -> Result<Option<Uuid>, StoreError>,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let mut outcomes = Vec::with_capacity(jobs.len());
     let mut batch_keys: HashMap<&str, (usize, &[u8])> = HashMap::new();
-    for (i, (_, idempotency)) in jobs.iter().enumerate() {
-        let Some(key) = idempotency else {
+    for (i, intake) in jobs.iter().enumerate() {
+        let Some(key) = &intake.idempotency else {
             outcomes.push(Enqueued::New);
             continue;
         };
@@ -738,14 +738,21 @@ mod tests {
                 request_hash: body.as_bytes().to_vec(),
             })
         };
-        let jobs = vec![
+        let jobs: Vec<crate::JobIntake> = [
             (job("a"), None),
             (job("b"), key("k1", "x")),
             (job("c"), key("k1", "x")),
             (job("d"), key("k1", "y")),
             (job("e"), key("stored", "x")),
             (job("f"), key("stored-other", "x")),
-        ];
+        ]
+        .into_iter()
+        .map(|(job, idempotency)| crate::JobIntake {
+            job,
+            idempotency,
+            audit: None,
+        })
+        .collect();
         let ids: Vec<(RunId, TaskId)> =
             jobs.iter().map(|_| (RunId::new(), TaskId::new())).collect();
         let earlier = Uuid::now_v7();

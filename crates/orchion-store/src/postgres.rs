@@ -19,7 +19,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use orchion_domain::{Job, NewJob};
+use orchion_domain::Job;
 use sqlx::{
     Arguments, PgConnection,
     postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions},
@@ -27,8 +27,8 @@ use sqlx::{
 };
 
 use crate::{
-    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Heard, IdempotencyKey,
-    Listener, Signal, Store, StoreError,
+    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Heard, Listener, Signal,
+    Store, StoreError,
     backend::{Row, Statement, StoreBackend, Tx, Value},
     codec::sql_int,
     error::encode,
@@ -213,7 +213,7 @@ impl StoreBackend for PostgresStore {
 
     async fn enqueue(
         &self,
-        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+        jobs: Vec<crate::JobIntake>,
     ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
         queue::enqueue(self, jobs).await
     }

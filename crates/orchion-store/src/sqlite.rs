@@ -25,7 +25,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use orchion_domain::{Job, NewJob};
+use orchion_domain::Job;
 use sqlx::{
     Arguments,
     sqlite::{
@@ -37,8 +37,7 @@ use sqlx::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, Store,
-    StoreError,
+    AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Store, StoreError,
     backend::{Row, Statement, StoreBackend, Tx, Value},
     error::encode,
     events::PendingEvent,
@@ -290,7 +289,7 @@ impl StoreBackend for SqliteStore {
 
     async fn enqueue(
         &self,
-        jobs: Vec<(NewJob, Option<IdempotencyKey>)>,
+        jobs: Vec<crate::JobIntake>,
     ) -> Result<Vec<Result<Created<Job>, StoreError>>, StoreError> {
         queue::enqueue(self, jobs).await
     }

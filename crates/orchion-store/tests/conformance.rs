@@ -12,8 +12,8 @@ use orchion_domain::{
     ProjectUpdate, RetryPolicy, Role, StepKey, TaskStatus, Timeouts,
 };
 use orchion_store::{
-    AttemptReport, ClaimRequest, IdempotencyKey, LeaseState, NewLogLine, NewStep, NewWorkflowRun,
-    NodeStateChange, Store, StoreError, connect,
+    AttemptReport, ClaimRequest, IdempotencyKey, JobIntake, LeaseState, NewLogLine, NewStep,
+    NewWorkflowRun, NodeStateChange, Store, StoreError, connect,
 };
 
 /// Where a test's database lives; keeps a SQLite file's folder alive for the test.
@@ -1046,7 +1046,9 @@ async fn a_claim_reads_past_work_that_does_not_fit(db: Db) {
         },
         ..job("shell")
     };
-    let batch = (0..200).map(|_| (elsewhere.clone(), None)).collect();
+    let batch = (0..200)
+        .map(|_| intake(elsewhere.clone(), None, None))
+        .collect();
     for created in store.create_jobs(batch).await.unwrap() {
         created.unwrap();
     }
@@ -1659,16 +1661,45 @@ async fn a_batch_of_jobs_commits_together_with_outcomes_per_job(db: Db) {
         .create_job(job("shell"), Some(key("taken", "a")))
         .await
         .unwrap();
+    let audit = |request_id: &str| AuditEntry {
+        seq: 0,
+        at: orchion_store::now(),
+        actor: "token:t".into(),
+        role: Some(Role::Operator),
+        project: None,
+        client: "127.0.0.1".into(),
+        method: "POST".into(),
+        route: "/api/v1/jobs".into(),
+        resource: String::new(),
+        status: None,
+        request_id: request_id.into(),
+    };
     let results = store
         .create_jobs(vec![
-            (job("shell"), None),
-            (job("shell"), Some(key("twice", "b"))),
-            (job("shell"), Some(key("twice", "b"))),
-            (job("http"), Some(key("taken", "different"))),
+            intake(job("shell"), None, Some(audit("first"))),
+            intake(job("shell"), Some(key("twice", "b")), None),
+            intake(job("shell"), Some(key("twice", "b")), Some(audit("replay"))),
+            intake(
+                job("http"),
+                Some(key("taken", "different")),
+                Some(audit("refused")),
+            ),
         ])
         .await
         .unwrap();
     assert_eq!(results.len(), 4);
+    // Only the job created now has its request's entry, written in its transaction.
+    let audited = store
+        .list_audit(&AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0].request_id, "first");
+    assert_eq!(audited[0].status, Some(201));
+    assert_eq!(
+        audited[0].resource,
+        results[0].as_ref().unwrap().value.id.to_string()
+    );
     let first = results[0].as_ref().unwrap();
     assert!(first.created);
     assert_eq!(
@@ -2371,4 +2402,16 @@ async fn an_audit_entry_is_written_before_its_outcome_and_kept_without_one(db: D
         "a request whose server stopped has no outcome"
     );
     assert_eq!(listed[1].request_id, "interrupted");
+}
+
+fn intake(
+    job: NewJob,
+    idempotency: Option<IdempotencyKey>,
+    audit: Option<AuditEntry>,
+) -> JobIntake {
+    JobIntake {
+        job,
+        idempotency,
+        audit,
+    }
 }

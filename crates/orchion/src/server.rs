@@ -262,6 +262,10 @@ impl Server {
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
         let join_tokens = Arc::new(orchion_control::JoinTokens::new(store.clone(), &join_token));
+        let oidc = match &config.auth.oidc {
+            Some(settings) => Some(Arc::new(oidc_login(&store, settings).await?)),
+            None => None,
+        };
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
         let scheduler = Arc::new(Scheduler::new(store.clone(), work.clone()));
         let workflows = Arc::new(
@@ -302,6 +306,7 @@ impl Server {
                     max_attempts: config.enqueue.max_attempts,
                 }),
                 access: access.clone(),
+                oidc,
                 join_tokens: join_tokens.clone(),
                 throttle: Arc::new(orchion_api::auth::Throttle::new(
                     config.auth.max_failures_per_minute,
@@ -431,6 +436,46 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The dashboard's identity provider, as `auth.oidc` configures it. Its discovery document is
+/// read at the first sign-in, so a provider that is down does not stop the server.
+async fn oidc_login(
+    store: &Arc<dyn Store>,
+    settings: &orchion_config::OidcConfig,
+) -> anyhow::Result<orchion_api::oidc::OidcLogin> {
+    let mut roles = std::collections::BTreeMap::new();
+    for (value, role) in &settings.roles {
+        let role: orchion_domain::Role = role
+            .parse()
+            .map_err(|e| anyhow::anyhow!("auth.oidc.roles.{value}: {e}"))?;
+        roles.insert(value.clone(), role);
+    }
+    let provider = orchion_oidc::Provider::new(orchion_oidc::Settings {
+        issuer: settings.issuer.clone(),
+        client_id: settings.client_id.clone(),
+        client_secret: settings
+            .client_secret
+            .as_ref()
+            .map(|s| s.expose().to_owned()),
+        redirect_url: settings.redirect_url.clone(),
+        scopes: settings.scopes.clone(),
+        role_claim: settings.role_claim.clone(),
+        roles,
+    })
+    .context("auth.oidc")?;
+    let mut fresh = [0u8; 32];
+    rand::rng().fill_bytes(&mut fresh);
+    let key = store
+        .cluster_secret(orchion_api::oidc::COOKIE_KEY, &fresh)
+        .await
+        .context("cannot read the sign-in cookie key")?;
+    Ok(orchion_api::oidc::OidcLogin {
+        provider,
+        issuer: settings.issuer.clone(),
+        name: settings.name.clone(),
+        key,
+    })
 }
 
 /// The join token kept in `<data_dir>/join-token`, generated on first use. The file is readable

@@ -7,14 +7,14 @@
 
 use std::collections::HashMap;
 
-use orchion_domain::{Capacity, Job, NewJob, RunId, TaskId, TaskStatus};
+use orchion_domain::{Capacity, Job, RunId, TaskId, TaskStatus};
 use uuid::Uuid;
 
 use sqlx::PgConnection;
 
 use super::PostgresStore;
 use crate::{
-    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, StoreError,
+    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, JobIntake, StoreError,
     backend::{Statement, StoreBackend, Tx, Value},
     codec::micros,
     events::PendingEvent,
@@ -31,7 +31,7 @@ use crate::{
 
 use super::PgTx;
 
-type Jobs = Vec<(NewJob, Option<IdempotencyKey>)>;
+type Jobs = Vec<JobIntake>;
 
 pub(super) async fn enqueue(
     store: &PostgresStore,
@@ -40,7 +40,7 @@ pub(super) async fn enqueue(
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let keyed = jobs.iter().any(|(_, k)| k.is_some());
+    let keyed = jobs.iter().any(|j| j.idempotency.is_some());
     let batch = &jobs;
     // Another replica committed one of the keys meanwhile: the retry finds it.
     let (outcomes, ids, now) = retry_lost_race(keyed, || async move {
@@ -67,7 +67,7 @@ async fn enqueue_in(
     // Decide each job's fate first: an earlier job under its key (stored, or earlier in this
     // batch), a key conflict, or new.
     let mut stored = HashMap::new();
-    for key in jobs.iter().filter_map(|(_, k)| k.as_ref()) {
+    for key in jobs.iter().filter_map(|j| j.idempotency.as_ref()) {
         if !stored.contains_key(key.key.as_str()) {
             let row: Option<(Vec<u8>, Uuid)> = tx
                 .fetch_optional(
@@ -89,7 +89,7 @@ async fn enqueue_in(
     for chunk in new.chunks(INSERT_CHUNK) {
         let mut runs = Statement::new("INSERT INTO runs (id, project_id, kind, name, created_at) ");
         runs.push_values(chunk.iter().map(|&i| {
-            let (job, _) = &jobs[i];
+            let job = &jobs[i].job;
             [
                 Value::from(ids[i].0.as_uuid()),
                 job.project_id.map(|p| p.as_uuid()).into(),
@@ -105,7 +105,7 @@ async fn enqueue_in(
                 id: ids[i].1.as_uuid(),
                 run_id: ids[i].0.as_uuid(),
                 step: "job",
-                job: &jobs[i].0,
+                job: &jobs[i].job,
                 status: TaskStatus::Queued,
                 outputs: None,
                 error: None,
@@ -115,7 +115,9 @@ async fn enqueue_in(
     }
     let mut events = Vec::with_capacity(new.len());
     for &i in &new {
-        let (job, idempotency) = &jobs[i];
+        let JobIntake {
+            job, idempotency, ..
+        } = &jobs[i];
         let run_id = ids[i].0;
         if let Some(key) = idempotency {
             tx.execute(insert_key(JOB_CREATE_SCOPE, key, run_id.as_uuid(), now))
@@ -124,6 +126,34 @@ async fn enqueue_in(
         events.push(PendingEvent::job_created(run_id, job));
     }
     tx.append_events(&events).await?;
+    // The requests' audit entries, in the same transaction as their jobs.
+    let audited: Vec<usize> = new
+        .iter()
+        .copied()
+        .filter(|&i| jobs[i].audit.is_some())
+        .collect();
+    for chunk in audited.chunks(INSERT_CHUNK) {
+        let mut audit = Statement::new(
+            "INSERT INTO audit (at_us, actor, role, project_id, client, method, route, resource, \
+             status, request_id) ",
+        );
+        audit.push_values(chunk.iter().filter_map(|&i| {
+            let entry = jobs[i].audit.as_ref()?;
+            Some([
+                Value::from(crate::codec::micros(entry.at)),
+                entry.actor.as_str().into(),
+                entry.role.map(orchion_domain::Role::as_str).into(),
+                entry.project.map(|p| p.as_uuid()).into(),
+                entry.client.as_str().into(),
+                entry.method.as_str().into(),
+                entry.route.as_str().into(),
+                ids[i].0.to_string().into(),
+                Value::from(201i32),
+                entry.request_id.as_str().into(),
+            ])
+        }));
+        tx.execute(audit).await?;
+    }
     Ok(outcomes)
 }
 

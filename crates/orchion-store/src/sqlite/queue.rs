@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use orchion_domain::{Capacity, Job, NewJob, RunId, TaskId, TaskStatus};
+use orchion_domain::{Capacity, Job, RunId, TaskId, TaskStatus};
 use rusqlite::{
     OptionalExtension, Row, Transaction, params,
     types::{ToSqlOutput, Value as SqlValue, ValueRef},
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{SqliteStore, writer::database};
 use crate::{
-    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, IdempotencyKey, StoreError,
+    AttemptReport, ClaimRequest, ClaimedTask, Completed, Created, JobIntake, StoreError,
     backend::Value,
     codec::micros,
     events::PendingEvent,
@@ -33,7 +33,14 @@ use crate::{
     tasks::{TASK_COLUMNS, TASK_INSERT_WIDTH, TaskInsert, TaskRow, task_insert},
 };
 
-type Jobs = Vec<(NewJob, Option<IdempotencyKey>)>;
+type Jobs = Vec<JobIntake>;
+
+/// A created job's audit entry, in its own transaction.
+const INSERT_AUDIT: &str = "INSERT INTO audit (at_us, actor, role, project_id, client, method, \
+                            route, resource, status, request_id) \
+                            VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// The status a created job is answered with.
+const CREATED: i32 = 201;
 
 pub(super) async fn enqueue(
     store: &SqliteStore,
@@ -127,12 +134,20 @@ fn enqueue_in(
     let mut keys = tx
         .prepare_cached(INSERT_IDEMPOTENCY_KEY)
         .map_err(database)?;
+    let mut audit = tx.prepare_cached(INSERT_AUDIT).map_err(database)?;
     let mut events = Vec::new();
     for (i, outcome) in outcomes.iter().enumerate() {
         if !matches!(outcome, Enqueued::New) {
             continue;
         }
-        let ((job, idempotency), (run_id, task_id)) = (&jobs[i], ids[i]);
+        let (
+            JobIntake {
+                job,
+                idempotency,
+                audit: entry,
+            },
+            (run_id, task_id),
+        ) = (&jobs[i], ids[i]);
         runs.execute(params![
             run_id.as_uuid().as_bytes(),
             job.project_id.map(|p| *p.as_uuid().as_bytes()),
@@ -161,6 +176,22 @@ fn enqueue_in(
                 at,
             ])
             .map_err(database)?;
+        }
+        if let Some(entry) = entry {
+            audit
+                .execute(params![
+                    micros(entry.at),
+                    entry.actor,
+                    entry.role.map(orchion_domain::Role::as_str),
+                    entry.project.map(|p| *p.as_uuid().as_bytes()),
+                    entry.client,
+                    entry.method,
+                    entry.route,
+                    run_id.to_string(),
+                    CREATED,
+                    entry.request_id,
+                ])
+                .map_err(database)?;
         }
         events.push(PendingEvent::job_created(run_id, job));
     }
@@ -510,7 +541,7 @@ fn task_row(row: &Row<'_>) -> rusqlite::Result<TaskRow> {
 mod tests {
     use std::{collections::BTreeMap, time::Duration};
 
-    use orchion_domain::{Concurrency, Placement, RetryPolicy, Timeouts};
+    use orchion_domain::{Concurrency, NewJob, Placement, RetryPolicy, Timeouts};
 
     use super::*;
     use crate::tasks::select_tasks;
@@ -554,7 +585,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("t.db").display());
         let store = SqliteStore::open(&url, 2).await.unwrap();
-        let created = enqueue(&store, vec![(job(), None)]).await.unwrap();
+        let created = enqueue(
+            &store,
+            vec![JobIntake {
+                job: job(),
+                idempotency: None,
+                audit: None,
+            }],
+        )
+        .await
+        .unwrap();
         let task = created[0].as_ref().unwrap().value.task_id.as_uuid();
 
         let by_rusqlite = store

@@ -159,8 +159,11 @@ impl BenchServer {
 
     /// Write transactions the server's store has committed.
     pub async fn commits(&self) -> anyhow::Result<u64> {
-        let status: serde_json::Value = reqwest::get(format!("{}/api/v1/status", self.http))
+        let status: serde_json::Value = admin_client()?
+            .get(format!("{}/api/v1/status", self.http))
+            .send()
             .await?
+            .error_for_status()?
             .json()
             .await?;
         status["store"]["commits"]

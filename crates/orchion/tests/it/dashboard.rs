@@ -495,3 +495,54 @@ async fn the_dashboard_follows_the_cluster_live() {
 
     assert_eq!(browser.errors(), Vec::<String>::new(), "no console errors");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_through_the_identity_provider() {
+    let Some(binary) = chromium() else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("chromium is required in CI (Debian's chromium package)");
+        }
+        eprintln!("chromium is not installed; .ci/run installs it");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = crate::oidc::FakeIssuer::start(&[]);
+    let server = crate::oidc::server_with_oidc(dir.path(), "server", &issuer);
+    let browser = Browser::launch(&binary).await;
+    browser.navigate(&server.url("/")).await;
+    browser
+        .wait_for(
+            "the identity provider's button on the sign-in page",
+            "document.getElementById('sign-in-oidc')?.textContent",
+            json!("Sign in with Fake IdP"),
+            Duration::from_secs(20),
+        )
+        .await;
+    browser
+        .eval("document.getElementById('sign-in-oidc').click(); true")
+        .await;
+    // To the provider and back: signed in, with the sign-out button.
+    browser
+        .wait_for(
+            "the overview after signing in through the provider",
+            "document.querySelector('#view h1')?.textContent !== 'Sign in' && document.getElementById('sign-out')?.hidden === false",
+            json!(true),
+            Duration::from_secs(20),
+        )
+        .await;
+    // Only the probe for a session before signing in was refused.
+    let refused =
+        "log: Failed to load resource: the server responded with a status of 401 (Unauthorized)";
+    assert_eq!(browser.take_errors(), [refused]);
+    browser
+        .eval("document.getElementById('sign-out').click(); true")
+        .await;
+    browser
+        .wait_for(
+            "the sign-in page after signing out",
+            "document.querySelector('#view h1')?.textContent",
+            json!("Sign in"),
+            Duration::from_secs(20),
+        )
+        .await;
+}

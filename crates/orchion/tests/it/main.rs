@@ -15,6 +15,7 @@ mod jobs;
 mod kubernetes;
 mod metrics;
 mod nodes;
+mod oidc;
 mod replicas;
 mod server;
 mod tls;

@@ -72,6 +72,7 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
     access.bootstrap(Some(ADMIN_TOKEN)).await.unwrap();
     let state = AppState {
         access,
+        oidc: None,
         join_tokens: Arc::new(orchion_control::JoinTokens::new(
             store.clone(),
             "test-join-token",
