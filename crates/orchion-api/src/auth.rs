@@ -358,9 +358,10 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
     let entry = AuditEntry {
         seq: 0,
         at: orchion_store::now(),
-        actor: principal
-            .as_ref()
-            .map_or_else(|| "anonymous".to_owned(), |p| p.actor.clone()),
+        actor: principal.as_ref().map_or_else(
+            || open_identity(&route).unwrap_or("anonymous").to_owned(),
+            |p| p.actor.clone(),
+        ),
         role: principal.as_ref().map(|p| p.role),
         project: principal.as_ref().and_then(|p| p.project),
         client: client
@@ -372,21 +373,26 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         status: None,
         request_id,
     };
-    let (response, created) = match decided {
+    match decided {
         // Refused: nothing changes; recorded with its answer.
-        Err(e) => (e.into_response(), None),
+        Err(e) => answered(&state, entry, e.into_response()).await,
         Ok(()) if audited_in_transaction(&method, &entry.route) => {
-            let draft = AuditDraft(Arc::new((entry.clone(), AtomicBool::new(false))));
+            let draft = AuditDraft(Arc::new((Arc::new(entry), AtomicBool::new(false))));
             request.extensions_mut().insert(draft.clone());
             let response = next.run(request).await;
             if draft.0.1.load(Ordering::Acquire) {
                 return response;
             }
             // The handler changed nothing (a replay, a refusal, a failure).
-            created_id(response).await
+            answered(&state, Arc::unwrap_or_clone(draft.entry()), response).await
         }
-        Ok(()) => return audited(&state, entry, next.run(request)).await,
-    };
+        Ok(()) => audited(&state, entry, next.run(request)).await,
+    }
+}
+
+/// Records a request that changed nothing, with its answer.
+async fn answered(state: &AppState, entry: AuditEntry, response: Response) -> Response {
+    let (response, created) = created_id(response).await;
     let entry = AuditEntry {
         status: Some(response.status().as_u16()),
         resource: with_created(entry.resource, created),
@@ -396,6 +402,16 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         tracing::error!(error = %e, "the audit log could not be written");
     }
     response
+}
+
+/// Who an open route that changes something acts as, in the audit log: the configured
+/// identities of webhook rules and of the job enqueue service.
+fn open_identity(route: &str) -> Option<&'static str> {
+    match route {
+        "/webhook/github" => Some("webhook:github"),
+        "/enqueue" => Some("enqueue"),
+        _ => None,
+    }
 }
 
 /// The routes whose handlers append the request's audit entry in the same transaction as the
@@ -408,12 +424,12 @@ fn audited_in_transaction(method: &Method, route: &str) -> bool {
 /// A request's audit entry, for a handler to append in the transaction of its change; the
 /// handler marks it written once that transaction has committed.
 #[derive(Debug, Clone)]
-pub struct AuditDraft(Arc<(AuditEntry, AtomicBool)>);
+pub struct AuditDraft(Arc<(Arc<AuditEntry>, AtomicBool)>);
 
 impl AuditDraft {
     /// The entry, without its outcome.
-    pub fn entry(&self) -> &AuditEntry {
-        &self.0.0
+    pub fn entry(&self) -> Arc<AuditEntry> {
+        self.0.0.clone()
     }
 
     /// The entry was committed with the change.

@@ -27,6 +27,8 @@ use crate::AppState;
 pub struct EnqueueSettings {
     pub worker_url: String,
     pub max_attempts: u32,
+    /// The project the forwarding jobs belong to (`enqueue.project`).
+    pub project: orchion_domain::ProjectId,
 }
 
 /// The longest place id accepted.
@@ -134,8 +136,7 @@ pub async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: By
     };
     let job = NewJob {
         name: job_id.clone(),
-        // `/enqueue` acts in the default project.
-        project_id: Some(orchion_domain::ProjectId::DEFAULT),
+        project_id: Some(settings.project),
         executor: "http".into(),
         spec,
         priority: 0,

@@ -108,7 +108,7 @@ pub async fn create_job(
         request_hash: body.digest,
     });
     let job = traced(job);
-    let audit = draft.as_ref().map(|d| d.entry().clone());
+    let audit = draft.as_ref().map(|d| d.entry());
     let created = state.work.enqueue_audited(job, idempotency, audit).await?;
     if created.created
         && let Some(draft) = &draft

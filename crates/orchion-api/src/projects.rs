@@ -164,5 +164,7 @@ pub async fn delete_project(
         ));
     }
     state.store.delete_project(id).await?;
+    // Its tokens went with it.
+    state.access.tokens_changed().await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -245,6 +245,8 @@ pub struct EnqueueConfig {
     pub worker_url: String,
     /// How many times a forward is tried.
     pub max_attempts: u32,
+    /// The project (its id) the forwarding jobs belong to. Absent: the default project.
+    pub project: Option<String>,
 }
 
 impl Default for EnqueueConfig {
@@ -252,6 +254,7 @@ impl Default for EnqueueConfig {
         Self {
             worker_url: "http://localhost:3000".into(),
             max_attempts: 5,
+            project: None,
         }
     }
 }
@@ -409,6 +412,9 @@ pub struct GithubWebhooks {
     pub secrets: std::collections::BTreeMap<String, Secret>,
     /// What each event starts, in order; every matching rule starts its run.
     pub rules: Vec<WebhookRule>,
+    /// The project (its id) the rules' runs and jobs belong to; they act as an operator of it
+    /// alone. Absent: the default project.
+    pub project: Option<String>,
 }
 
 /// Maps GitHub events to a workflow run or a job.

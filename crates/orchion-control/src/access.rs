@@ -5,6 +5,11 @@
 //! digest is stored, and a presented token is found by its digest, so nothing compares a secret
 //! byte by byte. A configured admin token may be any text of 16 characters or more.
 //!
+//! A token checked is remembered for [`CHECKED_FOR`], so a request costs no read of the store;
+//! revoking a token (or deleting its project) makes every replica forget what it remembered
+//! (at once here, and through [`orchion_store::Signal::Tokens`] on the others), and a token's
+//! expiry is checked at every use.
+//!
 //! Audit entries are written by group commit: one transaction for every request waiting, new
 //! entries and outcomes together. A request that will change something is recorded before it
 //! is acted on and goes on only once its entry is on disk; how it ended is written before it is
@@ -35,6 +40,11 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const USES_PERIOD: Duration = Duration::from_secs(30);
 /// The most audit entries one transaction writes.
 const AUDIT_BATCH: usize = 256;
+/// How long a checked token is remembered, at most: what a replica that missed a revocation
+/// signal (its listener reconnecting) may still accept it for.
+pub const CHECKED_FOR: Duration = Duration::from_secs(5);
+/// The most tokens remembered at once.
+const CHECKED_MAX: usize = 10_000;
 
 /// Why a presented token is refused. Each is a 401; the message never says more than this.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -86,6 +96,8 @@ pub struct Access {
     audit: Batcher<AuditWrite, i64>,
     /// When each token was last used, not yet written.
     uses: std::sync::Mutex<HashMap<TokenId, OffsetDateTime>>,
+    /// Tokens found lately, by digest, and when.
+    checked: std::sync::Mutex<HashMap<Vec<u8>, (Arc<Token>, std::time::Instant)>>,
     writers: TaskTracker,
     closing: CancellationToken,
 }
@@ -130,6 +142,7 @@ impl Access {
             store,
             audit,
             uses: std::sync::Mutex::new(HashMap::new()),
+            checked: std::sync::Mutex::new(HashMap::new()),
             writers,
             closing,
         }
@@ -148,10 +161,38 @@ impl Access {
 
     /// The token `text` names, if it may be used now. Its use is remembered for
     /// [`Access::flush_uses`].
-    pub async fn authenticate(&self, text: &str) -> Result<Result<Token, Refusal>, StoreError> {
+    pub async fn authenticate(
+        &self,
+        text: &str,
+    ) -> Result<Result<Arc<Token>, Refusal>, StoreError> {
         let presented = digest(text);
-        let Some(token) = self.store.find_token(&presented).await? else {
-            return Ok(Err(Refusal::Unknown));
+        let remembered = self
+            .checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&presented)
+            .filter(|(_, at)| at.elapsed() < CHECKED_FOR)
+            .map(|(token, _)| token.clone());
+        let token = match remembered {
+            Some(token) => token,
+            None => {
+                let Some(token) = self.store.find_token(&presented).await? else {
+                    return Ok(Err(Refusal::Unknown));
+                };
+                let token = Arc::new(token);
+                let mut checked = self
+                    .checked
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if checked.len() >= CHECKED_MAX {
+                    checked.clear();
+                }
+                checked.insert(
+                    presented.clone(),
+                    (token.clone(), std::time::Instant::now()),
+                );
+                token
+            }
         };
         // Found by its digest already; compared again in constant time all the same.
         if !bool::from(token.digest.as_slice().ct_eq(&presented)) {
@@ -171,9 +212,29 @@ impl Access {
         Ok(Ok(token))
     }
 
-    /// Revokes a token: refused from the next request on, on every replica.
+    /// Revokes a token: refused from the next request on here, and on the other replicas as
+    /// soon as they hear of it (at most [`CHECKED_FOR`] later).
     pub async fn revoke(&self, id: TokenId) -> Result<Token, StoreError> {
-        self.store.revoke_token(id, orchion_store::now()).await
+        let token = self.store.revoke_token(id, orchion_store::now()).await?;
+        self.tokens_changed().await;
+        Ok(token)
+    }
+
+    /// Tokens were revoked or deleted (with their project): this replica forgets the tokens it
+    /// checked, and tells the others to.
+    pub async fn tokens_changed(&self) {
+        self.forget_checked();
+        if let Err(e) = self.store.signal(&[orchion_store::Signal::Tokens]).await {
+            tracing::warn!(error = %e, "could not tell the other replicas a token was revoked; they forget it within {CHECKED_FOR:?}");
+        }
+    }
+
+    /// Forgets the tokens checked lately: the next use of each reads the store.
+    pub fn forget_checked(&self) {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
     }
 
     /// Makes sure an admin token exists: the configured one (stored if new; never brought back

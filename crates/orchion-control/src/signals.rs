@@ -21,6 +21,7 @@ pub async fn follow_signals(
     store: Arc<dyn Store>,
     work: Arc<WorkQueue>,
     scheduler: Arc<Scheduler>,
+    access: Arc<crate::Access>,
     events_appended: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -53,6 +54,9 @@ pub async fn follow_signals(
                     }
                     if matches!(heard, Heard::Signal(Signal::Events) | Heard::Missed) {
                         events_appended.notify_one();
+                    }
+                    if matches!(heard, Heard::Signal(Signal::Tokens) | Heard::Missed) {
+                        access.forget_checked();
                     }
                 }
                 Err(e) => {

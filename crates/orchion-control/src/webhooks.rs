@@ -54,6 +54,8 @@ pub enum WebhookError {
 /// Receives GitHub deliveries: verifies, deduplicates, matches rules, starts runs, records.
 pub struct Webhooks {
     config: GithubWebhooks,
+    /// The project the rules act in, as an operator of it alone.
+    project: ProjectId,
     store: Arc<dyn Store>,
     work: Arc<WorkQueue>,
     workflows: Arc<Workflows>,
@@ -62,12 +64,14 @@ pub struct Webhooks {
 impl Webhooks {
     pub fn new(
         config: GithubWebhooks,
+        project: ProjectId,
         store: Arc<dyn Store>,
         work: Arc<WorkQueue>,
         workflows: Arc<Workflows>,
     ) -> Self {
         Webhooks {
             config,
+            project,
             store,
             work,
             workflows,
@@ -228,8 +232,7 @@ impl Webhooks {
                         name: Some(format!("{workflow} (github {delivery})")),
                         workflow: workflow.clone(),
                         version: None,
-                        // Webhook rules act in the default project.
-                        project_id: Some(ProjectId::DEFAULT),
+                        project_id: Some(self.project),
                         input: input.clone(),
                         trace_parent: trace_parent.clone(),
                     },
@@ -252,9 +255,15 @@ impl Webhooks {
             .map_err(|e| e.to_string())
             .and_then(|j| j.into_new_job().map_err(|e| e.to_string()))
         {
+            Ok((job, _)) if job.project_id.is_some_and(|p| p != self.project) => {
+                return fail(format!(
+                    "job: the rule's job names another project than webhooks.github.project ({})",
+                    self.project
+                ));
+            }
             Ok((job, _)) => NewJob {
                 trace_parent: trace_parent.clone(),
-                project_id: job.project_id.or(Some(ProjectId::DEFAULT)),
+                project_id: Some(self.project),
                 ..job
             },
             Err(e) => return fail(format!("job: {e}")),

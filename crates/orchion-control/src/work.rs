@@ -166,7 +166,7 @@ impl WorkQueue {
     pub fn heard(&self, heard: Heard) {
         match heard {
             Heard::Signal(Signal::Work) | Heard::Missed => self.wake.notify_waiters(),
-            Heard::Signal(Signal::Events | Signal::Schedules) => {}
+            Heard::Signal(Signal::Events | Signal::Schedules | Signal::Tokens) => {}
         }
     }
 
@@ -198,7 +198,7 @@ impl WorkQueue {
         &self,
         job: NewJob,
         idempotency: Option<IdempotencyKey>,
-        audit: Option<AuditEntry>,
+        audit: Option<std::sync::Arc<AuditEntry>>,
     ) -> Result<Created<Job>, StoreError> {
         let created = self
             .intake

@@ -138,7 +138,7 @@ pub struct JobIntake {
     pub idempotency: Option<IdempotencyKey>,
     /// Appended to the audit log in the job's own transaction when the job is created now
     /// (with status 201 and the job's id as its resource); nothing is appended otherwise.
-    pub audit: Option<orchion_domain::AuditEntry>,
+    pub audit: Option<std::sync::Arc<orchion_domain::AuditEntry>>,
 }
 
 #[async_trait]

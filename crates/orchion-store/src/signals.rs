@@ -23,6 +23,8 @@ pub enum Signal {
     Schedules,
     /// Events were appended to the log.
     Events,
+    /// A token was revoked (or its project deleted): replicas forget the tokens they checked.
+    Tokens,
 }
 
 /// What a listener heard.
@@ -39,6 +41,7 @@ impl Signal {
         match self {
             Signal::Work => format!("{sender:x}:work"),
             Signal::Schedules => format!("{sender:x}:schedules"),
+            Signal::Tokens => format!("{sender:x}:tokens"),
             Signal::Events => "events".to_owned(),
         }
     }
@@ -55,6 +58,7 @@ impl Signal {
         match what {
             "work" => Some(Signal::Work),
             "schedules" => Some(Signal::Schedules),
+            "tokens" => Some(Signal::Tokens),
             _ => None,
         }
     }

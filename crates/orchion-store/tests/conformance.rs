@@ -2412,6 +2412,6 @@ fn intake(
     JobIntake {
         job,
         idempotency,
-        audit,
+        audit: audit.map(Arc::new),
     }
 }

@@ -262,6 +262,15 @@ impl Server {
         } = self;
         let lifecycle = Arc::new(Lifecycle::new());
         let join_tokens = Arc::new(orchion_control::JoinTokens::new(store.clone(), &join_token));
+        let webhook_project = configured_project(
+            &store,
+            "webhooks.github.project",
+            config.webhooks.github.project.as_deref(),
+        )
+        .await?;
+        let enqueue_project =
+            configured_project(&store, "enqueue.project", config.enqueue.project.as_deref())
+                .await?;
         let oidc = match &config.auth.oidc {
             Some(settings) => Some(Arc::new(oidc_login(&store, settings).await?)),
             None => None,
@@ -287,6 +296,7 @@ impl Server {
                 workflows: workflows.clone(),
                 webhooks: Arc::new(orchion_control::Webhooks::new(
                     config.webhooks.github.clone(),
+                    webhook_project,
                     store.clone(),
                     work.clone(),
                     workflows.clone(),
@@ -304,6 +314,7 @@ impl Server {
                 enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
                     worker_url: config.enqueue.worker_url.clone(),
                     max_attempts: config.enqueue.max_attempts,
+                    project: enqueue_project,
                 }),
                 access: access.clone(),
                 oidc,
@@ -334,6 +345,7 @@ impl Server {
             store.clone(),
             work.clone(),
             scheduler,
+            access.clone(),
             events.appended(),
             stopping.clone(),
         ));
@@ -435,6 +447,31 @@ impl Server {
         store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The project a configured identity acts in (`webhooks.github.project`, `enqueue.project`):
+/// the default project when none is set; one that does not exist stops the server, naming the
+/// key.
+async fn configured_project(
+    store: &Arc<dyn Store>,
+    key: &str,
+    value: Option<&str>,
+) -> anyhow::Result<orchion_domain::ProjectId> {
+    let Some(value) = value else {
+        return Ok(orchion_domain::ProjectId::DEFAULT);
+    };
+    let id: orchion_domain::ProjectId = value
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{key} `{value}`: {e}"))?;
+    match store.get_project(id).await {
+        Ok(_) => Ok(id),
+        Err(orchion_store::StoreError::NotFound { .. }) => {
+            anyhow::bail!(
+                "{key}: there is no project `{id}` (make it first: orchion project create)"
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read the project of {key}")),
     }
 }
 

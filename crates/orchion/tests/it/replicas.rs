@@ -328,6 +328,60 @@ async fn a_replica_with_another_join_token_refuses_to_start() {
     assert!(stderr.contains("--join-token"), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_through_one_replica_is_refused_by_the_other_at_once() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let replicas = replicas_in(dir.path(), &url, 2);
+    let made: Value = http()
+        .post(replicas[0].url("/api/v1/tokens"))
+        .json(&json!({"name": "short-lived", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = made["token_text"].as_str().unwrap().to_owned();
+    let status_with = |replica: &Orchion| {
+        let token = token.clone();
+        let url = replica.url("/api/v1/nodes");
+        async move {
+            crate::common::anonymous()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    // Both replicas have checked (and remember) the token.
+    assert_eq!(status_with(&replicas[0]).await, 200);
+    assert_eq!(status_with(&replicas[1]).await, 200);
+    let revoked = http()
+        .delete(replicas[0].url(&format!("/api/v1/tokens/{}", made["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(
+        status_with(&replicas[0]).await,
+        401,
+        "at once where it was revoked"
+    );
+    // The other replica hears of it through the store's notification, before it would have
+    // forgotten the token on its own (5 s after checking it).
+    eventually(
+        "the other replica to refuse it",
+        Duration::from_secs(4),
+        || async { (status_with(&replicas[1]).await == 401).then_some(()) },
+    )
+    .await;
+}
+
 /// Submits `count` jobs, numbered from `first`, round-robin to `replicas`; each appends its
 /// number to `effects`. Returns the jobs' ids with the replica each went to.
 async fn submit_numbered(

@@ -129,6 +129,72 @@ async fn the_audit_log_keeps_every_acknowledged_change_across_sigkill() {
 }
 
 #[tokio::test]
+async fn enqueue_acts_in_its_configured_project_which_must_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Orchion::start(dir.path(), &["server"], &[]);
+    let project = create_project(&first, "forwarding").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(30)).success());
+
+    let missing = "0190aaaa-0000-7000-8000-000000000000";
+    for (var, value) in [
+        ("ORCHION_ENQUEUE__PROJECT", missing),
+        ("ORCHION_WEBHOOKS__GITHUB__PROJECT", "not-an-id"),
+    ] {
+        let out = command(&[
+            "server",
+            "--http-port",
+            "0",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .current_dir(dir.path())
+        .env(var, value)
+        .output()
+        .unwrap();
+        // The error is the server's last log line (stdout, JSON off a terminal).
+        let stderr = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}: started anyway");
+        let key = var
+            .trim_start_matches("ORCHION_")
+            .replace("__", ".")
+            .to_lowercase();
+        assert!(stderr.contains(&key), "{var}: {stderr}");
+    }
+
+    let server = Orchion::start(
+        dir.path(),
+        &["server"],
+        &[("ORCHION_ENQUEUE__PROJECT", project.as_str())],
+    );
+    let accepted: Value = crate::common::anonymous()
+        .post(server.url("/enqueue"))
+        .json(&json!({"placeId": "p-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jobs = crate::common::get_json(&server, &format!("/api/v1/jobs?project_id={project}"))
+        .await
+        .unwrap();
+    let jobs = jobs["items"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["name"], accepted["jobId"]);
+    let audit = crate::common::get_json(&server, "/api/v1/audit?actor=enqueue")
+        .await
+        .unwrap();
+    assert_eq!(audit["items"].as_array().unwrap().len(), 1, "{audit}");
+}
+
+#[tokio::test]
 async fn sigterm_drains_then_exits_zero_within_the_grace() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Orchion::start(

@@ -64,6 +64,7 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
     );
     let webhooks = Arc::new(orchion_control::Webhooks::new(
         webhooks(),
+        orchion_domain::ProjectId::DEFAULT,
         store.clone(),
         work.clone(),
         workflows.clone(),
@@ -91,6 +92,7 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
         enqueue: Arc::new(orchion_api::enqueue::EnqueueSettings {
             worker_url: "http://127.0.0.1:9".into(),
             max_attempts: 2,
+            project: orchion_domain::ProjectId::DEFAULT,
         }),
     };
     let router = router(
@@ -202,6 +204,7 @@ pub fn webhooks() -> orchion_config::GithubWebhooks {
     orchion_config::GithubWebhooks {
         secret: Some(Secret::new("test-webhook-secret")),
         secrets: [("acme".to_owned(), Secret::new("acme-org-secret"))].into(),
+        project: None,
         rules: vec![
             rule(
                 "triage",
