@@ -26,7 +26,7 @@ use utoipa::IntoParams;
 
 use crate::{
     AppState, REQUEST_ID_HEADER,
-    auth::ClientAddr,
+    auth::{ClientAddr, cookie_value},
     extract::QueryParams,
     problem::{ApiError, Problem},
     session::cookie,
@@ -142,18 +142,6 @@ pub struct Callback {
     pub error_description: Option<String>,
 }
 
-/// The login cookie a request carries.
-fn login_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == LOGIN_COOKIE)
-        .map(|(_, value)| value.to_owned())
-}
-
 /// Finishes signing in: verifies the identity, starts a dashboard session, and redirects to
 /// the dashboard.
 #[utoipa::path(get, path = "/auth/oidc/callback", tag = "access", params(Callback),
@@ -186,7 +174,7 @@ pub async fn callback(
     let (Some(code), Some(login_state)) = (query.code, query.state) else {
         return Err(refuse("the callback carries no code and state".into()));
     };
-    let pending = login_value(&headers)
+    let pending = cookie_value(&headers, LOGIN_COOKIE)
         .and_then(|v| oidc.open(&v))
         .ok_or_else(|| {
             refuse("no sign-in is in progress in this browser (or it took over ten minutes)".into())
