@@ -90,6 +90,9 @@ fn new_secret() -> String {
     )
 }
 
+/// Tokens found lately, by the digest of their text, with when each was read.
+type Checked = HashMap<Vec<u8>, (Arc<Token>, std::time::Instant)>;
+
 /// Tokens and the audit log.
 pub struct Access {
     store: Arc<dyn Store>,
@@ -97,7 +100,7 @@ pub struct Access {
     /// When each token was last used, not yet written.
     uses: std::sync::Mutex<HashMap<TokenId, OffsetDateTime>>,
     /// Tokens found lately, by digest, and when.
-    checked: std::sync::Mutex<HashMap<Vec<u8>, (Arc<Token>, std::time::Instant)>>,
+    checked: std::sync::Mutex<Checked>,
     writers: TaskTracker,
     closing: CancellationToken,
 }
