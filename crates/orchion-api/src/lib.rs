@@ -56,9 +56,27 @@ use crate::{extract::BodyLimit, problem::ApiError};
 /// The header carrying each request's id, set when the client sends none and echoed back.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// What every handler shares.
+/// What every handler shares: the [`Services`], behind one `Arc` (a request clones its state
+/// several times on its way through the layers; one count is cheaper than one per service).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub store: Arc<dyn Store>,
     pub nodes: Arc<NodeRegistry>,
     pub work: Arc<WorkQueue>,

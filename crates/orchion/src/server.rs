@@ -288,7 +288,7 @@ impl Server {
                 .map_err(|e| anyhow::anyhow!("cannot read the event log: {e}"))?,
         );
         let app = orchion_api::router(
-            AppState {
+            AppState::new(orchion_api::Services {
                 store: store.clone(),
                 nodes: registry.clone(),
                 work: work.clone(),
@@ -322,7 +322,7 @@ impl Server {
                 throttle: Arc::new(orchion_api::auth::Throttle::new(
                     config.auth.max_failures_per_minute,
                 )),
-            },
+            }),
             Limits {
                 body_limit_bytes: config.server.body_limit_bytes,
             },

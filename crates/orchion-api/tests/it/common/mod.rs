@@ -71,7 +71,7 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
     ));
     let access = Arc::new(orchion_control::Access::new(store.clone()));
     access.bootstrap(Some(ADMIN_TOKEN)).await.unwrap();
-    let state = AppState {
+    let state = AppState::new(orchion_api::Services {
         access,
         oidc: None,
         join_tokens: Arc::new(orchion_control::JoinTokens::new(
@@ -94,7 +94,7 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
             max_attempts: 2,
             project: orchion_domain::ProjectId::DEFAULT,
         }),
-    };
+    });
     let router = router(
         state.clone(),
         Limits {
