@@ -385,7 +385,7 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
             let draft = AuditDraft(Arc::new((Arc::new(entry), AtomicBool::new(false))));
             request.extensions_mut().insert(draft.clone());
             let response = next.run(request).await;
-            if draft.0.1.load(Ordering::Acquire) {
+            if draft.is_written() {
                 return response;
             }
             // The handler changed nothing (a replay, a refusal, a failure).
@@ -440,6 +440,10 @@ impl AuditDraft {
     /// The entry was committed with the change.
     pub fn mark_written(&self) {
         self.0.1.store(true, Ordering::Release);
+    }
+
+    fn is_written(&self) -> bool {
+        self.0.1.load(Ordering::Acquire)
     }
 }
 

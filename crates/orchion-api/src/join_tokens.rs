@@ -13,24 +13,17 @@ use orchion_control::JoinTokenRequest;
 use orchion_domain::{
     Capacity, FieldError, JoinLimits, JoinToken, JoinTokenId, Labels, ValidationErrors,
 };
-use orchion_rest::{CapacityBody, CreateJoinToken, CreatedJoinToken, JoinTokenBody, JoinTokenList};
+use orchion_rest::{CreateJoinToken, CreatedJoinToken, JoinTokenBody, JoinTokenList};
 
 use crate::{
     AppState,
     auth::{Caller, hidden},
     extract::{JsonBody, PathId, QueryParams, page_request},
+    nodes::capacity_body,
     problem::{ApiError, Problem},
     respond::{Created, paged},
     tokens::{ListTokens, name_and_ttl},
 };
-
-fn capacity_body(c: Capacity) -> CapacityBody {
-    CapacityBody {
-        cpu_millis: c.cpu_millis,
-        memory_bytes: c.memory_bytes,
-        gpus: c.gpus,
-    }
-}
 
 /// A join token as the API shows it: never its digest.
 pub fn join_token_body(t: JoinToken) -> JoinTokenBody {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use axum::{Json, extract::State, http::StatusCode};
-use orchion_domain::{Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
+use orchion_domain::{Capacity, Node, NodeFilter, NodeId, NodeStatus, Page, PageRequest};
 use orchion_rest::{AgentBody, AgentList, CapacityBody, NodeBody, NodeList};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -19,6 +19,15 @@ use crate::{
     problem::{ApiError, Problem},
 };
 
+/// A capacity as the API shows it.
+pub(crate) fn capacity_body(c: Capacity) -> CapacityBody {
+    CapacityBody {
+        cpu_millis: c.cpu_millis,
+        memory_bytes: c.memory_bytes,
+        gpus: c.gpus,
+    }
+}
+
 /// A node as the API shows it.
 pub(crate) fn node_body(node: Node) -> NodeBody {
     NodeBody {
@@ -27,11 +36,7 @@ pub(crate) fn node_body(node: Node) -> NodeBody {
         name: node.name,
         address: node.address,
         labels: node.labels.as_map().clone(),
-        capacity: CapacityBody {
-            cpu_millis: node.capacity.cpu_millis,
-            memory_bytes: node.capacity.memory_bytes,
-            gpus: node.capacity.gpus,
-        },
+        capacity: capacity_body(node.capacity),
         executors: node.executors,
         version: node.version,
         registered_at: node.registered_at,

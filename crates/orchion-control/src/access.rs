@@ -80,12 +80,12 @@ pub fn digest(text: &str) -> Vec<u8> {
     Sha256::digest(text.as_bytes()).to_vec()
 }
 
-/// Fresh token text.
-fn new_secret() -> String {
+/// Fresh token text: `prefix` and 256 random bits in base64url.
+pub(crate) fn new_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     format!(
-        "{TOKEN_PREFIX}{}",
+        "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     )
 }
@@ -157,7 +157,7 @@ impl Access {
         request: TokenRequest,
         created_by: &str,
     ) -> Result<Issued, StoreError> {
-        let issued = issue(request, created_by, &new_secret());
+        let issued = issue(request, created_by, &new_secret(TOKEN_PREFIX));
         self.store.create_token(&issued.token).await?;
         Ok(issued)
     }
@@ -261,7 +261,7 @@ impl Access {
         let issued = issue(
             bootstrap_request("bootstrap admin"),
             "bootstrap",
-            &new_secret(),
+            &new_secret(TOKEN_PREFIX),
         );
         if self.store.bootstrap_token(&issued.token).await? {
             Ok(Bootstrap::Made(issued.secret))
@@ -386,13 +386,13 @@ mod tests {
 
     #[test]
     fn issued_tokens_are_long_prefixed_and_stored_as_digests() {
-        let secret = new_secret();
+        let secret = new_secret(TOKEN_PREFIX);
         assert!(secret.starts_with(TOKEN_PREFIX));
         assert_eq!(secret.len(), TOKEN_PREFIX.len() + 43);
         let issued = issue(bootstrap_request("t"), "test", &secret);
         assert_eq!(issued.token.digest, digest(&secret));
         assert_ne!(issued.token.digest, secret.as_bytes());
-        assert_ne!(new_secret(), secret);
+        assert_ne!(new_secret(TOKEN_PREFIX), secret);
     }
 
     #[test]

@@ -9,13 +9,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use base64::Engine as _;
 use orchion_domain::{JoinLimits, JoinToken, JoinTokenId, Page, PageRequest};
 use orchion_store::{Store, StoreError};
-use rand::RngCore as _;
 use subtle::ConstantTimeEq as _;
 
-use crate::access::digest;
+use crate::access::{digest, new_secret};
 
 /// The prefix of every join token Orchion makes.
 pub const JOIN_TOKEN_PREFIX: &str = "orcj_";
@@ -93,12 +91,7 @@ impl JoinTokens {
         request: JoinTokenRequest,
         created_by: &str,
     ) -> Result<(JoinToken, String), StoreError> {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let secret = format!(
-            "{JOIN_TOKEN_PREFIX}{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        );
+        let secret = new_secret(JOIN_TOKEN_PREFIX);
         let now = orchion_store::now();
         let token = JoinToken {
             id: JoinTokenId::new(),

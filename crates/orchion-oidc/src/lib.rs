@@ -13,7 +13,6 @@
 
 use std::{
     collections::BTreeMap,
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -118,8 +117,6 @@ pub struct Provider {
     settings: Settings,
     http: reqwest::Client,
     discovered: tokio::sync::Mutex<Option<Discovered>>,
-    /// When keys were last read because a token named an unknown one.
-    refreshed: Mutex<Option<Instant>>,
 }
 
 fn random_text() -> String {
@@ -144,7 +141,6 @@ impl Provider {
             settings,
             http,
             discovered: tokio::sync::Mutex::new(None),
-            refreshed: Mutex::new(None),
         })
     }
 
@@ -167,7 +163,8 @@ impl Provider {
             .map_err(|e| OidcError::Unavailable(format!("{url}: {e}")))
     }
 
-    /// The discovery document and keys, fetched on first use (or when `fresh_keys`).
+    /// The discovery document and keys, fetched on first use; with `fresh_keys`, the keys are
+    /// read again if they were last read [`KEYS_REFRESH`] ago or more.
     async fn metadata_and_keys(&self, fresh_keys: bool) -> Result<(Metadata, JwkSet), OidcError> {
         let mut discovered = self.discovered.lock().await;
         if discovered.is_none() {
@@ -296,16 +293,9 @@ impl Provider {
         };
         let mut jwk = find(&keys);
         if jwk.is_none() {
-            let due = self
-                .refreshed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_none_or(|at| at.elapsed() >= KEYS_REFRESH);
-            if due {
-                *self.refreshed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                keys = self.metadata_and_keys(true).await?.1;
-                jwk = find(&keys);
-            }
+            // A rotation, perhaps: the keys are read again, at most once a minute.
+            keys = self.metadata_and_keys(true).await?.1;
+            jwk = find(&keys);
         }
         let jwk = jwk.ok_or_else(|| {
             OidcError::Refused("the ID token's key is not one the provider publishes".into())

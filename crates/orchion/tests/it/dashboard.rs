@@ -47,6 +47,18 @@ fn chromium() -> Option<PathBuf> {
         })
 }
 
+/// The browser to test with; `None` (after saying so) where none is installed, outside CI.
+fn chromium_for_the_test() -> Option<PathBuf> {
+    let binary = chromium();
+    if binary.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("chromium is required in CI (Debian's chromium package)");
+        }
+        eprintln!("chromium is not installed; .ci/run installs it");
+    }
+    binary
+}
+
 impl Browser {
     async fn launch(binary: &Path) -> Browser {
         let profile = tempfile::tempdir().unwrap();
@@ -239,11 +251,7 @@ impl Drop for Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_follows_the_cluster_live() {
-    let Some(binary) = chromium() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("chromium is required in CI (Debian's chromium package)");
-        }
-        eprintln!("chromium is not installed; .ci/run installs it");
+    let Some(binary) = chromium_for_the_test() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -498,11 +506,7 @@ async fn the_dashboard_follows_the_cluster_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_signs_in_through_the_identity_provider() {
-    let Some(binary) = chromium() else {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("chromium is required in CI (Debian's chromium package)");
-        }
-        eprintln!("chromium is not installed; .ci/run installs it");
+    let Some(binary) = chromium_for_the_test() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

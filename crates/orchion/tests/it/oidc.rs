@@ -11,7 +11,7 @@ use std::{
 use reqwest::{StatusCode, header};
 use serde_json::Value;
 
-use crate::common::{ADMIN_TOKEN, Orchion, free_port, http, listening_addr};
+use crate::common::{Orchion, anonymous, free_port, get_json, listening_addr};
 
 /// `orchion-fake-oidc`, killed on drop.
 pub struct FakeIssuer {
@@ -139,7 +139,8 @@ async fn a_person_signs_in_through_the_provider_and_acts_as_their_subject() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = FakeIssuer::start(&[("FAKE_OIDC_GROUPS", "developers")]);
     let server = server_with_oidc(dir.path(), "server", &issuer);
-    let methods: Value = http()
+    // Open: asked without a token.
+    let methods: Value = anonymous()
         .get(server.url("/api/v1/session/methods"))
         .send()
         .await
@@ -181,13 +182,7 @@ async fn a_person_signs_in_through_the_provider_and_acts_as_their_subject() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
-    let audit: Value = http()
-        .get(server.url("/api/v1/audit?actor=oidc:alice"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let audit = get_json(&server, "/api/v1/audit?actor=oidc:alice")
         .await
         .unwrap();
     let routes: Vec<&str> = audit["items"]
@@ -270,7 +265,8 @@ async fn the_callback_refuses_foreign_tokens_forged_state_and_people_without_a_r
 async fn without_a_provider_the_oidc_routes_say_it_is_not_configured() {
     let dir = tempfile::tempdir().unwrap();
     let server = Orchion::start(dir.path(), &["server"], &[]);
-    let methods: Value = http()
+    // Open: asked without a token.
+    let methods: Value = anonymous()
         .get(server.url("/api/v1/session/methods"))
         .send()
         .await
