@@ -436,3 +436,68 @@ webhooks:
         "{error}"
     );
 }
+
+#[test]
+fn an_oidc_provider_loads_from_a_file_and_every_problem_with_it_is_named() {
+    let good = file(
+        ".toml",
+        r#"
+[auth.oidc]
+issuer = "https://accounts.example.com"
+client_id = "orchion"
+redirect_url = "https://orchion.example.com/auth/oidc/callback"
+
+[auth.oidc.roles]
+orchion-admins = "admin"
+"#,
+    );
+    let config = Config::load(&Sources {
+        file: Some(good.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap();
+    let oidc = config.auth.oidc.unwrap();
+    assert_eq!(oidc.scopes, ["openid", "email", "profile"]);
+    assert_eq!(oidc.role_claim, "groups");
+    assert_eq!(oidc.roles["orchion-admins"], "admin");
+
+    let bad = file(
+        ".toml",
+        r#"
+[auth.oidc]
+issuer = "accounts.example.com"
+client_id = " "
+redirect_url = "ftp://orchion.example.com/cb"
+scopes = ["email"]
+
+[auth.oidc.roles]
+everyone = "root"
+"#,
+    );
+    let error = Config::load(&Sources {
+        file: Some(bad.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    for part in [
+        "auth.oidc.issuer",
+        "auth.oidc.redirect_url",
+        "auth.oidc.client_id",
+        "`openid`",
+        "auth.oidc.roles.everyone is `root`",
+    ] {
+        assert!(error.contains(part), "{part} missing from: {error}");
+    }
+    let nobody = file(
+        ".toml",
+        "[auth.oidc]\nissuer = \"https://a.example\"\nclient_id = \"c\"\nredirect_url = \"https://b.example/cb\"\nroles = {}\n",
+    );
+    let error = Config::load(&Sources {
+        file: Some(nobody.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("nobody can sign in"), "{error}");
+}
