@@ -510,7 +510,7 @@ async fn the_dashboard_signs_in_through_the_identity_provider() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let issuer = crate::oidc::FakeIssuer::start(&[]);
+    let issuer = crate::oidc::FakeIssuer::start(|_| {});
     let server = crate::oidc::server_with_oidc(dir.path(), "server", &issuer);
     let browser = Browser::launch(&binary).await;
     browser.navigate(&server.url("/")).await;

@@ -1,47 +1,64 @@
-//! Signing in through an OpenID Connect provider, with real processes: `orchion server`
-//! configured for `orchion-fake-oidc`, the flow followed by hand (redirect by redirect, the
-//! cookies carried as a browser carries them), and the ways it must refuse.
+//! Signing in through an OpenID Connect provider: a real `orchion server` process configured
+//! for the fake provider of `orchion_oidc::fake`, the flow followed by hand (redirect by
+//! redirect, the cookies carried as a browser carries them), and the ways it must refuse.
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
+use orchion_oidc::fake::FakeSettings;
 use reqwest::{StatusCode, header};
 use serde_json::Value;
 
 use crate::common::{Orchion, anonymous, free_port, get_json, listening_addr};
 
-/// `orchion-fake-oidc`, killed on drop.
+/// The fake provider of `orchion_oidc::fake`, on a loopback port of its own thread (so it
+/// answers while a test blocks), stopped on drop.
 pub struct FakeIssuer {
-    child: Child,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     pub url: String,
 }
 
 impl Drop for FakeIssuer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 impl FakeIssuer {
-    pub fn start(env: &[(&str, &str)]) -> FakeIssuer {
-        use std::io::BufRead as _;
-        let bin = PathBuf::from(crate::common::BIN).with_file_name("orchion-fake-oidc");
-        let mut child = Command::new(&bin)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("orchion-fake-oidc is built with the workspace");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-        FakeIssuer { child, url }
+    /// The fake with its defaults (subject `alice` in `orchion-admins`), changed by `adjust`.
+    pub fn start(adjust: impl FnOnce(&mut FakeSettings)) -> FakeIssuer {
+        let mut settings = FakeSettings::default();
+        adjust(&mut settings);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = orchion_oidc::fake::router(url.clone(), settings);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        FakeIssuer {
+            stop: Some(stop),
+            thread: Some(thread),
+            url,
+        }
     }
 }
 
@@ -137,7 +154,7 @@ async fn sign_in(server: &Orchion) -> reqwest::Response {
 #[tokio::test]
 async fn a_person_signs_in_through_the_provider_and_acts_as_their_subject() {
     let dir = tempfile::tempdir().unwrap();
-    let issuer = FakeIssuer::start(&[("FAKE_OIDC_GROUPS", "developers")]);
+    let issuer = FakeIssuer::start(|fake| fake.groups = vec!["developers".into()]);
     let server = server_with_oidc(dir.path(), "server", &issuer);
     // Open: asked without a token.
     let methods: Value = anonymous()
@@ -197,37 +214,45 @@ async fn a_person_signs_in_through_the_provider_and_acts_as_their_subject() {
 #[tokio::test]
 async fn the_callback_refuses_foreign_tokens_forged_state_and_people_without_a_role() {
     let dir = tempfile::tempdir().unwrap();
-    for (env, status, expected) in [
+    let foreign_audience: fn(&mut FakeSettings) =
+        |fake| fake.audience = Some("another-client".into());
+    let foreign_issuer: fn(&mut FakeSettings) =
+        |fake| fake.token_issuer = Some("https://evil.example.com".into());
+    let no_role: fn(&mut FakeSettings) = |fake| fake.groups = vec!["visitors".into()];
+    for (case, adjust, status, expected) in [
         (
-            ("FAKE_OIDC_AUDIENCE", "another-client"),
+            "foreign audience",
+            foreign_audience,
             StatusCode::UNAUTHORIZED,
             "Audience",
         ),
         (
-            ("FAKE_OIDC_TOKEN_ISSUER", "https://evil.example.com"),
+            "foreign issuer",
+            foreign_issuer,
             StatusCode::UNAUTHORIZED,
             "Issuer",
         ),
         (
-            ("FAKE_OIDC_GROUPS", "visitors"),
+            "no role",
+            no_role,
             StatusCode::FORBIDDEN,
             "no value of its `groups` claim",
         ),
     ] {
-        let issuer = FakeIssuer::start(&[env]);
-        let case = tempfile::tempdir_in(dir.path()).unwrap();
-        let server = server_with_oidc(case.path(), "server", &issuer);
+        let issuer = FakeIssuer::start(adjust);
+        let data = tempfile::tempdir_in(dir.path()).unwrap();
+        let server = server_with_oidc(data.path(), "server", &issuer);
         let answer = sign_in(&server).await;
-        assert_eq!(answer.status(), status, "{env:?}");
+        assert_eq!(answer.status(), status, "{case}");
         assert!(cookie(&answer, "orchion_session").is_none());
         let problem: Value = answer.json().await.unwrap();
         assert!(
             problem["detail"].as_str().unwrap().contains(expected),
-            "{env:?}: {problem}"
+            "{case}: {problem}"
         );
     }
 
-    let issuer = FakeIssuer::start(&[]);
+    let issuer = FakeIssuer::start(|_| {});
     let server = server_with_oidc(dir.path(), "server", &issuer);
     let forged = no_redirects()
         .get(server.url("/auth/oidc/callback?code=stolen&state=guess"))
