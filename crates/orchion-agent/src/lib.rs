@@ -11,7 +11,7 @@ mod servers;
 mod state;
 mod work;
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use orchion_proto::v1::{self as pb, node_service_client::NodeServiceClient};
 use rand::Rng;
@@ -41,6 +41,9 @@ pub struct AgentConfig {
     pub slots: usize,
     /// How `https://` servers are reached.
     pub tls: AgentTls,
+    /// Variables of the agent's environment its tasks get besides `PATH`, `HOME` and `LANG`
+    /// (`--inherit-env`); no other reaches a task.
+    pub inherit_env: Vec<String>,
 }
 
 /// Why the agent stopped.
@@ -154,6 +157,8 @@ pub struct Agent {
     backoff: backon::ExponentialBackoff,
     /// Until when the servers take this node to be alive (its attempts' fence).
     node_until: work::NodeUntil,
+    /// What every task's environment starts from.
+    inherited: Arc<BTreeMap<String, String>>,
 }
 
 impl Agent {
@@ -163,7 +168,9 @@ impl Agent {
             .map_err(|(url, why)| AgentError::BadServer(url, why))?;
         let state = StateDir::open(&config.state_dir)?;
         let credentials = state.load()?;
+        let inherited = Arc::new(orchion_executor::inherited_env(&config.inherit_env));
         Ok(Self {
+            inherited,
             client: NodeServiceClient::new(servers.clone()),
             servers,
             worker: None,
@@ -307,6 +314,7 @@ impl Agent {
             executors: self.config.executors.clone(),
             slots: self.config.slots,
             node_until: self.node_until.clone(),
+            inherited: self.inherited.clone(),
         };
         let task = tokio::spawn(work::run(self.servers.clone(), config, stop.clone()));
         self.worker = Some(Worker { stop, task });

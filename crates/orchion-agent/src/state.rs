@@ -26,7 +26,13 @@ pub(crate) struct StateDir {
 
 impl StateDir {
     pub fn open(dir: &Path) -> Result<Self, AgentError> {
-        std::fs::create_dir_all(dir).map_err(|e| AgentError::State(dir.to_owned(), e))?;
+        use std::os::unix::fs::DirBuilderExt as _;
+        // It holds the node's credential: this user's alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| AgentError::State(dir.to_owned(), e))?;
         Ok(Self {
             dir: dir.to_owned(),
         })

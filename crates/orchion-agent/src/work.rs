@@ -51,6 +51,8 @@ pub(crate) struct WorkConfig {
     pub slots: usize,
     /// Until when the node is alive to the servers, by the heartbeats they answered.
     pub node_until: NodeUntil,
+    /// What every task's environment starts from.
+    pub inherited: Arc<BTreeMap<String, String>>,
 }
 
 /// Until when the servers take the node to be alive: renewed by every answered heartbeat.
@@ -376,6 +378,7 @@ async fn run_task(
         cancel: stop.clone(),
         deadline: (task.start_to_close_ms > 0)
             .then(|| Duration::from_millis(task.start_to_close_ms)),
+        inherited: config.inherited.clone(),
         env,
         kill_grace: KILL_GRACE,
         fence: Some(fence_until),

@@ -11,19 +11,23 @@ use crate::{Engine, EngineError, Resource, Tools, parse_json, write_json};
 /// The `pulumi` engine.
 pub struct Pulumi;
 
-/// The environment every `pulumi` command gets: a local state dir unless the agent names a
-/// backend, and the empty passphrase a local stack's secrets need.
+/// The environment every `pulumi` command gets: the agent's `PULUMI_BACKEND_URL`, or a local
+/// state dir when it has none, and the empty passphrase a local stack's secrets need.
 fn pulumi_env(resource: &Resource) -> Result<Vec<(&'static str, String)>, EngineError> {
     let mut env = vec![
         ("PULUMI_SKIP_UPDATE_CHECK", "true".to_owned()),
         ("PULUMI_CONFIG_PASSPHRASE", String::new()),
     ];
-    if std::env::var_os("PULUMI_BACKEND_URL").is_none() {
-        let state = resource.dir.join(".state");
-        std::fs::create_dir_all(&state)
-            .map_err(|e| EngineError(format!("cannot create {}: {e}", state.display())))?;
-        env.push(("PULUMI_BACKEND_URL", format!("file://{}", state.display())));
-    }
+    let backend = match std::env::var("PULUMI_BACKEND_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            let state = resource.dir.join(".state");
+            std::fs::create_dir_all(&state)
+                .map_err(|e| EngineError(format!("cannot create {}: {e}", state.display())))?;
+            format!("file://{}", state.display())
+        }
+    };
+    env.push(("PULUMI_BACKEND_URL", backend));
     Ok(env)
 }
 

@@ -65,6 +65,7 @@ fn context(env: Vec<(String, String)>) -> (Context, mpsc::Receiver<orchion_execu
             output: tx,
             cancel: CancellationToken::new(),
             deadline: Some(Duration::from_secs(120)),
+            inherited: std::sync::Arc::new(orchion_executor::inherited_env(&[])),
             env: env.into_iter().collect(),
             kill_grace: Duration::from_secs(2),
             fence: None,

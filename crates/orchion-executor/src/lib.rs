@@ -77,7 +77,11 @@ pub struct Context {
     pub leaving: CancellationToken,
     /// How long the execution may take (`timeouts.start_to_close`).
     pub deadline: Option<Duration>,
-    /// Environment variables Orchion adds (e.g. `ORCHION_JOB_ID`, `TRACEPARENT`).
+    /// What a command's environment starts from, before its spec's `env` (which may override
+    /// it): [`inherited_env`]. Nothing else of the agent's (or, under `orchion dev`, the
+    /// server's) environment reaches a task.
+    pub inherited: Arc<BTreeMap<String, String>>,
+    /// Environment variables Orchion adds (e.g. `ORCHION_JOB_ID`, `TRACEPARENT`), set last.
     pub env: BTreeMap<String, String>,
     /// After a cancel or deadline, how long before the work is killed outright.
     pub kill_grace: Duration,
@@ -85,6 +89,29 @@ pub struct Context {
     /// command's process group is killed by its fence (`fence.rs`) when it passes. `None`
     /// runs without a fence.
     pub fence: Option<tokio::sync::watch::Receiver<std::time::Instant>>,
+}
+
+/// The variables of the agent's own environment every task gets: enough for a command to find
+/// programs, its home and its language.
+pub const INHERITED: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// `PATH` when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What tasks start from: [`INHERITED`] and the variables named in `names` (an agent's
+/// `--inherit-env`), each with the agent's value where it has one; `PATH` defaults to the
+/// usual system directories. A value that is not UTF-8 is left out.
+pub fn inherited_env(names: &[String]) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = INHERITED
+        .iter()
+        .copied()
+        .map(str::to_owned)
+        .chain(names.iter().cloned())
+        .filter_map(|name| std::env::var(&name).ok().map(|value| (name, value)))
+        .collect();
+    env.entry("PATH".to_owned())
+        .or_insert_with(|| DEFAULT_PATH.to_owned());
+    env
 }
 
 /// Something that runs a task.

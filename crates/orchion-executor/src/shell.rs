@@ -18,39 +18,59 @@ pub(crate) struct Shell;
 /// The most `$ORCHION_OUTPUTS` may hold.
 const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
 
-/// The file a command writes its outputs to, named by `$ORCHION_OUTPUTS`: `key=value` lines (as
-/// GitHub Actions' `$GITHUB_OUTPUT`), or one JSON object. Removed when dropped.
-struct OutputsFile(std::path::PathBuf);
+/// The directory made for one attempt of a command: its working space (`$ORCHION_TASK_DIR`,
+/// also `$TMPDIR`) and the file it writes its outputs to (`$ORCHION_OUTPUTS`): `key=value`
+/// lines (as GitHub Actions' `$GITHUB_OUTPUT`), or one JSON object. Made exclusively, with a
+/// random name, readable by the agent's user alone, so nobody else can plant or read what is
+/// in it; removed with everything in it when dropped.
+struct TaskDir(std::path::PathBuf);
 
-impl OutputsFile {
-    fn new() -> Self {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(std::env::temp_dir().join(format!("orchion-outputs-{}-{n}", std::process::id())))
+impl TaskDir {
+    fn create() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        let mut builder = std::fs::DirBuilder::new();
+        builder.mode(0o700);
+        loop {
+            let path = std::env::temp_dir().join(format!("orchion-task-{:032x}", rand::random::<u128>()));
+            match builder.create(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn outputs(&self) -> std::path::PathBuf {
+        self.0.join("outputs")
     }
 
     /// The outputs as a JSON object, or `None` when the command wrote none.
-    fn read(&self) -> Result<Option<String>, String> {
-        let Ok(meta) = std::fs::metadata(&self.0) else {
+    fn read_outputs(&self) -> Result<Option<String>, String> {
+        let path = self.outputs();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
             return Ok(None);
         };
+        if !meta.is_file() {
+            return Err("$ORCHION_OUTPUTS is not a regular file".into());
+        }
         if meta.len() > MAX_OUTPUTS_BYTES {
             return Err(format!(
                 "$ORCHION_OUTPUTS holds {} bytes; at most {MAX_OUTPUTS_BYTES}",
                 meta.len()
             ));
         }
-        let text = std::fs::read_to_string(&self.0)
+        let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read $ORCHION_OUTPUTS: {e}"))?;
         parse_outputs(&text)
     }
 }
 
-impl Drop for OutputsFile {
+impl Drop for TaskDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
 
 /// `key=value` lines, or one JSON object, as a JSON object; `None` when empty.
 fn parse_outputs(text: &str) -> Result<Option<String>, String> {
@@ -110,24 +130,43 @@ impl Executor for Shell {
 
 /// Runs a command as the `shell` executor does: in its own process group, lines streamed to
 /// `context.output`, stopped on cancel or deadline (SIGTERM to the group, SIGKILL after the
-/// grace), stdout's tail kept as output, `$ORCHION_OUTPUTS` read as outputs. Other executors
+/// grace), stdout's tail kept as output, `$ORCHION_OUTPUTS` read as outputs. Its environment
+/// is `context.inherited`, `TMPDIR`, the spec's `env`, then Orchion's own variables; it runs in
+/// the working directory the spec names, or in its task directory. Other executors
 /// that drive a command-line tool (the deployment engines) run it through here.
 pub async fn run_command(spec: &ShellSpec, context: Context) -> Outcome {
-    let outputs_file = OutputsFile::new();
+    let task_dir = match TaskDir::create() {
+        Ok(dir) => dir,
+        Err(e) => {
+            return Outcome::Failed {
+                exit_code: None,
+                error: format!(
+                    "cannot make the task's directory under {}: {e}",
+                    std::env::temp_dir().display()
+                ),
+                output: None,
+            };
+        }
+    };
     let mut command = Command::new(&spec.command);
     command
         .args(&spec.args)
+        .env_clear()
+        .envs(context.inherited.iter())
+        .env("TMPDIR", &task_dir.0)
         .envs(&spec.env)
         .envs(&context.env)
-        .env("ORCHION_OUTPUTS", &outputs_file.0)
+        .env("ORCHION_TASK_DIR", &task_dir.0)
+        .env("ORCHION_OUTPUTS", task_dir.outputs())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(dir) = &spec.working_dir {
-        command.current_dir(dir);
-    }
+    match &spec.working_dir {
+        Some(dir) => command.current_dir(dir),
+        None => command.current_dir(&task_dir.0),
+    };
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
@@ -188,7 +227,7 @@ pub async fn run_command(spec: &ShellSpec, context: Context) -> Outcome {
     match end {
         End::Cancelled => Outcome::Cancelled,
         End::TimedOut => Outcome::TimedOut,
-        End::Exited(Ok(status)) if status.success() => match outputs_file.read() {
+        End::Exited(Ok(status)) if status.success() => match task_dir.read_outputs() {
             Ok(outputs) => Outcome::Succeeded { output, outputs },
             Err(error) => Outcome::Failed {
                 exit_code: status.code(),

@@ -17,6 +17,7 @@ fn context(deadline: Option<Duration>) -> (Context, mpsc::Receiver<OutputLine>) 
             output: tx,
             cancel: CancellationToken::new(),
             deadline,
+            inherited: std::sync::Arc::new(orchion_executor::inherited_env(&[])),
             env: [("ORCHION_JOB_ID".to_owned(), "job-1".to_owned())].into(),
             kill_grace: Duration::from_secs(2),
             fence: None,
@@ -316,4 +317,107 @@ async fn noop_produces_the_outputs_its_spec_names() {
             outputs: Some(r#"{"image":"x"}"#.into()),
         }
     );
+}
+
+/// The variables a command sees, from its `env` output.
+fn variables(output: &str) -> std::collections::BTreeMap<String, String> {
+    output
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_command_gets_only_its_own_environment() {
+    // Cargo runs tests with CARGO_MANIFEST_DIR set: a variable of the agent's environment.
+    assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
+    let shell_executor = Registry::all().get("shell").unwrap();
+    let spec = validate(
+        "shell",
+        &json!({"command": "env", "env": {"GREETING": "hello", "LANG": "C"}}),
+    )
+    .unwrap();
+    let (ctx, _rx) = context(None);
+    let Outcome::Succeeded {
+        output: Some(output),
+        ..
+    } = shell_executor.run(&spec, ctx).await
+    else {
+        panic!("env failed");
+    };
+    let seen = variables(&output);
+    let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+    let mut expected = vec![
+        "GREETING",
+        "LANG",
+        "ORCHION_JOB_ID",
+        "ORCHION_OUTPUTS",
+        "ORCHION_TASK_DIR",
+        "PATH",
+        "TMPDIR",
+    ];
+    if std::env::var("HOME").is_ok() {
+        expected.push("HOME");
+        expected.sort_unstable();
+    }
+    assert_eq!(names, expected, "{output}");
+    // The spec's env overrides what is inherited; Orchion's own variables are its own.
+    assert_eq!(seen["LANG"], "C");
+    assert_eq!(seen["ORCHION_JOB_ID"], "job-1");
+    assert_eq!(seen["PATH"], std::env::var("PATH").unwrap());
+
+    // A variable the agent passes through by name (`--inherit-env`).
+    let (mut ctx, _rx) = context(None);
+    ctx.inherited = std::sync::Arc::new(orchion_executor::inherited_env(&[
+        "CARGO_MANIFEST_DIR".to_owned(),
+        "ORCHION_NOT_SET_ANYWHERE".to_owned(),
+    ]));
+    let Outcome::Succeeded {
+        output: Some(output),
+        ..
+    } = shell_executor.run(&spec, ctx).await
+    else {
+        panic!("env failed");
+    };
+    let seen = variables(&output);
+    assert_eq!(
+        seen.get("CARGO_MANIFEST_DIR"),
+        Some(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+    );
+    assert!(!seen.contains_key("ORCHION_NOT_SET_ANYWHERE"));
+}
+
+#[tokio::test]
+async fn each_attempt_gets_a_private_directory_removed_afterwards() {
+    let shell_executor = Registry::all().get("shell").unwrap();
+    let script = "stat -c %a \"$ORCHION_TASK_DIR\"; pwd; echo \"$TMPDIR\"; dirname \"$ORCHION_OUTPUTS\"; \
+                  touch \"$TMPDIR/scratch\"";
+    let mut dirs = Vec::new();
+    for _ in 0..2 {
+        let (ctx, _rx) = context(None);
+        let Outcome::Succeeded {
+            output: Some(output),
+            ..
+        } = shell_executor.run(&shell("sh", &["-c", script]), ctx).await
+        else {
+            panic!("the command failed");
+        };
+        let lines: Vec<&str> = output.lines().collect();
+        assert_eq!(lines[0], "700", "{output}");
+        // It runs in its directory, which is also its TMPDIR and holds its outputs file.
+        assert_eq!(lines[1], lines[2]);
+        assert_eq!(lines[2], lines[3]);
+        let dir = std::path::PathBuf::from(lines[1]);
+        assert!(
+            dir.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("orchion-task-")
+        );
+        assert!(!dir.exists(), "{} is left behind", dir.display());
+        dirs.push(dir);
+    }
+    assert_ne!(dirs[0], dirs[1]);
 }

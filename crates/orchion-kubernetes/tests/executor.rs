@@ -116,6 +116,7 @@ fn context(
         output,
         cancel,
         deadline,
+        inherited: std::sync::Arc::new(orchion_executor::inherited_env(&[])),
         env: BTreeMap::from([
             (
                 "ORCHION_JOB_ID".into(),

@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The database URL cannot be used.
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
+    /// The database's files cannot be made or kept private to this user.
+    #[error("{0}")]
+    Files(String),
     /// A report for an attempt that is no longer current, or from a node that does not hold
     /// it (fencing).
     #[error("{0}")]

@@ -73,6 +73,43 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Makes the database file before SQLite does, readable and writable by this user alone, and
+/// takes that access from everyone else on files an earlier version left open (`-wal`, `-shm`
+/// too). SQLite gives the `-wal` and `-shm` files it creates the database file's mode.
+fn private_files(db: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let refused = |path: &std::path::Path, e: std::io::Error| {
+        StoreError::Files(format!(
+            "cannot make the database file {} private to this user: {e}",
+            path.display()
+        ))
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        // SQLite says why better (a missing directory, a read-only file system).
+        Err(_) => return Ok(()),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| refused(&path, e))?;
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `url` (`sqlite:PATH`), with up to
     /// `readers` concurrent read connections.
@@ -90,6 +127,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        private_files(options.get_filename())?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))

@@ -63,6 +63,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         executors: orchion_engines::executors(&args.state_dir.join("engines")),
         state_dir: args.state_dir,
         slots: usize::from(args.slots),
+        inherit_env: args.inherit_env,
     };
     let agent = match Agent::new(config) {
         Ok(agent) => agent,

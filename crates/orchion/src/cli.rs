@@ -253,6 +253,10 @@ pub struct ServeArgs {
 pub struct DevArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// A variable of this environment the local agent's tasks get (besides PATH, HOME and
+    /// LANG, which they always get); repeat or separate with commas. No other reaches a task.
+    #[arg(long = "inherit-env", value_name = "NAME", value_delimiter = ',', value_parser = parse_env_name)]
+    pub inherit_env: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -289,6 +293,10 @@ pub struct AgentArgs {
     /// How many tasks run at once.
     #[arg(long, default_value_t = DEFAULT_SLOTS, value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub slots: u16,
+    /// A variable of the agent's environment its tasks get (besides PATH, HOME and LANG,
+    /// which they always get); repeat or separate with commas. No other reaches a task.
+    #[arg(long = "inherit-env", value_name = "NAME", value_delimiter = ',', value_parser = parse_env_name)]
+    pub inherit_env: Vec<String>,
     /// The authority (PEM) an `https://` server's certificate must chain to (default: the
     /// system's roots).
     #[arg(long, env = "ORCHION_CA_CERT", value_name = "FILE")]
@@ -323,6 +331,22 @@ pub struct AgentArgs {
 
 /// How many tasks an agent runs at once unless told otherwise.
 pub const DEFAULT_SLOTS: u16 = 16;
+
+/// An environment variable's name: letters, digits and `_`, not starting with a digit.
+fn parse_env_name(raw: &str) -> Result<String, String> {
+    let mut chars = raw.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "`{raw}` is not an environment variable name (letters, digits and `_`, not starting with a digit)"
+        ))
+    }
+}
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=')

@@ -118,6 +118,8 @@ fn start_agent(s: &Supervised, client: orchion_kubernetes::Client) -> anyhow::Re
         state_dir: s.state_dir.clone(),
         executors,
         slots: usize::from(s.config.max_jobs.max(1)),
+        // Its executor runs containers, which never see the agent's environment.
+        inherit_env: Vec::new(),
     };
     LocalAgent::spawn(config)
 }

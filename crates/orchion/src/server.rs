@@ -77,8 +77,7 @@ impl Server {
         let kubernetes = crate::kubernetes::settings(&config.kubernetes)?;
         let data_dir = &config.server.data_dir;
         if config.database.url.is_none() {
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+            private_dir(data_dir)?;
         }
         let url = config.database.effective_url(data_dir);
         let store = orchion_store::connect(&url, config.database.max_connections)
@@ -589,6 +588,27 @@ async fn bootstrap_admin(access: &Access, config: &Config) -> anyhow::Result<Opt
     })
 }
 
+/// Creates `dir` if needed and makes it this user's alone (0700): it holds the database, the
+/// first admin token and the join token.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot read data directory {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || format!("cannot make data directory {} private (0700)", dir.display()),
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes `text` to a file only its owner may read.
 pub fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::{io::Write, os::unix::fs::OpenOptionsExt};
@@ -621,12 +641,12 @@ enum Mode {
 
 /// `orchion dev`.
 pub async fn dev(args: DevArgs) -> ExitCode {
-    start(Mode::Dev, args.serve).await
+    start(Mode::Dev, args.serve, args.inherit_env).await
 }
 
 /// `orchion server`.
 pub async fn serve(args: ServerArgs) -> ExitCode {
-    start(Mode::Server, args.serve).await
+    start(Mode::Server, args.serve, Vec::new()).await
 }
 
 /// The configuration flags set, as `(key, value)` layers over file and environment.
@@ -659,7 +679,8 @@ fn flag_layers(args: &ServeArgs) -> Vec<(&'static str, orchion_config::Value)> {
     flags
 }
 
-async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
+/// `inherit_env` is what the local agent of `orchion dev` passes on to its tasks.
+async fn start(mode: Mode, args: ServeArgs, inherit_env: Vec<String>) -> ExitCode {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let sources = Sources {
         file: args.config.clone(),
@@ -723,7 +744,7 @@ async fn start(mode: Mode, args: ServeArgs) -> ExitCode {
         }
     }
     if mode == Mode::Dev {
-        match start_local_agent(&server, &data_dir) {
+        match start_local_agent(&server, &data_dir, inherit_env) {
             Ok(agent) => agents.push(agent),
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -786,7 +807,11 @@ fn sign_in_cli(server: &str, token: &str) -> String {
 
 /// Prints where everything is (the join token included: this is the developer's own terminal),
 /// and starts the local agent over real gRPC.
-fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAgent> {
+fn start_local_agent(
+    server: &Server,
+    data_dir: &Path,
+    inherit_env: Vec<String>,
+) -> anyhow::Result<LocalAgent> {
     let addr = server.http_addr()?;
     let grpc = server.grpc_addr()?;
     let local_grpc = server.local_grpc_url()?;
@@ -818,6 +843,7 @@ fn start_local_agent(server: &Server, data_dir: &Path) -> anyhow::Result<LocalAg
         state_dir: data_dir.join("agent"),
         executors: orchion_engines::executors(&data_dir.join("agent").join("engines")),
         slots: usize::from(crate::cli::DEFAULT_SLOTS),
+        inherit_env,
     };
     LocalAgent::spawn(config)
 }

@@ -102,9 +102,11 @@ async fn a_failed_resource_rolls_back_what_was_applied_in_reverse_order() {
         tools.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    // The fake tools log their calls where ORCHION_FAKE_LOG says, which tasks get only because
+    // the agent passes it on by name.
     let server = Orchion::start(
         dir.path(),
-        &["dev"],
+        &["dev", "--inherit-env", "ORCHION_FAKE_LOG"],
         &[
             ("PATH", path.as_str()),
             ("ORCHION_FAKE_LOG", log.to_str().unwrap()),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::{Orchion, agent, cluster_server, eventually, free_port, get_json, http};
 use serde_json::{Value, json};
 
-async fn submit(server: &Orchion, body: Value) -> Value {
+pub async fn submit(server: &Orchion, body: Value) -> Value {
     let response = http()
         .post(server.url("/api/v1/jobs"))
         .json(&body)
@@ -18,7 +18,7 @@ async fn submit(server: &Orchion, body: Value) -> Value {
     response.json().await.unwrap()
 }
 
-async fn job(server: &Orchion, id: &str) -> Value {
+pub async fn job(server: &Orchion, id: &str) -> Value {
     http()
         .get(server.url(&format!("/api/v1/jobs/{id}")))
         .send()
@@ -29,7 +29,7 @@ async fn job(server: &Orchion, id: &str) -> Value {
         .unwrap()
 }
 
-async fn wait_job(server: &Orchion, id: &str, status: &str, limit: Duration) -> Value {
+pub async fn wait_job(server: &Orchion, id: &str, status: &str, limit: Duration) -> Value {
     eventually(&format!("job {id} to be {status}"), limit, || async {
         let j = job(server, id).await;
         (j["status"] == status).then_some(j)

@@ -17,6 +17,7 @@ mod metrics;
 mod nodes;
 mod oidc;
 mod replicas;
+mod safety;
 mod server;
 mod tls;
 mod tracing;
