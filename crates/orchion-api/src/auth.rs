@@ -344,6 +344,9 @@ pub async fn guard(State(state): State<AppState>, mut request: Request, next: Ne
         // No route: the fallback answers 404 and reveals nothing.
         return next.run(request).await;
     };
+    if let Some(refused) = crate::extract::nul_in_uri(request.uri()) {
+        return refused.into_response();
+    }
     let path = request.uri().path().to_owned();
     let request_id = request
         .headers()

@@ -58,6 +58,13 @@ pub fn decode<T: DeserializeOwned>(
     json: serde_json::Value,
     prefix: &str,
 ) -> Result<JsonBody<T>, ApiError> {
+    if let Some(at) = orchion_spec::find_nul(&json) {
+        let pointer = format!("{prefix}{at}");
+        return Err(ApiError::InvalidBody {
+            detail: format!("field `{pointer}`: {}", orchion_spec::NUL_REFUSED),
+            pointer,
+        });
+    }
     let digest = Sha256::digest(json.to_string().as_bytes()).to_vec();
     let value = serde_path_to_error::deserialize(json).map_err(|e| {
         let inner = e.inner().to_string();
@@ -139,6 +146,29 @@ where
                 }
             })
     }
+}
+
+/// A problem with a request whose path or query holds a NUL character (`%00`), which no
+/// route accepts: 422 naming the query parameter, or the path.
+pub fn nul_in_uri(uri: &axum::http::Uri) -> Option<ApiError> {
+    let encoded_nul = |text: &str| {
+        text.as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%00"))
+    };
+    let refused = |field: String| {
+        ApiError::Validation(orchion_domain::ValidationErrors(vec![
+            orchion_domain::FieldError::new(&field, orchion_spec::NUL_REFUSED),
+        ]))
+    };
+    if encoded_nul(uri.path()) {
+        return Some(refused("path".into()));
+    }
+    let query = uri.query().filter(|q| encoded_nul(q))?;
+    let name = form_urlencoded::parse(query.as_bytes())
+        .find(|(name, value)| name.contains('\0') || value.contains('\0'))
+        .map_or_else(|| "query".to_owned(), |(name, _)| name.replace('\0', "\\0"));
+    Some(refused(name))
 }
 
 /// The name a serde message quotes, as in "unknown field `x`" or "missing field `x`".

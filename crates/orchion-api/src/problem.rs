@@ -158,20 +158,26 @@ impl ApiError {
     /// The problem document this error answers with.
     pub fn problem(&self) -> Problem {
         let (status, code, title) = self.parts();
-        let errors = match self {
-            ApiError::Validation(errors) => errors
-                .0
-                .iter()
-                .map(|e| FieldProblem {
-                    pointer: e.pointer.clone(),
-                    detail: e.message.clone(),
-                })
-                .collect(),
-            ApiError::InvalidBody { pointer, detail } => vec![FieldProblem {
-                pointer: pointer.clone(),
-                detail: detail.clone(),
-            }],
-            _ => Vec::new(),
+        let (errors, more_errors) = match self {
+            ApiError::Validation(errors) => {
+                let (listed, more) = errors.listed();
+                let listed = listed
+                    .iter()
+                    .map(|e| FieldProblem {
+                        pointer: e.pointer.clone(),
+                        detail: e.message.clone(),
+                    })
+                    .collect();
+                (listed, more)
+            }
+            ApiError::InvalidBody { pointer, detail } => (
+                vec![FieldProblem {
+                    pointer: pointer.clone(),
+                    detail: detail.clone(),
+                }],
+                0,
+            ),
+            _ => (Vec::new(), 0),
         };
         Problem {
             kind: format!("urn:orchion:problem:{code}"),
@@ -180,6 +186,7 @@ impl ApiError {
             detail: self.to_string(),
             code: code.to_owned(),
             errors,
+            more_errors,
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::{
         ("X-GitHub-Delivery" = String, Header, description = "The delivery's id; a redelivery is answered as the first time"),
         ("X-Hub-Signature-256" = String, Header, description = "sha256=<HMAC-SHA256 of the body with the webhook secret>")),
     responses((status = 200, description = "A ping"), (status = 202, description = "Accepted or ignored, with the runs started"),
-        (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem)))]
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 413, body = Problem), (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn github(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let headers = request.headers().clone();
     let limit = request.extensions().get::<BodyLimit>().map_or(0, |l| l.0);
@@ -70,6 +70,10 @@ pub async fn github(State(state): State<AppState>, request: Request) -> Result<R
                 detail: e.to_string(),
             },
             WebhookError::MalformedJson(_) => ApiError::MalformedJson(e.to_string()),
+            WebhookError::Nul(ref pointer) => ApiError::InvalidBody {
+                pointer: pointer.clone(),
+                detail: e.to_string(),
+            },
             WebhookError::Store(e) => e.into(),
         })?;
     Ok(replay(&recorded))

@@ -619,6 +619,7 @@ mod tests {
                     detail: (*detail).into(),
                 })
                 .collect(),
+            more_errors: 0,
         }
     }
 

@@ -47,6 +47,9 @@ pub enum WebhookError {
     /// The body is not JSON.
     #[error("the delivery's body is not JSON: {0}")]
     MalformedJson(String),
+    /// The body holds text the store cannot keep, at this JSON pointer: nothing was started.
+    #[error("field `{0}` of the delivery: {nul}", nul = orchion_spec::NUL_REFUSED)]
+    Nul(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -110,6 +113,9 @@ impl Webhooks {
         }
         let payload: Value = serde_json::from_slice(delivery.body)
             .map_err(|e| WebhookError::MalformedJson(e.to_string()))?;
+        if let Some(at) = orchion_spec::find_nul(&payload) {
+            return Err(WebhookError::Nul(at));
+        }
         let action = payload["action"].as_str().map(str::to_owned);
         let repository = payload["repository"]["full_name"]
             .as_str()

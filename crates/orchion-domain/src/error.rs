@@ -41,9 +41,26 @@ impl ValidationErrors {
     }
 }
 
+/// The most problems an answer lists; the others are counted.
+pub const MAX_PROBLEMS_LISTED: usize = 50;
+
+impl ValidationErrors {
+    /// The problems an answer lists (the first [`MAX_PROBLEMS_LISTED`]), and how many more
+    /// there are.
+    pub fn listed(&self) -> (&[FieldError], usize) {
+        let shown = self.0.len().min(MAX_PROBLEMS_LISTED);
+        (&self.0[..shown], self.0.len() - shown)
+    }
+}
+
 impl fmt::Display for ValidationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let messages: Vec<&str> = self.0.iter().map(|e| e.message.as_str()).collect();
-        f.write_str(&messages.join("; "))
+        let (listed, more) = self.listed();
+        let messages: Vec<&str> = listed.iter().map(|e| e.message.as_str()).collect();
+        f.write_str(&messages.join("; "))?;
+        if more > 0 {
+            write!(f, "; and {more} more problems")?;
+        }
+        Ok(())
     }
 }

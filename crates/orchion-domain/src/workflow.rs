@@ -245,11 +245,20 @@ impl Dag {
                 }
             }
         }
-        for cycle in cycles(&needs) {
+        let (listed, more) = cycles(&needs, MAX_CYCLES_LISTED);
+        for cycle in listed {
             let path: Vec<&str> = cycle.iter().map(|&i| steps[i].name.as_str()).collect();
             errors.push(FieldError {
                 pointer: format!("/steps/{}/needs", cycle[0]),
                 message: format!("cycle: {}", path.join(" -> ")),
+            });
+        }
+        if more > 0 {
+            errors.push(FieldError {
+                pointer: "/steps".into(),
+                message: format!(
+                    "and {more} more cycles (the first {MAX_CYCLES_LISTED} are listed)"
+                ),
             });
         }
         // Templates may read only the run input, the fan-out item, and outputs of upstream steps.
@@ -337,28 +346,45 @@ impl Dag {
     }
 }
 
-/// Every elementary cycle found by a depth-first search, each once, rotated to start at its
-/// lowest index and closed (`[a, b, c, a]`).
-fn cycles(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
+/// The most cycles one validation lists; the others are counted.
+pub const MAX_CYCLES_LISTED: usize = 10;
+
+/// Elementary cycles found by a depth-first search, one per edge that closes one, each rotated
+/// to start at its lowest index and closed (`[a, b, c, a]`): the first `limit`, and how many
+/// more there are. Iterative, so a long chain cannot exhaust the stack.
+fn cycles(needs: &[Vec<usize>], limit: usize) -> (Vec<Vec<usize>>, usize) {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
         OnPath,
         Done,
     }
-    fn visit(
-        node: usize,
-        needs: &[Vec<usize>],
-        marks: &mut [Mark],
-        path: &mut Vec<usize>,
-        found: &mut BTreeSet<Vec<usize>>,
-    ) {
-        marks[node] = Mark::OnPath;
-        path.push(node);
-        for &next in &needs[node] {
+    let mut marks = vec![Mark::New; needs.len()];
+    let mut found = BTreeSet::new();
+    let mut more = 0;
+    for root in 0..needs.len() {
+        if marks[root] != Mark::New {
+            continue;
+        }
+        marks[root] = Mark::OnPath;
+        // The path from `root`, and for each node on it the next of its needs to follow.
+        let mut path = vec![root];
+        let mut next_need = vec![0usize];
+        while let (Some(&node), Some(k)) = (path.last(), next_need.last_mut()) {
+            let Some(&next) = needs[node].get(*k) else {
+                marks[node] = Mark::Done;
+                path.pop();
+                next_need.pop();
+                continue;
+            };
+            *k += 1;
             match marks[next] {
-                Mark::New => visit(next, needs, marks, path, found),
-                Mark::OnPath => {
+                Mark::New => {
+                    marks[next] = Mark::OnPath;
+                    path.push(next);
+                    next_need.push(0);
+                }
+                Mark::OnPath if found.len() < limit => {
                     let start = path.iter().position(|&n| n == next).unwrap_or(0);
                     let mut cycle: Vec<usize> = path[start..].to_vec();
                     let lowest = cycle
@@ -370,20 +396,12 @@ fn cycles(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
                     cycle.push(cycle[0]);
                     found.insert(cycle);
                 }
+                Mark::OnPath => more += 1,
                 Mark::Done => {}
             }
         }
-        path.pop();
-        marks[node] = Mark::Done;
     }
-    let mut marks = vec![Mark::New; needs.len()];
-    let mut found = BTreeSet::new();
-    for node in 0..needs.len() {
-        if marks[node] == Mark::New {
-            visit(node, needs, &mut marks, &mut Vec::new(), &mut found);
-        }
-    }
-    found.into_iter().collect()
+    (found.into_iter().collect(), more)
 }
 
 /// Kahn's algorithm, level by level. Call only on an acyclic graph.
@@ -580,6 +598,27 @@ mod tests {
         let bad = parse_template("${{ input.x == ok }}").unwrap_err();
         assert!(bad.contains("`ok` is not a literal"), "{bad}");
         assert!(parse_template("${{ input.x == 'a'b' }}").is_err());
+    }
+
+    #[test]
+    fn the_longest_closed_chain_is_found_without_exhausting_a_small_stack() {
+        let len = MAX_STEPS;
+        let steps: Vec<StepShape> = (0..len)
+            .map(|i| StepShape {
+                name: format!("s{i}"),
+                needs: vec![format!("s{}", (i + len - 1) % len)],
+                templates: vec![],
+            })
+            .collect();
+        // A thread with a 256 KiB stack: a recursive search 10,000 steps deep would overflow.
+        let found = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || Dag::new(&steps).unwrap_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(found.0.len(), 1);
+        assert!(found.0[0].message.starts_with("cycle: s0 -> s9999 -> s9998"));
     }
 
     proptest! {

@@ -31,7 +31,8 @@ impl TaskDir {
         let mut builder = std::fs::DirBuilder::new();
         builder.mode(0o700);
         loop {
-            let path = std::env::temp_dir().join(format!("orchion-task-{:032x}", rand::random::<u128>()));
+            let path =
+                std::env::temp_dir().join(format!("orchion-task-{:032x}", rand::random::<u128>()));
             match builder.create(&path) {
                 Ok(()) => return Ok(Self(path)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -70,7 +71,6 @@ impl Drop for TaskDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
-
 
 /// `key=value` lines, or one JSON object, as a JSON object; `None` when empty.
 fn parse_outputs(text: &str) -> Result<Option<String>, String> {

@@ -45,7 +45,7 @@ fn attempt_result(result: pb::TaskResult) -> Result<AttemptResult, String> {
             error: if result.error.is_empty() {
                 "failed".to_owned()
             } else {
-                result.error.chars().take(4096).collect()
+                orchion_spec::without_nul(result.error.chars().take(4096).collect())
             },
         },
         Ok(pb::TaskOutcome::Cancelled) => AttemptOutcome::Cancelled,
@@ -63,6 +63,12 @@ fn attempt_result(result: pb::TaskResult) -> Result<AttemptResult, String> {
             ));
         }
         Some(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+            // What a task printed is kept, but never a NUL, which PostgreSQL cannot store.
+            Ok(value @ serde_json::Value::Object(_))
+                if orchion_spec::find_nul(&value).is_some() =>
+            {
+                Some(orchion_spec::json_without_nul(value).to_string())
+            }
             Ok(serde_json::Value::Object(_)) => Some(text),
             _ => return Err("outputs: not a JSON object".to_owned()),
         },
@@ -72,7 +78,7 @@ fn attempt_result(result: pb::TaskResult) -> Result<AttemptResult, String> {
         task,
         attempt: result.attempt,
         outcome,
-        output: result.output,
+        output: result.output.map(orchion_spec::without_nul),
         outputs,
     })
 }
@@ -213,7 +219,7 @@ impl WorkServiceApi for WorkService {
                     "stdout" | "stderr" => l.stream,
                     _ => "system".to_owned(),
                 },
-                line: l.line,
+                line: orchion_spec::without_nul(l.line),
                 at: time_of(l.at),
             })
             .collect();

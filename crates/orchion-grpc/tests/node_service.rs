@@ -20,7 +20,7 @@ struct Harness {
     registry: Arc<NodeRegistry>,
     join_tokens: Arc<JoinTokens>,
     stop: CancellationToken,
-    _db: orchion_testkit::SqliteDatabase,
+    _db: Option<orchion_testkit::SqliteDatabase>,
 }
 
 impl Drop for Harness {
@@ -31,7 +31,18 @@ impl Drop for Harness {
 
 async fn harness() -> Harness {
     let db = orchion_testkit::sqlite_database();
-    let store = orchion_store::connect(db.url(), 2).await.unwrap();
+    let url = db.url().to_owned();
+    harness_on(&url, Some(db)).await
+}
+
+/// The harness over a fresh PostgreSQL database, where PostgreSQL is available (CI has it).
+async fn postgres_harness() -> Option<Harness> {
+    let url = orchion_testkit::postgres_database().await?;
+    Some(harness_on(&url, None).await)
+}
+
+async fn harness_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>) -> Harness {
+    let store = orchion_store::connect(url, 2).await.unwrap();
     let settings = RegistrySettings::default();
     let registry = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
     let queue = Arc::new(orchion_control::WorkQueue::new(
@@ -330,20 +341,7 @@ async fn results_and_logs_for_a_lost_attempt_are_refused() {
     let mut h = harness().await;
     let node = register(&mut h, "worker").await;
     let other = register(&mut h, "other").await;
-    let job = orchion_domain::NewJob {
-        name: "j".into(),
-        project_id: None,
-        executor: "shell".into(),
-        spec: r#"{"command":"true"}"#.into(),
-        priority: 0,
-        retry: Default::default(),
-        timeouts: Default::default(),
-        placement: Default::default(),
-        concurrency: None,
-        run_at: None,
-        trace_parent: None,
-    };
-    h.store.create_job(job, None).await.unwrap();
+    h.store.create_job(shell_job(), None).await.unwrap();
     let mut work = WorkServiceClient::new(h.channel.clone());
     let claim = pb::ClaimTasksRequest {
         node_id: node.node_id.clone(),
@@ -450,6 +448,95 @@ async fn results_and_logs_for_a_lost_attempt_are_refused() {
         invalid.message(),
         "results[1].outcome: 42 is not a TaskOutcome"
     );
+}
+
+fn shell_job() -> orchion_domain::NewJob {
+    orchion_domain::NewJob {
+        name: "j".into(),
+        project_id: None,
+        executor: "shell".into(),
+        spec: r#"{"command":"true"}"#.into(),
+        priority: 0,
+        retry: Default::default(),
+        timeouts: Default::default(),
+        placement: Default::default(),
+        concurrency: None,
+        run_at: None,
+        trace_parent: None,
+    }
+}
+
+/// A task may print anything, NUL included, which PostgreSQL cannot store as text: its log
+/// lines, output, error and outputs are kept with U+FFFD in its place, on both backends.
+#[tokio::test]
+async fn what_a_task_prints_is_kept_even_with_nul_characters() {
+    use orchion_proto::v1::work_service_client::WorkServiceClient;
+    let mut harnesses = vec![("sqlite", harness().await)];
+    if let Some(h) = postgres_harness().await {
+        harnesses.push(("postgres", h));
+    }
+    for (backend, mut h) in harnesses {
+        let node = register(&mut h, "worker").await;
+        let created = h.store.create_job(shell_job(), None).await.unwrap().value;
+        let mut work = WorkServiceClient::new(h.channel.clone());
+        let claim = pb::ClaimTasksRequest {
+            node_id: node.node_id.clone(),
+            executors: vec!["shell".into()],
+            max_tasks: 1,
+            wait_ms: 1000,
+        };
+        let task = work
+            .claim_tasks(with_token(claim, &node.credential))
+            .await
+            .unwrap()
+            .into_inner()
+            .tasks
+            .remove(0);
+        let logs = pb::AppendLogsRequest {
+            node_id: node.node_id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            lines: vec![pb::LogLine {
+                stream: "stdout".into(),
+                line: "binary\0data".into(),
+                at: None,
+            }],
+        };
+        work.append_logs(with_token(logs, &node.credential))
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        let result = pb::CompleteTasksRequest {
+            node_id: node.node_id.clone(),
+            results: vec![pb::TaskResult {
+                task_id: task.task_id.clone(),
+                attempt: task.attempt,
+                outcome: pb::TaskOutcome::Succeeded.into(),
+                output: Some("out\0put".into()),
+                outputs: Some(r#"{"k\u0000": "v\u0000"}"#.into()),
+                ..Default::default()
+            }],
+        };
+        let acks = work
+            .complete_tasks(with_token(result, &node.credential))
+            .await
+            .unwrap_or_else(|e| panic!("{backend}: {e}"))
+            .into_inner()
+            .results;
+        assert_eq!(acks[0].job_status, "succeeded", "{backend}: {acks:?}");
+        let job = h.store.get_job(created.id).await.unwrap();
+        assert_eq!(job.output.as_deref(), Some("out\u{FFFD}put"), "{backend}");
+        assert_eq!(
+            job.outputs.as_deref(),
+            Some("{\"k\u{FFFD}\":\"v\u{FFFD}\"}"),
+            "{backend}"
+        );
+        let lines = h
+            .store
+            .read_logs(task.task_id.parse().unwrap(), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(lines[0].line, "binary\u{FFFD}data", "{backend}");
+    }
 }
 
 fn rejoining(registered: &pb::RegisterNodeResponse, name: &str) -> pb::RegisterNodeRequest {

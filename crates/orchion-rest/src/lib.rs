@@ -63,6 +63,7 @@ mod tests {
             detail: "no job 1".into(),
             code: "not-found".into(),
             errors: Vec::new(),
+            more_errors: 0,
         };
         let text = serde_json::to_string(&problem)?;
         assert!(!text.contains("errors"), "{text}");

@@ -18,9 +18,16 @@ pub struct Problem {
     pub detail: String,
     /// The stable code, the last part of `type`.
     pub code: String,
-    /// One entry per problem found, for inputs validated as a whole.
+    /// One entry per problem found, for inputs validated as a whole: at most 50.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldProblem>,
+    /// How many more problems were found than `errors` lists.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more_errors: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One problem with one field.

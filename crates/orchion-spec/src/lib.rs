@@ -8,11 +8,13 @@
 pub mod deployment;
 pub mod executor;
 pub mod job;
+pub mod text;
 pub mod workflow;
 
 pub use deployment::{DependencyRequest, DeploymentRequest, ResourceRequest};
 pub use executor::{ENGINES, KNOWN, pointer_of, validate};
 pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
+pub use text::{NUL_REFUSED, find_nul, json_without_nul, without_nul};
 pub use workflow::{
     Rollback, RollbackDefinition, Scope, Step, StepDefinition, Workflow, WorkflowDefinition,
     condition, items, render,

@@ -603,7 +603,12 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .mode();
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
-            || format!("cannot make data directory {} private (0700)", dir.display()),
+            || {
+                format!(
+                    "cannot make data directory {} private (0700)",
+                    dir.display()
+                )
+            },
         )?;
     }
     Ok(())

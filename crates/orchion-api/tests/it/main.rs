@@ -6,6 +6,7 @@
 mod access;
 mod common;
 mod deployments;
+mod edge;
 mod http;
 mod jobs;
 mod nodes;

@@ -13,13 +13,19 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-fn sign(secret: &str, body: &[u8]) -> String {
+pub fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn deliver(app: &App, event: &str, delivery: &str, secret: &str, payload: &Value) -> Reply {
+pub async fn deliver(
+    app: &App,
+    event: &str,
+    delivery: &str,
+    secret: &str,
+    payload: &Value,
+) -> Reply {
     let body = payload.to_string();
     app.send(
         Request::post("/webhook/github")
@@ -33,14 +39,14 @@ async fn deliver(app: &App, event: &str, delivery: &str, secret: &str, payload: 
     .await
 }
 
-const SECRET: &str = "test-webhook-secret";
+pub const SECRET: &str = "test-webhook-secret";
 
-fn repository(full_name: &str) -> Value {
+pub fn repository(full_name: &str) -> Value {
     let (owner, name) = full_name.split_once('/').unwrap();
     json!({"id": 1296269, "name": name, "full_name": full_name, "owner": {"login": owner}, "default_branch": "main"})
 }
 
-fn issue_opened(number: u64, labels: &[&str], repo: &str) -> Value {
+pub fn issue_opened(number: u64, labels: &[&str], repo: &str) -> Value {
     json!({
         "action": "opened",
         "issue": {"number": number, "title": "Found a bug", "state": "open", "user": {"login": "octocat"},
@@ -50,7 +56,7 @@ fn issue_opened(number: u64, labels: &[&str], repo: &str) -> Value {
     })
 }
 
-async fn store_triage(app: &App) {
+pub async fn store_triage(app: &App) {
     let definition = json!({"name": "triage", "steps": [
         {"name": "label", "executor": "noop", "spec": {"outputs": {"issue": "${{ input.number }}"}}}
     ]});
@@ -60,7 +66,7 @@ async fn store_triage(app: &App) {
     assert_eq!(reply.status, StatusCode::CREATED);
 }
 
-async fn count(app: &App, path: &str) -> usize {
+pub async fn count(app: &App, path: &str) -> usize {
     app.get(path).await.body["items"].as_array().unwrap().len()
 }
 

@@ -43,7 +43,10 @@ async fn a_task_on_dev_sees_neither_the_join_token_nor_the_servers_environment()
         ],
     );
     let join_token = server.wait_for_line("Join token", Duration::from_secs(10));
-    assert!(join_token.ends_with("join-token-of-the-cluster"), "{join_token}");
+    assert!(
+        join_token.ends_with("join-token-of-the-cluster"),
+        "{join_token}"
+    );
     let created = submit(
         &server,
         json!({"executor": "shell", "spec": {"command": "env", "env": {"OWN": "of-the-job"}}}),

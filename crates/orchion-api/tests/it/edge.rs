@@ -1,0 +1,152 @@
+//! Input the edge must survive, on both backends alike: NUL characters anywhere a client can
+//! put text, error lists that cannot grow without bound.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::{
+    common::{App, app, postgres_app, problem},
+    webhooks::{SECRET, count, deliver, issue_opened, store_triage},
+};
+
+/// Every backend there is here: SQLite, and PostgreSQL where it is available (CI has it).
+async fn apps() -> Vec<(&'static str, App)> {
+    let mut apps = vec![("sqlite", app().await)];
+    if let Some(app) = postgres_app().await {
+        apps.push(("postgres", app));
+    }
+    apps
+}
+
+/// A 422 whose one listed problem is at `pointer`.
+fn refused_at(reply: &crate::common::Reply, code: &str, pointer: &str, backend: &str) {
+    let detail = problem(reply, StatusCode::UNPROCESSABLE_ENTITY, code);
+    assert!(detail.contains("NUL"), "{backend}: {detail}");
+    assert_eq!(
+        reply.body["errors"][0]["pointer"], pointer,
+        "{backend}: {:?}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn nul_in_any_text_is_refused_naming_the_field_and_nothing_is_written() {
+    for (backend, app) in apps().await {
+        let jobs_before = count(&app, "/api/v1/jobs").await;
+        let job = json!({"executor": "shell", "name": "a\u{0}b",
+                         "spec": {"command": "echo", "env": {"K": "v\u{0}"}}});
+        let reply = app.json("POST", "/api/v1/jobs", job.to_string()).await;
+        refused_at(&reply, "invalid-body", "/name", backend);
+        let batch = json!({"jobs": [{"executor": "noop", "spec": {}},
+                                    {"executor": "noop", "spec": {"outputs": {"k": "\u{0}"}}}]});
+        let reply = app
+            .json("POST", "/api/v1/jobs/batch", batch.to_string())
+            .await;
+        refused_at(&reply, "invalid-body", "/jobs/1/spec/outputs/k", backend);
+        assert_eq!(count(&app, "/api/v1/jobs").await, jobs_before, "{backend}");
+
+        let reply = app
+            .json(
+                "POST",
+                "/api/v1/projects",
+                json!({"name": "team\u{0}"}).to_string(),
+            )
+            .await;
+        refused_at(&reply, "invalid-body", "/name", backend);
+        let workflow = json!({"name": "w", "steps": [
+            {"name": "s", "executor": "noop", "spec": {}, "needs": ["\u{0}"]}]});
+        let reply = app
+            .json("POST", "/api/v1/workflow-types", workflow.to_string())
+            .await;
+        refused_at(&reply, "invalid-body", "/steps/0/needs/0", backend);
+
+        // Query parameters and the path, percent-encoded.
+        let reply = app.get("/api/v1/jobs?name=a%00b").await;
+        refused_at(&reply, "validation-failed", "/name", backend);
+        let reply = app.get("/api/v1/workflow-types/w%00").await;
+        refused_at(&reply, "validation-failed", "/path", backend);
+
+        // A signed webhook delivery: refused before any rule starts anything or any delivery
+        // is recorded.
+        store_triage(&app).await;
+        let mut payload = issue_opened(7, &["bug"], "octo/shop");
+        payload["issue"]["title"] = json!("crash\u{0}");
+        let reply = deliver(&app, "issues", "d-nul", SECRET, &payload).await;
+        refused_at(&reply, "invalid-body", "/issue/title", backend);
+        assert_eq!(count(&app, "/api/v1/workflows").await, 0, "{backend}");
+        assert_eq!(
+            count(&app, "/api/v1/webhook-deliveries").await,
+            0,
+            "{backend}"
+        );
+        // The server still serves everyone else, the same delivery id included.
+        payload["issue"]["title"] = json!("crash");
+        let reply = deliver(&app, "issues", "d-nul", SECRET, &payload).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::ACCEPTED,
+            "{backend}: {:?}",
+            reply.body
+        );
+        assert_eq!(count(&app, "/api/v1/workflows").await, 1, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn error_lists_stop_at_fifty_problems_and_ten_cycles() {
+    let app = app().await;
+    // 120 jobs with no executor: one problem each.
+    let jobs: Vec<Value> = (0..120).map(|_| json!({"spec": {}})).collect();
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/jobs/batch",
+            json!({"jobs": jobs}).to_string(),
+        )
+        .await;
+    let detail = problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(reply.body["errors"].as_array().unwrap().len(), 50);
+    assert_eq!(
+        reply.body["more_errors"], 70,
+        "{:?}",
+        reply.body["more_errors"]
+    );
+    assert!(detail.ends_with("; and 70 more problems"), "{detail}");
+
+    // Twelve steps that all need each other: far more cycles than are listed.
+    let names: Vec<String> = (0..12).map(|i| format!("s{i}")).collect();
+    let steps: Vec<Value> = names
+        .iter()
+        .map(|name| {
+            let needs: Vec<&String> = names.iter().filter(|n| *n != name).collect();
+            json!({"name": name, "executor": "noop", "spec": {}, "needs": needs})
+        })
+        .collect();
+    let reply = app
+        .json(
+            "POST",
+            "/api/v1/workflow-types",
+            json!({"name": "dense", "steps": steps}).to_string(),
+        )
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    let errors = reply.body["errors"].as_array().unwrap();
+    let cycles = errors
+        .iter()
+        .filter(|e| e["detail"].as_str().unwrap().starts_with("cycle: "))
+        .count();
+    assert_eq!(cycles, 10, "{errors:?}");
+    let last = errors.last().unwrap()["detail"].as_str().unwrap();
+    assert!(
+        last.starts_with("and ") && last.ends_with("more cycles (the first 10 are listed)"),
+        "{last}"
+    );
+}
