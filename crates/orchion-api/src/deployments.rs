@@ -88,9 +88,12 @@ async fn visible_deployment(
 
 /// Starts a deployment. Every problem with it is reported at once (422), and nothing is
 /// deployed. One deployment per composer and environment runs at a time: a second one is
-/// accepted as `queued` and starts when the first ends.
+/// accepted as `queued` and starts when the first ends. The same request again (the same id
+/// and body) is answered 200 with the deployment it started; another body under a taken id
+/// is 409.
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body = DeploymentRequest,
-    responses((status = 201, body = DeploymentBody), (status = 400, body = Problem), (status = 409, body = Problem),
+    responses((status = 201, body = DeploymentBody), (status = 200, body = DeploymentBody, description = "The same request again"),
+        (status = 400, body = Problem), (status = 409, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_deployment(
     State(state): State<AppState>,
@@ -114,9 +117,9 @@ pub async fn create_deployment(
         )
         .await
         .map_err(crate::runs::workflow_error)?;
-    let location = format!("/api/v1/deployments/{}", deployment.id);
-    let body = deployment_body(&state, deployment, true).await?;
-    Ok(Created::new(body, location).into_response())
+    let location = format!("/api/v1/deployments/{}", deployment.value.id);
+    let body = deployment_body(&state, deployment.value, true).await?;
+    Ok(Created::or_replayed(body, location, deployment.created).into_response())
 }
 
 /// A deployment, its overall status and phase, and each resource's status, engine, progress

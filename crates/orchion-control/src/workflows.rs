@@ -605,7 +605,8 @@ impl Workflows {
     }
 
     /// Starts a deployment: a run of the workflow its resources make (checked by the caller
-    /// with [`orchion_spec::DeploymentRequest::compile`]), with its first resources.
+    /// with [`orchion_spec::DeploymentRequest::compile`]), with its first resources. The same
+    /// request again gets the deployment it started (`created: false`).
     pub async fn start_deployment(
         &self,
         request: &orchion_spec::DeploymentRequest,
@@ -614,7 +615,7 @@ impl Workflows {
         raw: &Value,
         project_id: ProjectId,
         trace_parent: Option<String>,
-    ) -> Result<orchion_domain::Deployment, WorkflowError> {
+    ) -> Result<Created<orchion_domain::Deployment>, WorkflowError> {
         let run = WorkflowRun {
             id: RunId::new(),
             name: request.id.clone(),
@@ -658,12 +659,15 @@ impl Workflows {
                 first.create,
             )
             .await?;
+        if !deployment.created {
+            return Ok(deployment);
+        }
         orchion_metrics::metrics()
             .workflows_started
             .with_label_values(&["deployment"])
             .inc();
         self.work.work_changed();
-        self.advance(deployment.run_id).await?;
+        self.advance(deployment.value.run_id).await?;
         Ok(deployment)
     }
 

@@ -618,7 +618,11 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(found.0.len(), 1);
-        assert!(found.0[0].message.starts_with("cycle: s0 -> s9999 -> s9998"));
+        assert!(
+            found.0[0]
+                .message
+                .starts_with("cycle: s0 -> s9999 -> s9998")
+        );
     }
 
     proptest! {

@@ -109,13 +109,15 @@ pub trait RunStore: Send + Sync {
 
     /// Starts a deployment's run. While another deployment for the same composer and
     /// environment runs, the new one waits: its run is held, with no step written, until that
-    /// one ends. [`StoreError::Conflict`] when the id is taken.
+    /// one ends. The same request again (the same id, body and project) gets the deployment it
+    /// made, `created: false`, however many arrive at once; [`StoreError::Conflict`] when the
+    /// id is taken by another.
     async fn create_deployment(
         &self,
         deployment: NewDeployment,
         run: NewWorkflowRun,
         steps: Vec<NewStep>,
-    ) -> Result<Deployment, StoreError>;
+    ) -> Result<Created<Deployment>, StoreError>;
 
     async fn get_deployment(&self, id: &str) -> Result<Deployment, StoreError>;
 
@@ -315,75 +317,21 @@ impl<B: StoreBackend> RunStore for B {
         deployment: NewDeployment,
         run: NewWorkflowRun,
         steps: Vec<NewStep>,
-    ) -> Result<Deployment, StoreError> {
-        let id = RunId::new();
-        let now = crate::now();
-        let mut tx = self.begin().await?;
-        let existing: Option<(String,)> = tx
-            .fetch_optional(
-                Statement::new("SELECT id FROM deployments WHERE id = $1")
-                    .bind(deployment.id.as_str()),
-            )
-            .await?;
-        if existing.is_some() {
-            tx.rollback().await?;
-            return Err(StoreError::Conflict(format!(
-                "deployment `{}` exists: choose another id, or DELETE it first",
-                deployment.id
-            )));
-        }
-        let active: Option<(String,)> = tx
-            .fetch_optional(
-                Statement::new(
-                    "SELECT id FROM deployments WHERE composer = $1 AND environment = $2 AND active = $3",
-                )
-                .bind(deployment.composer.as_str())
-                .bind(deployment.environment.as_str())
-                .bind(true),
-            )
-            .await?;
-        // Another runs for this composer and environment: this one waits its turn, held, with
-        // no step written yet.
-        let waits = active.is_some();
-        let steps = if waits { Vec::new() } else { steps };
-        insert_run(&mut tx, id, &run, &steps, now).await?;
-        if waits {
-            tx.execute(
-                Statement::new("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
-                    .bind(id.as_uuid())
-                    .bind(true),
-            )
-            .await?;
-        }
-        let inserted = tx
-            .execute(
-                Statement::new(
-                    "INSERT INTO deployments (id, run_id, composer, environment, request, active, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(deployment.id.as_str())
-                .bind(id.as_uuid())
-                .bind(deployment.composer.as_str())
-                .bind(deployment.environment.as_str())
-                .bind(deployment.request.as_str())
-                .bind(!waits)
-                .bind(now),
-            )
-            .await;
-        match inserted {
-            Ok(_) => {}
-            // Another replica started one for the same composer and environment at this
-            // moment; the client may simply try again.
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
+    ) -> Result<Created<Deployment>, StoreError> {
+        // Another request made the same id, or took this composer and environment, at the same
+        // moment (on another connection): once it has committed, a second try sees it.
+        let attempt =
+            || try_create_deployment(self, deployment.clone(), run.clone(), steps.clone());
+        match attempt().await {
+            Err(e) if is_unique_violation(&e) => match attempt().await {
+                Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!(
                     "another deployment for composer `{}` in environment `{}` started at the same moment: try again",
                     deployment.composer, deployment.environment
-                )));
-            }
-            Err(e) => return Err(e),
+                ))),
+                other => other,
+            },
+            other => other,
         }
-        tx.commit().await?;
-        self.get_deployment(&deployment.id).await
     }
 
     async fn get_deployment(&self, id: &str) -> Result<Deployment, StoreError> {
@@ -700,6 +648,84 @@ struct WorkflowRunRow {
     created_at: OffsetDateTime,
     finished_at: Option<OffsetDateTime>,
     traceparent: Option<String>,
+}
+
+/// One try of [`RunStore::create_deployment`].
+async fn try_create_deployment<B: StoreBackend>(
+    store: &B,
+    deployment: NewDeployment,
+    run: NewWorkflowRun,
+    steps: Vec<NewStep>,
+) -> Result<Created<Deployment>, StoreError> {
+    let id = RunId::new();
+    let now = crate::now();
+    let mut tx = store.begin().await?;
+    let existing: Option<(String, Option<Uuid>)> = tx
+        .fetch_optional(
+            Statement::new(
+                "SELECT d.request, r.project_id FROM deployments d JOIN runs r ON r.id = d.run_id \
+                 WHERE d.id = $1",
+            )
+            .bind(deployment.id.as_str()),
+        )
+        .await?;
+    if let Some((request, project)) = existing {
+        tx.rollback().await?;
+        if request == deployment.request && project == run.project_id.map(|p| p.as_uuid()) {
+            return Ok(Created {
+                value: store.get_deployment(&deployment.id).await?,
+                created: false,
+            });
+        }
+        return Err(StoreError::Conflict(format!(
+            "deployment `{}` exists: choose another id, or DELETE it first",
+            deployment.id
+        )));
+    }
+    let active: Option<(String,)> = tx
+        .fetch_optional(
+            Statement::new(
+                "SELECT id FROM deployments WHERE composer = $1 AND environment = $2 AND active = $3",
+            )
+            .bind(deployment.composer.as_str())
+            .bind(deployment.environment.as_str())
+            .bind(true),
+        )
+        .await?;
+    // Another runs for this composer and environment: this one waits its turn, held, with
+    // no step written yet.
+    let waits = active.is_some();
+    let steps = if waits { Vec::new() } else { steps };
+    insert_run(&mut tx, id, &run, &steps, now).await?;
+    if waits {
+        tx.execute(
+            Statement::new("UPDATE workflow_runs SET held = $2 WHERE run_id = $1")
+                .bind(id.as_uuid())
+                .bind(true),
+        )
+        .await?;
+    }
+    // A unique index refusing it means another made the same id or took this composer and
+    // environment meanwhile: the caller tries again.
+    tx.execute(
+        Statement::new(
+            "INSERT INTO deployments (id, run_id, composer, environment, request, active, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(deployment.id.as_str())
+        .bind(id.as_uuid())
+        .bind(deployment.composer.as_str())
+        .bind(deployment.environment.as_str())
+        .bind(deployment.request.as_str())
+        .bind(!waits)
+        .bind(now),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Created {
+        value: store.get_deployment(&deployment.id).await?,
+        created: true,
+    })
 }
 
 impl TryFrom<WorkflowRunRow> for WorkflowRun {

@@ -2136,7 +2136,7 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
         id: id.into(),
         composer: "team-alpha".into(),
         environment: environment.into(),
-        request: "{}".into(),
+        request: format!(r#"{{"id":"{id}","environment":"{environment}"}}"#),
     };
     let first = store
         .create_deployment(
@@ -2146,7 +2146,20 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
         )
         .await
         .unwrap();
+    assert!(first.created);
+    let first = first.value;
     assert!(first.active);
+    // The same request again gets the same deployment and starts nothing.
+    let again = store
+        .create_deployment(
+            deployment("v1", "prod"),
+            new_run("deployment"),
+            vec![step("db")],
+        )
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.value.run_id, first.run_id);
     let record = store.get_workflow_run(first.run_id).await.unwrap();
     assert_eq!(record.tasks.len(), 1);
     // A second one for the same composer and environment waits, held, with no step written.
@@ -2157,7 +2170,8 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
             vec![step("db")],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .value;
     assert!(!queued.active);
     let held = store.get_workflow_run(queued.run_id).await.unwrap();
     assert!(held.run.held);
@@ -2178,7 +2192,8 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
             Vec::new(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .value;
     assert!(staging.active, "another environment has its own slot");
     // When the first ends, the oldest waiting one gets the slot.
     store
@@ -2198,7 +2213,8 @@ async fn one_deployment_per_composer_and_environment_runs_at_a_time(db: Db) {
     let third = store
         .create_deployment(deployment("v3", "prod"), new_run("deployment"), Vec::new())
         .await
-        .unwrap();
+        .unwrap()
+        .value;
     assert!(!third.active, "v2 runs now");
     // A waiting one that ends (cancelled) hands nothing on.
     store

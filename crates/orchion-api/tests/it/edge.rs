@@ -150,3 +150,106 @@ async fn error_lists_stop_at_fifty_problems_and_ten_cycles() {
         "{last}"
     );
 }
+
+/// `n` copies of one request sent at once.
+async fn at_once(
+    app: &App,
+    n: usize,
+    request: impl Fn() -> axum::http::Request<axum::body::Body>,
+) -> Vec<crate::common::Reply> {
+    futures::future::join_all((0..n).map(|_| app.send(request()))).await
+}
+
+/// Every reply succeeded with the one resource: the same `field` in each.
+fn one_resource(replies: &[crate::common::Reply], field: &str, what: &str) -> Value {
+    for reply in replies {
+        assert!(
+            reply.status.is_success(),
+            "{what}: {} {:?}",
+            reply.status,
+            reply.body
+        );
+    }
+    let first = replies[0].body[field].clone();
+    assert!(!first.is_null(), "{what}: {:?}", replies[0].body);
+    for reply in replies {
+        assert_eq!(reply.body[field], first, "{what}");
+    }
+    first
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_with_one_key_all_get_the_one_resource() {
+    use axum::{
+        body::Body,
+        http::{Request, header},
+    };
+    const AT_ONCE: usize = 12;
+    for (backend, app) in apps().await {
+        let post = |uri: &'static str, key: &'static str, body: Value| {
+            move || {
+                let mut request =
+                    Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+                if !key.is_empty() {
+                    request = request.header("Idempotency-Key", key);
+                }
+                request.body(Body::from(body.to_string())).unwrap()
+            }
+        };
+        let jobs = at_once(
+            &app,
+            AT_ONCE,
+            post(
+                "/api/v1/jobs",
+                "job-once",
+                json!({"executor": "noop", "spec": {}}),
+            ),
+        )
+        .await;
+        one_resource(&jobs, "id", &format!("{backend} jobs"));
+        let projects = at_once(
+            &app,
+            AT_ONCE,
+            post(
+                "/api/v1/projects",
+                "project-once",
+                json!({"name": "payments"}),
+            ),
+        )
+        .await;
+        one_resource(&projects, "id", &format!("{backend} projects"));
+
+        store_triage(&app).await;
+        let runs = at_once(
+            &app,
+            AT_ONCE,
+            post(
+                "/api/v1/workflows",
+                "run-once",
+                json!({"type": "triage", "input": {"number": 1, "repo": "octo/shop"}}),
+            ),
+        )
+        .await;
+        one_resource(&runs, "id", &format!("{backend} runs"));
+
+        let deployment = json!({
+            "id": "web-once", "composer": "team", "environment": "production",
+            "resources": [{"name": "db", "catalogRef": "aws-rds-mysql:1.0.0", "engine": "terraform", "config": {}}],
+        });
+        let deployments = at_once(&app, AT_ONCE, post("/api/v1/deployments", "", deployment)).await;
+        one_resource(&deployments, "id", &format!("{backend} deployments"));
+
+        let payload = issue_opened(9, &["bug"], "octo/shop");
+        let deliveries = futures::future::join_all(
+            (0..AT_ONCE).map(|_| deliver(&app, "issues", "d-once", SECRET, &payload)),
+        )
+        .await;
+        let runs = one_resource(&deliveries, "runs", &format!("{backend} deliveries"));
+        assert_eq!(runs.as_array().unwrap().len(), 1, "{backend}: {runs}");
+        assert_eq!(
+            count(&app, "/api/v1/webhook-deliveries").await,
+            1,
+            "{backend}"
+        );
+    }
+}

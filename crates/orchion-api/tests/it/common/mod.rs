@@ -48,7 +48,8 @@ pub async fn postgres_app() -> Option<App> {
 }
 
 async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures: u32) -> App {
-    let store = orchion_store::connect(url, 2).await.unwrap();
+    // Enough connections for requests sent at once to race each other in the database.
+    let store = orchion_store::connect(url, 8).await.unwrap();
     let settings = RegistrySettings::default();
     let nodes = Arc::new(NodeRegistry::load(store.clone(), settings).await.unwrap());
     let work = Arc::new(orchion_control::WorkQueue::new(
