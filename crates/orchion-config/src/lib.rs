@@ -401,7 +401,7 @@ pub struct WebhooksConfig {
 }
 
 /// `POST /webhook/github`: verified GitHub deliveries, turned into runs by rules.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GithubWebhooks {
     /// The secret deliveries are signed with (`GITHUB_WEBHOOK_SECRET`). Without any secret,
@@ -415,6 +415,22 @@ pub struct GithubWebhooks {
     /// The project (its id) the rules' runs and jobs belong to; they act as an operator of it
     /// alone. Absent: the default project.
     pub project: Option<String>,
+    /// How long a signed body is remembered: the same bytes again under another delivery id
+    /// within it are a replay, answered and recorded as one, and start nothing.
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
+}
+
+impl Default for GithubWebhooks {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            secrets: Default::default(),
+            rules: Vec::new(),
+            project: None,
+            replay_window: Duration::from_secs(72 * 3600),
+        }
+    }
 }
 
 /// Maps GitHub events to a workflow run or a job.

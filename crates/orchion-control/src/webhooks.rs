@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::{StartRun, WorkQueue, Workflows};
+use crate::{StartRun, WorkQueue, WorkflowError, Workflows};
 
 /// A delivery as it arrived: its headers (absent ones `None`) and its raw body.
 #[derive(Debug, Clone)]
@@ -111,6 +111,12 @@ impl Webhooks {
         if let Some(seen) = self.store.get_delivery(&id).await? {
             return Ok(seen);
         }
+        let digest = Sha256::digest(delivery.body).to_vec();
+        if let Some(replayed) = self.replayed(&digest).await? {
+            return self
+                .record_replay(id, event, delivery.body, digest, &replayed)
+                .await;
+        }
         let payload: Value = serde_json::from_slice(delivery.body)
             .map_err(|e| WebhookError::MalformedJson(e.to_string()))?;
         if let Some(at) = orchion_spec::find_nul(&payload) {
@@ -172,8 +178,8 @@ impl Webhooks {
                 let mut runs = Vec::with_capacity(rules.len());
                 for rule in rules {
                     runs.push(
-                        self.start(rule, &id, &payload, &delivery.trace_parent)
-                            .await,
+                        self.start(rule, &id, &digest, &payload, &delivery.trace_parent)
+                            .await?,
                     );
                 }
                 (202, "accepted", None, runs)
@@ -201,19 +207,75 @@ impl Webhooks {
                 status,
                 response: response.to_string(),
                 received_at: orchion_store::now(),
+                body_digest: Some(digest),
             })
             .await?;
         Ok(recorded.value)
     }
 
-    /// Starts what `rule` asks for; the answer names the run or job, or what went wrong.
+    /// The delivery an earlier request signed these very bytes for, if within
+    /// `webhooks.github.replay_window`.
+    async fn replayed(&self, digest: &[u8]) -> Result<Option<Delivery>, WebhookError> {
+        let Some(earlier) = self.store.delivery_with_body(digest).await? else {
+            return Ok(None);
+        };
+        let window =
+            time::Duration::try_from(self.config.replay_window).unwrap_or(time::Duration::MAX);
+        Ok((orchion_store::now() - earlier.received_at < window).then_some(earlier))
+    }
+
+    /// Answers, and records, a replay: a signed body seen before under another delivery id. It
+    /// starts nothing; the answer names the delivery it repeats.
+    async fn record_replay(
+        &self,
+        id: String,
+        event: String,
+        body: &[u8],
+        digest: Vec<u8>,
+        earlier: &Delivery,
+    ) -> Result<Delivery, WebhookError> {
+        let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let reason = format!(
+            "a replay: delivery `{}` had this very body; it starts nothing",
+            earlier.id
+        );
+        let response = json!({"status": "ignored", "delivery": id, "event": event,
+                              "runs": [], "reason": reason, "replay_of": earlier.id});
+        tracing::warn!(delivery = %id, replay_of = %earlier.id, "a webhook body was replayed under a new delivery id");
+        let recorded = self
+            .store
+            .record_delivery(Delivery {
+                id,
+                seq: Uuid::now_v7(),
+                source: "github".into(),
+                event,
+                action: payload["action"].as_str().map(str::to_owned),
+                repository: payload["repository"]["full_name"]
+                    .as_str()
+                    .map(str::to_owned),
+                verdict: "ignored".into(),
+                reason: Some(reason),
+                runs: "[]".into(),
+                status: 202,
+                response: response.to_string(),
+                received_at: orchion_store::now(),
+                body_digest: Some(digest),
+            })
+            .await?;
+        Ok(recorded.value)
+    }
+
+    /// Starts what `rule` asks for; the answer names the run or job, or what was wrong with
+    /// the request; `Err` when the store itself failed. Its idempotency key is the rule and the
+    /// signed body's digest, so the same body starts the rule's run once however it arrives.
     async fn start(
         &self,
         rule: &WebhookRule,
         delivery: &str,
+        digest: &[u8],
         payload: &Value,
         trace_parent: &Option<String>,
-    ) -> Value {
+    ) -> Result<Value, StoreError> {
         let outputs = BTreeMap::new();
         let scope = Scope {
             input: &Value::Null,
@@ -222,14 +284,15 @@ impl Webhooks {
             event: Some(payload),
         };
         let key = |rendered: &Value| IdempotencyKey {
-            key: format!("github:{delivery}:{}", rule.name),
+            key: format!("github:{}:{}", hex::encode(digest), rule.name),
             request_hash: Sha256::digest(rendered.to_string().as_bytes()).to_vec(),
         };
         let fail = |error: String| json!({"rule": rule.name, "error": error});
+        let failed = |error: String| Ok(fail(error));
         if let Some(workflow) = &rule.workflow {
             let input = match orchion_spec::render(&rule.input, &scope) {
                 Ok(input) => input,
-                Err(e) => return fail(format!("input: {e}")),
+                Err(e) => return failed(format!("input: {e}")),
             };
             let started = self
                 .workflows
@@ -246,23 +309,26 @@ impl Webhooks {
                 )
                 .await;
             return match started {
-                Ok(created) => json!({"rule": rule.name, "run_id": created.value.id.to_string()}),
-                Err(e) => fail(e.to_string()),
+                Ok(created) => {
+                    Ok(json!({"rule": rule.name, "run_id": created.value.id.to_string()}))
+                }
+                Err(WorkflowError::Store(e)) => failure(fail, e),
+                Err(e) => failed(e.to_string()),
             };
         }
         let Some(template) = &rule.job else {
-            return fail("the rule names neither a workflow nor a job".into());
+            return failed("the rule names neither a workflow nor a job".into());
         };
         let rendered = match orchion_spec::render(template, &scope) {
             Ok(job) => job,
-            Err(e) => return fail(format!("job: {e}")),
+            Err(e) => return failed(format!("job: {e}")),
         };
         let job = match serde_json::from_value::<CreateJob>(rendered.clone())
             .map_err(|e| e.to_string())
             .and_then(|j| j.into_new_job().map_err(|e| e.to_string()))
         {
             Ok((job, _)) if job.project_id.is_some_and(|p| p != self.project) => {
-                return fail(format!(
+                return failed(format!(
                     "job: the rule's job names another project than webhooks.github.project ({})",
                     self.project
                 ));
@@ -272,12 +338,26 @@ impl Webhooks {
                 project_id: Some(self.project),
                 ..job
             },
-            Err(e) => return fail(format!("job: {e}")),
+            Err(e) => return failed(format!("job: {e}")),
         };
         match self.work.enqueue(job, Some(key(&rendered))).await {
-            Ok(created) => json!({"rule": rule.name, "job_id": created.value.id.to_string()}),
-            Err(e) => fail(e.to_string()),
+            Ok(created) => Ok(json!({"rule": rule.name, "job_id": created.value.id.to_string()})),
+            Err(e) => failure(fail, e),
         }
+    }
+}
+
+/// A rule's failure: what the store said of the request (a reused key, a missing workflow
+/// type), recorded with the delivery as it is; or a failure of the store itself, for which the
+/// whole delivery fails unrecorded (its text only in the server's log), so a redelivery tries
+/// again and starts what is missing.
+fn failure(fail: impl Fn(String) -> Value, error: StoreError) -> Result<Value, StoreError> {
+    match error {
+        StoreError::NotFound { .. }
+        | StoreError::IdempotencyConflict { .. }
+        | StoreError::Conflict(_)
+        | StoreError::MissingReference { .. } => Ok(fail(error.to_string())),
+        other => Err(other),
     }
 }
 

@@ -52,7 +52,7 @@ pub(crate) enum Value<'a> {
     I32(Option<i32>),
     I64(Option<i64>),
     Text(Option<Cow<'a, str>>),
-    Bytes(Cow<'a, [u8]>),
+    Bytes(Option<Cow<'a, [u8]>>),
     Uuid(Option<Uuid>),
     Time(Option<OffsetDateTime>),
     /// A JSON document: `jsonb` on PostgreSQL, text on SQLite.
@@ -121,7 +121,13 @@ impl From<Option<String>> for Value<'_> {
 
 impl<'a> From<&'a [u8]> for Value<'a> {
     fn from(v: &'a [u8]) -> Self {
-        Value::Bytes(Cow::Borrowed(v))
+        Value::Bytes(Some(Cow::Borrowed(v)))
+    }
+}
+
+impl<'a> From<Option<&'a [u8]>> for Value<'a> {
+    fn from(v: Option<&'a [u8]>) -> Self {
+        Value::Bytes(v.map(Cow::Borrowed))
     }
 }
 

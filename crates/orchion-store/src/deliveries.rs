@@ -34,6 +34,9 @@ pub struct Delivery {
     /// The body answered, JSON.
     pub response: String,
     pub received_at: OffsetDateTime,
+    /// SHA-256 of the signed body, so the same body under another delivery id is known as a
+    /// replay (`None` for deliveries recorded before it was kept).
+    pub body_digest: Option<Vec<u8>>,
 }
 
 /// Webhook deliveries. A supertrait of [`crate::Store`].
@@ -45,11 +48,14 @@ pub trait DeliveryStore: Send + Sync {
 
     async fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError>;
 
+    /// The first delivery whose signed body had this SHA-256, under whatever id.
+    async fn delivery_with_body(&self, digest: &[u8]) -> Result<Option<Delivery>, StoreError>;
+
     /// Deliveries in the order received.
     async fn list_deliveries(&self, page: PageRequest) -> Result<Page<Delivery>, StoreError>;
 }
 
-const DELIVERY_COLUMNS: &str = "id, seq, source, event, action, repository, verdict, reason, runs, status, response, received_at";
+const DELIVERY_COLUMNS: &str = "id, seq, source, event, action, repository, verdict, reason, runs, status, response, received_at, body_digest";
 
 #[async_trait]
 impl<B: StoreBackend> DeliveryStore for B {
@@ -59,7 +65,7 @@ impl<B: StoreBackend> DeliveryStore for B {
             .execute(
                 Statement::new(format!(
                     "INSERT INTO webhook_deliveries ({DELIVERY_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING"
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING"
                 ))
                 .bind(delivery.id.as_str())
                 .bind(delivery.seq)
@@ -72,7 +78,8 @@ impl<B: StoreBackend> DeliveryStore for B {
                 .bind(delivery.runs.as_str())
                 .bind(delivery.status)
                 .bind(delivery.response.as_str())
-                .bind(delivery.received_at),
+                .bind(delivery.received_at)
+                .bind(delivery.body_digest.as_deref()),
             )
             .await?;
         tx.commit().await?;
@@ -99,6 +106,17 @@ impl<B: StoreBackend> DeliveryStore for B {
                 "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"
             ))
             .bind(id),
+        )
+        .await
+    }
+
+    async fn delivery_with_body(&self, digest: &[u8]) -> Result<Option<Delivery>, StoreError> {
+        self.read_optional(
+            Statement::new(format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE body_digest = $1 \
+                 ORDER BY seq LIMIT 1"
+            ))
+            .bind(digest),
         )
         .await
     }

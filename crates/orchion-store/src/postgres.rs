@@ -79,7 +79,7 @@ fn arguments(values: &[Value<'_>]) -> Result<PgArguments, StoreError> {
             Value::I32(v) => args.add(*v),
             Value::I64(v) => args.add(*v),
             Value::Text(v) => args.add(v.as_deref()),
-            Value::Bytes(v) => args.add(v.as_ref()),
+            Value::Bytes(v) => args.add(v.as_deref()),
             Value::Uuid(v) => args.add(*v),
             Value::Time(v) => args.add(*v),
             Value::Json(v) => args.add(Json(v.as_ref())),

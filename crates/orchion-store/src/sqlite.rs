@@ -214,7 +214,7 @@ fn arguments<'q>(values: &'q [Value<'_>]) -> Result<SqliteArguments<'q>, StoreEr
             Value::I32(v) => args.add(*v),
             Value::I64(v) => args.add(*v),
             Value::Text(v) => args.add(v.as_deref()),
-            Value::Bytes(v) => args.add(v.as_ref()),
+            Value::Bytes(v) => args.add(v.as_deref()),
             Value::Uuid(v) => args.add(*v),
             Value::Time(v) => args.add(*v),
             Value::Json(v) => args.add(Json(v.as_ref())),

@@ -293,3 +293,52 @@ async fn unsigned_mis_signed_and_malformed_deliveries_create_nothing() {
         "{detail}"
     );
 }
+
+#[tokio::test]
+async fn a_signed_body_replayed_under_a_new_delivery_id_starts_nothing() {
+    let app = app().await;
+    store_triage(&app).await;
+    let payload = issue_opened(77, &["bug"], "octo/shop");
+    let first = deliver(&app, "issues", "d-original", SECRET, &payload).await;
+    assert_eq!(first.body["status"], "accepted", "{:?}", first.body);
+    // The very same signed bytes, captured and sent again under ids of the attacker's choice.
+    for id in ["d-replay-1", "d-replay-2"] {
+        let replay = deliver(&app, "issues", id, SECRET, &payload).await;
+        assert_eq!(replay.status, StatusCode::ACCEPTED, "{:?}", replay.body);
+        assert_eq!(replay.body["status"], "ignored");
+        assert_eq!(replay.body["replay_of"], "d-original");
+        assert_eq!(replay.body["runs"], json!([]));
+        assert!(
+            replay.body["reason"].as_str().unwrap().contains("replay"),
+            "{:?}",
+            replay.body
+        );
+    }
+    assert_eq!(count(&app, "/api/v1/workflows").await, 1);
+    let deliveries = app.get("/api/v1/webhook-deliveries").await;
+    let verdicts: Vec<(&str, &str)> = deliveries.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["id"].as_str().unwrap(), d["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("d-original", "accepted"),
+            ("d-replay-1", "ignored"),
+            ("d-replay-2", "ignored")
+        ]
+    );
+    // Another event (any byte differs) is no replay.
+    let next = deliver(
+        &app,
+        "issues",
+        "d-next",
+        SECRET,
+        &issue_opened(78, &["bug"], "octo/shop"),
+    )
+    .await;
+    assert_eq!(next.body["status"], "accepted", "{:?}", next.body);
+    assert_eq!(count(&app, "/api/v1/workflows").await, 2);
+}

@@ -439,7 +439,10 @@ impl rusqlite::ToSql for Value<'_> {
                 Some(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
                 None => ToSqlOutput::Owned(SqlValue::Null),
             },
-            Value::Bytes(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+            Value::Bytes(v) => match v {
+                Some(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+                None => ToSqlOutput::Owned(SqlValue::Null),
+            },
             Value::Uuid(v) => match v {
                 Some(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v.as_bytes())),
                 None => ToSqlOutput::Owned(SqlValue::Null),

@@ -206,6 +206,7 @@ pub fn webhooks() -> orchion_config::GithubWebhooks {
         secret: Some(Secret::new("test-webhook-secret")),
         secrets: [("acme".to_owned(), Secret::new("acme-org-secret"))].into(),
         project: None,
+        replay_window: std::time::Duration::from_secs(3600),
         rules: vec![
             rule(
                 "triage",
