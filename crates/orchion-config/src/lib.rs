@@ -643,6 +643,15 @@ impl Config {
                     rule.name
                 ));
             }
+            if let Some(job) = &rule.job {
+                let executor = job["executor"].as_str().unwrap_or_default();
+                for problem in orchion_spec::refuse_script_templates(executor, &job["spec"], "") {
+                    problems.push(format!(
+                        "webhooks.github.rules[{i}] ({}): job{}: {}",
+                        rule.name, problem.pointer, problem.message
+                    ));
+                }
+            }
         }
         if let Some(token) = &cluster.join_token {
             if let Err(problem) = token.validate_token() {

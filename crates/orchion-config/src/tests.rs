@@ -435,6 +435,22 @@ webhooks:
             .contains("webhooks.github.rules[0] (both): give exactly one of workflow or job"),
         "{error}"
     );
+    // An issue title spliced into a script would run `$(…)` in it: refused at start.
+    let injecting = file(
+        ".yaml",
+        "webhooks:\n  github:\n    rules:\n      - {name: echo, event: issues, job: {executor: shell, spec: {command: sh, args: [-c, 'echo ${{ event.issue.title }}']}}}\n",
+    );
+    let error = Config::load(&Sources {
+        file: Some(injecting.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("webhooks.github.rules[0] (echo): job/spec/args/1")
+            && error.contains("pass the value through `env`"),
+        "{error}"
+    );
 }
 
 #[test]

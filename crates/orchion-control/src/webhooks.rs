@@ -319,7 +319,14 @@ impl Webhooks {
         let Some(template) = &rule.job else {
             return failed("the rule names neither a workflow nor a job".into());
         };
-        let rendered = match orchion_spec::render(template, &scope) {
+        // The job's spec as a step's is rendered (values in an `http` URL percent-encoded).
+        let executor = template["executor"].as_str().unwrap_or_default();
+        let rendered = match orchion_spec::render(template, &scope).and_then(|mut job| {
+            if let Some(spec) = template.get("spec") {
+                job["spec"] = orchion_spec::render_spec(executor, spec, &scope)?;
+            }
+            Ok(job)
+        }) {
             Ok(job) => job,
             Err(e) => return failed(format!("job: {e}")),
         };

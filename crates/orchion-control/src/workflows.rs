@@ -158,7 +158,7 @@ fn render_job(
     run: &WorkflowRun,
     scope: &Scope<'_>,
 ) -> Result<NewJob, String> {
-    let rendered = orchion_spec::render(spec, scope)?;
+    let rendered = orchion_spec::render_spec(&base.executor, spec, scope)?;
     let spec = orchion_spec::validate(&base.executor, &rendered).map_err(|errors| {
         let messages: Vec<String> = errors
             .0

@@ -12,10 +12,10 @@ pub mod text;
 pub mod workflow;
 
 pub use deployment::{DependencyRequest, DeploymentRequest, ResourceRequest};
-pub use executor::{ENGINES, KNOWN, pointer_of, validate};
+pub use executor::{ENGINES, KNOWN, pointer_of, refuse_script_templates, validate};
 pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
 pub use text::{NUL_REFUSED, find_nul, json_without_nul, without_nul};
 pub use workflow::{
     Rollback, RollbackDefinition, Scope, Step, StepDefinition, Workflow, WorkflowDefinition,
-    condition, items, render,
+    condition, items, render, render_spec,
 };

@@ -304,6 +304,11 @@ fn check_job(
     templated: &[(String, String)],
     errors: &mut ValidationErrors,
 ) -> Option<NewJob> {
+    errors.0.extend(crate::executor::refuse_script_templates(
+        parts.executor,
+        parts.spec,
+        prefix,
+    ));
     if let Err(e) = crate::executor::validate(parts.executor, &without_templates(parts.spec)) {
         for mut error in e.0 {
             error.pointer = format!("{prefix}{}", error.pointer);
@@ -468,6 +473,73 @@ pub fn render(value: &Value, scope: &Scope<'_>) -> Result<Value, String> {
     walk(value, "spec", scope)
 }
 
+/// What a value spliced into a URL's host or query is encoded as: everything but RFC 3986's
+/// unreserved characters, so it stays one label or one query value.
+const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What a value spliced into a URL's path is encoded as: as [`URL_COMPONENT`], keeping `/`, so
+/// `acme/shop` stays two segments.
+const URL_PATH: &percent_encoding::AsciiSet = &URL_COMPONENT.remove(b'/');
+
+/// A step's (or job's) `spec` for `executor` with every template resolved, as [`render`]
+/// does, except in an `http` spec's `url`: there a template's value is percent-encoded. In the
+/// query (and fragment) and the host everything but unreserved characters is encoded, so
+/// `a&admin=1` stays one query value; in the path `/` is kept, and a value with a `.` or `..`
+/// segment (which would climb the path) fails the step. A template at the very start of the
+/// URL supplies its scheme and host, and is its value as it is.
+pub fn render_spec(executor: &str, spec: &Value, scope: &Scope<'_>) -> Result<Value, String> {
+    let mut rendered = render(spec, scope)?;
+    if executor != "http" {
+        return Ok(rendered);
+    }
+    if let Some(url) = spec
+        .get("url")
+        .and_then(Value::as_str)
+        .filter(|u| u.contains("${{"))
+    {
+        rendered["url"] =
+            Value::String(render_url(url, scope).map_err(|e| format!("spec/url: {e}"))?);
+    }
+    Ok(rendered)
+}
+
+fn render_url(url: &str, scope: &Scope<'_>) -> Result<String, String> {
+    let pieces = parse_template(url)?;
+    let mut out = String::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        let value = match piece_value(piece, scope)? {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        if i == 0 || matches!(piece, Piece::Text(_)) {
+            out.push_str(&value);
+            continue;
+        }
+        let in_path = !out.contains(['?', '#'])
+            && out
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('/'));
+        if in_path {
+            if value
+                .split('/')
+                .any(|segment| segment == "." || segment == "..")
+            {
+                return Err(format!(
+                    "the value `{value}` has a `.` or `..` segment, which would climb the URL's path"
+                ));
+            }
+            out.extend(percent_encoding::utf8_percent_encode(&value, URL_PATH));
+        } else {
+            out.extend(percent_encoding::utf8_percent_encode(&value, URL_COMPONENT));
+        }
+    }
+    Ok(out)
+}
+
 /// Whether a `when` condition holds.
 pub fn condition(text: &str, scope: &Scope<'_>) -> Result<bool, String> {
     render_text(text, scope)
@@ -510,6 +582,63 @@ mod tests {
             item,
             event: None,
         }
+    }
+
+    #[test]
+    fn values_spliced_into_an_http_url_stay_one_component() {
+        let input = json!({"repo": "acme/shop", "name": "x?drain=1#", "q": "a/b&c=d e",
+                           "climb": "../admin", "tenant": "eu", "base": "https://api.example.com"});
+        let outputs = BTreeMap::new();
+        let s = scope(&input, &outputs, None);
+        let spec = json!({"method": "GET",
+                          "url": "https://${{ input.tenant }}.example.com/repos/${{ input.repo }}/${{ input.name }}?q=${{ input.q }}",
+                          "headers": {"x-name": "${{ input.name }}"}});
+        let rendered = render_spec("http", &spec, &s).unwrap();
+        assert_eq!(
+            rendered["url"],
+            "https://eu.example.com/repos/acme/shop/x%3Fdrain%3D1%23?q=a%2Fb%26c%3Dd%20e"
+        );
+        // Elsewhere in the spec a value is itself; a template opening the URL gives its host.
+        assert_eq!(rendered["headers"]["x-name"], "x?drain=1#");
+        let based = json!({"url": "${{ input.base }}/repos/${{ input.repo }}"});
+        assert_eq!(
+            render_spec("http", &based, &s).unwrap()["url"],
+            "https://api.example.com/repos/acme/shop"
+        );
+        // A value that would climb the path fails the step, naming it.
+        let climbing = json!({"url": "${{ input.base }}/repos/${{ input.climb }}/x"});
+        let error = render_spec("http", &climbing, &s).unwrap_err();
+        assert!(
+            error.starts_with("spec/url: the value `../admin`"),
+            "{error}"
+        );
+        // Another executor's spec is rendered as it is.
+        assert_eq!(
+            render_spec("shell", &based, &s).unwrap(),
+            render(&based, &s).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_template_inside_a_script_is_refused_when_defined() {
+        let definition: WorkflowDefinition = serde_json::from_value(json!({
+            "name": "greet",
+            "steps": [
+                {"name": "unsafe", "executor": "shell",
+                 "spec": {"command": "sh", "args": ["-c", "echo ${{ input.title }}"]}},
+                {"name": "safe", "executor": "shell",
+                 "spec": {"command": "sh", "args": ["-c", "echo \"$TITLE\""],
+                          "env": {"TITLE": "${{ input.title }}"}}},
+            ]
+        }))
+        .unwrap();
+        let errors = definition.compile().unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].pointer, "/steps/0/spec/args/1");
+        assert!(
+            errors.0[0].message.contains("pass the value through `env`"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -23,8 +23,32 @@ pub use self::{
         KubernetesSpec, Quantities, Resources, SecretKeyRef, check_image, check_label_name,
         dns_label, parse_quantity,
     },
-    shell::ShellSpec,
+    shell::{SCRIPT_TEMPLATE_REFUSED, ShellSpec, script_templates},
 };
+
+/// Where `spec` (of `executor`) splices a `${{ … }}` template into code a program runs (the
+/// script of `sh -c`, `python -c`, `node -e`, …): each a problem at `{prefix}/spec/args/{i}`
+/// saying to pass the value through `env`. Templates are checked when a definition is made,
+/// never only when it runs.
+pub fn refuse_script_templates(
+    executor: &str,
+    spec: &serde_json::Value,
+    prefix: &str,
+) -> Vec<FieldError> {
+    let (Some(command), Some(args)) = (spec["command"].as_str(), spec["args"].as_array()) else {
+        return Vec::new();
+    };
+    if executor != "shell" {
+        return Vec::new();
+    }
+    script_templates(command, args)
+        .into_iter()
+        .map(|i| FieldError {
+            pointer: format!("{prefix}/spec/args/{i}"),
+            message: format!("`args[{i}]`: {SCRIPT_TEMPLATE_REFUSED}"),
+        })
+        .collect()
+}
 
 /// The executors Orchion has, by name: the built-in ones and the deployment engines.
 pub const KNOWN: &[&str] = &[

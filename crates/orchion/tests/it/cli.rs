@@ -351,13 +351,15 @@ steps:
     executor: shell
     spec:
       command: sh
-      args: ["-c", "echo hello ${{ input.who }}; echo who=${{ input.who }} >> $ORCHION_OUTPUTS"]
+      args: ["-c", "echo hello \"$WHO\"; echo who=\"$WHO\" >> $ORCHION_OUTPUTS"]
+      env: {WHO: "${{ input.who }}"}
   - name: shout
     needs: [hello]
     executor: shell
     spec:
       command: sh
-      args: ["-c", "echo ${{ steps.hello.outputs.who }}! >&2; test ${{ input.who }} != nobody"]
+      args: ["-c", "echo \"$GREETED\"! >&2; test \"$WHO\" != nobody"]
+      env: {GREETED: "${{ steps.hello.outputs.who }}", WHO: "${{ input.who }}"}
 "#,
     )
     .unwrap();

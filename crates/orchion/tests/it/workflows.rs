@@ -38,7 +38,8 @@ steps:
     executor: shell
     spec:
       command: sh
-      args: ["-c", "echo shipped ${{ steps.build.outputs.image }} ${{ steps.test.outputs.verdict }}"]
+      args: ["-c", "echo shipped \"$IMAGE\" \"$VERDICT\""]
+      env: {IMAGE: "${{ steps.build.outputs.image }}", VERDICT: "${{ steps.test.outputs.verdict }}"}
 "#;
 
 async fn run_state(server: &Orchion, id: &str, status: &str) -> Value {
