@@ -40,7 +40,7 @@ use utoipa::IntoParams;
 
 use orchion_control::{Cause, Reconciler};
 
-use crate::auth::Caller;
+use crate::auth::{Caller, ClientAddr};
 use crate::{AppState, extract::QueryParams, problem::ApiError};
 
 /// How often the hub looks for new events on SQLite (one server, nobody to signal it).
@@ -63,6 +63,9 @@ pub struct EventHub {
     latest: AtomicI64,
     streams: Arc<Semaphore>,
     max_streams: usize,
+    /// Streams open per client address, at most `per_client` each.
+    clients: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    per_client: usize,
     /// The streams' pumps, joined when the hub stops.
     pumps: TaskTracker,
     /// Rung when events were appended (a store signal), so the hub reads the log at once.
@@ -71,7 +74,13 @@ pub struct EventHub {
 
 impl EventHub {
     /// A hub that will broadcast what is appended after the log's current end.
-    pub async fn new(store: Arc<dyn Store>, max_streams: usize) -> Result<Self, ApiError> {
+    /// At most `max_streams` streams (events, WebSockets, logs followed) open at once, and
+    /// `per_client` of them from one client address.
+    pub async fn new(
+        store: Arc<dyn Store>,
+        max_streams: usize,
+        per_client: usize,
+    ) -> Result<Self, ApiError> {
         let latest = store.last_event_seq().await?;
         Ok(Self {
             store,
@@ -79,6 +88,8 @@ impl EventHub {
             latest: AtomicI64::new(latest),
             streams: Arc::new(Semaphore::new(max_streams)),
             max_streams,
+            clients: Default::default(),
+            per_client,
             pumps: TaskTracker::new(),
             appended: Arc::new(Notify::new()),
         })
@@ -92,6 +103,60 @@ impl EventHub {
     /// Open streams.
     pub fn open_streams(&self) -> usize {
         self.max_streams - self.streams.available_permits()
+    }
+
+    /// A place for one more stream from `client`: 503 when the server has `max_streams` open,
+    /// 429 when this client has its `per_client`.
+    pub fn slot(&self, client: std::net::IpAddr) -> Result<StreamSlot, ApiError> {
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Busy(format!(
+                "too many streams are open: the limit is {} (server.max_event_streams); try again later",
+                self.max_streams
+            ))
+        })?;
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = clients.entry(client).or_default();
+        if *open >= self.per_client {
+            return Err(ApiError::TooManyStreams(format!(
+                "this client has {open} streams open, as many as one client may (server.max_event_streams_per_client); close one first"
+            )));
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            _permit: permit,
+            client,
+            clients: self.clients.clone(),
+        })
+    }
+
+    /// Every event as the hub broadcasts it, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.sender.subscribe()
+    }
+}
+
+/// One open stream's place, given back when dropped.
+pub struct StreamSlot {
+    _permit: OwnedSemaphorePermit,
+    client: std::net::IpAddr,
+    clients: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = clients.get_mut(&self.client) {
+            *open -= 1;
+            if *open == 0 {
+                clients.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -221,7 +286,8 @@ async fn prepare(
     caller: &Caller,
     headers: &HeaderMap,
     query: EventQuery,
-) -> Result<(Filter, i64, OwnedSemaphorePermit), ApiError> {
+    client: ClientAddr,
+) -> Result<(Filter, i64, StreamSlot), ApiError> {
     let mut filter = Filter {
         confined: caller.0.project,
         ..Filter::default()
@@ -308,18 +374,8 @@ async fn prepare(
         Some(from) => from,
         None => last,
     };
-    let permit = state
-        .events
-        .streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::Busy(format!(
-                "too many event streams are open: the limit is {} (server.max_event_streams); try again later",
-                state.events.max_streams
-            ))
-        })?;
-    Ok((filter, from, permit))
+    let slot = state.events.slot(client.ip())?;
+    Ok((filter, from, slot))
 }
 
 /// Feeds `out` with the events after `from` that match `filter`, until the client goes away or
@@ -329,7 +385,7 @@ async fn pump(
     filter: Filter,
     mut last: i64,
     out: mpsc::Sender<Arc<Event>>,
-    _permit: OwnedSemaphorePermit,
+    _slot: StreamSlot,
 ) {
     /// Counts the stream as open while it lives.
     struct Open;
@@ -392,10 +448,11 @@ async fn open(
     caller: &Caller,
     headers: &HeaderMap,
     query: EventQuery,
+    client: ClientAddr,
 ) -> Result<mpsc::Receiver<Arc<Event>>, ApiError> {
-    let (filter, from, permit) = prepare(state, caller, headers, query).await?;
+    let (filter, from, slot) = prepare(state, caller, headers, query, client).await?;
     let (tx, rx) = mpsc::channel(256);
-    let pump = pump(state.clone(), filter, from, tx, permit);
+    let pump = pump(state.clone(), filter, from, tx, slot);
     state.events.pumps.spawn(pump);
     Ok(rx)
 }
@@ -413,10 +470,11 @@ async fn open(
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientAddr,
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventQuery>,
 ) -> Result<Response, ApiError> {
-    let rx = open(&state, &caller, &headers, query).await?;
+    let rx = open(&state, &caller, &headers, query, client).await?;
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         let event = rx.recv().await?;
         let sse = SseEvent::default()
@@ -441,11 +499,12 @@ pub async fn events(
 pub async fn websocket(
     State(state): State<AppState>,
     caller: Caller,
+    client: ClientAddr,
     headers: HeaderMap,
     QueryParams(query): QueryParams<EventQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let rx = open(&state, &caller, &headers, query).await?;
+    let rx = open(&state, &caller, &headers, query, client).await?;
     Ok(upgrade.on_upgrade(move |socket| serve_socket(socket, rx, state)))
 }
 

@@ -387,6 +387,7 @@ pub(crate) fn line_body(l: orchion_store::LogLine) -> LogLineBody {
 pub async fn job_logs(
     State(state): State<AppState>,
     caller: Caller,
+    client: crate::auth::ClientAddr,
     PathId(id): PathId<RunId>,
     headers: HeaderMap,
     QueryParams(query): QueryParams<LogQuery>,
@@ -421,47 +422,123 @@ pub async fn job_logs(
         })
         .into_response());
     }
-    let store = state.store.clone();
-    let lifecycle = state.lifecycle.clone();
-    let (run, task) = (job.id, job.task_id);
-    let stream = futures::stream::unfold((after, false), move |(after, finished)| {
-        let store = store.clone();
-        let lifecycle = lifecycle.clone();
-        async move {
-            if finished {
-                return None;
-            }
-            loop {
-                if lifecycle.is_draining() {
-                    return None;
-                }
-                let lines = store.read_logs(task, after, 500).await.ok()?;
-                if !lines.is_empty() {
-                    let next = lines.last().map_or(after, |l| l.seq);
-                    let events: Vec<Result<Event, Infallible>> = lines
-                        .into_iter()
-                        .map(|l| {
-                            let seq = l.seq;
-                            Ok(Event::default()
-                                .id(seq.to_string())
-                                .event("log")
-                                .json_data(line_body(l))
-                                .unwrap_or_default())
-                        })
-                        .collect();
-                    return Some((futures::stream::iter(events), (next, false)));
-                }
-                let status = store.get_job(run).await.ok()?.state.status;
-                if status.is_terminal() {
-                    let end = Event::default().event("end").data(status.as_str());
-                    return Some((futures::stream::iter(vec![Ok(end)]), (after, true)));
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
+    let slot = state.events.slot(client.ip())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(follow_logs(
+        state.clone(),
+        job.id,
+        job.task_id,
+        after,
+        tx,
+        slot,
+    ));
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let events = rx.recv().await?;
+        Some((futures::stream::iter(events), rx))
     });
-    use futures::StreamExt;
+    use futures::StreamExt as _;
     Ok(Sse::new(stream.flatten())
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// How often a followed log is read again on PostgreSQL, where another replica may append to
+/// it unannounced; on SQLite every append is this server's own and wakes the follower.
+const FOLLOW_SAFETY_READ: Duration = Duration::from_secs(2);
+
+/// Sends a followed job's new log lines (as SSE events) to `out`, then `end` with its status
+/// once it has finished. It reads the log when this replica appends to it, when the event hub
+/// tells of a change to the job, and (on PostgreSQL only) every [`FOLLOW_SAFETY_READ`]: never
+/// on a timer of its own otherwise. Ends when the client goes away or the server drains.
+async fn follow_logs(
+    state: AppState,
+    run: RunId,
+    task: orchion_domain::TaskId,
+    mut after: i64,
+    out: tokio::sync::mpsc::Sender<Vec<Result<Event, Infallible>>>,
+    _slot: crate::events::StreamSlot,
+) {
+    let mut appended = state.work.logs_appended();
+    let mut events = state.events.subscribe();
+    let subject = run.to_string();
+    let safety = match state.store.backend() {
+        orchion_store::Backend::Postgres => Some(FOLLOW_SAFETY_READ),
+        orchion_store::Backend::Sqlite => None,
+    };
+    loop {
+        if state.lifecycle.is_draining() {
+            return;
+        }
+        let Ok(lines) = state.store.read_logs(task, after, 500).await else {
+            return;
+        };
+        let full = lines.len() == 500;
+        if let Some(last) = lines.last() {
+            after = last.seq;
+            let batch = lines
+                .into_iter()
+                .map(|l| {
+                    Ok(Event::default()
+                        .id(l.seq.to_string())
+                        .event("log")
+                        .json_data(line_body(l))
+                        .unwrap_or_default())
+                })
+                .collect();
+            if out.send(batch).await.is_err() {
+                return;
+            }
+            if full {
+                continue;
+            }
+        }
+        // Every line is written before the attempt's end is recorded, so once the job has
+        // finished and the log read after that is empty, nothing more comes.
+        match state.store.get_job(run).await {
+            Ok(job) if job.state.status.is_terminal() => {
+                let lines = state
+                    .store
+                    .read_logs(task, after, 1)
+                    .await
+                    .unwrap_or_default();
+                if lines.is_empty() {
+                    let end = Event::default()
+                        .event("end")
+                        .data(job.state.status.as_str());
+                    let _ = out.send(vec![Ok(end)]).await;
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        // Wait for something that may have changed the log or the job.
+        let woken = async {
+            match safety {
+                Some(period) => tokio::time::sleep(period).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(woken);
+        loop {
+            tokio::select! {
+                appended_to = appended.recv() => match appended_to {
+                    Ok(id) if id == task => break,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                event = events.recv() => match event {
+                    Ok(event) if event.subject == subject => break,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                () = &mut woken => break,
+                () = out.closed() => return,
+                () = state.lifecycle.draining() => return,
+            }
+        }
+    }
 }

@@ -37,7 +37,7 @@ use std::{
 
 use axum::{
     Extension, Router,
-    extract::{DefaultBodyLimit, Request},
+    extract::{DefaultBodyLimit, Request, State},
     http::HeaderName,
     response::IntoResponse,
 };
@@ -152,6 +152,9 @@ impl Default for Lifecycle {
 pub struct Limits {
     /// The largest request body accepted, in bytes.
     pub body_limit_bytes: usize,
+    /// How long a request may take to be answered: its body read and its handler run (a
+    /// stream's answer then flows for as long as it lasts).
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(OpenApi)]
@@ -261,7 +264,19 @@ async fn docs_policy(mut response: axum::response::Response) -> axum::response::
 /// Counts and times each request by method and route template (`/api/v1/jobs/{id}`, never the
 /// raw path, so the label set stays bounded).
 async fn measure(request: Request, next: axum::middleware::Next) -> axum::response::Response {
-    let method = request.method().as_str().to_owned();
+    use axum::http::Method;
+    // A client may send any method name: only the standard ones get a series of their own.
+    let method = match *request.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS => request.method().as_str(),
+        _ => "other",
+    }
+    .to_owned();
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -279,6 +294,20 @@ async fn measure(request: Request, next: axum::middleware::Next) -> axum::respon
         .with_label_values(&[&method, &route])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Answers 503 for a request not answered within `limit` (`server.request_timeout`): a client
+/// sending its body a byte a minute, or a handler stuck on the store, holds nothing for
+/// longer. Only the time to the answer's head counts; a stream then flows on.
+async fn bounded(
+    State(limit): State<std::time::Duration>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit).into_response(),
+    }
 }
 
 /// The OpenAPI document, as served at `/openapi.json`.
@@ -303,6 +332,10 @@ pub fn router(state: AppState, limits: Limits, browser: browser::Browser) -> Rou
         ))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(browser, browser::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            bounded,
+        ))
         .layer(axum::middleware::from_fn(measure))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(Extension(BodyLimit(limits.body_limit_bytes)))

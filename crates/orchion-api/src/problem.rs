@@ -45,6 +45,9 @@ pub enum ApiError {
     /// A client that failed to authenticate too often; it may try again after a minute.
     #[error("{0}")]
     TooManyFailures(String),
+    /// This client holds as many streams open as one client may.
+    #[error("{0}")]
+    TooManyStreams(String),
     /// A request refused for where it comes from (a foreign `Host` or `Origin`), or for a role
     /// its token lacks.
     #[error("{0}")]
@@ -59,6 +62,12 @@ pub enum ApiError {
     Unavailable,
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The request was not answered within `server.request_timeout`.
+    #[error(
+        "the request was not answered within {} (server.request_timeout) and was stopped; it may have taken effect: repeat it with the same Idempotency-Key to find out",
+        humantime::format_duration(*.0)
+    )]
+    Timeout(std::time::Duration),
     /// A bounded resource (event streams) is all in use.
     #[error("{0}")]
     Busy(String),
@@ -115,6 +124,11 @@ impl ApiError {
                 "too-many-failures",
                 "Too many failed attempts",
             ),
+            ApiError::TooManyStreams(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-streams",
+                "Too many open streams",
+            ),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::MethodNotAllowed(_) => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -141,6 +155,7 @@ impl ApiError {
                 "shutting-down",
                 "Shutting down",
             ),
+            ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "timeout", "Timed out"),
             ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy", "Too busy"),
             ApiError::Upstream(_) => (
                 StatusCode::BAD_GATEWAY,
@@ -216,6 +231,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        if matches!(self, ApiError::TooManyStreams(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // Every 503 is worth trying again: the store comes back, another replica answers.

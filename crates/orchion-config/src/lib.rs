@@ -77,9 +77,24 @@ pub struct ServerConfig {
     pub grpc_port: u16,
     /// The largest gRPC message accepted, in bytes.
     pub grpc_max_message_bytes: usize,
-    /// How many event streams (`/api/v1/events`, `/api/v1/ws`) may be open at once; more are
-    /// answered 503.
+    /// How many streams (`/api/v1/events`, `/api/v1/ws`, and logs followed) may be open at
+    /// once; more are answered 503.
     pub max_event_streams: usize,
+    /// How many streams one client address may hold open at once; more are answered 429.
+    pub max_event_streams_per_client: usize,
+    /// How many HTTP connections are served at once; one more is closed on arrival.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers before its connection is
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a connection may carry nothing, either way, before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a request may take to be answered (its body read and its handler run; a
+    /// stream's answer then flows for as long as it lasts); longer ones are answered 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Whether `/metrics` is served on `metrics_port` (the workflow service's key).
     pub enable_metrics: bool,
     /// The port of the Prometheus endpoint (`--metrics-port`; `0` picks a free one).
@@ -121,6 +136,11 @@ impl Default for ServerConfig {
             grpc_port: 50051,
             grpc_max_message_bytes: 4 * 1024 * 1024,
             max_event_streams: 1000,
+            max_event_streams_per_client: 100,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(60),
             enable_metrics: true,
             metrics_port: 9090,
             allowed_hosts: Vec::new(),
@@ -635,6 +655,39 @@ impl Config {
         {
             problems
                 .push("cluster.heartbeat_persist_interval must be between 1s and 1h".to_owned());
+        }
+        let server = &self.server;
+        for (key, value, range) in [
+            (
+                "server.header_read_timeout",
+                server.header_read_timeout,
+                Duration::from_secs(1)..=Duration::from_secs(300),
+            ),
+            (
+                "server.idle_timeout",
+                server.idle_timeout,
+                Duration::from_secs(5)..=Duration::from_secs(3600),
+            ),
+            (
+                "server.request_timeout",
+                server.request_timeout,
+                Duration::from_secs(1)..=Duration::from_secs(3600),
+            ),
+        ] {
+            if !range.contains(&value) {
+                problems.push(format!(
+                    "{key} must be between {} and {}, got {}",
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end()),
+                    humantime::format_duration(value)
+                ));
+            }
+        }
+        if server.max_connections == 0 {
+            problems.push("server.max_connections must be at least 1".to_owned());
+        }
+        if server.max_event_streams_per_client == 0 {
+            problems.push("server.max_event_streams_per_client must be at least 1".to_owned());
         }
         for (i, rule) in self.webhooks.github.rules.iter().enumerate() {
             if rule.workflow.is_some() == rule.job.is_some() {

@@ -22,7 +22,7 @@ use orchion_store::{
     AttemptReport, Backend, ClaimRequest, ClaimedTask, Completed, Created, Heard, IdempotencyKey,
     JobIntake, LeaseState, NewLogLine, Signal, Store, StoreError,
 };
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::background::{Cause, Reconciler};
@@ -85,6 +85,8 @@ pub struct WorkQueue {
     outbox: Option<mpsc::UnboundedSender<Signal>>,
     /// Cancelled at shutdown: waiting claims return at once, and the batchers stop.
     closing: CancellationToken,
+    /// The task whose log this replica just appended to, for those following it.
+    logs_appended: broadcast::Sender<TaskId>,
 }
 
 impl WorkQueue {
@@ -131,7 +133,14 @@ impl WorkQueue {
             wake: Notify::new(),
             writers,
             closing,
+            logs_appended: broadcast::channel(1024).0,
         }
+    }
+
+    /// The tasks this replica appends log lines to, from now on (lines other replicas append
+    /// are not told of).
+    pub fn logs_appended(&self) -> broadcast::Receiver<TaskId> {
+        self.logs_appended.subscribe()
     }
 
     /// The runs one of whose workflow steps finished since the last call, each once.
@@ -326,7 +335,10 @@ impl WorkQueue {
         lines: &[NewLogLine],
     ) -> Result<(), WorkError> {
         self.nodes.authenticate(node, credential).await?;
-        Ok(self.store.append_logs(node, task, attempt, lines).await?)
+        self.store.append_logs(node, task, attempt, lines).await?;
+        // Nobody following is fine.
+        let _ = self.logs_appended.send(task);
+        Ok(())
     }
 
     /// Records how attempts ended (sharing transactions with other reports), and wakes waiting

@@ -13,8 +13,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
 };
 
 /// The content type of [`Metrics::encode`]'s text.
@@ -50,6 +50,8 @@ pub struct Metrics {
     /// `operation`.
     pub store_duration: HistogramVec,
     pub event_streams: IntGauge,
+    /// HTTP connections closed on arrival because `server.max_connections` were open.
+    pub http_connections_refused: IntCounter,
     /// `reconciler`, `outcome`: `ok` or `error`.
     pub reconciler_passes: IntCounterVec,
     /// `reconciler`.
@@ -82,6 +84,15 @@ fn histogram(
 ) -> HistogramVec {
     let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
+#[allow(clippy::expect_used)] // constant names: a bug the tests catch at once
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("a valid metric");
     registry
         .register(Box::new(metric.clone()))
         .expect("registered once");
@@ -215,6 +226,11 @@ impl Metrics {
                 &r,
                 "orchion_event_streams",
                 "Open event streams (SSE and WebSocket)",
+            ),
+            http_connections_refused: plain_counter(
+                &r,
+                "orchion_http_connections_refused_total",
+                "HTTP connections closed on arrival because server.max_connections were open",
             ),
             reconciler_passes: counter(
                 &r,

@@ -5,6 +5,7 @@ mod agent;
 mod bench;
 mod cli;
 mod client;
+mod http;
 mod kubernetes;
 mod metrics;
 mod process;

@@ -282,9 +282,13 @@ impl Server {
             ),
         );
         let events = Arc::new(
-            orchion_api::events::EventHub::new(store.clone(), config.server.max_event_streams)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot read the event log: {e}"))?,
+            orchion_api::events::EventHub::new(
+                store.clone(),
+                config.server.max_event_streams,
+                config.server.max_event_streams_per_client,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the event log: {e}"))?,
         );
         let app = orchion_api::router(
             AppState::new(orchion_api::Services {
@@ -324,6 +328,7 @@ impl Server {
             }),
             Limits {
                 body_limit_bytes: config.server.body_limit_bytes,
+                request_timeout: config.server.request_timeout,
             },
             orchion_api::browser::Browser {
                 allowed_hosts: config.server.allowed_hosts.clone(),
@@ -399,26 +404,23 @@ impl Server {
                 closing.notify_one();
             }
         };
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = match tls {
-            None => axum::serve(listener, app)
-                .with_graceful_shutdown(graceful)
-                .into_future(),
-            // `tap_io` (doing nothing) is how axum gives the client's address of a listener
-            // other than TCP's.
-            Some(tls) => axum::serve(
-                axum::serve::ListenerExt::tap_io(
-                    orchion_tls::accept(listener, move || tls.http()),
-                    |_| (),
-                ),
+        let limits = crate::http::ConnectionLimits {
+            header_read_timeout: config.server.header_read_timeout,
+            idle_timeout: config.server.idle_timeout,
+            max_connections: config.server.max_connections,
+        };
+        let serve: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match tls {
+            None => Box::pin(crate::http::serve(listener, app, limits, graceful)),
+            Some(tls) => Box::pin(crate::http::serve(
+                orchion_tls::accept(listener, move || tls.http()),
                 app,
-            )
-            .with_graceful_shutdown(graceful)
-            .into_future(),
+                limits,
+                graceful,
+            )),
         };
         let grace = config.server.shutdown_grace;
         tokio::select! {
-            result = serve => result.context("the HTTP server failed")?,
+            () = serve => {}
             () = deadline(&closing, grace) => {
                 tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace; closing them");
             }

@@ -114,3 +114,162 @@ async fn the_data_directory_and_the_database_are_the_servers_alone() {
     submit(&server, json!({"executor": "noop", "spec": {}})).await;
     check(&data);
 }
+
+/// Whether the server closed `stream` (it reads end of file, or a reset), waiting at most
+/// `limit`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_requests_are_closed_and_livez_stays_fast() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(
+        dir.path(),
+        &["server"],
+        &[("ORCHION_SERVER__HEADER_READ_TIMEOUT", "2s")],
+    );
+    // 1,200 clients that send half a request and then nothing (slowloris).
+    let mut half_open = Vec::new();
+    for _ in 0..1200 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        half_open.push(stream);
+    }
+    let started = std::time::Instant::now();
+    let live = http().get(server.url("/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "/livez took {:?} beside 1,200 half-open requests",
+        started.elapsed()
+    );
+    // Past server.header_read_timeout the server has closed every one of them.
+    for stream in &mut half_open[..20] {
+        assert!(closed_by_server(stream, Duration::from_secs(15)).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(
+        dir.path(),
+        &["server"],
+        &[
+            ("ORCHION_SERVER__MAX_CONNECTIONS", "8"),
+            ("ORCHION_SERVER__IDLE_TIMEOUT", "5s"),
+        ],
+    );
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // Give the server a moment to take all eight before the ninth knocks.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ninth = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_by_server(&mut ninth, Duration::from_secs(2)).await,
+        "the ninth connection was served"
+    );
+    // Idle, the eight are closed after server.idle_timeout, and the server serves again.
+    for stream in &mut held {
+        assert!(closed_by_server(stream, Duration::from_secs(30)).await);
+    }
+    let live = http().get(server.url("/livez")).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_too_slowly_is_answered_503_within_the_request_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(
+        dir.path(),
+        &["server"],
+        &[("ORCHION_SERVER__REQUEST_TIMEOUT", "1s")],
+    );
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"executor\"",
+        crate::common::ADMIN_TOKEN
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("server.request_timeout") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer to a body that never arrives");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("server.request_timeout"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followed_logs_count_with_event_streams_and_one_client_gets_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(
+        dir.path(),
+        &["dev"],
+        &[
+            ("ORCHION_SERVER__MAX_EVENT_STREAMS", "3"),
+            ("ORCHION_SERVER__MAX_EVENT_STREAMS_PER_CLIENT", "2"),
+        ],
+    );
+    let created = submit(
+        &server,
+        json!({"executor": "shell", "spec": {"command": "sleep", "args": ["30"]}}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
+    let follow = || {
+        http()
+            .get(server.url(&format!("/api/v1/jobs/{id}/logs?follow=true")))
+            .send()
+    };
+    let events = || http().get(server.url("/api/v1/events")).send();
+    let first = follow().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = events().await.unwrap();
+    assert_eq!(second.status(), 200);
+    // A third stream from this client: over its share.
+    let third = events().await.unwrap();
+    assert_eq!(third.status(), 429, "{:?}", third.text().await);
+    let third = follow().await.unwrap();
+    assert_eq!(third.status(), 429);
+    let problem: Value = third.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_event_streams_per_client"),
+        "{problem}"
+    );
+    // Closing one gives the place back.
+    drop(first);
+    crate::common::eventually("a place to be free", Duration::from_secs(10), || async {
+        (follow().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+}

@@ -59,7 +59,7 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
     let scheduler = Arc::new(orchion_control::Scheduler::new(store.clone(), work.clone()));
     let workflows = Arc::new(orchion_control::Workflows::new(store.clone(), work.clone()));
     let events = Arc::new(
-        orchion_api::events::EventHub::new(store.clone(), 3)
+        orchion_api::events::EventHub::new(store.clone(), 3, 2)
             .await
             .unwrap(),
     );
@@ -100,6 +100,7 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
         state.clone(),
         Limits {
             body_limit_bytes: 4096,
+            request_timeout: std::time::Duration::from_secs(30),
         },
         orchion_api::browser::Browser::default(),
     );
