@@ -380,6 +380,7 @@ async fn run_task(
             .then(|| Duration::from_millis(task.start_to_close_ms)),
         inherited: config.inherited.clone(),
         env,
+        egress: orchion_executor::Egress::allowing(&task.egress_allow),
         kill_grace: KILL_GRACE,
         fence: Some(fence_until),
         leaving: agent_stop.clone(),

@@ -89,11 +89,10 @@ async fn visible_deployment(
 /// Starts a deployment. Every problem with it is reported at once (422), and nothing is
 /// deployed. One deployment per composer and environment runs at a time: a second one is
 /// accepted as `queued` and starts when the first ends. The same request again (the same id
-/// and body) is answered 200 with the deployment it started; another body under a taken id
-/// is 409.
+/// and body) is answered as the first was, with `Idempotent-Replayed: true` and the
+/// deployment it started; another body under a taken id is 409.
 #[utoipa::path(post, path = "/api/v1/deployments", tag = "deployments", request_body = DeploymentRequest,
-    responses((status = 201, body = DeploymentBody), (status = 200, body = DeploymentBody, description = "The same request again"),
-        (status = 400, body = Problem), (status = 409, body = Problem),
+    responses((status = 201, body = DeploymentBody), (status = 400, body = Problem), (status = 409, body = Problem),
         (status = 415, body = Problem), (status = 422, body = Problem)))]
 pub async fn create_deployment(
     State(state): State<AppState>,

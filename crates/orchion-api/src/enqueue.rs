@@ -76,6 +76,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Where a forward POSTs: `<worker_url>/enqueue`.
+pub fn forward_url(worker_url: &str) -> String {
+    format!("{}/enqueue", worker_url.trim_end_matches('/'))
+}
+
 /// The place id in a request body, or the seed's error message.
 fn place_id(body: &[u8]) -> Result<String, String> {
     let value: serde_json::Value =
@@ -117,7 +122,7 @@ pub async fn enqueue(State(state): State<AppState>, headers: HeaderMap, body: By
     };
     let job_id = format!("reviews:{place}:start");
     let settings = &state.enqueue;
-    let url = format!("{}/enqueue", settings.worker_url.trim_end_matches('/'));
+    let url = forward_url(&settings.worker_url);
     let spec = serde_json::json!({
         "method": "POST",
         "url": url,

@@ -37,6 +37,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub enqueue: EnqueueConfig,
+    pub egress: EgressConfig,
     /// Deployment engines by name (`terraform`, `helm`, `pulumi`, `crossplane`), as in the
     /// deployment service's configuration. An engine not listed is enabled.
     pub engines: std::collections::BTreeMap<String, EngineConfig>,
@@ -254,6 +255,46 @@ impl Default for ClusterConfig {
             heartbeat_persist_interval: DEFAULT_HEARTBEAT_PERSIST_INTERVAL,
         }
     }
+}
+
+/// Where tasks' HTTP requests (`http` jobs and steps, `/enqueue`'s forwards) may go besides
+/// public addresses. Loopback, link-local, private and other special addresses are refused
+/// unless named here.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// For every project: networks (`10.0.0.0/8`), addresses (`127.0.0.1`) and host names
+    /// (`worker.internal`, whatever it resolves to).
+    pub allow: Vec<String>,
+    /// For one project (its id) besides: `egress.projects.<id>.allow`.
+    pub projects: std::collections::BTreeMap<String, ProjectEgress>,
+}
+
+/// One project's own egress allowances.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProjectEgress {
+    pub allow: Vec<String>,
+}
+
+/// Whether `entry` is something `egress.allow` can hold: a network, an address or a host name.
+fn egress_entry_ok(entry: &str) -> bool {
+    let network = entry.split_once('/').is_some_and(|(ip, bits)| {
+        ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            bits.parse::<u8>()
+                .is_ok_and(|b| b <= if ip.is_ipv4() { 32 } else { 128 })
+        })
+    });
+    let host = !entry.is_empty()
+        && entry.len() <= 253
+        && entry.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    network || entry.parse::<std::net::IpAddr>().is_ok() || host
 }
 
 /// The job enqueue service's compatibility endpoint, `POST /enqueue`.
@@ -688,6 +729,19 @@ impl Config {
         }
         if server.max_event_streams_per_client == 0 {
             problems.push("server.max_event_streams_per_client must be at least 1".to_owned());
+        }
+        let egress_lists = std::iter::once(("egress.allow".to_owned(), &self.egress.allow)).chain(
+            self.egress
+                .projects
+                .iter()
+                .map(|(project, p)| (format!("egress.projects.{project}.allow"), &p.allow)),
+        );
+        for (key, entries) in egress_lists {
+            for entry in entries.iter().filter(|e| !egress_entry_ok(e)) {
+                problems.push(format!(
+                    "{key}: `{entry}` is not a network (10.0.0.0/8), an address or a host name"
+                ));
+            }
         }
         for (i, rule) in self.webhooks.github.rules.iter().enumerate() {
             if rule.workflow.is_some() == rule.job.is_some() {

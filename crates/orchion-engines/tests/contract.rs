@@ -66,6 +66,7 @@ fn context(env: Vec<(String, String)>) -> (Context, mpsc::Receiver<orchion_execu
             cancel: CancellationToken::new(),
             deadline: Some(Duration::from_secs(120)),
             inherited: std::sync::Arc::new(orchion_executor::inherited_env(&[])),
+            egress: Default::default(),
             env: env.into_iter().collect(),
             kill_grace: Duration::from_secs(2),
             fence: None,

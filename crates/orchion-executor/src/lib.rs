@@ -13,6 +13,7 @@
 //! - `terraform`, `helm`, `pulumi`, `crossplane`: deployment engines; their spec
 //!   ([`EngineSpec`]) is checked here, and they run from `orchion-engines`.
 
+mod egress;
 pub mod fence;
 mod http;
 mod shell;
@@ -31,7 +32,7 @@ pub use orchion_spec::executor::{
     pointer_of, validate,
 };
 
-pub use crate::shell::run_command;
+pub use crate::{egress::Egress, shell::run_command};
 
 /// One line of a task's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub struct OutputLine {
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// How much of a process's stdout is kept as the task's output (its tail).
 pub const MAX_OUTPUT_TAIL: usize = 64 * 1024;
+/// The most a task's named outputs may hold, as JSON (what the server accepts).
+pub const MAX_OUTPUTS_BYTES: usize = 1024 * 1024;
 
 /// How an execution ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +86,8 @@ pub struct Context {
     pub inherited: Arc<BTreeMap<String, String>>,
     /// Environment variables Orchion adds (e.g. `ORCHION_JOB_ID`, `TRACEPARENT`), set last.
     pub env: BTreeMap<String, String>,
+    /// Where the task's HTTP requests may go besides public addresses.
+    pub egress: Egress,
     /// After a cancel or deadline, how long before the work is killed outright.
     pub kill_grace: Duration,
     /// Until when the attempt may run, kept current by the agent as it renews the lease; a
@@ -141,7 +146,7 @@ impl Registry {
     pub fn all() -> Self {
         let mut registry = Self::default();
         registry.add(Arc::new(shell::Shell));
-        registry.add(Arc::new(http::Http::new()));
+        registry.add(Arc::new(http::Http));
         registry.add(Arc::new(Noop));
         registry
     }

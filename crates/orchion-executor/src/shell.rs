@@ -16,7 +16,7 @@ use crate::{
 pub(crate) struct Shell;
 
 /// The most `$ORCHION_OUTPUTS` may hold.
-const MAX_OUTPUTS_BYTES: u64 = 1024 * 1024;
+const MAX_OUTPUTS_BYTES: u64 = crate::MAX_OUTPUTS_BYTES as u64;
 
 /// The directory made for one attempt of a command: its working space (`$ORCHION_TASK_DIR`,
 /// also `$TMPDIR`) and the file it writes its outputs to (`$ORCHION_OUTPUTS`): `key=value`

@@ -18,6 +18,7 @@ fn context(deadline: Option<Duration>) -> (Context, mpsc::Receiver<OutputLine>) 
             cancel: CancellationToken::new(),
             deadline,
             inherited: std::sync::Arc::new(orchion_executor::inherited_env(&[])),
+            egress: orchion_executor::Egress::allowing(&["127.0.0.1"]),
             env: [("ORCHION_JOB_ID".to_owned(), "job-1".to_owned())].into(),
             kill_grace: Duration::from_secs(2),
             fence: None,

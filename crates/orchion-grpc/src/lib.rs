@@ -37,7 +37,7 @@ impl NodeService {
     }
 }
 
-pub use crate::work::WorkService;
+pub use crate::work::{EgressAllow, Forward, WorkService};
 
 /// Serves gRPC on `listener` until `shutdown` is cancelled: over TLS with `tls`'s gRPC
 /// configuration (current at each connection) when given, plaintext otherwise.

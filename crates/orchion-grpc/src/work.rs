@@ -19,11 +19,74 @@ const MAX_RESULTS_PER_CALL: usize = 1000;
 /// The `orchion.v1.WorkService` implementation.
 pub struct WorkService {
     queue: Arc<WorkQueue>,
+    egress: EgressAllow,
 }
 
 impl WorkService {
+    /// Tasks handed out reach public addresses only.
     pub fn new(queue: Arc<WorkQueue>) -> Self {
-        Self { queue }
+        Self {
+            queue,
+            egress: EgressAllow::default(),
+        }
+    }
+
+    /// Tasks handed out may also reach what `egress` allows their project.
+    pub fn with_egress(self, egress: EgressAllow) -> Self {
+        Self { egress, ..self }
+    }
+}
+
+/// Where tasks' HTTP requests may go besides public addresses (`egress.allow`, and
+/// `egress.projects.<project>.allow` for one project's): networks, addresses and host names,
+/// handed to the agent with each task.
+#[derive(Debug, Clone, Default)]
+pub struct EgressAllow {
+    all: Vec<String>,
+    projects: std::collections::HashMap<orchion_domain::ProjectId, Vec<String>>,
+    forward: Option<Forward>,
+}
+
+/// `/enqueue`'s forwards: `http` tasks of `project` POSTing to exactly `url` may reach `host`.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub project: orchion_domain::ProjectId,
+    pub url: String,
+    pub host: String,
+}
+
+impl EgressAllow {
+    pub fn new(
+        all: Vec<String>,
+        projects: std::collections::HashMap<orchion_domain::ProjectId, Vec<String>>,
+        forward: Option<Forward>,
+    ) -> Self {
+        Self {
+            all,
+            projects,
+            forward,
+        }
+    }
+
+    /// What one task may reach: everyone's allowances, its project's, and for a forward of
+    /// `/enqueue` the configured worker's host (no other task of the project gets it).
+    fn for_task(&self, task: &orchion_store::ClaimedTask) -> Vec<String> {
+        let own = task.project_id.and_then(|p| self.projects.get(&p));
+        let mut allowed: Vec<String> = self
+            .all
+            .iter()
+            .chain(own.into_iter().flatten())
+            .cloned()
+            .collect();
+        if let Some(forward) = &self.forward
+            && task.project_id == Some(forward.project)
+            && task.executor == "http"
+            && serde_json::from_str::<serde_json::Value>(&task.spec)
+                .is_ok_and(|spec| spec["url"] == forward.url.as_str())
+        {
+            allowed.push(forward.host.clone());
+        }
+        allowed
     }
 }
 
@@ -145,6 +208,7 @@ impl WorkServiceApi for WorkService {
             tasks: claimed
                 .into_iter()
                 .map(|c| pb::TaskAssignment {
+                    egress_allow: self.egress.for_task(&c),
                     job_id: c.job_id.to_string(),
                     task_id: c.task_id.to_string(),
                     attempt: c.attempt,

@@ -117,6 +117,7 @@ fn context(
         cancel,
         deadline,
         inherited: std::sync::Arc::new(orchion_executor::inherited_env(&[])),
+        egress: Default::default(),
         env: BTreeMap::from([
             (
                 "ORCHION_JOB_ID".into(),

@@ -67,6 +67,8 @@ pub struct ClaimRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedTask {
     pub job_id: RunId,
+    /// The project the task's run belongs to.
+    pub project_id: Option<orchion_domain::ProjectId>,
     pub task_id: TaskId,
     pub attempt: u32,
     pub executor: String,

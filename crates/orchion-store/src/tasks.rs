@@ -100,6 +100,7 @@ impl TaskRow {
         let timeouts = self.timeouts();
         ClaimedTask {
             job_id: RunId::from_uuid(self.run_id),
+            project_id: self.project_id.map(orchion_domain::ProjectId::from_uuid),
             task_id: TaskId::from_uuid(self.id),
             attempt,
             executor: self.executor.clone(),

@@ -270,6 +270,7 @@ impl Server {
         let enqueue_project =
             configured_project(&store, "enqueue.project", config.enqueue.project.as_deref())
                 .await?;
+        let egress = egress_allow(&store, &config, enqueue_project).await?;
         let oidc = match &config.auth.oidc {
             Some(settings) => Some(Arc::new(oidc_login(&store, settings).await?)),
             None => None,
@@ -373,7 +374,7 @@ impl Server {
                 listener,
                 None,
                 orchion_grpc::NodeService::new(registry.clone(), join_tokens.clone()),
-                orchion_grpc::WorkService::new(work.clone()),
+                orchion_grpc::WorkService::new(work.clone()).with_egress(egress.clone()),
                 config.server.grpc_max_message_bytes,
                 stopping.clone(),
             ));
@@ -382,7 +383,7 @@ impl Server {
             grpc_listener,
             tls.clone(),
             orchion_grpc::NodeService::new(registry, join_tokens),
-            orchion_grpc::WorkService::new(work),
+            orchion_grpc::WorkService::new(work).with_egress(egress),
             config.server.grpc_max_message_bytes,
             stopping.clone(),
         ));
@@ -449,6 +450,40 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Where tasks' HTTP requests may go besides public addresses: `egress.allow` for every
+/// project, `egress.projects.<id>.allow` for one (a project that does not exist stops the
+/// server), and for `/enqueue`'s forwards alone the configured worker's host, which they must
+/// reach.
+async fn egress_allow(
+    store: &Arc<dyn Store>,
+    config: &Config,
+    enqueue_project: orchion_domain::ProjectId,
+) -> anyhow::Result<orchion_grpc::EgressAllow> {
+    let mut projects: std::collections::HashMap<orchion_domain::ProjectId, Vec<String>> =
+        std::collections::HashMap::new();
+    for (id, project) in &config.egress.projects {
+        let key = format!("egress.projects.{id}");
+        let id = configured_project(store, &key, Some(id)).await?;
+        projects
+            .entry(id)
+            .or_default()
+            .extend(project.allow.iter().cloned());
+    }
+    let forward = url::Url::parse(&config.enqueue.worker_url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_owned()))
+        .map(|host| orchion_grpc::Forward {
+            project: enqueue_project,
+            url: orchion_api::enqueue::forward_url(&config.enqueue.worker_url),
+            host,
+        });
+    Ok(orchion_grpc::EgressAllow::new(
+        config.egress.allow.clone(),
+        projects,
+        forward,
+    ))
 }
 
 /// The project a configured identity acts in (`webhooks.github.project`, `enqueue.project`):

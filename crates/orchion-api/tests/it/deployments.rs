@@ -79,12 +79,21 @@ async fn a_deployment_starts_in_dependency_order_and_reads_back() {
         other.body["status"], "in_progress",
         "another environment has its own turn"
     );
-    let taken = app
+    // The same request again gets the same deployment; another body under its id is refused.
+    let again = app
         .json(
             "POST",
             "/api/v1/deployments",
             web_app("team-alpha-web-app-v1").to_string(),
         )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED, "{:?}", again.body);
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    assert_eq!(again.body["run_id"], reply.body["run_id"]);
+    let mut changed = web_app("team-alpha-web-app-v1");
+    changed["resources"][0]["config"]["size"] = json!("large");
+    let taken = app
+        .json("POST", "/api/v1/deployments", changed.to_string())
         .await;
     let detail = problem(&taken, StatusCode::CONFLICT, "conflict");
     assert!(detail.contains("team-alpha-web-app-v1"), "{detail}");

@@ -205,7 +205,12 @@ fn all_succeeded(run: &Value, names: &[&str]) {
 async fn the_five_example_workflows_run_against_their_services() {
     let (services, base) = fake_services().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = Orchion::start(dir.path(), &["dev"], &[]);
+    // The fake services listen on loopback, which tasks reach only when allowed.
+    let server = Orchion::start(
+        dir.path(),
+        &["dev"],
+        &[("ORCHION_EGRESS__ALLOW", "[\"127.0.0.1\"]")],
+    );
     let urls = |names: &[&str]| -> Value {
         names
             .iter()

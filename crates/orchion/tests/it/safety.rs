@@ -273,3 +273,118 @@ async fn followed_logs_count_with_event_streams_and_one_client_gets_its_share() 
     })
     .await;
 }
+
+/// Serves, on `127.0.0.2`, a redirect to `to` at `/redirect` and 64 MiB at `/huge`.
+async fn redirector(to: String) -> std::net::SocketAddr {
+    use axum::{Router, response::Redirect, routing::get};
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route(
+            "/redirect",
+            get(move || async move { Redirect::temporary(&to) }),
+        )
+        .route(
+            "/huge",
+            get(|| async {
+                let chunk = axum::body::Bytes::from(vec![b'x'; 1 << 20]);
+                let chunks = futures::stream::iter(
+                    (0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                );
+                axum::body::Body::from_stream(chunks)
+            }),
+        )
+        .route("/ok", get(|| async { "fine" }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The job, once it has ended.
+async fn ended(server: &Orchion, id: &str) -> Value {
+    crate::common::eventually(
+        &format!("job {id} to end"),
+        Duration::from_secs(30),
+        || async {
+            let job = crate::jobs::job(server, id).await;
+            matches!(job["status"].as_str(), Some("failed" | "succeeded")).then_some(job)
+        },
+    )
+    .await
+}
+
+/// The error of an `http` job to `url`, which must fail.
+async fn failed_with(server: &Orchion, url: &str) -> String {
+    let created = submit(
+        server,
+        json!({"executor": "http", "spec": {"url": url}, "retry": {"max_attempts": 1}}),
+    )
+    .await;
+    let done = ended(server, created["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    done["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_tasks_reach_only_what_egress_allows_and_read_bodies_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(
+        dir.path(),
+        &["dev"],
+        &[("ORCHION_EGRESS__ALLOW", "[\"127.0.0.2\"]")],
+    );
+    // The server's own API and its metrics, on loopback: never allowed here.
+    let own = server.url("/livez");
+    let error = failed_with(&server, &own).await;
+    assert!(
+        error.contains("egress refused") && error.contains("loopback"),
+        "{error}"
+    );
+    let by_name = own.replace("127.0.0.1", "localhost");
+    let error = failed_with(&server, &by_name).await;
+    assert!(error.contains("egress refused for `localhost`"), "{error}");
+    let metadata = failed_with(&server, "http://169.254.169.254/latest/meta-data/").await;
+    assert!(metadata.contains("link-local"), "{metadata}");
+
+    // An allowed host that redirects to a refused one: refused at the redirect.
+    let redirect = redirector(own.clone()).await;
+    let error = failed_with(&server, &format!("http://{redirect}/redirect")).await;
+    assert!(error.contains("egress refused for the redirect"), "{error}");
+
+    // The allowed host itself is reached, and a huge body is read only as far as the cap.
+    let ok = submit(
+        &server,
+        json!({"executor": "http", "spec": {"url": format!("http://{redirect}/ok")}}),
+    )
+    .await;
+    let ok = wait_job(
+        &server,
+        ok["id"].as_str().unwrap(),
+        "succeeded",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(ok["output"], "fine");
+    let huge = submit(
+        &server,
+        json!({"executor": "http", "spec": {"url": format!("http://{redirect}/huge")}}),
+    )
+    .await;
+    let id = huge["id"].as_str().unwrap();
+    let done = ended(&server, id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let logs: Value = http()
+        .get(server.url(&format!("/api/v1/jobs/{id}/logs")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        logs["lines"].as_array().unwrap().iter().any(|l| l["line"]
+            .as_str()
+            .unwrap()
+            .contains("the rest was not read")),
+        "{logs}"
+    );
+}
