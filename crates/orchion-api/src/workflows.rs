@@ -58,6 +58,24 @@ pub async fn put_workflow_type(
             detail: format!("workflow definition: {inner}"),
         }
     })?;
+    // A deployment engine runs only a deployment's resources.
+    let engines: Vec<orchion_domain::FieldError> = definition
+        .steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, step)| {
+            let own = orchion_spec::engine_refused(&step.executor, &format!("/steps/{i}"));
+            let rollback = step.rollback.as_ref().and_then(|r| {
+                orchion_spec::engine_refused(&r.executor, &format!("/steps/{i}/rollback"))
+            });
+            own.into_iter().chain(rollback)
+        })
+        .collect();
+    if !engines.is_empty() {
+        return Err(ApiError::Validation(orchion_domain::ValidationErrors(
+            engines,
+        )));
+    }
     let workflow = definition.compile()?;
     let (name, dag) = (workflow.name, workflow.dag);
     let project_id = caller.project_for(workflow.project_id)?;

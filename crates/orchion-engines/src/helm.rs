@@ -55,8 +55,6 @@ impl Engine for Helm {
         let mut args = vec![
             "upgrade",
             "--install",
-            &release.name,
-            &release.chart,
             "--namespace",
             &release.namespace,
             "--create-namespace",
@@ -69,6 +67,8 @@ impl Engine for Helm {
         if let Some(version) = &release.version {
             args.extend(["--version", version]);
         }
+        // Nothing after `--` is a flag, whatever the deployment named.
+        args.extend(["--", &release.name, &release.chart]);
         let text = tools.run(&resource.dir, "helm", &args).await?;
         // Kept for outputs: the release as helm reported it.
         std::fs::write(resource.dir.join("release.json"), text)
@@ -99,10 +99,11 @@ impl Engine for Helm {
                 "helm",
                 &[
                     "uninstall",
-                    &release.name,
                     "--namespace",
                     &release.namespace,
                     "--wait",
+                    "--",
+                    &release.name,
                 ],
             )
             .await

@@ -203,12 +203,8 @@ impl Executor for EngineExecutor {
             Ok(spec) => spec,
             Err(e) => return failed(format!("the engine spec cannot be read: {e}")),
         };
-        let dir = self
-            .root
-            .join(self.engine.name())
-            .join(orchion_executor::dns_label(&[&spec.deployment], 200))
-            .join(orchion_executor::dns_label(&[&spec.resource], 100));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
+        let dir = working_dir(&self.root, self.engine.name(), &spec);
+        if let Err(e) = prepare_dir(&self.root, self.engine.name(), &spec, &dir) {
             return failed(format!("cannot create {}: {e}", dir.display()));
         }
         let resource = Resource { spec, dir };
@@ -235,6 +231,65 @@ impl Executor for EngineExecutor {
             Err(e) => failed(e.0),
         }
     }
+}
+
+/// One path component that only `value` can give: letters, digits and `-` as they are, every
+/// other byte (and upper case, and `%`) as `%XX`, so no two values share a component; a value
+/// whose encoding would be long is named by its SHA-256 instead, under another prefix.
+fn component(value: &str) -> String {
+    use std::fmt::Write as _;
+    let mut encoded = String::with_capacity(value.len() + 2);
+    encoded.push_str("n-");
+    for byte in value.bytes() {
+        if byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' {
+            encoded.push(char::from(byte));
+        } else {
+            let _ = write!(encoded, "%{byte:02X}");
+        }
+    }
+    if encoded.len() <= 120 {
+        return encoded;
+    }
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(value.as_bytes());
+    let mut hashed = String::from("h-");
+    for byte in digest {
+        let _ = write!(hashed, "{byte:02x}");
+    }
+    hashed
+}
+
+/// The resource's own working directory: `<root>/<engine>/<composer>/<environment>/
+/// <deployment>/<resource>`, each part [`component`]-encoded, so two distinct deployments (or
+/// resources) never share one, and tools of two deployments never run in one directory.
+fn working_dir(root: &Path, engine: &str, spec: &EngineSpec) -> PathBuf {
+    [
+        &spec.composer,
+        &spec.environment,
+        &spec.deployment,
+        &spec.resource,
+    ]
+    .into_iter()
+    .fold(root.join(engine), |dir, part| dir.join(component(part)))
+}
+
+/// Makes `dir`, moving into it the directory an earlier version used for this resource
+/// (`<root>/<engine>/<deployment>/<resource>` in DNS-label form), so its state is kept.
+fn prepare_dir(root: &Path, engine: &str, spec: &EngineSpec, dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        let legacy = root
+            .join(engine)
+            .join(orchion_executor::dns_label(&[&spec.deployment], 200))
+            .join(orchion_executor::dns_label(&[&spec.resource], 100));
+        if legacy.is_dir() {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            if std::fs::rename(&legacy, dir).is_ok() {
+                tracing::info!(from = %legacy.display(), to = %dir.display(), "moved a resource's working directory to its own path");
+            }
+        }
+    }
+    std::fs::create_dir_all(dir)
 }
 
 /// Every engine Orchion has.
@@ -281,6 +336,47 @@ fn is_executable(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(composer: &str, environment: &str, deployment: &str, resource: &str) -> EngineSpec {
+        EngineSpec {
+            action: EngineAction::Apply,
+            deployment: deployment.into(),
+            composer: composer.into(),
+            environment: environment.into(),
+            resource: resource.into(),
+            catalog_ref: "x:1".into(),
+            config: Value::Null,
+        }
+    }
+
+    #[test]
+    fn distinct_deployments_never_share_a_working_directory() {
+        let root = Path::new("/var/engines");
+        let dirs: Vec<PathBuf> = [
+            spec("team", "prod", "web-v1", "db"),
+            spec("team", "prod", "web_v1", "db"),
+            spec("team", "prod", "Web-v1", "db"),
+            spec("team", "prod", "web.v1", "db"),
+            spec("other", "prod", "web-v1", "db"),
+            spec("team", "staging", "web-v1", "db"),
+            spec("team", "prod", "web-v1", "db2"),
+            spec("team", "prod", &"a".repeat(100), "db"),
+            spec("team", "prod", &format!("{}b", "a".repeat(99)), "db"),
+        ]
+        .iter()
+        .map(|s| working_dir(root, "terraform", s))
+        .collect();
+        let distinct: std::collections::BTreeSet<&PathBuf> = dirs.iter().collect();
+        assert_eq!(distinct.len(), dirs.len(), "{dirs:?}");
+        for dir in &dirs {
+            assert!(dir.starts_with("/var/engines/terraform"));
+            assert!(dir.components().all(|c| c.as_os_str().len() <= 120));
+        }
+        assert_eq!(
+            working_dir(root, "helm", &spec("t", "p", "web_v1", "db")),
+            Path::new("/var/engines/helm/n-t/n-p/n-web%5Fv1/n-db")
+        );
+    }
 
     #[test]
     fn catalog_refs_and_tool_names() {

@@ -155,7 +155,9 @@ async fn terraform_inits_plans_applies_reports_outputs_and_destroys() {
             "terraform destroy -auto-approve -input=false -no-color",
         ]
     );
-    let dir = root.path().join("terraform/team-alpha-web-app-v1/database");
+    let dir = root
+        .path()
+        .join("terraform/n-team-alpha/n-production/n-team-alpha-web-app-v1/n-database");
     assert!(
         dir.join("main.tf.json").is_file(),
         "a working dir per resource"
@@ -205,8 +207,11 @@ async fn helm_installs_the_catalog_chart_and_uninstalls_it() {
     );
     let log = fakes.log();
     assert!(
-        log[0].starts_with("helm upgrade --install team-alpha-web-app-v1-web k8s-deployment --namespace production --create-namespace --values ")
-            && log[0].ends_with("values.json --wait -o json --version 2.1.0"),
+        log[0].starts_with(
+            "helm upgrade --install --namespace production --create-namespace --values "
+        ) && log[0].ends_with(
+            "values.json --wait -o json --version 2.1.0 -- team-alpha-web-app-v1-web k8s-deployment"
+        ),
         "{log:?}"
     );
     let destroyed = run(
@@ -222,7 +227,7 @@ async fn helm_installs_the_catalog_chart_and_uninstalls_it() {
     );
     assert_eq!(
         fakes.log()[1],
-        "helm uninstall team-alpha-web-app-v1-web --namespace production --wait"
+        "helm uninstall --namespace production --wait -- team-alpha-web-app-v1-web"
     );
     // Uninstalling what is not installed fails as helm does.
     let again = error(
@@ -318,10 +323,9 @@ async fn crossplane_applies_a_claim_waits_until_ready_and_deletes_it() {
                "name": "team-alpha-web-app-v1-database", "namespace": "production", "kind": "MySQLInstance"})
     );
     let stored: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            root.path()
-                .join("crossplane/team-alpha-web-app-v1/database/claim.json"),
-        )
+        &std::fs::read_to_string(root.path().join(
+            "crossplane/n-team-alpha/n-production/n-team-alpha-web-app-v1/n-database/claim.json",
+        ))
         .unwrap(),
     )
     .unwrap();
@@ -413,9 +417,9 @@ async fn terraform_for_real_when_installed() {
     )
     .await;
     assert_eq!(outputs(&applied), json!({"endpoint": "db.internal:3306"}));
-    let state = root
-        .path()
-        .join("terraform/team-alpha-web-app-v1/database/terraform.tfstate");
+    let state = root.path().join(
+        "terraform/n-team-alpha/n-production/n-team-alpha-web-app-v1/n-database/terraform.tfstate",
+    );
     assert!(
         std::fs::read_to_string(&state)
             .unwrap()

@@ -124,12 +124,15 @@ impl DeploymentRequest {
                     ),
                 });
             }
-            if resource.catalog_ref.trim().is_empty() {
+            if !catalog_ref_ok(&resource.catalog_ref) {
                 errors.push(FieldError {
                     pointer: format!("/resources/{i}/catalogRef"),
-                    message: "catalogRef must name a catalog entry, e.g. aws-rds-mysql:1.0.0"
+                    message: "catalogRef must name a catalog entry as `name:version`, e.g. aws-rds-mysql:1.0.0 (a name of a-z, 0-9, `.`, `_`, `/` and `-`, a version of letters, digits, `.`, `+`, `_` and `-`, neither starting with `-`)"
                         .into(),
                 });
+            }
+            if resource.engine == "helm" {
+                errors.0.extend(helm_config_problems(i, &resource.config));
             }
         }
         for (i, dependency) in self.dependencies.iter().enumerate() {
@@ -211,6 +214,87 @@ impl DeploymentRequest {
             rollback: Some(self.rollback.unwrap_or(true)),
         }
     }
+}
+
+/// Whether `text` is a catalog reference: `name` or `name:version`, neither able to pass for a
+/// command-line flag.
+fn catalog_ref_ok(text: &str) -> bool {
+    let (name, version) = match text.rsplit_once(':') {
+        Some((name, version)) => (name, Some(version)),
+        None => (text, None),
+    };
+    let name_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-".contains(&b));
+    name_ok && version.is_none_or(version_ok)
+}
+
+/// A chart version: letters, digits, `.`, `+`, `_` and `-`, starting with a letter or digit.
+fn version_ok(version: &str) -> bool {
+    version
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric())
+        && version.len() <= 100
+        && version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".+_-".contains(&b))
+}
+
+/// What `helm` is given from a resource's config (`chart`, `version`, `namespace`), checked so
+/// that no value can become a flag or leave its place.
+fn helm_config_problems(i: usize, config: &Value) -> Vec<FieldError> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, message: &str| {
+        problems.push(FieldError {
+            pointer: format!("/resources/{i}/config/{field}"),
+            message: format!("config.{field} {message}"),
+        });
+    };
+    if let Some(chart) = config.get("chart") {
+        let ok = chart.as_str().is_some_and(|c| {
+            c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && c.len() <= 500
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._/:@+-".contains(&b))
+        });
+        if !ok {
+            problem(
+                "chart",
+                "must be a chart reference (`repo/name`, `oci://…`, a path): letters, digits and `._/:@+-`, starting with a letter or digit",
+            );
+        }
+    }
+    if let Some(version) = config.get("version") {
+        if !version.as_str().is_some_and(version_ok) {
+            problem(
+                "version",
+                "must be a chart version: letters, digits, `.`, `+`, `_` and `-`, starting with a letter or digit",
+            );
+        }
+    }
+    if let Some(namespace) = config.get("namespace") {
+        let ok = namespace.as_str().is_some_and(|n| {
+            !n.is_empty()
+                && n.len() <= 63
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !n.starts_with('-')
+                && !n.ends_with('-')
+        });
+        if !ok {
+            problem(
+                "namespace",
+                "must be a Kubernetes namespace: 1 to 63 of a-z, 0-9 and `-`, not starting or ending with `-`",
+            );
+        }
+    }
+    problems
 }
 
 /// `/steps/2/spec/config/x` → `/resources/2/config/x`; `/steps/1/needs…` → `/dependencies`.

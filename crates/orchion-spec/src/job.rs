@@ -122,6 +122,9 @@ impl CreateJob {
     /// The job this request describes, with every problem found.
     pub fn into_new_job(self) -> Result<(NewJob, Option<String>), ValidationErrors> {
         let mut errors = ValidationErrors::default();
+        if let Some(refused) = crate::executor::engine_refused(&self.executor, "") {
+            return Err(ValidationErrors(vec![refused]));
+        }
         let spec = match crate::executor::validate(&self.executor, &self.spec) {
             Ok(spec) => spec,
             Err(e) => {

@@ -12,7 +12,7 @@ pub mod text;
 pub mod workflow;
 
 pub use deployment::{DependencyRequest, DeploymentRequest, ResourceRequest};
-pub use executor::{ENGINES, KNOWN, pointer_of, refuse_script_templates, validate};
+pub use executor::{ENGINES, KNOWN, engine_refused, pointer_of, refuse_script_templates, validate};
 pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
 pub use text::{NUL_REFUSED, find_nul, json_without_nul, without_nul};
 pub use workflow::{

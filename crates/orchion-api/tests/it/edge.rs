@@ -253,3 +253,77 @@ async fn concurrent_requests_with_one_key_all_get_the_one_resource() {
         );
     }
 }
+
+#[tokio::test]
+async fn engines_run_only_deployments_and_no_value_becomes_a_flag() {
+    let app = app().await;
+    // A plain job, a batch and a workflow type cannot name a deployment engine.
+    let job = json!({"executor": "terraform", "spec": {"action": "destroy", "deployment": "theirs",
+        "composer": "other-team", "environment": "production", "resource": "db", "catalog_ref": "x:1"}});
+    let reply = app.json("POST", "/api/v1/jobs", job.to_string()).await;
+    let detail = problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert!(
+        detail.contains("runs only the resources of a deployment"),
+        "{detail}"
+    );
+    assert_eq!(reply.body["errors"][0]["pointer"], "/executor");
+    let batch = json!({"jobs": [{"executor": "noop", "spec": {}}, job]});
+    let reply = app
+        .json("POST", "/api/v1/jobs/batch", batch.to_string())
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(reply.body["errors"][0]["pointer"], "/jobs/1/executor");
+    let workflow = json!({"name": "sneaky", "steps": [
+        {"name": "ok", "executor": "noop", "spec": {}},
+        {"name": "helm", "executor": "helm", "spec": {}}]});
+    let reply = app
+        .json("POST", "/api/v1/workflow-types", workflow.to_string())
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    assert_eq!(reply.body["errors"][0]["pointer"], "/steps/1/executor");
+
+    // A deployment's values that helm would read as flags are refused, each named.
+    let deployment = json!({
+        "id": "web", "composer": "team", "environment": "production",
+        "resources": [
+            {"name": "a", "catalogRef": "--post-renderer=/bin/sh", "engine": "helm", "config": {}},
+            {"name": "b", "catalogRef": "chart:1.0.0", "engine": "helm",
+             "config": {"namespace": "--kubeconfig=/etc/x", "version": "-1", "chart": "--set=a"}},
+        ],
+    });
+    let reply = app
+        .json("POST", "/api/v1/deployments", deployment.to_string())
+        .await;
+    problem(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation-failed",
+    );
+    let pointers: Vec<&str> = reply.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "/resources/0/catalogRef",
+        "/resources/1/config/chart",
+        "/resources/1/config/version",
+        "/resources/1/config/namespace",
+    ] {
+        assert!(pointers.contains(&expected), "{expected} in {pointers:?}");
+    }
+    assert_eq!(count(&app, "/api/v1/deployments").await, 0);
+}

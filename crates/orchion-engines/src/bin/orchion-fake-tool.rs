@@ -61,6 +61,11 @@ fn check(args: &[&str], allowed: &[&str], positional: usize) -> Result<Vec<Strin
     let mut i = 0;
     while i < args.len() {
         let arg = args[i];
+        // As cobra does: after `--`, every argument is positional, whatever it looks like.
+        if arg == "--" {
+            rest.extend(args[i + 1..].iter().map(|a| (*a).to_owned()));
+            break;
+        }
         if arg.starts_with('-') {
             let name = arg.split('=').next().unwrap_or(arg);
             if !allowed.contains(&name) {

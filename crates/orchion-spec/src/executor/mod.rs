@@ -26,6 +26,18 @@ pub use self::{
     shell::{SCRIPT_TEMPLATE_REFUSED, ShellSpec, script_templates},
 };
 
+/// A job, schedule or workflow type naming a deployment engine as its executor: refused (at
+/// `{prefix}/executor`), since an engine runs only the resources a deployment gives it, in a
+/// working directory of that deployment's own.
+pub fn engine_refused(executor: &str, prefix: &str) -> Option<FieldError> {
+    ENGINES.contains(&executor).then(|| FieldError {
+        pointer: format!("{prefix}/executor"),
+        message: format!(
+            "executor `{executor}` runs only the resources of a deployment (POST /api/v1/deployments); a job or workflow step cannot name it"
+        ),
+    })
+}
+
 /// Where `spec` (of `executor`) splices a `${{ … }}` template into code a program runs (the
 /// script of `sh -c`, `python -c`, `node -e`, …): each a problem at `{prefix}/spec/args/{i}`
 /// saying to pass the value through `env`. Templates are checked when a definition is made,
