@@ -90,14 +90,7 @@ impl Executor for Http {
         if let Some(body) = spec.body {
             request = request.body(body);
         }
-        let _ = context
-            .output
-            .send(OutputLine {
-                stream: "system",
-                line: format!("{method} {}", spec.url),
-                at: time::OffsetDateTime::now_utc(),
-            })
-            .await;
+        say(&context, format!("{method} {}", spec.url)).await;
         let response = tokio::select! {
             response = request.send() => response,
             () = context.cancel.cancelled() => return Outcome::Cancelled,
@@ -124,27 +117,17 @@ impl Executor for Http {
         let body = match body {
             Ok((bytes, cut)) => {
                 if cut {
-                    let _ = context
-                        .output
-                        .send(OutputLine {
-                            stream: "system",
-                            line: format!("the response body is longer than {MAX_BODY} bytes: the rest was not read"),
-                            at: time::OffsetDateTime::now_utc(),
-                        })
-                        .await;
+                    say(
+                        &context,
+                        format!("the response body is longer than {MAX_BODY} bytes: the rest was not read"),
+                    )
+                    .await;
                 }
                 String::from_utf8_lossy(&bytes).into_owned()
             }
             Err(e) => format!("[the response body could not be read: {e}]"),
         };
-        let _ = context
-            .output
-            .send(OutputLine {
-                stream: "system",
-                line: format!("HTTP {status}"),
-                at: time::OffsetDateTime::now_utc(),
-            })
-            .await;
+        say(&context, format!("HTTP {status}")).await;
         let expected = if spec.expected_status.is_empty() {
             status.is_success()
         } else {
@@ -172,6 +155,18 @@ impl Executor for Http {
             }
         }
     }
+}
+
+/// A `system` line in the task's log.
+async fn say(context: &Context, line: String) {
+    let _ = context
+        .output
+        .send(OutputLine {
+            stream: "system",
+            line,
+            at: time::OffsetDateTime::now_utc(),
+        })
+        .await;
 }
 
 /// The response body, read chunk by chunk up to [`MAX_BODY`] bytes, never whole; `true` when

@@ -29,6 +29,18 @@ pub async fn job(server: &Orchion, id: &str) -> Value {
         .unwrap()
 }
 
+/// A job's log, as `GET /api/v1/jobs/{id}/logs` answers.
+pub async fn logs(server: &Orchion, id: &str) -> Value {
+    http()
+        .get(server.url(&format!("/api/v1/jobs/{id}/logs")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub async fn wait_job(server: &Orchion, id: &str, status: &str, limit: Duration) -> Value {
     eventually(&format!("job {id} to be {status}"), limit, || async {
         let j = job(server, id).await;
@@ -66,14 +78,7 @@ async fn a_shell_job_runs_on_an_agent_with_its_logs() {
     let done = wait_job(&server, id, "succeeded", Duration::from_secs(30)).await;
     assert_eq!(done["output"], "out\n1\n");
     assert_eq!(done["attempts"].as_array().unwrap().len(), 1);
-    let logs: Value = http()
-        .get(server.url(&format!("/api/v1/jobs/{id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs = logs(&server, id).await;
     let lines: Vec<(&str, &str)> = logs["lines"]
         .as_array()
         .unwrap()

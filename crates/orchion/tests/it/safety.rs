@@ -7,20 +7,13 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{Orchion, http},
-    jobs::{submit, wait_job},
+    jobs::{logs, submit, wait_job},
 };
 
 /// What a job's `env` printed: its output and its log lines, as `NAME=value` lines.
 async fn printed(server: &Orchion, id: &str) -> String {
     let done = wait_job(server, id, "succeeded", Duration::from_secs(30)).await;
-    let logs: Value = http()
-        .get(server.url(&format!("/api/v1/jobs/{id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs = logs(server, id).await;
     let mut text = done["output"].as_str().unwrap_or_default().to_owned();
     for line in logs["lines"].as_array().unwrap() {
         text.push_str(line["line"].as_str().unwrap());
@@ -372,14 +365,7 @@ async fn http_tasks_reach_only_what_egress_allows_and_read_bodies_capped() {
     let id = huge["id"].as_str().unwrap();
     let done = ended(&server, id).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let logs: Value = http()
-        .get(server.url(&format!("/api/v1/jobs/{id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs = logs(&server, id).await;
     assert!(
         logs["lines"].as_array().unwrap().iter().any(|l| l["line"]
             .as_str()
