@@ -163,8 +163,12 @@ async fn a_failed_resource_rolls_back_what_was_applied_in_reverse_order() {
         .map(|(i, _)| i)
         .collect::<Vec<_>>();
     assert_eq!(network_destroyed.len(), 2, "network and db: {calls}");
-    assert!(position("helm uninstall web-v1-cache") < network_destroyed[1]);
-    assert!(position("terraform apply") < position("helm upgrade --install web-v1-cache"));
+    // helm is given its release (and chart) after `--`.
+    assert!(
+        position("helm uninstall --namespace production --wait -- web-v1-cache")
+            < network_destroyed[1]
+    );
+    assert!(position("terraform apply") < position("-- web-v1-cache redis"));
     assert!(!calls.contains("pulumi up"), "dns never ran");
 
     // A deployment that succeeds, then is deleted: everything is destroyed.
