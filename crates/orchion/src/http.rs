@@ -99,11 +99,15 @@ pub async fn serve<L>(
 }
 
 /// A connection that fails with `TimedOut` once it has carried nothing, either way, for its
-/// timeout: hyper then closes it.
+/// timeout: hyper then closes it. Reads and writes only mark the connection active; the one
+/// timer is re-armed when it fires after activity, so a busy connection costs no timer work
+/// per read (the timer driver is shared by every connection). A connection is closed after
+/// between one and two timeouts of silence.
 struct Idle<T> {
     io: T,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
+    active: bool,
 }
 
 impl<T> Idle<T> {
@@ -112,15 +116,20 @@ impl<T> Idle<T> {
             io,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            active: false,
         }
     }
 
-    fn active(&mut self) {
-        self.deadline.as_mut().reset(Instant::now() + self.timeout);
-    }
-
+    /// Whether the connection has been silent for its timeout; polls (and re-arms) the timer.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            if !self.active {
+                return true;
+            }
+            self.active = false;
+            self.deadline.as_mut().reset(Instant::now() + self.timeout);
+        }
+        false
     }
 }
 
@@ -141,7 +150,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Idle<T> {
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    self.active();
+                    self.active = true;
                 }
                 Poll::Ready(Ok(()))
             }
@@ -160,7 +169,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
     ) -> Poll<std::io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.io).poll_write(cx, data))?;
         if written > 0 {
-            self.active();
+            self.active = true;
         }
         Poll::Ready(Ok(written))
     }
@@ -172,7 +181,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
     ) -> Poll<std::io::Result<usize>> {
         let written = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
         if written > 0 {
-            self.active();
+            self.active = true;
         }
         Poll::Ready(Ok(written))
     }
