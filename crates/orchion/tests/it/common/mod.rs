@@ -26,6 +26,8 @@ pub struct Orchion {
     /// The gRPC API's address, for servers.
     pub grpc: Option<SocketAddr>,
     output: Arc<Mutex<Vec<String>>>,
+    /// How many of the two output readers have reached the end of their stream.
+    readers_done: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A command running the binary with a clean environment: nothing from the developer's shell
@@ -82,6 +84,7 @@ impl Orchion {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("orchion starts");
         let output = Arc::new(Mutex::new(Vec::new()));
+        let readers_done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for (stream, prefix) in [
             (
                 Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
@@ -90,10 +93,12 @@ impl Orchion {
             (Box::new(child.stderr.take().unwrap()), "stderr: "),
         ] {
             let output = output.clone();
+            let done = readers_done.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     output.lock().unwrap().push(format!("{prefix}{line}"));
                 }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
         Orchion {
@@ -101,6 +106,7 @@ impl Orchion {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             grpc: None,
             output,
+            readers_done,
         }
     }
 
@@ -154,6 +160,14 @@ impl Orchion {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Everything it printed is read before its output is looked at (a process it
+                // started may hold the pipes open: not for more than a moment).
+                let read_by = Instant::now() + Duration::from_secs(5);
+                while self.readers_done.load(std::sync::atomic::Ordering::SeqCst) < 2
+                    && Instant::now() < read_by
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return status;
             }
             assert!(
