@@ -517,3 +517,47 @@ everyone = "root"
     .to_string();
     assert!(error.contains("nobody can sign in"), "{error}");
 }
+
+#[test]
+fn limits_and_egress_allowances_out_of_shape_are_named() {
+    let bad = file(
+        ".toml",
+        r#"
+[server]
+header_read_timeout = "0s"
+idle_timeout = "2h"
+request_timeout = "500ms"
+max_connections = 0
+max_event_streams_per_client = 0
+
+[egress]
+allow = ["10.0.0.0/8", "127.0.0.1", "worker.internal", "10.0.0.0/33", "http://x", "-flag"]
+
+[egress.projects.some-project]
+allow = ["not a host"]
+"#,
+    );
+    let error = Config::load(&Sources {
+        file: Some(bad.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    for expected in [
+        "server.header_read_timeout must be between 1s and 5m, got 0s",
+        "server.idle_timeout must be between 5s and 1h, got 2h",
+        "server.request_timeout must be between 1s and 1h, got 500ms",
+        "server.max_connections must be at least 1",
+        "server.max_event_streams_per_client must be at least 1",
+        "egress.allow: `10.0.0.0/33` is not a network",
+        "egress.allow: `http://x` is not a network",
+        "egress.allow: `-flag` is not a network",
+        "egress.projects.some-project.allow: `not a host` is not a network",
+    ] {
+        assert!(error.contains(expected), "{expected} in {error}");
+    }
+    assert!(
+        !error.contains("`worker.internal`") && !error.contains("`127.0.0.1`"),
+        "{error}"
+    );
+}

@@ -111,12 +111,6 @@ impl Webhooks {
         if let Some(seen) = self.store.get_delivery(&id).await? {
             return Ok(seen);
         }
-        let digest = Sha256::digest(delivery.body).to_vec();
-        if let Some(replayed) = self.replayed(&digest).await? {
-            return self
-                .record_replay(id, event, delivery.body, digest, &replayed)
-                .await;
-        }
         let payload: Value = serde_json::from_slice(delivery.body)
             .map_err(|e| WebhookError::MalformedJson(e.to_string()))?;
         if let Some(at) = orchion_spec::find_nul(&payload) {
@@ -141,7 +135,20 @@ impl Webhooks {
             Some(action) => format!("{event}.{action}"),
             None => event.clone(),
         };
-        let (status, verdict, reason, runs) = if event == "ping" {
+        let digest = Sha256::digest(delivery.body).to_vec();
+        let replay_of = self.replayed(&digest).await?;
+        let (status, verdict, reason, runs) = if let Some(earlier) = &replay_of {
+            tracing::warn!(delivery = %id, replay_of = %earlier.id, "a webhook body was replayed under a new delivery id");
+            (
+                202,
+                "ignored",
+                Some(format!(
+                    "a replay: delivery `{}` had this very body; it starts nothing",
+                    earlier.id
+                )),
+                Vec::new(),
+            )
+        } else if event == "ping" {
             (200, "accepted", Some("ping".to_owned()), Vec::new())
         } else if !EVENTS.contains(&event.as_str()) {
             (
@@ -192,6 +199,9 @@ impl Webhooks {
         if let Some(reason) = &reason {
             response["reason"] = json!(reason);
         }
+        if let Some(earlier) = &replay_of {
+            response["replay_of"] = json!(earlier.id);
+        }
         let recorded = self
             .store
             .record_delivery(Delivery {
@@ -222,47 +232,6 @@ impl Webhooks {
         let window =
             time::Duration::try_from(self.config.replay_window).unwrap_or(time::Duration::MAX);
         Ok((orchion_store::now() - earlier.received_at < window).then_some(earlier))
-    }
-
-    /// Answers, and records, a replay: a signed body seen before under another delivery id. It
-    /// starts nothing; the answer names the delivery it repeats.
-    async fn record_replay(
-        &self,
-        id: String,
-        event: String,
-        body: &[u8],
-        digest: Vec<u8>,
-        earlier: &Delivery,
-    ) -> Result<Delivery, WebhookError> {
-        let payload: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let reason = format!(
-            "a replay: delivery `{}` had this very body; it starts nothing",
-            earlier.id
-        );
-        let response = json!({"status": "ignored", "delivery": id, "event": event,
-                              "runs": [], "reason": reason, "replay_of": earlier.id});
-        tracing::warn!(delivery = %id, replay_of = %earlier.id, "a webhook body was replayed under a new delivery id");
-        let recorded = self
-            .store
-            .record_delivery(Delivery {
-                id,
-                seq: Uuid::now_v7(),
-                source: "github".into(),
-                event,
-                action: payload["action"].as_str().map(str::to_owned),
-                repository: payload["repository"]["full_name"]
-                    .as_str()
-                    .map(str::to_owned),
-                verdict: "ignored".into(),
-                reason: Some(reason),
-                runs: "[]".into(),
-                status: 202,
-                response: response.to_string(),
-                received_at: orchion_store::now(),
-                body_digest: Some(digest),
-            })
-            .await?;
-        Ok(recorded.value)
     }
 
     /// Starts what `rule` asks for; the answer names the run or job, or what was wrong with

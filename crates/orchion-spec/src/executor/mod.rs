@@ -47,12 +47,12 @@ pub fn refuse_script_templates(
     spec: &serde_json::Value,
     prefix: &str,
 ) -> Vec<FieldError> {
-    let (Some(command), Some(args)) = (spec["command"].as_str(), spec["args"].as_array()) else {
-        return Vec::new();
-    };
     if executor != "shell" {
         return Vec::new();
     }
+    let (Some(command), Some(args)) = (spec["command"].as_str(), spec["args"].as_array()) else {
+        return Vec::new();
+    };
     script_templates(command, args)
         .into_iter()
         .map(|i| FieldError {

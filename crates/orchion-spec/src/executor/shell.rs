@@ -132,7 +132,7 @@ pub fn script_templates(command: &str, args: &[serde_json::Value]) -> Vec<usize>
         if is_script_flag(arg) && text(i + 1).is_some_and(|code| code.contains("${{")) {
             found.push(i + 1);
         }
-        // `-c'code'` or `--eval=code` in one argument.
+        // An interpreter's `--eval=code` in one argument.
         if arg.contains("${{")
             && (arg.starts_with("--eval=") || arg.starts_with("--print="))
             && !SHELLS.contains(&program)

@@ -167,12 +167,20 @@ async fn connections_past_the_limit_are_closed_at_once() {
             ("ORCHION_SERVER__IDLE_TIMEOUT", "5s"),
         ],
     );
+    // Eight connections, each answered once (so the server has taken every one), then idle.
     let mut held = Vec::new();
     for _ in 0..8 {
-        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        held.push(stream);
     }
-    // Give the server a moment to take all eight before the ninth knocks.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut ninth = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     assert!(
         closed_by_server(&mut ninth, Duration::from_secs(2)).await,
