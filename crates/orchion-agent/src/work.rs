@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use orchion_executor::{Context, Outcome, OutputLine, Registry};
+use orchion_executor::{Context, Masker, Outcome, OutputLine, Registry};
 use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -349,6 +349,18 @@ async fn run_task(
         },
     );
     tracing::info!(job_id = %task.job_id, attempt = task.attempt, executor = %task.executor, "running task");
+    // The secrets' values go into the spec here and nowhere else; whatever the task reports is
+    // masked of them.
+    let masker = Arc::new(Masker::new(task.secrets.values().map(String::as_str)));
+    let spec = if task.secrets_refused.is_empty() {
+        let values: BTreeMap<String, String> = task.secrets.clone().into_iter().collect();
+        orchion_spec::resolve_secrets(&task.executor, &task.spec, &values)
+    } else {
+        Err(format!(
+            "the task's secrets were refused: {}",
+            task.secrets_refused
+        ))
+    };
     let (output, lines) = mpsc::channel(1024);
     let shipper = tokio::spawn(ship_logs(
         client.clone(),
@@ -356,6 +368,7 @@ async fn run_task(
         task.task_id.clone(),
         task.attempt,
         lines,
+        masker.clone(),
         stop.clone(),
         lost.clone(),
     ));
@@ -385,14 +398,20 @@ async fn run_task(
         fence: Some(fence_until),
         leaving: agent_stop.clone(),
     };
-    let outcome = match config.executors.get(&task.executor) {
-        Some(executor) => executor.run(&task.spec, context).await,
-        None => Outcome::Failed {
+    let outcome = match (config.executors.get(&task.executor), spec) {
+        (Some(executor), Ok(spec)) => executor.run(&spec, context).await,
+        (Some(_), Err(error)) => Outcome::Failed {
+            exit_code: None,
+            error,
+            output: None,
+        },
+        (None, _) => Outcome::Failed {
             exit_code: None,
             error: format!("this agent does not offer executor `{}`", task.executor),
             output: None,
         },
     };
+    let outcome = masked(outcome, &masker);
     let _ = shipper.await;
     locked(&held).remove(&task.task_id);
     if lost.load(Ordering::SeqCst) || agent_stop.is_cancelled() {
@@ -409,6 +428,7 @@ async fn ship_logs(
     task_id: String,
     attempt: u32,
     mut lines: mpsc::Receiver<OutputLine>,
+    masker: Arc<Masker>,
     stop: CancellationToken,
     lost: Arc<AtomicBool>,
 ) {
@@ -423,7 +443,7 @@ async fn ship_logs(
                     Some(line) => {
                         batch.push(pb::LogLine {
                             stream: line.stream.to_owned(),
-                            line: line.line,
+                            line: masker.text(line.line),
                             at: Some(prost_types::Timestamp {
                                 seconds: line.at.unix_timestamp(),
                                 nanos: i32::try_from(line.at.nanosecond()).unwrap_or(0),
@@ -462,6 +482,29 @@ async fn ship_logs(
                 tracing::warn!(code = ?status.code(), error = status.message(), "sending log lines failed; they are dropped");
             }
         }
+    }
+}
+
+/// `outcome` with the task's secret values masked in its output, outputs and error.
+fn masked(outcome: Outcome, masker: &Masker) -> Outcome {
+    if masker.is_empty() {
+        return outcome;
+    }
+    match outcome {
+        Outcome::Succeeded { output, outputs } => Outcome::Succeeded {
+            output: output.map(|o| masker.text(o)),
+            outputs: outputs.map(|o| masker.json(o)),
+        },
+        Outcome::Failed {
+            exit_code,
+            error,
+            output,
+        } => Outcome::Failed {
+            exit_code,
+            error: masker.text(error),
+            output: output.map(|o| masker.text(o)),
+        },
+        other => other,
     }
 }
 

@@ -71,6 +71,11 @@ pub fn policy(method: &Method, route: &str) -> Option<Policy> {
         "/openapi.json" | "/docs" | "/docs/" | "/docs/{*rest}" if read => VIEWER,
         "/api/v1/projects" | "/api/v1/projects/{id}" if read => VIEWER,
         "/api/v1/projects" | "/api/v1/projects/{id}" => Cluster(Role::Admin),
+        // Names and versions only: whoever may run the project's work may know what it can use.
+        "/api/v1/projects/{id}/secrets" | "/api/v1/projects/{id}/secrets/{name}" if read => {
+            OPERATOR
+        }
+        "/api/v1/projects/{id}/secrets/{name}" => ADMIN,
         "/api/v1/jobs"
         | "/api/v1/jobs/{id}"
         | "/api/v1/jobs/{id}/logs"

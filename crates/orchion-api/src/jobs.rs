@@ -1,7 +1,11 @@
 //! `/api/v1/jobs`: enqueue a job (a run of one task), read it with its attempts, list, cancel,
 //! retry, and read or follow its logs.
 
-use std::{collections::BTreeSet, convert::Infallible, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
+    time::Duration,
+};
 
 use axum::{
     Json,
@@ -49,7 +53,7 @@ fn job_body(job: Job, with_attempts: bool) -> JobBody {
         id: job.id.to_string(),
         name: job.name,
         project_id: job.project_id.map(|p| p.to_string()),
-        spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
+        spec: orchion_spec::secret::shown_spec(&job.executor, &job.spec),
         executor: job.executor,
         status: job.state.status.as_str().to_owned(),
         cancel_requested: job.state.cancel_requested,
@@ -66,6 +70,48 @@ fn job_body(job: Job, with_attempts: bool) -> JobBody {
         started_at: job.started_at,
         finished_at: job.finished_at,
     }
+}
+
+/// A problem for each secret reference (`{"secret": "NAME"}`) of `jobs` whose project has no
+/// such secret, at `{prefix}/spec/…` for each `(prefix, job)`: a job that could never get its
+/// secrets is refused when it is made, not when it runs.
+pub(crate) async fn missing_secrets(
+    state: &AppState,
+    jobs: &[(String, &NewJob)],
+) -> Result<Vec<FieldError>, ApiError> {
+    let mut uses: BTreeMap<ProjectId, Vec<(&str, orchion_spec::secret::SecretUse)>> =
+        BTreeMap::new();
+    for (prefix, job) in jobs {
+        let (Some(project), true) = (job.project_id, job.spec.contains("\"secret\"")) else {
+            continue;
+        };
+        let spec = serde_json::from_str(&job.spec).unwrap_or_default();
+        for used in orchion_spec::secret_uses(&job.executor, &spec).unwrap_or_default() {
+            uses.entry(project).or_default().push((prefix, used));
+        }
+    }
+    let mut problems = Vec::new();
+    for (project, uses) in uses {
+        let names: Vec<String> = uses
+            .iter()
+            .map(|(_, u)| u.name.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let missing = state.secrets.missing(project, &names).await?;
+        problems.extend(
+            uses.into_iter()
+                .filter(|(_, u)| missing.contains(&u.name))
+                .map(|(prefix, u)| FieldError {
+                    pointer: format!("{prefix}{}/secret", u.pointer),
+                    message: format!(
+                        "secret `{}` does not exist in project `{project}`: set it first (`orchion secret set {}`, or PUT /api/v1/projects/{project}/secrets/{})",
+                        u.name, u.name, u.name
+                    ),
+                }),
+        );
+    }
+    Ok(problems)
 }
 
 /// `job` in the trace of the request that creates it (the current span's), unless it names one.
@@ -92,6 +138,10 @@ pub async fn create_job(
     let header_key = idempotency_key(&headers)?;
     let (mut job, field_key) = body.value.into_new_job()?;
     job.project_id = Some(caller.project_for(job.project_id)?);
+    let missing = missing_secrets(&state, &[(String::new(), &job)]).await?;
+    if !missing.is_empty() {
+        return Err(ApiError::Validation(ValidationErrors(missing)));
+    }
     let key = match (header_key, field_key) {
         (Some(h), Some(f)) if h != f => {
             return Err(ApiError::Validation(ValidationErrors(vec![
@@ -231,6 +281,11 @@ pub async fn create_jobs(
             }
         }
     }
+    let prefixed: Vec<(String, &NewJob)> = jobs
+        .iter()
+        .map(|(i, job, _)| (format!("/jobs/{i}"), job))
+        .collect();
+    errors.0.extend(missing_secrets(&state, &prefixed).await?);
     errors.0.sort_by_key(|e| pointer_order(&e.pointer));
     errors.into_result(())?;
     let jobs = jobs

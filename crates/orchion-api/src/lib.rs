@@ -24,6 +24,7 @@ pub mod projects;
 pub mod respond;
 pub mod runs;
 pub mod schedules;
+pub mod secrets;
 pub mod session;
 pub mod status;
 pub mod tokens;
@@ -99,6 +100,8 @@ pub struct Services {
     pub oidc: Option<Arc<oidc::OidcLogin>>,
     /// Who may join the cluster as a new node.
     pub join_tokens: Arc<orchion_control::JoinTokens>,
+    /// Projects' secrets.
+    pub secrets: Arc<orchion_control::Secrets>,
     /// Failed authentications per client address.
     pub throttle: Arc<auth::Throttle>,
 }
@@ -243,6 +246,12 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(oidc::methods))
         .routes(routes!(oidc::login))
         .routes(routes!(oidc::callback))
+        .routes(routes!(secrets::list_secrets))
+        .routes(routes!(
+            secrets::put_secret,
+            secrets::get_secret,
+            secrets::delete_secret
+        ))
         .routes(routes!(audit::list_audit))
         .routes(routes!(enqueue::enqueue))
         .routes(routes!(health::livez))

@@ -88,8 +88,8 @@ async fn full_body(
             id: job.task_id.to_string(),
             name: task.step.text(),
             status: job.state.status.as_str().to_owned(),
+            spec: orchion_spec::secret::shown_spec(&job.executor, &job.spec),
             executor: job.executor,
-            spec: serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null),
             attempts: job.attempts.into_iter().map(attempt_body).collect(),
             outputs: job
                 .outputs

@@ -45,7 +45,7 @@ fn schedule_body(s: Schedule) -> ScheduleBody {
         timezone: s.cron.timezone().to_owned(),
         overlap: s.overlap.as_str().to_owned(),
         misfire: s.misfire.as_str().to_owned(),
-        spec: serde_json::from_str(&s.job.spec).unwrap_or(serde_json::Value::Null),
+        spec: orchion_spec::secret::shown_spec(&s.job.executor, &s.job.spec),
         executor: s.job.executor,
         next_fire_at: s.next_fire_at,
         last_fire_at: s.last_fire_at,

@@ -25,13 +25,15 @@ use crate::{
 };
 
 fn body(workflow: WorkflowType, dag: &Dag) -> WorkflowTypeBody {
+    let mut definition = serde_json::from_str(&workflow.definition).unwrap_or_default();
+    orchion_spec::secret::redact_definition(&mut definition);
     WorkflowTypeBody {
         waves: dag
             .waves()
             .into_iter()
             .map(|wave| wave.into_iter().map(str::to_owned).collect())
             .collect(),
-        definition: serde_json::from_str(&workflow.definition).unwrap_or_default(),
+        definition,
         name: workflow.name,
         version: workflow.version,
         project_id: workflow.project_id.map(|p| p.to_string()),

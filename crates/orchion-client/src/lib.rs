@@ -477,6 +477,45 @@ impl Client {
     }
 }
 
+/// A project's secrets.
+impl Client {
+    /// Sets a secret's value (made, or its next version).
+    pub async fn set_secret(
+        &self,
+        project: &str,
+        name: &str,
+        value: &str,
+    ) -> Result<orchion_rest::SecretBody, Error> {
+        let body = orchion_rest::SetSecret {
+            value: value.to_owned(),
+        };
+        self.call(
+            Method::PUT,
+            &secret_path(project, name),
+            &[],
+            None,
+            Some(&body),
+        )
+        .await
+    }
+
+    /// A project's secrets, without their values.
+    pub async fn secrets(&self, project: &str) -> Result<orchion_rest::SecretList, Error> {
+        self.get(&format!("{}/secrets", project_path(project)))
+            .await
+    }
+
+    pub async fn delete_secret(&self, project: &str, name: &str) -> Result<(), Error> {
+        self.delete::<Value>(&secret_path(project, name))
+            .await
+            .map(drop)
+    }
+}
+
+fn secret_path(project: &str, name: &str) -> String {
+    format!("{}/secrets/{}", project_path(project), segment(name))
+}
+
 /// Schedules.
 impl Client {
     /// Creates a schedule (as `POST /api/v1/schedules` takes it: its job is a job document).

@@ -38,6 +38,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub enqueue: EnqueueConfig,
     pub egress: EgressConfig,
+    pub secrets: SecretsConfig,
     /// Deployment engines by name (`terraform`, `helm`, `pulumi`, `crossplane`), as in the
     /// deployment service's configuration. An engine not listed is enabled.
     pub engines: std::collections::BTreeMap<String, EngineConfig>,
@@ -255,6 +256,17 @@ impl Default for ClusterConfig {
             heartbeat_persist_interval: DEFAULT_HEARTBEAT_PERSIST_INTERVAL,
         }
     }
+}
+
+/// The key projects' secrets are sealed with at rest (docs/secrets.md).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// 32 bytes as base64 (`openssl rand -base64 32`). When neither this nor `key_file` is
+    /// set, the server makes one and keeps it in `<data_dir>/secrets.key` (mode 0600).
+    pub key: Option<Secret>,
+    /// A file holding the key (a mounted Kubernetes Secret); the same on every replica.
+    pub key_file: Option<PathBuf>,
 }
 
 /// Where tasks' HTTP requests (`http` jobs and steps, `/enqueue`'s forwards) may go besides
@@ -731,6 +743,9 @@ impl Config {
         }
         if server.max_event_streams_per_client == 0 {
             problems.push("server.max_event_streams_per_client must be at least 1".to_owned());
+        }
+        if self.secrets.key.is_some() && self.secrets.key_file.is_some() {
+            problems.push("secrets: set secrets.key or secrets.key_file, not both".to_owned());
         }
         let egress_lists = std::iter::once(("egress.allow".to_owned(), &self.egress.allow)).chain(
             self.egress

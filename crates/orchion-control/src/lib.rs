@@ -8,6 +8,8 @@
 //! - [`schedules::Scheduler`]: fires cron schedules.
 //! - [`signals::follow_signals`]: hears what the other replicas change.
 //! - [`workflows::Workflows`]: starts workflow runs and moves them on as their steps finish.
+//! - [`secrets::Secrets`]: projects' secrets, sealed at rest and opened for the tasks that
+//!   refer to them.
 //! - [`webhooks::Webhooks`]: turns verified GitHub deliveries into runs by the configured rules.
 
 pub mod access;
@@ -18,6 +20,7 @@ pub mod joining;
 pub mod nodes;
 pub mod replicas;
 pub mod schedules;
+pub mod secrets;
 pub mod signals;
 pub mod webhooks;
 pub mod work;
@@ -30,6 +33,7 @@ pub use joining::{Admission, JoinTokenRequest, JoinTokens};
 pub use nodes::{Heartbeat, NodeRegistry, Registered, RegistryError, RegistrySettings, TickReport};
 pub use replicas::Replica;
 pub use schedules::Scheduler;
+pub use secrets::{SecretError, SecretKey, Secrets};
 pub use signals::follow_signals;
 pub use webhooks::{GithubDelivery, WebhookError, Webhooks};
 pub use work::{AttemptResult, WorkError, WorkQueue};

@@ -16,6 +16,7 @@
 mod egress;
 pub mod fence;
 mod http;
+mod mask;
 mod shell;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -32,7 +33,11 @@ pub use orchion_spec::executor::{
     pointer_of, validate,
 };
 
-pub use crate::{egress::Egress, shell::run_command};
+pub use crate::{
+    egress::Egress,
+    mask::{MASK, Masker},
+    shell::run_command,
+};
 
 /// One line of a task's output.
 #[derive(Debug, Clone, PartialEq, Eq)]

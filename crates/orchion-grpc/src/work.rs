@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use orchion_control::{AttemptResult, WorkError, WorkQueue};
+use orchion_control::{AttemptResult, Secrets, WorkError, WorkQueue};
 use orchion_domain::{AttemptOutcome, NodeId, TaskId};
 use orchion_proto::v1::{self as pb, work_service_server::WorkService as WorkServiceApi};
 use orchion_store::{LeaseState, NewLogLine, StoreError};
@@ -20,6 +20,7 @@ const MAX_RESULTS_PER_CALL: usize = 1000;
 pub struct WorkService {
     queue: Arc<WorkQueue>,
     egress: EgressAllow,
+    secrets: Option<Arc<Secrets>>,
 }
 
 impl WorkService {
@@ -28,6 +29,16 @@ impl WorkService {
         Self {
             queue,
             egress: EgressAllow::default(),
+            secrets: None,
+        }
+    }
+
+    /// Tasks handed out carry the values of the secrets their specs refer to. Without, a task
+    /// that refers to one is refused its secrets (and fails).
+    pub fn with_secrets(self, secrets: Arc<Secrets>) -> Self {
+        Self {
+            secrets: Some(secrets),
+            ..self
         }
     }
 
@@ -204,19 +215,41 @@ impl WorkServiceApi for WorkService {
             )
             .await
             .map_err(work_status)?;
+        let secrets = match &self.secrets {
+            Some(secrets) => secrets.for_tasks(&claimed).await,
+            None => claimed
+                .iter()
+                .map(|c| {
+                    if orchion_spec::secret_names(&c.executor, &c.spec).is_empty() {
+                        Ok(Default::default())
+                    } else {
+                        Err("this server holds no secrets key".to_owned())
+                    }
+                })
+                .collect(),
+        };
         Ok(Response::new(pb::ClaimTasksResponse {
             tasks: claimed
                 .into_iter()
-                .map(|c| pb::TaskAssignment {
-                    egress_allow: self.egress.for_task(&c),
-                    job_id: c.job_id.to_string(),
-                    task_id: c.task_id.to_string(),
-                    attempt: c.attempt,
-                    executor: c.executor,
-                    spec: c.spec,
-                    lease_ms: millis(c.timeouts.heartbeat),
-                    start_to_close_ms: c.timeouts.start_to_close.map_or(0, millis),
-                    traceparent: c.traceparent.unwrap_or_default(),
+                .zip(secrets)
+                .map(|(c, secrets)| {
+                    let (secrets, secrets_refused) = match secrets {
+                        Ok(values) => (values.into_iter().collect(), String::new()),
+                        Err(why) => (Default::default(), why),
+                    };
+                    pb::TaskAssignment {
+                        secrets,
+                        secrets_refused,
+                        egress_allow: self.egress.for_task(&c),
+                        job_id: c.job_id.to_string(),
+                        task_id: c.task_id.to_string(),
+                        attempt: c.attempt,
+                        executor: c.executor,
+                        spec: c.spec,
+                        lease_ms: millis(c.timeouts.heartbeat),
+                        start_to_close_ms: c.timeouts.start_to_close.map_or(0, millis),
+                        traceparent: c.traceparent.unwrap_or_default(),
+                    }
                 })
                 .collect(),
         }))

@@ -13,6 +13,7 @@ mod problem;
 mod projects;
 mod runs;
 mod schedules;
+mod secrets;
 mod status;
 mod workflow_types;
 
@@ -33,6 +34,7 @@ pub use runs::{
     WorkflowRunBody, WorkflowRunList,
 };
 pub use schedules::{ScheduleBody, ScheduleList};
+pub use secrets::{SecretBody, SecretList, SetSecret};
 pub use status::{StatusBody, StoreStatus, TaskCounts};
 pub use workflow_types::WorkflowTypeBody;
 

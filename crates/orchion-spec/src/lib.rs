@@ -8,12 +8,14 @@
 pub mod deployment;
 pub mod executor;
 pub mod job;
+pub mod secret;
 pub mod text;
 pub mod workflow;
 
 pub use deployment::{DependencyRequest, DeploymentRequest, ResourceRequest};
 pub use executor::{ENGINES, KNOWN, engine_refused, pointer_of, refuse_script_templates, validate};
 pub use job::{ConcurrencyBody, CreateJob, PlacementBody, ResourcesBody, RetryBody, TimeoutsBody};
+pub use secret::{REDACTED, check_secret_name, redact, resolve_secrets, secret_names, secret_uses};
 pub use text::{NUL_REFUSED, find_nul, json_without_nul, without_nul};
 pub use workflow::{
     Rollback, RollbackDefinition, Scope, Step, StepDefinition, Workflow, WorkflowDefinition,

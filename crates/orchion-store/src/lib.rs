@@ -10,7 +10,7 @@
 //!
 //! The map: each concern is a module with its trait and its one implementation for every
 //! backend — `access` (tokens, the audit log), `catalog` (projects, nodes, events), `jobs`, `schedules`, `workflow_types`, `runs`,
-//! `deliveries` — written over the [`backend`] seam, which `sqlite/` and `postgres/` implement.
+//! `deliveries`, `secrets` — written over the [`backend`] seam, which `sqlite/` and `postgres/` implement.
 //! Shared by the concerns: `tasks` (task rows and the steps that change them), `plan` (the pure
 //! decisions of the hot writes), `events`, `idempotency` and `codec`.
 //!
@@ -30,6 +30,7 @@ mod postgres;
 mod replicas;
 mod runs;
 mod schedules;
+mod secrets;
 mod signals;
 mod sqlite;
 mod tasks;
@@ -60,6 +61,7 @@ pub use crate::{
     replicas::{ReplicaStart, ReplicaStore},
     runs::{NewDeployment, NewStep, NewWorkflowRun, RunStore},
     schedules::ScheduleStore,
+    secrets::{Sealed, SealedSecret, SecretInfo, SecretStore},
     signals::{Heard, Listener, Signal},
     sqlite::SqliteStore,
     workflow_types::WorkflowTypeStore,
@@ -77,6 +79,7 @@ pub trait Store:
     + RunStore
     + DeliveryStore
     + ReplicaStore
+    + SecretStore
     + Send
     + Sync
     + 'static

@@ -115,6 +115,7 @@ conformance!(
     one_deployment_per_composer_and_environment_runs_at_a_time,
     workflow_types_get_a_version_per_distinct_definition,
     a_missing_project_is_refused_by_its_reference,
+    secrets_are_versioned_per_project_and_kept_sealed,
 );
 
 fn new_project(name: &str) -> Project {
@@ -2430,4 +2431,93 @@ fn intake(
         idempotency,
         audit: audit.map(Arc::new),
     }
+}
+
+async fn secrets_are_versioned_per_project_and_kept_sealed(db: Db) {
+    let store = db.open().await;
+    let (a, b) = (new_project("a"), new_project("b"));
+    store.create_project(a.clone(), None).await.unwrap();
+    store.create_project(b.clone(), None).await.unwrap();
+    let sealed = |text: &str| orchion_store::Sealed {
+        key_id: b"key-1".to_vec(),
+        nonce: vec![7; 12],
+        ciphertext: text.as_bytes().to_vec(),
+    };
+    let at = orchion_store::now();
+    let first = store
+        .put_secret(a.id, "TOKEN", &sealed("one"), "alice", at)
+        .await
+        .unwrap();
+    assert_eq!((first.version, first.created_by.as_str()), (1, "alice"));
+    let later = at + time::Duration::seconds(5);
+    let second = store
+        .put_secret(a.id, "TOKEN", &sealed("two"), "bob", later)
+        .await
+        .unwrap();
+    assert_eq!(second.version, 2);
+    assert_eq!(
+        (second.created_by.as_str(), second.created_at),
+        ("alice", at)
+    );
+    assert_eq!(
+        (second.updated_by.as_str(), second.updated_at),
+        ("bob", later)
+    );
+    store
+        .put_secret(b.id, "TOKEN", &sealed("other"), "carol", at)
+        .await
+        .unwrap();
+    store
+        .put_secret(a.id, "API_KEY", &sealed("k"), "alice", at)
+        .await
+        .unwrap();
+
+    let names: Vec<_> = store
+        .list_secrets(a.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.name, s.version))
+        .collect();
+    assert_eq!(names, [("API_KEY".into(), 1), ("TOKEN".to_owned(), 2)]);
+    assert_eq!(
+        store.secret_info(a.id, "TOKEN").await.unwrap(),
+        Some(second)
+    );
+    assert_eq!(store.secret_info(a.id, "NONE").await.unwrap(), None);
+
+    let opened = store
+        .sealed_secrets(a.id, &["TOKEN".into(), "NONE".into()])
+        .await
+        .unwrap();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].sealed, sealed("two"));
+    assert_eq!(
+        store.sealed_secrets(b.id, &["TOKEN".into()]).await.unwrap()[0].sealed,
+        sealed("other"),
+        "each project has its own"
+    );
+    assert!(store.sealed_secrets(a.id, &[]).await.unwrap().is_empty());
+
+    assert!(store.delete_secret(a.id, "TOKEN").await.unwrap());
+    assert!(!store.delete_secret(a.id, "TOKEN").await.unwrap());
+    let again = store
+        .put_secret(a.id, "TOKEN", &sealed("three"), "alice", at)
+        .await
+        .unwrap();
+    assert_eq!(again.version, 1, "a deleted secret starts again");
+
+    let missing = ProjectId::new();
+    match store
+        .put_secret(missing, "X", &sealed("x"), "alice", at)
+        .await
+    {
+        Err(StoreError::MissingReference { field, .. }) => assert_eq!(field, "project_id"),
+        other => panic!("expected a missing reference, got {other:?}"),
+    }
+    store.delete_project(b.id).await.unwrap();
+    assert!(
+        store.list_secrets(b.id).await.unwrap().is_empty(),
+        "deleted with its project"
+    );
 }

@@ -54,6 +54,38 @@ pub enum Command {
     Audit(AuditArgs),
     /// Make, list and revoke the join tokens agents join the cluster with.
     JoinToken(JoinTokenArgs),
+    /// Set, list and remove a project's secrets (values go in, never come out).
+    Secret(SecretArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The project (its id); default: the token's own project, else `default`.
+    #[arg(long, global = true)]
+    pub project: Option<String>,
+    #[command(subcommand)]
+    pub command: SecretCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret's value (made, or its next version). The value is read from stdin unless
+    /// `--from-file` is given, so it stays out of the shell's history; one trailing newline is
+    /// dropped.
+    Set {
+        name: String,
+        /// Read the value from this file instead (kept exactly, newlines and all).
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+    },
+    /// List the project's secrets: names, versions and who set them.
+    #[command(alias = "list")]
+    Ls,
+    /// Remove a secret. Jobs that refer to it and have not run fail when claimed.
+    #[command(alias = "delete")]
+    Rm { name: String },
 }
 
 #[derive(Debug, Args)]

@@ -59,6 +59,7 @@ fn main() -> ExitCode {
             Command::Token(args) => client::access::run_tokens(args).await,
             Command::Audit(args) => client::access::run_audit(args).await,
             Command::JoinToken(args) => client::access::run_join_tokens(args).await,
+            Command::Secret(args) => client::secret::run(args).await,
         }
     })
 }

@@ -32,6 +32,8 @@ use crate::{
 const JOIN_TOKEN_FILE: &str = "join-token";
 /// The file the first admin token is kept in, inside the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Where the secrets key is kept when none is configured.
+const SECRETS_KEY_FILE: &str = "secrets.key";
 
 /// A server with its store open and its listeners bound, ready to run.
 pub struct Server {
@@ -271,6 +273,10 @@ impl Server {
             configured_project(&store, "enqueue.project", config.enqueue.project.as_deref())
                 .await?;
         let egress = egress_allow(&store, &config, enqueue_project).await?;
+        let secrets = Arc::new(orchion_control::Secrets::new(
+            store.clone(),
+            secrets_key(&config)?,
+        ));
         let oidc = match &config.auth.oidc {
             Some(settings) => Some(Arc::new(oidc_login(&store, settings).await?)),
             None => None,
@@ -323,6 +329,7 @@ impl Server {
                 access: access.clone(),
                 oidc,
                 join_tokens: join_tokens.clone(),
+                secrets: secrets.clone(),
                 throttle: Arc::new(orchion_api::auth::Throttle::new(
                     config.auth.max_failures_per_minute,
                 )),
@@ -374,7 +381,9 @@ impl Server {
                 listener,
                 None,
                 orchion_grpc::NodeService::new(registry.clone(), join_tokens.clone()),
-                orchion_grpc::WorkService::new(work.clone()).with_egress(egress.clone()),
+                orchion_grpc::WorkService::new(work.clone())
+                    .with_egress(egress.clone())
+                    .with_secrets(secrets.clone()),
                 config.server.grpc_max_message_bytes,
                 stopping.clone(),
             ));
@@ -383,7 +392,9 @@ impl Server {
             grpc_listener,
             tls.clone(),
             orchion_grpc::NodeService::new(registry, join_tokens),
-            orchion_grpc::WorkService::new(work).with_egress(egress),
+            orchion_grpc::WorkService::new(work)
+                .with_egress(egress)
+                .with_secrets(secrets),
             config.server.grpc_max_message_bytes,
             stopping.clone(),
         ));
@@ -567,6 +578,36 @@ fn join_token_in(data_dir: &Path) -> anyhow::Result<String> {
     write_private(&path, &token)?;
     tracing::info!(path = %path.display(), "generated the cluster join token");
     Ok(token)
+}
+
+/// The key secrets are sealed with: `secrets.key`, the file `secrets.key_file`, or the one
+/// kept in `<data_dir>/secrets.key`, made on first use (mode 0600). Never logged; its id is.
+fn secrets_key(config: &Config) -> anyhow::Result<orchion_control::SecretKey> {
+    use orchion_control::SecretKey;
+    let (text, from) = match (&config.secrets.key, &config.secrets.key_file) {
+        (Some(key), _) => (key.expose().to_owned(), "secrets.key".to_owned()),
+        (None, Some(path)) => (
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read secrets.key_file {}", path.display()))?,
+            format!("secrets.key_file {}", path.display()),
+        ),
+        (None, None) => {
+            let path = config.server.data_dir.join(SECRETS_KEY_FILE);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => (text, path.display().to_string()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let (key, text) = SecretKey::generate().map_err(anyhow::Error::msg)?;
+                    write_private(&path, &text)?;
+                    tracing::info!(path = %path.display(), key_id = %key.id(), "generated the secrets key");
+                    return Ok(key);
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            }
+        }
+    };
+    let key = SecretKey::from_text(&text).map_err(|why| anyhow::anyhow!("{from}: {why}"))?;
+    tracing::info!(key_id = %key.id(), "secrets are sealed with the key from {from}");
+    Ok(key)
 }
 
 /// The admin token configured (`auth.admin_token`, or the file `auth.admin_token_file`).

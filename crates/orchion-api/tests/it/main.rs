@@ -11,5 +11,6 @@ mod http;
 mod jobs;
 mod nodes;
 mod runs;
+mod secrets;
 mod webhooks;
 mod workflows;

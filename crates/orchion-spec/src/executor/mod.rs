@@ -75,8 +75,21 @@ pub const KNOWN: &[&str] = &[
 ];
 
 /// Checks a job's executor and spec, and returns the spec in canonical JSON. Every problem is
-/// reported, with pointers under `/spec`.
+/// reported, with pointers under `/spec`. Secret references (`{"secret": "NAME"}`) stay
+/// references where the executor takes them ([`crate::secret`]).
 pub fn validate(executor: &str, spec: &serde_json::Value) -> Result<String, ValidationErrors> {
+    let uses = crate::secret::secret_uses(executor, spec)?;
+    if uses.is_empty() {
+        return validate_plain(executor, spec);
+    }
+    let canonical = validate_plain(executor, &crate::secret::placeholders(executor, spec))?;
+    let mut canonical: serde_json::Value =
+        serde_json::from_str(&canonical).unwrap_or(serde_json::Value::Null);
+    crate::secret::restore(&mut canonical, &uses);
+    Ok(canonical.to_string())
+}
+
+fn validate_plain(executor: &str, spec: &serde_json::Value) -> Result<String, ValidationErrors> {
     match executor {
         "shell" => parse::<ShellSpec>(spec)
             .and_then(|s| s.check().map(|()| s))

@@ -9,6 +9,7 @@ pub mod job;
 pub mod node;
 pub mod project;
 pub mod schedule;
+pub mod secret;
 pub mod workflow;
 
 use std::process::ExitCode;

@@ -80,6 +80,10 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
             "test-join-token",
         )),
         throttle: Arc::new(orchion_api::auth::Throttle::new(failures)),
+        secrets: Arc::new(orchion_control::Secrets::new(
+            store.clone(),
+            orchion_control::SecretKey::generate().unwrap().0,
+        )),
         events,
         store,
         nodes,
