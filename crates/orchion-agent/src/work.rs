@@ -398,18 +398,25 @@ async fn run_task(
         fence: Some(fence_until),
         leaving: agent_stop.clone(),
     };
-    let outcome = match (config.executors.get(&task.executor), spec) {
-        (Some(executor), Ok(spec)) => executor.run(&spec, context).await,
-        (Some(_), Err(error)) => Outcome::Failed {
-            exit_code: None,
-            error,
-            output: None,
-        },
-        (None, _) => Outcome::Failed {
-            exit_code: None,
-            error: format!("this agent does not offer executor `{}`", task.executor),
-            output: None,
-        },
+    let runnable = match (config.executors.get(&task.executor), spec) {
+        (Some(executor), Ok(spec)) => Ok((executor, spec)),
+        (Some(_), Err(error)) => Err(error),
+        (None, _) => Err(format!(
+            "this agent does not offer executor `{}`",
+            task.executor
+        )),
+    };
+    let outcome = match runnable {
+        Ok((executor, spec)) => executor.run(&spec, context).await,
+        Err(error) => {
+            // Its output sender goes with it, so the log shipper ends.
+            drop(context);
+            Outcome::Failed {
+                exit_code: None,
+                error,
+                output: None,
+            }
+        }
     };
     let outcome = masked(outcome, &masker);
     let _ = shipper.await;

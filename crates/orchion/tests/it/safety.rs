@@ -382,3 +382,185 @@ async fn http_tasks_reach_only_what_egress_allows_and_read_bodies_capped() {
         "{logs}"
     );
 }
+
+/// The value of the secret the secrets test sets: it may reach its tasks and nothing else.
+const SECRET_VALUE: &str = "pa55-w0rd-of-the-db";
+
+/// `orchion secret <args>` against `server`, with `stdin` as its input.
+fn secret_cli(server: &Orchion, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write as _;
+    let mut all = vec!["secret"];
+    all.extend(args);
+    let mut child = crate::common::command(&all)
+        .env("ORCHION_ADDR", format!("http://{}", server.addr))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_its_tasks_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Orchion::start(dir.path(), &["dev"], &[("ORCHION_LOG", "debug")]);
+    let set = secret_cli(
+        &server,
+        &["set", "DB_PASSWORD"],
+        &format!("{SECRET_VALUE}\n"),
+    );
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+
+    // The task gets the value (its bytes, printed as hex, are the value's); everything it
+    // reports has it masked.
+    let script = "printf %s \"$PW\" | od -An -tx1 | tr -d ' \\n'; echo; echo \"pw=$PW\"; \
+                  echo \"leak=$PW\" >> \"$ORCHION_OUTPUTS\"";
+    let env = json!({"PW": {"secret": "DB_PASSWORD"}, "PLAIN": "literal-of-the-job"});
+    let made = submit(
+        &server,
+        json!({"executor": "shell", "spec": {"command": "sh", "args": ["-c", script], "env": env}}),
+    )
+    .await;
+    let id = made["id"].as_str().unwrap().to_owned();
+    assert_eq!(made["spec"]["env"]["PW"], json!({"secret": "DB_PASSWORD"}));
+    assert_eq!(made["spec"]["env"]["PLAIN"], "REDACTED");
+    let seen = printed(&server, &id).await;
+    assert!(
+        seen.contains(&hex(SECRET_VALUE)),
+        "the task got another value:\n{seen}"
+    );
+    assert!(seen.contains("pw=***"), "{seen}");
+    assert!(!seen.contains(SECRET_VALUE), "{seen}");
+
+    // A failure's error and output are masked too.
+    let failing = submit(
+        &server,
+        json!({"executor": "shell", "retry": {"max_attempts": 1}, "spec": {"command": "sh",
+               "args": ["-c", "echo \"$PW\" >&2; echo \"$PW\"; exit 3"], "env": env}}),
+    )
+    .await;
+    let failed = wait_job(
+        &server,
+        failing["id"].as_str().unwrap(),
+        "failed",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        failed["output"].as_str().unwrap().contains("***"),
+        "{failed}"
+    );
+    assert!(!failed.to_string().contains(SECRET_VALUE), "{failed}");
+
+    // A workflow step's outputs are masked.
+    let stored = http()
+        .post(server.url("/api/v1/workflow-types"))
+        .json(
+            &json!({"name": "uses-secret", "steps": [{"name": "a", "executor": "shell",
+            "spec": {"command": "sh", "args": ["-c", "echo \"pw=$PW\" >> \"$ORCHION_OUTPUTS\""],
+                     "env": {"PW": {"secret": "DB_PASSWORD"}}}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201, "{:?}", stored.text().await);
+    let run: Value = http()
+        .post(server.url("/api/v1/workflows"))
+        .json(&json!({"type": "uses-secret"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let done = crate::common::eventually("the run to succeed", Duration::from_secs(30), || async {
+        let run = crate::common::get_json(&server, &format!("/api/v1/workflows/{run_id}")).await?;
+        (run["status"] == "succeeded").then_some(run)
+    })
+    .await;
+    assert_eq!(
+        done["steps"][0]["tasks"][0]["outputs"]["pw"], "***",
+        "{done}"
+    );
+
+    // Listed by name, never by value.
+    let listed = secret_cli(&server, &["ls", "-o", "json"], "");
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("\"DB_PASSWORD\""), "{listed}");
+    assert!(!listed.contains(SECRET_VALUE), "{listed}");
+
+    // A job waiting to run when its secret is removed fails naming it.
+    let run_at = orchion_store::now() + Duration::from_secs(3);
+    let later = submit(
+        &server,
+        json!({"executor": "shell", "retry": {"max_attempts": 1},
+               "run_at": run_at.format(&time::format_description::well_known::Rfc3339).unwrap(),
+               "spec": {"command": "true", "env": env}}),
+    )
+    .await;
+    let removed = secret_cli(&server, &["rm", "DB_PASSWORD"], "");
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let orphan = wait_job(
+        &server,
+        later["id"].as_str().unwrap(),
+        "failed",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        orphan["error"]
+            .as_str()
+            .unwrap()
+            .contains("`DB_PASSWORD` does not exist"),
+        "{orphan}"
+    );
+    // And one made now is refused.
+    let refused = http()
+        .post(server.url("/api/v1/jobs"))
+        .json(&json!({"executor": "shell", "spec": {"command": "true", "env": env}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+
+    // Nowhere outside the task: not in the server's log (at debug), not in any file of the data
+    // directory (the database, its log, the events and task logs in it).
+    assert!(
+        !server.output().contains(SECRET_VALUE),
+        "the server logged the value"
+    );
+    for entry in std::fs::read_dir(dir.path().join(".orchion")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes
+                .windows(SECRET_VALUE.len())
+                .any(|w| w == SECRET_VALUE.as_bytes()),
+            "{} holds the value",
+            path.display()
+        );
+    }
+}
