@@ -561,3 +561,36 @@ allow = ["not a host"]
         "{error}"
     );
 }
+
+#[test]
+fn the_secrets_key_is_given_once_and_never_shown() {
+    let both = file(
+        ".toml",
+        "[secrets]\nkey = \"a-key-that-must-stay-hidden\"\nkey_file = \"/run/secrets/key\"\n",
+    );
+    let error = Config::load(&Sources {
+        file: Some(both.path().to_owned()),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("set secrets.key or secrets.key_file, not both"),
+        "{error}"
+    );
+    assert!(!error.contains("a-key-that-must-stay-hidden"), "{error}");
+    let config = Config::load(&Sources {
+        env: vec![(
+            "ORCHION_SECRETS__KEY".into(),
+            "a-key-that-must-stay-hidden".into(),
+        )],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(
+        config.secrets.key.as_ref().map(|k| k.expose()),
+        Some("a-key-that-must-stay-hidden")
+    );
+    let shown = config.to_redacted_toml().unwrap();
+    assert!(!shown.contains("a-key-that-must-stay-hidden"), "{shown}");
+}

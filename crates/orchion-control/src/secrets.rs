@@ -344,4 +344,52 @@ mod tests {
         let again = key.seal(project, "TOKEN", "hunter2hunter2").unwrap();
         assert_ne!(again.nonce, sealed.nonce, "a fresh nonce each time");
     }
+
+    fn task(project: ProjectId, spec: &str) -> ClaimedTask {
+        ClaimedTask {
+            job_id: orchion_domain::RunId::new(),
+            project_id: Some(project),
+            task_id: orchion_domain::TaskId::new(),
+            attempt: 1,
+            executor: "shell".into(),
+            spec: spec.into(),
+            timeouts: orchion_domain::Timeouts::default(),
+            lease_expires_at: orchion_store::now(),
+            traceparent: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn replicas_with_another_key_are_refused_in_words() {
+        let db = orchion_testkit::sqlite_database();
+        let store = orchion_store::connect(db.url(), 2).await.unwrap();
+        let project = ProjectId::DEFAULT;
+        let first = Secrets::new(store.clone(), SecretKey::generate().unwrap().0);
+        let other = Secrets::new(store, SecretKey::generate().unwrap().0);
+        first.put(project, "TOKEN", "v4lue", "test").await.unwrap();
+        match other.put(project, "TOKEN", "other", "test").await {
+            Err(SecretError::OtherKey(why)) => assert!(why.contains("secrets.key_file"), "{why}"),
+            outcome => panic!("expected a refusal, got {outcome:?}"),
+        }
+        let uses = task(project, r#"{"command":"x","env":{"T":{"secret":"TOKEN"}}}"#);
+        let plain = task(project, r#"{"command":"x"}"#);
+        let gone = task(project, r#"{"command":"x","env":{"T":{"secret":"GONE"}}}"#);
+        let opened = first.for_tasks(&[uses.clone(), plain, gone]).await;
+        assert_eq!(opened[0].as_ref().unwrap()["TOKEN"], "v4lue");
+        assert!(opened[1].as_ref().unwrap().is_empty());
+        assert!(
+            opened[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("`GONE` does not exist")
+        );
+        let refused = other.for_tasks(&[uses]).await;
+        assert!(
+            refused[0]
+                .as_ref()
+                .unwrap_err()
+                .contains("another secrets key"),
+            "{refused:?}"
+        );
+    }
 }

@@ -55,6 +55,7 @@ pub struct Server {
     kubernetes: orchion_kubernetes::Settings,
     probes: Probes,
     access: Arc<Access>,
+    secrets: Arc<orchion_control::Secrets>,
     /// An admin token this server knows the text of (made now, kept in the data directory, or
     /// configured): `orchion dev` gives it to the CLI.
     admin_token: Option<String>,
@@ -141,6 +142,10 @@ impl Server {
         };
         let access = Arc::new(Access::new(store.clone()));
         let admin_token = bootstrap_admin(&access, &config).await?;
+        let secrets = Arc::new(orchion_control::Secrets::new(
+            store.clone(),
+            secrets_key(&config)?,
+        ));
         let addr = config.http_addr()?;
         let listener = TcpListener::bind(addr).await.with_context(|| {
             format!(
@@ -178,6 +183,7 @@ impl Server {
             kubernetes,
             probes: Probes::default(),
             access,
+            secrets,
             admin_token,
             tls,
         })
@@ -258,6 +264,7 @@ impl Server {
             kubernetes: _,
             probes,
             access,
+            secrets,
             admin_token: _,
             tls,
         } = self;
@@ -273,10 +280,6 @@ impl Server {
             configured_project(&store, "enqueue.project", config.enqueue.project.as_deref())
                 .await?;
         let egress = egress_allow(&store, &config, enqueue_project).await?;
-        let secrets = Arc::new(orchion_control::Secrets::new(
-            store.clone(),
-            secrets_key(&config)?,
-        ));
         let oidc = match &config.auth.oidc {
             Some(settings) => Some(Arc::new(oidc_login(&store, settings).await?)),
             None => None,
@@ -854,6 +857,7 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "server failed");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -313,6 +313,42 @@ async fn a_bad_config_file_exits_2_with_one_line_naming_the_key() {
 }
 
 #[tokio::test]
+async fn an_unusable_secrets_key_stops_the_server_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "ORCHION_SECRETS__KEY",
+            "c2hvcnQ=",
+            "secrets.key: the secrets key must be 32 bytes; this one is 5",
+        ),
+        (
+            "ORCHION_SECRETS__KEY_FILE",
+            "/nonexistent/key",
+            "cannot read secrets.key_file",
+        ),
+    ];
+    for (var, value, expected) in cases {
+        let out = command(&[
+            "server",
+            "--http-port",
+            "0",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
+        .env(var, value)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{var}={value}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(expected), "{var}={value}: {stderr}");
+        assert!(!stderr.contains("c2hvcnQ"), "the key was printed: {stderr}");
+    }
+}
+
+#[tokio::test]
 async fn an_unusable_admin_token_setting_stops_the_server_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
