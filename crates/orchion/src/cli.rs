@@ -716,6 +716,19 @@ pub struct JobBenchArgs {
     /// measured with one replica first, then with N, side by side.
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// What each job is: `noop`; `shell`, a process printing one line of its environment
+    /// (`sh -c 'echo "token=$TOKEN"'`, `TOKEN` a literal); or `shell-secret`, the same with
+    /// `TOKEN` from a project secret, so every claim opens it and every line is masked.
+    #[arg(long, value_enum, default_value_t = BenchJob::Noop)]
+    pub job: BenchJob,
+}
+
+/// The job `orchion bench jobs` submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchJob {
+    Noop,
+    Shell,
+    ShellSecret,
 }
 
 #[derive(Debug, Args)]

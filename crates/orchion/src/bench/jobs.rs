@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use super::{BenchServer, quantile};
-use crate::cli::JobBenchArgs;
+use crate::cli::{BenchJob, JobBenchArgs};
 
 pub async fn run(args: JobBenchArgs) -> ExitCode {
     match bench(args).await {
@@ -28,6 +28,37 @@ pub async fn run(args: JobBenchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The secret `--job shell-secret` refers to, and its value.
+const SECRET: (&str, &str) = ("bench-token", "a-bench-secret-value-of-40-characters-xx");
+
+/// The job each request submits (a batch: this many times).
+fn job(kind: BenchJob) -> Value {
+    let shell = |token: Value| {
+        json!({"executor": "shell", "spec": {"command": "sh",
+               "args": ["-c", "echo \"token=$TOKEN\""], "env": {"TOKEN": token}}})
+    };
+    match kind {
+        BenchJob::Noop => json!({"executor": "noop", "spec": {}}),
+        BenchJob::Shell => shell(json!(SECRET.1)),
+        BenchJob::ShellSecret => shell(json!({"secret": SECRET.0})),
+    }
+}
+
+/// Sets the secret `--job shell-secret` refers to, in the default project.
+async fn set_secret(http: &str) -> anyhow::Result<()> {
+    super::admin_client()?
+        .put(format!(
+            "{http}/api/v1/projects/{}/secrets/{}",
+            orchion_domain::ProjectId::DEFAULT,
+            SECRET.0
+        ))
+        .json(&json!({"value": SECRET.1}))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
 }
 
 /// An operator token made through the API for this bench.
@@ -141,6 +172,10 @@ async fn measure(
         eprintln!("server: {} (gRPC {}), store {store_name}", s.http, s.grpc);
     }
     let agents = super::start_agents(&servers, args.agents, args.slots, false).await?;
+    if args.job == BenchJob::ShellSecret {
+        set_secret(&server.http).await?;
+    }
+    let job = job(args.job);
     // Submitted with a token of the bench's own, as a client would: every request is checked.
     let token = operator_token(&server.http).await?;
     let client = super::client_with(&token)
@@ -178,8 +213,8 @@ async fn measure(
                 let client = client.clone();
                 let url = urls[i % urls.len()].clone();
                 let accepted = accepted.clone();
+                let job = job.clone();
                 async move {
-                    let job = json!({"executor": "noop", "spec": {}});
                     let (request, expected) = if batch == 1 {
                         (client.post(&url).json(&job), 201)
                     } else {
@@ -274,8 +309,17 @@ async fn measure(
     println!("orchion bench jobs");
     println!("  store                 {store_name}, {replicas} server replica(s)");
     println!(
-        "  jobs                  {} no-op, {} agents × {} slots, {} API clients, {} per request",
-        args.jobs, args.agents, args.slots, args.clients, args.batch
+        "  jobs                  {} {}, {} agents × {} slots, {} API clients, {} per request",
+        args.jobs,
+        match args.job {
+            BenchJob::Noop => "no-op",
+            BenchJob::Shell => "shell (a literal in env)",
+            BenchJob::ShellSecret => "shell (a secret in env, masked)",
+        },
+        args.agents,
+        args.slots,
+        args.clients,
+        args.batch
     );
     println!(
         "  end to end            {elapsed:.2} s, {throughput:.0} jobs/s (submitting alone: {:.0} jobs/s)",
