@@ -352,14 +352,11 @@ async fn run_task(
     // The secrets' values go into the spec here and nowhere else; whatever the task reports is
     // masked of them.
     let masker = Arc::new(Masker::new(task.secrets.values().map(String::as_str)));
-    let spec = if task.secrets_refused.is_empty() {
+    let spec = if task.refused.is_empty() {
         let values: BTreeMap<String, String> = task.secrets.clone().into_iter().collect();
         orchion_spec::resolve_secrets(&task.executor, &task.spec, &values)
     } else {
-        Err(format!(
-            "the task's secrets were refused: {}",
-            task.secrets_refused
-        ))
+        Err(task.refused.clone())
     };
     let (output, lines) = mpsc::channel(1024);
     let shipper = tokio::spawn(ship_logs(

@@ -72,10 +72,11 @@ fn job_body(job: Job, with_attempts: bool) -> JobBody {
     }
 }
 
-/// A problem for each secret reference (`{"secret": "NAME"}`) of `jobs` whose project has no
-/// such secret, at `{prefix}/spec/…` for each `(prefix, job)`: a job that could never get its
-/// secrets is refused when it is made, not when it runs.
-pub(crate) async fn missing_secrets(
+/// A problem for each name a `kubernetes` job of `jobs` may not use in its project, and for
+/// each secret reference (`{"secret": "NAME"}`) whose project has no such secret, at
+/// `{prefix}/spec/…` for each `(prefix, job)`: a job that could never run is refused when it is
+/// made, not when it is claimed (which checks again).
+pub(crate) async fn refusals(
     state: &AppState,
     jobs: &[(String, &NewJob)],
 ) -> Result<Vec<FieldError>, ApiError> {
@@ -90,7 +91,20 @@ pub(crate) async fn missing_secrets(
             uses.entry(project).or_default().push((prefix, used));
         }
     }
-    let mut problems = Vec::new();
+    let mut problems: Vec<FieldError> = jobs
+        .iter()
+        .filter(|(_, job)| job.executor == "kubernetes")
+        .flat_map(|(prefix, job)| {
+            state
+                .kubernetes
+                .refusals_of(job.project_id, &job.spec)
+                .into_iter()
+                .map(move |mut refusal| {
+                    refusal.pointer = format!("{prefix}{}", refusal.pointer);
+                    refusal
+                })
+        })
+        .collect();
     for (project, uses) in uses {
         let names: Vec<String> = uses
             .iter()
@@ -138,9 +152,9 @@ pub async fn create_job(
     let header_key = idempotency_key(&headers)?;
     let (mut job, field_key) = body.value.into_new_job()?;
     job.project_id = Some(caller.project_for(job.project_id)?);
-    let missing = missing_secrets(&state, &[(String::new(), &job)]).await?;
-    if !missing.is_empty() {
-        return Err(ApiError::Validation(ValidationErrors(missing)));
+    let refused = refusals(&state, &[(String::new(), &job)]).await?;
+    if !refused.is_empty() {
+        return Err(ApiError::Validation(ValidationErrors(refused)));
     }
     let key = match (header_key, field_key) {
         (Some(h), Some(f)) if h != f => {
@@ -285,7 +299,7 @@ pub async fn create_jobs(
         .iter()
         .map(|(i, job, _)| (format!("/jobs/{i}"), job))
         .collect();
-    errors.0.extend(missing_secrets(&state, &prefixed).await?);
+    errors.0.extend(refusals(&state, &prefixed).await?);
     errors.0.sort_by_key(|e| pointer_order(&e.pointer));
     errors.into_result(())?;
     let jobs = jobs

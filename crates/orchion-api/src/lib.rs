@@ -102,6 +102,8 @@ pub struct Services {
     pub join_tokens: Arc<orchion_control::JoinTokens>,
     /// Projects' secrets.
     pub secrets: Arc<orchion_control::Secrets>,
+    /// What `kubernetes` jobs of each project may name.
+    pub kubernetes: Arc<orchion_spec::executor::KubernetesPolicy>,
     /// Failed authentications per client address.
     pub throttle: Arc<auth::Throttle>,
 }

@@ -289,6 +289,21 @@ pub struct ProjectEgress {
     pub allow: Vec<String>,
 }
 
+/// Whether `name` is a Kubernetes object name (a DNS subdomain, as Secrets and service
+/// accounts are; a namespace is the stricter label, which this also accepts).
+fn kubernetes_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 /// Whether `entry` is something `egress.allow` can hold: a network, an address or a host name.
 fn egress_entry_ok(entry: &str) -> bool {
     let network = entry.split_once('/').is_some_and(|(ip, bits)| {
@@ -392,6 +407,42 @@ pub struct KubernetesConfig {
     /// How often the cluster is checked for the executor's health.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
+    /// What every project's Jobs may name besides `namespace` (docs/kubernetes.md).
+    pub allow: KubernetesAllow,
+    /// What one project's Jobs may name besides: `kubernetes.projects.<id>`.
+    pub projects: std::collections::BTreeMap<String, KubernetesAllow>,
+    /// The control plane's own service accounts and Secrets, which no Job may use whatever the
+    /// lists say.
+    pub control_plane: ControlPlane,
+}
+
+/// Namespaces, service accounts and Secrets (`secret_env`) `kubernetes` Jobs may name; `*`
+/// allows any.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesAllow {
+    pub namespaces: Vec<String>,
+    pub service_accounts: Vec<String>,
+    pub secrets: Vec<String>,
+}
+
+/// What the control plane runs as and keeps its own secrets in (the names of
+/// `deploy/kubernetes/orchion.yaml`); in a cluster, the service account the server runs as is
+/// added to these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlane {
+    pub service_accounts: Vec<String>,
+    pub secrets: Vec<String>,
+}
+
+impl Default for ControlPlane {
+    fn default() -> Self {
+        Self {
+            service_accounts: vec!["orchion".into()],
+            secrets: vec!["orchion".into()],
+        }
+    }
 }
 
 impl Default for KubernetesConfig {
@@ -409,6 +460,9 @@ impl Default for KubernetesConfig {
             image_pull_timeout: Duration::from_secs(120),
             poll_interval: Duration::from_secs(2),
             probe_interval: Duration::from_secs(30),
+            allow: KubernetesAllow::default(),
+            projects: std::collections::BTreeMap::new(),
+            control_plane: ControlPlane::default(),
         }
     }
 }
@@ -746,6 +800,26 @@ impl Config {
         }
         if self.secrets.key.is_some() && self.secrets.key_file.is_some() {
             problems.push("secrets: set secrets.key or secrets.key_file, not both".to_owned());
+        }
+        let kubernetes_lists =
+            std::iter::once(("kubernetes.allow".to_owned(), &self.kubernetes.allow)).chain(
+                self.kubernetes
+                    .projects
+                    .iter()
+                    .map(|(project, allow)| (format!("kubernetes.projects.{project}"), allow)),
+            );
+        for (key, allow) in kubernetes_lists {
+            for (kind, names) in [
+                ("namespaces", &allow.namespaces),
+                ("service_accounts", &allow.service_accounts),
+                ("secrets", &allow.secrets),
+            ] {
+                for name in names.iter().filter(|n| *n != "*" && !kubernetes_name_ok(n)) {
+                    problems.push(format!(
+                        "{key}.{kind}: `{name}` is not a Kubernetes name (lowercase letters, digits, `-` and `.`), nor `*`"
+                    ));
+                }
+            }
         }
         let egress_lists = std::iter::once(("egress.allow".to_owned(), &self.egress.allow)).chain(
             self.egress

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 use orchion_control::{AttemptResult, Secrets, WorkError, WorkQueue};
 use orchion_domain::{AttemptOutcome, NodeId, TaskId};
 use orchion_proto::v1::{self as pb, work_service_server::WorkService as WorkServiceApi};
+use orchion_spec::executor::KubernetesPolicy;
 use orchion_store::{LeaseState, NewLogLine, StoreError};
 use tonic::{Request, Response, Status};
 
@@ -21,6 +22,7 @@ pub struct WorkService {
     queue: Arc<WorkQueue>,
     egress: EgressAllow,
     secrets: Option<Arc<Secrets>>,
+    kubernetes: Option<Arc<KubernetesPolicy>>,
 }
 
 impl WorkService {
@@ -30,6 +32,16 @@ impl WorkService {
             queue,
             egress: EgressAllow::default(),
             secrets: None,
+            kubernetes: None,
+        }
+    }
+
+    /// `kubernetes` tasks handed out are checked against `policy` first: one naming what its
+    /// project may not use is refused (and fails), whichever way it was made.
+    pub fn with_kubernetes(self, policy: Arc<KubernetesPolicy>) -> Self {
+        Self {
+            kubernetes: Some(policy),
+            ..self
         }
     }
 
@@ -98,6 +110,25 @@ impl EgressAllow {
             allowed.push(forward.host.clone());
         }
         allowed
+    }
+}
+
+impl WorkService {
+    /// Why a claimed task may not run as it is, if it may not: a `kubernetes` one naming what
+    /// its project may not use.
+    fn refusal(&self, task: &orchion_store::ClaimedTask) -> Option<String> {
+        let policy = self
+            .kubernetes
+            .as_ref()
+            .filter(|_| task.executor == "kubernetes")?;
+        let refusals = policy.refusals_of(task.project_id, &task.spec);
+        (!refusals.is_empty()).then(|| {
+            refusals
+                .into_iter()
+                .map(|r| r.message)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
     }
 }
 
@@ -233,13 +264,13 @@ impl WorkServiceApi for WorkService {
                 .into_iter()
                 .zip(secrets)
                 .map(|(c, secrets)| {
-                    let (secrets, secrets_refused) = match secrets {
-                        Ok(values) => (values.into_iter().collect(), String::new()),
-                        Err(why) => (Default::default(), why),
+                    let (secrets, refused) = match (self.refusal(&c), secrets) {
+                        (Some(why), _) | (None, Err(why)) => (Default::default(), why),
+                        (None, Ok(values)) => (values.into_iter().collect(), String::new()),
                     };
                     pb::TaskAssignment {
                         secrets,
-                        secrets_refused,
+                        refused,
                         egress_allow: self.egress.for_task(&c),
                         job_id: c.job_id.to_string(),
                         task_id: c.task_id.to_string(),

@@ -280,6 +280,7 @@ impl Server {
             configured_project(&store, "enqueue.project", config.enqueue.project.as_deref())
                 .await?;
         let egress = egress_allow(&store, &config, enqueue_project).await?;
+        let kubernetes_policy = Arc::new(kubernetes_policy(&store, &config).await?);
         let oidc = match &config.auth.oidc {
             Some(settings) => Some(Arc::new(oidc_login(&store, settings).await?)),
             None => None,
@@ -333,6 +334,7 @@ impl Server {
                 oidc,
                 join_tokens: join_tokens.clone(),
                 secrets: secrets.clone(),
+                kubernetes: kubernetes_policy.clone(),
                 throttle: Arc::new(orchion_api::auth::Throttle::new(
                     config.auth.max_failures_per_minute,
                 )),
@@ -386,7 +388,8 @@ impl Server {
                 orchion_grpc::NodeService::new(registry.clone(), join_tokens.clone()),
                 orchion_grpc::WorkService::new(work.clone())
                     .with_egress(egress.clone())
-                    .with_secrets(secrets.clone()),
+                    .with_secrets(secrets.clone())
+                    .with_kubernetes(kubernetes_policy.clone()),
                 config.server.grpc_max_message_bytes,
                 stopping.clone(),
             ));
@@ -397,7 +400,8 @@ impl Server {
             orchion_grpc::NodeService::new(registry, join_tokens),
             orchion_grpc::WorkService::new(work)
                 .with_egress(egress)
-                .with_secrets(secrets),
+                .with_secrets(secrets)
+                .with_kubernetes(kubernetes_policy),
             config.server.grpc_max_message_bytes,
             stopping.clone(),
         ));
@@ -498,6 +502,62 @@ async fn egress_allow(
         projects,
         forward,
     ))
+}
+
+/// What `kubernetes` jobs may name (`kubernetes.allow`, `kubernetes.projects.<id>`, and never
+/// `kubernetes.control_plane`'s names nor, in a cluster, the service account this server runs
+/// as); a project that does not exist stops the server.
+async fn kubernetes_policy(
+    store: &Arc<dyn Store>,
+    config: &Config,
+) -> anyhow::Result<orchion_spec::executor::KubernetesPolicy> {
+    use orchion_spec::executor::{KubernetesNames, KubernetesPolicy};
+    let names = |allow: &orchion_config::KubernetesAllow| KubernetesNames {
+        namespaces: allow.namespaces.clone(),
+        service_accounts: allow.service_accounts.clone(),
+        secrets: allow.secrets.clone(),
+    };
+    let mut projects = std::collections::BTreeMap::new();
+    for (id, allow) in &config.kubernetes.projects {
+        let key = format!("kubernetes.projects.{id}");
+        projects.insert(
+            configured_project(store, &key, Some(id)).await?,
+            names(allow),
+        );
+    }
+    let mut service_accounts = config.kubernetes.control_plane.service_accounts.clone();
+    service_accounts.extend(own_service_account());
+    Ok(KubernetesPolicy {
+        namespace: config.kubernetes.namespace.clone(),
+        everyone: names(&config.kubernetes.allow),
+        projects,
+        control_plane: KubernetesNames {
+            service_accounts,
+            secrets: config.kubernetes.control_plane.secrets.clone(),
+            namespaces: Vec::new(),
+        },
+    })
+}
+
+/// The service account this server runs as, in a cluster: the `sub` of the token Kubernetes
+/// mounts (`system:serviceaccount:<namespace>:<name>`).
+fn own_service_account() -> Option<String> {
+    use base64::Engine as _;
+    let token =
+        std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/token").ok()?;
+    let payload = token.trim().split('.').nth(1)?;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .ok()?,
+    )
+    .ok()?;
+    let subject = claims["sub"].as_str()?;
+    subject
+        .strip_prefix("system:serviceaccount:")?
+        .split(':')
+        .nth(1)
+        .map(str::to_owned)
 }
 
 /// The project a configured identity acts in (`webhooks.github.project`, `enqueue.project`):

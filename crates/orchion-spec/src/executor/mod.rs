@@ -11,6 +11,7 @@
 mod engine;
 mod http;
 mod kubernetes;
+mod kubernetes_allow;
 mod shell;
 
 use orchion_domain::{FieldError, ValidationErrors};
@@ -23,6 +24,7 @@ pub use self::{
         KubernetesSpec, Quantities, Resources, SecretKeyRef, check_image, check_label_name,
         dns_label, parse_quantity,
     },
+    kubernetes_allow::{KubernetesNames, KubernetesPolicy},
     shell::{SCRIPT_TEMPLATE_REFUSED, ShellSpec, script_templates},
 };
 

@@ -395,3 +395,114 @@ async fn a_stopping_server_hands_its_kubernetes_jobs_to_another_replica() {
     );
     assert!(changes[0].starts_with("POST jobs/"), "{changes:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_name_only_the_namespaces_accounts_and_secrets_their_project_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeApi::start();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let server = Orchion::start(
+        dir.path(),
+        &["server"],
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("KUBERNETES_NAMESPACE", "agents"),
+            ("ORCHION_KUBERNETES__POLL_INTERVAL", "100ms"),
+            ("ORCHION_KUBERNETES__PROBE_INTERVAL", "500ms"),
+            (
+                "ORCHION_KUBERNETES__ALLOW__SERVICE_ACCOUNTS",
+                r#"["worker", "orchion"]"#,
+            ),
+            (
+                "ORCHION_KUBERNETES__ALLOW__SECRETS",
+                r#"["github", "orchion"]"#,
+            ),
+        ],
+    );
+    eventually(
+        "the kubernetes executor to be healthy",
+        Duration::from_secs(30),
+        || async {
+            let e = executor(&server, "kubernetes").await?;
+            (e["health"] == "healthy" && e["agents"] == 1).then_some(())
+        },
+    )
+    .await;
+    let image = "ghcr.io/acme/succeed:1";
+    for (spec, pointer, words) in [
+        (
+            json!({"image": image, "namespace": "kube-system"}),
+            "/spec/namespace",
+            "kubernetes.allow.namespaces",
+        ),
+        (
+            json!({"image": image, "service_account": "orchion"}),
+            "/spec/service_account",
+            "control plane's own",
+        ),
+        (
+            json!({"image": image, "service_account": "admin"}),
+            "/spec/service_account",
+            "kubernetes.allow.service_accounts",
+        ),
+        (
+            json!({"image": image, "secret_env": {"T": {"secret": "orchion", "key": "join-token"}}}),
+            "/spec/secret_env/T/secret",
+            "control plane's own",
+        ),
+    ] {
+        let response = submit(&server, json!({"executor": "kubernetes", "spec": spec})).await;
+        assert_eq!(response.status(), 422, "{spec}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["pointer"], pointer, "{problem}");
+        assert!(problem.to_string().contains(words), "{words} in {problem}");
+    }
+    let allowed = submit(
+        &server,
+        json!({"executor": "kubernetes", "spec": {"image": image, "namespace": "agents",
+               "service_account": "worker",
+               "secret_env": {"T": {"secret": "github", "key": "token"}}}}),
+    )
+    .await;
+    assert_eq!(allowed.status(), 201);
+    let id = allowed.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_job(&server, &id, "succeeded").await;
+
+    // A namespace only known when a workflow step is made is checked when it is claimed.
+    let stored = http()
+        .post(server.url("/api/v1/workflow-types"))
+        .json(
+            &json!({"name": "elsewhere", "steps": [{"name": "a", "executor": "kubernetes",
+            "retry": {"max_attempts": 1},
+            "spec": {"image": image, "namespace": "${{ input.namespace }}"}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201, "{:?}", stored.text().await);
+    let run: Value = http()
+        .post(server.url("/api/v1/workflows"))
+        .json(&json!({"type": "elsewhere", "input": {"namespace": "kube-system"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let failed = eventually("the run to fail", Duration::from_secs(30), || async {
+        let run = get_json(&server, &format!("/api/v1/workflows/{run_id}")).await?;
+        (run["status"] == "failed").then_some(run)
+    })
+    .await;
+    let error = failed["steps"][0]["tasks"][0]["error"].as_str().unwrap();
+    assert!(error.contains("spec.namespace `kube-system`"), "{error}");
+    let changes = fake.changes().await;
+    assert!(
+        !changes.iter().any(|c| c.contains("kube-system")),
+        "{changes:?}"
+    );
+}

@@ -80,6 +80,15 @@ async fn app_on(url: &str, db: Option<orchion_testkit::SqliteDatabase>, failures
             "test-join-token",
         )),
         throttle: Arc::new(orchion_api::auth::Throttle::new(failures)),
+        kubernetes: Arc::new(orchion_spec::executor::KubernetesPolicy {
+            namespace: "default".into(),
+            control_plane: orchion_spec::executor::KubernetesNames {
+                service_accounts: vec!["orchion".into()],
+                secrets: vec!["orchion".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
         secrets: Arc::new(orchion_control::Secrets::new(
             store.clone(),
             orchion_control::SecretKey::generate().unwrap().0,
