@@ -7,10 +7,14 @@
 //! cluster's, and a replica holding another one is refused in words instead of writing what
 //! the others cannot open.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use orchion_domain::{FieldError, ProjectId, ValidationErrors};
-use orchion_store::{ClaimedTask, Sealed, SecretInfo, Store, StoreError};
+use orchion_store::{ClaimedTask, Sealed, SealedSecret, SecretInfo, Signal, Store, StoreError};
 use ring::{
     aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
     rand::{SecureRandom as _, SystemRandom},
@@ -153,15 +157,72 @@ pub enum SecretError {
     Store(#[from] StoreError),
 }
 
+/// How long a project's sealed secrets, once read, serve claims and checks before they are
+/// read again. A change made here is seen at once; one made on another replica as soon as its
+/// signal arrives, and within this long if the signal is lost.
+pub const READ_FOR: Duration = Duration::from_secs(5);
+
 /// Projects' secrets, sealed under one key.
 pub struct Secrets {
     store: Arc<dyn Store>,
     key: SecretKey,
+    /// Each project's sealed secrets, as read lately (values stay sealed here).
+    read: Mutex<Read>,
+}
+
+#[derive(Default)]
+struct Read {
+    /// Bumped by every forgetting, so a read that began before one is not kept after it.
+    generation: u64,
+    projects: HashMap<ProjectId, (Instant, Arc<Vec<SealedSecret>>)>,
 }
 
 impl Secrets {
     pub fn new(store: Arc<dyn Store>, key: SecretKey) -> Self {
-        Self { store, key }
+        Self {
+            store,
+            key,
+            read: Mutex::new(Read::default()),
+        }
+    }
+
+    fn read(&self) -> std::sync::MutexGuard<'_, Read> {
+        self.read.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the secrets read lately: the next claim or check reads the store.
+    pub fn forget(&self) {
+        let mut read = self.read();
+        read.generation += 1;
+        read.projects.clear();
+    }
+
+    /// A secret was set or deleted here: forget what was read, and tell the other replicas to.
+    async fn changed(&self) {
+        self.forget();
+        if let Err(e) = self.store.signal(&[Signal::Secrets]).await {
+            tracing::warn!(error = %e, "could not tell the other replicas a secret changed; they read it again within {READ_FOR:?}");
+        }
+    }
+
+    /// `project`'s sealed secrets: as read within [`READ_FOR`], else from the store.
+    async fn sealed(&self, project: ProjectId) -> Result<Arc<Vec<SealedSecret>>, StoreError> {
+        let generation = {
+            let read = self.read();
+            if let Some((at, sealed)) = read.projects.get(&project)
+                && at.elapsed() < READ_FOR
+            {
+                return Ok(sealed.clone());
+            }
+            read.generation
+        };
+        let sealed = Arc::new(self.store.sealed_secrets(project).await?);
+        let mut read = self.read();
+        if read.generation == generation {
+            read.projects
+                .insert(project, (Instant::now(), sealed.clone()));
+        }
+        Ok(sealed)
     }
 
     /// The id of this server's key, safe to show.
@@ -216,10 +277,12 @@ impl Secrets {
             .key
             .seal(project, name, value)
             .map_err(SecretError::OtherKey)?;
-        Ok(self
+        let secret = self
             .store
             .put_secret(project, name, &sealed, actor, orchion_store::now())
-            .await?)
+            .await?;
+        self.changed().await;
+        Ok(secret)
     }
 
     pub async fn get(
@@ -235,7 +298,9 @@ impl Secrets {
     }
 
     pub async fn delete(&self, project: ProjectId, name: &str) -> Result<bool, StoreError> {
-        self.store.delete_secret(project, name).await
+        let deleted = self.store.delete_secret(project, name).await?;
+        self.changed().await;
+        Ok(deleted)
     }
 
     /// Of `names` (referred to in `project`), those that do not exist.
@@ -244,7 +309,7 @@ impl Secrets {
         project: ProjectId,
         names: &[String],
     ) -> Result<Vec<String>, StoreError> {
-        let found = self.store.sealed_secrets(project, names).await?;
+        let found = self.sealed(project).await?;
         Ok(names
             .iter()
             .filter(|name| !found.iter().any(|s| &s.info.name == *name))
@@ -259,9 +324,7 @@ impl Secrets {
         &self,
         tasks: &[ClaimedTask],
     ) -> Vec<Result<BTreeMap<String, String>, String>> {
-        // Claims come in batches, mostly of one project's jobs: read each project's secrets once.
-        let mut read: BTreeMap<ProjectId, Result<Vec<orchion_store::SealedSecret>, String>> =
-            BTreeMap::new();
+        let mut read: BTreeMap<ProjectId, Result<Arc<Vec<SealedSecret>>, String>> = BTreeMap::new();
         let mut opened = Vec::with_capacity(tasks.len());
         for task in tasks {
             let names = orchion_spec::secret_names(&task.executor, &task.spec);
@@ -276,16 +339,8 @@ impl Secrets {
                 continue;
             };
             if !read.contains_key(&project) {
-                let wanted: Vec<String> = tasks
-                    .iter()
-                    .filter(|t| t.project_id == Some(project))
-                    .flat_map(|t| orchion_spec::secret_names(&t.executor, &t.spec))
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
                 let sealed = self
-                    .store
-                    .sealed_secrets(project, &wanted)
+                    .sealed(project)
                     .await
                     .map_err(|e| format!("the task's secrets could not be read: {e}"));
                 read.insert(project, sealed);

@@ -15,13 +15,15 @@ use crate::{Scheduler, WorkQueue};
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Follows the store's signals until `stop`: work signals wake `work`'s waiting claims,
-/// schedule signals the `scheduler`, event signals ring `events_appended`. After a lost
-/// connection, everything is woken once.
+/// schedule signals the `scheduler`, event signals ring `events_appended`, token and secret
+/// signals make `access` and `secrets` forget what they read. After a lost connection,
+/// everything is woken (and forgotten) once.
 pub async fn follow_signals(
     store: Arc<dyn Store>,
     work: Arc<WorkQueue>,
     scheduler: Arc<Scheduler>,
     access: Arc<crate::Access>,
+    secrets: Arc<crate::Secrets>,
     events_appended: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -58,12 +60,17 @@ pub async fn follow_signals(
                     if matches!(heard, Heard::Signal(Signal::Tokens) | Heard::Missed) {
                         access.forget_checked();
                     }
+                    if matches!(heard, Heard::Signal(Signal::Secrets) | Heard::Missed) {
+                        secrets.forget();
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "listening for the other replicas' changes failed; listening again");
                     work.heard(Heard::Missed);
                     scheduler.heard();
                     events_appended.notify_one();
+                    access.forget_checked();
+                    secrets.forget();
                     if pause(&stop).await {
                         return;
                     }

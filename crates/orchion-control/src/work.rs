@@ -175,7 +175,9 @@ impl WorkQueue {
     pub fn heard(&self, heard: Heard) {
         match heard {
             Heard::Signal(Signal::Work) | Heard::Missed => self.wake.notify_waiters(),
-            Heard::Signal(Signal::Events | Signal::Schedules | Signal::Tokens) => {}
+            Heard::Signal(
+                Signal::Events | Signal::Schedules | Signal::Tokens | Signal::Secrets,
+            ) => {}
         }
     }
 

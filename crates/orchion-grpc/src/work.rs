@@ -45,6 +45,23 @@ impl WorkService {
         }
     }
 
+    /// Why a claimed task may not run as it is, if it may not: a `kubernetes` one naming what
+    /// its project may not use.
+    fn refusal(&self, task: &orchion_store::ClaimedTask) -> Option<String> {
+        let policy = self
+            .kubernetes
+            .as_ref()
+            .filter(|_| task.executor == "kubernetes")?;
+        let refusals = policy.refusals_of(task.project_id, &task.spec);
+        (!refusals.is_empty()).then(|| {
+            refusals
+                .into_iter()
+                .map(|r| r.message)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
     /// Tasks handed out carry the values of the secrets their specs refer to. Without, a task
     /// that refers to one is refused its secrets (and fails).
     pub fn with_secrets(self, secrets: Arc<Secrets>) -> Self {
@@ -110,25 +127,6 @@ impl EgressAllow {
             allowed.push(forward.host.clone());
         }
         allowed
-    }
-}
-
-impl WorkService {
-    /// Why a claimed task may not run as it is, if it may not: a `kubernetes` one naming what
-    /// its project may not use.
-    fn refusal(&self, task: &orchion_store::ClaimedTask) -> Option<String> {
-        let policy = self
-            .kubernetes
-            .as_ref()
-            .filter(|_| task.executor == "kubernetes")?;
-        let refusals = policy.refusals_of(task.project_id, &task.spec);
-        (!refusals.is_empty()).then(|| {
-            refusals
-                .into_iter()
-                .map(|r| r.message)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
     }
 }
 

@@ -67,12 +67,8 @@ pub trait SecretStore: Send + Sync {
     /// Deletes a secret; `false` when there was none.
     async fn delete_secret(&self, project: ProjectId, name: &str) -> Result<bool, StoreError>;
 
-    /// The named secrets of a project that exist, sealed, by name.
-    async fn sealed_secrets(
-        &self,
-        project: ProjectId,
-        names: &[String],
-    ) -> Result<Vec<SealedSecret>, StoreError>;
+    /// A project's secrets with their sealed values, by name.
+    async fn sealed_secrets(&self, project: ProjectId) -> Result<Vec<SealedSecret>, StoreError>;
 }
 
 const INFO_COLUMNS: &str =
@@ -158,38 +154,27 @@ impl<B: StoreBackend> SecretStore for B {
         Ok(deleted == 1)
     }
 
-    async fn sealed_secrets(
-        &self,
-        project: ProjectId,
-        names: &[String],
-    ) -> Result<Vec<SealedSecret>, StoreError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let placeholders: Vec<String> = (0..names.len()).map(|i| format!("${}", i + 2)).collect();
-        let mut statement = Statement::new(format!(
-            "SELECT {INFO_COLUMNS}, key_id, nonce, ciphertext FROM secrets \
-             WHERE project_id = $1 AND name IN ({}) ORDER BY name",
-            placeholders.join(", ")
-        ))
-        .bind(project.as_uuid());
-        for name in names {
-            statement = statement.bind(name.as_str());
-        }
-        self.read_all::<SealedRow>(statement)
-            .await?
-            .into_iter()
-            .map(|row| {
-                Ok(SealedSecret {
-                    sealed: Sealed {
-                        key_id: row.key_id,
-                        nonce: row.nonce,
-                        ciphertext: row.ciphertext,
-                    },
-                    info: row.info.try_into()?,
-                })
+    async fn sealed_secrets(&self, project: ProjectId) -> Result<Vec<SealedSecret>, StoreError> {
+        self.read_all::<SealedRow>(
+            Statement::new(format!(
+                "SELECT {INFO_COLUMNS}, key_id, nonce, ciphertext FROM secrets \
+                 WHERE project_id = $1 ORDER BY name"
+            ))
+            .bind(project.as_uuid()),
+        )
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok(SealedSecret {
+                sealed: Sealed {
+                    key_id: row.key_id,
+                    nonce: row.nonce,
+                    ciphertext: row.ciphertext,
+                },
+                info: row.info.try_into()?,
             })
-            .collect()
+        })
+        .collect()
     }
 }
 

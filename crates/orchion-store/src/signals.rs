@@ -25,6 +25,8 @@ pub enum Signal {
     Events,
     /// A token was revoked (or its project deleted): replicas forget the tokens they checked.
     Tokens,
+    /// A secret was set or deleted: replicas forget the secrets they read.
+    Secrets,
 }
 
 /// What a listener heard.
@@ -42,6 +44,7 @@ impl Signal {
             Signal::Work => format!("{sender:x}:work"),
             Signal::Schedules => format!("{sender:x}:schedules"),
             Signal::Tokens => format!("{sender:x}:tokens"),
+            Signal::Secrets => format!("{sender:x}:secrets"),
             Signal::Events => "events".to_owned(),
         }
     }
@@ -59,6 +62,7 @@ impl Signal {
             "work" => Some(Signal::Work),
             "schedules" => Some(Signal::Schedules),
             "tokens" => Some(Signal::Tokens),
+            "secrets" => Some(Signal::Secrets),
             _ => None,
         }
     }
@@ -87,6 +91,11 @@ mod tests {
             Some(Signal::Schedules),
             "{payload}"
         );
+        for signal in [Signal::Tokens, Signal::Secrets] {
+            let payload = signal.payload(7);
+            assert_eq!(Signal::parse(&payload, 7), None, "{payload}");
+            assert_eq!(Signal::parse(&payload, 8), Some(signal), "{payload}");
+        }
         // Events come from a trigger, with no sender: everyone hears them.
         assert_eq!(Signal::parse("events", 7), Some(Signal::Events));
         for junk in ["", "work", "zz:work", "7:work:more", "7:other"] {

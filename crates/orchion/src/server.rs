@@ -363,6 +363,7 @@ impl Server {
             work.clone(),
             scheduler,
             access.clone(),
+            secrets.clone(),
             events.appended(),
             stopping.clone(),
         ));

@@ -61,7 +61,7 @@ async fn secrets_are_set_described_and_deleted_but_never_shown(app: App) {
     let sealed = app
         .state
         .store
-        .sealed_secrets(ProjectId::DEFAULT, &["DB_PASSWORD".into()])
+        .sealed_secrets(ProjectId::DEFAULT)
         .await
         .unwrap();
     assert!(
