@@ -3,7 +3,7 @@
 //! also masked line by line (a log line never holds two), for its lines of
 //! [`MIN_MASKED_LINE`] characters or more.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 
 /// What a secret's value is replaced with.
 pub const MASK: &str = "***";
@@ -37,7 +37,10 @@ impl Masker {
         patterns.dedup();
         let finder = (!patterns.is_empty())
             .then(|| {
+                // A contiguous NFA: built in a fraction of a DFA's time, for one task's
+                // few values, and as fast on lines this short.
                 AhoCorasick::builder()
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
                     .match_kind(MatchKind::LeftmostLongest)
                     .build(&patterns)
                     .ok()

@@ -15,7 +15,18 @@ fn replica(dir: &Path, url: &str) -> Orchion {
 
 /// [`replica`] with its gRPC on `port`, so agents find it again after a restart.
 fn replica_on(dir: &Path, url: &str, port: u16) -> Orchion {
+    replica_with(dir, url, port, &[])
+}
+
+/// [`replica_on`] with `env` besides.
+fn replica_with(dir: &Path, url: &str, port: u16, env: &[(&str, &str)]) -> Orchion {
     let port = port.to_string();
+    let mut all = vec![
+        ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
+        ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
+        ("ORCHION_KUBERNETES__ENABLED", "false"),
+    ];
+    all.extend_from_slice(env);
     Orchion::start(
         dir,
         &[
@@ -29,11 +40,7 @@ fn replica_on(dir: &Path, url: &str, port: u16) -> Orchion {
             "--heartbeat-timeout",
             "2s",
         ],
-        &[
-            ("ORCHION_CLUSTER__CHECK_INTERVAL", "200ms"),
-            ("ORCHION_CLUSTER__DOWN_AFTER", "2s"),
-            ("ORCHION_KUBERNETES__ENABLED", "false"),
-        ],
+        &all,
     )
 }
 
@@ -380,6 +387,70 @@ async fn a_token_revoked_through_one_replica_is_refused_by_the_other_at_once() {
         || async { (status_with(&replicas[1]).await == 401).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_set_or_removed_on_one_replica_counts_on_the_other_at_once() {
+    let Some(url) = orchion_testkit::postgres_database().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let homes = homes(dir.path(), 3);
+    let key = [(
+        "ORCHION_SECRETS__KEY",
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+    )];
+    let a = replica_with(&homes[0], &url, free_port(), &key);
+    let b = replica_with(&homes[1], &url, free_port(), &key);
+    let secret = format!(
+        "/api/v1/projects/{}/secrets/API_KEY",
+        orchion_domain::ProjectId::DEFAULT
+    );
+    let job = json!({"executor": "shell",
+                     "spec": {"command": "true", "env": {"K": {"secret": "API_KEY"}}}});
+    let submit = |replica: &Orchion| {
+        let url = replica.url("/api/v1/jobs");
+        let job = job.clone();
+        async move { http().post(url).json(&job).send().await.unwrap().status() }
+    };
+    // B has read the project's secrets (none) and would keep that for 5 s on its own.
+    assert_eq!(submit(&b).await, 422);
+    let set = http()
+        .put(a.url(&secret))
+        .json(&json!({"value": "v4lue-of-the-key"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(set.status(), 201);
+    eventually("B to see the secret", Duration::from_secs(3), || async {
+        (submit(&b).await == 201).then_some(())
+    })
+    .await;
+    let removed = http().delete(a.url(&secret)).send().await.unwrap();
+    assert_eq!(removed.status(), 204);
+    eventually("B to see it gone", Duration::from_secs(3), || async {
+        (submit(&b).await == 422).then_some(())
+    })
+    .await;
+
+    // A replica with a key of its own (made in its data directory) may not seal secrets the
+    // others could not open.
+    let other = replica(&homes[2], &url);
+    let refused = http()
+        .put(other.url(&secret))
+        .json(&json!({"value": "sealed-elsewhere"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
+    let problem: Value = refused.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("secrets.key_file"),
+        "{problem}"
+    );
 }
 
 /// Submits `count` jobs, numbered from `first`, round-robin to `replicas`; each appends its
