@@ -362,10 +362,12 @@ async fn run_task(
     let shipper = tokio::spawn(ship_logs(
         client.clone(),
         config.credentials.clone(),
-        task.task_id.clone(),
-        task.attempt,
+        Attempt {
+            task_id: task.task_id.clone(),
+            number: task.attempt,
+            masker: masker.clone(),
+        },
         lines,
-        masker.clone(),
         stop.clone(),
         lost.clone(),
     ));
@@ -424,15 +426,20 @@ async fn run_task(
     reporter.report(&task, outcome).await;
 }
 
+/// The attempt whose lines are shipped, and the values masked out of them.
+struct Attempt {
+    task_id: String,
+    number: u32,
+    masker: Arc<Masker>,
+}
+
 /// Sends output lines in batches until the execution drops its sender. A refusal
 /// (FAILED_PRECONDITION) means the lease is gone: the work is stopped.
 async fn ship_logs(
     mut client: WorkServiceClient<Servers>,
     credentials: Credentials,
-    task_id: String,
-    attempt: u32,
+    attempt: Attempt,
     mut lines: mpsc::Receiver<OutputLine>,
-    masker: Arc<Masker>,
     stop: CancellationToken,
     lost: Arc<AtomicBool>,
 ) {
@@ -447,7 +454,7 @@ async fn ship_logs(
                     Some(line) => {
                         batch.push(pb::LogLine {
                             stream: line.stream.to_owned(),
-                            line: masker.text(line.line),
+                            line: attempt.masker.text(line.line),
                             at: Some(prost_types::Timestamp {
                                 seconds: line.at.unix_timestamp(),
                                 nanos: i32::try_from(line.at.nanosecond()).unwrap_or(0),
@@ -472,8 +479,8 @@ async fn ship_logs(
         let request = authorized(
             pb::AppendLogsRequest {
                 node_id: credentials.node_id.clone(),
-                task_id: task_id.clone(),
-                attempt,
+                task_id: attempt.task_id.clone(),
+                attempt: attempt.number,
                 lines: std::mem::take(&mut batch),
             },
             &credentials.credential,

@@ -324,7 +324,6 @@ impl Secrets {
         &self,
         tasks: &[ClaimedTask],
     ) -> Vec<Result<BTreeMap<String, String>, String>> {
-        let mut read: BTreeMap<ProjectId, Result<Arc<Vec<SealedSecret>>, String>> = BTreeMap::new();
         let mut opened = Vec::with_capacity(tasks.len());
         for task in tasks {
             let names = orchion_spec::secret_names(&task.executor, &task.spec);
@@ -338,15 +337,15 @@ impl Secrets {
                 ));
                 continue;
             };
-            if !read.contains_key(&project) {
-                let sealed = self
-                    .sealed(project)
-                    .await
-                    .map_err(|e| format!("the task's secrets could not be read: {e}"));
-                read.insert(project, sealed);
-            }
-            opened.push(match &read[&project] {
-                Ok(sealed) => names
+            let sealed = match self.sealed(project).await {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    opened.push(Err(format!("the task's secrets could not be read: {e}")));
+                    continue;
+                }
+            };
+            opened.push(
+                names
                     .into_iter()
                     .map(|name| {
                         let secret = sealed.iter().find(|s| s.info.name == name).ok_or_else(|| {
@@ -356,8 +355,7 @@ impl Secrets {
                         Ok((name, value))
                     })
                     .collect(),
-                Err(why) => Err(why.clone()),
-            });
+            );
         }
         opened
     }

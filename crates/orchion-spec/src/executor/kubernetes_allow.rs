@@ -39,6 +39,27 @@ fn listed<'a>(lists: impl IntoIterator<Item = &'a Vec<String>>, name: &str) -> b
         .any(|allowed| allowed == "*" || allowed == name)
 }
 
+/// The refusal of `name` (of `field`, at `pointer`), if it is refused: always when it is one
+/// of the control plane's own, else unless `allowed`; `(what, setting)` say what it is not
+/// and which setting would allow it.
+fn judged(
+    field: &str,
+    pointer: String,
+    name: &str,
+    control_plane: &[String],
+    allowed: bool,
+    (what, setting): (&str, String),
+) -> Option<FieldError> {
+    let message = if control_plane.iter().any(|own| own == name) {
+        format!("{field} `{name}` is the control plane's own and no job may use it")
+    } else if !allowed {
+        format!("{field} `{name}` is not {what}: allow it in {setting}")
+    } else {
+        return None;
+    };
+    Some(FieldError { pointer, message })
+}
+
 impl KubernetesPolicy {
     /// Every name `spec` uses that `project` may not: a problem at its field, saying which
     /// setting would allow it (or that nothing can).
@@ -69,56 +90,38 @@ impl KubernetesPolicy {
                 ),
             });
         }
+        let allowed = |kind: fn(&KubernetesNames) -> &Vec<String>, name: &str| {
+            listed(
+                [kind(&self.everyone)].into_iter().chain(own.map(kind)),
+                name,
+            )
+        };
         if let Some(account) = &spec.service_account {
-            if self.control_plane.service_accounts.contains(account) {
-                refusals.push(FieldError {
-                    pointer: "/spec/service_account".into(),
-                    message: format!(
-                        "spec.service_account `{account}` is the control plane's own and no job may run as it"
-                    ),
-                });
-            } else if !listed(
-                [&self.everyone.service_accounts]
-                    .into_iter()
-                    .chain(own.map(|o| &o.service_accounts)),
+            refusals.extend(judged(
+                "spec.service_account",
+                "/spec/service_account".into(),
                 account,
-            ) {
-                refusals.push(FieldError {
-                    pointer: "/spec/service_account".into(),
-                    message: format!(
-                        "spec.service_account `{account}` is not one this project's jobs may run as: allow it in {}",
-                        setting("service_accounts")
-                    ),
-                });
-            }
+                &self.control_plane.service_accounts,
+                allowed(|n| &n.service_accounts, account),
+                (
+                    "one this project's jobs may run as",
+                    setting("service_accounts"),
+                ),
+            ));
         }
         for (variable, reference) in &spec.secret_env {
             let secret = &reference.secret;
-            let pointer = format!(
-                "/spec/secret_env/{}/secret",
-                variable.replace('~', "~0").replace('/', "~1")
-            );
-            if self.control_plane.secrets.contains(secret) {
-                refusals.push(FieldError {
-                    pointer,
-                    message: format!(
-                        "spec.secret_env.{variable}.secret `{secret}` is the control plane's own and no job may read it"
-                    ),
-                });
-            } else if !listed(
-                [&self.everyone.secrets]
-                    .into_iter()
-                    .chain(own.map(|o| &o.secrets)),
+            refusals.extend(judged(
+                &format!("spec.secret_env.{variable}.secret"),
+                format!(
+                    "/spec/secret_env/{}/secret",
+                    variable.replace('~', "~0").replace('/', "~1")
+                ),
                 secret,
-            ) {
-                refusals.push(FieldError {
-                    pointer,
-                    message: format!(
-                        "spec.secret_env.{variable}.secret `{secret}` is not a Secret this project's jobs may read: allow it in {}",
-                        setting("secrets")
-                    ),
-                });
-            }
+                &self.control_plane.secrets,
+                allowed(|n| &n.secrets, secret),
+                ("a Secret this project's jobs may read", setting("secrets")),
+            ));
         }
         refusals
     }

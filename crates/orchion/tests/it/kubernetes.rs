@@ -114,16 +114,32 @@ async fn wait_job(server: &Orchion, id: &str, status: &str) -> Value {
 }
 
 fn server_with_cluster(dir: &Path, kubeconfig: &Path) -> Orchion {
-    Orchion::start(
-        dir,
-        &["server"],
-        &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("KUBERNETES_NAMESPACE", "agents"),
-            ("ORCHION_KUBERNETES__POLL_INTERVAL", "100ms"),
-            ("ORCHION_KUBERNETES__PROBE_INTERVAL", "500ms"),
-        ],
+    server_with_cluster_and(dir, kubeconfig, &[])
+}
+
+/// [`server_with_cluster`] with `env` besides.
+fn server_with_cluster_and(dir: &Path, kubeconfig: &Path, env: &[(&str, &str)]) -> Orchion {
+    let mut all = vec![
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("KUBERNETES_NAMESPACE", "agents"),
+        ("ORCHION_KUBERNETES__POLL_INTERVAL", "100ms"),
+        ("ORCHION_KUBERNETES__PROBE_INTERVAL", "500ms"),
+    ];
+    all.extend_from_slice(env);
+    Orchion::start(dir, &["server"], &all)
+}
+
+/// Waits until `server`'s kubernetes executor is healthy, with its agent.
+async fn healthy(server: &Orchion) {
+    eventually(
+        "the kubernetes executor to be healthy",
+        Duration::from_secs(30),
+        || async {
+            let e = executor(server, "kubernetes").await?;
+            (e["health"] == "healthy" && e["agents"] == 1).then_some(())
+        },
     )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,15 +147,7 @@ async fn jobs_run_as_kubernetes_jobs_with_their_logs_and_cancellation() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeApi::start();
     let server = server_with_cluster(dir.path(), &fake.kubeconfig(dir.path()));
-    eventually(
-        "the kubernetes executor to be healthy",
-        Duration::from_secs(30),
-        || async {
-            let e = executor(&server, "kubernetes").await?;
-            (e["health"] == "healthy" && e["agents"] == 1).then_some(())
-        },
-    )
-    .await;
+    healthy(&server).await;
 
     let created = submit(
         &server,
@@ -400,15 +408,10 @@ async fn a_stopping_server_hands_its_kubernetes_jobs_to_another_replica() {
 async fn jobs_name_only_the_namespaces_accounts_and_secrets_their_project_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeApi::start();
-    let kubeconfig = fake.kubeconfig(dir.path());
-    let server = Orchion::start(
+    let server = server_with_cluster_and(
         dir.path(),
-        &["server"],
+        &fake.kubeconfig(dir.path()),
         &[
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-            ("KUBERNETES_NAMESPACE", "agents"),
-            ("ORCHION_KUBERNETES__POLL_INTERVAL", "100ms"),
-            ("ORCHION_KUBERNETES__PROBE_INTERVAL", "500ms"),
             (
                 "ORCHION_KUBERNETES__ALLOW__SERVICE_ACCOUNTS",
                 r#"["worker", "orchion"]"#,
@@ -419,15 +422,7 @@ async fn jobs_name_only_the_namespaces_accounts_and_secrets_their_project_is_all
             ),
         ],
     );
-    eventually(
-        "the kubernetes executor to be healthy",
-        Duration::from_secs(30),
-        || async {
-            let e = executor(&server, "kubernetes").await?;
-            (e["health"] == "healthy" && e["agents"] == 1).then_some(())
-        },
-    )
-    .await;
+    healthy(&server).await;
     let image = "ghcr.io/acme/succeed:1";
     for (spec, pointer, words) in [
         (
