@@ -225,11 +225,6 @@ impl Secrets {
         Ok(sealed)
     }
 
-    /// The id of this server's key, safe to show.
-    pub fn key_id(&self) -> String {
-        self.key.id()
-    }
-
     /// Whether this server's key is the cluster's, recording it as the cluster's when no
     /// secret was ever sealed: `Err` says which to fix.
     pub async fn check_key(&self) -> Result<(), SecretError> {
