@@ -394,6 +394,25 @@ mod tests {
     }
 
     #[test]
+    fn http_and_engine_references_are_resolved_where_they_stand() {
+        let values = BTreeMap::from([("t".to_owned(), "v\"al".to_owned())]);
+        let http = r#"{"url":"http://x","headers":{"authorization":{"secret":"t"}},"body":{"secret":"t"}}"#;
+        let resolved: Value =
+            serde_json::from_str(&resolve_secrets("http", http, &values).unwrap()).unwrap();
+        assert_eq!(resolved["headers"]["authorization"], "v\"al");
+        assert_eq!(resolved["body"], "v\"al");
+        let engine = r#"{"config":{"vars":[{"pw":{"secret":"t"}}],"secret":{"enabled":true}}}"#;
+        let resolved: Value =
+            serde_json::from_str(&resolve_secrets("helm", engine, &values).unwrap()).unwrap();
+        assert_eq!(resolved["config"]["vars"][0]["pw"], "v\"al");
+        assert_eq!(
+            resolved["config"]["secret"],
+            json!({"enabled": true}),
+            "an engine's own data"
+        );
+    }
+
+    #[test]
     fn answers_redact_literals_and_keep_references() {
         let mut spec = json!({"url": "http://x", "headers": {"authorization": "Bearer x",
                               "x-t": {"secret": "t"}}, "body": "kept"});
