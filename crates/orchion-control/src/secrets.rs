@@ -227,7 +227,7 @@ impl Secrets {
 
     /// Whether this server's key is the cluster's, recording it as the cluster's when no
     /// secret was ever sealed: `Err` says which to fix.
-    pub async fn check_key(&self) -> Result<(), SecretError> {
+    async fn check_key(&self) -> Result<(), SecretError> {
         let cluster = self
             .store
             .cluster_secret(KEY_ID_SETTING, &self.key.id)
@@ -294,7 +294,9 @@ impl Secrets {
 
     pub async fn delete(&self, project: ProjectId, name: &str) -> Result<bool, StoreError> {
         let deleted = self.store.delete_secret(project, name).await?;
-        self.changed().await;
+        if deleted {
+            self.changed().await;
+        }
         Ok(deleted)
     }
 

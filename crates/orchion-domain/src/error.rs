@@ -2,6 +2,11 @@
 
 use std::fmt;
 
+/// One segment of a JSON pointer (RFC 6901): `~` as `~0`, `/` as `~1`.
+pub fn pointer_escape(segment: &str) -> String {
+    segment.replace('~', "~0").replace('/', "~1")
+}
+
 /// One problem with one field of an input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {

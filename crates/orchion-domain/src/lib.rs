@@ -19,7 +19,7 @@ pub use access::{
     AuditEntry, AuditFilter, AuditOutcome, JoinLimits, JoinToken, OIDC_PREFIX, Principal, Role,
     Token, TokenKind,
 };
-pub use error::{FieldError, MAX_PROBLEMS_LISTED, ValidationErrors};
+pub use error::{FieldError, MAX_PROBLEMS_LISTED, ValidationErrors, pointer_escape};
 pub use id::{IdParseError, JoinTokenId, NodeId, ProjectId, RunId, ScheduleId, TaskId, TokenId};
 pub use job::{
     Attempt, AttemptOutcome, AttemptStatus, Concurrency, InvalidTransition, Job, JobFilter, NewJob,

@@ -192,7 +192,7 @@ impl Labels {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-/".contains(&b));
             if !key_ok {
                 errors.push(FieldError {
-                    pointer: format!("/labels/{}", pointer_escape(key)),
+                    pointer: format!("/labels/{}", crate::pointer_escape(key)),
                     message: format!(
                         "label key `{}` is invalid: use 1 to {MAX_LABEL_KEY} characters of a-z, 0-9, `.`, `/` and `-`",
                         key.escape_debug()
@@ -201,7 +201,7 @@ impl Labels {
             }
             if value.chars().count() > MAX_LABEL_VALUE || value.chars().any(char::is_control) {
                 errors.push(FieldError {
-                    pointer: format!("/labels/{}", pointer_escape(key)),
+                    pointer: format!("/labels/{}", crate::pointer_escape(key)),
                     message: format!(
                         "label `{}` has an invalid value: at most {MAX_LABEL_VALUE} characters, no control characters",
                         key.escape_debug()
@@ -221,11 +221,6 @@ impl Labels {
     pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
         selector.iter().all(|(k, v)| self.0.get(k) == Some(v))
     }
-}
-
-/// RFC 6901 escaping of one pointer segment.
-fn pointer_escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
 }
 
 /// What a node can run at once.

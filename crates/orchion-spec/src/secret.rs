@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use orchion_domain::{FieldError, ValidationErrors};
+use orchion_domain::{FieldError, ValidationErrors, pointer_escape as escape};
 use serde_json::Value;
 
 use crate::executor::ENGINES;
@@ -80,10 +80,6 @@ pub struct SecretUse {
     /// A JSON pointer under `/spec`, as problems name it.
     pub pointer: String,
     pub name: String,
-}
-
-fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
 }
 
 /// Calls `visit` with every value in the spec's slots that is an object with a `secret` field
@@ -166,7 +162,8 @@ pub fn secret_uses(executor: &str, spec: &Value) -> Result<Vec<SecretUse>, Valid
     errors.into_result(uses)
 }
 
-/// Whether the text of a spec could hold a reference: a cheap test before parsing it.
+/// Whether any object in `spec` has a `secret` field: a cheap walk that spares the usual spec
+/// the copy [`secret_uses`] makes.
 fn mentions_secret(spec: &Value) -> bool {
     fn any(value: &Value) -> bool {
         match value {

@@ -14,7 +14,7 @@ pub fn find_nul(value: &Value) -> Option<String> {
             .enumerate()
             .find_map(|(i, item)| find_nul(item).map(|rest| format!("/{i}{rest}"))),
         Value::Object(map) => map.iter().find_map(|(key, item)| {
-            let here = || format!("/{}", key.replace('~', "~0").replace('/', "~1"));
+            let here = || format!("/{}", orchion_domain::pointer_escape(key));
             if key.contains('\0') {
                 return Some(here());
             }

@@ -128,7 +128,7 @@ fn templates(value: &serde_json::Value, prefix: &str, out: &mut Vec<(String, Str
             for (key, item) in map {
                 templates(
                     item,
-                    &format!("{prefix}/{}", key.replace('~', "~0").replace('/', "~1")),
+                    &format!("{prefix}/{}", orchion_domain::pointer_escape(key)),
                     out,
                 );
             }
@@ -462,7 +462,7 @@ pub fn render(value: &Value, scope: &Scope<'_>) -> Result<Value, String> {
             Value::Object(map) => map
                 .iter()
                 .map(|(k, v)| {
-                    let at = format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1"));
+                    let at = format!("{pointer}/{}", orchion_domain::pointer_escape(k));
                     Ok((k.clone(), walk(v, &at, scope)?))
                 })
                 .collect::<Result<_, String>>()

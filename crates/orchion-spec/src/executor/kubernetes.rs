@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use orchion_domain::{FieldError, ValidationErrors};
+use orchion_domain::{FieldError, ValidationErrors, pointer_escape as escape};
 use serde::{Deserialize, Serialize};
 
 use super::shell::{text_map, texts};
@@ -210,10 +210,6 @@ impl KubernetesSpec {
         }
         errors.into_result(())
     }
-}
-
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// A Kubernetes quantity as a number (`500m` is 0.5, `2Gi` is 2 147 483 648), or why it is not

@@ -115,7 +115,7 @@ impl KubernetesPolicy {
                 &format!("spec.secret_env.{variable}.secret"),
                 format!(
                     "/spec/secret_env/{}/secret",
-                    variable.replace('~', "~0").replace('/', "~1")
+                    orchion_domain::pointer_escape(variable)
                 ),
                 secret,
                 &self.control_plane.secrets,

@@ -141,7 +141,7 @@ fn parse<T: DeserializeOwned>(spec: &serde_json::Value) -> Result<T, ValidationE
 /// missing field at the object that should hold it. `""` for the whole document.
 pub fn pointer_of(path: &serde_path_to_error::Path, message: &str) -> String {
     use serde_path_to_error::Segment;
-    let escape = |s: &str| s.replace('~', "~0").replace('/', "~1");
+    let escape = orchion_domain::pointer_escape;
     let mut pointer = String::new();
     for segment in path.iter() {
         match segment {
