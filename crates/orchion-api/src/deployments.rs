@@ -108,7 +108,7 @@ pub async fn create_deployment(
         .workflows
         .start_deployment(
             &request,
-            &workflow,
+            workflow,
             &definition,
             &raw,
             caller.project_for(None)?,

@@ -133,13 +133,14 @@ mod tests {
     };
     use orchion_spec::{Workflow, WorkflowDefinition};
     use serde_json::json;
+    use std::sync::Arc;
     use time::OffsetDateTime;
 
     use super::*;
     use crate::plan;
 
     /// A chain `network -> database -> app`, each step with a rollback.
-    fn workflow() -> Workflow {
+    fn workflow() -> Arc<Workflow> {
         let step = |name: &str, needs: &[&str]| {
             json!({"name": name, "needs": needs, "executor": "noop", "spec": {},
                    "rollback": {"executor": "noop", "spec": {}}})
@@ -147,10 +148,12 @@ mod tests {
         let definition = json!({"name": "deploy", "rollback": true, "steps": [
             step("network", &[]), step("database", &["network"]), step("app", &["database"]),
         ]});
-        serde_json::from_value::<WorkflowDefinition>(definition)
-            .unwrap()
-            .compile()
-            .unwrap()
+        Arc::new(
+            serde_json::from_value::<WorkflowDefinition>(definition)
+                .unwrap()
+                .compile()
+                .unwrap(),
+        )
     }
 
     fn task(key: &str, status: TaskStatus, error: Option<&str>) -> StepTask {

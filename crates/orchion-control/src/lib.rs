@@ -37,4 +37,7 @@ pub use secrets::{SecretError, SecretKey, Secrets};
 pub use signals::follow_signals;
 pub use webhooks::{GithubDelivery, WebhookError, Webhooks};
 pub use work::{AttemptResult, WorkError, WorkQueue};
-pub use workflows::{Plan, StartRequest, StartRun, StepState, WorkflowError, Workflows, plan};
+pub use workflows::{
+    Plan, Progress, Reads, Seen, StartRequest, StartRun, StepState, Told, WorkflowError, Workflows,
+    plan,
+};

@@ -10,7 +10,7 @@
 //! a node that is not alive, or is draining, is given no work.
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -76,8 +76,10 @@ pub struct WorkQueue {
     results: Batcher<AttemptReport, Completed>,
     /// Runs one of whose workflow steps just finished, each once: the workflow engine moves
     /// them on ([`WorkQueue::take_finished_runs`]).
-    finished_runs: std::sync::Mutex<HashSet<RunId>>,
-    /// Rung when a run joins `finished_runs`.
+    finished_runs: std::sync::Mutex<HashMap<RunId, Vec<TaskId>>>,
+    /// The reaper lost attempts since the engine last asked: some runs may have moved.
+    reaped: std::sync::atomic::AtomicBool,
+    /// Rung when a run joins `finished_runs`, or the reaper lost attempts.
     steps_finished: Notify,
     /// The batchers' writer tasks (and the signal sender), joined at shutdown.
     writers: TaskTracker,
@@ -128,7 +130,8 @@ impl WorkQueue {
             intake,
             results,
             outbox,
-            finished_runs: std::sync::Mutex::new(HashSet::new()),
+            finished_runs: std::sync::Mutex::new(HashMap::new()),
+            reaped: std::sync::atomic::AtomicBool::new(false),
             steps_finished: Notify::new(),
             wake: Notify::new(),
             writers,
@@ -143,8 +146,9 @@ impl WorkQueue {
         self.logs_appended.subscribe()
     }
 
-    /// The runs one of whose workflow steps finished since the last call, each once.
-    pub fn take_finished_runs(&self) -> HashSet<RunId> {
+    /// The runs one of whose workflow steps finished since the last call, each once, with
+    /// those steps' tasks.
+    pub fn take_finished_runs(&self) -> HashMap<RunId, Vec<TaskId>> {
         std::mem::take(
             &mut *self
                 .finished_runs
@@ -153,7 +157,13 @@ impl WorkQueue {
         )
     }
 
-    /// Rung (`notify_one`) when a run joins [`WorkQueue::take_finished_runs`].
+    /// Whether the reaper lost attempts since the last call (their runs are not named).
+    pub fn take_reaped(&self) -> bool {
+        self.reaped.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Rung (`notify_one`) when a run joins [`WorkQueue::take_finished_runs`], or the reaper
+    /// lost attempts.
     pub fn steps_finished(&self) -> &Notify {
         &self.steps_finished
     }
@@ -357,6 +367,7 @@ impl WorkQueue {
             .iter()
             .map(|r| orchion_domain::AttemptStatus::of(&r.outcome).as_str())
             .collect();
+        let tasks: Vec<TaskId> = results.iter().map(|r| r.task).collect();
         let reports = results
             .into_iter()
             .map(|r| AttemptReport {
@@ -377,15 +388,21 @@ impl WorkQueue {
         }
         let mut finished = statuses
             .iter()
-            .flatten()
-            .filter(|done| done.workflow && done.status.is_terminal())
-            .map(|done| done.run_id)
+            .zip(tasks)
+            .filter_map(|(done, task)| match done {
+                Ok(done) if done.workflow && done.status.is_terminal() => Some((done.run_id, task)),
+                _ => None,
+            })
             .peekable();
         if finished.peek().is_some() {
-            self.finished_runs
+            let mut runs = self
+                .finished_runs
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .extend(finished);
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (run, task) in finished {
+                runs.entry(run).or_default().push(task);
+            }
+            drop(runs);
             self.steps_finished.notify_one();
         }
         self.work_changed();
@@ -422,6 +439,9 @@ impl WorkQueue {
         }
         if changed > 0 {
             self.work_changed();
+            self.reaped
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.steps_finished.notify_one();
         }
         Ok(changed)
     }

@@ -15,14 +15,17 @@
 //! outputs as a list. A step whose templates cannot be resolved fails without running.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use orchion_domain::{
-    FieldError, NewJob, Phase, ProjectId, RunId, RunStatus, StepKey, StepTask, TaskStatus,
-    ValidationErrors, WorkflowRun, WorkflowRunRecord,
+    FieldError, NewJob, ProjectId, RunId, RunStatus, StepKey, TaskId, TaskStatus, ValidationErrors,
+    WorkflowRun, WorkflowRunRecord,
 };
 use orchion_spec::{Scope, Workflow, WorkflowDefinition};
 use orchion_store::{Created, IdempotencyKey, NewStep, NewWorkflowRun, Store, StoreError};
@@ -140,15 +143,6 @@ pub struct Plan {
     pub finish: Option<RunStatus>,
 }
 
-/// The outputs a finished task produced (an empty object when none).
-fn outputs_of(task: &StepTask) -> Value {
-    task.task
-        .outputs
-        .as_deref()
-        .and_then(|o| serde_json::from_str(o).ok())
-        .unwrap_or_else(|| Value::Object(Default::default()))
-}
-
 /// `base` with `spec` rendered in (checked as its executor checks a job's spec), named `name`
 /// and owned by the run's project.
 fn render_job(
@@ -185,234 +179,19 @@ fn failed_step(key: StepKey, step: &orchion_spec::Step, error: String) -> NewSte
     }
 }
 
-/// What `run` should do next, given its definition and its tasks. Pure.
-pub fn plan(workflow: &Workflow, record: &WorkflowRunRecord) -> Plan {
-    let run = &record.run;
-    if run.held {
-        // Waiting for its turn: nothing starts; cancelled, it ends at once.
-        let state = if run.cancel_requested {
-            StepState::Skipped
-        } else {
-            StepState::Pending
-        };
-        return Plan {
-            steps: workflow
-                .steps
-                .iter()
-                .map(|s| (s.name.clone(), state))
-                .collect(),
-            rollbacks: Vec::new(),
-            create: Vec::new(),
-            finish: run.cancel_requested.then_some(RunStatus::Cancelled),
-        };
-    }
-    let input: Value = serde_json::from_str(&run.input).unwrap_or(Value::Null);
-    let mut by_step: HashMap<&str, Vec<(Option<usize>, &StepTask)>> = HashMap::new();
-    let mut rollback_tasks: HashMap<&str, &StepTask> = HashMap::new();
-    for task in &record.tasks {
-        let key = &task.step;
-        match key.phase {
-            Phase::Run => by_step
-                .entry(&key.name)
-                .or_default()
-                .push((key.index, task)),
-            Phase::Rollback => {
-                rollback_tasks.insert(&key.name, task);
-            }
-        }
-    }
-    for tasks in by_step.values_mut() {
-        tasks.sort_by_key(|(index, _)| *index);
-    }
-    let mut states: HashMap<&str, StepState> = HashMap::new();
-    let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
-    let mut create = Vec::new();
-    for wave in workflow.dag.waves() {
-        for name in wave {
-            let Some(step) = workflow.step(name) else {
-                continue;
-            };
-            let state = if let Some(tasks) = by_step.get(name) {
-                let statuses: Vec<TaskStatus> =
-                    tasks.iter().map(|(_, t)| t.task.state.status).collect();
-                if statuses.iter().any(|s| !s.is_terminal()) {
-                    StepState::Active
-                } else if statuses.iter().all(|s| *s == TaskStatus::Succeeded) {
-                    let value = if step.for_each.is_some() {
-                        // An empty fan-out is recorded as one task with an empty list.
-                        match tasks.as_slice() {
-                            [(None, task)] => outputs_of(task),
-                            _ => Value::Array(tasks.iter().map(|(_, t)| outputs_of(t)).collect()),
-                        }
-                    } else {
-                        tasks.first().map_or(Value::Null, |(_, t)| outputs_of(t))
-                    };
-                    outputs.insert(name.to_owned(), value);
-                    StepState::Succeeded
-                } else if statuses.contains(&TaskStatus::Failed) {
-                    StepState::Failed
-                } else {
-                    StepState::Cancelled
-                }
-            } else {
-                let needs: Vec<StepState> = step
-                    .needs
-                    .iter()
-                    .map(|n| {
-                        states
-                            .get(n.as_str())
-                            .copied()
-                            .unwrap_or(StepState::Pending)
-                    })
-                    .collect();
-                if needs.iter().any(|s| s.blocks()) || run.cancel_requested {
-                    StepState::Skipped
-                } else if needs.iter().any(|s| !s.is_final()) {
-                    StepState::Pending
-                } else {
-                    ready(workflow, run, step, &input, &outputs, &mut create)
-                }
-            };
-            states.insert(name, state);
-        }
-    }
-    let steps: Vec<(String, StepState)> = workflow
-        .steps
-        .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                states
-                    .get(s.name.as_str())
-                    .copied()
-                    .unwrap_or(StepState::Pending),
-            )
-        })
-        .collect();
-    let forward_done = create.is_empty() && steps.iter().all(|(_, s)| s.is_final());
-    let went_wrong = run.cancel_requested
-        || steps
-            .iter()
-            .any(|(_, s)| matches!(s, StepState::Failed | StepState::Cancelled));
-    let rollbacks = if forward_done && went_wrong && workflow.rollback {
-        roll_back(
-            workflow,
-            run,
-            &input,
-            &outputs,
-            &states,
-            &rollback_tasks,
-            &mut create,
-        )
-    } else {
-        Vec::new()
-    };
-    let status = if run.cancel_requested {
-        RunStatus::Cancelled
-    } else if went_wrong {
-        RunStatus::Failed
-    } else {
-        RunStatus::Succeeded
-    };
-    let finish = (create.is_empty() && forward_done && rollbacks.iter().all(|(_, s)| s.is_final()))
-        .then_some(status);
-    Plan {
-        steps,
-        rollbacks,
-        create,
-        finish,
-    }
-}
-
-/// The rollback phase of a run that failed or was cancelled: each succeeded step with a
-/// rollback is undone once every step that needs it has been undone (reverse dependency
-/// order). Adds ready rollbacks to `create`; returns each one's state, in definition order.
-fn roll_back(
-    workflow: &Workflow,
-    run: &WorkflowRun,
-    input: &Value,
-    outputs: &BTreeMap<String, Value>,
-    states: &HashMap<&str, StepState>,
-    rollback_tasks: &HashMap<&str, &StepTask>,
-    create: &mut Vec<NewStep>,
-) -> Vec<(String, StepState)> {
-    let undoable = |name: &str| {
-        workflow.step(name).is_some_and(|s| s.rollback.is_some())
-            && states.get(name) == Some(&StepState::Succeeded)
-    };
-    let mut undo: HashMap<String, StepState> = HashMap::new();
-    let mut waves = workflow.dag.waves();
-    waves.reverse();
-    for wave in waves {
-        for name in wave {
-            if !undoable(name) {
-                continue;
-            }
-            let Some(rollback) = workflow.step(name).and_then(|s| s.rollback.as_ref()) else {
-                continue;
-            };
-            let key = StepKey::rollback(name);
-            let state = if let Some(task) = rollback_tasks.get(name) {
-                match task.task.state.status {
-                    TaskStatus::Succeeded => StepState::Succeeded,
-                    TaskStatus::Failed => StepState::Failed,
-                    TaskStatus::Cancelled => StepState::Cancelled,
-                    _ => StepState::Active,
-                }
-            } else {
-                // Wait for every step that needs this one and was itself undoable.
-                let dependents: Vec<StepState> = workflow
-                    .steps
-                    .iter()
-                    .filter(|d| d.needs.iter().any(|n| n == name) && undoable(&d.name))
-                    .map(|d| undo.get(&d.name).copied().unwrap_or(StepState::Pending))
-                    .collect();
-                if dependents.iter().any(|s| s.blocks()) {
-                    StepState::Skipped
-                } else if dependents.iter().any(|s| !s.is_final()) {
-                    StepState::Pending
-                } else {
-                    let scope = Scope {
-                        input,
-                        outputs,
-                        item: None,
-                        event: None,
-                    };
-                    create.push(
-                        match render_job(
-                            &rollback.job,
-                            &rollback.spec,
-                            format!("{}/{key}", workflow.name),
-                            run,
-                            &scope,
-                        ) {
-                            Ok(job) => NewStep {
-                                step: key,
-                                job,
-                                status: TaskStatus::Queued,
-                                outputs: None,
-                                error: None,
-                            },
-                            Err(e) => NewStep {
-                                step: key,
-                                job: rollback.job.clone(),
-                                status: TaskStatus::Failed,
-                                outputs: None,
-                                error: Some(e),
-                            },
-                        },
-                    );
-                    StepState::Active
-                }
-            };
-            undo.insert(name.to_owned(), state);
-        }
-    }
-    workflow
-        .steps
-        .iter()
-        .filter_map(|s| undo.get(&s.name).map(|state| (s.name.clone(), *state)))
-        .collect()
+/// What `run` should do next, given its definition and its tasks. Pure: [`Progress`] made
+/// from every task at once.
+pub fn plan(workflow: &Arc<Workflow>, record: &WorkflowRunRecord) -> Plan {
+    Progress::new(
+        workflow.clone(),
+        record.run.clone(),
+        record.tasks.iter().map(|task| Seen {
+            step: task.step.clone(),
+            status: task.task.state.status,
+            outputs: task.task.outputs.clone(),
+        }),
+    )
+    .into_plan()
 }
 
 /// A step whose needs all succeeded: decides `when`, fans out, renders; adds what to write to
@@ -531,9 +310,72 @@ pub struct Workflows {
     work: Arc<WorkQueue>,
     /// Compiled definitions by (name, version): stored versions never change.
     compiled: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
-    /// With several replicas, the periodic look at every running run is one replica's duty;
-    /// `None` runs it here always.
+    /// The plans of the runs this engine moved on last, by run: taken out while one is being
+    /// moved on, so a failure leaves none half-changed.
+    plans: Mutex<HashMap<RunId, Progress>>,
+    /// Runs to look at again on the next pass: behind the store's revision, or whose advance
+    /// failed.
+    recheck: Mutex<HashSet<RunId>>,
+    /// Each running run's revision when the sweep last saw it, and when it swept.
+    swept: Mutex<(HashMap<RunId, u64>, Option<Instant>)>,
+    /// With several replicas, the sweep over every running run is one replica's duty; `None`
+    /// runs it here always.
     periodic_pass: Option<crate::replicas::Duty>,
+    reads: Reads,
+}
+
+/// The store reads the engine made to move runs on, by kind.
+#[derive(Debug, Default)]
+pub struct Reads {
+    /// A run's state and revision.
+    pub head: AtomicU64,
+    /// The tasks a result named.
+    pub tasks: AtomicU64,
+    /// A run's every task.
+    pub whole: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    Head,
+    Tasks,
+    Whole,
+}
+
+impl Reads {
+    fn count(&self, read: Read) {
+        let (counter, kind) = match read {
+            Read::Head => (&self.head, "head"),
+            Read::Tasks => (&self.tasks, "tasks"),
+            Read::Whole => (&self.whole, "whole"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        orchion_metrics::metrics()
+            .engine_reads
+            .with_label_values(&[kind])
+            .inc();
+    }
+}
+
+/// How many runs' plans the engine keeps; a run past it is read whole when it next moves.
+pub const PLANS_KEPT: usize = 4096;
+
+/// How long a plan may stay behind the store's revision, while the news of a change may still
+/// be on its way, before the run is read whole again.
+pub const BEHIND_GRACE: Duration = Duration::from_millis(100);
+
+/// How often every running run's revision is compared with what this engine knows: for
+/// changes no one told it of (a replica that stopped between recording a result and moving
+/// its run on).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the engine was told changed in a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Told {
+    /// These tasks of it changed.
+    Tasks(Vec<TaskId>),
+    /// Something may have; the store's revision says whether.
+    Unknown,
 }
 
 impl Workflows {
@@ -542,12 +384,21 @@ impl Workflows {
             store,
             work,
             compiled: Mutex::new(HashMap::new()),
+            plans: Mutex::new(HashMap::new()),
+            recheck: Mutex::new(HashSet::new()),
+            swept: Mutex::new((HashMap::new(), None)),
             periodic_pass: None,
+            reads: Reads::default(),
         }
     }
 
-    /// The periodic pass over every running run becomes `duty`: carried out by one replica at
-    /// a time, not by each (runs moved on by their results are advanced wherever those arrive).
+    /// The store reads made so far to move runs on.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
+    }
+
+    /// The sweep over every running run becomes `duty`: carried out by one replica at a time,
+    /// not by each (runs moved on by their results are advanced wherever those arrive).
     pub fn with_periodic_pass(self, duty: crate::replicas::Duty) -> Self {
         Self {
             periodic_pass: Some(duty),
@@ -610,7 +461,7 @@ impl Workflows {
     pub async fn start_deployment(
         &self,
         request: &orchion_spec::DeploymentRequest,
-        workflow: &Workflow,
+        workflow: Workflow,
         definition: &Value,
         raw: &Value,
         project_id: ProjectId,
@@ -631,13 +482,7 @@ impl Workflows {
             finished_at: None,
             trace_parent,
         };
-        let first = plan(
-            workflow,
-            &WorkflowRunRecord {
-                run: run.clone(),
-                tasks: Vec::new(),
-            },
-        );
+        let first = Progress::new(Arc::new(workflow), run.clone(), []).into_plan();
         let deployment = self
             .store
             .create_deployment(
@@ -784,13 +629,7 @@ impl Workflows {
             finished_at: None,
             trace_parent: request.trace_parent,
         };
-        let first = plan(
-            &workflow,
-            &WorkflowRunRecord {
-                run: run.clone(),
-                tasks: Vec::new(),
-            },
-        );
+        let first = Progress::new(workflow, run.clone(), []).into_plan();
         let created = self
             .store
             .create_workflow_run(
@@ -819,46 +658,167 @@ impl Workflows {
         Ok(created)
     }
 
-    /// Writes what the run should do next; repeats while that changes something (a step that
-    /// fails without running lets its dependents be skipped at once).
+    /// Writes what the run should do next, its plan read whole from the store.
     pub async fn advance(&self, id: RunId) -> Result<(), WorkflowError> {
+        self.forget(id);
+        self.advance_told(id, Told::Unknown).await
+    }
+
+    /// Forgets the plan kept for `id`: the next look reads the run whole.
+    fn forget(&self, id: RunId) {
+        lock(&self.plans).remove(&id);
+    }
+
+    /// Moves `id` on by what changed: the plan kept for it takes in the tasks `told` names
+    /// (a read of those alone) when it accounts for every change the store counted; otherwise
+    /// — no plan kept, the run's flags changed, or changes no one told of — the run is read
+    /// whole. Writes what the plan says, and repeats while that settles steps (a step that
+    /// fails without running lets its dependents be skipped at once).
+    pub async fn advance_told(&self, id: RunId, told: Told) -> Result<(), WorkflowError> {
+        let (mut tasks, unknown) = match told {
+            Told::Tasks(tasks) => (Some(tasks), false),
+            Told::Unknown => (None, true),
+        };
+        let mut read_whole = false;
         loop {
-            let record = self.store.get_workflow_run(id).await?;
-            if record.run.status.is_terminal() {
+            let head = self.store.workflow_run_head(id).await?;
+            self.reads.count(Read::Head);
+            if head.run.status.is_terminal() {
+                self.forget(id);
                 return Ok(());
             }
-            let workflow = self.definition_of(&record.run).await?;
-            let plan = plan(&workflow, &record);
-            if plan.create.is_empty() && plan.finish.is_none() {
+            let kept = lock(&self.plans)
+                .remove(&id)
+                .filter(|p| !read_whole && p.made_for(&head.run));
+            let mut progress = match kept {
+                Some(mut progress) => {
+                    if let Some(told) = tasks.take() {
+                        let seen = self
+                            .store
+                            .workflow_run_steps(id, Some(told.as_slice()))
+                            .await?;
+                        self.reads.count(Read::Tasks);
+                        progress.revision += progress.apply(seen.into_iter().map(Seen::from));
+                    }
+                    progress
+                }
+                None => {
+                    let workflow = self.definition_of(&head.run).await?;
+                    let seen = self.store.workflow_run_steps(id, None).await?;
+                    self.reads.count(Read::Whole);
+                    read_whole = true;
+                    tasks = None;
+                    let mut progress =
+                        Progress::new(workflow, head.run.clone(), seen.into_iter().map(Seen::from));
+                    progress.revision = head.revision;
+                    progress
+                }
+            };
+            let behind = progress.revision != head.revision;
+            let behind_for = if behind {
+                progress
+                    .behind_since
+                    .get_or_insert_with(Instant::now)
+                    .elapsed()
+            } else {
+                progress.behind_since = None;
+                Duration::ZERO
+            };
+            let (create, finish) = progress.take_plan();
+            if create.is_empty() && finish.is_none() {
+                if behind && !read_whole {
+                    // Nothing to do by what this plan knows, and it does not know everything:
+                    // told nothing, or long enough for news on its way, the run is read whole.
+                    if unknown || behind_for >= BEHIND_GRACE {
+                        read_whole = true;
+                        continue;
+                    }
+                    lock(&self.recheck).insert(id);
+                }
+                self.keep(id, progress);
                 return Ok(());
             }
-            let queued = plan.create.iter().any(|s| s.status == TaskStatus::Queued);
-            let settled = plan.create.iter().any(|s| s.status.is_terminal());
-            let finished = plan.finish;
-            let ended_here = self
-                .store
-                .advance_workflow_run(id, plan.create, plan.finish)
-                .await?;
-            if let (Some(status), true) = (finished, ended_here) {
+            let queued = create.iter().any(|s| s.status == TaskStatus::Queued);
+            let settled = create.iter().any(|s| s.status.is_terminal());
+            let written: Vec<Seen> = create
+                .iter()
+                .map(|s| Seen {
+                    step: s.step.clone(),
+                    status: s.status,
+                    outputs: s.outputs.clone(),
+                })
+                .collect();
+            let Some(advanced) = self.store.advance_workflow_run(id, create, finish).await? else {
+                // It ended meanwhile (elsewhere, or cancelled).
+                self.forget(id);
+                return Ok(());
+            };
+            if queued {
+                self.work.work_changed();
+            }
+            if let Some(status) = finish {
                 let metrics = orchion_metrics::metrics();
                 metrics
                     .workflows_finished
                     .with_label_values(&[status.as_str()])
                     .inc();
-                let took = orchion_store::now() - record.run.created_at;
+                let took = orchion_store::now() - head.run.created_at;
                 metrics
                     .workflows_duration
                     .with_label_values(&[status.as_str()])
                     .observe(took.as_seconds_f64().max(0.0));
-            }
-            let finished = finished.is_some();
-            if queued {
-                self.work.work_changed();
-            }
-            if finished || !settled {
+                if let Some(released) = advanced.released {
+                    // Its turn came: it starts now, not at the next sweep.
+                    Box::pin(self.advance(released)).await?;
+                }
                 return Ok(());
             }
+            // The store counted this write; the tasks it wrote are no change of theirs.
+            progress.revision += 1;
+            progress.apply(written);
+            self.keep(id, progress);
+            if !settled {
+                return Ok(());
+            }
+            read_whole = false;
         }
+    }
+
+    /// Keeps `progress` as the plan of `id`, forgetting some other plan when too many are kept.
+    fn keep(&self, id: RunId, progress: Progress) {
+        let mut plans = lock(&self.plans);
+        if plans.len() >= PLANS_KEPT && !plans.contains_key(&id) {
+            if let Some(&other) = plans.keys().next() {
+                plans.remove(&other);
+            }
+        }
+        plans.insert(id, progress);
+    }
+
+    /// The runs whose revision changed since the last sweep and is not the one their kept plan
+    /// accounts for. The first sweep (at start) finds every running run.
+    async fn sweep(&self) -> Result<Vec<RunId>, StoreError> {
+        let running = self.store.running_workflow_revisions().await?;
+        let plans = lock(&self.plans);
+        let mut swept = lock(&self.swept);
+        let mut changed = Vec::new();
+        let mut seen = HashMap::with_capacity(running.len());
+        for (id, revision) in running {
+            let known = swept.0.get(&id) == Some(&revision)
+                || plans.get(&id).is_some_and(|p| p.revision == revision);
+            if !known {
+                changed.push(id);
+            }
+            seen.insert(id, revision);
+        }
+        *swept = (seen, Some(Instant::now()));
+        Ok(changed)
+    }
+
+    fn sweep_due(&self) -> bool {
+        lock(&self.swept)
+            .1
+            .is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL)
     }
 
     /// Cancels a running run: its queued and running tasks are cancelled, nothing new starts,
@@ -885,9 +845,11 @@ impl Workflows {
     }
 }
 
-/// The engine: runs move on as their steps finish (the work queue wakes it), and every
-/// [`PASS_INTERVAL`] each running run is looked at, for what no result announced (a lost
-/// lease, a restart). A run that fails to advance is logged; the next pass tries again.
+/// The engine: runs move on as their steps finish (the work queue wakes it, naming the tasks),
+/// and each [`PASS_INTERVAL`] it looks again at the runs it must: those behind the store's
+/// revision, those whose advance failed, and — after the reaper lost attempts, and every
+/// [`SWEEP_INTERVAL`] — those whose revision moved without its knowing. A run that fails to
+/// advance is logged; the next pass tries again.
 impl Reconciler for Workflows {
     fn name(&self) -> &'static str {
         "workflow_engine"
@@ -905,19 +867,41 @@ impl Reconciler for Workflows {
         &self,
         cause: Cause,
     ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-        let mut runs = self.work.take_finished_runs();
-        let ours = match &self.periodic_pass {
-            Some(duty) => cause == Cause::Period && duty.held().await,
-            None => cause == Cause::Period,
-        };
-        if ours {
-            runs.extend(self.store.running_workflow_runs().await?);
+        let mut runs: HashMap<RunId, Told> = self
+            .work
+            .take_finished_runs()
+            .into_iter()
+            .map(|(id, tasks)| (id, Told::Tasks(tasks)))
+            .collect();
+        let reaped = self.work.take_reaped();
+        if cause == Cause::Period || reaped {
+            for id in std::mem::take(&mut *lock(&self.recheck)) {
+                runs.entry(id).or_insert(Told::Unknown);
+            }
+            let ours = match &self.periodic_pass {
+                Some(duty) => duty.held().await,
+                None => true,
+            };
+            if reaped || (ours && self.sweep_due()) {
+                for id in self.sweep().await? {
+                    runs.insert(id, Told::Unknown);
+                }
+            }
         }
-        for &id in &runs {
-            if let Err(e) = self.advance(id).await {
+        let looked = runs.len();
+        for (id, told) in runs {
+            if let Err(e) = self.advance_told(id, told).await {
+                lock(&self.recheck).insert(id);
                 tracing::warn!(run_id = %id, error = %e, "advancing a workflow run failed; the next pass tries again");
             }
         }
-        Ok(runs.len())
+        Ok(looked)
     }
 }
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+mod progress;
+pub use progress::{Progress, Seen};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use orchion_control::{NodeRegistry, RegistrySettings, StartRun, WorkQueue, Workflows};
+use orchion_control::{NodeRegistry, RegistrySettings, StartRun, Told, WorkQueue, Workflows};
 use orchion_domain::{
     AttemptOutcome, Capacity, Labels, NodeId, RunId, RunStatus, WorkflowRunRecord,
 };
@@ -92,7 +92,11 @@ impl Harness {
             .unwrap()
             .unwrap();
         assert!(done.workflow);
-        self.workflows.advance(done.run_id).await.unwrap();
+        // As the work queue tells it: by the task that finished.
+        self.workflows
+            .advance_told(done.run_id, Told::Tasks(vec![task.task_id]))
+            .await
+            .unwrap();
     }
 
     async fn record(&self, id: RunId) -> WorkflowRunRecord {
@@ -544,4 +548,111 @@ async fn a_run_keeps_the_version_it_started_on() {
     assert_eq!(record.run.version, 1);
     assert_eq!(record.run.status, RunStatus::Succeeded);
     assert!(record.tasks.iter().any(|t| t.step.name == "second"));
+}
+
+/// Runs every claimable task to success, a claim at a time, each with the outputs its no-op
+/// spec names, telling the engine of each batch as the work queue does (by its tasks), until
+/// the run ends; returns how many tasks ran.
+async fn drain(h: &Harness, run: RunId) -> usize {
+    let mut ran = 0;
+    loop {
+        let claimed = h.claim().await;
+        if claimed.is_empty() {
+            break;
+        }
+        let done = h
+            .store
+            .complete_attempts(
+                claimed
+                    .iter()
+                    .map(|task| AttemptReport {
+                        node: h.node,
+                        task: task.task_id,
+                        attempt: task.attempt,
+                        outcome: AttemptOutcome::Succeeded,
+                        output: None,
+                        outputs: Some(
+                            serde_json::from_str::<Value>(&task.spec).unwrap()["outputs"]
+                                .to_string(),
+                        ),
+                    })
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        assert!(done.iter().all(Result::is_ok));
+        ran += claimed.len();
+        h.workflows
+            .advance_told(
+                run,
+                Told::Tasks(claimed.iter().map(|t| t.task_id).collect()),
+            )
+            .await
+            .unwrap();
+    }
+    ran
+}
+
+#[tokio::test]
+async fn a_long_chain_and_a_wide_fan_out_cost_a_bounded_number_of_reads_per_step() {
+    let h = Harness::new().await;
+    // A chain: each step's end reads the run's state and the one task, never the whole run.
+    let steps = 300;
+    let chain: Vec<Value> = (0..steps)
+        .map(|i| {
+            let needs: Vec<String> = if i == 0 {
+                Vec::new()
+            } else {
+                vec![format!("s{}", i - 1)]
+            };
+            json!({"name": format!("s{i}"), "needs": needs, "executor": "noop", "spec": {}})
+        })
+        .collect();
+    let run = h
+        .start(json!({"name": "chain", "steps": chain}), json!({}))
+        .await;
+    let reads = h.workflows.reads();
+    let before = |r: &orchion_control::Reads| {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            r.head.load(Relaxed),
+            r.tasks.load(Relaxed),
+            r.whole.load(Relaxed),
+        )
+    };
+    let (head, tasks, whole) = before(reads);
+    assert_eq!(whole, 1, "the start reads its new run once");
+    assert_eq!(drain(&h, run).await, steps);
+    assert_eq!(h.record(run).await.run.status, RunStatus::Succeeded);
+    let (head2, tasks2, whole2) = before(reads);
+    assert_eq!(whole2, whole, "no step's end read the whole run");
+    let per_step = (head2 - head + tasks2 - tasks) as f64 / steps as f64;
+    assert!(per_step <= 2.0, "{per_step} reads per step");
+
+    // A fan-out: its elements end in batches; each batch costs its own reads.
+    let width = 1000;
+    let items: Vec<usize> = (0..width).collect();
+    let run = h
+        .start(
+            json!({"name": "fan", "steps": [
+                noop("root", &[], json!({"items": items})),
+                {"name": "fan", "needs": ["root"], "for_each": "${{ steps.root.outputs.items }}",
+                 "executor": "noop", "spec": {"outputs": {"n": "${{ item }}"}}},
+                noop("join", &["fan"], json!({"count": "${{ steps.fan.outputs }}"})),
+            ]}),
+            json!({}),
+        )
+        .await;
+    let (head, tasks, whole) = before(reads);
+    assert_eq!(drain(&h, run).await, width + 2);
+    let record = h.record(run).await;
+    assert_eq!(record.run.status, RunStatus::Succeeded);
+    let (head2, tasks2, whole2) = before(reads);
+    assert_eq!(whole2, whole, "no batch's end read the whole run");
+    // root, ten batches of a hundred elements, the join.
+    assert!(
+        head2 - head + tasks2 - tasks <= 2 * 12,
+        "{} reads",
+        head2 - head + tasks2 - tasks
+    );
 }

@@ -6,7 +6,7 @@
 //! upstream — each with a JSON pointer into the definition. A valid [`Dag`] gives the steps in
 //! waves: every step of a wave needs only steps of earlier waves, so a wave runs in parallel.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::{FieldError, ValidationErrors};
 
@@ -176,8 +176,14 @@ pub struct WorkflowType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dag {
     names: Vec<String>,
+    /// Each name's position in `names`.
+    index: HashMap<String, usize>,
     needs: Vec<Vec<usize>>,
+    /// The steps that need each one directly.
+    dependents: Vec<Vec<usize>>,
     waves: Vec<Vec<usize>>,
+    /// Each step's place in the waves, flattened: a step comes after every step it needs.
+    rank: Vec<usize>,
 }
 
 impl Dag {
@@ -263,7 +269,6 @@ impl Dag {
         }
         // Templates may read only the run input, the fan-out item, and outputs of upstream steps.
         if errors.0.is_empty() {
-            let upstream = upstream_sets(&needs);
             for (i, step) in steps.iter().enumerate() {
                 for (pointer, template) in &step.templates {
                     match parse_template(template) {
@@ -278,7 +283,7 @@ impl Dag {
                                 {
                                     let ok = index
                                         .get(from.as_str())
-                                        .is_some_and(|j| upstream[i].contains(j));
+                                        .is_some_and(|&j| is_upstream(&needs, j, i));
                                     if !ok {
                                         errors.push(FieldError {
                                             pointer: pointer.clone(),
@@ -299,11 +304,72 @@ impl Dag {
             return Err(errors);
         }
         let waves = waves(&needs);
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); needs.len()];
+        for (i, ns) in needs.iter().enumerate() {
+            for &j in ns {
+                dependents[j].push(i);
+            }
+        }
+        let mut rank = vec![0; needs.len()];
+        for (r, &i) in waves.iter().flatten().enumerate() {
+            rank[i] = r;
+        }
         Ok(Dag {
             names: steps.iter().map(|s| s.name.clone()).collect(),
+            index: index
+                .into_iter()
+                .map(|(name, i)| (name.to_owned(), i))
+                .collect(),
             needs,
+            dependents,
             waves,
+            rank,
         })
+    }
+
+    /// How many steps there are.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none (never, for a checked workflow).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The position of the step `name`, in definition order.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// The name of the step at `i`.
+    pub fn name(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    /// The positions of the steps the step at `i` needs directly.
+    pub fn needs_at(&self, i: usize) -> &[usize] {
+        &self.needs[i]
+    }
+
+    /// The positions of the steps that need the step at `i` directly.
+    pub fn dependents_at(&self, i: usize) -> &[usize] {
+        &self.dependents[i]
+    }
+
+    /// The step at `i`'s place in a topological order: after every step it needs.
+    pub fn rank(&self, i: usize) -> usize {
+        self.rank[i]
+    }
+
+    /// Every step's position, each after the steps it needs.
+    pub fn order(&self) -> impl Iterator<Item = usize> + '_ {
+        self.waves.iter().flatten().copied()
+    }
+
+    /// [`Dag::waves`] by position.
+    pub fn wave_positions(&self) -> &[Vec<usize>] {
+        &self.waves
     }
 
     /// Steps in waves: each wave needs only earlier waves.
@@ -316,9 +382,7 @@ impl Dag {
 
     /// The steps `name` needs directly.
     pub fn needs(&self, name: &str) -> Vec<&str> {
-        self.names
-            .iter()
-            .position(|n| n == name)
+        self.position(name)
             .map(|i| {
                 self.needs[i]
                     .iter()
@@ -331,10 +395,7 @@ impl Dag {
     /// `names` and every step that depends on one of them, directly or not: what a retry of
     /// failed steps runs again, and what a failure skips.
     pub fn downstream_of(&self, names: &[&str]) -> BTreeSet<String> {
-        let mut out: BTreeSet<usize> = names
-            .iter()
-            .filter_map(|n| self.names.iter().position(|m| m == n))
-            .collect();
+        let mut out: BTreeSet<usize> = names.iter().filter_map(|n| self.position(n)).collect();
         for wave in &self.waves {
             for &i in wave {
                 if self.needs[i].iter().any(|j| out.contains(j)) {
@@ -431,19 +492,20 @@ fn waves(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
     waves
 }
 
-/// For each step, every step upstream of it.
-fn upstream_sets(needs: &[Vec<usize>]) -> Vec<BTreeSet<usize>> {
-    let order: Vec<usize> = waves(needs).into_iter().flatten().collect();
-    let mut upstream: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); needs.len()];
-    for i in order {
-        let mut all = BTreeSet::new();
-        for &j in &needs[i] {
-            all.insert(j);
-            all.extend(upstream[j].iter().copied());
+/// Whether `from` is upstream of `step`: `step` needs it, directly or through others. A walk up
+/// from `step` (no step's every ancestor is kept: a long chain would make that quadratic).
+fn is_upstream(needs: &[Vec<usize>], from: usize, step: usize) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = needs[step].clone();
+    while let Some(i) = stack.pop() {
+        if i == from {
+            return true;
         }
-        upstream[i] = all;
+        if seen.insert(i) {
+            stack.extend(&needs[i]);
+        }
     }
-    upstream
+    false
 }
 
 #[cfg(test)]

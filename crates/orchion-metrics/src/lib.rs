@@ -33,6 +33,9 @@ pub struct Metrics {
     pub workflows_finished: IntCounterVec,
     /// `status`.
     pub workflows_duration: HistogramVec,
+    /// `kind`: `head` (a run's state), `tasks` (the tasks a result named), `whole` (every task
+    /// of a run).
+    pub engine_reads: IntCounterVec,
     pub workflows_active: IntGauge,
     /// `status`.
     pub nodes: IntGaugeVec,
@@ -167,6 +170,12 @@ impl Metrics {
                 "orchestrator_workflows_finished_total",
                 "Workflow runs and deployments that ended, by final status",
                 &["status"],
+            ),
+            engine_reads: counter(
+                &r,
+                "orchion_workflow_engine_reads_total",
+                "Store reads the workflow engine made to move runs on, by what it read",
+                &["kind"],
             ),
             workflows_duration: histogram(
                 &r,

@@ -109,7 +109,7 @@ pub struct Rollback {
 impl Workflow {
     /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&Step> {
-        self.steps.iter().find(|s| s.name == name)
+        self.dag.position(name).map(|i| &self.steps[i])
     }
 }
 

@@ -59,7 +59,7 @@ pub use crate::{
     },
     postgres::PostgresStore,
     replicas::{ReplicaStart, ReplicaStore},
-    runs::{NewDeployment, NewStep, NewWorkflowRun, RunStore},
+    runs::{Advanced, NewDeployment, NewStep, NewWorkflowRun, RunHead, RunStore, StepProgress},
     schedules::ScheduleStore,
     secrets::{Sealed, SealedSecret, SecretInfo, SecretStore},
     signals::{Heard, Listener, Signal},

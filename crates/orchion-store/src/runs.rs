@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     Created, IdempotencyKey, StoreError,
-    backend::{Statement, StoreBackend, Tx},
+    backend::{Statement, StoreBackend, Tx, Value},
     codec::{contains_pattern, direction, page_limit, page_of},
     error::{is_unique_violation, missing_project},
     events::PendingEvent,
@@ -69,6 +69,33 @@ pub struct NewStep {
     pub error: Option<String>,
 }
 
+/// A run as the engine reads it before a change: its state and its revision (how many changes
+/// to what its plan reads the store has recorded; see migration 0023).
+#[derive(Debug, Clone)]
+pub struct RunHead {
+    pub run: WorkflowRun,
+    pub revision: u64,
+}
+
+/// What [`RunStore::advance_workflow_run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advanced {
+    /// The run's revision after the change.
+    pub revision: u64,
+    /// The deployment run that was held behind this one and now runs, when this one ended.
+    pub released: Option<RunId>,
+}
+
+/// What the engine's plan reads of one of a run's tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepProgress {
+    pub id: TaskId,
+    pub step: StepKey,
+    pub status: TaskStatus,
+    /// The outputs of a succeeded step, a JSON object.
+    pub outputs: Option<String>,
+}
+
 /// Workflow runs and their steps. A supertrait of [`crate::Store`].
 #[async_trait]
 pub trait RunStore: Send + Sync {
@@ -92,16 +119,31 @@ pub trait RunStore: Send + Sync {
     ) -> Result<Page<WorkflowRun>, StoreError>;
 
     /// Adds steps that became ready and, with `finish`, ends the run — if it is still
-    /// running. Steps already written are left alone. Returns whether the run was running.
+    /// running. Steps already written are left alone. `None` if the run was not running.
     async fn advance_workflow_run(
         &self,
         id: RunId,
         steps: Vec<NewStep>,
         finish: Option<RunStatus>,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Option<Advanced>, StoreError>;
 
-    /// The runs still running, for the engine's periodic pass.
+    /// The run and its revision, read together.
+    async fn workflow_run_head(&self, id: RunId) -> Result<RunHead, StoreError>;
+
+    /// What the plan reads of the run's tasks: all of them, or those of `tasks` that belong
+    /// to the run.
+    async fn workflow_run_steps(
+        &self,
+        id: RunId,
+        tasks: Option<&[TaskId]>,
+    ) -> Result<Vec<StepProgress>, StoreError>;
+
+    /// The runs still running.
     async fn running_workflow_runs(&self) -> Result<Vec<RunId>, StoreError>;
+
+    /// The runs still running, each with its revision: the engine's sweep for changes no one
+    /// told it of.
+    async fn running_workflow_revisions(&self) -> Result<Vec<(RunId, u64)>, StoreError>;
 
     /// Asks a running run to stop: no new steps start, and its queued and running tasks are
     /// cancelled. [`StoreError::Conflict`] if it has finished.
@@ -276,24 +318,82 @@ impl<B: StoreBackend> RunStore for B {
         id: RunId,
         steps: Vec<NewStep>,
         finish: Option<RunStatus>,
-    ) -> Result<bool, StoreError> {
-        if steps.is_empty() && finish.is_none() {
-            return Ok(false);
-        }
+    ) -> Result<Option<Advanced>, StoreError> {
         let now = crate::now();
         let mut tx = self.begin().await?;
         let run = lock_run(&mut tx, id).await?;
         if run.state.status != RunStatus::Running {
             // Finished meanwhile (elsewhere, or cancelled): nothing more to add.
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
         insert_steps(&mut tx, id, &steps, now).await?;
-        if let Some(end) = finish {
-            apply_to_run(&mut tx, &run, RunEvent::Finish(end)).await?;
-        }
+        let released = match finish {
+            Some(end) => apply_to_run(&mut tx, &run, RunEvent::Finish(end)).await?,
+            None => None,
+        };
+        let revision = bump_revision(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(Advanced { revision, released }))
+    }
+
+    async fn workflow_run_head(&self, id: RunId) -> Result<RunHead, StoreError> {
+        let row: HeadRow = self
+            .read_optional(
+                Statement::new(format!(
+                    "SELECT {RUN_COLUMNS}, v.revision FROM workflow_runs w JOIN runs r ON r.id = w.run_id \
+                     JOIN workflow_revisions v ON v.run_id = w.run_id WHERE w.run_id = $1"
+                ))
+                .bind(id.as_uuid()),
+            )
+            .await?
+            .ok_or_else(|| run_not_found(id))?;
+        Ok(RunHead {
+            revision: u64::try_from(row.revision).unwrap_or(0),
+            run: row.run.try_into()?,
+        })
+    }
+
+    async fn workflow_run_steps(
+        &self,
+        id: RunId,
+        tasks: Option<&[TaskId]>,
+    ) -> Result<Vec<StepProgress>, StoreError> {
+        let rows: Vec<(Uuid, String, String, Option<String>)> = match tasks {
+            None => {
+                self.read_all(
+                    Statement::new(
+                        "SELECT id, step, status, outputs FROM tasks WHERE run_id = $1 ORDER BY id",
+                    )
+                    .bind(id.as_uuid()),
+                )
+                .await?
+            }
+            Some([]) => Vec::new(),
+            Some(tasks) => {
+                let mut rows = Vec::with_capacity(tasks.len());
+                for chunk in tasks.chunks(crate::tasks::INSERT_CHUNK) {
+                    let mut statement = Statement::new(
+                        "SELECT id, step, status, outputs FROM tasks WHERE run_id = $1 AND id IN (",
+                    )
+                    .bind(id.as_uuid());
+                    statement.push_list(chunk.iter().map(|t| Value::from(t.as_uuid())));
+                    statement.push(")");
+                    rows.extend(self.read_all(statement).await?);
+                }
+                rows
+            }
+        };
+        rows.into_iter()
+            .map(|(task, step, status, outputs)| {
+                Ok(StepProgress {
+                    id: TaskId::from_uuid(task),
+                    step: StepKey::from_stored(step),
+                    status: status.parse().map_err(StoreError::Corrupt)?,
+                    outputs,
+                })
+            })
+            .collect()
     }
 
     async fn running_workflow_runs(&self) -> Result<Vec<RunId>, StoreError> {
@@ -303,6 +403,19 @@ impl<B: StoreBackend> RunStore for B {
             ))
             .await?;
         Ok(rows.into_iter().map(|(id,)| RunId::from_uuid(id)).collect())
+    }
+
+    async fn running_workflow_revisions(&self) -> Result<Vec<(RunId, u64)>, StoreError> {
+        let rows: Vec<(Uuid, i64)> = self
+            .read_all(Statement::new(
+                "SELECT w.run_id, v.revision FROM workflow_runs w JOIN workflow_revisions v ON v.run_id = w.run_id \
+                 WHERE w.status = 'running' ORDER BY w.run_id",
+            ))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, revision)| (RunId::from_uuid(id), u64::try_from(revision).unwrap_or(0)))
+            .collect())
     }
 
     async fn cancel_workflow_run(&self, id: RunId) -> Result<(), StoreError> {
@@ -391,6 +504,8 @@ impl<B: StoreBackend> RunStore for B {
             .into_iter()
             .any(|(step,)| StepKey::from_stored(step).is_rollback());
         apply_to_run(&mut tx, &run, RunEvent::Retry { rolled_back }).await?;
+        // It drops the steps that never ran, which no trigger counts.
+        bump_revision(&mut tx, id).await?;
         tx.commit().await
     }
 }
@@ -440,12 +555,12 @@ async fn lock_run<T: Tx>(tx: &mut T, id: RunId) -> Result<LockedRun, StoreError>
 
 /// Applies `event` to a locked run as `RunState::next` decides: writes the new state (with an
 /// event when the status changed), then carries out the transition's effects. A refused event
-/// is a conflict that names the run.
+/// is a conflict that names the run. Returns the held run it released, if it did.
 async fn apply_to_run<T: Tx>(
     tx: &mut T,
     run: &LockedRun,
     event: RunEvent,
-) -> Result<RunState, StoreError> {
+) -> Result<Option<RunId>, StoreError> {
     let id = run.id;
     let transition = run
         .state
@@ -476,14 +591,15 @@ async fn apply_to_run<T: Tx>(
             .await?;
         }
     }
+    let mut released = None;
     for effect in transition.effects {
         match effect {
             RunEffect::CancelActiveTasks => cancel_active_tasks(tx, id).await?,
             RunEffect::RetryEndedSteps => retry_ended_steps(tx, id).await?,
-            RunEffect::ReleaseSlot => release_slot(tx, id).await?,
+            RunEffect::ReleaseSlot => released = release_slot(tx, id).await?,
         }
     }
-    Ok(to)
+    Ok(released)
 }
 
 /// Tries a run's failed and cancelled steps again under their policy, keeping their attempts;
@@ -510,8 +626,8 @@ async fn retry_ended_steps<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreErro
 }
 
 /// A finished deployment frees its composer and environment's slot: the oldest run held
-/// behind it takes the slot and is released.
-async fn release_slot<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
+/// behind it takes the slot and is released; returns that run.
+async fn release_slot<T: Tx>(tx: &mut T, id: RunId) -> Result<Option<RunId>, StoreError> {
     let freed: Option<(String, String)> = tx
         .fetch_optional(
             Statement::new(
@@ -523,7 +639,7 @@ async fn release_slot<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
         )
         .await?;
     let Some((composer, environment)) = freed else {
-        return Ok(());
+        return Ok(None);
     };
     let next: Option<(Uuid,)> = tx
         .fetch_optional(
@@ -544,10 +660,13 @@ async fn release_slot<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreError> {
                 .bind(true),
         )
         .await?;
-        let held = lock_run(tx, RunId::from_uuid(next)).await?;
+        let next = RunId::from_uuid(next);
+        let held = lock_run(tx, next).await?;
         Box::pin(apply_to_run(tx, &held, RunEvent::Release)).await?;
+        bump_revision(tx, next).await?;
+        return Ok(Some(next));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Asks a run's queued and running tasks to stop.
@@ -562,6 +681,21 @@ async fn cancel_active_tasks<T: Tx>(tx: &mut T, id: RunId) -> Result<(), StoreEr
         apply_to_task(tx, task, TaskEvent::CancelRequested).await?;
     }
     Ok(())
+}
+
+/// Counts a change to what the run's plan reads that no trigger counted; returns the new
+/// revision. Taken last in a transaction, after any task (see migration 0023).
+async fn bump_revision<T: Tx>(tx: &mut T, id: RunId) -> Result<u64, StoreError> {
+    let (revision,): (i64,) = tx
+        .fetch_optional(
+            Statement::new(
+                "UPDATE workflow_revisions SET revision = revision + 1 WHERE run_id = $1 RETURNING revision",
+            )
+            .bind(id.as_uuid()),
+        )
+        .await?
+        .ok_or_else(|| run_not_found(id))?;
+    Ok(u64::try_from(revision).unwrap_or(0))
 }
 
 /// Writes a new workflow run with its first steps, and its event.
@@ -596,6 +730,10 @@ async fn insert_run<T: Tx>(
         .bind(false)
         .bind(now)
         .bind(run.trace_parent.as_deref()),
+    )
+    .await?;
+    tx.execute(
+        Statement::new("INSERT INTO workflow_revisions (run_id) VALUES ($1)").bind(id.as_uuid()),
     )
     .await?;
     insert_steps(tx, id, steps, now).await?;
@@ -648,6 +786,14 @@ struct WorkflowRunRow {
     created_at: OffsetDateTime,
     finished_at: Option<OffsetDateTime>,
     traceparent: Option<String>,
+}
+
+/// A [`WorkflowRunRow`] with its revision.
+#[derive(sqlx::FromRow)]
+struct HeadRow {
+    #[sqlx(flatten)]
+    run: WorkflowRunRow,
+    revision: i64,
 }
 
 /// One try of [`RunStore::create_deployment`].

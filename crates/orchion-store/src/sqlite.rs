@@ -65,6 +65,8 @@ pub struct SqliteStore {
     background: TaskTracker,
     stop: CancellationToken,
     commits: Arc<AtomicU64>,
+    /// `<database>.lock`, locked while this store is open: one server per database file.
+    lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -110,6 +112,51 @@ fn private_files(db: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Takes `<db>.lock` for this process, writing its pid there, so that a second server on the
+/// same database file is refused in words (naming the lock and the process holding it) rather
+/// than sharing the file's one writer with it. The lock (`flock`) goes with the process, however
+/// it ends.
+fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = std::path::PathBuf::from(name);
+    let failed =
+        |e: std::io::Error| StoreError::Files(format!("cannot lock {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "another process".to_owned(),
+                pid => format!("process {pid}"),
+            };
+            return Err(StoreError::Files(format!(
+                "the database {} is in use: {holder} holds its lock {}. Stop that server, or give \
+                 this one another data directory (--data-dir) or database (--database-url)",
+                db.display(),
+                path.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(failed)?;
+    Ok(file)
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `url` (`sqlite:PATH`), with up to
     /// `readers` concurrent read connections.
@@ -128,6 +175,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         private_files(options.get_filename())?;
+        let lock = lock_database(options.get_filename())?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
@@ -167,6 +215,7 @@ impl SqliteStore {
             background,
             stop,
             commits,
+            lock: Arc::new(std::sync::Mutex::new(Some(lock))),
         })
     }
 }
@@ -369,5 +418,12 @@ impl Store for SqliteStore {
         self.background.close();
         self.background.wait().await;
         self.checkpointer.close().await;
+        // Closed: another server may have the file now.
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(),
+        );
     }
 }

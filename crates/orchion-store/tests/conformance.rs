@@ -110,6 +110,7 @@ conformance!(
     a_batch_of_jobs_commits_together_with_outcomes_per_job,
     a_batch_of_results_is_fenced_per_report,
     workflow_runs_add_steps_once_and_end_once,
+    a_workflow_runs_revision_counts_each_change_its_plan_reads,
     concurrent_starts_with_one_key_make_one_workflow_run,
     workflow_runs_cancel_and_retry_from_failed_steps,
     one_deployment_per_composer_and_environment_runs_at_a_time,
@@ -1895,6 +1896,122 @@ async fn concurrent_starts_with_one_key_make_one_workflow_run(db: Db) {
     assert_eq!(record.tasks.len(), 1, "its steps were written once");
 }
 
+async fn a_workflow_runs_revision_counts_each_change_its_plan_reads(db: Db) {
+    let store = db.open().await;
+    let id = store
+        .create_workflow_run(new_run("ci"), vec![step("build")], None)
+        .await
+        .unwrap()
+        .value
+        .id;
+    let other = store
+        .create_workflow_run(new_run("ci"), vec![step("build")], None)
+        .await
+        .unwrap()
+        .value
+        .id;
+    let revision =
+        |store: Arc<dyn Store>| async move { store.workflow_run_head(id).await.unwrap().revision };
+    assert_eq!(revision(store.clone()).await, 0);
+    // Each advance counts, even one whose steps were written already.
+    for expected in [1, 2] {
+        let advanced = store
+            .advance_workflow_run(id, vec![step("a"), step("b")], None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(advanced.revision, expected);
+        assert_eq!(advanced.released, None);
+    }
+    // A claim changes nothing the plan reads; each task's end counts once.
+    let node = NodeId::new();
+    let claimed = store
+        .claim_tasks(&claim(node, &["shell"], 10))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 4);
+    assert_eq!(revision(store.clone()).await, 2);
+    let ours: Vec<_> = claimed
+        .iter()
+        .filter(|c| c.job_id == id)
+        .map(|c| c.task_id)
+        .collect();
+    let theirs = claimed.iter().find(|c| c.job_id == other).unwrap().task_id;
+    let done = store
+        .complete_attempts(
+            ours.iter()
+                .map(|&task| AttemptReport {
+                    node,
+                    task,
+                    attempt: 1,
+                    outcome: AttemptOutcome::Succeeded,
+                    output: None,
+                    outputs: Some(r#"{"n":1}"#.into()),
+                })
+                .collect(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        done.iter()
+            .all(|d| d.as_ref().unwrap().status == TaskStatus::Succeeded)
+    );
+    assert_eq!(revision(store.clone()).await, 5);
+    assert_eq!(store.workflow_run_head(other).await.unwrap().revision, 0);
+
+    // The tasks named, of this run alone; or every one.
+    let named = store
+        .workflow_run_steps(id, Some(&[ours[0], theirs]))
+        .await
+        .unwrap();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].id, ours[0]);
+    assert_eq!(named[0].status, TaskStatus::Succeeded);
+    assert_eq!(named[0].outputs.as_deref(), Some(r#"{"n":1}"#));
+    let all = store.workflow_run_steps(id, None).await.unwrap();
+    let keys: Vec<String> = all.iter().map(|t| t.step.to_string()).collect();
+    assert_eq!(keys, ["build", "a", "b"]);
+    assert!(
+        store
+            .workflow_run_steps(id, Some(&[]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let running = store.running_workflow_revisions().await.unwrap();
+    assert!(running.contains(&(id, 5)), "{running:?}");
+    assert!(running.contains(&(other, 0)), "{running:?}");
+    // The other run's one task ends cancelled; the run ends; a retry then queues it again.
+    store
+        .complete_attempts(vec![AttemptReport {
+            node,
+            task: theirs,
+            attempt: 1,
+            outcome: AttemptOutcome::Cancelled,
+            output: None,
+            outputs: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(store.workflow_run_head(other).await.unwrap().revision, 1);
+    let finished = store
+        .advance_workflow_run(
+            other,
+            Vec::new(),
+            Some(orchion_domain::RunStatus::Cancelled),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(finished.revision, 2);
+    let running = store.running_workflow_revisions().await.unwrap();
+    assert!(!running.iter().any(|(r, _)| *r == other), "{running:?}");
+    // A retry counts the steps it drops and the ones it queues again.
+    store.retry_workflow_run(other).await.unwrap();
+    assert!(store.workflow_run_head(other).await.unwrap().revision > 2);
+}
+
 async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
     use orchion_domain::{PageRequest, RunStatus, WorkflowRunFilter};
     let store = db.open().await;
@@ -1922,6 +2039,7 @@ async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
                 .advance_workflow_run(id, vec![step("test[0]"), step("test[1]")], None)
                 .await
                 .unwrap()
+                .is_some()
         );
     }
     let failed = NewStep {
@@ -1975,12 +2093,14 @@ async fn workflow_runs_add_steps_once_and_end_once(db: Db) {
             .advance_workflow_run(id, Vec::new(), Some(RunStatus::Failed))
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
-        !store
+        store
             .advance_workflow_run(id, vec![step("late")], Some(RunStatus::Succeeded))
             .await
             .unwrap()
+            .is_none()
     );
     let record = store.get_workflow_run(id).await.unwrap();
     assert_eq!(record.run.status, RunStatus::Failed);

@@ -349,6 +349,34 @@ async fn an_unusable_secrets_key_stops_the_server_naming_it() {
 }
 
 #[tokio::test]
+async fn a_second_server_on_one_data_dir_is_refused_naming_the_lock_and_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Orchion::start(dir.path(), &["server"], &[]);
+    let out = command(&[
+        "server",
+        "--http-port",
+        "0",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+    ])
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("process {} holds its lock", first.pid())),
+        "{stderr}"
+    );
+    assert!(stderr.contains(".orchion/orchion.db.lock"), "{stderr}");
+    // The first one still serves, on its own data.
+    let health = http().get(first.url("/readyz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
 async fn an_unusable_admin_token_setting_stops_the_server_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");
