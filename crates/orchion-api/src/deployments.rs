@@ -39,11 +39,16 @@ async fn deployment_body(
         tracing::error!(error = %e, id = %deployment.id, "a stored deployment request does not parse");
         ApiError::Internal
     })?;
+    let specs: std::collections::HashMap<&str, &orchion_spec::ResourceRequest> = request
+        .resources
+        .iter()
+        .map(|r| (r.name.as_str(), r))
+        .collect();
     let resources = projected
         .resources
         .into_iter()
         .map(|resource| {
-            let spec = request.resources.iter().find(|r| r.name == resource.name);
+            let spec = specs.get(resource.name.as_str());
             ResourceStatus {
                 engine: spec.map(|r| r.engine.clone()).unwrap_or_default(),
                 catalog_ref: spec.map(|r| r.catalog_ref.clone()).unwrap_or_default(),
@@ -82,7 +87,7 @@ async fn visible_deployment(
     if caller.0.is_unconfined() {
         return Ok(deployment);
     }
-    let run = state.store.get_workflow_run(deployment.run_id).await?;
+    let run = state.store.workflow_run_head(deployment.run_id).await?;
     caller.visible(run.run.project_id, "deployment", id, deployment)
 }
 

@@ -1,7 +1,8 @@
 //! Health endpoints: Kubernetes-style `/livez` and `/readyz`, and the seeds' `/health` and
 //! `/ready` in their own shapes.
 //!
-//! Ready means: not draining for shutdown, and the store answers within [`STORE_CHECK_TIMEOUT`].
+//! Ready means: not draining for shutdown, the store answers within [`STORE_CHECK_TIMEOUT`], and
+//! its last write did not fail for want of space or an I/O error.
 
 use std::time::Duration;
 
@@ -73,7 +74,10 @@ async fn readiness(state: &AppState, ok: &'static str) -> (StatusCode, Json<Read
         Some("draining for shutdown".to_owned())
     } else {
         match tokio::time::timeout(STORE_CHECK_TIMEOUT, state.store.ping()).await {
-            Ok(Ok(())) => None,
+            Ok(Ok(())) => state
+                .store
+                .write_failure()
+                .map(|why| format!("the store cannot write: {why}")),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "readiness: store check failed");
                 Some("the store is unreachable".to_owned())

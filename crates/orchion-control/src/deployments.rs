@@ -3,7 +3,7 @@
 //! deployment service's (`pending`, `in_progress`, `ready`, `failed`, `rolling_back`,
 //! `rolled_back`, `rollback_failed`, …).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use orchion_domain::{RunStatus, StepKey, StepTask, TaskStatus, WorkflowRunRecord};
 use serde_json::Value;
@@ -71,7 +71,8 @@ pub fn deployment_status(plan: &Plan, record: &WorkflowRunRecord) -> DeploymentS
         RunStatus::Failed => (undone("failed"), "complete"),
         RunStatus::Cancelled => (undone("cancelled"), "complete"),
     };
-    let task = |key: StepKey| record.tasks.iter().find(|t| t.step == key);
+    let by_key: HashMap<&StepKey, &StepTask> = record.tasks.iter().map(|t| (&t.step, t)).collect();
+    let task = |key: StepKey| by_key.get(&key).copied();
     let mut error = None;
     let mut resources = Vec::with_capacity(plan.steps.len());
     for (name, step_state) in &plan.steps {

@@ -70,14 +70,25 @@ impl From<sqlx::Error> for StoreError {
 
 /// Whether a database error code says "try again": PostgreSQL restarting, shutting down or
 /// not taking connections yet (`57P01`–`57P03`), a lost connection (class `08`), too many
-/// connections (`53300`), a serialization failure or deadlock (`40001`, `40P01`); SQLite busy
-/// or locked (`5`, `6` and their extended codes).
+/// connections (`53300`), a full disk (`53100`), a serialization failure or deadlock
+/// (`40001`, `40P01`); SQLite busy or locked, out of disk space, an I/O error, a file that
+/// cannot be opened or written (their primary codes `5`, `6`, `13`, `10`, `14`, `8`, and
+/// their extended codes).
 fn is_retryable(code: &str) -> bool {
+    if let Ok(sqlite) = code.parse::<i32>() {
+        return sqlite_retryable(sqlite);
+    }
     code.starts_with("08")
         || matches!(
             code,
-            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "5" | "6" | "261" | "517"
+            "57P01" | "57P02" | "57P03" | "53300" | "53100" | "40001" | "40P01"
         )
+}
+
+/// Whether a SQLite result code (primary or extended) names a condition that passes: busy,
+/// locked, a full disk, an I/O error, a file that cannot be opened or is read-only.
+pub(crate) fn sqlite_retryable(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6 | 8 | 10 | 13 | 14)
 }
 
 /// A conversion that cannot fail (a row that is already the value), for `codec::page_of`.

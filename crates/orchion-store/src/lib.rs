@@ -93,6 +93,12 @@ pub trait Store:
     /// How many write transactions this store has committed since it was opened.
     fn commits(&self) -> u64;
 
+    /// Why writes fail, when the last one failed for a reason that passes (a full disk, an I/O
+    /// error) and none has committed since.
+    fn write_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Closes the store's connections; later calls fail with [`StoreError::Unavailable`].
     async fn close(&self);
 

@@ -65,6 +65,7 @@ pub struct SqliteStore {
     background: TaskTracker,
     stop: CancellationToken,
     commits: Arc<AtomicU64>,
+    health: Arc<WriteHealth>,
     /// `<database>.lock`, locked while this store is open: one server per database file.
     lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
@@ -110,6 +111,33 @@ fn private_files(db: &std::path::Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// How the last write went, for readiness: a write that failed for a reason that passes (a
+/// full disk, an I/O error) is remembered until one commits.
+#[derive(Debug, Default)]
+pub(crate) struct WriteHealth(std::sync::Mutex<Option<String>>);
+
+impl WriteHealth {
+    /// Takes in a write's outcome: a commit clears a failure; a failure that passes is kept.
+    pub(crate) fn observe<T>(&self, outcome: &Result<T, StoreError>, committed: bool) {
+        let mut failure = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match outcome {
+            Ok(_) if committed => *failure = None,
+            Err(e @ StoreError::Unavailable(_)) => *failure = Some(e.to_string()),
+            _ => {}
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Takes `<db>.lock` for this process, writing its pid there, so that a second server on the
@@ -194,11 +222,13 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         let commits = Arc::new(AtomicU64::new(0));
+        let health = Arc::new(WriteHealth::default());
         let turn = writer::WriteTurn::default();
         let queue = Arc::new(writer::Writer::open(
             options.get_filename(),
             turn.clone(),
             commits.clone(),
+            health.clone(),
         )?);
         let (background, stop) = (TaskTracker::new(), CancellationToken::new());
         background.spawn(checkpoint(
@@ -215,6 +245,7 @@ impl SqliteStore {
             background,
             stop,
             commits,
+            health,
             lock: Arc::new(std::sync::Mutex::new(Some(lock))),
         })
     }
@@ -280,6 +311,7 @@ fn arguments<'q>(values: &'q [Value<'_>]) -> Result<SqliteArguments<'q>, StoreEr
 pub(crate) struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
     commits: Arc<AtomicU64>,
+    health: Arc<WriteHealth>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -291,17 +323,23 @@ impl Tx for WriteTx {
 
     async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_with(&statement.sql_for_sqlite(), args)
+        let done = sqlx::query_with(&statement.sql_for_sqlite(), args)
             .execute(&mut *self.tx)
-            .await?
-            .rows_affected())
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(StoreError::from);
+        self.health.observe(&done, false);
+        done
     }
 
     async fn fetch_all<R: Row>(&mut self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_as_with(&statement.sql_for_sqlite(), args)
+        let rows = sqlx::query_as_with(&statement.sql_for_sqlite(), args)
             .fetch_all(&mut *self.tx)
-            .await?)
+            .await
+            .map_err(StoreError::from);
+        self.health.observe(&rows, false);
+        rows
     }
 
     async fn fetch_optional<R: Row>(
@@ -309,9 +347,12 @@ impl Tx for WriteTx {
         statement: Statement<'_>,
     ) -> Result<Option<R>, StoreError> {
         let args = arguments(statement.values())?;
-        Ok(sqlx::query_as_with(&statement.sql_for_sqlite(), args)
+        let row = sqlx::query_as_with(&statement.sql_for_sqlite(), args)
             .fetch_optional(&mut *self.tx)
-            .await?)
+            .await
+            .map_err(StoreError::from);
+        self.health.observe(&row, false);
+        row
     }
 
     /// One multi-row insert per chunk; SQLite's single writer orders the events by commit.
@@ -335,7 +376,9 @@ impl Tx for WriteTx {
     }
 
     async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
+        let done = self.tx.commit().await.map_err(StoreError::from);
+        self.health.observe(&done, true);
+        done?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -350,9 +393,24 @@ impl StoreBackend for SqliteStore {
 
     async fn begin(&self) -> Result<WriteTx, StoreError> {
         let turn = self.turn.clone().lock_owned().await;
+        let tx = match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
+            // A transaction whose end failed (a full disk: SQLite rolls such a one back itself)
+            // leaves sqlx counting it as open, and every later begin refused. The connection
+            // is closed and the pool opens a fresh one.
+            Err(sqlx::Error::InvalidSavePointStatement) => {
+                tracing::warn!(
+                    "the SQLite write connection was left inside a failed transaction; opening a fresh one"
+                );
+                self.writer.acquire().await?.close().await?;
+                self.writer.begin_with("BEGIN IMMEDIATE").await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(WriteTx {
-            tx: self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            tx,
             commits: self.commits.clone(),
+            health: self.health.clone(),
             _turn: turn,
         })
     }
@@ -406,6 +464,10 @@ impl Store for SqliteStore {
 
     fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+
+    fn write_failure(&self) -> Option<String> {
+        self.health.failure()
     }
 
     async fn close(&self) {

@@ -753,11 +753,15 @@ pub struct FailoverBenchArgs {
 #[derive(Debug, Args)]
 pub struct DagBenchArgs {
     /// Run a chain of this many steps, each needing the one before.
-    #[arg(long, value_name = "N")]
-    pub steps: Option<usize>,
+    #[arg(long, visible_alias = "steps", value_name = "N")]
+    pub chain: Option<usize>,
     /// Run a root, this many parallel steps, and a join.
     #[arg(long, value_name = "N")]
     pub fanout: Option<usize>,
+    /// Create a deployment of this many resources (each after the one before; no agent runs
+    /// them) and four more of a quarter the size, and time creating, reading and listing them.
+    #[arg(long, value_name = "N")]
+    pub resources: Option<usize>,
     /// Runs to measure, one after another.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,

@@ -36,6 +36,7 @@ pub(super) struct Writer {
     work: Mutex<Option<mpsc::Sender<Work>>>,
     turn: WriteTurn,
     commits: Arc<AtomicU64>,
+    health: Arc<super::WriteHealth>,
 }
 
 impl Writer {
@@ -44,6 +45,7 @@ impl Writer {
         path: &Path,
         turn: WriteTurn,
         commits: Arc<AtomicU64>,
+        health: Arc<super::WriteHealth>,
     ) -> Result<Self, StoreError> {
         let conn = Connection::open_with_flags(
             path,
@@ -75,6 +77,7 @@ impl Writer {
             work: Mutex::new(Some(work)),
             turn,
             commits,
+            health,
         })
     }
 
@@ -91,8 +94,10 @@ impl Writer {
         let turn = self.turn.clone().lock_owned().await;
         let (reply, result) = oneshot::channel();
         let commits = self.commits.clone();
+        let health = self.health.clone();
         let work: Work = Box::new(move |conn| {
             let _turn = turn;
+            let mut committed = false;
             let outcome = (|| {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -100,12 +105,14 @@ impl Writer {
                 let (value, wrote) = body(&tx)?;
                 if wrote {
                     tx.commit().map_err(database)?;
+                    committed = true;
                     commits.fetch_add(1, Ordering::Relaxed);
                 } else {
                     tx.rollback().map_err(database)?;
                 }
                 Ok(value)
             })();
+            health.observe(&outcome, committed);
             let _ = reply.send(outcome);
         });
         let sender = self
@@ -130,9 +137,20 @@ impl Writer {
     }
 }
 
-/// A rusqlite error as the store reports database errors.
+/// A rusqlite error as the store reports database errors: a full disk, an I/O error, a busy or
+/// read-only file is [`StoreError::Unavailable`] (it passes: try again), anything else
+/// [`StoreError::Database`].
 pub(super) fn database(error: rusqlite::Error) -> StoreError {
-    StoreError::Database(sqlx::Error::AnyDriverError(Box::new(error)))
+    let passes = matches!(
+        &error,
+        rusqlite::Error::SqliteFailure(e, _) if crate::error::sqlite_retryable(e.extended_code)
+    );
+    let error = sqlx::Error::AnyDriverError(Box::new(error));
+    if passes {
+        StoreError::Unavailable(error)
+    } else {
+        StoreError::Database(error)
+    }
 }
 
 /// The error of a store that is shutting down.
@@ -150,7 +168,7 @@ mod tests {
             .unwrap()
             .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL);")
             .unwrap();
-        Writer::open(&path, WriteTurn::default(), Arc::default()).unwrap()
+        Writer::open(&path, WriteTurn::default(), Arc::default(), Arc::default()).unwrap()
     }
 
     #[tokio::test]

@@ -1,8 +1,10 @@
 //! `orchion bench dag`: workflow runs of no-op steps on real agents against a real server.
-//! `--steps N` runs a chain (each step needs the one before) and reports the step→step latency
+//! `--chain N` runs a chain (each step needs the one before) and reports the step→step latency
 //! — from one step's end to the next one's start, by the server's own timestamps — and the
 //! whole run's time. `--fanout N` runs a root, N parallel steps (`for_each`) and a join, and
-//! reports how long the fan-out took to start and to finish.
+//! reports how long the fan-out took to start and to finish. Both report the workflow engine's
+//! store reads per step (`orchion_workflow_engine_reads_total`). `--resources N` creates a
+//! deployment of N resources and four of N/4, and times creating, reading and listing them.
 
 use std::{
     process::ExitCode,
@@ -120,10 +122,107 @@ fn tasks_of<'a>(run: &'a Value, step: &str) -> anyhow::Result<&'a Vec<Value>> {
         .with_context(|| format!("the run has no step {step}"))
 }
 
+/// The workflow engine's store reads so far.
+async fn engine_reads(server: &BenchServer) -> anyhow::Result<f64> {
+    server.counter("orchion_workflow_engine_reads_total").await
+}
+
+/// A deployment `id` of `n` terraform resources, each depending on the one before.
+fn deployment(id: &str, environment: &str, n: usize) -> Value {
+    let resources: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"name": format!("r{i}"), "catalogRef": "bench:1", "engine": "terraform",
+                   "config": {"index": i}})
+        })
+        .collect();
+    let dependencies: Vec<Value> = (1..n)
+        .map(|i| json!({"from": format!("r{}", i - 1), "to": format!("r{i}")}))
+        .collect();
+    json!({"id": id, "composer": "bench", "environment": environment,
+           "resources": resources, "dependencies": dependencies})
+}
+
+/// Times `request` once, failing unless it answers `expect`.
+async fn timed(request: reqwest::RequestBuilder, expect: u16) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let response = request.send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        status.as_u16() == expect,
+        "answered {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(500)])
+    );
+    Ok(took)
+}
+
+/// `--resources N`: creating, reading and listing big deployments (no agent runs them).
+async fn resources(
+    client: &reqwest::Client,
+    http: &str,
+    n: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(n >= 4, "--resources must be at least 4");
+    let create = timed(
+        client
+            .post(format!("{http}/api/v1/deployments"))
+            .json(&deployment("bench-big", "env-0", n)),
+        201,
+    )
+    .await?;
+    let mut reads = Vec::new();
+    for _ in 0..runs.max(1) {
+        reads.push(
+            timed(
+                client.get(format!("{http}/api/v1/deployments/bench-big")),
+                200,
+            )
+            .await?,
+        );
+    }
+    for i in 1..=4 {
+        timed(
+            client
+                .post(format!("{http}/api/v1/deployments"))
+                .json(&deployment(
+                    &format!("bench-{i}"),
+                    &format!("env-{i}"),
+                    n / 4,
+                )),
+            201,
+        )
+        .await?;
+    }
+    let mut lists = Vec::new();
+    for _ in 0..runs.max(1) {
+        lists.push(timed(client.get(format!("{http}/api/v1/deployments")), 200).await?);
+    }
+    reads.sort();
+    lists.sort();
+    println!(
+        "  deployment            {n} resources (and 4 of {}), none run",
+        n / 4
+    );
+    println!("  create                {:.0} ms", ms(create));
+    println!(
+        "  read                  median {:.0} ms ({} reads)",
+        ms(quantile(&reads, 0.5)),
+        reads.len()
+    );
+    println!(
+        "  list                  median {:.0} ms a page of 5 ({} lists)",
+        ms(quantile(&lists, 0.5)),
+        lists.len()
+    );
+    Ok(())
+}
+
 async fn bench(args: DagBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.steps.is_some() != args.fanout.is_some(),
-        "give one of --steps N (a chain) or --fanout N (a wide DAG)"
+        args.chain.is_some() || args.fanout.is_some() || args.resources.is_some(),
+        "give --chain N (a chain), --fanout N (a wide DAG) or --resources N (big deployments)"
     );
     let mut extra = vec!["--join-token", super::TOKEN];
     if let Some(url) = &args.database_url {
@@ -143,10 +242,11 @@ async fn bench(args: DagBenchArgs) -> anyhow::Result<()> {
         "  agents                {} × {} slots",
         args.agents, args.slots
     );
-    if let Some(steps) = args.steps {
-        anyhow::ensure!(steps >= 2, "--steps must be at least 2");
+    if let Some(steps) = args.chain {
+        anyhow::ensure!(steps >= 2, "--chain must be at least 2");
         let mut gaps = Vec::new();
         let mut totals = Vec::new();
+        let reads_before = engine_reads(&server).await?;
         for _ in 0..args.runs {
             let (run, wall) = run_once(&client, &server.http, &chain(steps)).await?;
             let mut previous_end = None;
@@ -175,9 +275,14 @@ async fn bench(args: DagBenchArgs) -> anyhow::Result<()> {
             gaps.len()
         );
         println!(
-            "  run                   median {:.0} ms ({:.1} ms per step)",
+            "  run                   median {:.0} ms ({:.2} ms per step)",
             ms(quantile(&totals, 0.5)),
             ms(quantile(&totals, 0.5)) / steps as f64
+        );
+        let reads = engine_reads(&server).await? - reads_before;
+        println!(
+            "  engine reads          {:.2} per step",
+            reads / (steps * args.runs) as f64
         );
     }
     if let Some(width) = args.fanout {
@@ -185,6 +290,7 @@ async fn bench(args: DagBenchArgs) -> anyhow::Result<()> {
         let mut walls = Vec::new();
         let mut spreads = Vec::new();
         let mut fan_times = Vec::new();
+        let reads_before = engine_reads(&server).await?;
         for _ in 0..args.runs {
             let (run, wall) = run_once(&client, &server.http, &fanout(width)).await?;
             let root_end = at(&tasks_of(&run, "root")?[0], "finished_at")?;
@@ -237,6 +343,14 @@ async fn bench(args: DagBenchArgs) -> anyhow::Result<()> {
             "  run                   median {:.0} ms",
             ms(quantile(&walls, 0.5))
         );
+        let reads = engine_reads(&server).await? - reads_before;
+        println!(
+            "  engine reads          {:.3} per step",
+            reads / ((width + 2) * args.runs) as f64
+        );
+    }
+    if let Some(n) = args.resources {
+        resources(&client, &server.http, n, args.runs).await?;
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub struct BenchServer {
     child: tokio::process::Child,
     pub http: String,
     pub grpc: String,
+    /// The Prometheus endpoint's base URL.
+    pub metrics: String,
     dir: PathBuf,
 }
 
@@ -68,7 +70,7 @@ impl BenchServer {
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("orchion-bench-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let (http_port, grpc_port) = (free_port()?, free_port()?);
+        let (http_port, grpc_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
         let exe = std::env::current_exe().context("cannot find the orchion binary")?;
         // `ORCHION_BENCH_SERVER_LOG=sqlx::query=debug` shows every statement the server runs,
         // with its time, on standard output.
@@ -77,7 +79,7 @@ impl BenchServer {
             .arg("server")
             .args(["--http-port", &http_port.to_string()])
             .args(["--port", &grpc_port.to_string()])
-            .args(["--metrics-port", "0"])
+            .args(["--metrics-port", &metrics_port.to_string()])
             .arg("--data-dir")
             .arg(&dir)
             .args(extra)
@@ -96,6 +98,7 @@ impl BenchServer {
             child,
             http: format!("http://127.0.0.1:{http_port}"),
             grpc: format!("http://127.0.0.1:{grpc_port}"),
+            metrics: format!("http://127.0.0.1:{metrics_port}"),
             dir,
         };
         server.wait_ready().await?;
@@ -155,6 +158,23 @@ impl BenchServer {
                 .map_or(0, |kb| kb * 1024)
         };
         Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+
+    /// The sum of a counter's samples (every label set) on the server's `/metrics`.
+    pub async fn counter(&self, name: &str) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.metrics))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
     }
 
     /// Write transactions the server's store has committed.

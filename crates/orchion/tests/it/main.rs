@@ -11,6 +11,7 @@ mod deploy_manifests;
 mod deployments;
 mod events;
 mod examples;
+mod faults;
 mod jobs;
 mod kubernetes;
 mod metrics;
