@@ -289,6 +289,11 @@ pub(crate) trait Tx: Send {
     const TASK_LOCK: &'static str;
     /// The same for a scan that takes work: rows another transaction holds are skipped.
     const TASK_LOCK_SKIP: &'static str;
+    /// After `FROM tasks t` in the reaper's scans: the partial indexes of their deadlines
+    /// (`INDEXED BY` on SQLite, whose planner without statistics would scan every task of the
+    /// status instead), by lease expiry and by start deadline; nothing on PostgreSQL.
+    const LEASE_INDEX: &'static str;
+    const START_DEADLINE_INDEX: &'static str;
 
     /// Runs a statement; returns how many rows it changed.
     fn execute(

@@ -75,8 +75,9 @@ impl From<sqlx::Error> for StoreError {
 /// cannot be opened or written (their primary codes `5`, `6`, `13`, `10`, `14`, `8`, and
 /// their extended codes).
 fn is_retryable(code: &str) -> bool {
-    if let Ok(sqlite) = code.parse::<i32>() {
-        return sqlite_retryable(sqlite);
+    // PostgreSQL's codes have five characters, SQLite's (even extended) at most four digits.
+    if code.len() < 5 {
+        return code.parse::<i32>().is_ok_and(sqlite_retryable);
     }
     code.starts_with("08")
         || matches!(
@@ -154,7 +155,8 @@ mod tests {
     #[test]
     fn a_restarting_or_busy_database_is_unavailable_not_an_error() {
         for code in [
-            "57P01", "57P02", "57P03", "08006", "08001", "53300", "40001", "40P01", "5", "517",
+            "57P01", "57P02", "57P03", "08006", "08001", "53300", "53100", "40001", "40P01", "5",
+            "517", "13", "10", "266", "3338", "8",
         ] {
             assert!(is_retryable(code), "{code}");
         }

@@ -24,7 +24,7 @@ use crate::{
     events::PendingEvent,
     plan::{Enqueued, enqueued_job, holds, plan_finish},
     tasks::{
-        ATTEMPT_COLUMNS, AttemptRow, TaskRow, apply_to_task, finish_attempts, lock_task,
+        ATTEMPT_COLUMNS, AttemptRow, TASK_COLUMNS, TaskRow, apply_to_task, finish_attempts, lock_task,
         select_tasks,
     },
 };
@@ -421,8 +421,9 @@ impl<B: StoreBackend> JobStore for B {
         let expired: Vec<TaskRow> = tx
             .fetch_all(
                 Statement::new(format!(
-                    "{}{REAP_BATCH}{lock}",
-                    select_tasks("t.status = 'running' AND t.lease_expires_us < $1")
+                    "SELECT {TASK_COLUMNS} FROM tasks t{} JOIN runs r ON r.id = t.run_id \
+                     WHERE t.status = 'running' AND t.lease_expires_us < $1{REAP_BATCH}{lock}",
+                    B::Tx::LEASE_INDEX
                 ))
                 .bind(now_us),
             )
@@ -433,14 +434,14 @@ impl<B: StoreBackend> JobStore for B {
             .collect::<Result<Vec<_>, _>>()?;
         finish_attempts(&mut tx, &plans).await?;
         let mut events: Vec<PendingEvent> = plans.into_iter().map(|p| p.event).collect();
+        // By the start-deadline index (migration 0024): no scan of the queue.
         let late: Vec<TaskRow> = tx
             .fetch_all(
                 Statement::new(format!(
-                    "{}{REAP_BATCH}{lock}",
-                    select_tasks(
-                        "t.status = 'queued' AND t.attempts = 0 AND t.schedule_to_start_ms IS NOT NULL \
-                         AND t.enqueued_us + t.schedule_to_start_ms * 1000 < $1"
-                    )
+                    "SELECT {TASK_COLUMNS} FROM tasks t{} JOIN runs r ON r.id = t.run_id \
+                     WHERE t.status = 'queued' AND t.attempts = 0 AND t.schedule_to_start_ms IS NOT NULL \
+                     AND t.enqueued_us + t.schedule_to_start_ms * 1000 < $1{REAP_BATCH}{lock}",
+                    B::Tx::START_DEADLINE_INDEX
                 ))
                 .bind(now_us),
             )

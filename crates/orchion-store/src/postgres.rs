@@ -116,6 +116,8 @@ impl Tx for PgTx {
     const ROW_LOCK: &'static str = " FOR UPDATE";
     const TASK_LOCK: &'static str = " FOR UPDATE OF t";
     const TASK_LOCK_SKIP: &'static str = " FOR UPDATE OF t SKIP LOCKED";
+    const LEASE_INDEX: &'static str = "";
+    const START_DEADLINE_INDEX: &'static str = "";
 
     async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
         let args = arguments(statement.values())?;

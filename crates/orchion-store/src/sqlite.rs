@@ -320,6 +320,8 @@ impl Tx for WriteTx {
     const ROW_LOCK: &'static str = "";
     const TASK_LOCK: &'static str = "";
     const TASK_LOCK_SKIP: &'static str = "";
+    const LEASE_INDEX: &'static str = " INDEXED BY tasks_leases";
+    const START_DEADLINE_INDEX: &'static str = " INDEXED BY tasks_start_deadline";
 
     async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
         let args = arguments(statement.values())?;

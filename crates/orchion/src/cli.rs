@@ -685,6 +685,24 @@ pub enum BenchCommand {
     Jobs(JobBenchArgs),
     /// Workflow runs of no-op steps: a chain (step→step latency) or a wide fan-out.
     Dag(DagBenchArgs),
+    /// A server with work queued and no agent: its CPU while it waits.
+    Idle(IdleBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdleBenchArgs {
+    /// Jobs to queue (half with a `schedule_to_start` an hour away).
+    #[arg(long, default_value_t = 20_000)]
+    pub tasks: usize,
+    /// Workflow runs to start, each with its first step waiting.
+    #[arg(long, default_value_t = 1_000)]
+    pub runs: usize,
+    /// How long to measure, once the server has settled.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Run the server on this PostgreSQL database instead of a SQLite file.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

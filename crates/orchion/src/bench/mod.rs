@@ -3,6 +3,7 @@
 //! commands are recorded in BENCHMARKS.md.
 
 pub mod dag;
+pub mod idle;
 pub mod failover;
 pub mod heartbeats;
 pub mod jobs;
