@@ -371,7 +371,22 @@ async fn prepare(
                 format!("{name} {from} is ahead of the event log, whose latest event is {last}"),
             ));
         }
-        Some(from) => from,
+        Some(from) => {
+            // Retention deleted the log up to its horizon: a resume from before it would
+            // miss what was deleted, so it is refused in words rather than silently.
+            let horizon = state.store.events_horizon().await?;
+            if from < horizon {
+                let name = if resume.is_some() {
+                    "Last-Event-ID"
+                } else {
+                    "after"
+                };
+                return Err(ApiError::Gone(format!(
+                    "{name} {from} is before the event log's horizon: events up to {horizon} were deleted by retention (retention.events). Resume from {horizon} or later, or start without {name} and read the current state"
+                )));
+            }
+            from
+        }
         None => last,
     };
     let slot = state.events.slot(client.ip())?;
@@ -465,6 +480,7 @@ async fn open(
     responses(
         (status = 200, description = "text/event-stream of EventBody", content_type = "text/event-stream"),
         (status = 400, body = crate::problem::Problem),
+        (status = 410, description = "Resuming from before the log's horizon (deleted by retention)", body = crate::problem::Problem),
         (status = 503, body = crate::problem::Problem, description = "Too many open streams"),
     ))]
 pub async fn events(
@@ -494,6 +510,7 @@ pub async fn events(
     responses(
         (status = 101, description = "WebSocket of EventBody messages"),
         (status = 400, body = crate::problem::Problem),
+        (status = 410, description = "Resuming from before the log's horizon (deleted by retention)", body = crate::problem::Problem),
         (status = 503, body = crate::problem::Problem, description = "Too many open streams"),
     ))]
 pub async fn websocket(

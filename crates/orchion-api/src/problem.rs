@@ -58,6 +58,10 @@ pub enum ApiError {
     IdempotencyConflict(String),
     #[error("{0}")]
     Conflict(String),
+    /// What the request asks for was deleted by retention (an event stream resuming from
+    /// before the log's horizon).
+    #[error("{0}")]
+    Gone(String),
     #[error("the store is unavailable; try again shortly")]
     Unavailable,
     #[error("the server is shutting down")]
@@ -145,6 +149,7 @@ impl ApiError {
                 "conflict",
                 "Conflict with the current state",
             ),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone", "Gone"),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-unavailable",

@@ -46,6 +46,7 @@ pub struct Config {
     pub kubernetes: KubernetesConfig,
     pub telemetry: TelemetryConfig,
     pub log: LogConfig,
+    pub retention: RetentionConfig,
     /// Accepted for compatibility with the workflow service's `config.yaml`, and ignored:
     /// Orchion needs no Redis. A warning says so at start.
     #[serde(skip_serializing)]
@@ -522,6 +523,52 @@ fn quantity<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     })
 }
 
+/// How long what the server records is kept; older is deleted in the background.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Finished jobs and workflow runs, with their tasks, attempts, logs and outputs, after
+    /// they finish. Deployments' runs are kept.
+    #[serde(with = "humantime_serde")]
+    pub finished: Duration,
+    /// The event log; a stream resuming from before what is kept is refused (410).
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+    /// Webhook deliveries (at least `webhooks.github.replay_window`).
+    #[serde(with = "humantime_serde")]
+    pub deliveries: Duration,
+    /// Idempotency keys: the same key after this makes a new resource (at most `finished`).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_keys: Duration,
+    /// Nodes down this long are forgotten.
+    #[serde(with = "humantime_serde")]
+    pub down_nodes: Duration,
+    /// Per project id: how long its finished runs are kept, instead of `finished`.
+    pub projects: std::collections::BTreeMap<String, ProjectRetention>,
+}
+
+/// One project's retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectRetention {
+    #[serde(with = "humantime_serde")]
+    pub finished: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let day = Duration::from_secs(24 * 3600);
+        Self {
+            finished: 30 * day,
+            events: 7 * day,
+            deliveries: 30 * day,
+            idempotency_keys: 7 * day,
+            down_nodes: 7 * day,
+            projects: Default::default(),
+        }
+    }
+}
+
 /// Incoming webhooks.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -794,6 +841,46 @@ impl Config {
         }
         if server.max_connections == 0 {
             problems.push("server.max_connections must be at least 1".to_owned());
+        }
+        let retention = &self.retention;
+        let kept = [
+            ("retention.finished".to_owned(), retention.finished),
+            ("retention.events".to_owned(), retention.events),
+            ("retention.deliveries".to_owned(), retention.deliveries),
+            (
+                "retention.idempotency_keys".to_owned(),
+                retention.idempotency_keys,
+            ),
+            ("retention.down_nodes".to_owned(), retention.down_nodes),
+        ]
+        .into_iter()
+        .chain(
+            retention
+                .projects
+                .iter()
+                .map(|(id, p)| (format!("retention.projects.{id}.finished"), p.finished)),
+        );
+        for (key, value) in kept {
+            if value < Duration::from_secs(60) {
+                problems.push(format!(
+                    "{key} must be at least 1m (it is how long things are kept), got {}",
+                    humantime::format_duration(value)
+                ));
+            }
+        }
+        if retention.deliveries < self.webhooks.github.replay_window {
+            problems.push(format!(
+                "retention.deliveries ({}) must be at least webhooks.github.replay_window ({}): a replay is recognised by the deliveries kept",
+                humantime::format_duration(retention.deliveries),
+                humantime::format_duration(self.webhooks.github.replay_window)
+            ));
+        }
+        if retention.idempotency_keys > retention.finished {
+            problems.push(format!(
+                "retention.idempotency_keys ({}) must be at most retention.finished ({}): a key must not outlive what it names",
+                humantime::format_duration(retention.idempotency_keys),
+                humantime::format_duration(retention.finished)
+            ));
         }
         if server.max_event_streams_per_client == 0 {
             problems.push("server.max_event_streams_per_client must be at least 1".to_owned());

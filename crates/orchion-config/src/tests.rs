@@ -594,3 +594,49 @@ fn the_secrets_key_is_given_once_and_never_shown() {
     let shown = config.to_redacted_toml().unwrap();
     assert!(!shown.contains("a-key-that-must-stay-hidden"), "{shown}");
 }
+
+#[test]
+fn retention_keeps_things_a_while_and_names_a_setting_that_does_not() {
+    let config = Config::load(&Sources::default()).unwrap();
+    assert_eq!(
+        config.retention.finished,
+        Duration::from_secs(30 * 24 * 3600)
+    );
+    assert_eq!(config.retention.events, Duration::from_secs(7 * 24 * 3600));
+    let err = Config::load(&Sources {
+        env: env(&[
+            ("ORCHION_RETENTION__FINISHED", "0s"),
+            ("ORCHION_RETENTION__DELIVERIES", "1h"),
+            ("ORCHION_RETENTION__PROJECTS__P__FINISHED", "10s"),
+        ]),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("retention.finished must be at least 1m"),
+        "{err}"
+    );
+    assert!(
+        err.contains("retention.projects.p.finished must be at least 1m"),
+        "{err}"
+    );
+    assert!(
+        err.contains("retention.deliveries (1h) must be at least webhooks.github.replay_window"),
+        "{err}"
+    );
+    assert!(
+        err.contains("retention.idempotency_keys (7days) must be at most"),
+        "{err}"
+    );
+    let err = Config::load(&Sources {
+        env: env(&[("ORCHION_RETENTION__EVENTS", "-5m")]),
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("retention.events") || err.contains("events"),
+        "{err}"
+    );
+}

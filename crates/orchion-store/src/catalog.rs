@@ -152,7 +152,7 @@ pub trait CatalogStore: Send + Sync {
     /// Events with a sequence number above `after`, oldest first, at most `limit`.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError>;
 
-    /// The newest event's sequence number; 0 for an empty log.
+    /// The newest event's sequence number, deleted or not; 0 for a log that never had one.
     async fn last_event_seq(&self) -> Result<i64, StoreError>;
 }
 
@@ -597,7 +597,8 @@ impl<B: StoreBackend> CatalogStore for B {
         let (seq,): (i64,) = self
             .read_one(Statement::new("SELECT COALESCE(MAX(seq), 0) FROM events"))
             .await?;
-        Ok(seq)
+        // Retention may have deleted every event: the newest was then at the horizon.
+        Ok(seq.max(crate::RetentionStore::events_horizon(self).await?))
     }
 }
 

@@ -6,6 +6,7 @@
 //! events by commit, is held as briefly as it can be.
 
 use orchion_domain::{Node, NodeId, NodeStatus, Project, ProjectId, RunId, RunStatus, TaskStatus};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::tasks::TaskRow;
@@ -25,6 +26,7 @@ pub(crate) mod kind {
     pub const WORKFLOW_TYPE_CREATED: &str = "workflow_type.created";
     pub const WORKFLOW_RUN_CREATED: &str = "workflow_run.created";
     pub const WORKFLOW_RUN_STATUS_CHANGED: &str = "workflow_run.status_changed";
+    pub const RETENTION_DELETED: &str = "retention.deleted";
 }
 
 /// Every event kind the store writes, for clients that filter by kind.
@@ -42,6 +44,7 @@ pub const EVENT_KINDS: &[&str] = &[
     kind::WORKFLOW_TYPE_CREATED,
     kind::WORKFLOW_RUN_CREATED,
     kind::WORKFLOW_RUN_STATUS_CHANGED,
+    kind::RETENTION_DELETED,
 ];
 
 /// An event a transaction writes just before it commits.
@@ -179,6 +182,21 @@ impl PendingEvent {
     }
 
     /// A `workflow_run.status_changed` event.
+    /// Retention deleted `count` of `what` (`runs`, `webhook_deliveries`, `nodes`) from
+    /// before `before`.
+    pub fn retention_deleted(what: &'static str, count: u64, before: OffsetDateTime) -> Self {
+        PendingEvent {
+            kind: kind::RETENTION_DELETED,
+            subject: what.to_owned(),
+            project_id: None,
+            data: serde_json::json!({
+                "what": what,
+                "count": count,
+                "before": before.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            }),
+        }
+    }
+
     pub fn run_status(
         id: RunId,
         project_id: Option<ProjectId>,

@@ -24,8 +24,8 @@ use crate::{
     events::PendingEvent,
     plan::{Enqueued, enqueued_job, holds, plan_finish},
     tasks::{
-        ATTEMPT_COLUMNS, AttemptRow, TASK_COLUMNS, TaskRow, apply_to_task, finish_attempts, lock_task,
-        select_tasks,
+        ATTEMPT_COLUMNS, AttemptRow, TASK_COLUMNS, TaskRow, apply_to_task, finish_attempts,
+        lock_task, select_tasks,
     },
 };
 

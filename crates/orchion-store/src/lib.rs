@@ -28,6 +28,7 @@ mod jobs;
 mod plan;
 mod postgres;
 mod replicas;
+mod retention;
 mod runs;
 mod schedules;
 mod secrets;
@@ -59,6 +60,7 @@ pub use crate::{
     },
     postgres::PostgresStore,
     replicas::{ReplicaStart, ReplicaStore},
+    retention::{Projects, RetentionStore},
     runs::{Advanced, NewDeployment, NewStep, NewWorkflowRun, RunHead, RunStore, StepProgress},
     schedules::ScheduleStore,
     secrets::{Sealed, SealedSecret, SecretInfo, SecretStore},
@@ -80,6 +82,7 @@ pub trait Store:
     + DeliveryStore
     + ReplicaStore
     + SecretStore
+    + RetentionStore
     + Send
     + Sync
     + 'static
@@ -92,6 +95,12 @@ pub trait Store:
 
     /// How many write transactions this store has committed since it was opened.
     fn commits(&self) -> u64;
+
+    /// Gives the space of deleted rows back to the file system, a little at a time (SQLite's
+    /// incremental vacuum); PostgreSQL's autovacuum does it on its own.
+    async fn reclaim_space(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Why writes fail, when the last one failed for a reason that passes (a full disk, an I/O
     /// error) and none has committed since.

@@ -29,8 +29,8 @@ use orchion_domain::Job;
 use sqlx::{
     Arguments,
     sqlite::{
-        SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-        SqliteSynchronous,
+        SqliteArguments, SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool,
+        SqlitePoolOptions, SqliteSynchronous,
     },
     types::Json,
 };
@@ -49,6 +49,12 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// A WAL longer than this many pages is checkpointed with `RESTART`, which waits for readers to
 /// move on so the next writer can start the WAL over, rather than let it grow.
 const WAL_RESTART_PAGES: i64 = 32_768;
+
+/// The size the WAL file is cut back to after a checkpoint (`journal_size_limit`), in bytes.
+const WAL_SIZE_LIMIT: u64 = 64 << 20;
+
+/// Free pages handed back to the file system per [`Store::reclaim_space`] call.
+const RECLAIM_PAGES: u32 = 2_000;
 
 /// A store in one SQLite file.
 #[derive(Clone)]
@@ -160,9 +166,9 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StoreError> {
         .mode(0o600)
         .open(&path)
         .map_err(failed)?;
-    match file.try_lock() {
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = match holder.trim() {
@@ -176,7 +182,7 @@ fn lock_database(db: &std::path::Path) -> Result<std::fs::File, StoreError> {
                 path.display()
             )));
         }
-        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+        Err(e) => return Err(failed(e.into())),
     }
     file.set_len(0)
         .and_then(|()| file.rewind())
@@ -200,6 +206,8 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
+            // The WAL shrinks back to this size after a checkpoint, whatever a burst made it.
+            .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         private_files(options.get_filename())?;
@@ -207,8 +215,26 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            // Deleted rows' pages go back to the file system (`reclaim_space`): set as the
+            // file is made, by the connection that makes it.
+            .connect_with(
+                options
+                    .clone()
+                    .auto_vacuum(SqliteAutoVacuum::Incremental)
+                    .pragma("wal_autocheckpoint", "0"),
+            )
             .await?;
+        // A database made before incremental vacuum was asked for keeps its old mode until a
+        // VACUUM rewrites it: once.
+        let (mode,): (i64,) = sqlx::query_as("PRAGMA auto_vacuum")
+            .fetch_one(&writer)
+            .await?;
+        if mode != 2 {
+            tracing::info!(
+                "rewriting the SQLite database once, so deleted rows' space can be reclaimed"
+            );
+            sqlx::query("VACUUM").execute(&writer).await?;
+        }
         sqlx::migrate!("./migrations/sqlite")
             .run(&writer)
             .await
@@ -234,6 +260,7 @@ impl SqliteStore {
         background.spawn(checkpoint(
             checkpointer.clone(),
             Arc::downgrade(&queue),
+            commits.clone(),
             stop.clone(),
         ));
         Ok(Self {
@@ -253,11 +280,18 @@ impl SqliteStore {
 
 /// Checkpoints the WAL every [`CHECKPOINT_INTERVAL`] until `stop` (the store closes), or the store
 /// is dropped: its writer, held weakly, goes with its last clone. `PASSIVE` copies what no reader
-/// still needs and never blocks the writer.
-async fn checkpoint(pool: SqlitePool, store: Weak<writer::Writer>, stop: CancellationToken) {
+/// still needs and never blocks the writer. Nothing committed since a checkpoint that copied
+/// everything: nothing to do (an idle server rests).
+async fn checkpoint(
+    pool: SqlitePool,
+    store: Weak<writer::Writer>,
+    commits: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
     let mut interval = tokio::time::interval(CHECKPOINT_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut mode = "PASSIVE";
+    let mut copied_through = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -266,12 +300,19 @@ async fn checkpoint(pool: SqlitePool, store: Weak<writer::Writer>, stop: Cancell
         if store.strong_count() == 0 || pool.is_closed() {
             return;
         }
+        let committed = commits.load(Ordering::Relaxed);
+        if copied_through == Some(committed) {
+            continue;
+        }
         let done: Result<(i64, i64, i64), sqlx::Error> =
             sqlx::query_as(&format!("PRAGMA wal_checkpoint({mode})"))
                 .fetch_one(&pool)
                 .await;
         match done {
-            Ok((_, wal_pages, _)) => {
+            Ok((_, wal_pages, checkpointed)) => {
+                if checkpointed == wal_pages {
+                    copied_through = Some(committed);
+                }
                 mode = if wal_pages > WAL_RESTART_PAGES {
                     "RESTART"
                 } else {
@@ -470,6 +511,14 @@ impl Store for SqliteStore {
 
     fn write_failure(&self) -> Option<String> {
         self.health.failure()
+    }
+
+    async fn reclaim_space(&self) -> Result<(), StoreError> {
+        let _turn = self.turn.lock().await;
+        sqlx::query(&format!("PRAGMA incremental_vacuum({RECLAIM_PAGES})"))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
     }
 
     async fn close(&self) {

@@ -111,6 +111,7 @@ conformance!(
     a_batch_of_results_is_fenced_per_report,
     workflow_runs_add_steps_once_and_end_once,
     a_workflow_runs_revision_counts_each_change_its_plan_reads,
+    retention_deletes_exactly_what_has_expired,
     concurrent_starts_with_one_key_make_one_workflow_run,
     workflow_runs_cancel_and_retry_from_failed_steps,
     one_deployment_per_composer_and_environment_runs_at_a_time,
@@ -2010,6 +2011,157 @@ async fn a_workflow_runs_revision_counts_each_change_its_plan_reads(db: Db) {
     // A retry counts the steps it drops and the ones it queues again.
     store.retry_workflow_run(other).await.unwrap();
     assert!(store.workflow_run_head(other).await.unwrap().revision > 2);
+}
+
+/// Runs every claimable shell task to success, returning how many.
+async fn finish_all(store: &Arc<dyn Store>, node: NodeId) -> usize {
+    let claimed = store
+        .claim_tasks(&claim(node, &["shell"], 100))
+        .await
+        .unwrap();
+    let reports = claimed
+        .iter()
+        .map(|c| AttemptReport {
+            node,
+            task: c.task_id,
+            attempt: c.attempt,
+            outcome: AttemptOutcome::Succeeded,
+            output: None,
+            outputs: None,
+        })
+        .collect();
+    store.complete_attempts(reports).await.unwrap();
+    claimed.len()
+}
+
+async fn retention_deletes_exactly_what_has_expired(db: Db) {
+    use orchion_store::Projects;
+    let store = db.open().await;
+    let node = NodeId::new();
+    let project = new_project("kept-briefly");
+    store.create_project(project.clone(), None).await.unwrap();
+    // Before the cut: a finished job of no project (with a key), one of the project, a finished
+    // workflow run, and a job still queued.
+    let old = store
+        .create_job(job("shell"), Some(key("old", "a")))
+        .await
+        .unwrap()
+        .value;
+    let old_in_project = store
+        .create_job(
+            NewJob {
+                project_id: Some(project.id),
+                ..job("shell")
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .value;
+    let run = store
+        .create_workflow_run(new_run("ci"), vec![step("build")], None)
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(finish_all(&store, node).await, 3);
+    store
+        .advance_workflow_run(
+            run.id,
+            Vec::new(),
+            Some(orchion_domain::RunStatus::Succeeded),
+        )
+        .await
+        .unwrap();
+    let waiting = store.create_job(job("other"), None).await.unwrap().value;
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let cut = orchion_store::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // After it: a job that finished later, with a key.
+    let recent = store
+        .create_job(job("shell"), Some(key("recent", "b")))
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(finish_all(&store, node).await, 1);
+
+    // The project's own retention covers its runs alone; the default, the others.
+    let deleted = store
+        .delete_finished_runs(&Projects::Only(project.id), cut, 500)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(store.get_job(old_in_project.id).await.is_err());
+    assert!(store.get_job(old.id).await.is_ok());
+    let deleted = store
+        .delete_finished_runs(&Projects::Except(vec![project.id]), cut, 500)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2, "the old job and the finished run");
+    assert!(store.get_job(old.id).await.is_err());
+    assert!(store.get_workflow_run(run.id).await.is_err());
+    assert!(store.get_job(waiting.id).await.is_ok(), "unfinished: kept");
+    assert!(
+        store.get_job(recent.id).await.is_ok(),
+        "finished after the cut: kept"
+    );
+    assert_eq!(
+        store
+            .delete_finished_runs(&Projects::Except(Vec::new()), cut, 500)
+            .await
+            .unwrap(),
+        0,
+        "nothing more has expired"
+    );
+
+    // Keys used before the cut go; the same key again then makes a new job.
+    assert_eq!(store.delete_idempotency_keys(cut, 500).await.unwrap(), 1);
+    let again = store
+        .create_job(job("shell"), Some(key("old", "a")))
+        .await
+        .unwrap();
+    assert!(again.created);
+    let replayed = store
+        .create_job(job("shell"), Some(key("recent", "b")))
+        .await
+        .unwrap();
+    assert!(!replayed.created);
+    assert_eq!(replayed.value.id, recent.id);
+
+    // Events before the cut go, the horizon moves to the last of them, in small batches.
+    assert_eq!(store.events_horizon().await.unwrap(), 0);
+    let before: Vec<i64> = store
+        .events_after(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.at < cut)
+        .map(|e| e.seq)
+        .collect();
+    assert!(before.len() > 3, "{before:?}");
+    assert_eq!(store.delete_events(cut, 2).await.unwrap(), 2);
+    assert_eq!(store.events_horizon().await.unwrap(), before[1]);
+    let mut total = 2;
+    loop {
+        let n = store.delete_events(cut, 2).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(total, before.len());
+    assert_eq!(
+        store.events_horizon().await.unwrap(),
+        *before.last().unwrap()
+    );
+    let left = store.events_after(0, 10_000).await.unwrap();
+    assert!(
+        left.iter()
+            .all(|e| e.at >= cut && e.seq > *before.last().unwrap())
+    );
+    assert!(
+        left.iter().any(|e| e.kind == "retention.deleted"),
+        "deleting runs is recorded"
+    );
 }
 
 async fn workflow_runs_add_steps_once_and_end_once(db: Db) {

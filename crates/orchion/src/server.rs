@@ -285,6 +285,13 @@ impl Server {
             Some(settings) => Some(Arc::new(oidc_login(&store, settings).await?)),
             None => None,
         };
+        let retention = Arc::new(
+            orchion_control::Retention::new(
+                store.clone(),
+                retention_policy(&store, &config.retention).await?,
+            )
+            .with_duty(replica.duty("retention", orchion_control::retention::RETENTION_INTERVAL)),
+        );
         let work = Arc::new(WorkQueue::new(store.clone(), registry.clone()));
         let scheduler = Arc::new(Scheduler::new(store.clone(), work.clone()));
         let workflows = Arc::new(
@@ -358,6 +365,7 @@ impl Server {
         background.reconcile(work.clone());
         background.reconcile(scheduler.clone());
         background.reconcile(workflows);
+        background.reconcile(retention);
         background.spawn(orchion_control::follow_signals(
             store.clone(),
             work.clone(),
@@ -623,6 +631,34 @@ async fn oidc_login(
         issuer: settings.issuer.clone(),
         name: settings.name.clone(),
         key,
+    })
+}
+
+/// The retention policy of `retention`, each project it names checked to exist.
+async fn retention_policy(
+    store: &Arc<dyn Store>,
+    retention: &orchion_config::RetentionConfig,
+) -> anyhow::Result<orchion_control::RetentionPolicy> {
+    let mut projects = Vec::new();
+    for (id, kept) in &retention.projects {
+        let key = format!("retention.projects.{id}");
+        let project = configured_project(store, &key, Some(id)).await?;
+        if retention.idempotency_keys > kept.finished {
+            anyhow::bail!(
+                "{key}.finished ({}) must be at least retention.idempotency_keys ({}): a key must not outlive what it names",
+                humantime::format_duration(kept.finished),
+                humantime::format_duration(retention.idempotency_keys)
+            );
+        }
+        projects.push((project, kept.finished));
+    }
+    Ok(orchion_control::RetentionPolicy {
+        finished: retention.finished,
+        projects,
+        events: retention.events,
+        deliveries: retention.deliveries,
+        idempotency_keys: retention.idempotency_keys,
+        down_nodes: retention.down_nodes,
     })
 }
 

@@ -10,6 +10,7 @@ mod edge;
 mod http;
 mod jobs;
 mod nodes;
+mod retention;
 mod runs;
 mod secrets;
 mod webhooks;

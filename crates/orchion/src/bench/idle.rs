@@ -52,7 +52,12 @@ async fn bench(args: IdleBenchArgs) -> anyhow::Result<()> {
                 job
             })
             .collect();
-        post(&client, format!("{http}/api/v1/jobs/batch"), &json!({"jobs": jobs})).await?;
+        post(
+            &client,
+            format!("{http}/api/v1/jobs/batch"),
+            &json!({"jobs": jobs}),
+        )
+        .await?;
         queued += n;
     }
     if args.runs > 0 {
@@ -60,7 +65,12 @@ async fn bench(args: IdleBenchArgs) -> anyhow::Result<()> {
             {"name": "first", "executor": "noop", "spec": {}},
             {"name": "second", "needs": ["first"], "executor": "noop", "spec": {}},
         ]});
-        post(&client, format!("{http}/api/v1/workflow-types"), &definition).await?;
+        post(
+            &client,
+            format!("{http}/api/v1/workflow-types"),
+            &definition,
+        )
+        .await?;
         for _ in 0..args.runs {
             post(
                 &client,
@@ -72,7 +82,9 @@ async fn bench(args: IdleBenchArgs) -> anyhow::Result<()> {
     }
     // Settle: the first sweeps and checkpoints after the burst.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before = server.cpu_seconds().context("reading the server's CPU time")?;
+    let before = server
+        .cpu_seconds()
+        .context("reading the server's CPU time")?;
     tokio::time::sleep(args.duration).await;
     let used = server.cpu_seconds()? - before;
     let store = if args.database_url.is_some() {

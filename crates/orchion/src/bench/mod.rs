@@ -3,9 +3,9 @@
 //! commands are recorded in BENCHMARKS.md.
 
 pub mod dag;
-pub mod idle;
 pub mod failover;
 pub mod heartbeats;
+pub mod idle;
 pub mod jobs;
 
 use std::{
