@@ -5,9 +5,12 @@
 //! and its tasks: which steps are ready (and their rendered jobs), which are skipped, and
 //! whether the run has ended. [`Workflows::advance`] writes that plan; the store ignores steps
 //! already written and ends a run only by compare-and-set, so advancing twice, or from two
-//! replicas, is harmless. The engine advances a run at once when one of its steps finishes
-//! (through the work queue), and every running run once a second, which also recovers runs
-//! whose step ended by lease expiry or across a restart.
+//! replicas, is harmless. The engine keeps each run's plan ([`Progress`]) and moves it on at
+//! once when one of its steps finishes (the work queue names the tasks), reading those tasks
+//! alone; a run whose revision (the store's count of its changes) moved past what the plan
+//! accounts for is read whole again. A sweep at start, every [`SWEEP_INTERVAL`] and after the
+//! reaper lost attempts finds the runs that changed with no one telling (a lease expired, a
+//! replica stopped between a result and its run's advance).
 //!
 //! Step semantics: a step runs when every step it needs succeeded. A step whose `when` is false
 //! is skipped, and so is every step that needs a failed, cancelled or skipped step. A `for_each`
@@ -38,7 +41,8 @@ use crate::{
     background::{Cause, Reconciler},
 };
 
-/// How often every running run is looked at, besides the look each finished step triggers.
+/// How often the engine looks again at the runs it must (behind the store, or whose advance
+/// failed), besides the look each finished step triggers.
 pub const PASS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What can go wrong starting or changing a run.
@@ -445,12 +449,16 @@ impl Workflows {
             .cloned()
     }
 
-    /// The compiled definition `run` follows: its own (a deployment's, compiled each time:
-    /// it is small, and caching one per run would grow without bound), or its pinned workflow
-    /// type version.
+    /// The compiled definition `run` follows: its own (a deployment's: the one of the plan
+    /// kept for it, else compiled), or its pinned workflow type version.
     pub async fn definition_of(&self, run: &WorkflowRun) -> Result<Arc<Workflow>, WorkflowError> {
         match &run.definition {
-            Some(definition) => Ok(Arc::new(compile(&run.workflow, run.version, definition)?)),
+            Some(definition) => {
+                if let Some(kept) = lock(&self.plans).get(&run.id) {
+                    return Ok(kept.workflow().clone());
+                }
+                Ok(Arc::new(compile(&run.workflow, run.version, definition)?))
+            }
             None => self.definition(&run.workflow, Some(run.version)).await,
         }
     }

@@ -180,17 +180,19 @@ impl DeploymentRequest {
                 "config": resource.config,
             })
         };
+        let mut needs: std::collections::HashMap<&str, Vec<String>> = Default::default();
+        for dependency in &self.dependencies {
+            needs
+                .entry(dependency.to.as_str())
+                .or_default()
+                .push(dependency.from.clone());
+        }
         let steps = self
             .resources
             .iter()
             .map(|resource| StepDefinition {
                 name: resource.name.clone(),
-                needs: self
-                    .dependencies
-                    .iter()
-                    .filter(|d| d.to == resource.name)
-                    .map(|d| d.from.clone())
-                    .collect(),
+                needs: needs.remove(resource.name.as_str()).unwrap_or_default(),
                 executor: resource.engine.clone(),
                 spec: spec(resource, "apply"),
                 retry: None,

@@ -30,6 +30,10 @@ pub(crate) const TASK_COLUMNS: &str = "t.id, t.run_id, r.name, r.project_id, t.s
      t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at, t.outputs, r.kind, t.step, t.traceparent";
 
 /// `SELECT` of [`TaskRow`]s matching `condition` (and whatever follows it: order, limit, lock).
+/// The `step` of a job's one task: empty, which no workflow step's name is, so the trigger
+/// counting workflow runs' changes (migration 0026) passes jobs by without a look.
+pub(crate) const JOB_STEP: &str = "";
+
 pub(crate) fn select_tasks(condition: &str) -> String {
     format!("SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE {condition}")
 }

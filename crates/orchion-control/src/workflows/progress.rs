@@ -132,6 +132,11 @@ impl Progress {
         progress
     }
 
+    /// The definition the run follows.
+    pub fn workflow(&self) -> &Arc<Workflow> {
+        &self.workflow
+    }
+
     /// Whether the run's flags are still those this was made with.
     pub fn made_for(&self, run: &WorkflowRun) -> bool {
         self.run.cancel_requested == run.cancel_requested

@@ -104,7 +104,7 @@ async fn enqueue_in(
             .map(|&i| TaskInsert {
                 id: ids[i].1.as_uuid(),
                 run_id: ids[i].0.as_uuid(),
-                step: "job",
+                step: crate::tasks::JOB_STEP,
                 job: &jobs[i].job,
                 status: TaskStatus::Queued,
                 outputs: None,

@@ -158,7 +158,7 @@ fn enqueue_in(
         let task = TaskInsert {
             id: task_id.as_uuid(),
             run_id: run_id.as_uuid(),
-            step: "job",
+            step: crate::tasks::JOB_STEP,
             job,
             status: TaskStatus::Queued,
             outputs: None,

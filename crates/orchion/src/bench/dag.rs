@@ -133,13 +133,11 @@ async fn engine_reads(server: &BenchServer) -> anyhow::Result<f64> {
     server.counter("orchion_workflow_engine_reads_total").await
 }
 
-/// A deployment `id` of `n` terraform resources, each depending on the one before.
+/// A deployment `id` of `n` terraform resources, each depending on the one before (10,000 fit
+/// in the default `server.body_limit_bytes`).
 fn deployment(id: &str, environment: &str, n: usize) -> Value {
     let resources: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({"name": format!("r{i}"), "catalogRef": "bench:1", "engine": "terraform",
-                   "config": {"index": i}})
-        })
+        .map(|i| json!({"name": format!("r{i}"), "catalogRef": "b:1", "engine": "terraform"}))
         .collect();
     let dependencies: Vec<Value> = (1..n)
         .map(|i| json!({"from": format!("r{}", i - 1), "to": format!("r{i}")}))
