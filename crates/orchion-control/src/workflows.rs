@@ -174,12 +174,27 @@ fn render_job(
 }
 
 fn failed_step(key: StepKey, step: &orchion_spec::Step, error: String) -> NewStep {
-    NewStep {
-        step: key,
-        job: step.job.clone(),
-        status: TaskStatus::Failed,
-        outputs: None,
-        error: Some(error),
+    rendered_step(key, &step.job, Err(error))
+}
+
+/// The step `key` to write once its job was rendered: queued to run, or failed (its job as
+/// written, `base`) with the reason it could not be rendered.
+fn rendered_step(key: StepKey, base: &NewJob, rendered: Result<NewJob, String>) -> NewStep {
+    match rendered {
+        Ok(job) => NewStep {
+            step: key,
+            job,
+            status: TaskStatus::Queued,
+            outputs: None,
+            error: None,
+        },
+        Err(error) => NewStep {
+            step: key,
+            job: base.clone(),
+            status: TaskStatus::Failed,
+            outputs: None,
+            error: Some(error),
+        },
     }
 }
 
@@ -225,24 +240,17 @@ fn ready(
         }
     }
     let Some(for_each) = &step.for_each else {
-        create.push(
-            match render_job(
+        create.push(rendered_step(
+            StepKey::step(&step.name),
+            &step.job,
+            render_job(
                 &step.job,
                 &step.spec,
                 format!("{}/{}", workflow.name, step.name),
                 run,
                 &scope,
-            ) {
-                Ok(job) => NewStep {
-                    step: StepKey::step(&step.name),
-                    job,
-                    status: TaskStatus::Queued,
-                    outputs: None,
-                    error: None,
-                },
-                Err(e) => failed_step(StepKey::step(&step.name), step, e),
-            },
-        );
+            ),
+        ));
         return StepState::Active;
     };
     let items = match orchion_spec::items(for_each, &scope) {
@@ -269,24 +277,12 @@ fn ready(
             ..scope
         };
         let key = StepKey::element(&step.name, i);
-        create.push(
-            match render_job(
-                &step.job,
-                &step.spec,
-                format!("{}/{key}", workflow.name),
-                run,
-                &scope,
-            ) {
-                Ok(job) => NewStep {
-                    step: key,
-                    job,
-                    status: TaskStatus::Queued,
-                    outputs: None,
-                    error: None,
-                },
-                Err(e) => failed_step(key, step, e),
-            },
-        );
+        let name = format!("{}/{key}", workflow.name);
+        create.push(rendered_step(
+            key,
+            &step.job,
+            render_job(&step.job, &step.spec, name, run, &scope),
+        ));
     }
     StepState::Active
 }

@@ -18,7 +18,7 @@ use orchion_spec::{Scope, Workflow};
 use orchion_store::NewStep;
 use serde_json::Value;
 
-use super::{Plan, StepState, ready, render_job};
+use super::{Plan, StepState, ready, render_job, rendered_step};
 
 /// What the plan reads of one task: its key, its status and, once succeeded, its outputs.
 #[derive(Debug, Clone, PartialEq)]
@@ -368,30 +368,12 @@ impl Progress {
                                 item: None,
                                 event: None,
                             };
-                            self.create.push(
-                                match render_job(
-                                    &rollback.job,
-                                    &rollback.spec,
-                                    format!("{}/{key}", workflow.name),
-                                    &self.run,
-                                    &scope,
-                                ) {
-                                    Ok(job) => NewStep {
-                                        step: key,
-                                        job,
-                                        status: TaskStatus::Queued,
-                                        outputs: None,
-                                        error: None,
-                                    },
-                                    Err(e) => NewStep {
-                                        step: key,
-                                        job: rollback.job.clone(),
-                                        status: TaskStatus::Failed,
-                                        outputs: None,
-                                        error: Some(e),
-                                    },
-                                },
-                            );
+                            let name = format!("{}/{key}", workflow.name);
+                            self.create.push(rendered_step(
+                                key,
+                                &rollback.job,
+                                render_job(&rollback.job, &rollback.spec, name, &self.run, &scope),
+                            ));
                             StepState::Active
                         }
                     }
