@@ -729,6 +729,12 @@ impl Workflows {
                 Duration::ZERO
             };
             let (create, finish) = progress.take_plan();
+            if behind && !read_whole && finish.is_some() {
+                // A run is ended only by a plan that knows every change (another replica may
+                // have retried it meanwhile): read whole first.
+                read_whole = true;
+                continue;
+            }
             if create.is_empty() && finish.is_none() {
                 if behind && !read_whole {
                     // Nothing to do by what this plan knows, and it does not know everything:
