@@ -875,12 +875,21 @@ impl Config {
                 humantime::format_duration(self.webhooks.github.replay_window)
             ));
         }
-        if retention.idempotency_keys > retention.finished {
-            problems.push(format!(
-                "retention.idempotency_keys ({}) must be at most retention.finished ({}): a key must not outlive what it names",
-                humantime::format_duration(retention.idempotency_keys),
-                humantime::format_duration(retention.finished)
-            ));
+        let finished = std::iter::once(("retention.finished".to_owned(), retention.finished))
+            .chain(
+                retention
+                    .projects
+                    .iter()
+                    .map(|(id, p)| (format!("retention.projects.{id}.finished"), p.finished)),
+            );
+        for (key, finished) in finished {
+            if retention.idempotency_keys > finished {
+                problems.push(format!(
+                    "retention.idempotency_keys ({}) must be at most {key} ({}): a key must not outlive what it names",
+                    humantime::format_duration(retention.idempotency_keys),
+                    humantime::format_duration(finished)
+                ));
+            }
         }
         if server.max_event_streams_per_client == 0 {
             problems.push("server.max_event_streams_per_client must be at least 1".to_owned());

@@ -626,7 +626,13 @@ fn retention_keeps_things_a_while_and_names_a_setting_that_does_not() {
         "{err}"
     );
     assert!(
-        err.contains("retention.idempotency_keys (7days) must be at most"),
+        err.contains("retention.idempotency_keys (7days) must be at most retention.finished"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "retention.idempotency_keys (7days) must be at most retention.projects.p.finished"
+        ),
         "{err}"
     );
     let err = Config::load(&Sources {

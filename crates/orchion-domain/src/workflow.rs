@@ -303,13 +303,8 @@ impl Dag {
         if !errors.0.is_empty() {
             return Err(errors);
         }
-        let waves = waves(&needs);
-        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); needs.len()];
-        for (i, ns) in needs.iter().enumerate() {
-            for &j in ns {
-                dependents[j].push(i);
-            }
-        }
+        let dependents = dependents_of(&needs);
+        let waves = waves(&needs, &dependents);
         let mut rank = vec![0; needs.len()];
         for (r, &i) in waves.iter().flatten().enumerate() {
             rank[i] = r;
@@ -327,24 +322,9 @@ impl Dag {
         })
     }
 
-    /// How many steps there are.
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    /// Whether there are none (never, for a checked workflow).
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The position of the step `name`, in definition order.
     pub fn position(&self, name: &str) -> Option<usize> {
         self.index.get(name).copied()
-    }
-
-    /// The name of the step at `i`.
-    pub fn name(&self, i: usize) -> &str {
-        &self.names[i]
     }
 
     /// The positions of the steps the step at `i` needs directly.
@@ -466,14 +446,8 @@ fn cycles(needs: &[Vec<usize>], limit: usize) -> (Vec<Vec<usize>>, usize) {
 }
 
 /// Kahn's algorithm, level by level. Call only on an acyclic graph.
-fn waves(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
+fn waves(needs: &[Vec<usize>], dependents: &[Vec<usize>]) -> Vec<Vec<usize>> {
     let mut remaining: Vec<usize> = needs.iter().map(Vec::len).collect();
-    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); needs.len()];
-    for (i, ns) in needs.iter().enumerate() {
-        for &j in ns {
-            dependents[j].push(i);
-        }
-    }
     let mut wave: Vec<usize> = (0..needs.len()).filter(|&i| remaining[i] == 0).collect();
     let mut waves = Vec::new();
     while !wave.is_empty() {
@@ -490,6 +464,17 @@ fn waves(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
         waves.push(std::mem::replace(&mut wave, next));
     }
     waves
+}
+
+/// For each step, the steps that need it directly.
+fn dependents_of(needs: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); needs.len()];
+    for (i, ns) in needs.iter().enumerate() {
+        for &j in ns {
+            dependents[j].push(i);
+        }
+    }
+    dependents
 }
 
 /// Whether `from` is upstream of `step`: `step` needs it, directly or through others. A walk up

@@ -181,7 +181,6 @@ impl PendingEvent {
         }
     }
 
-    /// A `workflow_run.status_changed` event.
     /// Retention deleted `count` of `what` (`runs`, `webhook_deliveries`, `nodes`) from
     /// before `before`.
     pub fn retention_deleted(what: &'static str, count: u64, before: OffsetDateTime) -> Self {
@@ -197,6 +196,7 @@ impl PendingEvent {
         }
     }
 
+    /// A `workflow_run.status_changed` event.
     pub fn run_status(
         id: RunId,
         project_id: Option<ProjectId>,

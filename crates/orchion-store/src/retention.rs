@@ -214,25 +214,16 @@ impl<B: StoreBackend> RetentionStore for B {
         limit: u32,
     ) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
-        let keys: Vec<(String, String)> = tx
-            .fetch_all(
+        let deleted = tx
+            .execute(
                 Statement::new(
-                    "SELECT scope, key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2",
+                    "DELETE FROM idempotency_keys WHERE (scope, key) IN \
+                     (SELECT scope, key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
                 )
                 .bind(before)
                 .bind(i64::from(limit)),
             )
             .await?;
-        let mut deleted = 0;
-        for (scope, key) in &keys {
-            deleted += tx
-                .execute(
-                    Statement::new("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
-                        .bind(scope.as_str())
-                        .bind(key.as_str()),
-                )
-                .await?;
-        }
         tx.commit().await?;
         Ok(count(deleted))
     }

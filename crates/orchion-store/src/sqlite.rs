@@ -70,8 +70,7 @@ pub struct SqliteStore {
     /// The checkpoint task, stopped and joined at close.
     background: TaskTracker,
     stop: CancellationToken,
-    commits: Arc<AtomicU64>,
-    health: Arc<WriteHealth>,
+    writes: Arc<Writes>,
     /// `<database>.lock`, locked while this store is open: one server per database file.
     lock: Arc<std::sync::Mutex<Option<std::fs::File>>>,
 }
@@ -119,30 +118,42 @@ fn private_files(db: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// How the last write went, for readiness: a write that failed for a reason that passes (a
-/// full disk, an I/O error) is remembered until one commits.
+/// What the store's writes did, for both writers: how many transactions committed, and — for
+/// readiness — why the last write failed, when it failed for a reason that passes (a full disk,
+/// an I/O error) and none has committed since.
 #[derive(Debug, Default)]
-pub(crate) struct WriteHealth(std::sync::Mutex<Option<String>>);
+pub(crate) struct Writes {
+    commits: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+    failure: std::sync::Mutex<Option<String>>,
+}
 
-impl WriteHealth {
-    /// Takes in a write's outcome: a commit clears a failure; a failure that passes is kept.
-    pub(crate) fn observe<T>(&self, outcome: &Result<T, StoreError>, committed: bool) {
-        let mut failure = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match outcome {
-            Ok(_) if committed => *failure = None,
-            Err(e @ StoreError::Unavailable(_)) => *failure = Some(e.to_string()),
-            _ => {}
+impl Writes {
+    /// A transaction committed: writes work.
+    pub(crate) fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if self.failing.swap(false, Ordering::Relaxed) {
+            *self.failure() = None;
         }
     }
 
-    fn failure(&self) -> Option<String> {
-        self.0
+    /// Passes `outcome` on, remembering a failure that passes.
+    pub(crate) fn watch<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(e @ StoreError::Unavailable(_)) = &outcome {
+            *self.failure() = Some(e.to_string());
+            self.failing.store(true, Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    fn failure(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 }
 
@@ -247,20 +258,18 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        let commits = Arc::new(AtomicU64::new(0));
-        let health = Arc::new(WriteHealth::default());
+        let writes = Arc::new(Writes::default());
         let turn = writer::WriteTurn::default();
         let queue = Arc::new(writer::Writer::open(
             options.get_filename(),
             turn.clone(),
-            commits.clone(),
-            health.clone(),
+            writes.clone(),
         )?);
         let (background, stop) = (TaskTracker::new(), CancellationToken::new());
         background.spawn(checkpoint(
             checkpointer.clone(),
             Arc::downgrade(&queue),
-            commits.clone(),
+            writes.clone(),
             stop.clone(),
         ));
         Ok(Self {
@@ -271,8 +280,7 @@ impl SqliteStore {
             checkpointer,
             background,
             stop,
-            commits,
-            health,
+            writes,
             lock: Arc::new(std::sync::Mutex::new(Some(lock))),
         })
     }
@@ -285,7 +293,7 @@ impl SqliteStore {
 async fn checkpoint(
     pool: SqlitePool,
     store: Weak<writer::Writer>,
-    commits: Arc<AtomicU64>,
+    writes: Arc<Writes>,
     stop: CancellationToken,
 ) {
     let mut interval = tokio::time::interval(CHECKPOINT_INTERVAL);
@@ -300,7 +308,7 @@ async fn checkpoint(
         if store.strong_count() == 0 || pool.is_closed() {
             return;
         }
-        let committed = commits.load(Ordering::Relaxed);
+        let committed = writes.commits();
         if copied_through == Some(committed) {
             continue;
         }
@@ -351,8 +359,7 @@ fn arguments<'q>(values: &'q [Value<'_>]) -> Result<SqliteArguments<'q>, StoreEr
 /// SQLite's busy handler, which only errors cause.
 pub(crate) struct WriteTx {
     tx: sqlx::Transaction<'static, sqlx::Sqlite>,
-    commits: Arc<AtomicU64>,
-    health: Arc<WriteHealth>,
+    writes: Arc<Writes>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
@@ -366,23 +373,23 @@ impl Tx for WriteTx {
 
     async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
         let args = arguments(statement.values())?;
-        let done = sqlx::query_with(&statement.sql_for_sqlite(), args)
-            .execute(&mut *self.tx)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(StoreError::from);
-        self.health.observe(&done, false);
-        done
+        self.writes.watch(
+            sqlx::query_with(&statement.sql_for_sqlite(), args)
+                .execute(&mut *self.tx)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(StoreError::from),
+        )
     }
 
     async fn fetch_all<R: Row>(&mut self, statement: Statement<'_>) -> Result<Vec<R>, StoreError> {
         let args = arguments(statement.values())?;
-        let rows = sqlx::query_as_with(&statement.sql_for_sqlite(), args)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(StoreError::from);
-        self.health.observe(&rows, false);
-        rows
+        self.writes.watch(
+            sqlx::query_as_with(&statement.sql_for_sqlite(), args)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(StoreError::from),
+        )
     }
 
     async fn fetch_optional<R: Row>(
@@ -390,12 +397,12 @@ impl Tx for WriteTx {
         statement: Statement<'_>,
     ) -> Result<Option<R>, StoreError> {
         let args = arguments(statement.values())?;
-        let row = sqlx::query_as_with(&statement.sql_for_sqlite(), args)
-            .fetch_optional(&mut *self.tx)
-            .await
-            .map_err(StoreError::from);
-        self.health.observe(&row, false);
-        row
+        self.writes.watch(
+            sqlx::query_as_with(&statement.sql_for_sqlite(), args)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(StoreError::from),
+        )
     }
 
     /// One multi-row insert per chunk; SQLite's single writer orders the events by commit.
@@ -419,10 +426,9 @@ impl Tx for WriteTx {
     }
 
     async fn commit(self) -> Result<(), StoreError> {
-        let done = self.tx.commit().await.map_err(StoreError::from);
-        self.health.observe(&done, true);
-        done?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes
+            .watch(self.tx.commit().await.map_err(StoreError::from))?;
+        self.writes.committed();
         Ok(())
     }
 
@@ -452,8 +458,7 @@ impl StoreBackend for SqliteStore {
         };
         Ok(WriteTx {
             tx,
-            commits: self.commits.clone(),
-            health: self.health.clone(),
+            writes: self.writes.clone(),
             _turn: turn,
         })
     }
@@ -506,11 +511,11 @@ impl Store for SqliteStore {
     }
 
     fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.writes.commits()
     }
 
     fn write_failure(&self) -> Option<String> {
-        self.health.failure()
+        self.writes.failure().clone()
     }
 
     async fn reclaim_space(&self) -> Result<(), StoreError> {

@@ -642,15 +642,10 @@ async fn retention_policy(
     let mut projects = Vec::new();
     for (id, kept) in &retention.projects {
         let key = format!("retention.projects.{id}");
-        let project = configured_project(store, &key, Some(id)).await?;
-        if retention.idempotency_keys > kept.finished {
-            anyhow::bail!(
-                "{key}.finished ({}) must be at least retention.idempotency_keys ({}): a key must not outlive what it names",
-                humantime::format_duration(kept.finished),
-                humantime::format_duration(retention.idempotency_keys)
-            );
-        }
-        projects.push((project, kept.finished));
+        projects.push((
+            configured_project(store, &key, Some(id)).await?,
+            kept.finished,
+        ));
     }
     Ok(orchion_control::RetentionPolicy {
         finished: retention.finished,

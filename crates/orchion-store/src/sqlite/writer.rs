@@ -12,11 +12,7 @@
 
 use std::{
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-        mpsc,
-    },
+    sync::{Arc, Mutex, mpsc},
     time::Duration,
 };
 
@@ -35,8 +31,7 @@ pub(super) struct Writer {
     /// Taken at close: the thread ends when its last sender is gone.
     work: Mutex<Option<mpsc::Sender<Work>>>,
     turn: WriteTurn,
-    commits: Arc<AtomicU64>,
-    health: Arc<super::WriteHealth>,
+    writes: Arc<super::Writes>,
 }
 
 impl Writer {
@@ -44,8 +39,7 @@ impl Writer {
     pub(super) fn open(
         path: &Path,
         turn: WriteTurn,
-        commits: Arc<AtomicU64>,
-        health: Arc<super::WriteHealth>,
+        writes: Arc<super::Writes>,
     ) -> Result<Self, StoreError> {
         let conn = Connection::open_with_flags(
             path,
@@ -76,8 +70,7 @@ impl Writer {
         Ok(Self {
             work: Mutex::new(Some(work)),
             turn,
-            commits,
-            health,
+            writes,
         })
     }
 
@@ -93,26 +86,22 @@ impl Writer {
         // has ended, so a caller that stops waiting cannot hand it on early.
         let turn = self.turn.clone().lock_owned().await;
         let (reply, result) = oneshot::channel();
-        let commits = self.commits.clone();
-        let health = self.health.clone();
+        let writes = self.writes.clone();
         let work: Work = Box::new(move |conn| {
             let _turn = turn;
-            let mut committed = false;
-            let outcome = (|| {
+            let outcome = writes.watch((|| {
                 let tx = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(database)?;
                 let (value, wrote) = body(&tx)?;
                 if wrote {
                     tx.commit().map_err(database)?;
-                    committed = true;
-                    commits.fetch_add(1, Ordering::Relaxed);
+                    writes.committed();
                 } else {
                     tx.rollback().map_err(database)?;
                 }
                 Ok(value)
-            })();
-            health.observe(&outcome, committed);
+            })());
             let _ = reply.send(outcome);
         });
         let sender = self
@@ -168,7 +157,7 @@ mod tests {
             .unwrap()
             .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER NOT NULL);")
             .unwrap();
-        Writer::open(&path, WriteTurn::default(), Arc::default(), Arc::default()).unwrap()
+        Writer::open(&path, WriteTurn::default(), Arc::default()).unwrap()
     }
 
     #[tokio::test]
