@@ -739,6 +739,10 @@ pub struct JobBenchArgs {
     /// `TOKEN` from a project secret, so every claim opens it and every line is masked.
     #[arg(long, value_enum, default_value_t = BenchJob::Noop)]
     pub job: BenchJob,
+    /// Enqueue every job first, then start the agents: throughput is the drain of a queue
+    /// already full (first start to last finish), as queue benchmarks measure it.
+    #[arg(long)]
+    pub drain: bool,
 }
 
 /// The job `orchion bench jobs` submits.

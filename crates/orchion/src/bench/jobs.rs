@@ -171,7 +171,11 @@ async fn measure(
     for s in &servers {
         eprintln!("server: {} (gRPC {}), store {store_name}", s.http, s.grpc);
     }
-    let agents = super::start_agents(&servers, args.agents, args.slots, false).await?;
+    let mut agents = if args.drain {
+        Vec::new()
+    } else {
+        super::start_agents(&servers, args.agents, args.slots, false).await?
+    };
     if args.job == BenchJob::ShellSecret {
         set_secret(&server.http).await?;
     }
@@ -242,6 +246,9 @@ async fn measure(
     submitted.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     let submit_secs = started.elapsed().as_secs_f64();
     eprintln!("submitted {} jobs in {submit_secs:.1} s", args.jobs);
+    if args.drain {
+        agents = super::start_agents(&servers, args.agents, args.slots, false).await?;
+    }
     wait_for_all(&client, server, started).await?;
     progress.abort();
     let failed: Value = client
@@ -271,6 +278,7 @@ async fn measure(
     let mut to_start = Vec::with_capacity(args.jobs);
     let mut to_done = Vec::with_capacity(args.jobs);
     let mut last_finished = started_at;
+    let mut first_started: Option<OffsetDateTime> = None;
     // Newest first, down to the first job of this run: a reused PostgreSQL database holds the
     // jobs of earlier runs too.
     let mut cursor: Option<String> = None;
@@ -292,6 +300,7 @@ async fn measure(
                 to_start.push(Duration::try_from(start - created).unwrap_or_default());
                 to_done.push(Duration::try_from(end - created).unwrap_or_default());
                 last_finished = last_finished.max(end);
+                first_started = Some(first_started.map_or(start, |f| f.min(start)));
             }
         }
         match page["next_cursor"].as_str() {
@@ -302,8 +311,13 @@ async fn measure(
     to_start.sort();
     to_done.sort();
     // End to end runs until the last job finished, by the server's clock (the same machine's),
-    // so the status polling can be infrequent without blurring the figure.
-    let elapsed = (last_finished - started_at).as_seconds_f64();
+    // so the status polling can be infrequent without blurring the figure. A drain starts when
+    // the first job does, once the queue is full and the agents have joined.
+    let from = match first_started {
+        Some(first) if args.drain => first,
+        _ => started_at,
+    };
+    let elapsed = (last_finished - from).as_seconds_f64();
     let throughput = args.jobs as f64 / elapsed;
     let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
     println!("orchion bench jobs");
@@ -322,7 +336,12 @@ async fn measure(
         args.batch
     );
     println!(
-        "  end to end            {elapsed:.2} s, {throughput:.0} jobs/s (submitting alone: {:.0} jobs/s)",
+        "  {}{elapsed:.2} s, {throughput:.0} jobs/s (submitting alone: {:.0} jobs/s)",
+        if args.drain {
+            "drain (queue full)    "
+        } else {
+            "end to end            "
+        },
         args.jobs as f64 / submit_secs
     );
     println!(

@@ -108,8 +108,22 @@ async fn a_full_disk_refuses_writes_with_503_and_they_work_again_once_space_is_f
     }
     let refused = refused.expect("some write was refused on a full disk");
     assert!(!refused.contains("padding"), "{refused}");
-    let project = post(&server, "/api/v1/projects", &json!({"name": "while-full"})).await;
-    assert_eq!(project.status(), 503, "{:?}", project.text().await);
+    // Another kind of write is refused too. A small one may still fit where the WAL already has
+    // room, so keep writing until one is refused; whatever was answered 201 must survive.
+    let mut projects = Vec::new();
+    for i in 0..2_000 {
+        let name = format!("while-full-{i}");
+        let answer = post(&server, "/api/v1/projects", &json!({"name": name})).await;
+        match answer.status().as_u16() {
+            201 => projects.push(answer.json::<Value>().await.unwrap()["id"].clone()),
+            503 => break,
+            other => panic!(
+                "a project on a full disk answered {other}: {:?}",
+                answer.text().await
+            ),
+        }
+    }
+    assert!(projects.len() < 2_000, "no project write was refused on a full disk");
     let ready = eventually("/readyz turns 503", Duration::from_secs(30), || async {
         let answer = http().get(server.url("/readyz")).send().await.ok()?;
         (answer.status() == 503).then_some(answer.text().await.ok()?)
@@ -143,6 +157,15 @@ async fn a_full_disk_refuses_writes_with_503_and_they_work_again_once_space_is_f
             .await
             .unwrap();
         assert_eq!(answer.status(), 200, "acknowledged job {id} is gone");
+    }
+    for id in &projects {
+        let id = id.as_str().unwrap();
+        let answer = http()
+            .get(server.url(&format!("/api/v1/projects/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "acknowledged project {id} is gone");
     }
     let log = server.output();
     assert!(
