@@ -123,7 +123,10 @@ async fn a_full_disk_refuses_writes_with_503_and_they_work_again_once_space_is_f
             ),
         }
     }
-    assert!(projects.len() < 2_000, "no project write was refused on a full disk");
+    assert!(
+        projects.len() < 2_000,
+        "no project write was refused on a full disk"
+    );
     let ready = eventually("/readyz turns 503", Duration::from_secs(30), || async {
         let answer = http().get(server.url("/readyz")).send().await.ok()?;
         (answer.status() == 503).then_some(answer.text().await.ok()?)
