@@ -68,6 +68,23 @@ async fn post(server: &Orchion, path: &str, body: &Value) -> reqwest::Response {
         .unwrap()
 }
 
+/// Every resource of `ids` acknowledged under `collection` can be read back.
+async fn assert_all_there(server: &Orchion, collection: &str, ids: &[Value]) {
+    for id in ids {
+        let id = id.as_str().unwrap();
+        let answer = http()
+            .get(server.url(&format!("{collection}/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            200,
+            "acknowledged {collection}/{id} is gone"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_writes_with_503_and_they_work_again_once_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,7 +133,10 @@ async fn a_full_disk_refuses_writes_with_503_and_they_work_again_once_space_is_f
         let answer = post(&server, "/api/v1/projects", &json!({"name": name})).await;
         match answer.status().as_u16() {
             201 => projects.push(answer.json::<Value>().await.unwrap()["id"].clone()),
-            503 => break,
+            503 => {
+                assert!(answer.headers().contains_key("retry-after"));
+                break;
+            }
             other => panic!(
                 "a project on a full disk answered {other}: {:?}",
                 answer.text().await
@@ -152,24 +172,8 @@ async fn a_full_disk_refuses_writes_with_503_and_they_work_again_once_space_is_f
         (answer.status() == 200).then_some(())
     })
     .await;
-    for id in &accepted {
-        let id = id.as_str().unwrap();
-        let answer = http()
-            .get(server.url(&format!("/api/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 200, "acknowledged job {id} is gone");
-    }
-    for id in &projects {
-        let id = id.as_str().unwrap();
-        let answer = http()
-            .get(server.url(&format!("/api/v1/projects/{id}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 200, "acknowledged project {id} is gone");
-    }
+    assert_all_there(&server, "/api/v1/jobs", &accepted).await;
+    assert_all_there(&server, "/api/v1/projects", &projects).await;
     let log = server.output();
     assert!(
         !log.contains("non-zero transaction depth"),
