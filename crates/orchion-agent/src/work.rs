@@ -17,7 +17,7 @@ use std::{
 
 use orchion_executor::{Context, Masker, Outcome, OutputLine, Registry};
 use orchion_proto::v1::{self as pb, work_service_client::WorkServiceClient};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request};
 use tracing::Instrument;
@@ -40,6 +40,10 @@ const REPORT_RETRY_MAX: Duration = Duration::from_secs(5);
 /// The first and the longest wait between claims that failed.
 const CLAIM_RETRY_FIRST: Duration = Duration::from_millis(200);
 const CLAIM_RETRY_MAX: Duration = Duration::from_secs(5);
+/// A busy agent claims once a slot in this many is free…
+const CLAIM_BATCH_SHARE: usize = 4;
+/// …or after this long with fewer free.
+const CLAIM_GATHER: Duration = Duration::from_millis(5);
 /// The most results one report carries.
 const REPORT_BATCH: usize = 500;
 
@@ -127,6 +131,10 @@ pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: Cancellation
     let client = WorkServiceClient::new(servers);
     let held: HeldMap = Arc::default();
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    // A slot is free again once its task's execution ends, so the next claim overlaps the
+    // report of the last results; no more than one slot's worth of results waits for the
+    // server's answer.
+    let unreported = Arc::new(Semaphore::new(config.slots.max(1)));
     let keeper = tokio::spawn(keep_leases(
         client.clone(),
         config.credentials.clone(),
@@ -140,10 +148,33 @@ pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: Cancellation
     loop {
         // Wait for at least one free slot, then ask for as many tasks as there are free slots.
         let first = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            permits = both(&slots, &unreported) => match permits { Some(p) => p, None => break },
             () = stop.cancelled() => break,
         };
-        let free = slots.available_permits() + 1;
+        let room = || {
+            slots
+                .available_permits()
+                .min(unreported.available_permits())
+        };
+        let mut permits = vec![first];
+        // A busy agent waits a moment for more room, so that it claims in batches rather than
+        // one task for each slot freed.
+        let batch = (config.slots / CLAIM_BATCH_SHARE).max(1);
+        if permits.len() + room() < batch {
+            let gather = async {
+                while permits.len() + room() < batch {
+                    match both(&slots, &unreported).await {
+                        Some(p) => permits.push(p),
+                        None => break,
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(CLAIM_GATHER, gather) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        let free = permits.len() + room();
         let mut request = authorized(
             pb::ClaimTasksRequest {
                 node_id: config.credentials.node_id.clone(),
@@ -175,24 +206,20 @@ pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: Cancellation
             Err(status) => {
                 let wait = crate::next_wait(&mut retries, CLAIM_RETRY_MAX);
                 tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?wait, "claiming work failed");
-                drop(first);
+                drop(permits);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => continue,
                     () = stop.cancelled() => break,
                 }
             }
         };
-        let mut permits = vec![first];
         for task in tasks {
-            let permit = match permits.pop() {
+            // The server never gives more than asked; should it, the task waits for a slot.
+            let (slot, unreported) = match permits.pop() {
                 Some(p) => p,
-                None => match slots.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    // The server never gives more than asked; should it, the task waits for a slot.
-                    Err(_) => match slots.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
+                None => match both(&slots, &unreported).await {
+                    Some(p) => p,
+                    None => break,
                 },
             };
             let client = client.clone();
@@ -213,8 +240,8 @@ pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: Cancellation
             }
             tokio::spawn(
                 async move {
-                    run_task(client, reporter, config, task, held, stop).await;
-                    drop(permit);
+                    run_task(client, reporter, config, task, held, slot, stop).await;
+                    drop(unreported);
                 }
                 .instrument(span),
             );
@@ -225,6 +252,16 @@ pub(crate) async fn run(servers: Servers, config: WorkConfig, stop: Cancellation
         held.stop.cancel();
     }
     keeper.abort();
+}
+
+/// A free slot and room for one more unreported result, or `None` once the loop is closing.
+async fn both(
+    slots: &Arc<Semaphore>,
+    unreported: &Arc<Semaphore>,
+) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    let unreported = unreported.clone().acquire_owned().await.ok()?;
+    Some((slot, unreported))
 }
 
 /// Extends the leases of running attempts at a third of the shortest lease; stops work whose
@@ -329,6 +366,7 @@ async fn run_task(
     config: WorkConfig,
     task: pb::TaskAssignment,
     held: HeldMap,
+    slot: OwnedSemaphorePermit,
     agent_stop: CancellationToken,
 ) {
     let stop = agent_stop.child_token();
@@ -420,6 +458,7 @@ async fn run_task(
     let outcome = masked(outcome, &masker);
     let _ = shipper.await;
     locked(&held).remove(&task.task_id);
+    drop(slot);
     if lost.load(Ordering::SeqCst) || agent_stop.is_cancelled() {
         return;
     }
