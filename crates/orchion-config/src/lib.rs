@@ -540,6 +540,9 @@ pub struct RetentionConfig {
     /// Idempotency keys: the same key after this makes a new resource (at most `finished`).
     #[serde(with = "humantime_serde")]
     pub idempotency_keys: Duration,
+    /// The audit log (its newest entry is always kept).
+    #[serde(with = "humantime_serde")]
+    pub audit: Duration,
     /// Nodes down this long are forgotten.
     #[serde(with = "humantime_serde")]
     pub down_nodes: Duration,
@@ -563,6 +566,7 @@ impl Default for RetentionConfig {
             events: 7 * day,
             deliveries: 30 * day,
             idempotency_keys: 7 * day,
+            audit: 365 * day,
             down_nodes: 7 * day,
             projects: Default::default(),
         }
@@ -851,6 +855,7 @@ impl Config {
                 "retention.idempotency_keys".to_owned(),
                 retention.idempotency_keys,
             ),
+            ("retention.audit".to_owned(), retention.audit),
             ("retention.down_nodes".to_owned(), retention.down_nodes),
         ]
         .into_iter()

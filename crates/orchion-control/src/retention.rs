@@ -1,7 +1,7 @@
 //! Retention: what has outlived its keeping is deleted, in the background, a small batch per
 //! transaction — finished runs with their tasks, attempts, logs and outputs (per project, or
 //! the server's default), old events (moving the log's horizon), webhook deliveries,
-//! idempotency keys, and nodes long down. With several replicas it is one replica's duty.
+//! idempotency keys, audit entries, and nodes long down. With several replicas it is one replica's duty.
 //! A pass is bounded; one that ends with more expired than it could delete wakes the next at
 //! once, so retention keeps up with any rate the store can carry instead of once a minute.
 
@@ -37,6 +37,7 @@ pub struct RetentionPolicy {
     pub events: Duration,
     pub deliveries: Duration,
     pub idempotency_keys: Duration,
+    pub audit: Duration,
     /// Nodes down this long are forgotten.
     pub down_nodes: Duration,
 }
@@ -113,6 +114,7 @@ impl Retention {
                 .delete_idempotency_keys(before(policy.idempotency_keys), BATCH)
         })
         .await?;
+        deleted += batches(|| self.store.delete_audit(before(policy.audit), BATCH)).await?;
         deleted += batches(|| {
             self.store
                 .forget_down_nodes(before(policy.down_nodes), BATCH)

@@ -6,7 +6,8 @@
 //! attempts, log lines, outputs, workflow state — by the foreign keys' `ON DELETE CASCADE`. A
 //! deployment's run is kept: it records what is deployed. The event log loses its oldest
 //! events, and remembers up to which sequence number it did (its horizon), so a client asking
-//! to resume from before it is told so instead of seeing a silent gap.
+//! to resume from before it is told so instead of seeing a silent gap. The audit log loses its
+//! oldest entries but never its newest.
 
 use async_trait::async_trait;
 use orchion_domain::ProjectId;
@@ -63,6 +64,10 @@ pub trait RetentionStore: Send + Sync {
         before: OffsetDateTime,
         limit: u32,
     ) -> Result<usize, StoreError>;
+
+    /// Deletes up to `limit` of the oldest audit entries recorded before `before`; the newest
+    /// entry is always kept, so sequence numbers keep growing and are never given twice.
+    async fn delete_audit(&self, before: OffsetDateTime, limit: u32) -> Result<usize, StoreError>;
 
     /// Forgets up to `limit` nodes that are down and were last heard before `before`.
     async fn forget_down_nodes(
@@ -221,6 +226,25 @@ impl<B: StoreBackend> RetentionStore for B {
                      (SELECT scope, key FROM idempotency_keys WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
                 )
                 .bind(before)
+                .bind(i64::from(limit)),
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(count(deleted))
+    }
+
+    async fn delete_audit(&self, before: OffsetDateTime, limit: u32) -> Result<usize, StoreError> {
+        let before_us = i64::try_from(before.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
+        let mut tx = self.begin().await?;
+        // The scan runs from the oldest entry and stops at the first `limit` expired: entries
+        // are appended in time order, so the expired ones are at the front.
+        let deleted = tx
+            .execute(
+                Statement::new(
+                    "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at_us < $1 \
+                     AND seq < (SELECT max(seq) FROM audit) ORDER BY seq LIMIT $2)",
+                )
+                .bind(before_us)
                 .bind(i64::from(limit)),
             )
             .await?;

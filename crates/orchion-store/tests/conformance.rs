@@ -80,6 +80,7 @@ conformance!(
     re_registering_keeps_registration_time_and_drain,
     join_tokens_are_named_limited_revocable_and_remembered_by_their_nodes,
     an_audit_entry_is_written_before_its_outcome_and_kept_without_one,
+    retention_deletes_old_audit_entries_but_never_the_newest,
     node_state_changes_record_status_events,
     heartbeats_are_recorded_without_events,
     a_state_change_applies_only_from_its_expected_status,
@@ -2691,6 +2692,51 @@ async fn an_audit_entry_is_written_before_its_outcome_and_kept_without_one(db: D
         "a request whose server stopped has no outcome"
     );
     assert_eq!(listed[1].request_id, "interrupted");
+}
+
+async fn retention_deletes_old_audit_entries_but_never_the_newest(db: Db) {
+    let store = db.open().await;
+    let now = orchion_store::now();
+    let cut = now - time::Duration::hours(1);
+    let entry = |request_id: &str, at| AuditEntry {
+        seq: 0,
+        at,
+        actor: "token:t".into(),
+        role: Some(Role::Operator),
+        project: None,
+        client: "127.0.0.1".into(),
+        method: "POST".into(),
+        route: "/api/v1/jobs".into(),
+        resource: String::new(),
+        status: Some(201),
+        request_id: request_id.into(),
+    };
+    let old = cut - time::Duration::minutes(1);
+    let written = store
+        .write_audit(&[entry("a", old), entry("b", old), entry("c", old)], &[])
+        .await
+        .unwrap();
+    let request_ids = |entries: Vec<AuditEntry>| -> Vec<String> {
+        entries.into_iter().map(|e| e.request_id).collect()
+    };
+    // In batches of `limit`, and the newest stays though it expired too.
+    assert_eq!(store.delete_audit(cut, 1).await.unwrap(), 1);
+    assert_eq!(store.delete_audit(cut, 10).await.unwrap(), 1);
+    assert_eq!(store.delete_audit(cut, 10).await.unwrap(), 0);
+    let left = store
+        .list_audit(&AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(request_ids(left), ["c"]);
+    // A newer entry numbers after every earlier one, and the old newest can now go.
+    let newer = store.write_audit(&[entry("d", now)], &[]).await.unwrap();
+    assert!(newer[0] > written[2], "{newer:?} after {written:?}");
+    assert_eq!(store.delete_audit(cut, 10).await.unwrap(), 1);
+    let left = store
+        .list_audit(&AuditFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(request_ids(left), ["d"], "what has not expired is kept");
 }
 
 fn intake(

@@ -687,6 +687,34 @@ pub enum BenchCommand {
     Dag(DagBenchArgs),
     /// A server with work queued and no agent: its CPU while it waits.
     Idle(IdleBenchArgs),
+    /// Sustained load on a server with a short retention: whether its store, tables and
+    /// memory level off or grow.
+    Soak(SoakBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SoakBenchArgs {
+    /// No-op jobs submitted a second (in batches, ten times a second).
+    #[arg(long, default_value_t = 1_000)]
+    pub rate: usize,
+    /// How long to keep submitting.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// How long the server keeps finished jobs, events and idempotency keys (at least 1m).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub keep: std::time::Duration,
+    /// How often to measure.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub sample: std::time::Duration,
+    /// How many agent processes run the jobs.
+    #[arg(long, default_value_t = 2)]
+    pub agents: usize,
+    /// Tasks each agent runs at once.
+    #[arg(long, default_value_t = 128)]
+    pub slots: u16,
+    /// Run the server on this PostgreSQL database (best a fresh one) instead of a SQLite file.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -46,6 +46,7 @@ fn main() -> ExitCode {
             Command::Bench(cli::BenchCommand::Jobs(args)) => bench::jobs::run(args).await,
             Command::Bench(cli::BenchCommand::Dag(args)) => bench::dag::run(args).await,
             Command::Bench(cli::BenchCommand::Idle(args)) => bench::idle::run(args).await,
+            Command::Bench(cli::BenchCommand::Soak(args)) => bench::soak::run(args).await,
             Command::Bench(cli::BenchCommand::Failover(args)) => bench::failover::run(args).await,
             Command::Project(args) => client::project::run(args).await,
             Command::Node(args) => client::node::run(args).await,

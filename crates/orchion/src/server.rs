@@ -653,6 +653,7 @@ async fn retention_policy(
         events: retention.events,
         deliveries: retention.deliveries,
         idempotency_keys: retention.idempotency_keys,
+        audit: retention.audit,
         down_nodes: retention.down_nodes,
     })
 }

@@ -7,6 +7,7 @@ pub mod failover;
 pub mod heartbeats;
 pub mod idle;
 pub mod jobs;
+pub mod soak;
 
 use std::{
     path::{Path, PathBuf},
