@@ -23,10 +23,10 @@ use crate::{
     },
     jobs::enqueue_results,
     plan::{
-        Enqueued, MAX_CLAIM_SCAN, enqueue_outcomes, free_capacity, judge_reports, need_resources,
-        plan_claims, scan_limit, select_claims,
+        Enqueued, FinishPlan, MAX_CLAIM_SCAN, enqueue_outcomes, free_capacity, judge_reports,
+        need_resources, plan_claims, scan_limit, select_claims,
     },
-    tasks::{INSERT_CHUNK, TASK_COLUMNS, TaskInsert, TaskRow, finish_attempts, insert_tasks},
+    tasks::{INSERT_CHUNK, TASK_COLUMNS, TaskInsert, TaskRow, insert_tasks},
 };
 
 use super::PgTx;
@@ -229,42 +229,49 @@ pub(super) async fn claim(
         tx.rollback().await?;
         return Ok(claimed);
     }
-    // One statement for all the claimed tasks, one for their attempts. A claim takes a queued
-    // task to running with one more attempt (`TaskState::next` in `plan_claims`); each lease
-    // runs for the task's own heartbeat timeout. The tasks are found by id alone: the candidate
+    // One statement for all the claimed tasks, one for their attempts, each binding arrays so
+    // that its text is the same for any number of tasks: one prepared statement, planned once
+    // per connection, where a list of placeholders made a new one for every claim size and
+    // pushed the others out of the connection's statement cache. A claim takes a queued task
+    // to running with one more attempt (`TaskState::next` in `plan_claims`); each lease runs
+    // for the task's own heartbeat timeout. The tasks are found by id alone: the candidate
     // query locked them, so they are still queued, and a `status` condition here let a planner
     // with stale statistics scan the whole queue through a partial index instead of looking
     // the ids up.
-    let mut update =
-        Statement::new("UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = ");
-    update
-        .push_bind(claim.node_id.as_uuid())
-        .push(", lease_expires_us = ")
-        .push_bind(micros(now))
-        .push(" + heartbeat_ms * 1000, started_at = COALESCE(started_at, ")
-        .push_bind(now)
-        .push(") WHERE id IN (")
-        .push_list(claimed.iter().map(|c| c.task_id.as_uuid()))
-        .push(")");
-    let updated = tx.execute(update).await?;
+    let ids: Vec<Uuid> = claimed.iter().map(|c| c.task_id.as_uuid()).collect();
+    let numbers: Vec<i32> = claimed
+        .iter()
+        .map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX))
+        .collect();
+    let conn: &mut PgConnection = &mut tx;
+    let updated = sqlx::query(
+        "UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = $2, \
+         lease_expires_us = $3 + heartbeat_ms * 1000, started_at = COALESCE(started_at, $4) \
+         WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .bind(claim.node_id.as_uuid())
+    .bind(micros(now))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
     if updated != claimed.len() as u64 {
         return Err(StoreError::Conflict(format!(
             "claimed {} tasks but {updated} were still queued",
             claimed.len()
         )));
     }
-    let mut attempts =
-        Statement::new("INSERT INTO attempts (task_id, number, node_id, status, started_at) ");
-    attempts.push_values(claimed.iter().map(|c| {
-        [
-            Value::from(c.task_id.as_uuid()),
-            i32::try_from(c.attempt).unwrap_or(i32::MAX).into(),
-            claim.node_id.as_uuid().into(),
-            "running".into(),
-            now.into(),
-        ]
-    }));
-    tx.execute(attempts).await?;
+    sqlx::query(
+        "INSERT INTO attempts (task_id, number, node_id, status, started_at) \
+         SELECT a.task_id, a.number, $3, 'running', $4 FROM UNNEST($1::uuid[], $2::int4[]) AS a (task_id, number)",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .bind(claim.node_id.as_uuid())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
     tx.append_events(&events).await?;
     tx.commit().await?;
     Ok(claimed)
@@ -282,7 +289,7 @@ pub(super) async fn finish(
     let ids: Vec<Uuid> = reports.iter().map(|r| r.task.as_uuid()).collect();
     let tasks = task_rows(&mut tx, &ids).await?;
     let (results, plans) = judge_reports(&tasks, reports, now)?;
-    finish_attempts(&mut tx, &plans).await?;
+    end_attempts(&mut tx, &plans).await?;
     let events: Vec<PendingEvent> = plans.into_iter().map(|p| p.event).collect();
     tx.append_events(&events).await?;
     tx.commit().await?;
@@ -330,18 +337,70 @@ async fn lock_concurrency_key(tx: &mut PgTx, key: &str) -> Result<(), StoreError
 /// The tasks of `ids` that exist, by id, locked for a change (in id order, so two transactions
 /// cannot deadlock on them).
 async fn task_rows(tx: &mut PgTx, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRow>, StoreError> {
-    let mut rows = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(1000) {
-        let mut query = Statement::new(format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id IN ("
-        ));
-        query
-            .push_list(chunk.iter().copied())
-            .push(") ORDER BY t.id")
-            .push(PgTx::TASK_LOCK);
-        for row in tx.fetch_all::<TaskRow>(query).await? {
-            rows.insert(row.id, row);
-        }
-    }
-    Ok(rows)
+    let sql = format!(
+        "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ANY($1) \
+         ORDER BY t.id{}",
+        PgTx::TASK_LOCK
+    );
+    let conn: &mut PgConnection = tx;
+    let rows: Vec<TaskRow> = sqlx::query_as(&sql).bind(ids).fetch_all(conn).await?;
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+}
+
+/// Ends the attempts of `plans` and moves their tasks on: `tasks::finish_attempts` with arrays
+/// bound, so the two statements' text is the same for any number of reports.
+async fn end_attempts(tx: &mut PgTx, plans: &[FinishPlan]) -> Result<(), StoreError> {
+    let ids: Vec<Uuid> = plans.iter().map(|p| p.task_id).collect();
+    let numbers: Vec<i32> = plans.iter().map(|p| p.number).collect();
+    let attempt_statuses: Vec<&str> = plans.iter().map(|p| p.attempt_status).collect();
+    let exit_codes: Vec<Option<i32>> = plans.iter().map(|p| p.exit_code).collect();
+    let errors: Vec<Option<&str>> = plans.iter().map(|p| p.error.as_deref()).collect();
+    let now: Vec<time::OffsetDateTime> = plans.iter().map(|p| p.now).collect();
+    let conn: &mut PgConnection = tx;
+    sqlx::query(
+        "UPDATE attempts SET status = v.status, finished_at = v.finished_at, exit_code = v.exit_code, \
+         error = v.error FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[]) \
+         AS v (task_id, number, status, finished_at, exit_code, error) \
+         WHERE attempts.task_id = v.task_id AND attempts.number = v.number",
+    )
+    .bind(&ids)
+    .bind(&numbers)
+    .bind(&attempt_statuses)
+    .bind(&now)
+    .bind(&exit_codes)
+    .bind(&errors)
+    .execute(&mut *conn)
+    .await?;
+    let statuses: Vec<&str> = plans.iter().map(|p| p.status.as_str()).collect();
+    let cancel_requested: Vec<bool> = plans.iter().map(|p| p.cancel_requested).collect();
+    let budgets: Vec<i32> = plans.iter().map(|p| p.attempt_budget).collect();
+    let run_after: Vec<i64> = plans.iter().map(|p| p.run_after_us).collect();
+    let outputs: Vec<Option<&str>> = plans.iter().map(|p| p.output.as_deref()).collect();
+    let step_outputs: Vec<Option<&str>> = plans.iter().map(|p| p.outputs.as_deref()).collect();
+    let finished_at: Vec<Option<time::OffsetDateTime>> =
+        plans.iter().map(|p| p.finished_at).collect();
+    sqlx::query(
+        "UPDATE tasks SET status = v.status, cancel_requested = v.cancel_requested, \
+         attempt_budget = v.attempt_budget, node_id = NULL, lease_expires_us = NULL, \
+         run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), \
+         outputs = COALESCE(v.outputs, tasks.outputs), error = v.error, exit_code = v.exit_code, \
+         finished_at = v.finished_at \
+         FROM UNNEST($1::uuid[], $2::text[], $3::bool[], $4::int4[], $5::int8[], $6::text[], $7::text[], \
+         $8::text[], $9::int4[], $10::timestamptz[]) \
+         AS v (id, status, cancel_requested, attempt_budget, run_after_us, output, outputs, error, exit_code, finished_at) \
+         WHERE tasks.id = v.id",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&cancel_requested)
+    .bind(&budgets)
+    .bind(&run_after)
+    .bind(&outputs)
+    .bind(&step_outputs)
+    .bind(&errors)
+    .bind(&exit_codes)
+    .bind(&finished_at)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

@@ -240,7 +240,7 @@ async fn bench(args: SoakBenchArgs) -> anyhow::Result<()> {
         args.rate, args.duration, args.agents, args.slots
     );
     println!(
-        "  kept                  finished jobs, events, idempotency keys: {:?} (about {} jobs)",
+        "  kept                  finished jobs, events, idempotency keys, audit: {:?} (about {} jobs)",
         args.keep,
         (args.keep.as_secs_f64() * args.rate as f64) as u64
     );
