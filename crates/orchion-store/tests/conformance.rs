@@ -1665,19 +1665,7 @@ async fn a_batch_of_jobs_commits_together_with_outcomes_per_job(db: Db) {
         .create_job(job("shell"), Some(key("taken", "a")))
         .await
         .unwrap();
-    let audit = |request_id: &str| AuditEntry {
-        seq: 0,
-        at: orchion_store::now(),
-        actor: "token:t".into(),
-        role: Some(Role::Operator),
-        project: None,
-        client: "127.0.0.1".into(),
-        method: "POST".into(),
-        route: "/api/v1/jobs".into(),
-        resource: String::new(),
-        status: None,
-        request_id: request_id.into(),
-    };
+    let audit = |request_id: &str| audit_entry(request_id, orchion_store::now());
     let results = store
         .create_jobs(vec![
             intake(job("shell"), None, Some(audit("first"))),
@@ -2648,19 +2636,7 @@ async fn a_released_attempt_is_adopted_once_by_another_node(db: Db) {
 
 async fn an_audit_entry_is_written_before_its_outcome_and_kept_without_one(db: Db) {
     let store = db.open().await;
-    let entry = |request_id: &str| AuditEntry {
-        seq: 0,
-        at: orchion_store::now(),
-        actor: "token:t".into(),
-        role: Some(Role::Operator),
-        project: None,
-        client: "127.0.0.1".into(),
-        method: "POST".into(),
-        route: "/api/v1/jobs".into(),
-        resource: String::new(),
-        status: None,
-        request_id: request_id.into(),
-    };
+    let entry = |request_id: &str| audit_entry(request_id, orchion_store::now());
     let seqs = store
         .write_audit(&[entry("answered"), entry("interrupted")], &[])
         .await
@@ -2699,17 +2675,8 @@ async fn retention_deletes_old_audit_entries_but_never_the_newest(db: Db) {
     let now = orchion_store::now();
     let cut = now - time::Duration::hours(1);
     let entry = |request_id: &str, at| AuditEntry {
-        seq: 0,
-        at,
-        actor: "token:t".into(),
-        role: Some(Role::Operator),
-        project: None,
-        client: "127.0.0.1".into(),
-        method: "POST".into(),
-        route: "/api/v1/jobs".into(),
-        resource: String::new(),
         status: Some(201),
-        request_id: request_id.into(),
+        ..audit_entry(request_id, at)
     };
     let old = cut - time::Duration::minutes(1);
     let written = store
@@ -2737,6 +2704,23 @@ async fn retention_deletes_old_audit_entries_but_never_the_newest(db: Db) {
         .await
         .unwrap();
     assert_eq!(request_ids(left), ["d"], "what has not expired is kept");
+}
+
+/// An operator's `POST /api/v1/jobs` at `at`, not answered yet.
+fn audit_entry(request_id: &str, at: time::OffsetDateTime) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at,
+        actor: "token:t".into(),
+        role: Some(Role::Operator),
+        project: None,
+        client: "127.0.0.1".into(),
+        method: "POST".into(),
+        route: "/api/v1/jobs".into(),
+        resource: String::new(),
+        status: None,
+        request_id: request_id.into(),
+    }
 }
 
 fn intake(
