@@ -1,7 +1,8 @@
 //! Retention: what has outlived its keeping is deleted, in the background, a small batch per
 //! transaction — finished runs with their tasks, attempts, logs and outputs (per project, or
 //! the server's default), old events (moving the log's horizon), webhook deliveries,
-//! idempotency keys, audit entries, and nodes long down. With several replicas it is one replica's duty.
+//! idempotency keys, audit entries, and nodes long down. With several replicas it is one
+//! replica's duty.
 //! A pass is bounded; one that ends with more expired than it could delete wakes the next at
 //! once, so retention keeps up with any rate the store can carry instead of once a minute.
 

@@ -234,7 +234,6 @@ impl<B: StoreBackend> RetentionStore for B {
     }
 
     async fn delete_audit(&self, before: OffsetDateTime, limit: u32) -> Result<usize, StoreError> {
-        let before_us = i64::try_from(before.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX);
         let mut tx = self.begin().await?;
         // The scan runs from the oldest entry and stops at the first `limit` expired: entries
         // are appended in time order, so the expired ones are at the front.
@@ -244,7 +243,7 @@ impl<B: StoreBackend> RetentionStore for B {
                     "DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE at_us < $1 \
                      AND seq < (SELECT max(seq) FROM audit) ORDER BY seq LIMIT $2)",
                 )
-                .bind(before_us)
+                .bind(crate::codec::micros(before))
                 .bind(i64::from(limit)),
             )
             .await?;

@@ -700,7 +700,8 @@ pub struct SoakBenchArgs {
     /// How long to keep submitting.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
-    /// How long the server keeps finished jobs, events and idempotency keys (at least 1m).
+    /// How long the server keeps finished jobs, events, idempotency keys and audit entries
+    /// (at least 1m).
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub keep: std::time::Duration,
     /// How often to measure.

@@ -23,10 +23,10 @@ use crate::{
     },
     jobs::enqueue_results,
     plan::{
-        Enqueued, FinishPlan, MAX_CLAIM_SCAN, enqueue_outcomes, free_capacity, judge_reports,
-        need_resources, plan_claims, scan_limit, select_claims,
+        Enqueued, MAX_CLAIM_SCAN, enqueue_outcomes, free_capacity, judge_reports, need_resources,
+        plan_claims, scan_limit, select_claims,
     },
-    tasks::{INSERT_CHUNK, TASK_COLUMNS, TaskInsert, TaskRow, insert_tasks},
+    tasks::{INSERT_CHUNK, TASK_COLUMNS, TaskInsert, TaskRow, finish_attempts, insert_tasks},
 };
 
 use super::PgTx;
@@ -289,7 +289,7 @@ pub(super) async fn finish(
     let ids: Vec<Uuid> = reports.iter().map(|r| r.task.as_uuid()).collect();
     let tasks = task_rows(&mut tx, &ids).await?;
     let (results, plans) = judge_reports(&tasks, reports, now)?;
-    end_attempts(&mut tx, &plans).await?;
+    finish_attempts(&mut tx, &plans).await?;
     let events: Vec<PendingEvent> = plans.into_iter().map(|p| p.event).collect();
     tx.append_events(&events).await?;
     tx.commit().await?;
@@ -345,62 +345,4 @@ async fn task_rows(tx: &mut PgTx, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRow>
     let conn: &mut PgConnection = tx;
     let rows: Vec<TaskRow> = sqlx::query_as(&sql).bind(ids).fetch_all(conn).await?;
     Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-}
-
-/// Ends the attempts of `plans` and moves their tasks on: `tasks::finish_attempts` with arrays
-/// bound, so the two statements' text is the same for any number of reports.
-async fn end_attempts(tx: &mut PgTx, plans: &[FinishPlan]) -> Result<(), StoreError> {
-    let ids: Vec<Uuid> = plans.iter().map(|p| p.task_id).collect();
-    let numbers: Vec<i32> = plans.iter().map(|p| p.number).collect();
-    let attempt_statuses: Vec<&str> = plans.iter().map(|p| p.attempt_status).collect();
-    let exit_codes: Vec<Option<i32>> = plans.iter().map(|p| p.exit_code).collect();
-    let errors: Vec<Option<&str>> = plans.iter().map(|p| p.error.as_deref()).collect();
-    let now: Vec<time::OffsetDateTime> = plans.iter().map(|p| p.now).collect();
-    let conn: &mut PgConnection = tx;
-    sqlx::query(
-        "UPDATE attempts SET status = v.status, finished_at = v.finished_at, exit_code = v.exit_code, \
-         error = v.error FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[]) \
-         AS v (task_id, number, status, finished_at, exit_code, error) \
-         WHERE attempts.task_id = v.task_id AND attempts.number = v.number",
-    )
-    .bind(&ids)
-    .bind(&numbers)
-    .bind(&attempt_statuses)
-    .bind(&now)
-    .bind(&exit_codes)
-    .bind(&errors)
-    .execute(&mut *conn)
-    .await?;
-    let statuses: Vec<&str> = plans.iter().map(|p| p.status.as_str()).collect();
-    let cancel_requested: Vec<bool> = plans.iter().map(|p| p.cancel_requested).collect();
-    let budgets: Vec<i32> = plans.iter().map(|p| p.attempt_budget).collect();
-    let run_after: Vec<i64> = plans.iter().map(|p| p.run_after_us).collect();
-    let outputs: Vec<Option<&str>> = plans.iter().map(|p| p.output.as_deref()).collect();
-    let step_outputs: Vec<Option<&str>> = plans.iter().map(|p| p.outputs.as_deref()).collect();
-    let finished_at: Vec<Option<time::OffsetDateTime>> =
-        plans.iter().map(|p| p.finished_at).collect();
-    sqlx::query(
-        "UPDATE tasks SET status = v.status, cancel_requested = v.cancel_requested, \
-         attempt_budget = v.attempt_budget, node_id = NULL, lease_expires_us = NULL, \
-         run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), \
-         outputs = COALESCE(v.outputs, tasks.outputs), error = v.error, exit_code = v.exit_code, \
-         finished_at = v.finished_at \
-         FROM UNNEST($1::uuid[], $2::text[], $3::bool[], $4::int4[], $5::int8[], $6::text[], $7::text[], \
-         $8::text[], $9::int4[], $10::timestamptz[]) \
-         AS v (id, status, cancel_requested, attempt_budget, run_after_us, output, outputs, error, exit_code, finished_at) \
-         WHERE tasks.id = v.id",
-    )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&cancel_requested)
-    .bind(&budgets)
-    .bind(&run_after)
-    .bind(&outputs)
-    .bind(&step_outputs)
-    .bind(&errors)
-    .bind(&exit_codes)
-    .bind(&finished_at)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

@@ -420,7 +420,7 @@ async fn measure(
 }
 
 /// How many tasks are queued or running, from `GET /api/v1/status`.
-async fn in_flight(client: &reqwest::Client, http: &str) -> anyhow::Result<u64> {
+pub(super) async fn in_flight(client: &reqwest::Client, http: &str) -> anyhow::Result<u64> {
     let s = status(client, http).await?;
     let count = |key: &str| {
         s["tasks"][key]

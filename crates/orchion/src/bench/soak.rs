@@ -59,6 +59,9 @@ struct Sample {
     cpu: f64,
 }
 
+/// One figure read from a sample.
+type Measure = fn(&Sample) -> u64;
+
 impl Probe {
     async fn open(server: &BenchServer, database_url: Option<&str>) -> anyhow::Result<Probe> {
         Ok(match database_url {
@@ -191,28 +194,17 @@ async fn submit(
     }
 }
 
-async fn unfinished(client: &reqwest::Client, http: &str) -> anyhow::Result<u64> {
-    let status: Value = client
-        .get(format!("{http}/api/v1/status"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let count = |key: &str| {
-        status["tasks"][key]
-            .as_u64()
-            .context("the status has no task counts")
-    };
-    Ok(count("queued")? + count("running")?)
-}
-
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
 async fn bench(args: SoakBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0, "--rate must be at least 1");
+    anyhow::ensure!(
+        args.keep >= Duration::from_secs(60),
+        "--keep must be at least 1m, the shortest retention a server takes (got {:?})",
+        args.keep
+    );
     anyhow::ensure!(
         args.duration >= args.sample * 3,
         "--duration must be at least three samples (--sample {:?})",
@@ -289,7 +281,7 @@ async fn bench(args: SoakBenchArgs) -> anyhow::Result<()> {
         let sample = Sample {
             at,
             submitted: submitted.load(std::sync::atomic::Ordering::Relaxed),
-            unfinished: unfinished(&client, &server.http).await?,
+            unfinished: super::jobs::in_flight(&client, &server.http).await?,
             database,
             wal,
             rows: probe.rows().await?,
@@ -329,8 +321,6 @@ fn summarize(samples: &[Sample]) {
     };
     let third = samples.len() / 3;
     let (middle, end) = (&samples[third..2 * third], &samples[2 * third..]);
-    let peak = |part: &[Sample], of: &dyn Fn(&Sample) -> u64| part.iter().map(of).max();
-    let on_disk = |s: &Sample| s.database + s.wal.unwrap_or(0);
     println!();
     let rate = last.submitted as f64 / last.at.as_secs_f64();
     println!(
@@ -348,32 +338,38 @@ fn summarize(samples: &[Sample]) {
             "did not keep"
         }
     );
-    let verdict = |name: &str, of: &dyn Fn(&Sample) -> u64, slack: u64| {
-        let (Some(before), Some(after)) = (peak(middle, of), peak(end, of)) else {
-            return;
-        };
-        let bounded = after <= before + before / 10 + slack;
-        println!(
-            "  {name:<21} peak {:.1} MiB in the middle third, {:.1} MiB in the last: {}",
-            mib(before),
-            mib(after),
-            if bounded { "bounded" } else { "still growing" }
-        );
-    };
+    let peak = |part: &[Sample], of: &dyn Fn(&Sample) -> u64| part.iter().map(of).max();
     // A few MiB either way is a checkpoint's timing, not growth.
-    verdict("on disk", &on_disk, 8 << 20);
-    verdict("server memory", &|s: &Sample| s.rss, 8 << 20);
+    let sizes: [(&str, Measure); 2] = [
+        ("on disk", |s| s.database + s.wal.unwrap_or(0)),
+        ("server memory", |s| s.rss),
+    ];
+    for (name, of) in sizes {
+        if let (Some(before), Some(after)) = (peak(middle, &of), peak(end, &of)) {
+            println!(
+                "  {name:<21} peak {:.1} MiB in the middle third, {:.1} MiB in the last: {}",
+                mib(before),
+                mib(after),
+                verdict(before, after, 8 << 20)
+            );
+        }
+    }
     for (i, table) in TABLES.iter().enumerate() {
-        let (Some(before), Some(after)) = (
-            middle.iter().map(|s| s.rows[i]).max(),
-            end.iter().map(|s| s.rows[i]).max(),
-        ) else {
-            continue;
-        };
-        let bounded = after <= before + before / 10 + 1_000;
-        println!(
-            "  {table:<21} peak {before} rows in the middle third, {after} in the last: {}",
-            if bounded { "bounded" } else { "still growing" }
-        );
+        let rows = |s: &Sample| u64::try_from(s.rows[i]).unwrap_or(0);
+        if let (Some(before), Some(after)) = (peak(middle, &rows), peak(end, &rows)) {
+            println!(
+                "  {table:<21} peak {before} rows in the middle third, {after} in the last: {}",
+                verdict(before, after, 1_000)
+            );
+        }
+    }
+}
+
+/// Whether the last third's peak stays within a tenth (and `slack`) of the middle third's.
+fn verdict(before: u64, after: u64, slack: u64) -> &'static str {
+    if after <= before + before / 10 + slack {
+        "bounded"
+    } else {
+        "still growing"
     }
 }
