@@ -7,7 +7,7 @@
 //! placeholders) through a [`Statement`]: its text and its arguments as [`Value`]s, which each
 //! backend binds with its own driver types. What the dialects do differently is a named item of
 //! the traits — how a row read for a change is locked ([`Tx::ROW_LOCK`], [`Tx::TASK_LOCK`],
-//! [`Tx::TASK_LOCK_SKIP`]), how a transaction's events take their sequence numbers
+//! [`Tx::LEASED_LOCK`]), how a transaction's events take their sequence numbers
 //! ([`Tx::append_events`]), and the work queue's three hot writes ([`StoreBackend::enqueue`],
 //! [`StoreBackend::claim`], [`StoreBackend::finish`]), which SQLite runs on a thread of its own.
 //!
@@ -285,13 +285,21 @@ pub(crate) trait Tx: Send {
     /// Appended to a `SELECT` that reads rows it will change: `FOR UPDATE` where replicas race
     /// (PostgreSQL), nothing where one writer already serializes every change (SQLite).
     const ROW_LOCK: &'static str;
-    /// The same for a query of tasks joined as `tasks t JOIN runs r`: locks only the tasks.
+    /// The same for a query of tasks joined with their runs (and leases): locks only the tasks.
     const TASK_LOCK: &'static str;
-    /// The same for a scan that takes work: rows another transaction holds are skipped.
-    const TASK_LOCK_SKIP: &'static str;
-    /// After `FROM tasks t` in the reaper's scans: the partial indexes of their deadlines
-    /// (`INDEXED BY` on SQLite, whose planner without statistics would scan every task of the
-    /// status instead), by lease expiry and by start deadline; nothing on PostgreSQL.
+    /// The same for a query of leases joined with their tasks: locks both, so a lease another
+    /// transaction changed or ended meanwhile is read as it is now (or not at all).
+    const LEASED_LOCK: &'static str;
+    /// The same, for scans that take work, skipping rows another transaction holds: of leases
+    /// and their tasks, and of places in the queue and their tasks.
+    const LEASED_LOCK_SKIP: &'static str;
+    const QUEUED_LOCK_SKIP: &'static str;
+    /// Whether a `WITH` may hold an `INSERT`, `UPDATE` or `DELETE` (PostgreSQL), so rows of
+    /// several tables written together take one statement.
+    const INSERT_IN_WITH: bool;
+    /// After `FROM task_leases l` and `FROM task_queue q` in the reaper's scans: the indexes of
+    /// their deadlines (`INDEXED BY` on SQLite, whose planner without statistics could read the
+    /// whole table instead), by lease expiry and by start deadline; nothing on PostgreSQL.
     const LEASE_INDEX: &'static str;
     const START_DEADLINE_INDEX: &'static str;
 

@@ -24,8 +24,8 @@ use crate::{
     events::PendingEvent,
     plan::{Enqueued, enqueued_job, holds, plan_finish},
     tasks::{
-        ATTEMPT_COLUMNS, AttemptRow, TASK_COLUMNS, TaskRow, apply_to_task, finish_attempts,
-        lock_task, select_tasks,
+        ATTEMPT_COLUMNS, AttemptRow, DEQUEUE, LEASED_TASKS, TASK_COLUMNS, TaskRow, apply_to_task,
+        finish_attempts, for_tasks, lock_task, select_tasks,
     },
 };
 
@@ -390,9 +390,11 @@ impl<B: StoreBackend> JobStore for B {
             let held = match lock_task(&mut tx, task_id.as_uuid()).await? {
                 Some(task) if holds(&task, node, *attempt) => {
                     tx.execute(
-                        Statement::new("UPDATE tasks SET lease_expires_us = $2 WHERE id = $1")
-                            .bind(task.id)
-                            .bind(micros(now + task.timeouts().heartbeat)),
+                        Statement::new(
+                            "UPDATE task_leases SET lease_expires_us = $2 WHERE task_id = $1",
+                        )
+                        .bind(task.id)
+                        .bind(micros(now + task.timeouts().heartbeat)),
                     )
                     .await?;
                     LeaseState::Held {
@@ -417,13 +419,13 @@ impl<B: StoreBackend> JobStore for B {
     async fn expire_leases(&self, now: OffsetDateTime) -> Result<usize, StoreError> {
         let now_us = micros(now);
         let mut tx = self.begin().await?;
-        let lock = B::Tx::TASK_LOCK_SKIP;
         let expired: Vec<TaskRow> = tx
             .fetch_all(
                 Statement::new(format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks t{} JOIN runs r ON r.id = t.run_id \
-                     WHERE t.status = 'running' AND t.lease_expires_us < $1{REAP_BATCH}{lock}",
-                    B::Tx::LEASE_INDEX
+                    "SELECT {TASK_COLUMNS} FROM task_leases l{} JOIN tasks t ON t.id = l.task_id \
+                     JOIN runs r ON r.id = t.run_id WHERE l.lease_expires_us < $1{REAP_BATCH}{}",
+                    B::Tx::LEASE_INDEX,
+                    B::Tx::LEASED_LOCK_SKIP
                 ))
                 .bind(now_us),
             )
@@ -434,18 +436,21 @@ impl<B: StoreBackend> JobStore for B {
             .collect::<Result<Vec<_>, _>>()?;
         finish_attempts(&mut tx, &plans).await?;
         let mut events: Vec<PendingEvent> = plans.into_iter().map(|p| p.event).collect();
-        // By the start-deadline index (migration 0024): no scan of the queue.
+        // By the queue's start-deadline index: no scan of the queue.
         let late: Vec<TaskRow> = tx
             .fetch_all(
                 Statement::new(format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks t{} JOIN runs r ON r.id = t.run_id \
-                     WHERE t.status = 'queued' AND t.attempts = 0 AND t.schedule_to_start_ms IS NOT NULL \
-                     AND t.enqueued_us + t.schedule_to_start_ms * 1000 < $1{REAP_BATCH}{lock}",
-                    B::Tx::START_DEADLINE_INDEX
+                    "SELECT {TASK_COLUMNS} FROM task_queue q{} JOIN tasks t ON t.id = q.task_id \
+                     JOIN runs r ON r.id = t.run_id LEFT JOIN task_leases l ON l.task_id = t.id \
+                     WHERE q.start_deadline_us < $1{REAP_BATCH}{}",
+                    B::Tx::START_DEADLINE_INDEX,
+                    B::Tx::QUEUED_LOCK_SKIP
                 ))
                 .bind(now_us),
             )
             .await?;
+        let ids: Vec<Uuid> = late.iter().map(|task| task.id).collect();
+        for_tasks(&mut tx, DEQUEUE, &ids).await?;
         for task in &late {
             let state = task.state()?;
             let next = state
@@ -482,9 +487,12 @@ impl<B: StoreBackend> JobStore for B {
         let mut tx = self.begin().await?;
         let released = tx
             .execute(
-                Statement::new(
-                    "UPDATE tasks SET node_id = NULL WHERE status = 'running' AND node_id = $1 AND executor = $2",
-                )
+                // Through the tasks' row locks, which every change of a lease takes first.
+                Statement::new(format!(
+                    "UPDATE task_leases SET node_id = NULL WHERE task_id IN (SELECT l.task_id FROM {LEASED_TASKS} \
+                     WHERE l.node_id = $1 AND l.executor = $2{})",
+                    B::Tx::LEASED_LOCK
+                ))
                 .bind(node.as_uuid())
                 .bind(executor),
             )
@@ -502,7 +510,7 @@ impl<B: StoreBackend> JobStore for B {
         let any: Vec<(i32,)> = self
             .read_all(
                 Statement::new(
-                    "SELECT 1 FROM tasks WHERE status = 'running' AND node_id IS NULL AND executor = $1 LIMIT 1",
+                    "SELECT 1 FROM task_leases WHERE node_id IS NULL AND executor = $1 LIMIT 1",
                 )
                 .bind(executor),
             )
@@ -515,11 +523,9 @@ impl<B: StoreBackend> JobStore for B {
         let released: Vec<TaskRow> = tx
             .fetch_all(
                 Statement::new(format!(
-                    "{} LIMIT $3{}",
-                    select_tasks(
-                        "t.status = 'running' AND t.node_id IS NULL AND t.executor = $1 AND t.lease_expires_us >= $2"
-                    ),
-                    B::Tx::TASK_LOCK_SKIP
+                    "SELECT {TASK_COLUMNS} FROM {LEASED_TASKS} \
+                     WHERE l.node_id IS NULL AND l.executor = $1 AND l.lease_expires_us >= $2 LIMIT $3{}",
+                    B::Tx::LEASED_LOCK_SKIP
                 ))
                 .bind(executor)
                 .bind(micros(claim.now))
@@ -535,7 +541,7 @@ impl<B: StoreBackend> JobStore for B {
             let claimed = task.claimed(u32::try_from(task.attempts).unwrap_or(0), claim.now);
             tx.execute(
                 Statement::new(
-                    "UPDATE tasks SET node_id = $2, lease_expires_us = $3 WHERE id = $1",
+                    "UPDATE task_leases SET node_id = $2, lease_expires_us = $3 WHERE task_id = $1",
                 )
                 .bind(task.id)
                 .bind(claim.node_id.as_uuid())
@@ -562,9 +568,8 @@ impl<B: StoreBackend> JobStore for B {
         let running: Vec<TaskRow> = tx
             .fetch_all(
                 Statement::new(format!(
-                    "{}{}",
-                    select_tasks("t.status = 'running' AND t.node_id = $1"),
-                    B::Tx::TASK_LOCK
+                    "SELECT {TASK_COLUMNS} FROM {LEASED_TASKS} WHERE l.node_id = $1{}",
+                    B::Tx::LEASED_LOCK
                 ))
                 .bind(node.as_uuid()),
             )
@@ -691,14 +696,12 @@ impl<B: StoreBackend> JobStore for B {
     }
 
     async fn active_task_counts(&self) -> Result<ActiveCounts, StoreError> {
-        let (queued, running): (Option<i64>, Option<i64>) = self
+        let (queued, running): (i64, i64) = self
             .read_one(Statement::new(
-                "SELECT CAST(sum(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS BIGINT), \
-                 CAST(sum(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS BIGINT) \
-                 FROM tasks WHERE status IN ('queued', 'running')",
+                "SELECT (SELECT count(*) FROM task_queue), (SELECT count(*) FROM task_leases)",
             ))
             .await?;
-        let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Ok(ActiveCounts {
             queued: count(queued),
             running: count(running),
@@ -709,9 +712,9 @@ impl<B: StoreBackend> JobStore for B {
         let rows: Vec<(String, String, i64, i64)> = self
             .read_all(
                 Statement::new(
-                    "SELECT executor, CAST(labels AS TEXT), COUNT(*), MIN(enqueued_us) FROM tasks \
-                     WHERE status = 'queued' AND run_after_us <= $1 \
-                     GROUP BY executor, CAST(labels AS TEXT) ORDER BY executor, CAST(labels AS TEXT)",
+                    "SELECT q.executor, CAST(t.labels AS TEXT), COUNT(*), MIN(q.enqueued_us) \
+                     FROM task_queue q JOIN tasks t ON t.id = q.task_id WHERE q.run_after_us <= $1 \
+                     GROUP BY q.executor, CAST(t.labels AS TEXT) ORDER BY q.executor, CAST(t.labels AS TEXT)",
                 )
                 .bind(micros(now)),
             )
@@ -730,8 +733,8 @@ impl<B: StoreBackend> JobStore for B {
     async fn lost_running_nodes(&self) -> Result<Vec<(NodeId, Option<NodeStatus>)>, StoreError> {
         let rows: Vec<(Uuid, Option<String>)> = self
             .read_all(Statement::new(
-                "SELECT DISTINCT t.node_id, n.status FROM tasks t LEFT JOIN nodes n ON n.id = t.node_id \
-                 WHERE t.status = 'running' AND t.node_id IS NOT NULL \
+                "SELECT DISTINCT l.node_id, n.status FROM task_leases l LEFT JOIN nodes n ON n.id = l.node_id \
+                 WHERE l.node_id IS NOT NULL \
                  AND (n.id IS NULL OR n.status NOT IN ('ready', 'draining'))",
             ))
             .await?;
@@ -752,8 +755,8 @@ impl<B: StoreBackend> JobStore for B {
         let (next,): (Option<i64>,) = self
             .read_one(
                 Statement::new(
-                    "SELECT min(run_after_us) FROM tasks WHERE status = 'queued' \
-                     AND run_after_us > enqueued_us AND run_after_us > $1",
+                    "SELECT min(run_after_us) FROM task_queue \
+                     WHERE run_after_us > enqueued_us AND run_after_us > $1",
                 )
                 .bind(micros(now)),
             )

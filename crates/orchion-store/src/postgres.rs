@@ -115,7 +115,10 @@ impl DerefMut for PgTx {
 impl Tx for PgTx {
     const ROW_LOCK: &'static str = " FOR UPDATE";
     const TASK_LOCK: &'static str = " FOR UPDATE OF t";
-    const TASK_LOCK_SKIP: &'static str = " FOR UPDATE OF t SKIP LOCKED";
+    const LEASED_LOCK: &'static str = " FOR UPDATE OF t, l";
+    const LEASED_LOCK_SKIP: &'static str = " FOR UPDATE OF t, l SKIP LOCKED";
+    const QUEUED_LOCK_SKIP: &'static str = " FOR UPDATE OF t, q SKIP LOCKED";
+    const INSERT_IN_WITH: bool = true;
     const LEASE_INDEX: &'static str = "";
     const START_DEADLINE_INDEX: &'static str = "";
 

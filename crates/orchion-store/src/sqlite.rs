@@ -367,9 +367,12 @@ pub(crate) struct WriteTx {
 impl Tx for WriteTx {
     const ROW_LOCK: &'static str = "";
     const TASK_LOCK: &'static str = "";
-    const TASK_LOCK_SKIP: &'static str = "";
-    const LEASE_INDEX: &'static str = " INDEXED BY tasks_leases";
-    const START_DEADLINE_INDEX: &'static str = " INDEXED BY tasks_start_deadline";
+    const LEASED_LOCK: &'static str = "";
+    const LEASED_LOCK_SKIP: &'static str = "";
+    const QUEUED_LOCK_SKIP: &'static str = "";
+    const INSERT_IN_WITH: bool = false;
+    const LEASE_INDEX: &'static str = " INDEXED BY task_leases_expiry";
+    const START_DEADLINE_INDEX: &'static str = " INDEXED BY task_queue_start_deadline";
 
     async fn execute(&mut self, statement: Statement<'_>) -> Result<u64, StoreError> {
         let args = arguments(statement.values())?;

@@ -3,7 +3,10 @@
 //! as planned, and apply an operator's event through `TaskState::next`.
 //!
 //! Invariant: a task changes status only through `TaskState::next` (here, or in the pure
-//! planners of `plan.rs` the hot writes use).
+//! planners of `plan.rs` the hot writes use). A task has a row in `task_queue` exactly while
+//! it is queued and one in `task_leases` exactly while it runs: each step that moves a task
+//! in or out of those statuses writes them in the same transaction
+//! (`the_queue_and_the_leases_follow_every_status_change`).
 
 use std::collections::BTreeMap;
 
@@ -22,20 +25,69 @@ use crate::{
     plan::FinishPlan,
 };
 
-/// The columns of a [`TaskRow`], from `tasks t JOIN runs r ON r.id = t.run_id`.
+/// The columns of a [`TaskRow`], from [`TASKS`].
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.run_id, r.name, r.project_id, t.status, t.executor, t.spec, t.priority, t.labels, \
      t.cpu_millis, t.memory_bytes, t.gpus, t.concurrency_key, t.concurrency_limit, t.retry, \
      t.schedule_to_start_ms, t.start_to_close_ms, t.heartbeat_ms, t.attempts, t.attempt_budget, \
-     t.cancel_requested, t.run_after_us, t.enqueued_us, t.node_id, t.lease_expires_us, t.output, t.error, \
+     t.cancel_requested, t.run_after_us, t.enqueued_us, l.node_id, l.lease_expires_us, t.output, t.error, \
      t.exit_code, t.log_bytes, t.log_seq, t.created_at, t.started_at, t.finished_at, t.outputs, r.kind, t.step, t.traceparent";
 
-/// `SELECT` of [`TaskRow`]s matching `condition` (and whatever follows it: order, limit, lock).
+/// What [`TASK_COLUMNS`] are read from: each task with its run and, while it runs, its lease.
+pub(crate) const TASKS: &str =
+    "tasks t JOIN runs r ON r.id = t.run_id LEFT JOIN task_leases l ON l.task_id = t.id";
+
+/// The same for the tasks that run: each lease with its task and run.
+pub(crate) const LEASED_TASKS: &str =
+    "task_leases l JOIN tasks t ON t.id = l.task_id JOIN runs r ON r.id = t.run_id";
+
+/// The same for the queued tasks on PostgreSQL: each place in the queue with its task and run.
+/// A queued task has no lease, so the leases are joined on nothing: the join only names the
+/// (empty) lease columns of [`TASK_COLUMNS`], and PostgreSQL plans it away. (SQLite would try
+/// the condition against every lease, so its claim joins them by id.)
+pub(crate) const QUEUED_TASKS: &str = "task_queue q JOIN tasks t ON t.id = q.task_id \
+     JOIN runs r ON r.id = t.run_id LEFT JOIN task_leases l ON FALSE";
+
 /// The `step` of a job's one task: empty, which no workflow step's name is, so the trigger
 /// counting workflow runs' changes (migration 0026) passes jobs by without a look.
 pub(crate) const JOB_STEP: &str = "";
 
+/// `SELECT` of [`TaskRow`]s matching `condition` (and whatever follows it: order, limit, lock).
 pub(crate) fn select_tasks(condition: &str) -> String {
-    format!("SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE {condition}")
+    format!("SELECT {TASK_COLUMNS} FROM {TASKS} WHERE {condition}")
+}
+
+/// Puts tasks just written or moved to `queued` in the queue, from their rows (migration 0028
+/// of PostgreSQL: a task is queued exactly while it has a row in `task_queue`); the table or
+/// `WITH` the rows come from follows.
+pub(crate) const QUEUE_INSERT: &str = "INSERT INTO task_queue (task_id, executor, priority, enqueued_us, run_after_us, start_deadline_us) \
+     SELECT id, executor, priority, enqueued_us, run_after_us, \
+     CASE WHEN attempts = 0 THEN enqueued_us + schedule_to_start_ms * 1000 END FROM ";
+
+/// [`QUEUE_INSERT`] from `tasks`: `id IN (` the list follows.
+fn queue_from_tasks() -> String {
+    format!("{QUEUE_INSERT}tasks WHERE id IN (")
+}
+
+/// Takes tasks out of the queue: `id IN (` the list follows.
+pub(crate) const DEQUEUE: &str = "DELETE FROM task_queue WHERE task_id IN (";
+
+/// Ends tasks' leases: `id IN (` the list follows.
+pub(crate) const END_LEASES: &str = "DELETE FROM task_leases WHERE task_id IN (";
+
+/// Runs `head` (one of [`queue_from_tasks`], [`DEQUEUE`], [`END_LEASES`]) for `ids`, a
+/// statement per [`INSERT_CHUNK`].
+pub(crate) async fn for_tasks<T: Tx>(
+    tx: &mut T,
+    head: &str,
+    ids: &[Uuid],
+) -> Result<(), StoreError> {
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        let mut statement = Statement::new(head);
+        statement.push_list(chunk.iter().map(|id| Value::from(*id)));
+        statement.push(")");
+        tx.execute(statement).await?;
+    }
+    Ok(())
 }
 
 /// A task row with its run's name, project and kind.
@@ -317,18 +369,38 @@ pub(crate) async fn lock_task<T: Tx>(
     tx.fetch_optional(Statement::new(sql).bind(task_id)).await
 }
 
-/// Inserts tasks, a statement per [`INSERT_CHUNK`]. A task whose `(run, step)` exists already
-/// is left as it is, so writing a workflow's ready steps twice is harmless.
+/// Inserts tasks, a statement per [`INSERT_CHUNK`], and queues the queued ones. A task whose
+/// `(run, step)` exists already is left as it is (its new id is in no row, so it is not
+/// queued either), so writing a workflow's ready steps twice is harmless.
 pub(crate) async fn insert_tasks<T: Tx>(
     tx: &mut T,
     rows: &[TaskInsert<'_>],
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(INSERT_CHUNK) {
-        let mut insert = Statement::new(task_insert());
+        let mut insert = Statement::new(if T::INSERT_IN_WITH {
+            format!("WITH t AS ({}", task_insert())
+        } else {
+            task_insert()
+        });
         insert.push_values(chunk.iter().map(|task| task.row(now)));
         insert.push(" ON CONFLICT (run_id, step) DO NOTHING");
+        if T::INSERT_IN_WITH {
+            // What was inserted, read back by the queue's insert in the same statement.
+            insert.push(&format!(
+                " RETURNING id, executor, priority, enqueued_us, run_after_us, attempts, \
+                 schedule_to_start_ms, status) {QUEUE_INSERT}t WHERE status = 'queued'"
+            ));
+        }
         tx.execute(insert).await?;
+        if !T::INSERT_IN_WITH {
+            let queued: Vec<Uuid> = chunk
+                .iter()
+                .filter(|task| task.status == TaskStatus::Queued)
+                .map(|task| task.id)
+                .collect();
+            for_tasks(tx, &queue_from_tasks(), &queued).await?;
+        }
     }
     Ok(())
 }
@@ -374,13 +446,27 @@ pub(crate) async fn finish_attempts<T: Tx>(
                 p.finished_at.into(),
             ]
         }));
+        tasks.push(")");
+        if T::INSERT_IN_WITH {
+            // The leases end in the same statement.
+            tasks.push(", e AS (DELETE FROM task_leases WHERE task_id IN (SELECT id FROM v))");
+        }
         tasks.push(
-            ") UPDATE tasks SET status = v.status, cancel_requested = v.cancel_requested, \
-             attempt_budget = v.attempt_budget, node_id = NULL, lease_expires_us = NULL, \
-             run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), outputs = COALESCE(v.outputs, tasks.outputs), error = v.error, \
+            " UPDATE tasks SET status = v.status, cancel_requested = v.cancel_requested, \
+             attempt_budget = v.attempt_budget, run_after_us = v.run_after_us, output = COALESCE(v.output, tasks.output), outputs = COALESCE(v.outputs, tasks.outputs), error = v.error, \
              exit_code = v.exit_code, finished_at = v.finished_at FROM v WHERE tasks.id = v.id",
         );
         tx.execute(tasks).await?;
+        if !T::INSERT_IN_WITH {
+            let ended: Vec<Uuid> = chunk.iter().map(|p| p.task_id).collect();
+            for_tasks(tx, END_LEASES, &ended).await?;
+        }
+        let retried: Vec<Uuid> = chunk
+            .iter()
+            .filter(|p| p.status == TaskStatus::Queued)
+            .map(|p| p.task_id)
+            .collect();
+        for_tasks(tx, &queue_from_tasks(), &retried).await?;
     }
     Ok(())
 }
@@ -425,6 +511,15 @@ pub(crate) async fn apply_to_task<T: Tx>(
         .bind(requeued),
     )
     .await?;
+    if state.status == TaskStatus::Queued && next.status != TaskStatus::Queued {
+        for_tasks(tx, DEQUEUE, &[task.id]).await?;
+    }
+    if state.status == TaskStatus::Running && next.status != TaskStatus::Running {
+        for_tasks(tx, END_LEASES, &[task.id]).await?;
+    }
+    if requeued {
+        for_tasks(tx, &queue_from_tasks(), &[task.id]).await?;
+    }
     if next.status != state.status {
         tx.append_event(PendingEvent::job_status(
             task,

@@ -106,6 +106,7 @@ conformance!(
     a_failed_job_can_be_retried_and_a_queued_one_cannot,
     logs_are_fenced_and_read_in_order,
     concurrent_claims_never_hand_out_a_task_twice,
+    the_queue_and_the_leases_follow_every_status_change,
     jobs_are_listed_with_filters,
     schedules_round_trip_and_advance_once,
     a_batch_of_jobs_commits_together_with_outcomes_per_job,
@@ -1442,6 +1443,117 @@ async fn logs_are_fenced_and_read_in_order(db: Db) {
     assert_eq!(all.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 2, 3]);
     let rest = store.read_logs(c.task_id, 1, 100).await.unwrap();
     assert_eq!(rest.len(), 2);
+}
+
+/// What the queue and the leases count (`active_task_counts`, from `task_queue` and
+/// `task_leases`) agrees with the tasks' own statuses, after each kind of transition.
+async fn the_queue_and_the_leases_follow_every_status_change(db: Db) {
+    async fn assert_counts(store: &Arc<dyn Store>, queued: u64, running: u64) {
+        let mut by_status = Vec::new();
+        for status in [TaskStatus::Queued, TaskStatus::Running] {
+            let filter = JobFilter {
+                status: Some(status),
+                ..Default::default()
+            };
+            let page = store
+                .list_jobs(&filter, PageRequest::default())
+                .await
+                .unwrap();
+            by_status.push(page.items.len() as u64);
+        }
+        let counts = store.active_task_counts().await.unwrap();
+        assert_eq!(
+            (counts.queued, counts.running),
+            (queued, running),
+            "counted by queue and leases"
+        );
+        assert_eq!(by_status, [queued, running], "counted by status");
+    }
+    let store = db.open().await;
+    let node = NodeId::new();
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        jobs.push(store.create_job(job("shell"), None).await.unwrap().value);
+    }
+    assert_counts(&store, 4, 0).await;
+    let claimed = store
+        .claim_tasks(&claim(node, &["shell"], 3))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_counts(&store, 1, 3).await;
+    // Succeeded, failed with an attempt left (queued again, after its backoff), cancelled
+    // while running.
+    store
+        .complete_attempt(node, claimed[0].task_id, 1, AttemptOutcome::Succeeded, None)
+        .await
+        .unwrap();
+    let failed = AttemptOutcome::Failed {
+        exit_code: Some(1),
+        error: "exit status 1".into(),
+    };
+    assert_eq!(
+        store
+            .complete_attempt(node, claimed[1].task_id, 1, failed, None)
+            .await
+            .unwrap(),
+        TaskStatus::Queued
+    );
+    store.cancel_job(claimed[2].job_id).await.unwrap();
+    assert_counts(&store, 2, 1).await;
+    store
+        .complete_attempt(node, claimed[2].task_id, 1, AttemptOutcome::Cancelled, None)
+        .await
+        .unwrap();
+    assert_counts(&store, 2, 0).await;
+    // Cancelled while queued, then retried by an operator.
+    let waiting = jobs
+        .iter()
+        .find(|j| claimed.iter().all(|c| c.job_id != j.id))
+        .unwrap();
+    store.cancel_job(waiting.id).await.unwrap();
+    assert_counts(&store, 1, 0).await;
+    assert_eq!(
+        store.retry_job(waiting.id).await.unwrap().state.status,
+        TaskStatus::Queued
+    );
+    assert_counts(&store, 2, 0).await;
+    // Both are claimed once due: the older (on its second and last attempt) by one node, whose
+    // lease then expires (failed), the other by a node that is lost (queued again).
+    let later = orchion_store::now() + time::Duration::seconds(5);
+    let again = store
+        .claim_tasks(&ClaimRequest {
+            now: later,
+            ..claim(node, &["shell"], 1)
+        })
+        .await
+        .unwrap();
+    let other = NodeId::new();
+    let more = store
+        .claim_tasks(&ClaimRequest {
+            now: later,
+            ..claim(other, &["shell"], 5)
+        })
+        .await
+        .unwrap();
+    assert_eq!((again.len(), more.len()), (1, 1));
+    assert_counts(&store, 0, 2).await;
+    let expired = later + time::Duration::minutes(10);
+    store
+        .extend_leases(other, &[(more[0].task_id, more[0].attempt)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.lose_node_attempts(other, "node lost").await.unwrap(),
+        1
+    );
+    assert_counts(&store, 1, 1).await;
+    assert_eq!(store.expire_leases(expired).await.unwrap(), 1);
+    assert_counts(&store, 1, 0).await;
+    assert_eq!(
+        store.get_job(again[0].job_id).await.unwrap().state.status,
+        TaskStatus::Failed
+    );
 }
 
 async fn concurrent_claims_never_hand_out_a_task_twice(db: Db) {

@@ -26,7 +26,10 @@ use crate::{
         Enqueued, MAX_CLAIM_SCAN, enqueue_outcomes, free_capacity, judge_reports, need_resources,
         plan_claims, scan_limit, select_claims,
     },
-    tasks::{INSERT_CHUNK, TASK_COLUMNS, TaskInsert, TaskRow, finish_attempts, insert_tasks},
+    tasks::{
+        INSERT_CHUNK, QUEUED_TASKS, TASK_COLUMNS, TASKS, TaskInsert, TaskRow, finish_attempts,
+        insert_tasks,
+    },
 };
 
 use super::PgTx;
@@ -183,8 +186,8 @@ pub(super) async fn claim(
             let used = tx
                 .fetch_one(
                     Statement::new(
-                        "SELECT CAST(sum(cpu_millis) AS BIGINT), CAST(sum(memory_bytes) AS BIGINT), CAST(sum(gpus) AS BIGINT) \
-                         FROM tasks WHERE status = 'running' AND node_id = $1",
+                        "SELECT CAST(sum(t.cpu_millis) AS BIGINT), CAST(sum(t.memory_bytes) AS BIGINT), CAST(sum(t.gpus) AS BIGINT) \
+                         FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE l.node_id = $1",
                     )
                     .bind(claim.node_id.as_uuid()),
                 )
@@ -203,7 +206,7 @@ pub(super) async fn claim(
             let (running,): (i64,) = tx
                 .fetch_one(
                     Statement::new(
-                        "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = $1",
+                        "SELECT count(*) FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE t.concurrency_key = $1",
                     )
                     .bind(key),
                 )
@@ -229,49 +232,49 @@ pub(super) async fn claim(
         tx.rollback().await?;
         return Ok(claimed);
     }
-    // One statement for all the claimed tasks, one for their attempts, each binding arrays so
-    // that its text is the same for any number of tasks: one prepared statement, planned once
-    // per connection, where a list of placeholders made a new one for every claim size and
-    // pushed the others out of the connection's statement cache. A claim takes a queued task
-    // to running with one more attempt (`TaskState::next` in `plan_claims`); each lease runs
-    // for the task's own heartbeat timeout. The tasks are found by id alone: the candidate
-    // query locked them, so they are still queued, and a `status` condition here let a planner
-    // with stale statistics scan the whole queue through a partial index instead of looking
-    // the ids up.
+    // One statement for all the claimed tasks, their places in the queue, their leases and
+    // their attempts (one round trip), binding arrays so that its text is the same for any
+    // number of tasks: one prepared statement, planned once per connection, where a list of
+    // placeholders made a new one for every claim size and pushed the others out of the
+    // connection's statement cache.
+    // A claim takes a queued task to running with one more attempt (`TaskState::next` in
+    // `plan_claims`); each lease runs for the task's own heartbeat timeout. The tasks are found
+    // by id alone: the candidate query locked them, so they are still queued. No column the
+    // update changes is indexed, so it stays on the task's page (HOT, migration 0028).
     let ids: Vec<Uuid> = claimed.iter().map(|c| c.task_id.as_uuid()).collect();
     let numbers: Vec<i32> = claimed
         .iter()
         .map(|c| i32::try_from(c.attempt).unwrap_or(i32::MAX))
         .collect();
+    let leases: Vec<i64> = claimed.iter().map(|c| micros(c.lease_expires_at)).collect();
+    let executors: Vec<&str> = claimed.iter().map(|c| c.executor.as_str()).collect();
     let conn: &mut PgConnection = &mut tx;
-    let updated = sqlx::query(
-        "UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = $2, \
-         lease_expires_us = $3 + heartbeat_ms * 1000, started_at = COALESCE(started_at, $4) \
-         WHERE id = ANY($1)",
+    let (updated,): (i64,) = sqlx::query_as(
+        "WITH c AS (SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::int8[]) \
+             AS c (task_id, number, executor, until)), \
+         u AS (UPDATE tasks SET status = 'running', attempts = attempts + 1, \
+             started_at = COALESCE(started_at, $6) WHERE id = ANY($1) RETURNING 1), \
+         q AS (DELETE FROM task_queue WHERE task_id = ANY($1)), \
+         l AS (INSERT INTO task_leases (task_id, node_id, executor, lease_expires_us) \
+             SELECT task_id, $5, executor, until FROM c), \
+         a AS (INSERT INTO attempts (task_id, number, node_id, status, started_at) \
+             SELECT task_id, number, $5, 'running', $6 FROM c) \
+         SELECT count(*) FROM u",
     )
     .bind(&ids)
+    .bind(&numbers)
+    .bind(&executors)
+    .bind(&leases)
     .bind(claim.node_id.as_uuid())
-    .bind(micros(now))
     .bind(now)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated != claimed.len() as u64 {
+    .fetch_one(&mut *conn)
+    .await?;
+    if updated != claimed.len() as i64 {
         return Err(StoreError::Conflict(format!(
             "claimed {} tasks but {updated} were still queued",
             claimed.len()
         )));
     }
-    sqlx::query(
-        "INSERT INTO attempts (task_id, number, node_id, status, started_at) \
-         SELECT a.task_id, a.number, $3, 'running', $4 FROM UNNEST($1::uuid[], $2::int4[]) AS a (task_id, number)",
-    )
-    .bind(&ids)
-    .bind(&numbers)
-    .bind(claim.node_id.as_uuid())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
     tx.append_events(&events).await?;
     tx.commit().await?;
     Ok(claimed)
@@ -312,11 +315,14 @@ async fn claim_candidates(
     sqlx::query("SET LOCAL enable_sort = off")
         .execute(&mut *conn)
         .await?;
+    // Only the tasks are locked (locking the places in the queue too cost a write of each). A
+    // task another replica claimed, cancelled or put back with a backoff meanwhile is read
+    // locked as it is now, and the conditions on `t` leave it out.
     let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id \
-         WHERE t.status = 'queued' AND t.run_after_us <= $1 AND t.executor = ANY($2) \
-         ORDER BY t.priority DESC, t.enqueued_us, t.id LIMIT $3{}",
-        PgTx::TASK_LOCK_SKIP
+        "SELECT {TASK_COLUMNS} FROM {QUEUED_TASKS} \
+         WHERE q.run_after_us <= $1 AND q.executor = ANY($2) \
+         AND t.status = 'queued' AND t.run_after_us <= $1 \
+         ORDER BY q.priority DESC, q.enqueued_us, q.task_id LIMIT $3 FOR UPDATE OF t SKIP LOCKED"
     );
     Ok(sqlx::query_as::<_, TaskRow>(&sql)
         .bind(now_us)
@@ -338,8 +344,7 @@ async fn lock_concurrency_key(tx: &mut PgTx, key: &str) -> Result<(), StoreError
 /// cannot deadlock on them).
 async fn task_rows(tx: &mut PgTx, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRow>, StoreError> {
     let sql = format!(
-        "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ANY($1) \
-         ORDER BY t.id{}",
+        "SELECT {TASK_COLUMNS} FROM {TASKS} WHERE t.id = ANY($1) ORDER BY t.id{}",
         PgTx::TASK_LOCK
     );
     let conn: &mut PgConnection = tx;

@@ -30,7 +30,9 @@ use crate::{
         Enqueued, FinishPlan, MAX_CLAIM_SCAN, enqueue_outcomes, judge_reports, need_resources,
         plan_claims, scan_limit, select_claims,
     },
-    tasks::{TASK_COLUMNS, TASK_INSERT_WIDTH, TaskInsert, TaskRow, task_insert},
+    tasks::{
+        QUEUE_INSERT, TASK_COLUMNS, TASK_INSERT_WIDTH, TASKS, TaskInsert, TaskRow, task_insert,
+    },
 };
 
 type Jobs = Vec<JobIntake>;
@@ -131,6 +133,9 @@ fn enqueue_in(
                 .join(", ")
         ))
         .map_err(database)?;
+    let mut queue = tx
+        .prepare_cached(&format!("{QUEUE_INSERT}tasks WHERE id = ?1"))
+        .map_err(database)?;
     let mut keys = tx
         .prepare_cached(INSERT_IDEMPOTENCY_KEY)
         .map_err(database)?;
@@ -166,6 +171,9 @@ fn enqueue_in(
         };
         tasks
             .execute(rusqlite::params_from_iter(task.row(now)))
+            .map_err(database)?;
+        queue
+            .execute(params![task_id.as_uuid().as_bytes()])
             .map_err(database)?;
         if let Some(key) = idempotency {
             keys.execute(params![
@@ -224,7 +232,7 @@ fn claim_in(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Vec<ClaimedTas
             if !running_per_key.contains_key(key) {
                 let running: i64 = tx
                     .prepare_cached(
-                        "SELECT count(*) FROM tasks WHERE status = 'running' AND concurrency_key = ?1",
+                        "SELECT count(*) FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE t.concurrency_key = ?1",
                     )
                     .and_then(|mut count| count.query_row([key], |row| row.get(0)))
                     .map_err(database)?;
@@ -249,9 +257,16 @@ fn claim_in(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Vec<ClaimedTas
     let started_at = timestamp(claim.now)?;
     let mut update = tx
         .prepare_cached(
-            "UPDATE tasks SET status = 'running', attempts = attempts + 1, node_id = ?1, \
-             lease_expires_us = ?2 + heartbeat_ms * 1000, started_at = COALESCE(started_at, ?3) \
-             WHERE id = ?4 AND status = 'queued'",
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, \
+             started_at = COALESCE(started_at, ?1) WHERE id = ?2 AND status = 'queued'",
+        )
+        .map_err(database)?;
+    let mut dequeue = tx
+        .prepare_cached("DELETE FROM task_queue WHERE task_id = ?1")
+        .map_err(database)?;
+    let mut lease = tx
+        .prepare_cached(
+            "INSERT INTO task_leases (task_id, node_id, executor, lease_expires_us) VALUES (?1, ?2, ?3, ?4)",
         )
         .map_err(database)?;
     let mut attempt = tx
@@ -263,7 +278,7 @@ fn claim_in(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Vec<ClaimedTas
     for task in &claimed {
         let id = task.task_id.as_uuid();
         let updated = update
-            .execute(params![node.as_bytes(), now_us, started_at, id.as_bytes()])
+            .execute(params![started_at, id.as_bytes()])
             .map_err(database)?;
         if updated != 1 {
             return Err(StoreError::Conflict(format!(
@@ -271,6 +286,15 @@ fn claim_in(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Vec<ClaimedTas
                 task.task_id
             )));
         }
+        dequeue.execute([id.as_bytes()]).map_err(database)?;
+        lease
+            .execute(params![
+                id.as_bytes(),
+                node.as_bytes(),
+                task.executor,
+                micros(task.lease_expires_at)
+            ])
+            .map_err(database)?;
         attempt
             .execute(params![
                 id.as_bytes(),
@@ -291,14 +315,15 @@ fn candidates(
     executors: &str,
     limit: usize,
 ) -> Result<Vec<TaskRow>, StoreError> {
-    // Without statistics the planner would take `tasks_status` and sort the whole backlog on
-    // every claim; the queue index reads it in order and stops at the limit.
+    // The queue's index reads it in order and stops at the limit, whatever the planner makes
+    // of a table without statistics.
     let mut select = tx
         .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t INDEXED BY tasks_queue JOIN runs r ON r.id = t.run_id \
-             WHERE t.status = 'queued' AND t.run_after_us <= ?1 \
-             AND t.executor IN (SELECT value FROM json_each(?2)) \
-             ORDER BY t.priority DESC, t.enqueued_us, t.id LIMIT ?3"
+            "SELECT {TASK_COLUMNS} FROM task_queue q INDEXED BY task_queue_order \
+             JOIN tasks t ON t.id = q.task_id JOIN runs r ON r.id = t.run_id \
+             LEFT JOIN task_leases l ON l.task_id = t.id \
+             WHERE q.run_after_us <= ?1 AND q.executor IN (SELECT value FROM json_each(?2)) \
+             ORDER BY q.priority DESC, q.enqueued_us, q.task_id LIMIT ?3"
         ))
         .map_err(database)?;
     let rows = select
@@ -311,8 +336,8 @@ fn candidates(
 fn free_capacity(tx: &Transaction<'_>, claim: &ClaimRequest) -> Result<Capacity, StoreError> {
     let used = tx
         .prepare_cached(
-            "SELECT sum(cpu_millis), sum(memory_bytes), sum(gpus) FROM tasks \
-             WHERE status = 'running' AND node_id = ?1",
+            "SELECT sum(t.cpu_millis), sum(t.memory_bytes), sum(t.gpus) \
+             FROM task_leases l JOIN tasks t ON t.id = l.task_id WHERE l.node_id = ?1",
         )
         .and_then(|mut used| {
             used.query_row([claim.node_id.as_uuid().as_bytes()], |row| {
@@ -332,7 +357,7 @@ fn finish_in(
     {
         let mut select = tx
             .prepare_cached(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ?1"
+                "SELECT {TASK_COLUMNS} FROM {TASKS} WHERE t.id = ?1"
             ))
             .map_err(database)?;
         for report in &reports {
@@ -363,10 +388,16 @@ fn finish_attempts(tx: &Transaction<'_>, plans: &[FinishPlan]) -> Result<(), Sto
         .map_err(database)?;
     let mut task = tx
         .prepare_cached(
-            "UPDATE tasks SET status = ?2, cancel_requested = ?3, attempt_budget = ?4, node_id = NULL, \
-             lease_expires_us = NULL, run_after_us = ?5, output = COALESCE(?6, output), \
+            "UPDATE tasks SET status = ?2, cancel_requested = ?3, attempt_budget = ?4, \
+             run_after_us = ?5, output = COALESCE(?6, output), \
              outputs = COALESCE(?7, outputs), error = ?8, exit_code = ?9, finished_at = ?10 WHERE id = ?1",
         )
+        .map_err(database)?;
+    let mut end_lease = tx
+        .prepare_cached("DELETE FROM task_leases WHERE task_id = ?1")
+        .map_err(database)?;
+    let mut queue = tx
+        .prepare_cached(&format!("{QUEUE_INSERT}tasks WHERE id = ?1"))
         .map_err(database)?;
     for p in plans {
         let id = p.task_id.as_bytes();
@@ -393,6 +424,10 @@ fn finish_attempts(tx: &Transaction<'_>, plans: &[FinishPlan]) -> Result<(), Sto
             p.finished_at.map(timestamp).transpose()?,
         ])
         .map_err(database)?;
+        end_lease.execute([id]).map_err(database)?;
+        if p.status == TaskStatus::Queued {
+            queue.execute([id]).map_err(database)?;
+        }
     }
     Ok(())
 }
@@ -603,9 +638,7 @@ mod tests {
         let by_rusqlite = store
             .queue
             .write(move |tx| {
-                let sql = format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = ?1"
-                );
+                let sql = format!("SELECT {TASK_COLUMNS} FROM {TASKS} WHERE t.id = ?1");
                 let row = tx
                     .query_row(&sql, [task.as_bytes()], task_row)
                     .map_err(database)?;
