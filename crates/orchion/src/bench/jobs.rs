@@ -431,7 +431,7 @@ pub(super) async fn in_flight(client: &reqwest::Client, http: &str) -> anyhow::R
 }
 
 /// Waits until every submitted job has finished (nothing queued or running). Counting them
-/// scans the queue (half a second for PostgreSQL with two million queued), so the wait between
+/// reads every row of the queue's table (narrow, but as long as the queue), so the wait between
 /// looks grows with what is left: about the time 5,000 jobs/s would take, within 0.1–10 s.
 async fn wait_for_all(
     client: &reqwest::Client,
